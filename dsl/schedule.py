@@ -1,0 +1,99 @@
+"""The user-facing schedule: *how* ``W @ X`` is computed.
+
+A :class:`Schedule` is lenient: any field may be left at ``"auto"`` and strings such as
+``"values"`` or ``"nnz"`` are accepted; ``sparsert_triton.canonicalise.plan_for`` turns it,
+with the matrix and the problem size, into a frozen, validated ``Plan``. ``repr(schedule)``
+is valid DSL code that rebuilds the same schedule.
+
+Fields
+------
+mode
+    What the generated code bakes in. ``"values"``: column indices and weight values are
+    literals (SparseRT). ``"indices"``: column indices are literals, values are read from a
+    packed buffer (new weights with the same mask reuse the compiled kernel). ``"table"``:
+    nothing per nonzero is unrolled; the kernel loops over host-built index/value buffers,
+    so code size and compile time do not depend on nnz.
+rows_per_program
+    Output rows computed by one program. In the unrolled modes each needed row of ``X`` is
+    loaded once per program and feeds every row of the group that uses it.
+block_n
+    Columns of ``X``/``Y`` per program (a power of two).
+row_order
+    ``"given"`` (matrix order), ``"nnz"`` (rows sorted by nonzero count, so that a group holds
+    rows of similar length), ``"cluster"`` (greedy grouping of rows that share columns, to
+    maximise reuse of loaded ``X`` rows).
+chunk
+    Table mode: nonzero columns handled per loop step (the static unroll).
+use_dot
+    Table mode: multiply each (rows_per_program x chunk) block of W with ``tl.dot`` (tensor
+    cores; needs rows_per_program, chunk, block_n >= 16). Float32 inputs use exact ("ieee")
+    precision unless ``allow_tf32`` is set.
+allow_tf32
+    Let float32 ``tl.dot`` use TF32 (faster, ~1e-3 relative error).
+max_statements_per_function, max_functions_per_kernel
+    Compile-unit bounds of the unrolled modes: a row group is split into ``noinline``
+    functions of at most this many statements, and the groups into kernels of at most this
+    many functions (compiled in parallel). Compile time grows linearly in nnz.
+num_warps, num_stages
+    Passed to Triton.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Union
+
+AUTO = "auto"
+MODES = ("values", "indices", "table")
+ROW_ORDERS = ("given", "nnz", "cluster")
+
+IntOrAuto = Union[int, str]
+
+
+@dataclass
+class Schedule:
+    mode: str = AUTO
+    rows_per_program: IntOrAuto = AUTO
+    block_n: IntOrAuto = AUTO
+    row_order: str = AUTO
+    chunk: IntOrAuto = AUTO
+    use_dot: Union[bool, str] = AUTO
+    allow_tf32: bool = False
+    max_statements_per_function: int = 256
+    max_functions_per_kernel: int = 64
+    num_warps: IntOrAuto = AUTO
+    num_stages: IntOrAuto = AUTO
+
+    def __post_init__(self):
+        if self.mode not in MODES + (AUTO,):
+            raise ValueError(f"Schedule.mode must be one of {MODES} or 'auto', got {self.mode!r}")
+        if self.row_order not in ROW_ORDERS + (AUTO,):
+            raise ValueError(f"Schedule.row_order must be one of {ROW_ORDERS} or 'auto', "
+                             f"got {self.row_order!r}")
+        for name in ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
+                     "max_statements_per_function", "max_functions_per_kernel"):
+            v = getattr(self, name)
+            if v == AUTO:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                try:
+                    v = int(v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"Schedule.{name} must be an int or 'auto', got {v!r}") from None
+                setattr(self, name, v)
+            if v < 1:
+                raise ValueError(f"Schedule.{name} must be >= 1, got {v}")
+        if self.use_dot not in (True, False, AUTO):
+            raise ValueError(f"Schedule.use_dot must be True, False or 'auto', got {self.use_dot!r}")
+
+    def __repr__(self) -> str:
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                 if getattr(self, f.name) != f.default]
+        return f"Schedule({', '.join(parts)})"
+
+    def replace(self, **changes) -> "Schedule":
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(changes)
+        return Schedule(**d)
+
+    def __hash__(self):
+        return hash(repr(self))

@@ -1,0 +1,219 @@
+"""The public API: ``@sparse_kernel`` and the specialised kernel it makes.
+
+The pipeline, one module per stage, each a pure function of its inputs::
+
+    trace (dsl.trace) -> canonicalise -> specialise -> lower -> render -> compile -> launch
+
+``SPARSERT_DUMP=dir`` writes every stage's output for each kernel variant built.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dsl import Schedule, ir, trace
+
+from . import cache
+from .canonicalise import canonicalise_program, plan_for
+from .compile import import_kernels, interpreting
+from .launch import run, signature_for
+from .lower import lower
+from .plan import Plan, Signature
+from .reference import evaluate
+from .render import render
+from .specialise import Table, specialise
+from .weights import TORCH_DTYPES, SparseWeight, as_sparse_weight
+
+
+def _capability(device: torch.device) -> str:
+    if interpreting() or device.type != "cuda":
+        return "interpreter"
+    return "sm_%d%d" % torch.cuda.get_device_capability(device)
+
+
+def _layout_arrays(layout) -> dict:
+    if isinstance(layout, Table):
+        return {"rows": layout.rows, "starts": layout.starts, "lengths": layout.lengths,
+                "cols": layout.cols, "value_index": layout.value_index}
+    return {"pack_order": layout.pack_order,
+            "kernel_groups": np.asarray([b - a for a, b in layout.kernels], np.int64)}
+
+
+class Variant:
+    """One compiled form of a specialised kernel: for one plan and one call signature."""
+
+    def __init__(self, key: str, path: Path, layout: dict, plan: Plan, weight: SparseWeight):
+        self.key, self.path, self.plan, self.launched = key, path, plan, False
+        self.module = import_kernels(path, key)
+        self.table = plan.mode == "table"
+        if self.table:
+            self.kernels = [(self.module.sparse_table_kernel, int(layout["lengths"].shape[0]))]
+            vi = layout["value_index"]
+            vals = np.where(vi >= 0, weight.values[np.maximum(vi, 0)], 0).astype(np.float32)
+            self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"], vals]
+        else:
+            self.kernels = [(getattr(self.module, f"sparse_kernel_{i}"), int(g))
+                            for i, g in enumerate(layout["kernel_groups"])]
+            self._host = [weight.values[layout["pack_order"]]]
+        self.w_dtype = TORCH_DTYPES[weight.dtype]
+        self._device_buffers = {}
+
+    @property
+    def source(self) -> str:
+        return self.path.read_text()
+
+    def buffers(self, device: torch.device):
+        bufs = self._device_buffers.get(device)
+        if bufs is None:
+            bufs = []
+            for i, a in enumerate(self._host):
+                t = torch.from_numpy(np.ascontiguousarray(a))
+                if a.dtype == np.float32:   # values travel in the weight's own dtype
+                    t = t.to(self.w_dtype)
+                if t.numel() == 0:          # never hand Triton an empty buffer
+                    t = torch.zeros(1, dtype=t.dtype)
+                bufs.append(t.to(device))
+            self._device_buffers[device] = bufs
+        return bufs
+
+
+class SpecializedKernel:
+    """A DSL program specialised to one sparse weight. Call it as ``k(X, *operands)``."""
+
+    def __init__(self, program: ir.Program, schedule: Schedule, weight: SparseWeight):
+        self.program, self.schedule, self.weight = program, schedule, weight
+        self._variants = {}
+        self._last: Optional[Variant] = None
+
+    # -------------------------------------------------------------- building
+    def plan(self, N: int, x_dtype: str = None) -> Plan:
+        return plan_for(self.schedule, self.weight, N, x_dtype or self.weight.dtype)
+
+    def variant(self, sig: Signature, N: int, device: torch.device) -> Variant:
+        plan = self.plan(N, sig.x_dtype)
+        cap = _capability(device)
+        vkey = (plan, sig, cap)
+        v = self._variants.get(vkey)
+        if v is not None:
+            return v
+        key = cache.make_key(
+            mask=self.weight.mask_digest(),
+            values=self.weight.values_digest() if plan.mode == "values" else None,
+            plan=asdict(plan), signature=repr(sig), program=repr(self.program.out),
+            device=cap)
+        hit = cache.load(key)
+        if hit is None:
+            layout = specialise(self.weight, plan)
+            lowered = lower(layout, plan, sig, self.program)
+            source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
+                                            f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")
+            path = cache.store(key, source, _layout_arrays(layout)) / "kernel.py"
+            hit = cache.load(key) or (path, _layout_arrays(layout))
+            _dump(key, self.program, plan, sig, layout, lowered, source)
+        v = Variant(key, hit[0], hit[1], plan, self.weight)
+        self._variants[vkey] = v
+        return v
+
+    # -------------------------------------------------------------- running
+    def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None):
+        """``epilogue(W @ X)`` for ``X`` of shape (K, N)."""
+        sig = signature_for(self.program, self.weight, X, operands, out)
+        M, N = self.weight.M, X.shape[1]
+        Y = out if out is not None else torch.empty(M, N, dtype=TORCH_DTYPES[sig.out_dtype],
+                                                    device=X.device)
+        if N == 0:
+            return Y
+        v = self.variant(sig, N, X.device)
+        self._last = v
+        run(v, X, Y, operands, sig)
+        return Y
+
+    def reference(self, X: torch.Tensor, *operands) -> torch.Tensor:
+        """The same computation in float64 with torch (the masked dense weight)."""
+        return evaluate(self.program, self.weight.to_dense(), X, *operands)
+
+    # -------------------------------------------------------------- introspection
+    @property
+    def source(self) -> str:
+        """The generated Triton source of the last variant run, or of the default variant
+        (N = 128, X in the weight's dtype, operands as per-row vectors) if none has run."""
+        if self._last is None:
+            kinds = tuple((n, "row") for n in self.program.operands)
+            d = self.weight.dtype
+            from .canonicalise import output_dtype
+            sig = Signature(d, d, output_dtype(self.program, d), kinds)
+            return self.variant(sig, 128, torch.device("cpu")).source
+        return self._last.source
+
+    @property
+    def last_plan(self) -> Optional[Plan]:
+        return None if self._last is None else self._last.plan
+
+    def with_values(self, values) -> "SpecializedKernel":
+        """The same kernel for new nonzero values (same mask; CSR order). In ``indices`` and
+        ``table`` modes the compiled code is reused; ``values`` mode recompiles."""
+        return SpecializedKernel(self.program, self.schedule, self.weight.with_values(values))
+
+    def __repr__(self):
+        w = self.weight
+        return (f"<SpecializedKernel {self.program.name}: {w.M}x{w.K}, nnz={w.nnz} "
+                f"({100 * (1 - w.density):.1f}% sparse), {self.schedule!r}>")
+
+
+class SparseKernel:
+    """What ``@sparse_kernel`` returns: a traced program waiting for a weight."""
+
+    def __init__(self, fn, schedule: Optional[Schedule] = None):
+        self.fn = fn
+        self.schedule = schedule or Schedule()
+        self.program = canonicalise_program(trace(fn))
+        functools.update_wrapper(self, fn)
+
+    def specialize(self, weight, schedule: Optional[Schedule] = None) -> SpecializedKernel:
+        """Specialise to a weight: a dense tensor with zeros, torch sparse CSR/COO, a scipy
+        sparse matrix, or ``(mask, values)``."""
+        w = as_sparse_weight(weight)
+        if w.M == 0 or w.K == 0:
+            raise ValueError(f"weight must have at least one row and column, got {w.M}x{w.K}")
+        return SpecializedKernel(self.program, schedule or self.schedule, w)
+
+    specialise = specialize
+
+    def __call__(self, weight, X, *operands, **kw):
+        return self.specialize(weight)(X, *operands, **kw)
+
+    def __repr__(self):
+        return f"<sparse_kernel {self.program.name}: {ir.to_source(self.program.out)}, {self.schedule!r}>"
+
+
+def sparse_kernel(fn=None, *, schedule: Optional[Schedule] = None):
+    """Decorator: ``@sparse_kernel`` or ``@sparse_kernel(schedule=Schedule(...))``."""
+    if fn is None:
+        return lambda f: SparseKernel(f, schedule)
+    return SparseKernel(fn, schedule)
+
+
+def _dump(key, program, plan, sig, layout, lowered, source):
+    d = os.environ.get("SPARSERT_DUMP")
+    if not d:
+        return
+    out = Path(d) / key
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "1_trace.txt").write_text(repr(program) + "\n")
+    (out / "2_canonical.txt").write_text(ir.to_source(program.out) + "\n"
+                                        + json.dumps(asdict(plan), indent=1) + "\n" + repr(sig) + "\n")
+    if isinstance(layout, Table):
+        spec = f"table: {layout.groups} groups, {layout.cols.shape[0]} padded columns\n"
+    else:
+        spec = "".join(f"group {i}: rows {g.rows}, parts {[p.statements for p in g.parts]}\n"
+                       for i, g in enumerate(layout.groups))
+    (out / "3_specialised.txt").write_text(spec)
+    (out / "4_lowered.txt").write_text("\n".join(repr(k) for k in lowered.kernels) + "\n")
+    (out / "5_kernel.py").write_text(source)

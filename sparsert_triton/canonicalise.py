@@ -1,0 +1,93 @@
+"""Canonicalise: fold the traced epilogue and resolve a lenient Schedule into a Plan.
+
+``plan_for`` is the heuristic default: it needs no GPU and only the matrix statistics.
+"""
+from __future__ import annotations
+
+import math
+
+from dsl import ir
+from dsl.schedule import AUTO, Schedule
+
+from .plan import Plan
+from .weights import SparseWeight
+
+
+def fold(node: ir.Node) -> ir.Node:
+    """Constant-fold number-only subtrees; keep everything else as written."""
+    if isinstance(node, ir.Binary):
+        a, b = fold(node.a), fold(node.b)
+        if isinstance(a, ir.Const) and isinstance(b, ir.Const):
+            f = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+                 "mul": lambda x, y: x * y}[node.op]
+            return ir.Const(f(a.value, b.value))
+        return ir.Binary(node.op, a, b)
+    if isinstance(node, ir.Unary):
+        x = fold(node.x)
+        if node.op == "neg" and isinstance(x, ir.Const):
+            return ir.Const(-x.value)
+        return ir.Unary(node.op, x)
+    if isinstance(node, ir.Clamp):
+        return ir.Clamp(fold(node.x), node.lo, node.hi)
+    if isinstance(node, ir.Cast):
+        return ir.Cast(fold(node.x), node.dtype)
+    return node
+
+
+def canonicalise_program(program: ir.Program) -> ir.Program:
+    for n in ir.walk(program.out):
+        if isinstance(n, ir.Unary) and n.op not in ir.UNARY_OPS:
+            raise ValueError(f"unknown op {n.op!r}")
+        if isinstance(n, ir.Clamp) and n.lo is not None and n.hi is not None and n.lo > n.hi:
+            raise ValueError(f"clamp with min {n.lo} > max {n.hi}")
+    return ir.Program(program.name, program.weight, program.activation, program.operands,
+                      fold(program.out))
+
+
+def output_dtype(program: ir.Program, x_dtype: str) -> str:
+    """The result dtype: the outermost ``.to(dtype)``, else the activations' dtype."""
+    return program.out.dtype if isinstance(program.out, ir.Cast) else x_dtype
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> Plan:
+    """Resolve every 'auto' field from the matrix statistics and the problem size."""
+    s = schedule
+    avg = weight.nnz / max(1, weight.M)
+    mode = s.mode
+    if mode == AUTO:
+        # unrolled code pays a compile cost linear in nnz; past this size the table kernel
+        # (compiled once per schedule) is the safer default
+        mode = "values" if weight.nnz <= 8192 else "table"
+    half = x_dtype in ("float16", "bfloat16")
+    use_dot = s.use_dot
+    if use_dot == AUTO:
+        use_dot = mode == "table" and half and weight.density >= 0.15
+    rpp = s.rows_per_program
+    if rpp == AUTO:
+        if mode == "table":
+            rpp = 16 if use_dot else 1
+        else:
+            # about 256 FMAs per group: enough reuse of each loaded X row, bounded code
+            rpp = int(min(64, max(1, _next_pow2(int(256 / max(avg, 1.0))))))
+    block_n = s.block_n
+    if block_n == AUTO:
+        block_n = min(128, max(16, _next_pow2(N)))
+        if use_dot:
+            block_n = max(block_n, 16)
+    chunk = s.chunk
+    if chunk == AUTO:
+        chunk = 16 if use_dot else 8
+    row_order = s.row_order
+    if row_order == AUTO:
+        row_order = "nnz" if mode == "table" else "given"
+    num_warps = 4 if s.num_warps == AUTO else s.num_warps
+    num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
+    return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
+                chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
+                max_statements_per_function=int(s.max_statements_per_function),
+                max_functions_per_kernel=int(s.max_functions_per_kernel),
+                num_warps=int(num_warps), num_stages=int(num_stages))

@@ -1,0 +1,72 @@
+"""Compile: import a cached kernel module and JIT its kernels through Triton.
+
+Triton compiles a kernel on its first launch; ``first_launch`` scopes Triton's binary cache
+to ours for that call, so the binaries live beside the sources. ``precompile`` compiles the
+kernels of a module ahead of time for a target (no GPU needed; used for compile-time
+measurements and to fill the cache in parallel).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from .cache import triton_cache_dir
+
+_modules = {}
+_lock = threading.Lock()
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def import_kernels(path: Path, key: str):
+    """Import the generated module once per process; return it."""
+    with _lock:
+        mod = _modules.get(key)
+        if mod is None:
+            name = f"sparsert_kernels_{key}"
+            spec = importlib.util.spec_from_file_location(name, str(path))
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+            _modules[key] = mod
+        return mod
+
+
+@contextmanager
+def triton_cache_scope():
+    """Point Triton's binary cache at ours while a kernel compiles."""
+    try:
+        from triton import knobs
+    except ImportError:  # pragma: no cover - older triton
+        yield
+        return
+    with knobs.cache.scope():
+        knobs.cache.dir = str(triton_cache_dir())
+        yield
+
+
+def precompile(path: Path, key: str, kernel_names, signature: dict, target=None, options=None):
+    """Compile kernels of a generated module for ``target`` (default sm_90) without a GPU.
+
+    ``signature`` maps parameter names to Triton types (e.g. ``{"X": "*fp32", "N": "i32"}``).
+    Returns the compiled kernels.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    mod = import_kernels(path, key)
+    target = target or GPUTarget("cuda", 90, 32)
+    out = []
+    with triton_cache_scope():
+        for name in kernel_names:
+            fn = getattr(mod, name)
+            sig = {p: signature[p] for p in fn.arg_names}
+            out.append(triton.compile(ASTSource(fn, sig, {}), target=target,
+                                      options=options or {}))
+    return out

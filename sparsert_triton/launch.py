@@ -1,0 +1,127 @@
+"""Launch: check a call's arguments, build its signature, and run the kernels."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from dsl import ir
+
+from .canonicalise import output_dtype
+from .compile import interpreting, triton_cache_scope
+from .plan import Signature
+from .weights import TORCH_DTYPES, WEIGHT_DTYPES, SparseWeight
+
+INT32_MAX = 2**31 - 1
+
+
+def _span(t: torch.Tensor) -> int:
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+
+
+def check_device(t: torch.Tensor, name: str):
+    if interpreting():
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} is on {t.device}, but TRITON_INTERPRET=1 runs kernels on "
+                             "the CPU: pass CPU tensors")
+    elif t.device.type != "cuda":
+        raise ValueError(f"{name} is on {t.device}: sparse kernels run on CUDA tensors (or on "
+                         "CPU tensors with TRITON_INTERPRET=1 set before triton is imported)")
+
+
+def operand_kind(name: str, v, M: int, N: int, device) -> str:
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"{name} must be finite, got {v}")
+        return "number"
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or a number, got {type(v).__name__}")
+    if v.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {v.dtype}")
+    if v.device != device:
+        raise ValueError(f"{name} is on {v.device} but X is on {device}")
+    if v.numel() == 1 and v.dim() <= 2:   # broadcast; for M == 1 the same as a row value
+        return "scalar"
+    if v.dim() == 1 and v.shape[0] == M:
+        return "row"
+    if v.dim() == 2 and v.shape == (M, 1):
+        return "row"
+    if v.dim() == 2 and v.shape == (M, N):
+        return "full"
+    raise ValueError(f"{name} has shape {tuple(v.shape)}; expected a number, a one-element "
+                     f"tensor, a per-row vector ({M},) or ({M}, 1), or a full ({M}, {N}) tensor")
+
+
+def signature_for(program: ir.Program, weight: SparseWeight, X, operands, out=None) -> Signature:
+    """Validate a call and return its signature."""
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+    if X.dim() != 2:
+        raise ValueError(f"X must be 2-D (K x N), got shape {tuple(X.shape)}")
+    if X.shape[0] != weight.K:
+        raise ValueError(f"X has {X.shape[0]} rows but the weight has K={weight.K} columns")
+    if X.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"X must be float32, float16 or bfloat16, got {X.dtype}")
+    if X.layout != torch.strided:
+        raise TypeError(f"X must be a dense (strided) tensor, got {X.layout}")
+    check_device(X, "X")
+    if _span(X) > INT32_MAX:
+        raise ValueError("X spans more than 2**31 elements; split N into smaller calls")
+    if len(operands) != len(program.operands):
+        raise TypeError(f"{program.name} takes {len(program.operands)} operand(s) "
+                        f"{program.operands} after X, got {len(operands)}")
+    M, N = weight.M, X.shape[1]
+    kinds = tuple((n, operand_kind(n, v, M, N, X.device))
+                  for n, v in zip(program.operands, operands))
+    xd = WEIGHT_DTYPES[X.dtype]
+    sig = Signature(xd, weight.dtype, output_dtype(program, xd), kinds)
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.shape != (M, N):
+            raise ValueError(f"out must be a ({M}, {N}) tensor")
+        if out.dtype != TORCH_DTYPES[sig.out_dtype]:
+            raise TypeError(f"out must be {TORCH_DTYPES[sig.out_dtype]}, got {out.dtype}")
+        if out.device != X.device:
+            raise ValueError(f"out is on {out.device} but X is on {X.device}")
+        if _span(out) > INT32_MAX:
+            raise ValueError("out spans more than 2**31 elements")
+    return sig
+
+
+def operand_args(sig: Signature, operands) -> list:
+    args = []
+    for (name, kind), v in zip(sig.operand_kinds, operands):
+        if kind == "number":
+            args.append(float(v))
+        elif kind == "scalar":
+            args.append(v)
+        elif kind == "row":
+            args += [v, v.stride(0)]
+        else:
+            args += [v, v.stride(0), v.stride(1)]
+    return args
+
+
+def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
+    """Launch every kernel of a variant: Y = epilogue(W @ X)."""
+    plan = variant.plan
+    N = X.shape[1]
+    nt = -(-N // plan.block_n)
+    bufs = variant.buffers(X.device)
+    ops = operand_args(sig, operands)
+    strides = [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), N]
+    opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    first = not variant.launched
+    with (triton_cache_scope() if first else _nullcontext()):
+        for fn, groups in variant.kernels:
+            if groups == 0:
+                continue
+            fn[(groups, nt)](X, *bufs, Y, *ops, *strides, **opts)
+    variant.launched = True
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,75 @@
+"""The internal, frozen and validated forms of a schedule and a call signature."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Tuple
+
+from dsl.schedule import MODES, ROW_ORDERS, Schedule
+
+OPERAND_KINDS = ("number", "scalar", "row", "full")
+
+
+def _pow2(x: int) -> bool:
+    return x >= 1 and (x & (x - 1)) == 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A fully resolved schedule. Every field is concrete; construction validates."""
+    mode: str
+    rows_per_program: int
+    block_n: int
+    row_order: str
+    chunk: int
+    use_dot: bool
+    allow_tf32: bool
+    max_statements_per_function: int
+    max_functions_per_kernel: int
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self):
+        def bad(msg):
+            raise ValueError(f"invalid schedule: {msg}")
+        if self.mode not in MODES:
+            bad(f"mode {self.mode!r} not in {MODES}")
+        if self.row_order not in ROW_ORDERS:
+            bad(f"row_order {self.row_order!r} not in {ROW_ORDERS}")
+        if not _pow2(self.block_n) or self.block_n > 4096:
+            bad(f"block_n must be a power of two <= 4096, got {self.block_n}")
+        if not 1 <= self.rows_per_program <= 256:
+            bad(f"rows_per_program must be in 1..256, got {self.rows_per_program}")
+        if self.mode == "table":
+            if not _pow2(self.rows_per_program):
+                bad("table mode needs rows_per_program to be a power of two")
+            if not _pow2(self.chunk):
+                bad(f"chunk must be a power of two, got {self.chunk}")
+            if self.use_dot and min(self.rows_per_program, self.chunk, self.block_n) < 16:
+                bad("use_dot needs rows_per_program, chunk and block_n >= 16")
+        elif self.use_dot:
+            bad("use_dot applies to table mode only")
+        if self.max_statements_per_function < self.rows_per_program + 1:
+            bad("max_statements_per_function must exceed rows_per_program")
+        if not _pow2(self.num_warps) or self.num_warps > 32:
+            bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
+        if not 1 <= self.num_stages <= 8:
+            bad(f"num_stages must be in 1..8, got {self.num_stages}")
+
+    def to_schedule(self) -> Schedule:
+        return Schedule(**asdict(self))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a call brings: dtypes and the kind of each epilogue operand.
+
+    Operand kinds: ``number`` (a Python number, passed by value), ``scalar`` (a one-element
+    tensor), ``row`` (one value per output row, shape (M,) or (M, 1)), ``full`` (M x N).
+    """
+    x_dtype: str
+    w_dtype: str
+    out_dtype: str
+    operand_kinds: Tuple[Tuple[str, str], ...]
+
+    def kind(self, name: str) -> str:
+        return dict(self.operand_kinds)[name]

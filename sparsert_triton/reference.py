@@ -1,0 +1,46 @@
+"""Evaluate a traced program with plain torch (float64 by default): the test oracle."""
+from __future__ import annotations
+
+import torch
+
+from dsl import ir
+
+_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def evaluate(program: ir.Program, W: torch.Tensor, X: torch.Tensor, *operands,
+             dtype=torch.float64) -> torch.Tensor:
+    """``epilogue(W @ X)`` with ``W`` the masked dense weight; operands as at call time."""
+    acc = torch.matmul(W.to("cpu", dtype), X.to("cpu", dtype))
+    env = dict(zip(program.operands, operands))
+
+    def operand(name):
+        v = env[name]
+        if not isinstance(v, torch.Tensor):
+            return torch.tensor(float(v), dtype=dtype)
+        v = v.detach().to("cpu", dtype)
+        if v.dim() == 1 and v.numel() == acc.shape[0] and v.numel() != 1:
+            return v[:, None]
+        return v.reshape(()) if v.numel() == 1 else v
+
+    def go(n):
+        if isinstance(n, ir.MatMul):
+            return acc
+        if isinstance(n, ir.Operand):
+            return operand(n.name)
+        if isinstance(n, ir.Const):
+            return torch.tensor(n.value, dtype=dtype)
+        if isinstance(n, ir.Unary):
+            x = go(n.x)
+            return {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "sigmoid": torch.sigmoid,
+                    "silu": torch.nn.functional.silu, "neg": torch.neg}[n.op](x)
+        if isinstance(n, ir.Binary):
+            a, b = go(n.a), go(n.b)
+            return {"add": a + b, "sub": a - b, "mul": a * b}[n.op]
+        if isinstance(n, ir.Clamp):
+            return torch.clamp(go(n.x), n.lo, n.hi)
+        if isinstance(n, ir.Cast):
+            return go(n.x).to(_TORCH[n.dtype]).to(dtype)
+        raise TypeError(n)
+
+    return go(program.out).expand(acc.shape).clone()

@@ -1,0 +1,247 @@
+"""Render: kernel IR -> readable Triton source, one small rule per construct.
+
+Everything is written through :class:`Buffer`, an indented line buffer. The output is a
+complete Python module (imports, epilogue helper, functions, kernels) that the compile stage
+stores as a real file, so Triton can read it with ``inspect`` and a person can read it too.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from dsl import ir
+
+from . import __version__
+from .lower import Fma, GroupFn, LoadX, Lowered, PartFn, TableKernel, UnrolledKernel
+
+TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16"}
+
+
+class Buffer:
+    def __init__(self):
+        self.lines, self.depth = [], 0
+
+    def __call__(self, line: str = ""):
+        self.lines.append("    " * self.depth + line if line else "")
+
+    @contextmanager
+    def indent(self, header: str):
+        self(header)
+        self.depth += 1
+        yield
+        self.depth -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def lit(v: float) -> str:
+    """A float literal that round-trips to the same float32."""
+    r = repr(float(v))
+    return r if ("." in r or "e" in r or "n" in r) else r + ".0"
+
+
+# ---------------------------------------------------------------- operands and epilogue
+
+def operand_params(sig) -> list:
+    """Kernel parameters that carry the epilogue operands, in call order."""
+    out = []
+    for name, kind in sig.operand_kinds:
+        p = f"op_{name}"
+        out += {"number": [p], "scalar": [p], "row": [p, p + "_s"],
+                "full": [p, p + "_sm", p + "_sn"]}[kind]
+    return out
+
+
+def _leaf(name: str, kind: str, table: bool) -> str:
+    p = f"op_{name}"
+    if kind == "number":
+        return p
+    if kind == "scalar":
+        return f"tl.load({p}).to(tl.float32)"
+    if kind == "row":
+        m = ", mask=rmask, other=0.0" if table else ""
+        return f"tl.load({p} + row * {p}_s{m}).to(tl.float32)"
+    m = "rmask & nmask" if table else "nmask"
+    return f"tl.load({p} + row * {p}_sm + offs_n * {p}_sn, mask={m}, other=0.0).to(tl.float32)"
+
+
+def expr(node: ir.Node, sig, table: bool) -> str:
+    """The epilogue expression over ``acc`` (float32)."""
+    def go(n):
+        if isinstance(n, ir.MatMul):
+            return "acc"
+        if isinstance(n, ir.Operand):
+            return _leaf(n.name, sig.kind(n.name), table)
+        if isinstance(n, ir.Const):
+            return lit(n.value)
+        if isinstance(n, ir.Unary):
+            x = go(n.x)
+            return {"relu": f"tl.maximum({x}, 0.0)", "gelu": f"_gelu({x})",
+                    "sigmoid": f"tl.sigmoid({x})", "silu": f"_silu({x})",
+                    "neg": f"(-{x})"}[n.op]
+        if isinstance(n, ir.Binary):
+            op = {"add": "+", "sub": "-", "mul": "*"}[n.op]
+            return f"({go(n.a)} {op} {go(n.b)})"
+        if isinstance(n, ir.Clamp):
+            x = go(n.x)
+            if n.lo is not None:
+                x = f"tl.maximum({x}, {lit(n.lo)})"
+            if n.hi is not None:
+                x = f"tl.minimum({x}, {lit(n.hi)})"
+            return x
+        if isinstance(n, ir.Cast):   # an inner cast rounds; the outer one is the store's
+            return f"{go(n.x)}.to({TL_DTYPES[n.dtype]}).to(tl.float32)"
+        raise TypeError(n)
+    root = node.x if isinstance(node, ir.Cast) else node
+    return go(root)
+
+
+def render_helpers(b: Buffer, low: Lowered, table: bool):
+    sig = low.signature
+    b("@triton.jit")
+    with b.indent("def _gelu(x):"):
+        b("return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))")
+    b()
+    b("@triton.jit")
+    with b.indent("def _silu(x):"):
+        b("return x * tl.sigmoid(x)")
+    b()
+    params = ", ".join(["acc", "row", "rmask" if table else "_unused", "offs_n", "nmask"]
+                       + operand_params(sig))
+    b("@triton.jit")
+    with b.indent(f"def _epilogue({params}):"):
+        b(f'"""{ir.to_source(low.program.out)} (in float32)"""')
+        b(f"return {expr(low.program.out, sig, table)}")
+    b()
+
+
+# ---------------------------------------------------------------- unrolled modes
+
+def render_load(b: Buffer, s: LoadX):
+    b(f"{s.var} = tl.load(xp + {s.col} * sxk, mask=nmask, other=0.0).to(tl.float32)")
+
+
+def render_fma(b: Buffer, s: Fma):
+    w = lit(s.value) if s.value is not None else f"tl.load(V + {s.value_index}).to(tl.float32)"
+    b(f"{s.acc} = {s.var} * {w}" if s.first else f"{s.acc} += {s.var} * {w}")
+
+
+def _tile(b: Buffer, block_n: int):
+    b(f"offs_n = pid_n * {block_n} + tl.arange(0, {block_n})")
+    b("nmask = offs_n < N")
+
+
+def render_part(b: Buffer, fn: PartFn, low: Lowered):
+    b("@triton.jit(noinline=True)")
+    with b.indent(f"def {fn.name}(X, V, sxk, sxn, pid_n, N):"):
+        _tile(b, low.plan.block_n)
+        b("xp = X + offs_n * sxn")
+        for s in fn.body:
+            (render_load if isinstance(s, LoadX) else render_fma)(b, s)
+        b(f"return {', '.join(fn.returns)}")
+    b()
+
+
+def render_group(b: Buffer, fn: GroupFn, low: Lowered):
+    ops = operand_params(low.signature)
+    b("@triton.jit(noinline=True)")
+    with b.indent(f"def {fn.name}({', '.join(['X', 'V', 'Y'] + ops)}, sxk, sxn, sym, syn, pid_n, N):"):
+        _tile(b, low.plan.block_n)
+        terms = {r: [] for r in range(len(fn.rows))}
+        for p, (name, rows) in enumerate(fn.calls):
+            outs = [f"p{p}_a{r}" for r in rows]
+            b(f"{', '.join(outs)}{',' if len(outs) == 1 else ''} = {name}(X, V, sxk, sxn, pid_n, N)")
+            for r, o in zip(rows, outs):
+                terms[r].append(o)
+        for r, row in enumerate(fn.rows):
+            acc = " + ".join(terms[r]) if terms[r] else f"tl.zeros([{low.plan.block_n}], tl.float32)"
+            args = ", ".join([acc, str(row), "0", "offs_n", "nmask"] + ops)
+            b(f"tl.store(Y + {row} * sym + offs_n * syn, "
+              f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
+    b()
+
+
+def _dispatch(b: Buffer, groups, args: str):
+    if len(groups) == 1:
+        b(f"{groups[0][1].name}({args})")
+        return
+    mid = len(groups) // 2
+    with b.indent(f"if pid < {groups[mid][0]}:"):
+        _dispatch(b, groups[:mid], args)
+    with b.indent("else:"):
+        _dispatch(b, groups[mid:], args)
+
+
+def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
+    for fn in k.parts:
+        render_part(b, fn, low)
+    for fn in k.groups:
+        render_group(b, fn, low)
+    ops = operand_params(low.signature)
+    b("@triton.jit")
+    with b.indent(f"def {k.name}({', '.join(['X', 'V', 'Y'] + ops)}, sxk, sxn, sym, syn, N):"):
+        b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per program_id(0)."""')
+        b("pid = tl.program_id(0)")
+        b("pid_n = tl.program_id(1)")
+        _dispatch(b, list(enumerate(k.groups)), ", ".join(["X", "V", "Y"] + ops)
+                  + ", sxk, sxn, sym, syn, pid_n, N")
+    b()
+
+
+# ---------------------------------------------------------------- table mode
+
+def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
+    p, sig = low.plan, low.signature
+    R, U, BN = p.rows_per_program, p.chunk, p.block_n
+    ops = operand_params(sig)
+    b("@triton.jit")
+    with b.indent(f"def {k.name}({', '.join(['X', 'ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS', 'Y'] + ops)}, sxk, sxn, sym, syn, N):"):
+        b(f'"""acc[r, n] = sum_j VALS[j, r] * X[COLS[j], n] over the group\'s column union."""')
+        b("g = tl.program_id(0)")
+        b("pid_n = tl.program_id(1)")
+        b(f"offs_n = pid_n * {BN} + tl.arange(0, {BN})")
+        b("nmask = offs_n < N")
+        b(f"r = tl.arange(0, {R})")
+        b(f"rows = tl.load(ROWS + g * {R} + r)")
+        b(f"u = tl.arange(0, {U})")
+        b("start = tl.load(STARTS + g)")
+        b("end = start + tl.load(LENGTHS + g)")
+        b(f"acc = tl.zeros([{R}, {BN}], tl.float32)")
+        with b.indent(f"for j in range(start, end, {U}):"):
+            b("k = j + u")
+            b("kmask = k < end")
+            b("cols = tl.load(COLS + k)")
+            b("x = tl.load(X + cols[:, None] * sxk + offs_n[None, :] * sxn, "
+              "mask=kmask[:, None] & nmask[None, :], other=0.0)")
+            b(f"w = tl.load(VALS + k[None, :] * {R} + r[:, None])")
+            if p.use_dot:
+                prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
+                b(f'acc += tl.dot(w.to(x.dtype), x, input_precision="{prec}")')
+            else:
+                b("acc += tl.sum(w.to(tl.float32)[:, :, None] * x.to(tl.float32)[None, :, :], axis=1)")
+        args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]", "offs_n[None, :]",
+                          "nmask[None, :]"] + ops)
+        b(f"out = _epilogue({args})")
+        b("tl.store(Y + rows[:, None] * sym + offs_n[None, :] * syn, out.to(Y.dtype.element_ty), "
+          "mask=(rows >= 0)[:, None] & nmask[None, :])")
+    b()
+
+
+# ---------------------------------------------------------------- module
+
+def render(low: Lowered, header: str = "") -> str:
+    b = Buffer()
+    b(f"# Generated by sparsert-triton {__version__}: do not edit (it is a cache entry).")
+    b(f"# program : {ir.to_source(low.program.out)}")
+    b(f"# schedule: {low.plan.to_schedule()!r}")
+    b(f"# call    : {low.signature}")
+    for line in header.splitlines():
+        b(f"# {line}")
+    b("import triton")
+    b("import triton.language as tl")
+    b()
+    table = isinstance(low.kernels[0], TableKernel)
+    render_helpers(b, low, table)
+    for k in low.kernels:
+        (render_table_kernel if table else render_unrolled_kernel)(b, k, low)
+    return b.text()

@@ -1,0 +1,190 @@
+"""Specialise: lay one mask out for one plan.
+
+Rows are ordered (``row_order``) and cut into groups of ``rows_per_program``; each group is
+computed by one program. The unrolled modes (``values``, ``indices``) additionally split each
+group into *parts*: runs of columns whose statements (one load of an ``X`` row, one FMA per
+nonzero that uses it) stay under ``max_statements_per_function``; parts and groups become
+``noinline`` functions, and groups are cut into kernels of at most
+``max_functions_per_kernel`` functions. This bounds every compiled unit, so compile time grows
+linearly in nnz. The table mode instead builds buffers: per group, the sorted union of its
+rows' columns (padded to ``chunk``) and a dense (union x rows) block of values.
+
+Every function here is pure: same weight and plan in, same layout out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from .plan import Plan
+from .weights import SparseWeight
+
+
+@dataclass(frozen=True)
+class Part:
+    """A run of columns of one group: ((col, ((local_row, packed_index), ...)), ...)."""
+    columns: Tuple[Tuple[int, Tuple[Tuple[int, int], ...]], ...]
+
+    @property
+    def statements(self) -> int:
+        return sum(1 + len(e) for _, e in self.columns)
+
+    @property
+    def rows(self) -> Tuple[int, ...]:
+        return tuple(sorted({r for _, e in self.columns for r, _ in e}))
+
+
+@dataclass(frozen=True)
+class Group:
+    rows: Tuple[int, ...]          # global output rows, in local order
+    parts: Tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class Unrolled:
+    """Layout of the unrolled modes."""
+    groups: Tuple[Group, ...]
+    kernels: Tuple[Tuple[int, int], ...]   # [start, stop) group ranges, one per kernel
+    packed_values: np.ndarray              # float32, nnz, in the order the code reads them
+    pack_order: np.ndarray                 # packed_values = csr_values[pack_order]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Layout of the table mode (buffers for a loop kernel)."""
+    rows: np.ndarray       # int32 [G * R], -1 pads
+    starts: np.ndarray     # int32 [G + 1], padded offsets into cols
+    lengths: np.ndarray    # int32 [G], real union length per group
+    cols: np.ndarray       # int32 [total]
+    values: np.ndarray     # float32 [total * R]: values[j * R + r]
+    value_index: np.ndarray  # int64 [total * R]: CSR index feeding each slot, -1 for zero
+
+    @property
+    def groups(self) -> int:
+        return int(self.lengths.shape[0])
+
+
+def row_order(weight: SparseWeight, plan: Plan) -> np.ndarray:
+    """The order in which rows are assigned to groups."""
+    nnz = weight.row_nnz
+    if plan.row_order == "given":
+        return np.arange(weight.M)
+    order = np.argsort(-nnz, kind="stable")
+    if plan.row_order == "nnz" or plan.rows_per_program == 1:
+        return order
+    return _cluster(weight, order, plan.rows_per_program)
+
+
+def _cluster(weight: SparseWeight, by_length: np.ndarray, R: int) -> np.ndarray:
+    """Greedy grouping: seed with the longest free row, then add the rows that share the
+    most columns with the group's union (ties: the longer row). Maximises X-row reuse."""
+    import scipy.sparse as sp
+    A = sp.csr_array((np.ones(weight.nnz, np.float32), weight.indices, weight.indptr),
+                     shape=(weight.M, weight.K))
+    free = np.ones(weight.M, bool)
+    nnz = weight.row_nnz.astype(np.float64)
+    out = []
+    for seed in by_length:
+        if not free[seed]:
+            continue
+        free[seed] = False
+        group = [seed]
+        union = np.zeros(weight.K, np.float32)
+        union[weight.indices[weight.indptr[seed]:weight.indptr[seed + 1]]] = 1
+        while len(group) < R and free.any():
+            score = A @ union + nnz * 1e-6
+            score[~free] = -1
+            r = int(np.argmax(score))
+            free[r] = False
+            group.append(r)
+            union[weight.indices[weight.indptr[r]:weight.indptr[r + 1]]] = 1
+        out.extend(group)
+    return np.asarray(out, np.int64)
+
+
+def _group_rows(weight: SparseWeight, plan: Plan):
+    order = row_order(weight, plan)
+    R = plan.rows_per_program
+    return [order[i:i + R] for i in range(0, weight.M, R)]
+
+
+def specialise_unrolled(weight: SparseWeight, plan: Plan) -> Unrolled:
+    cap = plan.max_statements_per_function
+    groups, pack = [], []
+    for rows in _group_rows(weight, plan):
+        # entries of the group keyed by column: (local_row, csr_index)
+        by_col = {}
+        for r_local, row in enumerate(rows):
+            lo, hi = weight.indptr[row], weight.indptr[row + 1]
+            for idx in range(lo, hi):
+                by_col.setdefault(int(weight.indices[idx]), []).append((r_local, idx))
+        parts, cur, size = [], [], 0
+        for col in sorted(by_col):
+            entries = by_col[col]
+            cost = 1 + len(entries)
+            if cur and size + cost > cap:
+                parts.append(cur)
+                cur, size = [], 0
+            packed = []
+            for r_local, idx in entries:
+                packed.append((r_local, len(pack)))
+                pack.append(idx)
+            cur.append((col, tuple(packed)))
+            size += cost
+        if cur:
+            parts.append(cur)
+        groups.append(Group(tuple(int(r) for r in rows), tuple(Part(tuple(p)) for p in parts)))
+    if plan.row_order != "given":   # heavy groups first: a shorter tail of the launch
+        groups.sort(key=lambda g: -sum(p.statements for p in g.parts))
+    kernels, start, funcs = [], 0, 0
+    for i, g in enumerate(groups):
+        cost = len(g.parts) + 1
+        if i > start and funcs + cost > plan.max_functions_per_kernel:
+            kernels.append((start, i))
+            start, funcs = i, 0
+        funcs += cost
+    kernels.append((start, len(groups)))
+    pack_order = np.asarray(pack, np.int64)
+    return Unrolled(tuple(groups), tuple(kernels), weight.values[pack_order], pack_order)
+
+
+def specialise_table(weight: SparseWeight, plan: Plan) -> Table:
+    R, U = plan.rows_per_program, plan.chunk
+    groups = []
+    for rows in _group_rows(weight, plan):
+        cols = np.unique(np.concatenate(
+            [weight.indices[weight.indptr[r]:weight.indptr[r + 1]] for r in rows]
+            + [np.zeros(0, np.int64)]))
+        groups.append((rows, cols))
+    if plan.row_order != "given":
+        groups.sort(key=lambda g: -len(g[1]))
+    G = len(groups)
+    rows_buf = np.full(G * R, -1, np.int32)
+    starts = np.zeros(G + 1, np.int32)
+    lengths = np.zeros(G, np.int32)
+    for g, (rows, cols) in enumerate(groups):
+        rows_buf[g * R:g * R + len(rows)] = rows
+        lengths[g] = len(cols)
+        starts[g + 1] = starts[g] + -(-len(cols) // U) * U
+    total = int(starts[-1])
+    col_buf = np.zeros(total, np.int32)
+    value_index = np.full(total * R, -1, np.int64)
+    for g, (rows, cols) in enumerate(groups):
+        s = starts[g]
+        col_buf[s:s + len(cols)] = cols
+        for r_local, row in enumerate(rows):
+            lo, hi = weight.indptr[row], weight.indptr[row + 1]
+            j = np.searchsorted(cols, weight.indices[lo:hi])
+            value_index[(s + j) * R + r_local] = np.arange(lo, hi)
+    values = np.zeros(total * R, np.float32)
+    hit = value_index >= 0
+    values[hit] = weight.values[value_index[hit]]
+    return Table(rows_buf, starts, lengths, col_buf, values, value_index)
+
+
+def specialise(weight: SparseWeight, plan: Plan):
+    if plan.mode == "table":
+        return specialise_table(weight, plan)
+    return specialise_unrolled(weight, plan)

@@ -1,0 +1,174 @@
+"""Normalise a user's weight into the host-side sparse form every later stage reads.
+
+Accepted: a dense 2-D tensor whose zeros are the mask; a torch sparse CSR or COO tensor; a
+``scipy.sparse`` matrix; or a ``(mask, values)`` pair where ``values`` is dense (M x K) or a
+1-D tensor of the nonzeros in row-major order of ``mask``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+WEIGHT_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+TORCH_DTYPES = {v: k for k, v in WEIGHT_DTYPES.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class SparseWeight:
+    """W (M x K) as CSR on the host. ``values`` are float32 (exact for fp16/bf16 weights)."""
+    M: int
+    K: int
+    indptr: np.ndarray     # int64, M + 1
+    indices: np.ndarray    # int64, nnz, sorted within each row
+    values: np.ndarray     # float32, nnz
+    dtype: str             # the weight's own dtype
+    device: torch.device = field(default=torch.device("cpu"))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def row_nnz(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.M * self.K)
+
+    def mask_digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(np.array([self.M, self.K], np.int64).tobytes())
+        h.update(self.indptr.astype(np.int64).tobytes())
+        h.update(self.indices.astype(np.int64).tobytes())
+        return h.hexdigest()
+
+    def values_digest(self) -> str:
+        return hashlib.sha256(self.values.astype(np.float32).tobytes() + self.dtype.encode()).hexdigest()
+
+    def to_dense(self, dtype=torch.float64) -> torch.Tensor:
+        """The masked dense weight (for references and tests)."""
+        out = torch.zeros(self.M, self.K, dtype=dtype)
+        rows = np.repeat(np.arange(self.M), self.row_nnz)
+        out[torch.from_numpy(rows), torch.from_numpy(self.indices)] = torch.from_numpy(
+            self.values.astype(np.float64)).to(dtype)
+        return out
+
+    def with_values(self, values) -> "SparseWeight":
+        """Same mask, new nonzero values (1-D, in CSR order)."""
+        v = _as_tensor(values, "values").reshape(-1)
+        if v.numel() != self.nnz:
+            raise ValueError(f"values has {v.numel()} entries but the mask has {self.nnz} nonzeros")
+        return SparseWeight(self.M, self.K, self.indptr, self.indices, _check_values(v, "values"),
+                            _dtype_name(v, "values"), self.device)
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    raise TypeError(f"{name} must be a torch.Tensor (or numpy array), got {type(x).__name__}")
+
+
+def _dtype_name(t: torch.Tensor, name: str) -> str:
+    if t.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    return WEIGHT_DTYPES[t.dtype]
+
+
+def _check_values(v: torch.Tensor, name: str) -> np.ndarray:
+    v = v.detach().to("cpu")
+    if not torch.isfinite(v).all():
+        bad = int((~torch.isfinite(v)).sum())
+        raise ValueError(f"{name} has {bad} NaN/inf nonzero value(s); a sparse kernel bakes or "
+                         "packs weights and does not propagate them. Clean the weight first.")
+    return v.to(torch.float32).numpy().copy()
+
+
+def from_csr_arrays(M, K, indptr, indices, values, dtype="float32",
+                    device=torch.device("cpu")) -> SparseWeight:
+    indptr = np.asarray(indptr, np.int64)
+    indices = np.asarray(indices, np.int64)
+    if indptr.shape != (M + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0) \
+            or indptr[-1] != indices.shape[0]:
+        raise ValueError("weight: malformed CSR row pointers")
+    if indices.size and (indices.min() < 0 or indices.max() >= K):
+        raise ValueError(f"weight: column index out of range [0, {K})")
+    # sort columns within rows and reject duplicates
+    rows = np.repeat(np.arange(M), np.diff(indptr))
+    order = np.lexsort((indices, rows))
+    indices, values = indices[order], np.asarray(values, np.float32)[order]
+    if indices.size > 1:
+        same = (rows[1:] == rows[:-1]) & (indices[1:] == indices[:-1])
+        if same.any():
+            raise ValueError("weight: duplicate (row, column) entries")
+    return SparseWeight(int(M), int(K), indptr, indices, values, dtype, device)
+
+
+def as_sparse_weight(weight) -> SparseWeight:
+    """Convert any accepted weight form to :class:`SparseWeight` (checks shape, dtype, NaN)."""
+    if isinstance(weight, SparseWeight):
+        return weight
+    if isinstance(weight, tuple):
+        if len(weight) != 2:
+            raise TypeError("weight tuple must be (mask, values)")
+        mask, values = (_as_tensor(weight[0], "mask"), _as_tensor(weight[1], "values"))
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be 2-D (M x K), got shape {tuple(mask.shape)}")
+        mask = mask.detach().to("cpu") != 0
+        if values.dim() == 2:
+            if values.shape != mask.shape:
+                raise ValueError(f"values shape {tuple(values.shape)} disagrees with mask shape "
+                                 f"{tuple(mask.shape)}")
+            nz_vals = values.detach().to("cpu")[mask]
+        elif values.dim() == 1:
+            if values.numel() != int(mask.sum()):
+                raise ValueError(f"values has {values.numel()} entries but mask has "
+                                 f"{int(mask.sum())} nonzeros")
+            nz_vals = values
+        else:
+            raise ValueError("values must be 1-D (the nonzeros) or 2-D (M x K)")
+        dtype = _dtype_name(values, "values")
+        rows, cols = mask.nonzero(as_tuple=True)
+        indptr = np.zeros(mask.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(rows.numpy(), minlength=mask.shape[0]), out=indptr[1:])
+        return from_csr_arrays(mask.shape[0], mask.shape[1], indptr, cols.numpy(),
+                               _check_values(nz_vals, "values"), dtype, values.device)
+    try:
+        import scipy.sparse as sp
+        if sp.issparse(weight):
+            csr = sp.csr_array(weight)
+            csr.sort_indices()
+            vals = torch.from_numpy(np.asarray(csr.data))
+            if vals.dtype == torch.float64:
+                vals = vals.float()
+            return from_csr_arrays(csr.shape[0], csr.shape[1], csr.indptr, csr.indices,
+                                   _check_values(vals, "weight"), _dtype_name(vals, "weight"))
+    except ImportError:  # pragma: no cover
+        pass
+    w = _as_tensor(weight, "weight")
+    dtype = _dtype_name(w, "weight")
+    if w.dim() != 2:
+        raise ValueError(f"weight must be 2-D (M x K), got shape {tuple(w.shape)}")
+    if w.layout == torch.sparse_coo:
+        w = w.coalesce().to_sparse_csr()
+    if w.layout == torch.sparse_csr:
+        c = w.detach().to("cpu")
+        return from_csr_arrays(c.shape[0], c.shape[1], c.crow_indices().numpy(),
+                               c.col_indices().numpy(), _check_values(c.values(), "weight"),
+                               dtype, w.device)
+    if w.layout != torch.strided:
+        raise TypeError(f"weight layout {w.layout} is not supported (dense, CSR or COO)")
+    d = w.detach().to("cpu")
+    if not torch.isfinite(d).all():
+        _check_values(d[~torch.isfinite(d)], "weight")
+    mask = d != 0
+    rows, cols = mask.nonzero(as_tuple=True)
+    indptr = np.zeros(d.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows.numpy(), minlength=d.shape[0]), out=indptr[1:])
+    return SparseWeight(d.shape[0], d.shape[1], indptr, cols.numpy().astype(np.int64),
+                        d[mask].to(torch.float32).numpy().copy(), dtype, w.device)
