@@ -150,7 +150,7 @@ def render_group(b: Buffer, fn: GroupFn, low: Lowered):
         terms = {r: [] for r in range(len(fn.rows))}
         for p, (name, rows) in enumerate(fn.calls):
             outs = [f"p{p}_a{r}" for r in rows]
-            b(f"{', '.join(outs)}{',' if len(outs) == 1 else ''} = {name}(X, V, sxk, sxn, pid_n, N)")
+            b(f"{', '.join(outs)} = {name}(X, V, sxk, sxn, pid_n, N)")
             for r, o in zip(rows, outs):
                 terms[r].append(o)
         for r, row in enumerate(fn.rows):

@@ -1,0 +1,167 @@
+"""Hypothesis strategies and checks for fuzzing sparse kernels against ``torch.matmul``.
+
+    from hypothesis import given
+    from sparsert_triton.testing import cases, check_case
+
+    @given(cases())
+    def test_my_kernels(case):
+        check_case(case, device="cpu")
+
+Every check compares with the float64 ``torch.matmul`` of the masked dense weight followed by
+the same epilogue (:func:`sparsert_triton.reference.evaluate`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import torch
+from hypothesis import strategies as st
+
+from dsl import Schedule, clamp, gelu, relu, sigmoid, silu
+
+from .api import sparse_kernel
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# tolerance relative to the size of the sum |W| |X| (float32 accumulation, output rounding)
+TOLERANCE = {"float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+def _e_plain(W, X):
+    return W @ X
+
+
+def _e_bias_relu(W, X, bias):
+    return relu(W @ X + bias)
+
+
+def _e_gelu_scale(W, X, scale):
+    return gelu(W @ X) * scale
+
+
+def _e_residual_silu(W, X, residual, bias):
+    return silu(W @ X + bias) + residual
+
+
+def _e_clamp_sigmoid(W, X, bias):
+    y = clamp(W @ X - bias, -1.5, 2.0)
+    return y * sigmoid(y) * 0.5 + 1
+
+
+def _e_cast(W, X, bias):
+    return relu(W @ X + bias).to("float16")
+
+
+# name -> (function, operand kinds)
+EPILOGUES = {
+    "plain": (_e_plain, ()),
+    "bias_relu": (_e_bias_relu, ("row",)),
+    "gelu_scale": (_e_gelu_scale, ("scalar",)),
+    "gelu_number": (_e_gelu_scale, ("number",)),
+    "gelu_rowscale": (_e_gelu_scale, ("row",)),
+    "residual_silu": (_e_residual_silu, ("full", "row")),
+    "clamp_sigmoid": (_e_clamp_sigmoid, ("row",)),
+    "cast_fp16": (_e_cast, ("row",)),
+}
+
+
+@dataclass
+class Case:
+    M: int
+    K: int
+    N: int
+    density: float
+    dtype: str
+    epilogue: str
+    schedule: Schedule
+    seed: int
+    transposed_x: bool = False
+
+    def __repr__(self):
+        return (f"Case(M={self.M}, K={self.K}, N={self.N}, density={self.density:.3f}, "
+                f"dtype={self.dtype!r}, epilogue={self.epilogue!r}, schedule={self.schedule!r}, "
+                f"seed={self.seed}, transposed_x={self.transposed_x})")
+
+
+def _pow2(lo, hi):
+    return st.sampled_from([1 << i for i in range(lo, hi + 1)])
+
+
+@st.composite
+def schedules(draw, mode=None, dtype="float32") -> Schedule:
+    """Schedules of every mode; table-mode dot is left out under the interpreter for bf16
+    (triton's interpreter computes bf16 ``tl.dot`` wrongly)."""
+    mode = mode or draw(st.sampled_from(["values", "indices", "table"]))
+    order = draw(st.sampled_from(["given", "nnz", "cluster"]))
+    block_n = draw(_pow2(4, 6))
+    if mode == "table":
+        interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        dot_ok = not (interp and dtype == "bfloat16")
+        use_dot = dot_ok and draw(st.booleans())
+        if use_dot:
+            return Schedule(mode=mode, rows_per_program=16, chunk=16, block_n=max(16, block_n),
+                            row_order=order, use_dot=True)
+        return Schedule(mode=mode, rows_per_program=draw(_pow2(0, 3)), chunk=draw(_pow2(0, 4)),
+                        block_n=block_n, row_order=order, use_dot=False)
+    return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
+                    row_order=order,
+                    max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
+                    max_functions_per_kernel=draw(st.sampled_from([3, 64])))
+
+
+@st.composite
+def cases(draw, max_m=40, max_k=48, max_n=70, modes=None, dtypes=None) -> Case:
+    """Problem shapes that do not divide the tiles, densities 0..1, every mode and epilogue."""
+    dtype = draw(st.sampled_from(dtypes or list(DTYPES)))
+    mode = draw(st.sampled_from(modes)) if modes else None
+    return Case(M=draw(st.integers(1, max_m)), K=draw(st.integers(1, max_k)),
+                N=draw(st.integers(1, max_n)),
+                density=draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))),
+                dtype=dtype, epilogue=draw(st.sampled_from(sorted(EPILOGUES))),
+                schedule=draw(schedules(mode, dtype)), seed=draw(st.integers(0, 2**31 - 1)),
+                transposed_x=draw(st.booleans()))
+
+
+def make_operand(kind: str, M: int, N: int, g: torch.Generator, device, dtype):
+    if kind == "number":
+        return float(torch.randn((), generator=g))
+    shape = {"scalar": (1,), "row": (M,), "full": (M, N)}[kind]
+    return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+
+def build(case: Case, device="cpu") -> Tuple[Callable, torch.Tensor, torch.Tensor, list]:
+    """(specialised kernel, X, weight, operands) for a case."""
+    g = torch.Generator().manual_seed(case.seed)
+    dt = DTYPES[case.dtype]
+    mask = torch.rand(case.M, case.K, generator=g) < case.density
+    W = (torch.randn(case.M, case.K, generator=g) * mask).to(dt)
+    if case.transposed_x:
+        X = torch.randn(case.N, case.K, generator=g).to(device=device, dtype=dt).t()
+    else:
+        X = torch.randn(case.K, case.N, generator=g).to(device=device, dtype=dt)
+    fn, kinds = EPILOGUES[case.epilogue]
+    kern = sparse_kernel(fn, schedule=case.schedule).specialize((mask, W))
+    ops = [make_operand(k, case.M, case.N, g, device, dt) for k in kinds]
+    return kern, X, W, ops
+
+
+def assert_matches(Y: torch.Tensor, ref: torch.Tensor, W, X, dtype: str, out_dtype=None):
+    """|Y - ref| <= tol * (1 + |W| |X|) elementwise, with tol set by the dtypes involved."""
+    assert Y.shape == ref.shape, (Y.shape, ref.shape)
+    assert not torch.isnan(Y).any(), "NaN in the output"
+    tol = max(TOLERANCE[dtype], TOLERANCE.get(out_dtype or dtype, 0))
+    mag = W.detach().to("cpu", torch.float64).abs() @ X.detach().to("cpu", torch.float64).abs()
+    bound = tol * (1 + mag + ref.abs())
+    err = (Y.detach().to("cpu", torch.float64) - ref).abs()
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"max error {err.max().item():.3g} exceeds tolerance (ratio {worst:.2f})"
+
+
+def check_case(case: Case, device="cpu"):
+    kern, X, W, ops = build(case, device)
+    Y = kern(X, *ops)
+    ref = kern.reference(X, *ops)
+    assert Y.dtype == DTYPES[kern.program.out.dtype if case.epilogue == "cast_fp16" else case.dtype]
+    assert_matches(Y, ref, W, X, case.dtype, "float16" if case.epilogue == "cast_fp16" else None)
+    return Y

@@ -1,0 +1,36 @@
+"""Test setup: the CPU interpreter by default; ``SPARSERT_TEST_DEVICE=cuda`` runs on a GPU.
+
+Hypothesis profiles: ``ci`` (default, a few minutes on 2 cores), ``dev``, ``gpu``; choose with
+``HYPOTHESIS_PROFILE``.
+"""
+import os
+import tempfile
+
+DEVICE = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"     # must precede the first import of triton
+os.environ.setdefault("SPARSERT_CACHE_DIR", tempfile.mkdtemp(prefix="sparsert-test-cache-"))
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                     HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=25, derandomize=True, **_common)
+settings.register_profile("dev", max_examples=100, **_common)
+settings.register_profile("gpu", max_examples=300, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if DEVICE == "cuda" else "ci"))
+
+
+@pytest.fixture(scope="session")
+def device():
+    return DEVICE
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    has_gpu = DEVICE == "cuda" and torch.cuda.is_available()
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run with SPARSERT_TEST_DEVICE=cuda)")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)
