@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 
 UNARY_OPS = ("relu", "gelu", "sigmoid", "silu", "neg")
 BINARY_OPS = ("add", "sub", "mul")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class Variant:
         if self.table:
             self.kernels = [(self.module.sparse_table_kernel, int(layout["lengths"].shape[0]))]
             vi = layout["value_index"]
-            vals = np.where(vi >= 0, weight.values[np.maximum(vi, 0)], 0).astype(np.float32)
+            vals = np.where(vi >= 0, weight.values[np.maximum(vi, 0)], 0.0)
             self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"], vals]
         else:
             self.kernels = [(getattr(self.module, f"sparse_kernel_{i}"), int(g))
@@ -75,7 +75,7 @@ class Variant:
             bufs = []
             for i, a in enumerate(self._host):
                 t = torch.from_numpy(np.ascontiguousarray(a))
-                if a.dtype == np.float32:   # values travel in the weight's own dtype
+                if a.dtype == np.float64:   # values travel in the weight's own dtype
                     t = t.to(self.w_dtype)
                 if t.numel() == 0:          # never hand Triton an empty buffer
                     t = torch.zeros(1, dtype=t.dtype)
@@ -98,6 +98,8 @@ class SpecializedKernel:
 
     def variant(self, sig: Signature, N: int, device: torch.device) -> Variant:
         plan = self.plan(N, sig.x_dtype)
+        if plan.use_dot and sig.acc_dtype == "float64":
+            raise ValueError("schedule: use_dot does not support float64 inputs")
         cap = _capability(device)
         vkey = (plan, sig, cap)
         v = self._variants.get(vkey)

@@ -31,7 +31,7 @@ class SmtxPattern:
         if dtype != "float32":
             import torch
             from .weights import TORCH_DTYPES
-            vals = torch.from_numpy(vals).to(TORCH_DTYPES[dtype]).float().numpy()
+            vals = torch.from_numpy(vals).to(TORCH_DTYPES[dtype]).double().numpy()
         return from_csr_arrays(self.M, self.K, self.indptr, self.indices, vals, dtype)
 
 

@@ -37,7 +37,7 @@ def operand_kind(name: str, v, M: int, N: int, device) -> str:
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"{name} must be a tensor or a number, got {type(v).__name__}")
     if v.dtype not in WEIGHT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {v.dtype}")
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {v.dtype}")
     if v.device != device:
         raise ValueError(f"{name} is on {v.device} but X is on {device}")
     if v.numel() == 1 and v.dim() <= 2:   # broadcast; for M == 1 the same as a row value
@@ -61,7 +61,7 @@ def signature_for(program: ir.Program, weight: SparseWeight, X, operands, out=No
     if X.shape[0] != weight.K:
         raise ValueError(f"X has {X.shape[0]} rows but the weight has K={weight.K} columns")
     if X.dtype not in WEIGHT_DTYPES:
-        raise TypeError(f"X must be float32, float16 or bfloat16, got {X.dtype}")
+        raise TypeError(f"X must be float32, float16, bfloat16 or float64, got {X.dtype}")
     if X.layout != torch.strided:
         raise TypeError(f"X must be a dense (strided) tensor, got {X.layout}")
     check_device(X, "X")

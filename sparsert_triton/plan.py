@@ -71,5 +71,10 @@ class Signature:
     out_dtype: str
     operand_kinds: Tuple[Tuple[str, str], ...]
 
+    @property
+    def acc_dtype(self) -> str:
+        """float64 if either input is float64, else float32."""
+        return "float64" if "float64" in (self.x_dtype, self.w_dtype) else "float32"
+
     def kind(self, name: str) -> str:
         return dict(self.operand_kinds)[name]

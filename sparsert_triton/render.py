@@ -13,7 +13,8 @@ from dsl import ir
 from . import __version__
 from .lower import Fma, GroupFn, LoadX, Lowered, PartFn, TableKernel, UnrolledKernel
 
-TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16"}
+TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16",
+             "float64": "tl.float64"}
 
 
 class Buffer:
@@ -35,7 +36,7 @@ class Buffer:
 
 
 def lit(v: float) -> str:
-    """A float literal that round-trips to the same float32."""
+    """A float literal that round-trips to the same float64 (so also to float32)."""
     r = repr(float(v))
     return r if ("." in r or "e" in r or "n" in r) else r + ".0"
 
@@ -52,26 +53,28 @@ def operand_params(sig) -> list:
     return out
 
 
-def _leaf(name: str, kind: str, table: bool) -> str:
+def _leaf(name: str, kind: str, table: bool, acc: str) -> str:
     p = f"op_{name}"
     if kind == "number":
         return p
     if kind == "scalar":
-        return f"tl.load({p}).to(tl.float32)"
+        return f"tl.load({p}).to({acc})"
     if kind == "row":
         m = ", mask=rmask, other=0.0" if table else ""
-        return f"tl.load({p} + row * {p}_s{m}).to(tl.float32)"
+        return f"tl.load({p} + row * {p}_s{m}).to({acc})"
     m = "rmask & nmask" if table else "nmask"
-    return f"tl.load({p} + row * {p}_sm + offs_n * {p}_sn, mask={m}, other=0.0).to(tl.float32)"
+    return f"tl.load({p} + row * {p}_sm + offs_n * {p}_sn, mask={m}, other=0.0).to({acc})"
 
 
 def expr(node: ir.Node, sig, table: bool) -> str:
-    """The epilogue expression over ``acc`` (float32)."""
+    """The epilogue expression over ``acc`` (in the accumulator type)."""
+    acc_t = TL_DTYPES[sig.acc_dtype]
+
     def go(n):
         if isinstance(n, ir.MatMul):
             return "acc"
         if isinstance(n, ir.Operand):
-            return _leaf(n.name, sig.kind(n.name), table)
+            return _leaf(n.name, sig.kind(n.name), table, acc_t)
         if isinstance(n, ir.Const):
             return lit(n.value)
         if isinstance(n, ir.Unary):
@@ -90,7 +93,7 @@ def expr(node: ir.Node, sig, table: bool) -> str:
                 x = f"tl.minimum({x}, {lit(n.hi)})"
             return x
         if isinstance(n, ir.Cast):   # an inner cast rounds; the outer one is the store's
-            return f"{go(n.x)}.to({TL_DTYPES[n.dtype]}).to(tl.float32)"
+            return f"{go(n.x)}.to({TL_DTYPES[n.dtype]}).to({acc_t})"
         raise TypeError(n)
     root = node.x if isinstance(node, ir.Cast) else node
     return go(root)
@@ -110,19 +113,19 @@ def render_helpers(b: Buffer, low: Lowered, table: bool):
                        + operand_params(sig))
     b("@triton.jit")
     with b.indent(f"def _epilogue({params}):"):
-        b(f'"""{ir.to_source(low.program.out)} (in float32)"""')
+        b(f'"""{ir.to_source(low.program.out)} (in {sig.acc_dtype})"""')
         b(f"return {expr(low.program.out, sig, table)}")
     b()
 
 
 # ---------------------------------------------------------------- unrolled modes
 
-def render_load(b: Buffer, s: LoadX):
-    b(f"{s.var} = tl.load(xp + {s.col} * sxk, mask=nmask, other=0.0).to(tl.float32)")
+def render_load(b: Buffer, s: LoadX, acc: str):
+    b(f"{s.var} = tl.load(xp + {s.col} * sxk, mask=nmask, other=0.0).to({acc})")
 
 
-def render_fma(b: Buffer, s: Fma):
-    w = lit(s.value) if s.value is not None else f"tl.load(V + {s.value_index}).to(tl.float32)"
+def render_fma(b: Buffer, s: Fma, acc: str):
+    w = lit(s.value) if s.value is not None else f"tl.load(V + {s.value_index}).to({acc})"
     b(f"{s.acc} = {s.var} * {w}" if s.first else f"{s.acc} += {s.var} * {w}")
 
 
@@ -136,8 +139,9 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
     with b.indent(f"def {fn.name}(X, V, sxk, sxn, pid_n, N):"):
         _tile(b, low.plan.block_n)
         b("xp = X + offs_n * sxn")
+        acc = TL_DTYPES[low.signature.acc_dtype]
         for s in fn.body:
-            (render_load if isinstance(s, LoadX) else render_fma)(b, s)
+            (render_load if isinstance(s, LoadX) else render_fma)(b, s, acc)
         b(f"return {', '.join(fn.returns)}")
     b()
 
@@ -154,7 +158,8 @@ def render_group(b: Buffer, fn: GroupFn, low: Lowered):
             for r, o in zip(rows, outs):
                 terms[r].append(o)
         for r, row in enumerate(fn.rows):
-            acc = " + ".join(terms[r]) if terms[r] else f"tl.zeros([{low.plan.block_n}], tl.float32)"
+            acc = " + ".join(terms[r]) if terms[r] else \
+                f"tl.zeros([{low.plan.block_n}], {TL_DTYPES[low.signature.acc_dtype]})"
             args = ", ".join([acc, str(row), "0", "offs_n", "nmask"] + ops)
             b(f"tl.store(Y + {row} * sym + offs_n * syn, "
               f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
@@ -206,7 +211,8 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
         b(f"u = tl.arange(0, {U})")
         b("start = tl.load(STARTS + g)")
         b("end = start + tl.load(LENGTHS + g)")
-        b(f"acc = tl.zeros([{R}, {BN}], tl.float32)")
+        acc_t = TL_DTYPES[sig.acc_dtype]
+        b(f"acc = tl.zeros([{R}, {BN}], {acc_t})")
         with b.indent(f"for j in range(start, end, {U}):"):
             b("k = j + u")
             b("kmask = k < end")
@@ -218,7 +224,7 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
                 prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
                 b(f'acc += tl.dot(w.to(x.dtype), x, input_precision="{prec}")')
             else:
-                b("acc += tl.sum(w.to(tl.float32)[:, :, None] * x.to(tl.float32)[None, :, :], axis=1)")
+                b(f"acc += tl.sum(w.to({acc_t})[:, :, None] * x.to({acc_t})[None, :, :], axis=1)")
         args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]", "offs_n[None, :]",
                           "nmask[None, :]"] + ops)
         b(f"out = _epilogue({args})")

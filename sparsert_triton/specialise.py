@@ -47,7 +47,7 @@ class Unrolled:
     """Layout of the unrolled modes."""
     groups: Tuple[Group, ...]
     kernels: Tuple[Tuple[int, int], ...]   # [start, stop) group ranges, one per kernel
-    packed_values: np.ndarray              # float32, nnz, in the order the code reads them
+    packed_values: np.ndarray              # float64, nnz, in the order the code reads them
     pack_order: np.ndarray                 # packed_values = csr_values[pack_order]
 
 
@@ -58,7 +58,7 @@ class Table:
     starts: np.ndarray     # int32 [G + 1], padded offsets into cols
     lengths: np.ndarray    # int32 [G], real union length per group
     cols: np.ndarray       # int32 [total]
-    values: np.ndarray     # float32 [total * R]: values[j * R + r]
+    values: np.ndarray     # float64 [total * R]: values[j * R + r]
     value_index: np.ndarray  # int64 [total * R]: CSR index feeding each slot, -1 for zero
 
     @property
@@ -178,7 +178,7 @@ def specialise_table(weight: SparseWeight, plan: Plan) -> Table:
             lo, hi = weight.indptr[row], weight.indptr[row + 1]
             j = np.searchsorted(cols, weight.indices[lo:hi])
             value_index[(s + j) * R + r_local] = np.arange(lo, hi)
-    values = np.zeros(total * R, np.float32)
+    values = np.zeros(total * R, np.float64)
     hit = value_index >= 0
     values[hit] = weight.values[value_index[hit]]
     return Table(rows_buf, starts, lengths, col_buf, values, value_index)

@@ -23,9 +23,10 @@ from dsl import Schedule, clamp, gelu, relu, sigmoid, silu
 
 from .api import sparse_kernel
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
 # tolerance relative to the size of the sum |W| |X| (float32 accumulation, output rounding)
-TOLERANCE = {"float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+TOLERANCE = {"float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2, "float64": 1e-12}
 
 
 def _e_plain(W, X):
@@ -97,7 +98,7 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
     block_n = draw(_pow2(4, 6))
     if mode == "table":
         interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-        dot_ok = not (interp and dtype == "bfloat16")
+        dot_ok = not (interp and dtype == "bfloat16") and dtype != "float64"
         use_dot = dot_ok and draw(st.booleans())
         if use_dot:
             return Schedule(mode=mode, rows_per_program=16, chunk=16, block_n=max(16, block_n),

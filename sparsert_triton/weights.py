@@ -12,18 +12,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-WEIGHT_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+WEIGHT_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+                 torch.float64: "float64"}
 TORCH_DTYPES = {v: k for k, v in WEIGHT_DTYPES.items()}
 
 
 @dataclass(frozen=True, eq=False)
 class SparseWeight:
-    """W (M x K) as CSR on the host. ``values`` are float32 (exact for fp16/bf16 weights)."""
+    """W (M x K) as CSR on the host. ``values`` are float64 (exact for every weight dtype)."""
     M: int
     K: int
     indptr: np.ndarray     # int64, M + 1
     indices: np.ndarray    # int64, nnz, sorted within each row
-    values: np.ndarray     # float32, nnz
+    values: np.ndarray     # float64, nnz
     dtype: str             # the weight's own dtype
     device: torch.device = field(default=torch.device("cpu"))
 
@@ -47,7 +48,7 @@ class SparseWeight:
         return h.hexdigest()
 
     def values_digest(self) -> str:
-        return hashlib.sha256(self.values.astype(np.float32).tobytes() + self.dtype.encode()).hexdigest()
+        return hashlib.sha256(self.values.astype(np.float64).tobytes() + self.dtype.encode()).hexdigest()
 
     def to_dense(self, dtype=torch.float64) -> torch.Tensor:
         """The masked dense weight (for references and tests)."""
@@ -76,7 +77,7 @@ def _as_tensor(x, name: str) -> torch.Tensor:
 
 def _dtype_name(t: torch.Tensor, name: str) -> str:
     if t.dtype not in WEIGHT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
     return WEIGHT_DTYPES[t.dtype]
 
 
@@ -86,7 +87,7 @@ def _check_values(v: torch.Tensor, name: str) -> np.ndarray:
         bad = int((~torch.isfinite(v)).sum())
         raise ValueError(f"{name} has {bad} NaN/inf nonzero value(s); a sparse kernel bakes or "
                          "packs weights and does not propagate them. Clean the weight first.")
-    return v.to(torch.float32).numpy().copy()
+    return v.to(torch.float64).numpy().copy()
 
 
 def from_csr_arrays(M, K, indptr, indices, values, dtype="float32",
@@ -101,7 +102,7 @@ def from_csr_arrays(M, K, indptr, indices, values, dtype="float32",
     # sort columns within rows and reject duplicates
     rows = np.repeat(np.arange(M), np.diff(indptr))
     order = np.lexsort((indices, rows))
-    indices, values = indices[order], np.asarray(values, np.float32)[order]
+    indices, values = indices[order], np.asarray(values, np.float64)[order]
     if indices.size > 1:
         same = (rows[1:] == rows[:-1]) & (indices[1:] == indices[:-1])
         if same.any():
@@ -144,8 +145,6 @@ def as_sparse_weight(weight) -> SparseWeight:
             csr = sp.csr_array(weight)
             csr.sort_indices()
             vals = torch.from_numpy(np.asarray(csr.data))
-            if vals.dtype == torch.float64:
-                vals = vals.float()
             return from_csr_arrays(csr.shape[0], csr.shape[1], csr.indptr, csr.indices,
                                    _check_values(vals, "weight"), _dtype_name(vals, "weight"))
     except ImportError:  # pragma: no cover
@@ -171,4 +170,4 @@ def as_sparse_weight(weight) -> SparseWeight:
     indptr = np.zeros(d.shape[0] + 1, np.int64)
     np.cumsum(np.bincount(rows.numpy(), minlength=d.shape[0]), out=indptr[1:])
     return SparseWeight(d.shape[0], d.shape[1], indptr, cols.numpy().astype(np.int64),
-                        d[mask].to(torch.float32).numpy().copy(), dtype, w.device)
+                        d[mask].to(torch.float64).numpy().copy(), dtype, w.device)
