@@ -103,7 +103,8 @@ class Sym:
     def __array__(self, *a, **k):
         _fail("symbolic values cannot be converted to arrays")
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
         _fail(f"`{getattr(func, '__name__', func)}` is not a DSL op; use the epilogue "
               f"functions from `dsl` (relu, gelu, sigmoid, silu, clamp)")
 

@@ -116,8 +116,8 @@ class SpecializedKernel:
             lowered = lower(layout, plan, sig, self.program)
             source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
                                             f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")
-            path = cache.store(key, source, _layout_arrays(layout)) / "kernel.py"
-            hit = cache.load(key) or (path, _layout_arrays(layout))
+            arrays = _layout_arrays(layout)
+            hit = (cache.store(key, source, arrays) / "kernel.py", arrays)
             _dump(key, self.program, plan, sig, layout, lowered, source)
         v = Variant(key, hit[0], hit[1], plan, self.weight)
         self._variants[vkey] = v

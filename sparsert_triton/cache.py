@@ -22,6 +22,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 
+stats = {"hits": 0, "misses": 0, "corrupt": 0}
+
+
 def cache_dir() -> Path:
     d = os.environ.get("SPARSERT_CACHE_DIR")
     if not d:
@@ -80,6 +83,7 @@ def load(key: str) -> Optional[Tuple[Path, dict]]:
     """Return (kernel path, layout) of a valid entry, or None (a corrupt entry is removed)."""
     entry = cache_dir() / key
     if not entry.is_dir():
+        stats["misses"] += 1
         return None
     try:
         meta = json.loads((entry / "meta.json").read_text())
@@ -88,8 +92,10 @@ def load(key: str) -> Optional[Tuple[Path, dict]]:
             raise ValueError("checksum mismatch")
         with np.load(io.BytesIO(blobs["layout.npz"])) as z:
             layout = {k: z[k] for k in z.files}
+        stats["hits"] += 1
         return entry / "kernel.py", layout
     except Exception:
+        stats["corrupt"] += 1
         shutil.rmtree(entry, ignore_errors=True)
         return None
 

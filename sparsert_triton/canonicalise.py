@@ -65,7 +65,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
     half = x_dtype in ("float16", "bfloat16")
     use_dot = s.use_dot
     if use_dot == AUTO:
-        use_dot = mode == "table" and half and weight.density >= 0.15 and weight.dtype != "float64"
+        fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.chunk, s.block_n))
+        use_dot = (mode == "table" and half and fits and weight.density >= 0.15
+                   and weight.dtype != "float64")
     rpp = s.rows_per_program
     if rpp == AUTO:
         if mode == "table":

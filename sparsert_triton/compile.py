@@ -38,6 +38,13 @@ def import_kernels(path: Path, key: str):
         return mod
 
 
+def _import_compilable(path: Path, key: str):
+    if interpreting():
+        raise RuntimeError("precompile needs a process without TRITON_INTERPRET=1 (the "
+                           "interpreter patches triton.language while kernels run)")
+    return import_kernels(path, key)
+
+
 @contextmanager
 def triton_cache_scope():
     """Point Triton's binary cache at ours while a kernel compiles."""
@@ -60,7 +67,7 @@ def precompile(path: Path, key: str, kernel_names, signature: dict, target=None,
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    mod = import_kernels(path, key)
+    mod = _import_compilable(path, key)
     target = target or GPUTarget("cuda", 90, 32)
     out = []
     with triton_cache_scope():
@@ -70,3 +77,29 @@ def precompile(path: Path, key: str, kernel_names, signature: dict, target=None,
             out.append(triton.compile(ASTSource(fn, sig, {}), target=target,
                                       options=options or {}))
     return out
+
+
+_TT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+
+
+def triton_signature(sig) -> dict:
+    """Triton parameter types of a variant's kernels (operands assumed in X's dtype)."""
+    x, w, y = (_TT[d] for d in (sig.x_dtype, sig.w_dtype, sig.out_dtype))
+    types = {"X": f"*{x}", "V": f"*{w}", "VALS": f"*{w}", "Y": f"*{y}", "ROWS": "*i32",
+             "STARTS": "*i32", "LENGTHS": "*i32", "COLS": "*i32", "N": "i32"}
+    for s in ("sxk", "sxn", "sym", "syn"):
+        types[s] = "i32"
+    for name, kind in sig.operand_kinds:
+        p = f"op_{name}"
+        types[p] = "fp32" if kind == "number" else f"*{x}"
+        for suffix in ("_s", "_sm", "_sn"):
+            types[p + suffix] = "i32"
+    return types
+
+
+def precompile_variant(variant, sig, target=None):
+    """Compile every kernel of a built variant for ``target`` (default sm_90) on any machine."""
+    names = [fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__ for fn, _ in variant.kernels]
+    opts = {"num_warps": variant.plan.num_warps, "num_stages": variant.plan.num_stages,
+            "enable_fp_fusion": True}
+    return precompile(variant.path, variant.key, names, triton_signature(sig), target, opts)

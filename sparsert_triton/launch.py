@@ -109,7 +109,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     bufs = variant.buffers(X.device)
     ops = operand_args(sig, operands)
     strides = [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), N]
-    opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     first = not variant.launched
     with (triton_cache_scope() if first else _nullcontext()):
         for fn, groups in variant.kernels:

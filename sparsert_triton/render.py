@@ -79,7 +79,7 @@ def expr(node: ir.Node, sig, table: bool) -> str:
             return lit(n.value)
         if isinstance(n, ir.Unary):
             x = go(n.x)
-            return {"relu": f"tl.maximum({x}, 0.0)", "gelu": f"_gelu({x})",
+            return {"relu": f"tl.maximum({x}, 0.0, propagate_nan=tl.PropagateNan.ALL)", "gelu": f"_gelu({x})",
                     "sigmoid": f"tl.sigmoid({x})", "silu": f"_silu({x})",
                     "neg": f"(-{x})"}[n.op]
         if isinstance(n, ir.Binary):
@@ -88,9 +88,9 @@ def expr(node: ir.Node, sig, table: bool) -> str:
         if isinstance(n, ir.Clamp):
             x = go(n.x)
             if n.lo is not None:
-                x = f"tl.maximum({x}, {lit(n.lo)})"
+                x = f"tl.maximum({x}, {lit(n.lo)}, propagate_nan=tl.PropagateNan.ALL)"
             if n.hi is not None:
-                x = f"tl.minimum({x}, {lit(n.hi)})"
+                x = f"tl.minimum({x}, {lit(n.hi)}, propagate_nan=tl.PropagateNan.ALL)"
             return x
         if isinstance(n, ir.Cast):   # an inner cast rounds; the outer one is the store's
             return f"{go(n.x)}.to({TL_DTYPES[n.dtype]}).to({acc_t})"

@@ -1,0 +1,272 @@
+"""PyTorch custom ops over specialised sparse kernels, visible to ``torch.compile`` and autograd.
+
+A fixed mask is registered once as a :class:`SparsePattern` under an integer id; the ops take
+tensors plus that id, so a compiled graph holds only a constant int and the kernels live here::
+
+    sparsert::spmm(X, values, bias?, id)        Y  = W @ X (+ bias[:, None])      (M, N)
+    sparsert::spmm_t(G, values, id)             GX = W^T @ G                       (K, N)
+    sparsert::spmm_grad_values(G, X, id)        GV = (G @ X^T)[mask]  (CSR order)  (nnz,)
+
+``W`` is the (M x K) matrix whose nonzeros are ``values`` (1-D, CSR order of the pattern) at the
+pattern's positions. ``X`` is (K, N) with any strides (a transposed view costs no copy).
+
+Autograd of ``spmm`` with ``Y = W X + b 1^T``:  dX = W^T dY (a kernel specialised to the
+transposed mask, built lazily), dvalues = (dY X^T) at the mask positions only (the mask is
+frozen), db = dY 1 (the sum over N). Every op has a fake implementation, so
+``torch.compile(fullgraph=True)`` traces through it.
+
+Kernels are specialised lazily per (device, dtype) and re-specialised when ``values`` changes:
+the change is seen through the tensor's identity (storage address) and its version counter,
+which in-place updates of a Parameter (optimizer steps, ``load_state_dict``) bump. Writes
+through ``tensor.data`` bypass the version counter: call :func:`refresh` after those. With
+``mode="values"`` new values mean a recompile; ``"indices"`` and ``"table"`` reuse the compiled
+code and only re-upload the values.
+"""
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from dsl import Schedule
+
+from .api import SpecializedKernel, sparse_kernel
+from .compile import interpreting
+from .weights import SparseWeight, as_sparse_weight
+
+
+@sparse_kernel
+def sparse_matmul(W, X):
+    """Y = W @ X."""
+    return W @ X
+
+
+@sparse_kernel
+def sparse_matmul_bias(W, X, bias):
+    """Y = W @ X + bias (one value per output row)."""
+    return W @ X + bias
+
+
+_ids = itertools.count(1)
+_PATTERNS: "weakref.WeakValueDictionary[int, SparsePattern]" = weakref.WeakValueDictionary()
+
+
+def csr_transpose(M: int, K: int, indptr: np.ndarray, indices: np.ndarray):
+    """CSR of ``W^T`` from CSR of ``W``: ``(indptr_t, indices_t, perm)`` with
+    ``values_t = values[perm]`` (column-major order of ``W``: by column, then by row)."""
+    rows = np.repeat(np.arange(M, dtype=np.int64), np.diff(indptr))
+    perm = np.lexsort((rows, indices))
+    indptr_t = np.zeros(K + 1, np.int64)
+    np.cumsum(np.bincount(indices, minlength=K), out=indptr_t[1:])
+    return indptr_t, rows[perm], perm
+
+
+class SparsePattern:
+    """A frozen mask (M x K, CSR) registered under ``kernel_id`` for the custom ops.
+
+    Holds the kernels specialised to it: ``W @ X (+ bias)`` per (device, dtype, bias?) and, for
+    the input gradient, ``W^T @ G`` on the transposed mask, each rebuilt when the values change.
+    A copy (``copy.deepcopy``, pickling) registers a new pattern with a new id.
+    """
+
+    def __init__(self, M: int, K: int, indptr, indices, schedule: Optional[Schedule] = None):
+        indptr = np.asarray(indptr, np.int64).copy()
+        indices = np.asarray(indices, np.int64).copy()
+        zeros = np.zeros(indices.shape[0], np.float32)
+        # the base weight validates the CSR arrays; its values are replaced per call
+        self.base = as_sparse_weight(sp.csr_array((zeros, indices, indptr), shape=(M, K)))
+        if not np.array_equal(self.base.indices, indices):
+            raise ValueError("indices must be sorted within each row (CSR order of the values)")
+        self.M, self.K, self.indptr, self.indices = int(M), int(K), indptr, indices
+        self.schedule = schedule or Schedule()
+        self._kernels = {}     # key -> (values tensor, version, SpecializedKernel)
+        self._index = {}       # device -> flat index rows * K + cols (torch.long)
+        self._t = None         # (SparseWeight of W^T with zero values, perm)
+        self.kernel_id = next(_ids)
+        _PATTERNS[self.kernel_id] = self
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __reduce__(self):
+        return (SparsePattern, (self.M, self.K, self.indptr, self.indices, self.schedule))
+
+    def __repr__(self):
+        return (f"<SparsePattern #{self.kernel_id}: {self.M}x{self.K}, nnz={self.nnz}, "
+                f"{self.schedule!r}>")
+
+    # ------------------------------------------------------------ kernels
+    def _cached(self, key, values: Tensor, build) -> SpecializedKernel:
+        hit = self._kernels.get(key)
+        if hit is not None and hit[0].data_ptr() == values.data_ptr() \
+                and hit[1] == values._version and hit[0].shape == values.shape:
+            return hit[2]
+        k = build(values.detach())
+        # holding the tensor keeps its storage alive, so its address cannot be reused
+        self._kernels[key] = (values, values._version, k)
+        return k
+
+    def forward_kernel(self, values: Tensor, with_bias: bool) -> SpecializedKernel:
+        """The kernel for ``W @ X (+ bias)`` with these values."""
+        program = sparse_matmul_bias if with_bias else sparse_matmul
+        return self._cached(("fwd", values.device, values.dtype, with_bias), values,
+                            lambda v: program.specialize(self.base.with_values(v), self.schedule))
+
+    def transposed_weight(self) -> SparseWeight:
+        if self._t is None:
+            indptr_t, indices_t, perm = csr_transpose(self.M, self.K, self.indptr, self.indices)
+            zeros = np.zeros(self.nnz, np.float32)
+            wt = as_sparse_weight(sp.csr_array((zeros, indices_t, indptr_t),
+                                               shape=(self.K, self.M)))
+            self._t = (wt, torch.from_numpy(perm))
+        return self._t[0]
+
+    def backward_kernel(self, values: Tensor) -> SpecializedKernel:
+        """The kernel for ``W^T @ G`` (the input gradient) with these values."""
+        wt = self.transposed_weight()
+        perm = self._t[1]
+        return self._cached(("bwd", values.device, values.dtype), values,
+                            lambda v: sparse_matmul.specialize(
+                                wt.with_values(v.cpu()[perm]), self.schedule))
+
+    def flat_index(self, device) -> Tensor:
+        """``row * K + col`` of every nonzero, CSR order, on ``device``."""
+        idx = self._index.get(device)
+        if idx is None:
+            rows = np.repeat(np.arange(self.M, dtype=np.int64), np.diff(self.indptr))
+            idx = torch.from_numpy(rows * self.K + self.indices).to(device)
+            self._index[device] = idx
+        return idx
+
+    def refresh(self):
+        """Forget the specialised kernels (after writing values through ``.data``)."""
+        self._kernels.clear()
+
+
+def pattern(kernel_id: int) -> SparsePattern:
+    p = _PATTERNS.get(int(kernel_id))
+    if p is None:
+        raise KeyError(f"no sparse pattern is registered under kernel_id={kernel_id} "
+                       "(was the layer that owned it freed?)")
+    return p
+
+
+def refresh(kernel_id: int):
+    pattern(kernel_id).refresh()
+
+
+# ---------------------------------------------------------------- checks
+
+def _check_device(t: Tensor, name: str):
+    if t.device.type == "meta":
+        return
+    if t.device.type == "cuda":
+        if interpreting():
+            raise RuntimeError(f"{name} is on {t.device}, but TRITON_INTERPRET=1 runs sparse "
+                               "kernels on the CPU: pass CPU tensors")
+        return
+    if t.device.type == "cpu" and interpreting():
+        return
+    raise RuntimeError(f"{name} is on {t.device}: sparse kernels run on CUDA tensors (or on CPU "
+                       "tensors under the Triton interpreter, TRITON_INTERPRET=1 set before "
+                       "triton is imported). There is no dense fallback.")
+
+
+def _check_spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], p: SparsePattern):
+    if X.dim() != 2 or X.shape[0] != p.K:
+        raise ValueError(f"X must be ({p.K}, N), got shape {tuple(X.shape)}")
+    if values.shape != (p.nnz,):
+        raise ValueError(f"values must have shape ({p.nnz},), got {tuple(values.shape)}")
+    if values.dtype != X.dtype:
+        raise TypeError(f"values are {values.dtype} but X is {X.dtype}; they must match")
+    if values.device != X.device:
+        raise ValueError(f"values are on {values.device} but X is on {X.device}")
+    if bias is not None:
+        if bias.shape != (p.M,):
+            raise ValueError(f"bias must have shape ({p.M},), got {tuple(bias.shape)}")
+        if bias.dtype != X.dtype or bias.device != X.device:
+            raise TypeError(f"bias must be {X.dtype} on {X.device}, got {bias.dtype} on "
+                            f"{bias.device}")
+    _check_device(X, "X")
+
+
+# ---------------------------------------------------------------- the ops
+
+@torch.library.custom_op("sparsert::spmm", mutates_args=())
+def spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
+    """``W @ X (+ bias[:, None])`` for the pattern ``kernel_id`` with nonzeros ``values``."""
+    p = pattern(kernel_id)
+    _check_spmm(X, values, bias, p)
+    k = p.forward_kernel(values, bias is not None)
+    return k(X, bias) if bias is not None else k(X)
+
+
+@spmm.register_fake
+def _spmm_fake(X, values, bias, kernel_id):
+    p = pattern(kernel_id)
+    _check_spmm(X, values, bias, p)
+    return X.new_empty((p.M, X.shape[1]))
+
+
+@torch.library.custom_op("sparsert::spmm_t", mutates_args=())
+def spmm_t(G: Tensor, values: Tensor, kernel_id: int) -> Tensor:
+    """``W^T @ G`` (K, N) for ``G`` of shape (M, N): the input gradient of :func:`spmm`."""
+    p = pattern(kernel_id)
+    _check_spmm_t(G, values, p)
+    return p.backward_kernel(values)(G)
+
+
+def _check_spmm_t(G, values, p):
+    if G.dim() != 2 or G.shape[0] != p.M:
+        raise ValueError(f"G must be ({p.M}, N), got shape {tuple(G.shape)}")
+    if values.shape != (p.nnz,) or values.dtype != G.dtype:
+        raise ValueError(f"values must be ({p.nnz},) {G.dtype}, got {tuple(values.shape)} "
+                         f"{values.dtype}")
+    _check_device(G, "G")
+
+
+@spmm_t.register_fake
+def _spmm_t_fake(G, values, kernel_id):
+    p = pattern(kernel_id)
+    _check_spmm_t(G, values, p)
+    return G.new_empty((p.K, G.shape[1]))
+
+
+@torch.library.custom_op("sparsert::spmm_grad_values", mutates_args=())
+def spmm_grad_values(G: Tensor, X: Tensor, kernel_id: int) -> Tensor:
+    """``(G @ X^T)`` at the pattern's nonzeros, CSR order: the gradient of ``values``.
+
+    Computed as a dense (M x K) product and a gather: the cost of ``nn.Linear``'s weight
+    gradient. (A sampled product over the nonzeros only would be cheaper at high sparsity.)"""
+    p = pattern(kernel_id)
+    dense = torch.matmul(G, X.t())
+    return dense.reshape(-1).index_select(0, p.flat_index(G.device))
+
+
+@spmm_grad_values.register_fake
+def _spmm_grad_values_fake(G, X, kernel_id):
+    p = pattern(kernel_id)
+    return G.new_empty((p.nnz,))
+
+
+def _setup_context(ctx, inputs, output):
+    X, values, bias, kernel_id = inputs
+    ctx.kernel_id = kernel_id
+    ctx.save_for_backward(X, values)
+
+
+def _backward(ctx, grad):
+    X, values = ctx.saved_tensors
+    gx = spmm_t(grad, values, ctx.kernel_id) if ctx.needs_input_grad[0] else None
+    gv = spmm_grad_values(grad, X, ctx.kernel_id) if ctx.needs_input_grad[1] else None
+    gb = grad.sum(dim=1) if ctx.needs_input_grad[2] else None
+    return gx, gv, gb, None
+
+
+spmm.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,141 @@
+"""Tracing, rejection messages, schedules and plans."""
+import pytest
+
+import dsl
+from dsl import Schedule, TraceError, clamp, gelu, ir, relu, silu, trace
+from sparsert_triton.canonicalise import canonicalise_program, fold
+from sparsert_triton.plan import Plan
+
+
+def test_trace_builds_the_expression():
+    def fc(W, X, bias, scale):
+        return relu(W @ X + bias) * scale
+
+    p = trace(fc)
+    assert p.weight == "W" and p.activation == "X" and p.operands == ("bias", "scale")
+    assert p.out == ir.Binary("mul", ir.Unary("relu", ir.Binary("add", ir.MatMul(),
+                                                                  ir.Operand("bias"))),
+                              ir.Operand("scale"))
+
+
+def test_shared_product_is_one_matmul():
+    def swish(W, X):
+        y = W @ X
+        return y * dsl.sigmoid(y)
+
+    p = trace(swish)
+    assert sum(isinstance(n, ir.MatMul) for n in ir.walk(p.out)) == 2   # same node, used twice
+
+
+def test_constants_fold_and_cast():
+    def f(W, X):
+        return clamp(gelu(W @ X) * (2 * 3) + 1, -1, None).to("float16")
+
+    p = canonicalise_program(trace(f))
+    assert isinstance(p.out, ir.Cast) and p.out.dtype == "float16"
+    consts = [n.value for n in ir.walk(p.out) if isinstance(n, ir.Const)]
+    assert 6.0 in consts and 1.0 in consts
+    assert fold(ir.Binary("add", ir.Const(1.0), ir.Const(2.0))) == ir.Const(3.0)
+
+
+def _line_of(fn, text):
+    import inspect
+    src, start = inspect.getsourcelines(fn)
+    return start + next(i for i, l in enumerate(src) if text in l)
+
+
+@pytest.mark.parametrize("body, needle, message", [
+    ("two_products", "W @ X) + (W @ X", "only one product"),
+    ("x_at_w", "X @ W", "sparse weight must be on the left"),
+    ("unknown_call", "torch.exp", "not a DSL op"),
+    ("control_flow", "if y", "control flow"),
+    ("weight_arith", "W + 1", "only `W @ X` may enter"),
+])
+def test_rejections_name_the_line(body, needle, message):
+    import torch
+
+    def two_products(W, X):
+        return (W @ X) + (W @ X)
+
+    def x_at_w(W, X):
+        return X @ W
+
+    def unknown_call(W, X):
+        return torch.exp(W @ X)
+
+    def control_flow(W, X):
+        y = W @ X
+        if y:
+            return y
+        return y
+
+    def weight_arith(W, X):
+        return (W + 1) @ X
+
+    fn = locals()[body]
+    with pytest.raises(TraceError) as e:
+        trace(fn)
+    assert message in str(e.value)
+    assert f":{_line_of(fn, needle)}:" in str(e.value), str(e.value)
+
+
+def test_no_product_and_bad_signature():
+    with pytest.raises(TraceError, match="must compute"):
+        trace(lambda W, X, b: relu(b))
+    with pytest.raises(TraceError, match="at least"):
+        trace(lambda W: W)
+    with pytest.raises(TraceError, match="positional"):
+        trace(lambda W, X, *rest: W @ X)
+
+
+def test_epilogue_functions_also_work_on_tensors():
+    import torch
+    t = torch.tensor([-1.0, 2.0])
+    assert relu(t).tolist() == [0.0, 2.0]
+    assert torch.allclose(silu(t), torch.nn.functional.silu(t))
+
+
+def test_schedule_repr_round_trips():
+    s = Schedule(mode="table", rows_per_program=16, block_n=64, chunk=16, use_dot=True,
+                 row_order="cluster", num_warps=8)
+    assert eval(repr(s), {"Schedule": Schedule}) == s
+    assert repr(Schedule()) == "Schedule()"
+    assert Schedule(block_n="64").block_n == 64      # lenient
+    assert hash(s) == hash(eval(repr(s), {"Schedule": Schedule}))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(mode="dense"), "mode"), (dict(row_order="random"), "row_order"),
+    (dict(block_n=0), "block_n"), (dict(block_n="wide"), "block_n"),
+    (dict(use_dot="yes"), "use_dot"),
+])
+def test_schedule_rejects_bad_fields(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        Schedule(**kw)
+
+
+def _plan(**kw):
+    base = dict(mode="values", rows_per_program=8, block_n=64, row_order="given", chunk=8,
+                use_dot=False, allow_tf32=False, max_statements_per_function=256,
+                max_functions_per_kernel=64, num_warps=4, num_stages=1)
+    base.update(kw)
+    return Plan(**base)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(block_n=48), "block_n"), (dict(mode="table", rows_per_program=3), "power of two"),
+    (dict(mode="table", use_dot=True, rows_per_program=8, chunk=16), "use_dot"),
+    (dict(use_dot=True), "table mode only"), (dict(num_warps=3), "num_warps"),
+    (dict(max_statements_per_function=4), "max_statements"),
+])
+def test_plan_validates(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _plan(**kw)
+
+
+def test_plan_is_frozen_and_hashable():
+    p = _plan()
+    assert hash(p) == hash(_plan())
+    with pytest.raises(Exception):
+        p.block_n = 32
+    assert eval(repr(p.to_schedule()), {"Schedule": Schedule}) == p.to_schedule()

@@ -1,0 +1,158 @@
+"""Weight forms, bad input, and edge shapes (empty rows, all-zero, N = 1, strides, M = K = 1)."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from dsl import Schedule, relu
+from sparsert_triton import as_sparse_weight, sparse_kernel
+from sparsert_triton.testing import assert_matches
+
+MODES = ["values", "indices", "table"]
+
+
+def _fc(mode, **kw):
+    @sparse_kernel(schedule=Schedule(mode=mode, block_n=16, rows_per_program=2, **kw))
+    def fc(W, X, bias):
+        return relu(W @ X + bias)
+    return fc
+
+
+def _weight(M=6, K=9, density=0.4, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(M, K, generator=g) * (torch.rand(M, K, generator=g) < density)).to(dtype)
+
+
+def test_weight_forms_agree():
+    W = _weight()
+    mask = W != 0
+    forms = [W, W.to_sparse_csr(), W.to_sparse(), sp.csr_matrix(W.numpy()), (mask, W),
+             (mask, W[mask])]
+    ref = as_sparse_weight(W)
+    for f in forms:
+        w = as_sparse_weight(f)
+        assert (w.M, w.K, w.nnz) == (ref.M, ref.K, ref.nnz)
+        assert np.array_equal(w.indptr, ref.indptr) and np.array_equal(w.indices, ref.indices)
+        assert np.array_equal(w.values, ref.values)
+    assert torch.equal(ref.to_dense(torch.float32), W)
+
+
+@pytest.mark.parametrize("bad, exc, msg", [
+    (torch.tensor([[1.0, float("nan")]]), ValueError, "NaN/inf"),
+    (torch.tensor([[1.0, float("inf")]]), ValueError, "NaN/inf"),
+    (torch.ones(2, 2, 2), ValueError, "2-D"),
+    (torch.ones(2, 2, dtype=torch.int32), TypeError, "float32"),
+    ((torch.ones(2, 3), torch.ones(3, 2)), ValueError, "disagrees with mask"),
+    ((torch.ones(2, 3), torch.ones(5)), ValueError, "6 nonzeros"),
+    ("weights.bin", TypeError, "torch.Tensor"),
+])
+def test_bad_weights(bad, exc, msg):
+    with pytest.raises(exc, match=msg):
+        _fc("values").specialize(bad)
+
+
+def test_zero_sized_weight():
+    with pytest.raises(ValueError, match="at least one row"):
+        _fc("values").specialize(torch.zeros(0, 4))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_calls_name_the_argument(mode):
+    k = _fc(mode).specialize(_weight())
+    X, b = torch.randn(9, 5), torch.randn(6)
+    with pytest.raises(ValueError, match="X has 8 rows"):
+        k(torch.randn(8, 5), b)
+    with pytest.raises(TypeError, match="X must be float32"):
+        k(X.to(torch.int64), b)
+    with pytest.raises(ValueError, match="2-D"):
+        k(X[None], b)
+    with pytest.raises(ValueError, match="X is on meta"):
+        k(torch.empty(9, 5, device="meta"), b)
+    with pytest.raises(ValueError, match="bias has shape"):
+        k(X, torch.randn(7))
+    with pytest.raises(TypeError, match="takes 1 operand"):
+        k(X)
+    with pytest.raises(ValueError, match="bias must be finite"):
+        k(X, float("nan"))
+    with pytest.raises(ValueError, match="out must be"):
+        k(X, b, out=torch.empty(6, 4))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_edge_shapes_are_correct(mode):
+    fc = _fc(mode)
+    cases = [
+        _weight(1, 1, 1.0),               # M = K = 1
+        _weight(7, 5, 0.0),               # all-zero matrix: relu(bias)
+        torch.tensor([[0.0, 0, 0], [1.5, 0, -2], [0, 0, 0], [0.25, 3, 0]]),  # empty rows
+        _weight(5, 11, 1.0),              # fully dense
+    ]
+    for W in cases:
+        k = fc.specialize(W)
+        for N in (1, 17):                 # N = 1 and N not dividing block_n
+            X = torch.randn(W.shape[1], N)
+            b = torch.randn(W.shape[0])
+            Y = k(X, b)
+            assert_matches(Y, k.reference(X, b), W, X, "float32")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_any_strides_and_out(mode):
+    W = _weight(6, 9)
+    k = _fc(mode).specialize(W)
+    base = torch.randn(30, 40)
+    X = base[::3, 5:40:2]                 # non-contiguous in both dimensions, 10 x 18
+    X = X[:9]
+    b = torch.randn(12)[::2]              # strided bias
+    out = torch.empty(18, 6).t()          # transposed output
+    Y = k(X, b, out=out)
+    assert Y is out
+    assert_matches(Y, k.reference(X, b), W, X, "float32")
+    Z = k(torch.randn(9, 0), b)
+    assert Z.shape == (6, 0)
+
+
+def test_mixed_weight_and_activation_dtypes():
+    W = _weight(dtype=torch.float16)
+    k = _fc("indices").specialize(W)
+    X, b = torch.randn(9, 20), torch.randn(6)
+    Y = k(X, b)
+    assert Y.dtype == torch.float32
+    assert_matches(Y, k.reference(X, b), W, X, "float16")
+
+
+def test_float64_is_exact_to_rounding():
+    W = _weight(dtype=torch.float64)
+    for mode in MODES:
+        k = _fc(mode).specialize(W)
+        X, b = torch.randn(9, 20, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+        Y = k(X, b)
+        assert Y.dtype == torch.float64
+        torch.testing.assert_close(Y, k.reference(X, b), rtol=1e-13, atol=1e-13)
+
+
+def test_nonfinite_activations_propagate_through_used_columns():
+    """Documented: NaN/inf in X reach exactly the outputs whose row uses that column."""
+    W = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    for mode in ("values", "indices"):
+        k = _fc(mode).specialize(W)
+        X = torch.tensor([[float("nan")], [1.0]])
+        Y = k(X, torch.zeros(2))
+        assert torch.isnan(Y[0, 0]) and Y[1, 0] == 2.0
+
+
+def test_with_values_reuses_the_mask():
+    W = _weight()
+    for mode in MODES:
+        k = _fc(mode).specialize(W)
+        X, b = torch.randn(9, 8), torch.randn(6)
+        k(X, b)
+        k2 = k.with_values(torch.from_numpy(k.weight.values * -2).float())
+        Y2 = k2(X, b)
+        # indices/table: the same compiled module serves the new values; values: recompiled
+        assert (k2._last.module is k._last.module) == (mode != "values")
+        W2 = k2.weight.to_dense(torch.float32)
+        assert torch.equal(W2, -2 * W)
+        assert_matches(Y2, k2.reference(X, b), W2, X, "float32")
+        with pytest.raises(ValueError, match="nonzeros"):
+            k.with_values(torch.ones(3))
