@@ -1,0 +1,62 @@
+"""Golden generated source for tiny fixed masks (review these diffs by eye).
+
+Set SPARSERT_UPDATE_GOLDEN=1 to rewrite the files after an intended change.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsl import Schedule, gelu, relu
+from sparsert_triton import sparse_kernel
+from sparsert_triton.lower import lower
+from sparsert_triton.plan import Signature
+from sparsert_triton.render import render
+from sparsert_triton.specialise import specialise
+
+GOLDEN = Path(__file__).parent / "golden"
+
+W_A = torch.tensor([[0.5, 0.0, -1.25, 0.0],
+                    [0.0, 0.0, 0.0, 0.0],
+                    [2.0, 0.0, 0.75, 3.0]])
+W_B = torch.tensor([[0.0, 1.0, 0.0],
+                    [-0.5, 0.0, 0.25]])
+
+
+def _bias_relu(W, X, bias):
+    return relu(W @ X + bias)
+
+
+def _gelu_residual(W, X, residual):
+    return gelu(W @ X) + residual
+
+
+CASES = {
+    "values_bias_relu": (W_A, _bias_relu, Schedule(mode="values", rows_per_program=2, block_n=32,
+                                                   max_statements_per_function=4),
+                         (("bias", "row"),)),
+    "indices_gelu_residual": (W_B, _gelu_residual, Schedule(mode="indices", rows_per_program=2,
+                                                            block_n=16), (("residual", "full"),)),
+    "table_bias_relu": (W_A, _bias_relu, Schedule(mode="table", rows_per_program=2, block_n=64,
+                                                  chunk=4), (("bias", "row"),)),
+}
+
+
+def _source(name):
+    W, fn, schedule, kinds = CASES[name]
+    k = sparse_kernel(fn, schedule=schedule).specialize(W)
+    plan = k.plan(64, "float32")
+    sig = Signature("float32", "float32", "float32", kinds)
+    return render(lower(specialise(k.weight, plan), plan, sig, k.program), header="golden")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_source(name):
+    path = GOLDEN / f"{name}.py"
+    src = _source(name)
+    if os.environ.get("SPARSERT_UPDATE_GOLDEN"):
+        path.write_text(src)
+    assert path.exists(), f"missing {path}; run with SPARSERT_UPDATE_GOLDEN=1"
+    assert src == path.read_text()
+    compile(src, str(path), "exec")      # valid Python
