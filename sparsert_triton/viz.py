@@ -66,23 +66,21 @@ def _rows_of_nonzeros(w: SparseWeight) -> np.ndarray:
 # ------------------------------------------------------------------ masks
 
 
-def spy(weight, ax=None, max_pixels: int = 512, title: Optional[str] = None):
+def spy(weight, ax=None, max_pixels: int = 1024, title: Optional[str] = None):
     """Draw the mask of ``weight``: nonzeros dark. Matrices wider or taller than
     ``max_pixels`` are binned and each pixel shows the density of its bin."""
     w = as_weight(weight)
     ax = _axes(ax)
     rows, cols = _rows_of_nonzeros(w), w.indices
-    if w.M <= max_pixels and w.K <= max_pixels:
-        img = np.zeros((w.M, w.K))
-        img[rows, cols] = 1.0
-        label = None
-    else:
-        bm, bk = min(w.M, max_pixels), min(w.K, max_pixels)
-        img, _, _ = np.histogram2d(rows, cols, bins=(bm, bk), range=((0, w.M), (0, w.K)))
-        img /= (w.M / bm) * (w.K / bk)
-        label = "density per bin"
+    fm, fk = -(-w.M // max_pixels), -(-w.K // max_pixels)   # rows, columns per pixel
+    bm, bk = -(-w.M // fm), -(-w.K // fk)
+    img = np.zeros(bm * bk)
+    np.add.at(img, (rows // fm) * bk + cols // fk, 1.0)
+    img = img.reshape(bm, bk) / (fm * fk)
+    label = "density per bin" if fm * fk > 1 else None
     im = ax.imshow(img, cmap="Greys", vmin=0.0, vmax=max(1e-12, img.max()) if label else 1.0,
-                   aspect="auto", interpolation="nearest", extent=(-0.5, w.K - 0.5, w.M - 0.5, -0.5))
+                   aspect="auto", interpolation="nearest",
+                   extent=(-0.5, bk * fk - 0.5, bm * fm - 0.5, -0.5))
     if label:
         ax.figure.colorbar(im, ax=ax, label=label)
     ax.set_xlabel(f"column (K = {w.K})")
@@ -140,8 +138,7 @@ def row_groups(weight, plan, ax=None, max_columns: int = 1024, title: Optional[s
     rows = _rows_of_nonzeros(w)
     img[rows, band + 1 + (w.indices * kb) // w.K] = group[rows]
     base = plt.get_cmap("tab20").colors
-    cmap = ListedColormap([base[i % len(base)] for i in range(G)])
-    cmap.set_bad("white")
+    cmap = ListedColormap([base[i % len(base)] for i in range(G)]).with_extremes(bad="white")
     ax.imshow(np.ma.masked_invalid(img), cmap=cmap, vmin=-0.5, vmax=G - 0.5, aspect="auto",
               interpolation="nearest")
     ax.axvline(band + 0.5, color="black", linewidth=0.8)
