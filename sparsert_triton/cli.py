@@ -1,0 +1,651 @@
+"""The ``sparsert`` command line (also ``python -m sparsert_triton``).
+
+Subcommands::
+
+    sparsert inspect PATH [--layer NAME] [--plot FILE.png]   shape, nnz, row-length histogram
+    sparsert emit PATH [schedule options] [--epilogue E] [-o FILE]   the generated Triton source
+    sparsert bench PATH [--n N] [--dtype D] [schedule options]    time against torch baselines (GPU)
+    sparsert tune PATH [--n N] [--dtype D]                          search schedules (GPU)
+    sparsert cache list|clear                                       the on-disk kernel cache
+
+A matrix PATH is a DLMC pattern (``.smtx``, ``.smtx.gz``; values drawn from a seeded normal
+distribution), a dense ``.npy`` array (zeros are the mask; a boolean array is a pure mask), or a
+``.pt``/``.pth`` file holding a tensor or a state_dict (``--layer`` picks the weight; a
+convolution weight C_out x C_in x kh x kw is flattened to C_out x C_in*kh*kw, the GEMM a direct
+sparse convolution computes). Bad input ends with exit status 2 and one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+PROG = "sparsert"
+MATRIX_SUFFIXES = (".smtx", ".smtx.gz", ".npy", ".pt", ".pth")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class CliError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------ epilogues
+
+def _epilogues():
+    """Named DSL programs for ``emit``/``bench`` (``W @ X`` and common fused epilogues)."""
+    from dsl import gelu, relu, sigmoid, silu
+
+    def plain(W, X):
+        return W @ X
+
+    def bias(W, X, bias):
+        return W @ X + bias
+
+    def relu_only(W, X):
+        return relu(W @ X)
+
+    def bias_relu(W, X, bias):
+        return relu(W @ X + bias)
+
+    def bias_gelu(W, X, bias):
+        return gelu(W @ X + bias)
+
+    def bias_silu(W, X, bias):
+        return silu(W @ X + bias)
+
+    def bias_sigmoid(W, X, bias):
+        return sigmoid(W @ X + bias)
+
+    relu_only.__name__ = "relu"
+    return {"plain": plain, "bias": bias, "relu": relu_only, "bias_relu": bias_relu,
+            "bias_gelu": bias_gelu, "bias_silu": bias_silu, "bias_sigmoid": bias_sigmoid}
+
+
+EPILOGUE_NAMES = ("plain", "bias", "relu", "bias_relu", "bias_gelu", "bias_silu", "bias_sigmoid")
+
+
+# ------------------------------------------------------------------ loading matrices
+
+@dataclass
+class Matrix:
+    """A loaded matrix: the weight (CSR, float32 unless asked otherwise) and where it came from."""
+    weight: object          # SparseWeight
+    path: Path
+    description: str
+    values_drawn: bool      # True when the file holds only a pattern
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in MATRIX_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower() or "(none)"
+
+
+def _weight_from_mask_values(mask: np.ndarray, values: np.ndarray, dtype: str):
+    from .weights import from_csr_arrays
+    rows, cols = np.nonzero(mask)
+    indptr = np.zeros(mask.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=mask.shape[0]), out=indptr[1:])
+    return from_csr_arrays(mask.shape[0], mask.shape[1], indptr, cols, values[rows, cols]
+                           if values.ndim == 2 else values, dtype)
+
+
+def _round_to(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Values as the weight dtype holds them (so the baselines and our kernel agree)."""
+    import torch
+    from .weights import TORCH_DTYPES
+    return torch.from_numpy(np.asarray(values, np.float64)).to(TORCH_DTYPES[dtype]).double().numpy()
+
+
+def _drawn_values(nnz: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(nnz)
+
+
+def _flatten_note(shape) -> str:
+    if len(shape) == 2:
+        return ""
+    return f" (shape {'x'.join(map(str, shape))} flattened to {shape[0]} x {int(np.prod(shape[1:]))})"
+
+
+def _state_dict_items(obj, prefix=""):
+    """(dotted name, tensor) of every tensor in a (possibly nested) dict."""
+    import torch
+    for k, v in obj.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor):
+            yield name, v
+        elif isinstance(v, dict):
+            yield from _state_dict_items(v, name + ".")
+
+
+def _load_pt(path: Path, layer: Optional[str]):
+    """A 2-D tensor (or a flattened conv weight) and its description from a .pt file."""
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # torch raises several types for a bad or unsafe pickle
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CliError(f"{path}: cannot load as a tensor or state_dict (weights_only): {first}") \
+            from None
+    if isinstance(obj, torch.Tensor):
+        if layer is not None:
+            raise CliError(f"{path} holds a single tensor; --layer {layer!r} does not apply")
+        t, what = obj, "tensor"
+    elif isinstance(obj, dict):
+        items = dict(_state_dict_items(obj))
+        weights = [n for n, t in items.items() if t.dim() >= 2 and t.is_floating_point()]
+        if layer is None:
+            if len(weights) != 1:
+                listed = ", ".join(weights[:8]) + (", ..." if len(weights) > 8 else "")
+                raise CliError(f"{path} is a state_dict: choose a weight with --layer NAME "
+                               f"(2-D or conv weights: {listed or 'none'})")
+            layer = weights[0]
+        name = layer if layer in items else f"{layer}.weight"
+        if name not in items:
+            listed = ", ".join(weights[:8]) + (", ..." if len(weights) > 8 else "")
+            raise CliError(f"{path}: no layer {layer!r}; 2-D or conv weights: {listed or 'none'}")
+        t, what = items[name], f"state_dict entry {name!r}"
+    else:
+        raise CliError(f"{path}: holds a {type(obj).__name__}; expected a tensor or a state_dict")
+    if t.dim() < 2:
+        raise CliError(f"{path}: {what} has shape {tuple(t.shape)}; a weight needs 2 dimensions "
+                       "(or a conv weight C_out x C_in x ...)")
+    if not (t.is_floating_point() or t.dtype == torch.bool) and not t.is_sparse:
+        raise CliError(f"{path}: {what} has dtype {t.dtype}; expected a floating or bool tensor")
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    desc = what + _flatten_note(tuple(t.shape))
+    return t.reshape(t.shape[0], -1), desc
+
+
+def load_matrix(path, layer: Optional[str] = None, seed: int = 0,
+                dtype: str = "float32") -> Matrix:
+    """Read a matrix file into a :class:`Matrix` (see the module docstring for formats).
+
+    Pattern files (``.smtx``, boolean arrays) get values from ``N(0, 1)`` with ``seed``;
+    values are rounded to ``dtype``."""
+    path = Path(path)
+    if not path.exists():
+        raise CliError(f"{path}: no such file")
+    if path.is_dir():
+        raise CliError(f"{path} is a directory; expected a matrix file")
+    kind = _suffix(path)
+    if kind not in MATRIX_SUFFIXES:
+        raise CliError(f"{path}: unknown format {kind!r}; expected one of "
+                       f"{', '.join(MATRIX_SUFFIXES)}")
+    if layer is not None and kind not in (".pt", ".pth"):
+        raise CliError(f"--layer applies to .pt/.pth files, not {kind}")
+    from .weights import from_csr_arrays
+    if kind in (".smtx", ".smtx.gz"):
+        from .dlmc import read_smtx
+        try:
+            p = read_smtx(path)
+        except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+            raise CliError(f"{path}: not a valid .smtx file: {str(e).replace(str(path) + ': ', '')}") \
+                from None
+        vals = _round_to(_drawn_values(p.nnz, seed), dtype)
+        w = from_csr_arrays(p.M, p.K, p.indptr, p.indices, vals, dtype)
+        return Matrix(w, path, f"DLMC pattern, values ~ N(0, 1) (seed {seed})", True)
+    if kind == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise CliError(f"{path}: not a readable .npy array: {e}") from None
+        if a.ndim != 2:
+            raise CliError(f"{path}: array has shape {a.shape}; expected a 2-D matrix")
+        if a.dtype == bool:
+            mask, drawn = a, True
+            vals = _drawn_values(int(a.sum()), seed)
+        elif np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a):
+            mask, drawn, vals = a != 0, False, a.astype(np.float64)
+        else:
+            raise CliError(f"{path}: array dtype {a.dtype} is not numeric or bool")
+        w = _weight_from_mask_values(mask, _round_to(vals, dtype), dtype)
+        what = f"boolean mask, values ~ N(0, 1) (seed {seed})" if drawn else f"dense {a.dtype} array"
+        return Matrix(w, path, what, drawn)
+    t, what = _load_pt(path, layer)
+    import torch
+    a = t.detach().cpu()
+    if a.dtype == torch.bool:
+        mask = a.numpy()
+        vals = _drawn_values(int(mask.sum()), seed)
+        what += f", boolean mask, values ~ N(0, 1) (seed {seed})"
+        drawn = True
+    else:
+        a = a.double().numpy()
+        mask, vals, drawn = a != 0, a, False
+    try:
+        w = _weight_from_mask_values(mask, _round_to(vals, dtype), dtype)
+    except ValueError as e:
+        raise CliError(f"{path}: {e}") from None
+    return Matrix(w, path, what, drawn)
+
+
+# ------------------------------------------------------------------ inspect
+
+def text_histogram(values, bins: int = 10, width: int = 40) -> list:
+    """Lines of a text histogram of integer ``values`` in at most ``bins`` integer bins."""
+    values = np.asarray(values, np.int64)
+    if values.size == 0:
+        return ["  (no rows)"]
+    lo, hi = int(values.min()), int(values.max())
+    step = max(1, -(-(hi - lo + 1) // bins))
+    edges = np.arange(lo, hi + step + 1, step)
+    counts, _ = np.histogram(values, bins=edges)
+    top = max(1, counts.max())
+    label_w = len(str(hi))
+    out = []
+    for a, c in zip(edges[:-1], counts):
+        b = min(a + step - 1, hi)
+        label = f"{a:>{label_w}}" + (f"-{b:<{label_w}}" if b != a else " " * (label_w + 1))
+        out.append(f"  {label} | {'#' * int(round(width * c / top)):<{width}} {c}")
+    return out
+
+
+def describe(m: Matrix, n: int = 128) -> list:
+    """The lines ``inspect`` prints for one matrix."""
+    from dsl import Schedule
+    from .canonicalise import plan_for
+    w = m.weight
+    L = w.row_nnz
+    col_used = np.zeros(w.K, bool)
+    col_used[w.indices] = True
+    lines = [
+        f"file        {m.path}",
+        f"contents    {m.description}",
+        f"shape       {w.M} x {w.K}",
+        f"nnz         {w.nnz}",
+        f"density     {100 * w.density:.2f}%   (sparsity {100 * (1 - w.density):.2f}%)",
+        f"row nnz     min {L.min()}  median {np.median(L):g}  mean {L.mean():.2f}  max {L.max()}"
+        f"  std {L.std():.2f}",
+        f"empty       {int((L == 0).sum())} rows, {int((~col_used).sum())} columns",
+    ]
+    plan = plan_for(Schedule(), w, n, w.dtype)
+    lines.append(f"default     for N={n}: {plan.to_schedule()!r}")
+    lines.append("nonzeros per row:")
+    lines += text_histogram(L)
+    return lines
+
+
+def _matrix_files(root: Path) -> list:
+    return sorted(p for p in root.rglob("*") if p.is_file() and _suffix(p) in (".smtx", ".smtx.gz", ".npy"))
+
+
+def cmd_inspect(args) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        return _inspect_dir(path, args)
+    m = load_matrix(path, args.layer, args.seed)
+    print("\n".join(describe(m, args.n)))
+    if args.plot:
+        _save_plot(m, Path(args.plot))
+        print(f"plot        {args.plot}")
+    return 0
+
+
+def _inspect_dir(root: Path, args) -> int:
+    from tqdm import tqdm
+    files = _matrix_files(root)
+    if not files:
+        raise CliError(f"{root}: no .smtx, .smtx.gz or .npy files in this directory")
+    if args.layer or args.plot:
+        raise CliError("--layer and --plot apply to a single file, not a directory")
+    print(f"{'matrix':<60} {'M':>6} {'K':>6} {'nnz':>9} {'sparsity':>8} {'row nnz min/mean/max':>22}")
+    for p in tqdm(files, desc="reading", unit="file", file=sys.stderr, disable=None):
+        try:
+            w = load_matrix(p, None, args.seed).weight
+        except CliError as e:
+            print(f"{str(p.relative_to(root)):<60} unreadable: {e}")
+            continue
+        L = w.row_nnz
+        print(f"{str(p.relative_to(root)):<60} {w.M:>6} {w.K:>6} {w.nnz:>9} "
+              f"{100 * (1 - w.density):>7.2f}% {L.min():>8}/{L.mean():>6.1f}/{L.max():<6}")
+    return 0
+
+
+def _save_plot(m: Matrix, out: Path):
+    from . import viz
+    plt = viz._plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.4, 1]})
+    viz.spy(m.weight, ax=a, title=f"{m.path.name}: {m.weight.M} x {m.weight.K}")
+    viz.row_length_hist(m.weight, ax=b)
+    fig.tight_layout()
+    try:
+        fig.savefig(out, dpi=110)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--plot {out}: cannot save: {e}") from None
+    finally:
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------ schedules
+
+def _int_or_auto(s: str):
+    if s == "auto":
+        return s
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _add_schedule_options(p):
+    g = p.add_argument_group("schedule (every field defaults to 'auto': the heuristic plan)")
+    g.add_argument("--mode", choices=("auto", "values", "indices", "table"), default="auto",
+                   help="values: weights and columns baked in as literals (SparseRT); indices: "
+                        "columns baked in, values read from a buffer (new values reuse the "
+                        "kernel); table: a loop over host-built buffers (code size independent "
+                        "of nnz)")
+    g.add_argument("--rows-per-program", type=_int_or_auto, default="auto", metavar="R",
+                   help="output rows computed by one program (each loaded X row feeds all R)")
+    g.add_argument("--block-n", type=_int_or_auto, default="auto", metavar="B",
+                   help="columns of X and Y per program (a power of two)")
+    g.add_argument("--row-order", choices=("auto", "given", "nnz", "cluster"), default="auto",
+                   help="how rows are grouped: matrix order, by length, or clustered by shared "
+                        "columns")
+    g.add_argument("--chunk", type=_int_or_auto, default="auto",
+                   help="table mode: nonzero columns per loop step (a power of two)")
+    g.add_argument("--use-dot", choices=("auto", "on", "off"), default="auto",
+                   help="table mode: multiply blocks with tl.dot (tensor cores; R, chunk, "
+                        "block-n >= 16)")
+    g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
+    g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
+    g.add_argument("--num-stages", type=_int_or_auto, default="auto", help="Triton num_stages")
+    g.add_argument("--max-statements", type=_int_or_auto, default=256, metavar="S",
+                   help="unrolled modes: statements per generated function (default 256)")
+    g.add_argument("--max-functions", type=_int_or_auto, default=64, metavar="F",
+                   help="unrolled modes: functions per kernel (default 64)")
+
+
+def schedule_from_args(args):
+    from dsl import Schedule
+    use_dot = {"auto": "auto", "on": True, "off": False}[args.use_dot]
+    return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
+                    row_order=args.row_order, chunk=args.chunk, use_dot=use_dot,
+                    allow_tf32=args.allow_tf32, num_warps=args.num_warps,
+                    num_stages=args.num_stages, max_statements_per_function=args.max_statements,
+                    max_functions_per_kernel=args.max_functions)
+
+
+def _kernel(m: Matrix, args):
+    from . import sparse_kernel
+    fn = _epilogues()[args.epilogue]
+    return sparse_kernel(fn, schedule=schedule_from_args(args)).specialize(m.weight)
+
+
+# ------------------------------------------------------------------ emit
+
+def cmd_emit(args) -> int:
+    from . import Signature
+    from .canonicalise import output_dtype
+    import torch
+    m = load_matrix(args.path, args.layer, args.seed, args.dtype)
+    k = _kernel(m, args)
+    d = m.weight.dtype
+    sig = Signature(d, d, output_dtype(k.program, d), tuple((n, "row") for n in k.program.operands))
+    variant = k.variant(sig, args.n, torch.device("cpu"))
+    source = variant.source
+    if args.output:
+        try:
+            Path(args.output).write_text(source)
+        except OSError as e:
+            raise CliError(f"-o {args.output}: cannot write: {e.strerror or e}") from None
+        print(f"wrote {args.output}: {source.count(chr(10))} lines, {len(variant.kernels)} "
+              f"kernel(s), {variant.plan.to_schedule()!r}", file=sys.stderr)
+    else:
+        sys.stdout.write(source)
+    return 0
+
+
+# ------------------------------------------------------------------ bench
+
+def _need_gpu(what: str):
+    import torch
+    from .compile import interpreting
+    if not torch.cuda.is_available():
+        raise CliError(f"{what} needs a CUDA GPU")
+    if interpreting():
+        raise CliError(f"{what} needs a CUDA GPU run: unset TRITON_INTERPRET")
+
+
+BENCH_COLUMNS = ("matrix", "model", "sparsity", "M", "K", "N", "nnz", "dtype", "system",
+                 "median_us", "eager_us", "compile_s", "schedule")
+
+
+def cmd_bench(args) -> int:
+    _need_gpu("bench")
+    import time
+    import torch
+    import triton.testing
+    from tqdm import tqdm
+    from .testing import assert_matches
+    from .weights import TORCH_DTYPES
+    m = load_matrix(args.path, args.layer, args.seed, args.dtype)
+    w, N, dt = m.weight, args.n, TORCH_DTYPES[args.dtype]
+    args.epilogue = "plain"
+    k = _kernel(m, args)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    X = torch.randn(w.K, N, generator=g).to(dt).cuda()
+    Wd = w.to_dense(dt).cuda()
+    Wcsr = Wd.to_sparse_csr()
+    systems = {"sparsert": lambda: k(X), "dense": lambda: Wd @ X}
+    if args.dtype == "float32":
+        systems["dense_tf32"] = lambda: Wd @ X
+    systems["cusparse"] = lambda: Wcsr @ X
+    results, compile_s = {}, None
+    bar = tqdm(total=2 + len(systems), desc="bench", file=sys.stderr, disable=None)
+    bar.set_postfix_str("compiling")
+    t0 = time.perf_counter()
+    Y = k(X)
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t0
+    bar.update()
+    bar.set_postfix_str("checking")
+    try:
+        assert_matches(Y, k.reference(X.cpu()), w.to_dense(), X, args.dtype)
+    except AssertionError as e:
+        bar.close()
+        raise CliError(f"sparsert result does not match torch: {e}") from None
+    bar.update()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, fn in systems.items():
+            bar.set_postfix_str(name)
+            torch.backends.cuda.matmul.allow_tf32 = name == "dense_tf32"
+            fn()
+            ms = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms,
+                                         return_mode="median")
+            results[name] = ms * 1e3
+            bar.update()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        bar.close()
+    plan = k.last_plan
+    flops = 2.0 * w.nnz * N
+    print(f"matrix   {m.path}: {w.M} x {w.K}, nnz {w.nnz} ({100 * (1 - w.density):.1f}% sparse), "
+          f"N = {N}, {args.dtype}, {torch.cuda.get_device_name()}")
+    print(f"plan     {plan.to_schedule()!r}")
+    print(f"compile  {compile_s:.2f} s (first call, including the kernel cache lookup)")
+    print(f"{'system':<12} {'median us':>10} {'GFLOP/s':>10} {'sparsert speedup':>17}")
+    for name, us in results.items():
+        print(f"{name:<12} {us:>10.2f} {flops / us / 1e3:>10.1f} {us / results['sparsert']:>16.2f}x")
+    if args.csv:
+        _append_csv(Path(args.csv), m, N, args.dtype, results, compile_s, plan)
+        print(f"appended {len(results)} rows to {args.csv}")
+    return 0
+
+
+def _append_csv(path: Path, m: Matrix, N: int, dtype: str, results: dict, compile_s, plan):
+    import csv
+    w = m.weight
+    new = not path.exists()
+    try:
+        with open(path, "a", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=BENCH_COLUMNS)
+            if new:
+                out.writeheader()
+            for name, us in results.items():
+                ours = name == "sparsert"
+                out.writerow({"matrix": m.path.name, "model": "", "sparsity": f"{1 - w.density:.4f}",
+                              "M": w.M, "K": w.K, "N": N, "nnz": w.nnz, "dtype": dtype,
+                              "system": name, "median_us": f"{us:.3f}", "eager_us": "",
+                              "compile_s": f"{compile_s:.3f}" if ours else "",
+                              "schedule": repr(plan.to_schedule()) if ours else ""})
+    except OSError as e:
+        raise CliError(f"--csv {path}: cannot write: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------ tune
+
+def cmd_tune(args) -> int:
+    _need_gpu("tune")
+    try:
+        from . import tune as tune_module
+    except ImportError:
+        raise CliError("the autotuner (sparsert_triton.tune) is not available in this "
+                       "installation") from None
+    m = load_matrix(args.path, args.layer, args.seed, args.dtype)
+    result = tune_module.tune(m.weight, N=args.n, dtype=args.dtype, budget_s=args.budget_s)
+    print(result if isinstance(result, str) else repr(result))
+    return 0
+
+
+# ------------------------------------------------------------------ cache
+
+def cmd_cache(args) -> int:
+    from . import cache
+    if args.action == "list":
+        rows = cache.entries()
+        for key, size, head in rows:
+            print(f"{key}  {size / 1024:>9.1f} KiB  {head}")
+        total = sum(r[1] for r in rows)
+        print(f"{len(rows)} entries, {total / 1024:.1f} KiB in {cache.cache_dir()}")
+    else:
+        n = cache.clear()
+        print(f"removed {n} entries from {cache.cache_dir()}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_matrix_options(p, values: bool = True):
+    p.add_argument("path", metavar="PATH",
+                   help="matrix file: .smtx/.smtx.gz (DLMC pattern), .npy (dense; zeros are the "
+                        "mask; bool = mask), .pt/.pth (tensor or state_dict)")
+    p.add_argument("--layer", metavar="NAME",
+                   help="state_dict entry to read from a .pt file ('fc1' means 'fc1.weight' too); "
+                        "conv weights are flattened to C_out x C_in*kh*kw")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the N(0, 1) values drawn for pattern-only files (default 0)")
+    if values:
+        p.add_argument("--dtype", choices=DTYPES, default="float32",
+                       help="weight and activation dtype (default float32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = _Parser(prog=PROG, description="SparseRT-style mask-specialised sparse kernels on "
+                     "Triton: inspect masks, emit the generated kernels, time and tune them.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("inspect", help="shape, nnz, sparsity and row-length histogram of a matrix",
+                       description="Print shape, nnz, sparsity, row-length statistics, a text "
+                       "histogram and the default plan of a matrix. With a directory, one line "
+                       "per .smtx/.smtx.gz/.npy file under it.")
+    _add_matrix_options(p, values=False)
+    p.add_argument("--plot", metavar="FILE.png", help="save a spy plot and row-length histogram")
+    p.add_argument("--n", type=int, default=128,
+                   help="N (columns of X) for which the default plan is shown (default 128)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("emit", help="write the generated Triton kernel for a matrix and schedule",
+                       description="Generate the Triton source specialised to a matrix's mask "
+                       "(values of pattern files drawn from a seeded normal distribution).")
+    _add_matrix_options(p)
+    p.add_argument("--epilogue", choices=EPILOGUE_NAMES, default="plain",
+                   help="fused computation: plain = W @ X; bias = W @ X + bias; relu, bias_relu, "
+                        "bias_gelu, bias_silu, bias_sigmoid apply that activation (bias per row)")
+    p.add_argument("--n", type=int, default=128,
+                   help="N (columns of X) the plan is resolved for (default 128)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    _add_schedule_options(p)
+    p.set_defaults(func=cmd_emit)
+
+    p = sub.add_parser("bench", help="time one matrix against torch dense and torch CSR (GPU)",
+                       description="Time W @ X with the specialised kernel, torch dense (TF32 off "
+                       "and, for float32, on) and torch CSR (cuSPARSE), after checking the result "
+                       "against torch. Median GPU time of triton.testing.do_bench.")
+    _add_matrix_options(p)
+    p.add_argument("--n", type=int, default=256, help="columns of X (default 256)")
+    p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time (default 25)")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time (default 100)")
+    p.add_argument("--csv", metavar="FILE", help="append the results to a CSV (bench/ columns)")
+    _add_schedule_options(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="search the schedule space for a matrix (GPU)",
+                       description="Run the autotuner (sparsert_triton.tune) on one matrix and "
+                       "print the best schedule; the result is kept in the cache.")
+    _add_matrix_options(p)
+    p.add_argument("--n", type=int, default=256, help="columns of X (default 256)")
+    p.add_argument("--budget-s", type=float, default=60.0,
+                   help="time budget in seconds (default 60)")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("cache", help="list or clear the on-disk kernel cache",
+                       description="The cache folder is $SPARSERT_CACHE_DIR or "
+                       "~/.cache/sparsert-triton.")
+    p.add_argument("action", choices=("list", "clear"),
+                   help="list: key, size and matrix of each entry; clear: delete every entry")
+    p.set_defaults(func=cmd_cache)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; return the exit status (0 ok, 2 bad input, 1 internal error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("n",):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
+            parser.error(f"--{name} must be >= 1")
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as e:    # the library's own checks (schedules, weights)
+        print(f"{PROG}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("SPARSERT_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+              " (set SPARSERT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":   # pragma: no cover
+    sys.exit(main())
