@@ -1,0 +1,218 @@
+"""SparseLinear and sparsify: against the dense masked nn.Linear, state, compile, fine-tuning."""
+import io
+
+import pytest
+import torch
+import torch._dynamo
+import torch._dynamo.testing
+from torch import nn
+
+from dsl import Schedule
+from sparsert_triton.nn import SparseLinear, sparsify
+
+IN, OUT = 24, 16
+
+
+def pruned_linear(in_f=IN, out_f=OUT, sparsity=0.8, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        w = lin.weight
+        k = int(round(sparsity * w.numel()))
+        w.view(-1)[w.abs().view(-1).argsort()[:k]] = 0
+    return lin
+
+
+def close(a, b, tol=1e-5):
+    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(IN,), (5, IN), (2, 3, IN)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_dense_masked_linear(shape, bias):
+    lin = pruned_linear(bias=bias)
+    layer = SparseLinear.from_linear(lin)
+    assert layer.nnz == int((lin.weight != 0).sum())
+    x = torch.randn(*shape)
+    y = layer(x)
+    assert y.shape == shape[:-1] + (OUT,)
+    close(y, lin.double()(x.double()))
+    if len(shape) > 1:   # the kernel's (out, N) result, returned as a view: no copy
+        assert y.stride()[-1] == y.shape[:-1].numel() and y._base is not None
+
+
+def test_explicit_mask_keeps_zero_valued_entries():
+    lin = pruned_linear(sparsity=0.0)
+    mask = torch.rand(OUT, IN) < 0.3
+    layer = SparseLinear.from_linear(lin, mask=mask)
+    assert layer.nnz == int(mask.sum())
+    assert torch.equal(layer.mask(), mask)
+    x = torch.randn(4, IN)
+    close(layer(x), x @ (lin.weight * mask).t() + lin.bias)
+
+
+def test_chained_layers_read_a_contiguous_transposed_input():
+    a = SparseLinear.from_linear(pruned_linear(seed=1))
+    b = SparseLinear.from_linear(pruned_linear(OUT, 8, seed=2))
+    x = torch.randn(2, 3, IN)
+    h = a(x)
+    assert h.reshape(-1, OUT).t().is_contiguous()     # b's X^T view needs no copy
+    close(b(h), b.to_linear()(a.to_linear()(x)))
+
+
+def test_state_dict_round_trips_into_a_fresh_layer():
+    layer = SparseLinear.from_linear(pruned_linear(seed=3),
+                                     schedule=Schedule(mode="indices", rows_per_program=4))
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    fresh = SparseLinear(IN, OUT)       # a dense placeholder mask: replaced by the load
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh.nnz == layer.nnz and fresh.schedule == layer.schedule
+    assert torch.equal(fresh.mask(), layer.mask())
+    x = torch.randn(3, IN)
+    assert torch.equal(fresh(x), layer(x))
+
+
+def test_state_dict_of_wrong_shape_is_rejected():
+    layer = SparseLinear.from_linear(pruned_linear())
+    other = SparseLinear(IN, OUT + 1)
+    with pytest.raises(RuntimeError, match="indptr"):
+        other.load_state_dict(layer.state_dict())
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2),
+                                       (torch.float64, 1e-12)])
+def test_dtype_conversion_respecialises(dtype, tol):
+    layer = SparseLinear.from_linear(pruned_linear(seed=4))
+    x = torch.randn(4, IN)
+    layer(x)                                     # specialised for float32 first
+    ref = layer.to_linear().double()(x.double())
+    layer = layer.to(dtype)
+    y = layer(x.to(dtype))
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    with pytest.raises(TypeError, match="input is torch.float32"):
+        layer(x)
+
+
+def test_plain_cpu_without_interpreter_raises(monkeypatch):
+    layer = SparseLinear.from_linear(pruned_linear())
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="sparse kernels run on CUDA"):
+        layer(torch.randn(2, IN))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = pruned_linear(IN, 32, 0.9, seed=5)      # replaced
+        self.fc2 = pruned_linear(32, 32, 0.1, seed=6)      # kept: not sparse enough
+        self.conv = nn.Conv2d(1, 1, 1)                     # kept: no sparse convolution
+        self.blocks = nn.Sequential(nn.ReLU(), pruned_linear(32, OUT, 0.6, seed=7))
+
+    def forward(self, x):
+        return self.blocks(self.fc2(self.fc1(x)))
+
+
+def test_sparsify_replaces_only_eligible_layers():
+    net = Net()
+    x = torch.randn(2, 3, IN)
+    ref = net(x)
+    kept_fc2 = net.fc2
+    model, report = sparsify(net, min_sparsity=0.5)
+    assert model is net
+    assert isinstance(net.fc1, SparseLinear) and isinstance(net.blocks[1], SparseLinear)
+    assert net.fc2 is kept_fc2 and isinstance(net.conv, nn.Conv2d)
+    rows = {r.layer: r for r in report}
+    assert set(rows) == {"fc1", "fc2", "conv", "blocks.1"}
+    assert [r.layer for r in report.replaced] == ["fc1", "blocks.1"]
+    assert rows["fc1"].shape == (32, IN) and abs(rows["fc1"].sparsity - 0.9) < 0.01
+    assert rows["fc2"].action == "dense" and rows["fc1"].mode in ("values", "indices", "table")
+    assert rows["fc1"].est_speedup == pytest.approx(1 / (1 - rows["fc1"].sparsity))
+    text = str(report)
+    assert "blocks.1" in text and "est. speedup" in text and "not measured" in text
+    assert "2 of 4 listed layers replaced" in text
+    close(model(x), ref)
+
+
+def test_sparsify_copy_leaves_the_original():
+    net = Net()
+    model, report = sparsify(net, min_sparsity=0.5, inplace=False,
+                             schedule=Schedule(mode="table"))
+    assert isinstance(net.fc1, nn.Linear) and isinstance(model.fc1, SparseLinear)
+    assert model.fc1.schedule.mode == "table"
+    assert model.fc1.kernel_id != 0
+    x = torch.randn(4, IN)
+    close(model(x), net(x))
+
+
+def test_compile_fullgraph_traces_the_custom_op():
+    model, _ = sparsify(Net(), min_sparsity=0.5, inplace=False)
+    x = torch.randn(2, 3, IN, requires_grad=True)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    y = compiled(x)
+    close(y, model(x))
+    assert counter.frame_count == 1                  # one graph, no breaks
+    targets = [n.target for n in counter.graphs[0].graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.sparsert.spmm.default) == 2
+    y.sum().backward()                               # the backward graph runs the op's autograd
+    g = x.grad.clone()
+    x.grad = None
+    model(x).sum().backward()
+    close(g, x.grad)
+
+
+def test_compile_with_inductor():
+    layer = SparseLinear.from_linear(pruned_linear(seed=8))
+    x = torch.randn(2, 3, IN)
+    with torch.no_grad():
+        y = torch.compile(layer, fullgraph=True)(x)
+    close(y, layer.to_linear()(x))
+
+
+def test_frozen_mask_fine_tuning():
+    torch.manual_seed(0)
+    layer = SparseLinear.from_linear(pruned_linear(seed=9),
+                                     schedule=Schedule(mode="indices"))
+    mask = layer.mask()
+    target = nn.Linear(IN, OUT)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(32, IN)
+    losses = []
+    for _ in range(4):
+        y = layer(x)
+        close(y, layer.to_linear()(x))          # the kernel follows every update
+        loss = (y - target(x).detach()).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        assert layer.values.grad.shape == (layer.nnz,)   # gradient at the mask only
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    w = layer.dense_weight().detach()
+    assert torch.all(w[~mask] == 0) and torch.equal(layer.mask(), mask)
+
+
+def test_layer_gradcheck_float64():
+    layer = SparseLinear.from_linear(pruned_linear(8, 6, seed=10)).double()
+    x = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+
+    def f(x, values, bias):
+        layer.refresh()             # gradcheck perturbs through .data
+        y = torch.ops.sparsert.spmm(x.t(), values, bias, layer.kernel_id)
+        return y.t()
+
+    assert torch.autograd.gradcheck(f, (x, layer.values, layer.bias), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_half_layer_compiled_with_inductor_on_gpu():
+    lin = pruned_linear(256, 512, 0.9, seed=11).cuda().half()
+    layer = SparseLinear.from_linear(lin)
+    x = torch.randn(4, 16, 256, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        y = torch.compile(layer, fullgraph=True)(x)
+        ref = lin.float()(x.float())
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
