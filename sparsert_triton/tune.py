@@ -1,0 +1,446 @@
+"""Autotuner: time candidate schedules of one sparse kernel on the GPU and remember the best.
+
+    from sparsert_triton.tune import tune, heuristic
+    schedule, results = tune(fc, weight, X, bias, budget_s=60, max_compile_s=30)
+    k = fc.specialize(weight, schedule=schedule)
+
+The search space (:func:`candidate_schedules`) spans the three modes, rows per program, the
+column tile ``block_n``, row ordering, the table-mode ``chunk``, ``use_dot`` (half dtypes) and
+``num_warps``. Candidates are pruned before anything is built (:func:`prune`): invalid plans,
+duplicates (two schedules resolving to one plan), and unrolled schedules whose estimated
+compile time exceeds ``max_compile_s``. Compile time of the unrolled modes is linear in the
+straight-line statements, one per nonzero plus one load of an ``X`` row per distinct column
+of each row group (:func:`unrolled_statements`); about ``COMPILE_S_PER_STATEMENT`` seconds each
+on one core. Candidates run in priority order while the time budget lasts; each one's first
+result is checked against the float64 reference, then it is timed (median of CUDA-graph
+replays). The winner is stored as JSON in ``<cache>/tuned/`` under a key of (mask digest,
+N bucket = next power of two, dtypes, operand kinds, epilogue, GPU name and capability,
+versions of triton/torch/sparsert), so the next call for the same problem returns at once.
+
+Without a GPU (or under ``TRITON_INTERPRET=1``) ``tune`` raises, unless ``allow_cpu=True``
+(then it returns :func:`heuristic`) or a ``timer`` is passed (tests inject a fake timer).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from dsl import Schedule, ir
+
+from . import cache
+from .api import SparseKernel, SpecializedKernel, sparse_kernel
+from .canonicalise import plan_for
+from .compile import interpreting
+from .launch import signature_for
+from .plan import Plan
+from .weights import WEIGHT_DTYPES, SparseWeight, as_sparse_weight
+
+#: Seconds of Triton compile per unrolled statement on one core (measured on the H100 host).
+COMPILE_S_PER_STATEMENT = 2.5e-3
+#: Fixed seconds per unrolled variant (module import, launcher build).
+COMPILE_S_FIXED = 0.5
+#: Seconds to compile a table-mode kernel (its code does not depend on the mask).
+TABLE_COMPILE_S = 1.5
+#: Seconds per candidate besides compiling (specialise, check, time).
+CANDIDATE_OVERHEAD_S = 0.3
+#: |Y - ref| <= tol * (1 + |W||X| + |ref|), by dtype (float32 accumulation, output rounding).
+TOLERANCE = {"float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+DEFAULT_BUDGET_S = 60.0
+DEFAULT_MAX_COMPILE_S = 30.0
+HEURISTIC_MAX_COMPILE_S = 10.0
+
+
+@dataclass
+class TuneResult:
+    """One candidate's outcome. ``status``: ok | wrong | error | skipped | cached."""
+    schedule: Schedule
+    plan: Optional[Plan]
+    est_compile_s: float
+    status: str
+    compile_s: Optional[float] = None    # first call: specialise + generate + compile + launch
+    median_us: Optional[float] = None
+    detail: str = ""
+
+    def row(self) -> dict:
+        return {"schedule": repr(self.schedule), "status": self.status,
+                "est_compile_s": round(self.est_compile_s, 3), "compile_s": self.compile_s,
+                "median_us": self.median_us, "detail": self.detail}
+
+
+# ------------------------------------------------------------------ small helpers
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, int(n)))))
+
+
+def dtype_name(dtype) -> str:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in WEIGHT_DTYPES:
+            raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        return WEIGHT_DTYPES[dtype]
+    if dtype not in TOLERANCE:
+        raise ValueError(f"dtype must be one of {sorted(TOLERANCE)}, got {dtype!r}")
+    return dtype
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """What the tuned plan is valid for: the GPU's name and capability, or the interpreter."""
+    if interpreting() or device.type != "cuda":
+        return "interpreter"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
+
+
+# ------------------------------------------------------------------ compile-cost model
+
+def unrolled_statements(weight: SparseWeight, rows_per_program: int, row_order: str = "given") -> int:
+    """Straight-line statements of the unrolled modes: nnz FMAs plus, per row group, one load
+    of each distinct column's X row. Exact for ``given`` and ``nnz`` orders; ``cluster``
+    groups rows that share columns, so it has at most about this many."""
+    w, R = weight, max(1, int(rows_per_program))
+    if row_order == "given":
+        order = np.arange(w.M)
+    else:
+        order = np.argsort(-w.row_nnz, kind="stable")
+    group_of_row = np.empty(w.M, np.int64)
+    group_of_row[order] = np.arange(w.M) // R
+    rows = np.repeat(np.arange(w.M), w.row_nnz)
+    loads = np.unique(group_of_row[rows] * w.K + w.indices).size
+    return w.nnz + int(loads)
+
+
+def estimate_compile_s(weight: SparseWeight, plan: Plan) -> float:
+    """Seconds a cold build of this plan is expected to take (one core)."""
+    if plan.mode == "table":
+        return TABLE_COMPILE_S
+    return COMPILE_S_FIXED + COMPILE_S_PER_STATEMENT * unrolled_statements(
+        weight, plan.rows_per_program, plan.row_order)
+
+
+# ------------------------------------------------------------------ search space
+
+def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_MAX_COMPILE_S) -> Schedule:
+    """The default without timing: ``plan_for``'s choice, switched to table mode when its
+    unrolled build would take longer than ``max_compile_s``. Needs no GPU."""
+    w = as_sparse_weight(weight)
+    d = dtype_name(dtype)
+    plan = plan_for(Schedule(), w, int(N), d)
+    if plan.mode != "table" and estimate_compile_s(w, plan) > max_compile_s:
+        plan = plan_for(Schedule(mode="table"), w, int(N), d)
+    return plan.to_schedule()
+
+
+def _block_ns(N: int) -> List[int]:
+    top = min(256, max(16, next_pow2(N)))
+    out = {min(top, 64), min(top, 128)}
+    if N < 128 and top >= 32:
+        out.add(top // 2)
+    if N >= 1024:
+        out.add(256)
+    return sorted(out)
+
+
+def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
+    """Candidate schedules in priority order (likely winners and cheap builds first)."""
+    w = as_sparse_weight(weight)
+    d = dtype_name(dtype)
+    half = d in ("float16", "bfloat16")
+    bns = _block_ns(N)
+    bn_main = min(128, bns[-1])
+    first, second, third = [heuristic(w, N, d)], [], []
+
+    # table mode, scalar FMAs: (rows, chunk); the (rows x chunk x block_n) product lives in
+    # registers, so big tiles get 8 warps and bigger ones are left out
+    for i, (R, U) in enumerate([(1, 16), (4, 16), (1, 32), (1, 8), (2, 16), (4, 8), (8, 8)]):
+        for bn in bns:
+            size = R * U * bn
+            if size > 16384:
+                continue
+            s = Schedule(mode="table", rows_per_program=R, chunk=U, block_n=bn,
+                         row_order="nnz" if R == 1 else "cluster",
+                         num_warps=4 if size <= 8192 else 8)
+            (first if i < 3 and bn == bn_main else second).append(s)
+
+    # table mode on tensor cores (half dtypes)
+    if half:
+        bn_dot = [b for b in bns if b >= 16] or [16]
+        for i, (R, U, bn, warps) in enumerate([(16, 16, 64, 4), (16, 32, 64, 4), (16, 16, 128, 4),
+                                               (32, 16, 128, 4), (32, 32, 128, 8), (64, 16, 128, 8)]):
+            bn = min(bn, bn_dot[-1])
+            s = Schedule(mode="table", rows_per_program=R, chunk=U, block_n=bn, row_order="cluster",
+                         use_dot=True, num_warps=warps)
+            (first if i == 0 else second).append(s)
+
+    # unrolled modes around plan_for's rows per program (about 256 FMAs per group)
+    base = plan_for(Schedule(mode="values"), w, N, d).rows_per_program
+    rs = [base] + [r for r in (base * 2, base // 2) if 1 <= r <= 64 and r != base]
+    unrolled = [Schedule(mode="values", rows_per_program=base, block_n=bn_main, row_order="cluster")]
+    for R in rs:
+        for order in ("given", "cluster"):
+            unrolled.append(Schedule(mode="values", rows_per_program=R, block_n=bn_main, row_order=order))
+    unrolled.append(Schedule(mode="indices", rows_per_program=base, block_n=bn_main, row_order="cluster"))
+    for bn in bns:
+        if bn != bn_main:
+            unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn, row_order="cluster"))
+    first.append(unrolled[0])
+    third.extend(unrolled[1:])
+    return first + second + third
+
+
+def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
+          max_compile_s: float = DEFAULT_MAX_COMPILE_S) -> Tuple[List[TuneResult], List[TuneResult]]:
+    """Split candidates into (kept, skipped). Kept results carry the resolved plan and the
+    estimated compile seconds; skipped ones say why (invalid, duplicate, compile too long)."""
+    w = as_sparse_weight(weight)
+    d = dtype_name(dtype)
+    kept, skipped, seen = [], [], set()
+    for s in schedules:
+        try:
+            plan = plan_for(s, w, int(N), d)
+        except ValueError as e:
+            skipped.append(TuneResult(s, None, 0.0, "skipped", detail=f"invalid: {e}"))
+            continue
+        if plan in seen:
+            skipped.append(TuneResult(s, plan, 0.0, "skipped", detail="duplicate plan"))
+            continue
+        seen.add(plan)
+        est = estimate_compile_s(w, plan)
+        if est > max_compile_s:
+            skipped.append(TuneResult(s, plan, est, "skipped",
+                                      detail=f"estimated compile {est:.1f}s > max_compile_s {max_compile_s:g}s"))
+            continue
+        kept.append(TuneResult(plan.to_schedule(), plan, est, "pending"))
+    return kept, skipped
+
+
+# ------------------------------------------------------------------ correctness and timing
+
+def reference_and_magnitude(weight: SparseWeight, X: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(W @ X, |W| @ |X|)`` in float64 on X's device (the plain product, no epilogue)."""
+    W = weight.to_dense(torch.float64).to(X.device)
+    X64 = X.detach().to(torch.float64)
+    return W @ X64, W.abs() @ X64.abs()
+
+
+def check_result(Y: torch.Tensor, ref: torch.Tensor, mag: torch.Tensor, dtype="float32",
+                 tol: Optional[float] = None) -> Tuple[bool, float]:
+    """``(passed, worst ratio)`` of ``|Y - ref| / (tol (1 + |W||X| + |ref|))``; NaN fails."""
+    tol = TOLERANCE[dtype_name(dtype)] if tol is None else tol
+    if tuple(Y.shape) != tuple(ref.shape):
+        return False, math.inf
+    Yd = Y.detach().to(ref.device, torch.float64)
+    if Yd.numel() == 0:
+        return True, 0.0
+    if not torch.isfinite(Yd).all():
+        return False, math.inf
+    ratio = ((Yd - ref).abs() / (tol * (1 + mag.to(ref.device) + ref.abs()))).max().item()
+    return ratio <= 1.0, ratio
+
+
+def graph_median_us(fn: Callable[[], object], replays: int = 20, target_us: float = 500.0) -> float:
+    """Median GPU microseconds per call: ``fn`` captured (several times) in a CUDA graph,
+    each replay timed with CUDA events."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        fn()
+    end.record()
+    end.synchronize()
+    per_us = max(1.0, start.elapsed_time(end) * 1e3 / 5)
+    calls = int(min(100, max(1, target_us // per_us)))
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    del g
+    return statistics.median(times)
+
+
+_FIRST_CALL_S = {}
+
+
+def first_call(kernel: SpecializedKernel, X: torch.Tensor, *operands):
+    """Run a specialised kernel once: ``(Y, seconds)``. Seconds are those of the first call
+    of this (mask, values if baked, plan, signature, device, epilogue) in this process, i.e.
+    the cold build; later calls of the same build return that first figure."""
+    sig = signature_for(kernel.program, kernel.weight, X, operands)
+    plan = kernel.plan(X.shape[1], sig.x_dtype)
+    w = kernel.weight
+    key = (w.mask_digest(), w.values_digest() if plan.mode == "values" else None, plan, sig,
+           str(X.device), repr(kernel.program.out))
+    t0 = time.perf_counter()
+    Y = kernel(X, *operands)
+    _sync(X.device)
+    return Y, _FIRST_CALL_S.setdefault(key, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ persistence
+
+def tuned_dir():
+    d = cache.cache_dir() / "tuned"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def plan_key(program, weight: SparseWeight, N: int, sig, device: str) -> Tuple[str, dict]:
+    parts = {"mask": weight.mask_digest(), "M": weight.M, "K": weight.K,
+             "n_bucket": next_pow2(N), "x_dtype": sig.x_dtype, "w_dtype": sig.w_dtype,
+             "out_dtype": sig.out_dtype, "operands": [list(k) for k in sig.operand_kinds],
+             "program": repr(program.out), "device": device, "versions": cache.versions()}
+    blob = json.dumps(parts, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32], parts
+
+
+def load_tuned(key: str) -> Optional[dict]:
+    path = tuned_dir() / f"{key}.json"
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        rec["plan"] = Plan(**rec["plan"])
+        return rec
+    except Exception:           # unreadable or from an older layout: tune again
+        path.unlink(missing_ok=True)
+        return None
+
+
+def store_tuned(key: str, parts: dict, best: TuneResult, results: Sequence[TuneResult]):
+    rec = {"key": parts, "plan": asdict(best.plan), "schedule": repr(best.schedule),
+           "median_us": best.median_us, "compile_s": best.compile_s, "tuned_at": time.time(),
+           "results": [r.row() for r in results]}
+    path = tuned_dir() / f"{key}.json"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, default=repr))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ the tuner
+
+def _as_program(kernel) -> ir.Program:
+    if isinstance(kernel, (SparseKernel, SpecializedKernel)):
+        return kernel.program
+    if callable(kernel):
+        return sparse_kernel(kernel).program
+    raise TypeError(f"kernel must be a @sparse_kernel program, a specialised kernel or a "
+                    f"function, got {type(kernel).__name__}")
+
+
+def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_BUDGET_S,
+         max_compile_s: float = DEFAULT_MAX_COMPILE_S, progress: bool = True,
+         timer: Optional[Callable[[Callable[[], object]], float]] = None, allow_cpu: bool = False,
+         candidates: Optional[Sequence[Schedule]] = None, use_cache: bool = True,
+         reference: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[Schedule, List[TuneResult]]:
+    """Find the fastest correct schedule of ``kernel`` for ``weight`` and inputs like ``X``.
+
+    ``budget_s``: wall seconds for the whole search (the first candidate always runs);
+    ``max_compile_s``: candidates estimated to build slower are not tried; ``timer(fn)``:
+    microseconds per call (default: CUDA-graph median); ``candidates``: replace the search
+    space; ``use_cache``: read and write the tuned-plan store; ``reference``: precomputed
+    ``(result, |W| @ |X|)`` in float64 for the plain product (default: computed here).
+    Returns ``(best schedule, results of every candidate)``.
+    """
+    program = _as_program(kernel)
+    if weight is None and isinstance(kernel, SpecializedKernel):
+        weight = kernel.weight
+    w = as_sparse_weight(weight)
+    if not isinstance(X, torch.Tensor) or X.dim() != 2:
+        raise TypeError("X must be a 2-D torch.Tensor (K x N)")
+    N = int(X.shape[1])
+    if N == 0:
+        raise ValueError("X has no columns (N = 0): nothing to tune")
+    on_gpu = X.device.type == "cuda" and not interpreting() and torch.cuda.is_available()
+    if timer is None and not on_gpu and allow_cpu:
+        return heuristic(w, N, WEIGHT_DTYPES.get(X.dtype, "float32")), []
+    sig = signature_for(program, w, X, operands)
+    d = sig.x_dtype
+    key, parts = plan_key(program, w, N, sig, device_name(X.device))
+    if use_cache:
+        hit = load_tuned(key)
+        if hit is not None:
+            s = hit["plan"].to_schedule()
+            return s, [TuneResult(s, hit["plan"], 0.0, "cached", hit.get("compile_s"),
+                                  hit.get("median_us"), f"from {key}.json")]
+    if timer is None:
+        if not on_gpu:
+            raise RuntimeError("tune times kernels on a CUDA GPU: X must be a CUDA tensor and "
+                               "TRITON_INTERPRET unset (pass allow_cpu=True for the heuristic "
+                               "default, or a timer)")
+        timer = graph_median_us
+
+    kept, skipped = prune(candidates if candidates is not None else candidate_schedules(w, N, d),
+                          w, N, d, max_compile_s)
+    if not kept:
+        raise ValueError("no candidate schedule survives pruning: "
+                         + "; ".join(f"{r.schedule!r}: {r.detail}" for r in skipped))
+    if reference is None or not isinstance(program.out, ir.MatMul):
+        ref = SpecializedKernel(program, Schedule(), w).reference(X, *operands).to(X.device)
+        mag = reference_and_magnitude(w, X)[1]
+    else:
+        ref, mag = reference
+    tol = max(TOLERANCE[d], TOLERANCE[sig.out_dtype])
+
+    from tqdm.auto import tqdm
+    t_start = time.perf_counter()
+    results = list(skipped)
+    best = None
+    bar = tqdm(kept, desc=f"tune {w.M}x{w.K} nnz={w.nnz} N={N} {d}", disable=not progress,
+               leave=False)
+    for r in bar:
+        left = budget_s - (time.perf_counter() - t_start)
+        if best is not None and r.est_compile_s + CANDIDATE_OVERHEAD_S > left:
+            r.status, r.detail = "skipped", f"budget: estimated {r.est_compile_s:.1f}s, {max(left, 0):.1f}s left"
+            results.append(r)
+            continue
+        try:
+            k = SpecializedKernel(program, r.schedule, w)
+            Y, r.compile_s = first_call(k, X, *operands)
+            ok, ratio = check_result(Y, ref, mag, d, tol)
+            if not ok:
+                r.status, r.detail = "wrong", f"error ratio {ratio:.3g} > 1"
+            else:
+                out = torch.empty_like(Y)
+                r.median_us = float(timer(lambda: k(X, *operands, out=out)))
+                r.status = "ok"
+                if best is None or r.median_us < best.median_us:
+                    best = r
+                    bar.set_postfix(best_us=f"{best.median_us:.2f}")
+        except Exception as e:          # a candidate that fails to build or launch
+            r.status, r.detail = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        results.append(r)
+    bar.close()
+    if best is None:
+        raise RuntimeError("no candidate schedule ran correctly:\n" + "\n".join(
+            f"  {r.schedule!r}: {r.status} {r.detail}" for r in results))
+    if use_cache:
+        store_tuned(key, parts, best, results)
+    return best.schedule, results
