@@ -250,27 +250,34 @@ def _schedule_for(schedule: ScheduleArg, name: str, linear: nn.Linear) -> Option
     return schedule(name, linear)
 
 
-def _tuned_schedule(layer: SparseLinear, tune_kwargs: dict) -> Schedule:
+def _tuned_schedule(layer: SparseLinear, N: int, tune_kwargs: dict) -> Schedule:
+    """``sparsert_triton.tune.tune`` on this layer's kernel, for ``X^T`` of N columns laid out
+    as the layer passes it (a transposed view of a contiguous (N, in) input)."""
     from . import tune as tune_module    # imported lazily: optional, and heavier
     program = ops.sparse_matmul_bias if layer.bias is not None else ops.sparse_matmul
-    weight = layer._pattern.base.with_values(layer.values.detach())
-    result = tune_module.tune(program, weight, **tune_kwargs)
-    schedule = result if isinstance(result, Schedule) else getattr(result, "schedule", None)
+    v = layer.values.detach()
+    weight = layer._pattern.base.with_values(v)
+    X = torch.randn(N, layer.in_features, device=v.device, dtype=v.dtype).t()
+    operands = (layer.bias.detach(),) if layer.bias is not None else ()
+    result = tune_module.tune(program, weight, X, *operands, **tune_kwargs)
+    schedule = result[0] if isinstance(result, tuple) else result
     if not isinstance(schedule, Schedule):
         raise TypeError(f"sparsert_triton.tune.tune returned {type(result).__name__}; "
-                        "expected a Schedule (or an object with a .schedule)")
+                        "expected (Schedule, results)")
     return schedule
 
 
 def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg = None,
              tune: bool = False, inplace: bool = True, tune_kwargs: Optional[dict] = None,
-             ) -> Tuple[nn.Module, SparsifyReport]:
+             tune_n: int = 128) -> Tuple[nn.Module, SparsifyReport]:
     """Replace every ``nn.Linear`` whose weight is at least ``min_sparsity`` zeros by a
     :class:`SparseLinear` (the zeros become the mask); leave everything else.
 
     ``schedule``: one :class:`Schedule` for all layers, or ``f(name, linear) -> Schedule``.
-    ``tune=True`` picks each layer's schedule with ``sparsert_triton.tune.tune`` (keyword
-    arguments in ``tune_kwargs``). ``inplace=False`` works on a deep copy. Only exact
+    ``tune=True`` picks each layer's schedule with ``sparsert_triton.tune.tune``, timed on
+    the layer's device for ``tune_n`` rows of input (batch x sequence), keyword arguments in
+    ``tune_kwargs`` (e.g. ``budget_s``); the layers must then be on a GPU.
+    ``inplace=False`` works on a deep copy. Only exact
     ``nn.Linear`` modules are replaced: subclasses (e.g. the output projection inside
     ``nn.MultiheadAttention``, whose parent reads ``.weight`` directly) are reported and kept.
     ``nn.Conv2d`` layers are reported and kept dense (no sparse convolution yet).
@@ -282,7 +289,7 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
         model = copy.deepcopy(model)
     report = SparsifyReport()
     if type(model) is nn.Linear or isinstance(model, nn.Conv2d):   # the model is one layer
-        new, row = _consider("", model, min_sparsity, schedule, tune, tune_kwargs or {})
+        new, row = _consider("", model, min_sparsity, schedule, tune, tune_kwargs or {}, tune_n)
         report.append(row)
         return new, report
     done = {}   # id(module) -> replacement (a module used twice is replaced once)
@@ -293,7 +300,7 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
                 if done[id(child)] is not child:
                     setattr(parent, child_name, done[id(child)])
                 continue
-            row = _consider(name, child, min_sparsity, schedule, tune, tune_kwargs or {})
+            row = _consider(name, child, min_sparsity, schedule, tune, tune_kwargs or {}, tune_n)
             if row is None:
                 continue
             new, r = row
@@ -304,7 +311,7 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     return model, report
 
 
-def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs):
+def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n):
     if isinstance(module, nn.Conv2d):
         w = module.weight.detach()
         s = float((w == 0).float().mean())
@@ -326,6 +333,6 @@ def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs):
                                 f"kept: sparsity < {min_sparsity:g}", None)
     layer = SparseLinear.from_linear(module, schedule=_schedule_for(schedule, name, module))
     if tune:
-        layer.schedule = _tuned_schedule(layer, tune_kwargs)
+        layer.schedule = _tuned_schedule(layer, tune_n, tune_kwargs)
     plan = plan_for(layer.schedule, layer._pattern.base, 128, WEIGHT_DTYPES[w.dtype])
     return layer, LayerRow(name, "Linear", shape, s, "sparse", plan.mode, estimated_speedup(s))

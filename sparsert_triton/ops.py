@@ -104,12 +104,13 @@ class SparsePattern:
     # ------------------------------------------------------------ kernels
     def _cached(self, key, values: Tensor, build) -> SpecializedKernel:
         hit = self._kernels.get(key)
+        version = _version(values)
         if hit is not None and hit[0].data_ptr() == values.data_ptr() \
-                and hit[1] == values._version and hit[0].shape == values.shape:
+                and hit[1] == version and hit[0].shape == values.shape:
             return hit[2]
         k = build(values.detach())
         # holding the tensor keeps its storage alive, so its address cannot be reused
-        self._kernels[key] = (values, values._version, k)
+        self._kernels[key] = (values, version, k)
         return k
 
     def forward_kernel(self, values: Tensor, with_bias: bool) -> SpecializedKernel:
@@ -147,6 +148,12 @@ class SparsePattern:
     def refresh(self):
         """Forget the specialised kernels (after writing values through ``.data``)."""
         self._kernels.clear()
+
+
+def _version(t: Tensor) -> int:
+    """The version counter (inference tensors have none: they cannot change outside
+    inference mode)."""
+    return -1 if t.is_inference() else t._version
 
 
 def pattern(kernel_id: int) -> SparsePattern:

@@ -208,23 +208,30 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
         b("nmask = offs_n < N")
         b(f"r = tl.arange(0, {R})")
         b(f"rows = tl.load(ROWS + g * {R} + r)")
-        b(f"u = tl.arange(0, {U})")
+        if p.use_dot:
+            b(f"u = tl.arange(0, {U})")
         b("start = tl.load(STARTS + g)")
         b("end = start + tl.load(LENGTHS + g)")
         acc_t = TL_DTYPES[sig.acc_dtype]
         b(f"acc = tl.zeros([{R}, {BN}], {acc_t})")
         with b.indent(f"for j in range(start, end, {U}):"):
-            b("k = j + u")
-            b("kmask = k < end")
-            b("cols = tl.load(COLS + k)")
-            b("x = tl.load(X + cols[:, None] * sxk + offs_n[None, :] * sxn, "
-              "mask=kmask[:, None] & nmask[None, :], other=0.0)")
-            b(f"w = tl.load(VALS + k[None, :] * {R} + r[:, None])")
             if p.use_dot:
+                b("k = j + u")
+                b("kmask = k < end")
+                b("cols = tl.load(COLS + k)")
+                b("x = tl.load(X + cols[:, None] * sxk + offs_n[None, :] * sxn, "
+                  "mask=kmask[:, None] & nmask[None, :], other=0.0)")
+                b(f"w = tl.load(VALS + k[None, :] * {R} + r[:, None])")
                 prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
                 b(f'acc += tl.dot(w.to(x.dtype), x, input_precision="{prec}")')
-            else:
-                b(f"acc += tl.sum(w.to({acc_t})[:, :, None] * x.to({acc_t})[None, :, :], axis=1)")
+            else:   # outer products: one X row feeds every row of the group, no reductions
+                with b.indent(f"for t in tl.static_range({U}):"):
+                    b("k = j + t")
+                    b("c = tl.load(COLS + k)")
+                    b(f"x = tl.load(X + c * sxk + offs_n * sxn, mask=nmask & (offs_n * 0 + k < end), "
+                      f"other=0.0).to({acc_t})")
+                    b(f"w = tl.load(VALS + k * {R} + r).to({acc_t})")
+                    b("acc += w[:, None] * x[None, :]")
         args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]", "offs_n[None, :]",
                           "nmask[None, :]"] + ops)
         b(f"out = _epilogue({args})")

@@ -18,7 +18,7 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                      HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=25, derandomize=True, **_common)
 settings.register_profile("dev", max_examples=100, **_common)
-settings.register_profile("gpu", max_examples=300, **_common)
+settings.register_profile("gpu", max_examples=40, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if DEVICE == "cuda" else "ci"))
 
 

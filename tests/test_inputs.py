@@ -1,4 +1,6 @@
 """Weight forms, bad input, and edge shapes (empty rows, all-zero, N = 1, strides, M = K = 1)."""
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -9,6 +11,15 @@ from sparsert_triton import as_sparse_weight, sparse_kernel
 from sparsert_triton.testing import assert_matches
 
 MODES = ["values", "indices", "table"]
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+def r(*shape, **kw):
+    return torch.randn(*shape, **kw).to(DEV)
+
+
+def e(*shape, **kw):
+    return torch.empty(*shape, **kw).to(DEV) if kw.get("device") != "meta" else torch.empty(*shape, **kw)
 
 
 def _fc(mode, **kw):
@@ -59,23 +70,23 @@ def test_zero_sized_weight():
 @pytest.mark.parametrize("mode", MODES)
 def test_bad_calls_name_the_argument(mode):
     k = _fc(mode).specialize(_weight())
-    X, b = torch.randn(9, 5), torch.randn(6)
+    X, b = r(9, 5), r(6)
     with pytest.raises(ValueError, match="X has 8 rows"):
-        k(torch.randn(8, 5), b)
+        k(r(8, 5), b)
     with pytest.raises(TypeError, match="X must be float32"):
         k(X.to(torch.int64), b)
     with pytest.raises(ValueError, match="2-D"):
         k(X[None], b)
     with pytest.raises(ValueError, match="X is on meta"):
-        k(torch.empty(9, 5, device="meta"), b)
+        k(e(9, 5, device="meta"), b)
     with pytest.raises(ValueError, match="bias has shape"):
-        k(X, torch.randn(7))
+        k(X, r(7))
     with pytest.raises(TypeError, match="takes 1 operand"):
         k(X)
     with pytest.raises(ValueError, match="bias must be finite"):
         k(X, float("nan"))
     with pytest.raises(ValueError, match="out must be"):
-        k(X, b, out=torch.empty(6, 4))
+        k(X, b, out=e(6, 4))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -90,8 +101,8 @@ def test_edge_shapes_are_correct(mode):
     for W in cases:
         k = fc.specialize(W)
         for N in (1, 17):                 # N = 1 and N not dividing block_n
-            X = torch.randn(W.shape[1], N)
-            b = torch.randn(W.shape[0])
+            X = r(W.shape[1], N)
+            b = r(W.shape[0])
             Y = k(X, b)
             assert_matches(Y, k.reference(X, b), W, X, "float32")
 
@@ -100,22 +111,22 @@ def test_edge_shapes_are_correct(mode):
 def test_any_strides_and_out(mode):
     W = _weight(6, 9)
     k = _fc(mode).specialize(W)
-    base = torch.randn(30, 40)
+    base = r(30, 40)
     X = base[::3, 5:40:2]                 # non-contiguous in both dimensions, 10 x 18
     X = X[:9]
-    b = torch.randn(12)[::2]              # strided bias
-    out = torch.empty(18, 6).t()          # transposed output
+    b = r(12)[::2]              # strided bias
+    out = e(18, 6).t()          # transposed output
     Y = k(X, b, out=out)
     assert Y is out
     assert_matches(Y, k.reference(X, b), W, X, "float32")
-    Z = k(torch.randn(9, 0), b)
+    Z = k(r(9, 0), b)
     assert Z.shape == (6, 0)
 
 
 def test_mixed_weight_and_activation_dtypes():
     W = _weight(dtype=torch.float16)
     k = _fc("indices").specialize(W)
-    X, b = torch.randn(9, 20), torch.randn(6)
+    X, b = r(9, 20), r(6)
     Y = k(X, b)
     assert Y.dtype == torch.float32
     assert_matches(Y, k.reference(X, b), W, X, "float16")
@@ -125,7 +136,7 @@ def test_float64_is_exact_to_rounding():
     W = _weight(dtype=torch.float64)
     for mode in MODES:
         k = _fc(mode).specialize(W)
-        X, b = torch.randn(9, 20, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+        X, b = r(9, 20, dtype=torch.float64), r(6, dtype=torch.float64)
         Y = k(X, b)
         assert Y.dtype == torch.float64
         torch.testing.assert_close(Y, k.reference(X, b), rtol=1e-13, atol=1e-13)
@@ -136,8 +147,8 @@ def test_nonfinite_activations_propagate_through_used_columns():
     W = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     for mode in ("values", "indices"):
         k = _fc(mode).specialize(W)
-        X = torch.tensor([[float("nan")], [1.0]])
-        Y = k(X, torch.zeros(2))
+        X = torch.tensor([[float("nan")], [1.0]]).to(DEV)
+        Y = k(X, torch.zeros(2, device=DEV))
         assert torch.isnan(Y[0, 0]) and Y[1, 0] == 2.0
 
 
@@ -145,7 +156,7 @@ def test_with_values_reuses_the_mask():
     W = _weight()
     for mode in MODES:
         k = _fc(mode).specialize(W)
-        X, b = torch.randn(9, 8), torch.randn(6)
+        X, b = r(9, 8), r(6)
         k(X, b)
         k2 = k.with_values(torch.from_numpy(k.weight.values * -2).float())
         Y2 = k2(X, b)

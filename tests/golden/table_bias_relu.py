@@ -28,17 +28,16 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
     nmask = offs_n < N
     r = tl.arange(0, 2)
     rows = tl.load(ROWS + g * 2 + r)
-    u = tl.arange(0, 4)
     start = tl.load(STARTS + g)
     end = start + tl.load(LENGTHS + g)
     acc = tl.zeros([2, 64], tl.float32)
     for j in range(start, end, 4):
-        k = j + u
-        kmask = k < end
-        cols = tl.load(COLS + k)
-        x = tl.load(X + cols[:, None] * sxk + offs_n[None, :] * sxn, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        w = tl.load(VALS + k[None, :] * 2 + r[:, None])
-        acc += tl.sum(w.to(tl.float32)[:, :, None] * x.to(tl.float32)[None, :, :], axis=1)
+        for t in tl.static_range(4):
+            k = j + t
+            c = tl.load(COLS + k)
+            x = tl.load(X + c * sxk + offs_n * sxn, mask=nmask & (offs_n * 0 + k < end), other=0.0).to(tl.float32)
+            w = tl.load(VALS + k * 2 + r).to(tl.float32)
+            acc += w[:, None] * x[None, :]
     out = _epilogue(acc, rows[:, None], (rows >= 0)[:, None], offs_n[None, :], nmask[None, :], op_bias, op_bias_s)
     tl.store(Y + rows[:, None] * sym + offs_n[None, :] * syn, out.to(Y.dtype.element_ty), mask=(rows >= 0)[:, None] & nmask[None, :])
 
