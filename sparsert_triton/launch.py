@@ -115,7 +115,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
         for fn, groups in variant.kernels:
             if groups == 0:
                 continue
-            fn[(groups, nt)](X, *bufs, Y, *ops, *strides, **opts)
+            grid = (groups, nt) if variant.table else (nt, groups)
+            fn[grid](X, *bufs, Y, *ops, *strides, **opts)
     variant.launched = True
 
 

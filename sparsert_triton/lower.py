@@ -2,11 +2,11 @@
 
 The unrolled modes lower to:
 
-* one ``Part`` function per run of columns: ``x = X[col, n-tile]`` once per column, then
-  ``acc_r += w * x`` for every row ``r`` of the group with a nonzero in that column (``w`` a
-  literal in ``values`` mode, ``V[i]`` in ``indices`` mode); it returns its accumulators;
-* one ``Group`` function per row group: sums its parts' accumulators, applies the epilogue
-  and stores each row;
+* one ``Part`` function per set of rows: ``x = X[col, n-tile]`` once per column of their
+  union, then ``acc_r += w * x`` for every row ``r`` of the part with a nonzero in that column
+  (``w`` a literal in ``values`` mode, ``V[i]`` in ``indices`` mode); then the epilogue and a
+  store per row. Functions take scalars only and return nothing (what triton 3.6 compiles);
+* one ``Group`` function per row group (one program): calls its parts;
 * kernels that dispatch ``program_id(0)`` to group functions with a balanced ``if`` tree.
 
 The table mode lowers to one fixed loop kernel (``TableKernel``).
@@ -38,17 +38,21 @@ class Fma:
 
 
 @dataclass(frozen=True)
+class Store:
+    acc: Optional[str]            # None: the row has no nonzeros (epilogue of zeros)
+    row: int                      # global output row
+
+
+@dataclass(frozen=True)
 class PartFn:
     name: str
-    body: Tuple[Union[LoadX, Fma], ...]
-    returns: Tuple[str, ...]      # accumulator names, one per touched local row
+    body: Tuple[Union[LoadX, Fma, Store], ...]
 
 
 @dataclass(frozen=True)
 class GroupFn:
     name: str
-    rows: Tuple[int, ...]                        # global row of each local accumulator
-    calls: Tuple[Tuple[str, Tuple[int, ...]], ...]  # (part name, local rows it returns)
+    calls: Tuple[str, ...]        # its parts, called in order
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Lowered:
     kernels: Tuple[Union[UnrolledKernel, TableKernel], ...]
 
 
-def _lower_part(name: str, part, mode: str, weight_values) -> PartFn:
+def _lower_part(name: str, part, rows, mode: str, weight_values) -> PartFn:
     body, seen = [], set()
     for j, (col, entries) in enumerate(part.columns):
         var = f"x{j}"
@@ -84,8 +88,10 @@ def _lower_part(name: str, part, mode: str, weight_values) -> PartFn:
             else:
                 body.append(Fma(acc, var, None, packed, acc not in seen))
             seen.add(acc)
-    rows = part.rows
-    return PartFn(name, tuple(body), tuple(f"a{r}" for r in rows))
+    for r_local in part.rows:
+        acc = f"a{r_local}"
+        body.append(Store(acc if acc in seen else None, int(rows[r_local])))
+    return PartFn(name, tuple(body))
 
 
 def lower(layout, plan: Plan, signature: Signature, program: ir.Program) -> Lowered:
@@ -99,9 +105,9 @@ def lower(layout, plan: Plan, signature: Signature, program: ir.Program) -> Lowe
             group = layout.groups[g]
             calls = []
             for p, part in enumerate(group.parts):
-                fn = _lower_part(f"_g{g}_p{p}", part, plan.mode, layout.packed_values)
+                fn = _lower_part(f"_g{g}_p{p}", part, group.rows, plan.mode, layout.packed_values)
                 parts.append(fn)
-                calls.append((fn.name, part.rows))
-            groups.append(GroupFn(f"_g{g}", group.rows, tuple(calls)))
+                calls.append(fn.name)
+            groups.append(GroupFn(f"_g{g}", tuple(calls)))
         kernels.append(UnrolledKernel(f"sparse_kernel_{k}", tuple(parts), tuple(groups)))
     return Lowered(plan, signature, program, tuple(kernels))

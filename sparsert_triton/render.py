@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dsl import ir
 
 from . import __version__
-from .lower import Fma, GroupFn, LoadX, Lowered, PartFn, TableKernel, UnrolledKernel
+from .lower import Fma, GroupFn, LoadX, Lowered, PartFn, Store, TableKernel, UnrolledKernel
 
 TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16",
              "float64": "tl.float64"}
@@ -134,35 +134,39 @@ def _tile(b: Buffer, block_n: int):
     b("nmask = offs_n < N")
 
 
+def render_store(b: Buffer, s: Store, low: Lowered):
+    acc = s.acc or f"tl.zeros([{low.plan.block_n}], {TL_DTYPES[low.signature.acc_dtype]})"
+    args = ", ".join([acc, str(s.row), "0", "offs_n", "nmask"] + operand_params(low.signature))
+    b(f"tl.store(Y + {s.row} * sym + offs_n * syn, "
+      f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
+
+
+def _fn_params(low: Lowered) -> str:
+    return ", ".join(["X", "V", "Y"] + operand_params(low.signature)
+                     + ["sxk", "sxn", "sym", "syn", "pid_n", "N"])
+
+
 def render_part(b: Buffer, fn: PartFn, low: Lowered):
     b("@triton.jit(noinline=True)")
-    with b.indent(f"def {fn.name}(X, V, sxk, sxn, pid_n, N):"):
+    with b.indent(f"def {fn.name}({_fn_params(low)}):"):
         _tile(b, low.plan.block_n)
         b("xp = X + offs_n * sxn")
         acc = TL_DTYPES[low.signature.acc_dtype]
         for s in fn.body:
-            (render_load if isinstance(s, LoadX) else render_fma)(b, s, acc)
-        b(f"return {', '.join(fn.returns)}")
+            if isinstance(s, Store):
+                render_store(b, s, low)
+            else:
+                (render_load if isinstance(s, LoadX) else render_fma)(b, s, acc)
     b()
 
 
 def render_group(b: Buffer, fn: GroupFn, low: Lowered):
-    ops = operand_params(low.signature)
     b("@triton.jit(noinline=True)")
-    with b.indent(f"def {fn.name}({', '.join(['X', 'V', 'Y'] + ops)}, sxk, sxn, sym, syn, pid_n, N):"):
-        _tile(b, low.plan.block_n)
-        terms = {r: [] for r in range(len(fn.rows))}
-        for p, (name, rows) in enumerate(fn.calls):
-            outs = [f"p{p}_a{r}" for r in rows]
-            b(f"{', '.join(outs)} = {name}(X, V, sxk, sxn, pid_n, N)")
-            for r, o in zip(rows, outs):
-                terms[r].append(o)
-        for r, row in enumerate(fn.rows):
-            acc = " + ".join(terms[r]) if terms[r] else \
-                f"tl.zeros([{low.plan.block_n}], {TL_DTYPES[low.signature.acc_dtype]})"
-            args = ", ".join([acc, str(row), "0", "offs_n", "nmask"] + ops)
-            b(f"tl.store(Y + {row} * sym + offs_n * syn, "
-              f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
+    with b.indent(f"def {fn.name}({_fn_params(low)}):"):
+        for name in fn.calls:
+            b(f"{name}({_fn_params(low)})")
+        if not fn.calls:
+            b("pass")
     b()
 
 
@@ -185,11 +189,10 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
     ops = operand_params(low.signature)
     b("@triton.jit")
     with b.indent(f"def {k.name}({', '.join(['X', 'V', 'Y'] + ops)}, sxk, sxn, sym, syn, N):"):
-        b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per program_id(0)."""')
-        b("pid = tl.program_id(0)")
-        b("pid_n = tl.program_id(1)")
-        _dispatch(b, list(enumerate(k.groups)), ", ".join(["X", "V", "Y"] + ops)
-                  + ", sxk, sxn, sym, syn, pid_n, N")
+        b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per program_id(1)."""')
+        b("pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache")
+        b("pid = tl.program_id(1)")
+        _dispatch(b, list(enumerate(k.groups)), _fn_params(low))
     b()
 
 

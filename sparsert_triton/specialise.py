@@ -2,10 +2,11 @@
 
 Rows are ordered (``row_order``) and cut into groups of ``rows_per_program``; each group is
 computed by one program. The unrolled modes (``values``, ``indices``) additionally split each
-group into *parts*: runs of columns whose statements (one load of an ``X`` row, one FMA per
-nonzero that uses it) stay under ``max_statements_per_function``; parts and groups become
-``noinline`` functions, and groups are cut into kernels of at most
-``max_functions_per_kernel`` functions. This bounds every compiled unit, so compile time grows
+group's rows into *parts* whose statements (one load per distinct ``X`` row, one FMA per
+nonzero, one store per row) stay under ``max_statements_per_function``; each part becomes a
+``noinline`` function that loads, multiplies and stores its rows (``X`` rows shared by several
+parts of a program are re-read from L1), groups call their parts, and groups are cut into
+kernels of at most ``max_functions_per_kernel`` functions. This bounds every compiled unit, so compile time grows
 linearly in nnz. The table mode instead builds buffers: per group, the sorted union of its
 rows' columns (padded to ``chunk``) and a dense (union x rows) block of values.
 
@@ -24,16 +25,16 @@ from .weights import SparseWeight
 
 @dataclass(frozen=True)
 class Part:
-    """A run of columns of one group: ((col, ((local_row, packed_index), ...)), ...)."""
+    """Some rows of one group, computed and stored by one function.
+
+    ``rows`` are local row indices; ``columns`` is ((col, ((local_row, packed_index), ...)), ...)
+    over the union of those rows' columns, in column order."""
+    rows: Tuple[int, ...]
     columns: Tuple[Tuple[int, Tuple[Tuple[int, int], ...]], ...]
 
     @property
     def statements(self) -> int:
-        return sum(1 + len(e) for _, e in self.columns)
-
-    @property
-    def rows(self) -> Tuple[int, ...]:
-        return tuple(sorted({r for _, e in self.columns for r, _ in e}))
+        return sum(1 + len(e) for _, e in self.columns) + len(self.rows)
 
 
 @dataclass(frozen=True)
@@ -110,32 +111,45 @@ def _group_rows(weight: SparseWeight, plan: Plan):
     return [order[i:i + R] for i in range(0, weight.M, R)]
 
 
+def _split_rows(weight: SparseWeight, rows, cap: int):
+    """Cut a group's rows (in order) into parts whose statements stay under ``cap``: one
+    load per distinct column, one FMA per nonzero, one store per row. A row is never split,
+    so a row longer than ``cap`` gets a part of its own."""
+    parts, cur, cols, size = [], [], set(), 0
+    for r_local, row in enumerate(rows):
+        rc = weight.indices[weight.indptr[row]:weight.indptr[row + 1]]
+        cost = len(rc) + 1 + sum(1 for c in rc if int(c) not in cols)
+        if cur and size + cost > cap:
+            parts.append(cur)
+            cur, cols, size = [], set(), 0
+            cost = 2 * len(rc) + 1
+        cur.append(r_local)
+        cols.update(int(c) for c in rc)
+        size += cost
+    if cur:
+        parts.append(cur)
+    return parts
+
+
 def specialise_unrolled(weight: SparseWeight, plan: Plan) -> Unrolled:
-    cap = plan.max_statements_per_function
     groups, pack = [], []
     for rows in _group_rows(weight, plan):
-        # entries of the group keyed by column: (local_row, csr_index)
-        by_col = {}
-        for r_local, row in enumerate(rows):
-            lo, hi = weight.indptr[row], weight.indptr[row + 1]
-            for idx in range(lo, hi):
-                by_col.setdefault(int(weight.indices[idx]), []).append((r_local, idx))
-        parts, cur, size = [], [], 0
-        for col in sorted(by_col):
-            entries = by_col[col]
-            cost = 1 + len(entries)
-            if cur and size + cost > cap:
-                parts.append(cur)
-                cur, size = [], 0
-            packed = []
-            for r_local, idx in entries:
-                packed.append((r_local, len(pack)))
-                pack.append(idx)
-            cur.append((col, tuple(packed)))
-            size += cost
-        if cur:
-            parts.append(cur)
-        groups.append(Group(tuple(int(r) for r in rows), tuple(Part(tuple(p)) for p in parts)))
+        parts = []
+        for sub in _split_rows(weight, rows, plan.max_statements_per_function):
+            by_col = {}   # column -> [(local_row, csr_index)]
+            for r_local in sub:
+                row = rows[r_local]
+                for idx in range(weight.indptr[row], weight.indptr[row + 1]):
+                    by_col.setdefault(int(weight.indices[idx]), []).append((r_local, idx))
+            columns = []
+            for col in sorted(by_col):
+                packed = []
+                for r_local, idx in by_col[col]:
+                    packed.append((r_local, len(pack)))
+                    pack.append(idx)
+                columns.append((col, tuple(packed)))
+            parts.append(Part(tuple(sub), tuple(columns)))
+        groups.append(Group(tuple(int(r) for r in rows), tuple(parts)))
     if plan.row_order != "given":   # heavy groups first: a shorter tail of the launch
         groups.sort(key=lambda g: -sum(p.statements for p in g.parts))
     kernels, start, funcs = [], 0, 0

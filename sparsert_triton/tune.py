@@ -202,9 +202,11 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
 
 
 def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
-          max_compile_s: float = DEFAULT_MAX_COMPILE_S) -> Tuple[List[TuneResult], List[TuneResult]]:
+          max_compile_s: float = DEFAULT_MAX_COMPILE_S,
+          estimate: Optional[Callable[[Plan], float]] = None) -> Tuple[List[TuneResult], List[TuneResult]]:
     """Split candidates into (kept, skipped). Kept results carry the resolved plan and the
-    estimated compile seconds; skipped ones say why (invalid, duplicate, compile too long)."""
+    estimated compile seconds (``estimate(plan)``, default :func:`estimate_compile_s`);
+    skipped ones say why (invalid, duplicate, compile too long)."""
     w = as_sparse_weight(weight)
     d = dtype_name(dtype)
     kept, skipped, seen = [], [], set()
@@ -218,7 +220,7 @@ def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
             skipped.append(TuneResult(s, plan, 0.0, "skipped", detail="duplicate plan"))
             continue
         seen.add(plan)
-        est = estimate_compile_s(w, plan)
+        est = estimate(plan) if estimate is not None else estimate_compile_s(w, plan)
         if est > max_compile_s:
             skipped.append(TuneResult(s, plan, est, "skipped",
                                       detail=f"estimated compile {est:.1f}s > max_compile_s {max_compile_s:g}s"))
@@ -286,7 +288,25 @@ def graph_median_us(fn: Callable[[], object], replays: int = 20, target_us: floa
     return statistics.median(times)
 
 
-_FIRST_CALL_S = {}
+_FIRST_CALL_S = {}     # build key -> seconds of its first call in this process
+_BUILT_TABLES = set()  # table kernels compiled in this process (their code is mask-free)
+KNOWN_BUILD_S = 0.05
+
+
+def _build_keys(program: ir.Program, w: SparseWeight, plan: Plan, sig, X: torch.Tensor):
+    """(key of this exact build, key of its Triton binary when it is mask-independent)."""
+    exact = (w.mask_digest(), w.values_digest() if plan.mode == "values" else None, plan, sig,
+             str(X.device), repr(program.out))
+    N = X.shape[1]
+    shared = ((plan, sig, str(X.device), repr(program.out), N == 1, N % 16 == 0)
+              if plan.mode == "table" else None)
+    return exact, shared
+
+
+def known_build(program: ir.Program, w: SparseWeight, plan: Plan, sig, X: torch.Tensor) -> bool:
+    """Whether this build (or, in table mode, its mask-independent binary) already ran here."""
+    exact, shared = _build_keys(program, w, plan, sig, X)
+    return exact in _FIRST_CALL_S or (shared is not None and shared in _BUILT_TABLES)
 
 
 def first_call(kernel: SpecializedKernel, X: torch.Tensor, *operands):
@@ -295,13 +315,13 @@ def first_call(kernel: SpecializedKernel, X: torch.Tensor, *operands):
     the cold build; later calls of the same build return that first figure."""
     sig = signature_for(kernel.program, kernel.weight, X, operands)
     plan = kernel.plan(X.shape[1], sig.x_dtype)
-    w = kernel.weight
-    key = (w.mask_digest(), w.values_digest() if plan.mode == "values" else None, plan, sig,
-           str(X.device), repr(kernel.program.out))
+    exact, shared = _build_keys(kernel.program, kernel.weight, plan, sig, X)
     t0 = time.perf_counter()
     Y = kernel(X, *operands)
     _sync(X.device)
-    return Y, _FIRST_CALL_S.setdefault(key, time.perf_counter() - t0)
+    if shared is not None:
+        _BUILT_TABLES.add(shared)
+    return Y, _FIRST_CALL_S.setdefault(exact, time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------ persistence
@@ -397,8 +417,13 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
                                "default, or a timer)")
         timer = graph_median_us
 
+    def estimate(plan: Plan) -> float:
+        if known_build(program, w, plan, sig, X):
+            return KNOWN_BUILD_S
+        return estimate_compile_s(w, plan)
+
     kept, skipped = prune(candidates if candidates is not None else candidate_schedules(w, N, d),
-                          w, N, d, max_compile_s)
+                          w, N, d, max_compile_s, estimate)
     if not kept:
         raise ValueError("no candidate schedule survives pruning: "
                          + "; ".join(f"{r.schedule!r}: {r.detail}" for r in skipped))
@@ -417,6 +442,7 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
                leave=False)
     for r in bar:
         left = budget_s - (time.perf_counter() - t_start)
+        r.est_compile_s = estimate(r.plan)      # builds made meanwhile cost nothing now
         if best is not None and r.est_compile_s + CANDIDATE_OVERHEAD_S > left:
             r.status, r.detail = "skipped", f"budget: estimated {r.est_compile_s:.1f}s, {max(left, 0):.1f}s left"
             results.append(r)

@@ -20,7 +20,7 @@ def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, op_bias_s):
     return tl.maximum((acc + tl.load(op_bias + row * op_bias_s).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 @triton.jit(noinline=True)
-def _g0_p0(X, V, sxk, sxn, pid_n, N):
+def _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * sxn
@@ -28,10 +28,17 @@ def _g0_p0(X, V, sxk, sxn, pid_n, N):
     a0 = x0 * 0.5
     x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0).to(tl.float32)
     a0 += x1 * -1.25
-    return a0
+    tl.store(Y + 0 * sym + offs_n * syn, _epilogue(a0, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
-def _g1_p0(X, V, sxk, sxn, pid_n, N):
+def _g0_p1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+    offs_n = pid_n * 32 + tl.arange(0, 32)
+    nmask = offs_n < N
+    xp = X + offs_n * sxn
+    tl.store(Y + 1 * sym + offs_n * syn, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+
+@triton.jit(noinline=True)
+def _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * sxn
@@ -39,38 +46,24 @@ def _g1_p0(X, V, sxk, sxn, pid_n, N):
     a0 = x0 * 2.0
     x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0).to(tl.float32)
     a0 += x1 * 0.75
-    return a0
-
-@triton.jit(noinline=True)
-def _g1_p1(X, V, sxk, sxn, pid_n, N):
-    offs_n = pid_n * 32 + tl.arange(0, 32)
-    nmask = offs_n < N
-    xp = X + offs_n * sxn
-    x0 = tl.load(xp + 3 * sxk, mask=nmask, other=0.0).to(tl.float32)
-    a0 = x0 * 3.0
-    return a0
+    x2 = tl.load(xp + 3 * sxk, mask=nmask, other=0.0).to(tl.float32)
+    a0 += x2 * 3.0
+    tl.store(Y + 2 * sym + offs_n * syn, _epilogue(a0, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
 def _g0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
-    offs_n = pid_n * 32 + tl.arange(0, 32)
-    nmask = offs_n < N
-    p0_a0 = _g0_p0(X, V, sxk, sxn, pid_n, N)
-    tl.store(Y + 0 * sym + offs_n * syn, _epilogue(p0_a0, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
-    tl.store(Y + 1 * sym + offs_n * syn, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+    _g0_p1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit(noinline=True)
 def _g1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
-    offs_n = pid_n * 32 + tl.arange(0, 32)
-    nmask = offs_n < N
-    p0_a0 = _g1_p0(X, V, sxk, sxn, pid_n, N)
-    p1_a0 = _g1_p1(X, V, sxk, sxn, pid_n, N)
-    tl.store(Y + 2 * sym + offs_n * syn, _epilogue(p0_a0 + p1_a0, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit
 def sparse_kernel_0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, N):
-    """Row groups 0..1: one per program_id(0)."""
-    pid = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    """Row groups 0..1: one per program_id(1)."""
+    pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache
+    pid = tl.program_id(1)
     if pid < 1:
         _g0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
     else:
