@@ -216,3 +216,34 @@ def test_half_layer_compiled_with_inductor_on_gpu():
         y = torch.compile(layer, fullgraph=True)(x)
         ref = lin.float()(x.float())
     torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_sparsify_with_tune_takes_the_fastest_schedule():
+    """The real tuner, its timer injected: the schedule it reports fastest is installed."""
+    fast = Schedule(mode="table", rows_per_program=2, chunk=8, block_n=16)
+    slow = Schedule(mode="indices", rows_per_program=4, block_n=16)
+
+    def timer(fn):
+        fn()
+        return 1.0 if timer.current.mode == "table" else 5.0   # candidates may come resolved
+
+    import sparsert_triton.api as api
+    orig_init = api.SpecializedKernel.__init__
+
+    def spy(self, program, schedule, weight):      # which candidate the tuner is timing
+        timer.current = schedule
+        orig_init(self, program, schedule, weight)
+
+    api.SpecializedKernel.__init__ = spy
+    try:
+        model, report = sparsify(nn.Sequential(pruned_linear(seed=12)), min_sparsity=0.5,
+                                 tune=True, tune_n=8,
+                                 tune_kwargs=dict(timer=timer, candidates=[slow, fast],
+                                                  use_cache=False, progress=False))
+    finally:
+        api.SpecializedKernel.__init__ = orig_init
+    chosen = model[0].schedule
+    assert (chosen.mode, chosen.rows_per_program, chosen.chunk) == ("table", 2, 8)
+    assert report[0].mode == "table"
+    x = torch.randn(3, IN)
+    close(model(x), model[0].to_linear()(x))
