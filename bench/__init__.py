@@ -1,0 +1,1 @@
+"""Benchmarks: DLMC sparse x dense suite, baselines, timing, report, compile-time curve."""
