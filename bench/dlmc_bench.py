@@ -60,7 +60,7 @@ QUICK = {
                     "body_encoder_layer_0_ffn_conv1_fully_connected"),                            # 2048 x 512
 }
 QUICK_DEFAULTS = {"sparsities": "0.9,0.95", "dtypes": "float32,float16", "tune_budget": 6.0,
-                  "max_compile_s": 8.0, "deadline_s": 380.0}
+                  "max_compile_s": 8.0, "deadline_s": 360.0}
 FULL_DEFAULTS = {"sparsities": "0.8,0.9,0.95,0.98", "dtypes": "float32,float16",
                  "tune_budget": 30.0, "max_compile_s": 30.0, "deadline_s": 540.0}
 
@@ -326,7 +326,7 @@ class Runner:
         if "sparsert" in opt.systems and self._left(case_end) >= 2:
             left = self._left(case_end) - opt.reserve_s
             budget = max(0.0, min(opt.tune_budget, left))
-            max_compile = max(1.0, min(opt.max_compile_s, left))
+            max_compile = max(3.0, min(opt.max_compile_s, left))   # table builds always fit
             kw = dict(budget_s=budget, max_compile_s=max_compile, progress=False,
                       reference=(ref, mag), timer=self.tune_timer)
             kw.update(opt.tune_kwargs or {})
@@ -351,7 +351,8 @@ class Runner:
         """Run cases until done or the deadline; returns how many cases ran."""
         from tqdm.auto import tqdm
         done = 0
-        bar = tqdm(cases, desc="dlmc", unit="case", disable=not self.progress, file=sys.stderr)
+        bar = tqdm(cases, desc="dlmc", unit="case", disable=not self.progress, file=sys.stderr,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
         for case in bar:
             if self.opt.deadline - time.time() < self.opt.reserve_s:
                 tqdm.write(f"[dlmc] deadline: stopping with {len(cases) - done} of {len(cases)} "
@@ -434,7 +435,7 @@ def main(argv=None):
                     help="the heuristic default switches to table mode past this build estimate")
     ap.add_argument("--case-budget-s", type=float, default=120.0, help="wall seconds per case")
     ap.add_argument("--deadline-s", type=float, help="stop starting work after this many seconds "
-                                                     "(quick 380, full 540)")
+                                                     "(quick 360, full 540)")
     ap.add_argument("--match", help="regex on <model>/<sparsity>/<name>")
     ap.add_argument("--shard", help="i/n: run every n-th matrix from the i-th")
     ap.add_argument("--resume", action="store_true", help="append; skip cases already in --out")

@@ -9,9 +9,9 @@ column tile ``block_n``, row ordering, the table-mode ``chunk``, ``use_dot`` (ha
 ``num_warps``. Candidates are pruned before anything is built (:func:`prune`): invalid plans,
 duplicates (two schedules resolving to one plan), and unrolled schedules whose estimated
 compile time exceeds ``max_compile_s``. Compile time of the unrolled modes is linear in the
-straight-line statements, one per nonzero plus one load of an ``X`` row per distinct column
-of each row group (:func:`unrolled_statements`); about ``COMPILE_S_PER_STATEMENT`` seconds each
-on one core. Candidates run in priority order while the time budget lasts; each one's first
+straight-line statements of the layout (one FMA per nonzero, one load per distinct ``X`` row of
+each part, one store per row; :func:`unrolled_statements`, with a cheap lower bound first),
+about ``COMPILE_S_PER_STATEMENT`` seconds each on one core. Candidates run in priority order while the time budget lasts; each one's first
 result is checked against the float64 reference, then it is timed (median of CUDA-graph
 replays). The winner is stored as JSON in ``<cache>/tuned/`` under a key of (mask digest,
 N bucket = next power of two, dtypes, operand kinds, epilogue, GPU name and capability,
@@ -42,6 +42,7 @@ from .canonicalise import plan_for
 from .compile import interpreting
 from .launch import signature_for
 from .plan import Plan
+from .specialise import specialise
 from .weights import WEIGHT_DTYPES, SparseWeight, as_sparse_weight
 
 #: Seconds of Triton compile per unrolled statement on one core (measured on the H100 host).
@@ -107,10 +108,9 @@ def device_name(device: torch.device) -> str:
 
 # ------------------------------------------------------------------ compile-cost model
 
-def unrolled_statements(weight: SparseWeight, rows_per_program: int, row_order: str = "given") -> int:
-    """Straight-line statements of the unrolled modes: nnz FMAs plus, per row group, one load
-    of each distinct column's X row. Exact for ``given`` and ``nnz`` orders; ``cluster``
-    groups rows that share columns, so it has at most about this many."""
+def statements_lower_bound(weight: SparseWeight, rows_per_program: int, row_order: str = "given") -> int:
+    """A cheap lower bound on the unrolled statements: nnz FMAs, one store per row, and per
+    row group one load of each distinct column's X row (parts of a group load at least that)."""
     w, R = weight, max(1, int(rows_per_program))
     if row_order == "given":
         order = np.arange(w.M)
@@ -120,15 +120,28 @@ def unrolled_statements(weight: SparseWeight, rows_per_program: int, row_order: 
     group_of_row[order] = np.arange(w.M) // R
     rows = np.repeat(np.arange(w.M), w.row_nnz)
     loads = np.unique(group_of_row[rows] * w.K + w.indices).size
-    return w.nnz + int(loads)
+    return w.nnz + w.M + int(loads)
 
 
-def estimate_compile_s(weight: SparseWeight, plan: Plan) -> float:
-    """Seconds a cold build of this plan is expected to take (one core)."""
+def unrolled_statements(weight: SparseWeight, plan: Plan) -> int:
+    """The straight-line statements of an unrolled plan, counted on its real layout."""
+    layout = specialise(weight, plan)
+    return int(sum(p.statements for g in layout.groups for p in g.parts))
+
+
+def _seconds(statements: int) -> float:
+    return COMPILE_S_FIXED + COMPILE_S_PER_STATEMENT * statements
+
+
+def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = math.inf) -> float:
+    """Seconds a cold build of this plan is expected to take (one core). Unrolled plans are
+    counted exactly (by specialising) unless the lower bound already exceeds ``exact_below``."""
     if plan.mode == "table":
         return TABLE_COMPILE_S
-    return COMPILE_S_FIXED + COMPILE_S_PER_STATEMENT * unrolled_statements(
-        weight, plan.rows_per_program, plan.row_order)
+    low = _seconds(statements_lower_bound(weight, plan.rows_per_program, plan.row_order))
+    if low > exact_below:
+        return low
+    return _seconds(unrolled_statements(weight, plan))
 
 
 # ------------------------------------------------------------------ search space
@@ -139,7 +152,7 @@ def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_
     w = as_sparse_weight(weight)
     d = dtype_name(dtype)
     plan = plan_for(Schedule(), w, int(N), d)
-    if plan.mode != "table" and estimate_compile_s(w, plan) > max_compile_s:
+    if plan.mode != "table" and estimate_compile_s(w, plan, max_compile_s) > max_compile_s:
         plan = plan_for(Schedule(mode="table"), w, int(N), d)
     return plan.to_schedule()
 
@@ -198,7 +211,7 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
             unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn, row_order="cluster"))
     first.append(unrolled[0])
     third.extend(unrolled[1:])
-    return first + second + third
+    return list(dict.fromkeys(first + second + third))      # unique, in order
 
 
 def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
@@ -220,7 +233,7 @@ def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
             skipped.append(TuneResult(s, plan, 0.0, "skipped", detail="duplicate plan"))
             continue
         seen.add(plan)
-        est = estimate(plan) if estimate is not None else estimate_compile_s(w, plan)
+        est = estimate(plan) if estimate is not None else estimate_compile_s(w, plan, max_compile_s)
         if est > max_compile_s:
             skipped.append(TuneResult(s, plan, est, "skipped",
                                       detail=f"estimated compile {est:.1f}s > max_compile_s {max_compile_s:g}s"))
@@ -420,7 +433,7 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
     def estimate(plan: Plan) -> float:
         if known_build(program, w, plan, sig, X):
             return KNOWN_BUILD_S
-        return estimate_compile_s(w, plan)
+        return estimate_compile_s(w, plan, max_compile_s)
 
     kept, skipped = prune(candidates if candidates is not None else candidate_schedules(w, N, d),
                           w, N, d, max_compile_s, estimate)
@@ -442,7 +455,8 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
                leave=False)
     for r in bar:
         left = budget_s - (time.perf_counter() - t_start)
-        r.est_compile_s = estimate(r.plan)      # builds made meanwhile cost nothing now
+        if known_build(program, w, r.plan, sig, X):     # built meanwhile: costs nothing now
+            r.est_compile_s = KNOWN_BUILD_S
         if best is not None and r.est_compile_s + CANDIDATE_OVERHEAD_S > left:
             r.status, r.detail = "skipped", f"budget: estimated {r.est_compile_s:.1f}s, {max(left, 0):.1f}s left"
             results.append(r)

@@ -1,0 +1,205 @@
+"""The autotuner's logic on the CPU: cost model, candidates, pruning, search and persistence.
+
+Kernels run under the Triton interpreter; a fake timer stands in for the GPU timing.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dsl import Schedule
+from sparsert_triton import as_sparse_weight, sparse_kernel
+from sparsert_triton import tune as T
+from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.specialise import specialise
+
+
+def _weight(M, K, density, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(M, K, generator=g) * (torch.rand(M, K, generator=g) < density)
+    return as_sparse_weight(W.to(dtype))
+
+
+def _big_weight(M=2048, K=2048, nnz=200_000):
+    """A large sparse weight built directly in CSR (no dense M x K tensor)."""
+    from sparsert_triton.weights import from_csr_arrays
+    rng = np.random.default_rng(0)
+    flat = np.sort(rng.choice(M * K, nnz, replace=False))
+    indptr = np.zeros(M + 1, np.int64)
+    np.cumsum(np.bincount(flat // K, minlength=M), out=indptr[1:])
+    return from_csr_arrays(M, K, indptr, flat % K, rng.standard_normal(nnz).astype(np.float32))
+
+
+@sparse_kernel
+def mm(W, X):
+    return W @ X
+
+
+@pytest.mark.parametrize("R,order", [(1, "given"), (4, "given"), (5, "nnz"), (16, "cluster")])
+def test_statement_count_is_the_layouts_and_the_bound_is_below_it(R, order):
+    w = _weight(40, 30, 0.2, seed=R)
+    plan = plan_for(Schedule(mode="values", rows_per_program=R, row_order=order,
+                             max_statements_per_function=40), w, 64, "float32")
+    layout = specialise(w, plan)
+    exact = sum(p.statements for g in layout.groups for p in g.parts)
+    assert T.unrolled_statements(w, plan) == exact
+    assert w.nnz + w.M <= T.statements_lower_bound(w, R, "nnz" if order == "cluster" else order) <= exact \
+        or order == "cluster"
+    assert T.estimate_compile_s(w, plan) == pytest.approx(
+        T.COMPILE_S_FIXED + T.COMPILE_S_PER_STATEMENT * exact)
+
+
+def test_compile_estimate_grows_with_nnz_and_table_is_flat():
+    small, large = _weight(64, 64, 0.05), _weight(64, 64, 0.5)
+    p = lambda w, mode: plan_for(Schedule(mode=mode, rows_per_program=8), w, 128, "float32")
+    var = lambda w: T.estimate_compile_s(w, p(w, "values")) - T.COMPILE_S_FIXED
+    assert var(large) > 5 * var(small) > 0
+    assert T.estimate_compile_s(large, p(large, "table")) == T.estimate_compile_s(small, p(small, "table"))
+
+
+@pytest.mark.parametrize("N,dtype", [(1, "float32"), (49, "float16"), (3136, "float32"),
+                                     (2048, "bfloat16")])
+def test_candidates_are_valid_plans_and_dot_only_for_half(N, dtype):
+    w = _weight(64, 96, 0.1)
+    cands = T.candidate_schedules(w, N, dtype)
+    assert cands[0] == T.heuristic(w, N, dtype)
+    kept, skipped = T.prune(cands, w, N, dtype, max_compile_s=1e9)
+    assert kept and all(r.plan is not None for r in kept)
+    assert all(r.detail == "duplicate plan" for r in skipped)       # nothing invalid
+    plans = [r.plan for r in kept]
+    assert len(set(plans)) == len(plans)
+    assert {p.mode for p in plans} == {"values", "indices", "table"}
+    dots = [p for p in plans if p.use_dot]
+    assert bool(dots) == (dtype != "float32")
+    assert all(p.block_n <= max(16, T.next_pow2(N)) for p in plans)
+
+
+def test_prune_drops_unrolled_builds_over_the_compile_limit():
+    w = _big_weight()
+    kept, skipped = T.prune(T.candidate_schedules(w, 2048, "float32"), w, 2048, "float32",
+                            max_compile_s=30)
+    assert kept and {r.plan.mode for r in kept} == {"table"}
+    reasons = [r.detail for r in skipped if r.plan is not None and r.plan.mode != "table"
+               and r.detail != "duplicate plan"]
+    assert reasons and all("estimated compile" in d for d in reasons)
+    assert T.heuristic(w, 2048).mode == "table"          # the default is compile-aware too
+
+
+def test_prune_reports_invalid_schedules():
+    w = _weight(16, 16, 0.3)
+    bad = Schedule(mode="table", rows_per_program=3)          # table needs a power of two
+    kept, skipped = T.prune([bad, Schedule(mode="table", rows_per_program=4)], w, 8, "float32")
+    assert len(kept) == 1 and skipped[0].detail.startswith("invalid")
+
+
+def test_heuristic_small_matrix_unrolls_and_needs_no_gpu():
+    w = _weight(32, 32, 0.1)
+    s = T.heuristic(w, 64, "float32")
+    assert s.mode == "values" and s.block_n == 64
+    assert T.heuristic(w, 64, "float32", max_compile_s=0.0).mode == "table"
+
+
+def _fake_timer(times):
+    it = iter(times)
+    calls = []
+
+    def timer(fn):
+        fn()                     # the timed callable must run
+        calls.append(1)
+        return next(it)
+    timer.calls = calls
+    return timer
+
+
+CANDS = [Schedule(mode="table", rows_per_program=2, chunk=4),
+         Schedule(mode="values", rows_per_program=4),
+         Schedule(mode="indices", rows_per_program=2)]
+
+
+def test_tune_picks_the_fastest_and_persists_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    w = _weight(20, 24, 0.25)
+    X = torch.randn(24, 9)
+    timer = _fake_timer([5.0, 2.0, 9.0])
+    best, results = T.tune(mm, w, X, timer=timer, candidates=CANDS, progress=False)
+    assert best.mode == "values" and best.rows_per_program == 4
+    assert [r.status for r in results] == ["ok", "ok", "ok"]
+    assert [r.median_us for r in results] == [5.0, 2.0, 9.0]
+    files = list((tmp_path / "tuned").glob("*.json"))
+    assert len(files) == 1
+    rec = json.loads(files[0].read_text())
+    assert rec["key"]["n_bucket"] == 16 and rec["key"]["mask"] == w.mask_digest()
+    assert rec["plan"]["mode"] == "values" and rec["median_us"] == 2.0
+
+    # same mask, other values, N in the same bucket: returned without timing
+    def no_timer(fn):
+        raise AssertionError("a cached plan must not be timed again")
+    w2 = w.with_values(torch.randn(w.nnz))
+    again, res2 = T.tune(mm, w2, torch.randn(24, 16), timer=no_timer, candidates=CANDS)
+    assert again == best and res2[0].status == "cached"
+    # a plain call on the CPU (no timer) also reads the store
+    assert T.tune(mm, w, X)[0] == best
+
+    # another N bucket is tuned afresh
+    timer3 = _fake_timer([1.0, 3.0, 4.0])
+    other, _ = T.tune(mm, w, torch.randn(24, 40), timer=timer3, candidates=CANDS, progress=False)
+    assert other.mode == "table" and len(timer3.calls) == 3
+
+
+def test_plan_key_depends_on_versions_dtype_and_bucket(monkeypatch):
+    w = _weight(8, 8, 0.5)
+    from sparsert_triton.launch import signature_for
+    sig = signature_for(mm.program, w, torch.randn(8, 5), ())
+    k1, _ = T.plan_key(mm.program, w, 5, sig, "gpu")
+    assert T.plan_key(mm.program, w, 7, sig, "gpu")[0] == k1          # same bucket (8)
+    assert T.plan_key(mm.program, w, 9, sig, "gpu")[0] != k1
+    assert T.plan_key(mm.program, w, 5, sig, "other gpu")[0] != k1
+    sig16 = signature_for(mm.program, w, torch.randn(8, 5, dtype=torch.float16), ())
+    assert T.plan_key(mm.program, w, 5, sig16, "gpu")[0] != k1
+    monkeypatch.setattr(T.cache, "versions", lambda: {"triton": "0", "torch": "0", "sparsert": "0"})
+    assert T.plan_key(mm.program, w, 5, sig, "gpu")[0] != k1
+
+
+def test_tune_rejects_wrong_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    w = _weight(12, 12, 0.3)
+    X = torch.randn(12, 4)
+    ref, mag = T.reference_and_magnitude(w, X)
+    with pytest.raises(RuntimeError, match="no candidate schedule ran correctly"):
+        T.tune(mm, w, X, timer=_fake_timer([1.0] * 3), candidates=CANDS[:2],
+               reference=(ref + 1.0, mag), progress=False)
+    assert not list((tmp_path / "tuned").glob("*.json"))
+
+
+def test_budget_stops_after_the_first_candidate(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    w = _weight(12, 12, 0.3)
+    timer = _fake_timer([3.0, 1.0, 1.0])
+    best, results = T.tune(mm, w, torch.randn(12, 4), timer=timer, candidates=CANDS,
+                           budget_s=0.0, use_cache=False, progress=False)
+    assert [r.status for r in results] == ["ok", "skipped", "skipped"]
+    assert all("budget" in r.detail for r in results[1:])
+    assert best == results[0].schedule and len(timer.calls) == 1
+
+
+def test_tune_without_gpu_raises_or_returns_the_heuristic(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    w = _weight(16, 16, 0.2)
+    X = torch.randn(16, 8)
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        T.tune(mm, w, X)
+    s, results = T.tune(mm, w, X, allow_cpu=True)
+    assert s == T.heuristic(w, 8, "float32") and results == []
+
+
+def test_check_result_scales_with_dtype():
+    w = _weight(16, 16, 0.5)
+    X = torch.randn(16, 8)
+    ref, mag = T.reference_and_magnitude(w, X)
+    noisy = ref * (1 + 1e-3)
+    assert not T.check_result(noisy, ref, mag, "float32")[0]
+    assert T.check_result(noisy, ref, mag, "float16")[0]
+    nan = ref.clone()
+    nan[0, 0] = float("nan")
+    assert not T.check_result(nan, ref, mag, "bfloat16")[0]
