@@ -3,7 +3,7 @@
     python -m bench.dlmc_bench --dlmc DIR [--subset quick|full] [--models rn50,transformer]
         [--sparsities 0.9,0.95] [--dtypes float32,float16] [--out bench/results/dlmc_h100.csv]
         [--tune-budget S] [--max-compile-s S] [--case-budget-s S] [--deadline-s S]
-        [--match REGEX] [--shard I/N] [--resume] [--cache-dir DIR]
+        [--match REGEX] [--shard I/N] [--per-shape K] [--resume] [--cache-dir DIR]
 
 Input: ``DIR/<model>/magnitude_pruning/<sparsity>/<name>.smtx(.gz)``. Only matrices that are
 plain GEMMs are run: ResNet-50 1x1 convolutions (``bottleneck_1*``, ``bottleneck_3*``,
@@ -148,16 +148,36 @@ def read_batch_sizes(root) -> Dict[str, int]:
     return out
 
 
+def smtx_shape(path: Path) -> tuple:
+    """(M, K, nnz) from a DLMC file's header line."""
+    import gzip
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return tuple(int(t) for t in f.readline().replace(",", " ").split())
+
+
 def make_cases(matrices: Sequence[MatrixFile], batch_sizes: Dict[str, int], dtypes: Sequence[str],
-               names: Optional[Dict[str, Sequence[str]]] = None, match: Optional[str] = None) -> List[Case]:
+               names: Optional[Dict[str, Sequence[str]]] = None, match: Optional[str] = None,
+               per_shape: Optional[int] = None) -> List[Case]:
     """Cases in run order: dtype, then model, matrix, sparsity, N (so batch 8 follows batch 1
-    of the same matrix and reuses its builds). Non-GEMM matrices are left out."""
+    of the same matrix and reuses its builds). Non-GEMM matrices are left out; ``per_shape``
+    keeps only the first k matrices (by name) of each (model, sparsity, M x K)."""
     pat = re.compile(match) if match else None
-    cases = []
-    for dtype in dtypes:
-        chosen = [m for m in matrices if m.kind in GEMM_KINDS
+    chosen_all = [m for m in matrices if m.kind in GEMM_KINDS
                   and (names is None or m.name in names.get(m.model, ()))
                   and (pat is None or pat.search(f"{m.model}/{m.sparsity}/{m.name}"))]
+    if per_shape:
+        count = {}
+        kept = []
+        for m in sorted(chosen_all, key=lambda m: (m.model, m.sparsity, m.name)):
+            shape_key = (m.model, m.sparsity, smtx_shape(m.path)[:2])
+            count[shape_key] = count.get(shape_key, 0) + 1
+            if count[shape_key] <= per_shape:
+                kept.append(m)
+        chosen_all = kept
+    cases = []
+    for dtype in dtypes:
+        chosen = list(chosen_all)
         chosen.sort(key=lambda m: (MODELS.index(m.model) if m.model in MODELS else 9, m.name,
                                    float(m.sparsity)))
         for m in chosen:
@@ -438,6 +458,8 @@ def main(argv=None):
                                                      "(quick 360, full 540)")
     ap.add_argument("--match", help="regex on <model>/<sparsity>/<name>")
     ap.add_argument("--shard", help="i/n: run every n-th matrix from the i-th")
+    ap.add_argument("--per-shape", type=int, help="keep the first k matrices of each (model, "
+                                                  "sparsity, M x K): a smaller full suite")
     ap.add_argument("--resume", action="store_true", help="append; skip cases already in --out")
     ap.add_argument("--cache-dir", help="sparsert cache (default: a fresh temporary folder, so "
                                         "compile_s is a cold build)")
@@ -462,7 +484,8 @@ def main(argv=None):
 
     matrices = find_matrices(a.dlmc, models, sparsities)
     batch = read_batch_sizes(a.dlmc) if "rn50" in models else {}
-    cases = make_cases(matrices, batch, dtypes, QUICK if a.subset == "quick" else None, a.match)
+    cases = make_cases(matrices, batch, dtypes, QUICK if a.subset == "quick" else None, a.match,
+                       a.per_shape)
     cases = shard(cases, a.shard)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
