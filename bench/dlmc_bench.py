@@ -244,6 +244,7 @@ class Runner:
         self.program = sparse_kernel(spmm)
         self._patterns = {}
         self.rows_written = 0
+        self.cases_run = 0
 
     # -- output
     def _write(self, row: dict):
@@ -382,6 +383,7 @@ class Runner:
                                 f"N={case.N} {case.dtype}")
             med = self.run_case(case)
             done += 1
+            self.cases_run += 1
             tqdm.write(_summary(case, med), file=sys.stderr)
         bar.close()
         return done
@@ -508,11 +510,18 @@ def main(argv=None):
     args = dict(vars(a), sparsities=sparsities, dtypes=dtypes, models=models)
     write_meta(meta_path, args, started=time.strftime("%Y-%m-%d %H:%M:%S"), cases=len(cases))
     runner = Runner(out, opt, progress=not a.no_progress)
-    ran = runner.run(cases)
+    error = None
+    try:
+        runner.run(cases)
+    except Exception as ex:          # a fatal CUDA error: keep what was measured, say why
+        error = f"{type(ex).__name__}: {_first_line(ex)}"
+        print(f"[dlmc] stopped: {error}", file=sys.stderr)
     write_meta(meta_path, args, started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
-               finished=time.strftime("%Y-%m-%d %H:%M:%S"), cases=len(cases), cases_run=ran,
-               wall_s=round(time.time() - t0, 1), rows=runner.rows_written)
-    print(f"[dlmc] {ran}/{len(cases)} cases, {runner.rows_written} rows -> {out} "
+               finished=time.strftime("%Y-%m-%d %H:%M:%S"), cases=len(cases), cases_run=runner.cases_run,
+               wall_s=round(time.time() - t0, 1), rows=runner.rows_written, error=error)
+    if error:
+        return 1
+    print(f"[dlmc] {runner.cases_run}/{len(cases)} cases, {runner.rows_written} rows -> {out} "
           f"in {time.time() - t0:.0f}s", file=sys.stderr)
     return 0
 

@@ -4,6 +4,7 @@ GPU timing is replaced by a fake; kernels run under the Triton interpreter.
 """
 import csv
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,10 @@ from bench import baselines, dlmc_bench, report, timing
 from sparsert_triton import as_sparse_weight
 from sparsert_triton.dlmc import write_smtx
 from sparsert_triton.tune import check_result, reference_and_magnitude
+
+
+ON_CPU = os.environ.get("SPARSERT_TEST_DEVICE", "cpu") == "cpu"
+cpu_only = pytest.mark.skipif(not ON_CPU, reason="checks the CPU/interpreter behaviour")
 
 
 def _weight(M, K, density, dtype=torch.float32, seed=0, empty_rows=()):
@@ -25,9 +30,9 @@ def _weight(M, K, density, dtype=torch.float32, seed=0, empty_rows=()):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("N", [1, 37])
-def test_triton_csr_matches_float64_reference(dtype, N):
+def test_triton_csr_matches_float64_reference(dtype, N, device):
     w = _weight(21, 70, 0.3, baselines.DTYPES[dtype], empty_rows=(0, 5))
-    X = torch.randn(70, N).to(baselines.DTYPES[dtype])
+    X = torch.randn(70, N).to(baselines.DTYPES[dtype]).to(device)
     ref, mag = reference_and_magnitude(w, X)
     Y = baselines.triton_csr(w, X, dtype)()
     assert Y.dtype == X.dtype and Y.shape == (21, N)
@@ -36,16 +41,16 @@ def test_triton_csr_matches_float64_reference(dtype, N):
     assert torch.all(Y[0] == 0) and torch.all(Y[5] == 0)
 
 
-def test_triton_csr_reads_strided_x_and_long_rows():
+def test_triton_csr_reads_strided_x_and_long_rows(device):
     w = _weight(6, 300, 0.9)                      # rows longer than BLOCK_K: several loop steps
-    X = torch.randn(40, 300).t()                  # (300, 40), transposed strides
+    X = torch.randn(40, 300).to(device).t()       # (300, 40), transposed strides
     ref, mag = reference_and_magnitude(w, X)
     assert check_result(baselines.triton_csr(w, X, "float32")(), ref, mag)[0]
 
 
-def test_torch_baselines_match_and_tf32_flag_is_restored():
+def test_torch_baselines_match_and_tf32_flag_is_restored(device):
     w = _weight(16, 24, 0.3)
-    X = torch.randn(24, 8)
+    X = torch.randn(24, 8).to(device)
     ref, mag = reference_and_magnitude(w, X)
     before = torch.backends.cuda.matmul.allow_tf32
     for name in ("dense", "dense_tf32", "cusparse"):
@@ -61,6 +66,7 @@ def test_torch_baselines_match_and_tf32_flag_is_restored():
         baselines.dense(w, torch.randn(5, 3), "float32")
 
 
+@cpu_only
 def test_timing_refuses_to_run_without_a_gpu():
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET|CUDA"):
         timing.time_system(lambda x: (lambda: x), torch.zeros(2, 2), 16)
@@ -131,7 +137,7 @@ def test_walker_finds_and_classifies(dlmc_dir):
         dlmc_bench.find_matrices(dlmc_dir / "rn50")
 
 
-def test_runner_writes_checked_rows_and_resumes(dlmc_dir, tmp_path, monkeypatch):
+def test_runner_writes_checked_rows_and_resumes(dlmc_dir, tmp_path, monkeypatch, device):
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path / "cache"))
     found = dlmc_bench.find_matrices(dlmc_dir, sparsities=["0.9"])
     cases = dlmc_bench.make_cases(found, dlmc_bench.read_batch_sizes(dlmc_dir), ["float32"],
@@ -148,7 +154,7 @@ def test_runner_writes_checked_rows_and_resumes(dlmc_dir, tmp_path, monkeypatch)
     out = tmp_path / "out.csv"
     opt = dlmc_bench.Options(tune_kwargs=dict(budget_s=0.0))
     runner = dlmc_bench.Runner(out, opt, time_fn=fake_time, tune_timer=lambda fn: (fn(), 2.0)[1],
-                               device="cpu", progress=False)
+                               device=device, progress=False)
     assert runner.run(cases) == len(cases)
     with open(out, newline="") as f:
         header = next(csv.reader(f))
@@ -167,19 +173,19 @@ def test_runner_writes_checked_rows_and_resumes(dlmc_dir, tmp_path, monkeypatch)
     assert done == {c.key for c in cases}
 
 
-def test_runner_records_failed_checks_without_timing(dlmc_dir, tmp_path, monkeypatch):
+def test_runner_records_failed_checks_without_timing(dlmc_dir, tmp_path, monkeypatch, device):
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path / "cache"))
     found = dlmc_bench.find_matrices(dlmc_dir, ["transformer"], ["0.9"])
     case = dlmc_bench.Case(found[0], 8, "N=256", "float32")
 
     def broken(weight, X, dtype):
-        return lambda: torch.zeros(weight.M, X.shape[1]) + 1.0
+        return lambda: torch.zeros(weight.M, X.shape[1], device=X.device) + 1.0
     monkeypatch.setattr(baselines, "cusparse", broken)
     timed = []
     opt = dlmc_bench.Options(systems=("cusparse", "triton_csr"))
     runner = dlmc_bench.Runner(tmp_path / "o.csv", opt,
                                time_fn=lambda m, X, b: (timed.append(1), timing.Timing(1.0, 2.0, 1, "fake"))[1],
-                               device="cpu", progress=False)
+                               device=device, progress=False)
     med = runner.run_case(case)
     assert med["cusparse"] is None and med["triton_csr"] == 1.0 and len(timed) == 1
     rows = {r["system"]: r for r in csv.DictReader(open(tmp_path / "o.csv", newline=""))}
@@ -248,3 +254,47 @@ def test_report_geomeans_targets_and_plots(tmp_path):
 def test_geomean_ignores_missing():
     assert report.geomean([2.0, 8.0, None, float("nan")]) == pytest.approx(4.0)
     assert math.isnan(report.geomean([]))
+
+
+@cpu_only
+def test_cli_needs_a_gpu_and_checks_arguments(dlmc_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit):
+        dlmc_bench.main(["--dlmc", str(dlmc_dir), "--models", "vgg"])
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET|CUDA"):
+        dlmc_bench.main(["--dlmc", str(dlmc_dir), "--out", str(tmp_path / "o.csv")])
+
+
+# ------------------------------------------------------------------ on the GPU
+
+@pytest.mark.gpu
+def test_gpu_timing_and_baselines(device):
+    for dtype in ("float32", "float16"):
+        w = _weight(256, 512, 0.1, baselines.DTYPES[dtype])
+        X = torch.randn(512, 1024).to(baselines.DTYPES[dtype]).to(device)
+        ref, mag = reference_and_magnitude(w, X)
+        for name, fn in baselines.SYSTEMS.items():
+            if not baselines.applies(name, dtype):
+                continue
+            tol = 5e-3 if name == "dense_tf32" else None
+            assert check_result(fn(w, X, dtype)(), ref, mag, dtype, tol)[0], (name, dtype)
+            t = timing.time_system(lambda x, fn=fn: fn(w, x, dtype), X, 2 * 512 * 1024 * 4)
+            assert 0 < t.median_us < 10_000 and 0 < t.eager_us < 100_000, (name, t)
+            assert t.method in ("graph", "events") and t.buffers >= 1
+
+
+@pytest.mark.gpu
+def test_gpu_runner_end_to_end(dlmc_dir, tmp_path, monkeypatch, device):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path / "cache"))
+    found = dlmc_bench.find_matrices(dlmc_dir, sparsities=["0.9"])
+    cases = dlmc_bench.make_cases(found, dlmc_bench.read_batch_sizes(dlmc_dir),
+                                  ["float32", "float16"], match="bottleneck_1")
+    out = tmp_path / "gpu.csv"
+    runner = dlmc_bench.Runner(out, dlmc_bench.Options(tune_budget=2.0, max_compile_s=5.0),
+                               device=device, progress=False)
+    assert runner.run(cases) == len(cases)
+    rows = list(csv.DictReader(open(out, newline="")))
+    bad = [r for r in rows if r["median_us"] == ""]
+    assert not bad, bad
+    assert {r["system"] for r in rows} == set(dlmc_bench.SYSTEMS)
+    assert report.main(["--csv", str(out), "--results-dir", str(tmp_path), "--dlmc", str(dlmc_dir)]) == 0

@@ -3,6 +3,7 @@
 Kernels run under the Triton interpreter; a fake timer stands in for the GPU timing.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,10 @@ from sparsert_triton import as_sparse_weight, sparse_kernel
 from sparsert_triton import tune as T
 from sparsert_triton.canonicalise import plan_for
 from sparsert_triton.specialise import specialise
+
+
+ON_CPU = os.environ.get("SPARSERT_TEST_DEVICE", "cpu") == "cpu"
+cpu_only = pytest.mark.skipif(not ON_CPU, reason="checks the CPU/interpreter behaviour")
 
 
 def _weight(M, K, density, seed=0, dtype=torch.float32):
@@ -117,10 +122,10 @@ CANDS = [Schedule(mode="table", rows_per_program=2, chunk=4),
          Schedule(mode="indices", rows_per_program=2)]
 
 
-def test_tune_picks_the_fastest_and_persists_it(tmp_path, monkeypatch):
+def test_tune_picks_the_fastest_and_persists_it(tmp_path, monkeypatch, device):
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
     w = _weight(20, 24, 0.25)
-    X = torch.randn(24, 9)
+    X = torch.randn(24, 9, device=device)
     timer = _fake_timer([5.0, 2.0, 9.0])
     best, results = T.tune(mm, w, X, timer=timer, candidates=CANDS, progress=False)
     assert best.mode == "values" and best.rows_per_program == 4
@@ -136,14 +141,15 @@ def test_tune_picks_the_fastest_and_persists_it(tmp_path, monkeypatch):
     def no_timer(fn):
         raise AssertionError("a cached plan must not be timed again")
     w2 = w.with_values(torch.randn(w.nnz))
-    again, res2 = T.tune(mm, w2, torch.randn(24, 16), timer=no_timer, candidates=CANDS)
+    again, res2 = T.tune(mm, w2, torch.randn(24, 16, device=device), timer=no_timer, candidates=CANDS)
     assert again == best and res2[0].status == "cached"
-    # a plain call on the CPU (no timer) also reads the store
+    # a plain call (no timer) also reads the store
     assert T.tune(mm, w, X)[0] == best
 
     # another N bucket is tuned afresh
     timer3 = _fake_timer([1.0, 3.0, 4.0])
-    other, _ = T.tune(mm, w, torch.randn(24, 40), timer=timer3, candidates=CANDS, progress=False)
+    other, _ = T.tune(mm, w, torch.randn(24, 40, device=device), timer=timer3, candidates=CANDS,
+                      progress=False)
     assert other.mode == "table" and len(timer3.calls) == 3
 
 
@@ -161,10 +167,10 @@ def test_plan_key_depends_on_versions_dtype_and_bucket(monkeypatch):
     assert T.plan_key(mm.program, w, 5, sig, "gpu")[0] != k1
 
 
-def test_tune_rejects_wrong_results(tmp_path, monkeypatch):
+def test_tune_rejects_wrong_results(tmp_path, monkeypatch, device):
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
     w = _weight(12, 12, 0.3)
-    X = torch.randn(12, 4)
+    X = torch.randn(12, 4, device=device)
     ref, mag = T.reference_and_magnitude(w, X)
     with pytest.raises(RuntimeError, match="no candidate schedule ran correctly"):
         T.tune(mm, w, X, timer=_fake_timer([1.0] * 3), candidates=CANDS[:2],
@@ -172,17 +178,18 @@ def test_tune_rejects_wrong_results(tmp_path, monkeypatch):
     assert not list((tmp_path / "tuned").glob("*.json"))
 
 
-def test_budget_stops_after_the_first_candidate(tmp_path, monkeypatch):
+def test_budget_stops_after_the_first_candidate(tmp_path, monkeypatch, device):
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
     w = _weight(12, 12, 0.3)
     timer = _fake_timer([3.0, 1.0, 1.0])
-    best, results = T.tune(mm, w, torch.randn(12, 4), timer=timer, candidates=CANDS,
+    best, results = T.tune(mm, w, torch.randn(12, 4, device=device), timer=timer, candidates=CANDS,
                            budget_s=0.0, use_cache=False, progress=False)
     assert [r.status for r in results] == ["ok", "skipped", "skipped"]
     assert all("budget" in r.detail for r in results[1:])
     assert best == results[0].schedule and len(timer.calls) == 1
 
 
+@cpu_only
 def test_tune_without_gpu_raises_or_returns_the_heuristic(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
     w = _weight(16, 16, 0.2)
@@ -203,3 +210,21 @@ def test_check_result_scales_with_dtype():
     nan = ref.clone()
     nan[0, 0] = float("nan")
     assert not T.check_result(nan, ref, mag, "bfloat16")[0]
+
+
+@pytest.mark.gpu
+def test_gpu_tune_times_candidates_and_reuses_the_plan(tmp_path, monkeypatch, device):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    w = _weight(256, 256, 0.1)
+    X = torch.randn(256, 512, device=device)
+    best, results = T.tune(mm, w, X, budget_s=10, max_compile_s=10, progress=False)
+    ok = [r for r in results if r.status == "ok"]
+    assert ok and all(r.median_us > 0 and r.compile_s > 0 for r in ok)
+    assert best == min(ok, key=lambda r: r.median_us).schedule
+    assert not [r for r in results if r.status in ("wrong", "error")], \
+        [(r.schedule, r.detail) for r in results if r.status in ("wrong", "error")]
+    again, res = T.tune(mm, w, X)
+    assert again == best and res[0].status == "cached"
+    Y = mm.specialize(w, schedule=best)(X)
+    ref, mag = T.reference_and_magnitude(w, X)
+    assert T.check_result(Y, ref, mag)[0]
