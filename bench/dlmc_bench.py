@@ -224,7 +224,7 @@ def _elem_bytes(dtype: str) -> int:
 
 
 def _fmt(v) -> str:
-    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    return "" if v is None else f"{v:.5g}" if isinstance(v, float) else str(v)
 
 
 class Runner:

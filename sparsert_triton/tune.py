@@ -5,8 +5,8 @@
     k = fc.specialize(weight, schedule=schedule)
 
 The search space (:func:`candidate_schedules`) spans the three modes, rows per program, the
-column tile ``block_n``, row ordering, the table-mode ``chunk``, ``use_dot`` (half dtypes) and
-``num_warps``. Candidates are pruned before anything is built (:func:`prune`): invalid plans,
+column tile ``block_n``, row ordering, the table-mode ``chunk``, ``use_dot`` (half dtypes),
+``num_warps``, ``num_stages`` and the unrolled compile-unit size. Candidates are pruned before anything is built (:func:`prune`): invalid plans,
 duplicates (two schedules resolving to one plan), and unrolled schedules whose estimated
 compile time exceeds ``max_compile_s``. Compile time of the unrolled modes is linear in the
 straight-line statements of the layout (one FMA per nonzero, one load per distinct ``X`` row of
@@ -187,6 +187,8 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
                          row_order="nnz" if R == 1 else "cluster",
                          num_warps=4 if size <= 8192 else 8)
             (first if i < 3 and bn == bn_main else second).append(s)
+    second.append(Schedule(mode="table", rows_per_program=1, chunk=16, block_n=bn_main,
+                           row_order="nnz", num_warps=4, num_stages=3))
 
     # table mode on tensor cores (half dtypes)
     if half:
@@ -209,6 +211,9 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     for bn in bns:
         if bn != bn_main:
             unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn, row_order="cluster"))
+    # bigger compile units: fewer noinline calls per program
+    unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn_main, row_order="cluster",
+                             max_statements_per_function=1024))
     first.append(unrolled[0])
     third.extend(unrolled[1:])
     return list(dict.fromkeys(first + second + third))      # unique, in order
