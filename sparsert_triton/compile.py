@@ -58,7 +58,8 @@ def triton_cache_scope():
         yield
 
 
-def precompile(path: Path, key: str, kernel_names, signature: dict, target=None, options=None):
+def precompile(path: Path, key: str, kernel_names, signature: dict, target=None, options=None,
+               fast: bool = False):
     """Compile kernels of a generated module for ``target`` (default sm_90) without a GPU.
 
     ``signature`` maps parameter names to Triton types (e.g. ``{"X": "*fp32", "N": "i32"}``).
@@ -70,7 +71,8 @@ def precompile(path: Path, key: str, kernel_names, signature: dict, target=None,
     mod = _import_compilable(path, key)
     target = target or GPUTarget("cuda", 90, 32)
     out = []
-    with triton_cache_scope():
+    from .fastpasses import fast_pipeline
+    with triton_cache_scope(), fast_pipeline(fast):
         for name in kernel_names:
             fn = getattr(mod, name)
             sig = {p: signature[p] for p in fn.arg_names}
@@ -97,9 +99,11 @@ def triton_signature(sig) -> dict:
     return types
 
 
-def precompile_variant(variant, sig, target=None):
+def precompile_variant(variant, sig, target=None, fast: bool = True):
     """Compile every kernel of a built variant for ``target`` (default sm_90) on any machine."""
     names = [fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__ for fn, _ in variant.kernels]
     opts = {"num_warps": variant.plan.num_warps, "num_stages": variant.plan.num_stages,
             "enable_fp_fusion": True}
-    return precompile(variant.path, variant.key, names, triton_signature(sig), target, opts)
+    from .fastpasses import applies
+    return precompile(variant.path, variant.key, names, triton_signature(sig), target, opts,
+                      fast=fast and applies(variant.plan))

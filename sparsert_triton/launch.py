@@ -8,7 +8,9 @@ import torch
 from dsl import ir
 
 from .canonicalise import output_dtype
+from . import fastpasses
 from .compile import interpreting, triton_cache_scope
+from .fastpasses import fast_pipeline
 from .plan import Signature
 from .weights import TORCH_DTYPES, WEIGHT_DTYPES, SparseWeight
 
@@ -111,7 +113,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     strides = [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), N]
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     first = not variant.launched
-    with (triton_cache_scope() if first else _nullcontext()):
+    with (triton_cache_scope() if first else _nullcontext()), \
+            fast_pipeline(first and fastpasses.applies(plan)):
         for fn, groups in variant.kernels:
             if groups == 0:
                 continue

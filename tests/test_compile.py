@@ -50,6 +50,11 @@ for name, (mode, dtype, fn, sched) in CASES.items():
     compiled = precompile_variant(v, sig)
     out[name] = {"kernels": len(v.kernels), "compiled": len(compiled),
                  "ptx": [c.asm["ptx"] for c in compiled], "source": v.source}
+    if name == "values_fp32_split":
+        full = precompile_variant(v, sig, fast=False)
+        out[name]["ptx_full"] = [c.asm["ptx"] for c in full]
+from sparsert_triton import fastpasses
+out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
 '''
 
@@ -87,3 +92,20 @@ def test_unrolled_kernels_are_split_by_function_budget(compiled):
         stmts = [l for l in fn.splitlines() if "+= x" in l or "= x" in l or "tl.load(xp" in l]
         assert 0 < len(stmts) or "def _g" in fn
         assert len(stmts) <= 32
+
+
+def _ops(ptx):
+    import re
+    body = [l.strip().split()[0] for l in ptx.splitlines()
+            if l.strip() and not l.strip().startswith(("//", ".", "{", "}", "$", "@"))]
+    return {op: sum(1 for b in body if b.startswith(op))
+            for op in ("ld.global", "st.global", "fma.rn.f32", "call", "bar.sync")}
+
+
+def test_trimmed_pipeline_keeps_the_code(compiled):
+    """The fast pipeline (fastpasses) yields the same loads, FMAs, stores and calls."""
+    c = compiled["values_fp32_split"]
+    assert compiled["fast_compiles"] >= c["kernels"]
+    for fast, full in zip(c["ptx"], c["ptx_full"]):
+        assert _ops(fast) == _ops(full)
+        assert _ops(fast)["fma.rn.f32"] > 0 and _ops(fast)["bar.sync"] == 0
