@@ -59,7 +59,7 @@ QUICK = {
     "transformer": ("body_encoder_layer_0_self_attention_multihead_attention_q_fully_connected",  # 512 x 512
                     "body_encoder_layer_0_ffn_conv1_fully_connected"),                            # 2048 x 512
 }
-QUICK_DEFAULTS = {"sparsities": "0.9,0.95", "dtypes": "float32,float16", "tune_budget": 6.0,
+QUICK_DEFAULTS = {"sparsities": "0.9,0.95", "dtypes": "float32,float16", "tune_budget": 4.0,
                   "max_compile_s": 8.0, "deadline_s": 360.0}
 FULL_DEFAULTS = {"sparsities": "0.8,0.9,0.95,0.98", "dtypes": "float32,float16",
                  "tune_budget": 30.0, "max_compile_s": 30.0, "deadline_s": 540.0}
@@ -451,7 +451,7 @@ def main(argv=None):
     ap.add_argument("--dtypes", help="comma list of float32,float16,bfloat16 (default float32,float16)")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--out", default="bench/results/dlmc_h100.csv")
-    ap.add_argument("--tune-budget", type=float, help="seconds of tuning per case (quick 6, full 30)")
+    ap.add_argument("--tune-budget", type=float, help="seconds of tuning per case (quick 4, full 30)")
     ap.add_argument("--max-compile-s", type=float, help="skip candidates estimated to build slower")
     ap.add_argument("--default-max-compile-s", type=float, default=10.0,
                     help="the heuristic default switches to table mode past this build estimate")
