@@ -22,24 +22,22 @@ S = Schedule
 # (model, sparsity, name, N, [schedules])
 PLAN = [
     ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136, [
-        S(mode="values", rows_per_program=r, block_n=b) for r in (8, 16, 32, 64) for b in (64, 128, 256)
-    ] + [S(mode="indices", rows_per_program=32, block_n=128)]
-      + [S(mode="table", rows_per_program=1, chunk=c, block_n=b, row_order="nnz")
-         for c in (8, 16, 32) for b in (64, 128, 256)]
-      + [S(mode="table", rows_per_program=r, chunk=16, block_n=128, row_order="cluster") for r in (2, 4)]),
+        S(mode="values", rows_per_program=r, block_n=b) for r in (16, 32, 64) for b in (64, 128)
+    ] + [S(mode="values", rows_per_program=64, block_n=128, num_warps=2),
+         S(mode="indices", rows_per_program=64, block_n=64)]
+      + [S(mode="table", rows_per_program=r, chunk=c, block_n=128, row_order="nnz")
+         for r in (1, 4) for c in (4, 8)]),
     ("rn50", "0.98", "bottleneck_1_block_group1_1_1", 3136, [
-        S(mode="values", rows_per_program=r, block_n=b) for r in (16, 64) for b in (128, 256)
+        S(mode="values", rows_per_program=64, block_n=b) for b in (128, 256)
     ] + [S(mode="table", rows_per_program=1, chunk=8, block_n=128)]),
     ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196, [
-        S(mode="table", rows_per_program=1, chunk=c, block_n=b) for c in (16, 32, 64) for b in (64, 256)
-    ] + [S(mode="table", rows_per_program=r, chunk=16, block_n=256, row_order="cluster") for r in (2, 4)]),
-    ("transformer", "0.9", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
-        S(mode="table", rows_per_program=1, chunk=c, block_n=b, num_warps=w)
-        for c in (16, 32, 64) for b in (128, 256) for w in (4, 8)
-    ] + [S(mode="table", rows_per_program=r, chunk=16, block_n=128, row_order="cluster") for r in (2, 4)]),
+        S(mode="table", rows_per_program=r, chunk=8, block_n=b) for r in (1, 4) for b in (64, 256)
+    ] + [S(mode="values", rows_per_program=64, block_n=64)]),
+    ("transformer", "0.98", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
+        S(mode="values", rows_per_program=64, block_n=128), S(mode="table", rows_per_program=1, chunk=8, block_n=128)]),
     ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
-        S(mode="table", rows_per_program=1, chunk=c, block_n=b) for c in (16, 32) for b in (128, 256)
-    ]),
+        S(mode="table", rows_per_program=r, chunk=8, block_n=b) for r in (1, 4, 8) for b in (64, 128)
+    ] + [S(mode="values", rows_per_program=64, block_n=64)]),
 ]
 
 

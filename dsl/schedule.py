@@ -58,8 +58,8 @@ class Schedule:
     chunk: IntOrAuto = AUTO
     use_dot: Union[bool, str] = AUTO
     allow_tf32: bool = False
-    max_statements_per_function: int = 256
-    max_functions_per_kernel: int = 64
+    max_statements_per_function: int = 2048
+    max_functions_per_kernel: int = 16
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
 
