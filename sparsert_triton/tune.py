@@ -6,16 +6,18 @@
 
 The search space (:func:`candidate_schedules`) spans the three modes, rows per program, the
 column tile ``block_n``, row ordering, the table-mode ``chunk``, ``use_dot`` (half dtypes),
-``num_warps``, ``num_stages`` and the unrolled compile-unit size. Candidates are pruned before anything is built (:func:`prune`): invalid plans,
-duplicates (two schedules resolving to one plan), and unrolled schedules whose estimated
-compile time exceeds ``max_compile_s``. Compile time of the unrolled modes is linear in the
-straight-line statements of the layout (one FMA per nonzero, one load per distinct ``X`` row of
-each part, one store per row; :func:`unrolled_statements`, with a cheap lower bound first),
-about ``COMPILE_S_PER_STATEMENT`` seconds each on one core. Candidates run in priority order while the time budget lasts; each one's first
-result is checked against the float64 reference, then it is timed (median of CUDA-graph
-replays). The winner is stored as JSON in ``<cache>/tuned/`` under a key of (mask digest,
-N bucket = next power of two, dtypes, operand kinds, epilogue, GPU name and capability,
-versions of triton/torch/sparsert), so the next call for the same problem returns at once.
+``num_warps``, ``num_stages`` and the unrolled compile-unit size. Candidates are pruned before
+anything is built (:func:`prune`): invalid plans, duplicates (two schedules resolving to one
+plan), and unrolled schedules whose estimated compile time exceeds ``max_compile_s``. Compile
+time of the unrolled modes is linear in the straight-line statements of the layout (one FMA per
+nonzero, one load per distinct ``X`` row of each part, one store per row;
+:func:`unrolled_statements`, with a cheap lower bound first), about ``COMPILE_S_PER_STATEMENT``
+seconds each on one core; builds already made in this process cost nothing. Candidates run in
+priority order while the time budget lasts; each one's first result is checked against the
+float64 reference, then it is timed (median of CUDA-graph replays). The winner is stored as
+JSON in ``<cache>/tuned/`` under a key of (mask digest, N bucket = next power of two, dtypes,
+operand kinds, epilogue, GPU name and capability, versions of triton/torch/sparsert), so the
+next call for the same problem returns at once without timing.
 
 Without a GPU (or under ``TRITON_INTERPRET=1``) ``tune`` raises, unless ``allow_cpu=True``
 (then it returns :func:`heuristic`) or a ``timer`` is passed (tests inject a fake timer).
