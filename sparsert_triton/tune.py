@@ -213,7 +213,7 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     for bn in bns:
         if bn != bn_main:
             unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn, row_order="cluster"))
-    # bigger compile units: fewer noinline calls per program
+    # another compile-unit size (noinline functions per program)
     unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn_main, row_order="cluster",
                              max_statements_per_function=1024))
     first.append(unrolled[0])
