@@ -166,8 +166,15 @@ class SparseLinear(nn.Module):
                             f"{x.dtype}; convert one of them (e.g. layer.half())")
         lead = x.shape[:-1]
         X = x.reshape(-1, self.in_features)            # (N, in): a view when x allows it
-        Yt = ops.spmm(X.t(), self.values, self.bias, self.kernel_id)   # (out, N)
+        spmm = ops.spmm if torch.compiler.is_compiling() or self._needs_grad(x) \
+            else ops.spmm_direct                       # same kernel, no dispatcher overhead
+        Yt = spmm(X.t(), self.values, self.bias, self.kernel_id)   # (out, N)
         return Yt.t().reshape(*lead, self.out_features)   # view: Y^T stored, Y returned
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (
+            x.requires_grad or self.values.requires_grad
+            or (self.bias is not None and self.bias.requires_grad))
 
     # ------------------------------------------------------------ state
     def get_extra_state(self):

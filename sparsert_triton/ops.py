@@ -205,13 +205,19 @@ def _check_spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], p: SparsePatt
 
 # ---------------------------------------------------------------- the ops
 
-@torch.library.custom_op("sparsert::spmm", mutates_args=())
-def spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
-    """``W @ X (+ bias[:, None])`` for the pattern ``kernel_id`` with nonzeros ``values``."""
+def spmm_direct(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
+    """What :func:`spmm` runs, called without the dispatcher: for eager calls that need no
+    autograd (it saves the custom op's per-call overhead; invisible to ``torch.compile``)."""
     p = pattern(kernel_id)
     _check_spmm(X, values, bias, p)
     k = p.forward_kernel(values, bias is not None)
     return k(X, bias) if bias is not None else k(X)
+
+
+@torch.library.custom_op("sparsert::spmm", mutates_args=())
+def spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
+    """``W @ X (+ bias[:, None])`` for the pattern ``kernel_id`` with nonzeros ``values``."""
+    return spmm_direct(X, values, bias, kernel_id)
 
 
 @spmm.register_fake
