@@ -37,6 +37,8 @@ def test_matches_dense_masked_linear(shape, bias):
     y = layer(x)
     assert y.shape == shape[:-1] + (OUT,)
     close(y, lin.double()(x.double()))
+    with torch.no_grad():               # the direct path (no custom-op dispatch): same result
+        assert torch.equal(layer(x), y)
     if len(shape) > 1:   # the kernel's (out, N) result, returned as a view: no copy
         assert y.stride()[-1] == y.shape[:-1].numel() and y._base is not None
 
