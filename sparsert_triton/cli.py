@@ -425,6 +425,7 @@ BENCH_COLUMNS = ("matrix", "model", "sparsity", "M", "K", "N", "nnz", "dtype", "
 def cmd_bench(args) -> int:
     _need_gpu("bench")
     import time
+    import warnings
     import torch
     import triton.testing
     from tqdm import tqdm
@@ -434,11 +435,20 @@ def cmd_bench(args) -> int:
     w, N, dt = m.weight, args.n, TORCH_DTYPES[args.dtype]
     args.epilogue = "plain"
     k = _kernel(m, args)
+    if args.tuned:
+        from . import sparse_kernel
+        tune = _tune_module()
+        X0 = torch.randn(w.K, N, generator=torch.Generator().manual_seed(args.seed + 1))
+        best, _ = tune.tune(k, w, X0.to(dt).cuda(), budget_s=args.budget_s)
+        k = sparse_kernel(_epilogues()["plain"], schedule=best).specialize(w)
     g = torch.Generator().manual_seed(args.seed + 1)
     X = torch.randn(w.K, N, generator=g).to(dt).cuda()
     Wd = w.to_dense(dt).cuda()
-    Wcsr = Wd.to_sparse_csr()
-    systems = {"sparsert": lambda: k(X), "dense": lambda: Wd @ X}
+    with warnings.catch_warnings():       # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        Wcsr = Wd.to_sparse_csr()
+    Yk = torch.empty(w.M, N, dtype=dt, device="cuda")
+    systems = {"sparsert": lambda: k(X, out=Yk), "dense": lambda: Wd @ X}
     if args.dtype == "float32":
         systems["dense_tf32"] = lambda: Wd @ X
     systems["cusparse"] = lambda: Wcsr @ X
@@ -463,9 +473,9 @@ def cmd_bench(args) -> int:
             bar.set_postfix_str(name)
             torch.backends.cuda.matmul.allow_tf32 = name == "dense_tf32"
             fn()
-            ms = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms,
-                                         return_mode="median")
-            results[name] = ms * 1e3
+            eager = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms,
+                                            return_mode="median") * 1e3
+            results[name] = (graph_median_us(fn), eager)
             bar.update()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -476,13 +486,50 @@ def cmd_bench(args) -> int:
           f"N = {N}, {args.dtype}, {torch.cuda.get_device_name()}")
     print(f"plan     {plan.to_schedule()!r}")
     print(f"compile  {compile_s:.2f} s (first call, including the kernel cache lookup)")
-    print(f"{'system':<12} {'median us':>10} {'GFLOP/s':>10} {'sparsert speedup':>17}")
-    for name, us in results.items():
-        print(f"{name:<12} {us:>10.2f} {flops / us / 1e3:>10.1f} {us / results['sparsert']:>16.2f}x")
+    print("times    GPU: median per call over CUDA-graph replays; eager: do_bench median of "
+          "single calls from Python (launch overhead and a cold L2 included)")
+    ours = results["sparsert"][0]
+    print(f"{'system':<12} {'GPU us':>9} {'eager us':>9} {'GFLOP/s':>9} {'sparsert speedup':>17}")
+    for name, (gpu, eager) in results.items():
+        g = f"{gpu:>9.2f}" if gpu is not None else f"{'-':>9}"
+        rate = f"{flops / gpu / 1e3:>9.1f}" if gpu else f"{'-':>9}"
+        speed = f"{gpu / ours:>16.2f}x" if gpu and ours else f"{'-':>17}"
+        print(f"{name:<12} {g} {eager:>9.2f} {rate} {speed}")
     if args.csv:
         _append_csv(Path(args.csv), m, N, args.dtype, results, compile_s, plan)
         print(f"appended {len(results)} rows to {args.csv}")
     return 0
+
+
+def graph_median_us(fn, calls: int = 20, replays: int = 15):
+    """GPU microseconds per call of ``fn``: ``calls`` calls captured in one CUDA graph, the
+    median over ``replays`` replays (launch overhead from Python excluded). None when the
+    function cannot be captured."""
+    import statistics
+    import torch
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return None
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / calls)
+    return statistics.median(times)
 
 
 def _append_csv(path: Path, m: Matrix, N: int, dtype: str, results: dict, compile_s, plan):
@@ -494,11 +541,12 @@ def _append_csv(path: Path, m: Matrix, N: int, dtype: str, results: dict, compil
             out = csv.DictWriter(f, fieldnames=BENCH_COLUMNS)
             if new:
                 out.writeheader()
-            for name, us in results.items():
+            for name, (us, eager) in results.items():
                 ours = name == "sparsert"
                 out.writerow({"matrix": m.path.name, "model": "", "sparsity": f"{1 - w.density:.4f}",
                               "M": w.M, "K": w.K, "N": N, "nnz": w.nnz, "dtype": dtype,
-                              "system": name, "median_us": f"{us:.3f}", "eager_us": "",
+                              "system": name, "median_us": f"{us:.3f}" if us is not None else "",
+                              "eager_us": f"{eager:.3f}",
                               "compile_s": f"{compile_s:.3f}" if ours else "",
                               "schedule": repr(plan.to_schedule()) if ours else ""})
     except OSError as e:
@@ -507,16 +555,49 @@ def _append_csv(path: Path, m: Matrix, N: int, dtype: str, results: dict, compil
 
 # ------------------------------------------------------------------ tune
 
-def cmd_tune(args) -> int:
-    _need_gpu("tune")
+def _tune_module():
     try:
-        from . import tune as tune_module
+        from . import tune
     except ImportError:
         raise CliError("the autotuner (sparsert_triton.tune) is not available in this "
                        "installation") from None
+    return tune
+
+
+def _operands(program, M: int, device, dtype, seed: int) -> list:
+    """Random per-row operands (a bias) for the named epilogues."""
+    import torch
+    g = torch.Generator().manual_seed(seed + 2)
+    return [torch.randn(M, generator=g).to(dtype).to(device) for _ in program.operands]
+
+
+def cmd_tune(args) -> int:
+    _need_gpu("tune")
+    import torch
+    from . import sparse_kernel
+    from .weights import TORCH_DTYPES
+    tune = _tune_module()
     m = load_matrix(args.path, args.layer, args.seed, args.dtype)
-    result = tune_module.tune(m.weight, N=args.n, dtype=args.dtype, budget_s=args.budget_s)
-    print(result if isinstance(result, str) else repr(result))
+    w, dt = m.weight, TORCH_DTYPES[args.dtype]
+    program = sparse_kernel(_epilogues()[args.epilogue])
+    g = torch.Generator().manual_seed(args.seed + 1)
+    X = torch.randn(w.K, args.n, generator=g).to(dt).cuda()
+    ops = _operands(program.program, w.M, X.device, dt, args.seed)
+    best, results = tune.tune(program, w, X, *ops, budget_s=args.budget_s,
+                              max_compile_s=args.max_compile_s, use_cache=not args.no_cache)
+    print(f"matrix   {m.path}: {w.M} x {w.K}, nnz {w.nnz} ({100 * (1 - w.density):.1f}% sparse), "
+          f"N = {args.n}, {args.dtype}, {torch.cuda.get_device_name()}")
+    print(f"{'status':<8} {'compile s':>9} {'median us':>10}  schedule")
+    ran = sorted(results, key=lambda r: (r.median_us is None, r.median_us or 0.0))
+    for r in ran if args.all else [r for r in ran if r.status in ("ok", "cached")]:
+        c = f"{r.compile_s:.2f}" if r.compile_s is not None else "-"
+        t = f"{r.median_us:.2f}" if r.median_us is not None else "-"
+        print(f"{r.status:<8} {c:>9} {t:>10}  {r.schedule!r}" + (f"  ({r.detail})" if r.detail else ""))
+    counts = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    print("tried    " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"best     {best!r}")
     return 0
 
 
@@ -593,22 +674,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time one matrix against torch dense and torch CSR (GPU)",
                        description="Time W @ X with the specialised kernel, torch dense (TF32 off "
                        "and, for float32, on) and torch CSR (cuSPARSE), after checking the result "
-                       "against torch. Median GPU time of triton.testing.do_bench.")
+                       "against torch: GPU time per call (CUDA-graph replays) and eager latency from "
+                       "Python (triton.testing.do_bench).")
     _add_matrix_options(p)
     p.add_argument("--n", type=int, default=256, help="columns of X (default 256)")
-    p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time (default 25)")
-    p.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time (default 100)")
+    p.add_argument("--warmup-ms", type=int, default=25, help="eager timing: do_bench warm-up ms (default 25)")
+    p.add_argument("--rep-ms", type=int, default=100, help="eager timing: do_bench measuring ms (default 100)")
     p.add_argument("--csv", metavar="FILE", help="append the results to a CSV (bench/ columns)")
+    p.add_argument("--tuned", action="store_true",
+                   help="time the autotuner's schedule instead of the one given (tunes first "
+                        "unless a tuned plan is cached)")
+    p.add_argument("--budget-s", type=float, default=60.0,
+                   help="with --tuned: the tuner's time budget in seconds (default 60)")
     _add_schedule_options(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tune", help="search the schedule space for a matrix (GPU)",
-                       description="Run the autotuner (sparsert_triton.tune) on one matrix and "
-                       "print the best schedule; the result is kept in the cache.")
+                       description="Run the autotuner (sparsert_triton.tune) on one matrix: "
+                       "candidates are built, checked against torch and timed; the best plan is "
+                       "stored in the cache (a second run returns it at once).")
     _add_matrix_options(p)
     p.add_argument("--n", type=int, default=256, help="columns of X (default 256)")
+    p.add_argument("--epilogue", choices=EPILOGUE_NAMES, default="plain",
+                   help="the program to tune (as for emit; default plain = W @ X)")
     p.add_argument("--budget-s", type=float, default=60.0,
-                   help="time budget in seconds (default 60)")
+                   help="wall-time budget of the search in seconds (default 60)")
+    p.add_argument("--max-compile-s", type=float, default=30.0,
+                   help="skip candidates estimated to compile slower than this (default 30)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="search again even if a tuned plan is stored, and store nothing")
+    p.add_argument("--all", action="store_true",
+                   help="list every candidate (also skipped, wrong and failed ones)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("cache", help="list or clear the on-disk kernel cache",

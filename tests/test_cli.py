@@ -215,7 +215,19 @@ def test_module_entry_point_help_and_error():
 
 @pytest.mark.gpu
 def test_bench_on_gpu(capsys):
-    rc, out, err = run(capsys, "bench", DATA, "--n", "64", "--rep-ms", "20")
+    rc, out, err = run(capsys, "bench", DATA, "--n", "64", "--rep-ms", "20", "--mode", "table")
     assert rc == 0, err
     for system in ("sparsert", "dense", "dense_tf32", "cusparse"):
-        assert re.search(rf"^{system}\s+\d", out, re.M), out
+        assert re.search(rf"^{system}\s+\d+\.\d+\s+\d+\.\d+", out, re.M), out
+
+
+@pytest.mark.gpu
+def test_tune_on_gpu_then_cached(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ("tune", DATA, "--n", "64", "--budget-s", "20", "--max-compile-s", "3")
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    best = re.search(r"^best\s+(Schedule\(.*\))$", out, re.M)
+    assert best and re.search(r"^ok\s", out, re.M), out
+    rc, out2, err = run(capsys, *argv)                      # the stored plan comes back
+    assert rc == 0 and "1 cached" in out2 and best.group(1) in out2
