@@ -339,6 +339,13 @@ def _int_or_auto(s: str):
     return v
 
 
+def _positive_int(s: str) -> int:
+    v = _int_or_auto(s)
+    if v == "auto":
+        raise argparse.ArgumentTypeError("expected a positive integer, got 'auto'")
+    return v
+
+
 def _add_schedule_options(p):
     g = p.add_argument_group("schedule (every field defaults to 'auto': the heuristic plan)")
     g.add_argument("--mode", choices=("auto", "values", "indices", "table"), default="auto",
@@ -361,20 +368,27 @@ def _add_schedule_options(p):
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
     g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
     g.add_argument("--num-stages", type=_int_or_auto, default="auto", help="Triton num_stages")
-    g.add_argument("--max-statements", type=_int_or_auto, default=256, metavar="S",
-                   help="unrolled modes: statements per generated function (default 256)")
-    g.add_argument("--max-functions", type=_int_or_auto, default=64, metavar="F",
-                   help="unrolled modes: functions per kernel (default 64)")
+    from dsl import Schedule
+    g.add_argument("--max-statements", type=_positive_int, default=None, metavar="S",
+                   help="unrolled modes: statements per generated function (default "
+                        f"{Schedule().max_statements_per_function})")
+    g.add_argument("--max-functions", type=_positive_int, default=None, metavar="F",
+                   help="unrolled modes: functions per kernel (default "
+                        f"{Schedule().max_functions_per_kernel})")
 
 
 def schedule_from_args(args):
     from dsl import Schedule
     use_dot = {"auto": "auto", "on": True, "off": False}[args.use_dot]
+    bounds = {}
+    if args.max_statements is not None:
+        bounds["max_statements_per_function"] = args.max_statements
+    if args.max_functions is not None:
+        bounds["max_functions_per_kernel"] = args.max_functions
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
                     row_order=args.row_order, chunk=args.chunk, use_dot=use_dot,
                     allow_tf32=args.allow_tf32, num_warps=args.num_warps,
-                    num_stages=args.num_stages, max_statements_per_function=args.max_statements,
-                    max_functions_per_kernel=args.max_functions)
+                    num_stages=args.num_stages, **bounds)
 
 
 def _kernel(m: Matrix, args):

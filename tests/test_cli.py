@@ -136,6 +136,7 @@ def test_emit_writes_a_parseable_kernel(capsys, tmp_path, mode, kernel):
     assert kernel in text
     assert f"mode='{mode}', rows_per_program=4, block_n=32" in text
     assert "relu((W @ X + bias))" in text
+    assert "max_statements_per_function" not in text     # the library's default bounds apply
     # values mode bakes the weights into the code; the other modes read them from buffers
     assert ("1.25" in text) == (mode == "values")
     assert "wrote" in err
@@ -166,6 +167,7 @@ def test_bad_inputs_give_one_line(capsys, tmp_path):
         (("emit", small, "--block-n", "3"), "block_n must be a power of two"),
         (("emit", small, "--rows-per-program", "zero"), "--rows-per-program"),
         (("emit", small, "--mode", "dense"), "--mode"),
+        (("emit", small, "--max-statements", "auto"), "--max-statements"),
         (("emit", small, "-o", str(tmp_path / "no" / "dir" / "k.py")), "cannot write"),
         (("cache", "purge"), "invalid choice"),
         ((), "required"),
