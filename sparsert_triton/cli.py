@@ -297,16 +297,17 @@ def _inspect_dir(root: Path, args) -> int:
         raise CliError(f"{root}: no .smtx, .smtx.gz or .npy files in this directory")
     if args.layer or args.plot:
         raise CliError("--layer and --plot apply to a single file, not a directory")
-    print(f"{'matrix':<60} {'M':>6} {'K':>6} {'nnz':>9} {'sparsity':>8} {'row nnz min/mean/max':>22}")
+    width = max(6, max(len(str(p.relative_to(root))) for p in files))
+    print(f"{'matrix':<{width}} {'M':>6} {'K':>6} {'nnz':>9} {'sparsity':>8}  row nnz min/mean/max")
     for p in tqdm(files, desc="reading", unit="file", file=sys.stderr, disable=None):
         try:
             w = load_matrix(p, None, args.seed).weight
         except CliError as e:
-            print(f"{str(p.relative_to(root)):<60} unreadable: {e}")
+            print(f"{str(p.relative_to(root)):<{width}} unreadable: {e}")
             continue
         L = w.row_nnz
-        print(f"{str(p.relative_to(root)):<60} {w.M:>6} {w.K:>6} {w.nnz:>9} "
-              f"{100 * (1 - w.density):>7.2f}% {L.min():>8}/{L.mean():>6.1f}/{L.max():<6}")
+        print(f"{str(p.relative_to(root)):<{width}} {w.M:>6} {w.K:>6} {w.nnz:>9} "
+              f"{100 * (1 - w.density):>7.2f}%  {L.min()}/{L.mean():.1f}/{L.max()}")
     return 0
 
 
@@ -746,6 +747,10 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:                 # e.g. `sparsert emit ... | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
