@@ -95,9 +95,7 @@ def time_graph(fn, x, iters: int, windows: int = 5) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn(x)
-    ms = time_launch(lambda _: g.replay(), None, iters, windows)
-    del g
-    return ms
+    return time_launch(lambda _: g.replay(), None, iters, windows)
 
 
 def rel_err(y, ref) -> float:
