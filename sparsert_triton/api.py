@@ -90,6 +90,7 @@ class SpecializedKernel:
     def __init__(self, program: ir.Program, schedule: Schedule, weight: SparseWeight):
         self.program, self.schedule, self.weight = program, schedule, weight
         self._variants = {}
+        self._by_call = {}
         self._last: Optional[Variant] = None
 
     # -------------------------------------------------------------- building
@@ -97,6 +98,14 @@ class SpecializedKernel:
         return plan_for(self.schedule, self.weight, N, x_dtype or self.weight.dtype)
 
     def variant(self, sig: Signature, N: int, device: torch.device) -> Variant:
+        fast = self._by_call.get((sig, N, device))     # the per-call hot path: one dict lookup
+        if fast is not None:
+            return fast
+        v = self._build_variant(sig, N, device)
+        self._by_call[(sig, N, device)] = v
+        return v
+
+    def _build_variant(self, sig: Signature, N: int, device: torch.device) -> Variant:
         plan = self.plan(N, sig.x_dtype)
         if plan.use_dot and sig.acc_dtype == "float64":
             raise ValueError("schedule: use_dot does not support float64 inputs")

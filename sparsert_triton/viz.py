@@ -169,7 +169,9 @@ def _num(r: dict, c: str) -> float:
 
 
 def _case(r: dict) -> tuple:
-    return (r["matrix"], int(_num(r, "N")), r.get("dtype", ""))
+    """One benchmark case: the same matrix name recurs across models and sparsities."""
+    return (r.get("model", ""), r["matrix"], _num(r, "sparsity"), int(_num(r, "N")),
+            r.get("dtype", ""))
 
 
 def speedups(rows: Iterable[dict], system: str = "sparsert", baseline: str = "dense") -> list:
