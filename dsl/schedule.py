@@ -34,6 +34,10 @@ max_statements_per_function, max_functions_per_kernel
     Compile-unit bounds of the unrolled modes: a row group is split into ``noinline``
     functions of at most this many statements, and the groups into kernels of at most this
     many functions (compiled in parallel). Compile time grows linearly in nnz.
+column_programs
+    Unrolled modes: programs per row group along N, each looping over its share of the
+    column tiles (so a group's straight-line code is re-executed from the instruction cache).
+    0 (the default) means one program per column tile.
 num_warps, num_stages
     Passed to Triton.
 """
@@ -62,6 +66,7 @@ class Schedule:
     max_functions_per_kernel: int = 16
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
+    column_programs: int = 0
 
     def __post_init__(self):
         if self.mode not in MODES + (AUTO,):
@@ -82,6 +87,10 @@ class Schedule:
                 setattr(self, name, v)
             if v < 1:
                 raise ValueError(f"Schedule.{name} must be >= 1, got {v}")
+        if isinstance(self.column_programs, bool) or not isinstance(self.column_programs, int) \
+                or self.column_programs < 0:
+            raise ValueError(f"Schedule.column_programs must be an int >= 0, "
+                             f"got {self.column_programs!r}")
         if self.use_dot not in (True, False, AUTO):
             raise ValueError(f"Schedule.use_dot must be True, False or 'auto', got {self.use_dot!r}")
 

@@ -94,4 +94,5 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
-                num_warps=int(num_warps), num_stages=int(num_stages))
+                num_warps=int(num_warps), num_stages=int(num_stages),
+                column_programs=int(s.column_programs))

@@ -118,7 +118,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
         for fn, groups in variant.kernels:
             if groups == 0:
                 continue
-            grid = (groups, nt) if variant.table else (nt, groups)
+            cols = min(nt, plan.column_programs) if plan.column_programs else nt
+            grid = (groups, nt) if variant.table else (cols, groups)
             fn[grid](X, *bufs, Y, *ops, *strides, **opts)
     variant.launched = True
 

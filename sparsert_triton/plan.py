@@ -27,6 +27,7 @@ class Plan:
     max_functions_per_kernel: int
     num_warps: int
     num_stages: int
+    column_programs: int = 0
 
     def __post_init__(self):
         def bad(msg):
@@ -52,6 +53,10 @@ class Plan:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
             bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
+        if self.column_programs < 0:
+            bad(f"column_programs must be >= 0, got {self.column_programs}")
+        if self.column_programs and self.mode == "table":
+            bad("column_programs applies to the unrolled modes only")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
 

@@ -190,9 +190,16 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
     b("@triton.jit")
     with b.indent(f"def {k.name}({', '.join(['X', 'V', 'Y'] + ops)}, sxk, sxn, sym, syn, N):"):
         b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per program_id(1)."""')
-        b("pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache")
         b("pid = tl.program_id(1)")
-        _dispatch(b, list(enumerate(k.groups)), _fn_params(low))
+        if low.plan.column_programs:
+            # each program loops over its share of the column tiles: its group's code is
+            # re-executed from the instruction cache
+            with b.indent(f"for pid_n in range(tl.program_id(0), tl.cdiv(N, {low.plan.block_n}), "
+                          "tl.num_programs(0)):"):
+                _dispatch(b, list(enumerate(k.groups)), _fn_params(low))
+        else:
+            b("pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache")
+            _dispatch(b, list(enumerate(k.groups)), _fn_params(low))
     b()
 
 

@@ -108,7 +108,8 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
-                    max_functions_per_kernel=draw(st.sampled_from([3, 64])))
+                    max_functions_per_kernel=draw(st.sampled_from([3, 64])),
+                    column_programs=draw(st.sampled_from([0, 1, 2])))
 
 
 @st.composite

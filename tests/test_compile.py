@@ -33,6 +33,8 @@ CASES = {
     "table_dot_fp16": ("table", torch.float16, gelu_cast,
                        dict(rows_per_program=16, chunk=16, use_dot=True)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
+    "values_column_loop": ("values", torch.float32, bias_relu,
+                           dict(rows_per_program=8, column_programs=2)),
 }
 out = {}
 for name, (mode, dtype, fn, sched) in CASES.items():
@@ -70,7 +72,7 @@ def compiled(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
-                                  "table_dot_fp16", "values_fp64"])
+                                  "table_dot_fp16", "values_fp64", "values_column_loop"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1
@@ -82,6 +84,8 @@ def test_compiles_for_sm90(compiled, name):
             assert "mma" in ptx
         if name == "values_fp64":
             assert "fma.rn.f64" in ptx
+        if name == "values_column_loop":
+            assert "%nctaid.x" in ptx       # the loop strides by the programs along N
 
 
 def test_unrolled_kernels_are_split_by_function_budget(compiled):
