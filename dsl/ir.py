@@ -22,6 +22,16 @@ class MatMul:
 
 
 @dataclass(frozen=True)
+class Conv2d(MatMul):
+    """The sparse convolution ``conv2d(W, X)`` (W: C_out x C_in x kh x kw), as a product
+    ``W_flat @ im2col(X)`` computed without materialising ``im2col``. ``padding`` is a pair or
+    ``"same"`` (resolved once the kernel size is known)."""
+    stride: Tuple[int, int] = (1, 1)
+    padding: Union[Tuple[int, int], str] = (0, 0)
+    dilation: Tuple[int, int] = (1, 1)
+
+
+@dataclass(frozen=True)
 class Operand:
     """A call-time argument: a scalar, a per-row vector (M,) or a full (M, N) tensor."""
     name: str
@@ -58,7 +68,12 @@ class Cast:
     dtype: str
 
 
-Node = Union[MatMul, Operand, Const, Unary, Binary, Clamp, Cast]
+Node = Union[MatMul, Conv2d, Operand, Const, Unary, Binary, Clamp, Cast]
+
+
+def product(node: Node) -> MatMul:
+    """The product node (``MatMul`` or ``Conv2d``) of an expression."""
+    return next(n for n in walk(node) if isinstance(n, MatMul))
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,9 @@ def walk(node: Node):
 
 def to_source(node: Node) -> str:
     """Render an expression as DSL text (for messages and dumps)."""
+    if isinstance(node, Conv2d):
+        return (f"conv2d(W, X, stride={node.stride}, padding={node.padding!r}, "
+                f"dilation={node.dilation})")
     if isinstance(node, MatMul):
         return "W @ X"
     if isinstance(node, Operand):

@@ -6,7 +6,7 @@ decorated function can also be evaluated as a plain PyTorch reference).
 from __future__ import annotations
 
 from . import ir
-from .trace import Sym, _fail
+from .trace import Sym, _Activation, _count_product, _fail, _Weight
 
 
 def _unary(op: str, torch_fn):
@@ -44,3 +44,38 @@ def clamp(x, min=None, max=None):
         return Sym(ir.Clamp(x.node, None if min is None else float(min),
                             None if max is None else float(max)))
     return _torch().clamp(x, min, max)
+
+
+def _pair(v, name):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = (v, v)
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+        _fail(f"conv2d `{name}` must be an int or a pair of ints, got {v!r}")
+    return tuple(int(i) for i in v)
+
+
+def conv2d(W, X, stride=1, padding=0, dilation=1, groups=1):
+    """Direct sparse convolution: ``torch.nn.functional.conv2d(X, W, None, stride, padding,
+    dilation)`` with ``W`` (C_out, C_in, kh, kw) sparse and ``X`` (B, C_in, H, W) dense (NCHW).
+    ``padding`` is an int, a pair, or ``"same"`` (stride 1). ``groups`` must be 1."""
+    if groups != 1:
+        _fail(f"conv2d supports groups=1 only, got groups={groups}")
+    if not isinstance(W, _Weight) or not isinstance(X, _Activation):
+        if hasattr(W, "shape") and hasattr(X, "shape"):
+            return _torch().nn.functional.conv2d(X, W, None, stride, padding, dilation)
+        _fail("conv2d takes the sparse weight and the activations: `conv2d(W, X, ...)`")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(stride + dilation) < 1:
+        _fail("conv2d stride and dilation must be >= 1")
+    if padding == "same":
+        if stride != (1, 1):
+            _fail("conv2d padding='same' needs stride 1")
+    elif padding == "valid":
+        padding = (0, 0)
+    else:
+        padding = _pair(padding, "padding")
+        if min(padding) < 0:
+            _fail("conv2d padding must be >= 0")
+    _count_product()
+    return Sym(ir.Conv2d(stride, padding, dilation))

@@ -39,6 +39,12 @@ def _fail(msg: str):
     raise TraceError(f"{_where()}: {msg}")
 
 
+def _count_product():
+    if _state.matmuls:
+        _fail("only one product (`W @ X` or `conv2d(W, X)`) is allowed per kernel")
+    _state.matmuls += 1
+
+
 def normalise_dtype(dtype) -> str:
     name = str(dtype).replace("torch.", "").replace("tl.", "")
     name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16",
@@ -123,9 +129,7 @@ class _Weight(_Param):
         if not isinstance(other, _Activation):
             _fail("the sparse weight must be multiplied by the dense activations "
                   "(the second parameter): `W @ X`")
-        if _state.matmuls:
-            _fail("only one product `W @ X` is allowed per kernel")
-        _state.matmuls += 1
+        _count_product()
         return Sym(ir.MatMul())
 
     def __rmatmul__(self, other):

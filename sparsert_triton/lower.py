@@ -74,6 +74,7 @@ class Lowered:
     signature: Signature
     program: ir.Program
     kernels: Tuple[Union[UnrolledKernel, TableKernel], ...]
+    conv: Optional[object] = None          # ConvGeometry of a convolution, None for W @ X
 
 
 def _lower_part(name: str, part, rows, mode: str, weight_values) -> PartFn:
@@ -94,9 +95,9 @@ def _lower_part(name: str, part, rows, mode: str, weight_values) -> PartFn:
     return PartFn(name, tuple(body))
 
 
-def lower(layout, plan: Plan, signature: Signature, program: ir.Program) -> Lowered:
+def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=None) -> Lowered:
     if isinstance(layout, Table):
-        return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel"),))
+        return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel"),), conv)
     assert isinstance(layout, Unrolled)
     kernels = []
     for k, (start, stop) in enumerate(layout.kernels):
@@ -110,4 +111,4 @@ def lower(layout, plan: Plan, signature: Signature, program: ir.Program) -> Lowe
                 calls.append(fn.name)
             groups.append(GroupFn(f"_g{g}", tuple(calls)))
         kernels.append(UnrolledKernel(f"sparse_kernel_{k}", tuple(parts), tuple(groups)))
-    return Lowered(plan, signature, program, tuple(kernels))
+    return Lowered(plan, signature, program, tuple(kernels), conv)

@@ -43,17 +43,29 @@ def lit(v: float) -> str:
 
 # ---------------------------------------------------------------- operands and epilogue
 
-def operand_params(sig) -> list:
+def operand_params(sig, conv: bool = False) -> list:
     """Kernel parameters that carry the epilogue operands, in call order."""
     out = []
     for name, kind in sig.operand_kinds:
         p = f"op_{name}"
-        out += {"number": [p], "scalar": [p], "row": [p, p + "_s"],
-                "full": [p, p + "_sm", p + "_sn"]}[kind]
+        full = [p, p + "_sm", p + "_sb", p + "_sh", p + "_sw"] if conv else [p, p + "_sm", p + "_sn"]
+        out += {"number": [p], "scalar": [p], "row": [p, p + "_s"], "full": full}[kind]
     return out
 
 
-def _leaf(name: str, kind: str, table: bool, acc: str) -> str:
+def geom_params(low) -> list:
+    """Stride and size parameters: X (K x N) and Y (M x N), or NCHW X and Y of a convolution."""
+    if low.conv is None:
+        return ["sxk", "sxn", "sym", "syn"]
+    return ["sxb", "sxc", "sxh", "sxw", "IH", "IW", "sym", "syb", "syh", "syw", "Wo", "HWo"]
+
+
+def n_args(low) -> list:
+    """The column index of the output: ``offs_n``, or (image, output row, output column)."""
+    return ["offs_n"] if low.conv is None else ["nb", "oy", "ox"]
+
+
+def _leaf(name: str, kind: str, table: bool, acc: str, conv: bool = False) -> str:
     p = f"op_{name}"
     if kind == "number":
         return p
@@ -63,10 +75,11 @@ def _leaf(name: str, kind: str, table: bool, acc: str) -> str:
         m = ", mask=rmask, other=0.0" if table else ""
         return f"tl.load({p} + row * {p}_s{m}).to({acc})"
     m = "rmask & nmask" if table else "nmask"
-    return f"tl.load({p} + row * {p}_sm + offs_n * {p}_sn, mask={m}, other=0.0).to({acc})"
+    n = (f"nb * {p}_sb + oy * {p}_sh + ox * {p}_sw" if conv else f"offs_n * {p}_sn")
+    return f"tl.load({p} + row * {p}_sm + {n}, mask={m}, other=0.0).to({acc})"
 
 
-def expr(node: ir.Node, sig, table: bool) -> str:
+def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
     """The epilogue expression over ``acc`` (in the accumulator type)."""
     acc_t = TL_DTYPES[sig.acc_dtype]
 
@@ -74,7 +87,7 @@ def expr(node: ir.Node, sig, table: bool) -> str:
         if isinstance(n, ir.MatMul):
             return "acc"
         if isinstance(n, ir.Operand):
-            return _leaf(n.name, sig.kind(n.name), table, acc_t)
+            return _leaf(n.name, sig.kind(n.name), table, acc_t, conv)
         if isinstance(n, ir.Const):
             return lit(n.value)
         if isinstance(n, ir.Unary):
@@ -109,19 +122,26 @@ def render_helpers(b: Buffer, low: Lowered, table: bool):
     with b.indent("def _silu(x):"):
         b("return x * tl.sigmoid(x)")
     b()
-    params = ", ".join(["acc", "row", "rmask" if table else "_unused", "offs_n", "nmask"]
-                       + operand_params(sig))
+    conv = low.conv is not None
+    params = ", ".join(["acc", "row", "rmask" if table else "_unused"] + n_args(low) + ["nmask"]
+                       + operand_params(sig, conv))
     b("@triton.jit")
     with b.indent(f"def _epilogue({params}):"):
         b(f'"""{ir.to_source(low.program.out)} (in {sig.acc_dtype})"""')
-        b(f"return {expr(low.program.out, sig, table)}")
+        b(f"return {expr(low.program.out, sig, table, conv)}")
     b()
 
 
 # ---------------------------------------------------------------- unrolled modes
 
-def render_load(b: Buffer, s: LoadX, acc: str):
-    b(f"{s.var} = tl.load(xp + {s.col} * sxk, mask=nmask, other=0.0).to({acc})")
+def render_load(b: Buffer, s: LoadX, acc: str, conv=None):
+    if conv is None:
+        b(f"{s.var} = tl.load(xp + {s.col} * sxk, mask=nmask, other=0.0).to({acc})")
+        return
+    c, dy, dx = conv.tap(s.col)
+    oy, ox = dy * conv.dilation[0], dx * conv.dilation[1]
+    b(f"{s.var} = tl.load(xp + ({c} * sxc + {oy} * sxh + {ox} * sxw), "
+      f"mask=nmask & vy{dy} & vx{dx}, other=0.0).to({acc})")
 
 
 def render_fma(b: Buffer, s: Fma, acc: str):
@@ -129,34 +149,62 @@ def render_fma(b: Buffer, s: Fma, acc: str):
     b(f"{s.acc} = {s.var} * {w}" if s.first else f"{s.acc} += {s.var} * {w}")
 
 
-def _tile(b: Buffer, block_n: int):
+def _tile(b: Buffer, low: Lowered, taps: bool = True):
+    """Column tile: ``offs_n``, ``nmask``, the X pointers ``xp`` and the Y offsets ``yo``; for a
+    convolution also the image/output position and, per kernel tap, the in-image masks."""
+    block_n = low.plan.block_n
     b(f"offs_n = pid_n * {block_n} + tl.arange(0, {block_n})")
     b("nmask = offs_n < N")
+    g = low.conv
+    if g is None:
+        b("xp = X + offs_n * sxn")
+        b("yo = offs_n * syn")
+        return
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    b("nb = offs_n // HWo")
+    b("oy = (offs_n - nb * HWo) // Wo")
+    b("ox = offs_n - nb * HWo - oy * Wo")
+    b(f"iy0 = oy * {sh} - {ph}")
+    b(f"ix0 = ox * {sw} - {pw}")
+    b("xp = X + nb * sxb + iy0 * sxh + ix0 * sxw")
+    b("yo = nb * syb + oy * syh + ox * syw")
+    if taps:
+        for dy in range(g.kh):
+            b(f"vy{dy} = (iy0 >= {-dy * dh}) & (iy0 < IH - {dy * dh})")
+        for dx in range(g.kw):
+            b(f"vx{dx} = (ix0 >= {-dx * dw}) & (ix0 < IW - {dx * dw})")
 
 
 def render_store(b: Buffer, s: Store, low: Lowered):
     acc = s.acc or f"tl.zeros([{low.plan.block_n}], {TL_DTYPES[low.signature.acc_dtype]})"
-    args = ", ".join([acc, str(s.row), "0", "offs_n", "nmask"] + operand_params(low.signature))
-    b(f"tl.store(Y + {s.row} * sym + offs_n * syn, "
+    args = ", ".join([acc, str(s.row), "0"] + n_args(low) + ["nmask"]
+                     + operand_params(low.signature, low.conv is not None))
+    b(f"tl.store(Y + {s.row} * sym + yo, "
       f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
 
 
 def _fn_params(low: Lowered) -> str:
-    return ", ".join(["X", "V", "Y"] + operand_params(low.signature)
-                     + ["sxk", "sxn", "sym", "syn", "pid_n", "N"])
+    return ", ".join(["X", "V", "Y"] + operand_params(low.signature, low.conv is not None)
+                     + geom_params(low) + ["pid_n", "N"])
+
+
+def _kernel_params(low: Lowered, buffers) -> str:
+    return ", ".join(["X", *buffers, "Y"] + operand_params(low.signature, low.conv is not None)
+                     + geom_params(low) + ["N"])
 
 
 def render_part(b: Buffer, fn: PartFn, low: Lowered):
     b("@triton.jit(noinline=True)")
     with b.indent(f"def {fn.name}({_fn_params(low)}):"):
-        _tile(b, low.plan.block_n)
-        b("xp = X + offs_n * sxn")
+        _tile(b, low)
         acc = TL_DTYPES[low.signature.acc_dtype]
         for s in fn.body:
             if isinstance(s, Store):
                 render_store(b, s, low)
+            elif isinstance(s, LoadX):
+                render_load(b, s, acc, low.conv)
             else:
-                (render_load if isinstance(s, LoadX) else render_fma)(b, s, acc)
+                render_fma(b, s, acc)
     b()
 
 
@@ -186,9 +234,8 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
         render_part(b, fn, low)
     for fn in k.groups:
         render_group(b, fn, low)
-    ops = operand_params(low.signature)
     b("@triton.jit")
-    with b.indent(f"def {k.name}({', '.join(['X', 'V', 'Y'] + ops)}, sxk, sxn, sym, syn, N):"):
+    with b.indent(f"def {k.name}({_kernel_params(low, ['V'])}):"):
         b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per program_id(1)."""')
         b("pid = tl.program_id(1)")
         if low.plan.column_programs:
@@ -205,17 +252,49 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
 
 # ---------------------------------------------------------------- table mode
 
+def _table_x_load(b: Buffer, low: Lowered, acc_t: str):
+    """One X row per nonzero (outer-product path): ``x`` for column ``c`` of step ``k``."""
+    g = low.conv
+    valid = "nmask & (offs_n * 0 + k < end)"
+    if g is None:
+        b(f"x = tl.load(xp + c * sxk, mask={valid}, other=0.0).to({acc_t})")
+        return
+    (dh, dw), khw = g.dilation, g.kh * g.kw
+    b(f"ci = c // {khw}")
+    b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
+    b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
+    b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask={valid} & (iy0 >= -dy) & "
+      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0).to({acc_t})")
+
+
+def _table_x_tile(b: Buffer, low: Lowered):
+    """A (chunk x block_n) tile of X for the dot path: ``x`` for the columns ``cols``."""
+    g = low.conv
+    if g is None:
+        b("x = tl.load(xp[None, :] + cols[:, None] * sxk, "
+          "mask=kmask[:, None] & nmask[None, :], other=0.0)")
+        return
+    (dh, dw), khw = g.dilation, g.kh * g.kw
+    b(f"ci = cols // {khw}")
+    b(f"dy = ((cols - ci * {khw}) // {g.kw} * {dh})[:, None]")
+    b(f"dx = ((cols - ci * {khw}) % {g.kw} * {dw})[:, None]")
+    b("iy = iy0[None, :] + dy")
+    b("ix = ix0[None, :] + dx")
+    b("x = tl.load(xp[None, :] + (ci[:, None] * sxc + dy * sxh + dx * sxw), "
+      "mask=kmask[:, None] & nmask[None, :] & (iy >= 0) & (iy < IH) & (ix >= 0) & (ix < IW), "
+      "other=0.0)")
+
+
 def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
     p, sig = low.plan, low.signature
     R, U, BN = p.rows_per_program, p.chunk, p.block_n
-    ops = operand_params(sig)
+    ops = operand_params(sig, low.conv is not None)
     b("@triton.jit")
-    with b.indent(f"def {k.name}({', '.join(['X', 'ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS', 'Y'] + ops)}, sxk, sxn, sym, syn, N):"):
+    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
         b(f'"""acc[r, n] = sum_j VALS[j, r] * X[COLS[j], n] over the group\'s column union."""')
         b("g = tl.program_id(0)")
         b("pid_n = tl.program_id(1)")
-        b(f"offs_n = pid_n * {BN} + tl.arange(0, {BN})")
-        b("nmask = offs_n < N")
+        _tile(b, low, taps=False)
         b(f"r = tl.arange(0, {R})")
         b(f"rows = tl.load(ROWS + g * {R} + r)")
         if p.use_dot:
@@ -229,8 +308,7 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
                 b("k = j + u")
                 b("kmask = k < end")
                 b("cols = tl.load(COLS + k)")
-                b("x = tl.load(X + cols[:, None] * sxk + offs_n[None, :] * sxn, "
-                  "mask=kmask[:, None] & nmask[None, :], other=0.0)")
+                _table_x_tile(b, low)
                 b(f"w = tl.load(VALS + k[None, :] * {R} + r[:, None])")
                 prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
                 b(f'acc += tl.dot(w.to(x.dtype), x, input_precision="{prec}")')
@@ -238,14 +316,13 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
                 with b.indent(f"for t in tl.static_range({U}):"):
                     b("k = j + t")
                     b("c = tl.load(COLS + k)")
-                    b(f"x = tl.load(X + c * sxk + offs_n * sxn, mask=nmask & (offs_n * 0 + k < end), "
-                      f"other=0.0).to({acc_t})")
+                    _table_x_load(b, low, acc_t)
                     b(f"w = tl.load(VALS + k * {R} + r).to({acc_t})")
                     b("acc += w[:, None] * x[None, :]")
-        args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]", "offs_n[None, :]",
-                          "nmask[None, :]"] + ops)
+        args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
+                         + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
         b(f"out = _epilogue({args})")
-        b("tl.store(Y + rows[:, None] * sym + offs_n[None, :] * syn, out.to(Y.dtype.element_ty), "
+        b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
           "mask=(rows >= 0)[:, None] & nmask[None, :])")
     b()
 

@@ -26,6 +26,8 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
     pid_n = tl.program_id(1)
     offs_n = pid_n * 64 + tl.arange(0, 64)
     nmask = offs_n < N
+    xp = X + offs_n * sxn
+    yo = offs_n * syn
     r = tl.arange(0, 2)
     rows = tl.load(ROWS + g * 2 + r)
     start = tl.load(STARTS + g)
@@ -35,9 +37,9 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
         for t in tl.static_range(4):
             k = j + t
             c = tl.load(COLS + k)
-            x = tl.load(X + c * sxk + offs_n * sxn, mask=nmask & (offs_n * 0 + k < end), other=0.0).to(tl.float32)
+            x = tl.load(xp + c * sxk, mask=nmask & (offs_n * 0 + k < end), other=0.0).to(tl.float32)
             w = tl.load(VALS + k * 2 + r).to(tl.float32)
             acc += w[:, None] * x[None, :]
     out = _epilogue(acc, rows[:, None], (rows >= 0)[:, None], offs_n[None, :], nmask[None, :], op_bias, op_bias_s)
-    tl.store(Y + rows[:, None] * sym + offs_n[None, :] * syn, out.to(Y.dtype.element_ty), mask=(rows >= 0)[:, None] & nmask[None, :])
+    tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), mask=(rows >= 0)[:, None] & nmask[None, :])
 

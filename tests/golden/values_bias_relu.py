@@ -24,31 +24,34 @@ def _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * sxn
+    yo = offs_n * syn
     x0 = tl.load(xp + 0 * sxk, mask=nmask, other=0.0).to(tl.float32)
     a0 = x0 * 0.5
     x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0).to(tl.float32)
     a0 += x1 * -1.25
-    tl.store(Y + 0 * sym + offs_n * syn, _epilogue(a0, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
 def _g0_p1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * sxn
-    tl.store(Y + 1 * sym + offs_n * syn, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    yo = offs_n * syn
+    tl.store(Y + 1 * sym + yo, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
 def _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * sxn
+    yo = offs_n * syn
     x0 = tl.load(xp + 0 * sxk, mask=nmask, other=0.0).to(tl.float32)
     a0 = x0 * 2.0
     x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0).to(tl.float32)
     a0 += x1 * 0.75
     x2 = tl.load(xp + 3 * sxk, mask=nmask, other=0.0).to(tl.float32)
     a0 += x2 * 3.0
-    tl.store(Y + 2 * sym + offs_n * syn, _epilogue(a0, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 2 * sym + yo, _epilogue(a0, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
 def _g0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
