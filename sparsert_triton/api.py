@@ -23,7 +23,8 @@ from dsl import Schedule, ir, trace
 from . import cache
 from .canonicalise import canonicalise_program, plan_for
 from .compile import import_kernels, interpreting
-from .launch import run, signature_for
+from .conv import ConvGeometry, conv_weight, geometry
+from .launch import conv_signature_for, run, signature_for
 from .lower import lower
 from .plan import Plan, Signature
 from .reference import evaluate
@@ -87,8 +88,9 @@ class Variant:
 class SpecializedKernel:
     """A DSL program specialised to one sparse weight. Call it as ``k(X, *operands)``."""
 
-    def __init__(self, program: ir.Program, schedule: Schedule, weight: SparseWeight):
-        self.program, self.schedule, self.weight = program, schedule, weight
+    def __init__(self, program: ir.Program, schedule: Schedule, weight: SparseWeight,
+                 conv: Optional[ConvGeometry] = None):
+        self.program, self.schedule, self.weight, self.conv = program, schedule, weight, conv
         self._variants = {}
         self._by_call = {}
         self._last: Optional[Variant] = None
@@ -118,11 +120,11 @@ class SpecializedKernel:
             mask=self.weight.mask_digest(),
             values=self.weight.values_digest() if plan.mode == "values" else None,
             plan=asdict(plan), signature=repr(sig), program=repr(self.program.out),
-            device=cap)
+            conv=repr(self.conv), device=cap)
         hit = cache.load(key)
         if hit is None:
             layout = specialise(self.weight, plan)
-            lowered = lower(layout, plan, sig, self.program)
+            lowered = lower(layout, plan, sig, self.program, self.conv)
             source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
                                             f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")
             arrays = _layout_arrays(layout)
@@ -134,10 +136,16 @@ class SpecializedKernel:
 
     # -------------------------------------------------------------- running
     def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None):
-        """``epilogue(W @ X)`` for ``X`` of shape (K, N)."""
-        sig = signature_for(self.program, self.weight, X, operands, out)
-        M, N = self.weight.M, X.shape[1]
-        Y = out if out is not None else torch.empty(M, N, dtype=TORCH_DTYPES[sig.out_dtype],
+        """``epilogue(W @ X)`` for ``X`` of shape (K, N); for a convolution, ``epilogue(conv2d(X,
+        W))`` for ``X`` of shape (B, C_in, H, W)."""
+        if self.conv is None:
+            sig = signature_for(self.program, self.weight, X, operands, out)
+            shape = (self.weight.M, X.shape[1])
+            N = X.shape[1]
+        else:
+            sig, shape = conv_signature_for(self.program, self.weight, self.conv, X, operands, out)
+            N = shape[0] * shape[2] * shape[3]
+        Y = out if out is not None else torch.empty(shape, dtype=TORCH_DTYPES[sig.out_dtype],
                                                     device=X.device)
         if N == 0:
             return Y
@@ -148,7 +156,7 @@ class SpecializedKernel:
 
     def reference(self, X: torch.Tensor, *operands) -> torch.Tensor:
         """The same computation in float64 with torch (the masked dense weight)."""
-        return evaluate(self.program, self.weight.to_dense(), X, *operands)
+        return evaluate(self.program, self.weight.to_dense(), X, *operands, conv=self.conv)
 
     # -------------------------------------------------------------- introspection
     @property
@@ -170,7 +178,8 @@ class SpecializedKernel:
     def with_values(self, values) -> "SpecializedKernel":
         """The same kernel for new nonzero values (same mask; CSR order). In ``indices`` and
         ``table`` modes the compiled code is reused; ``values`` mode recompiles."""
-        return SpecializedKernel(self.program, self.schedule, self.weight.with_values(values))
+        return SpecializedKernel(self.program, self.schedule, self.weight.with_values(values),
+                                 self.conv)
 
     def __repr__(self):
         w = self.weight
@@ -187,13 +196,24 @@ class SparseKernel:
         self.program = canonicalise_program(trace(fn))
         functools.update_wrapper(self, fn)
 
-    def specialize(self, weight, schedule: Optional[Schedule] = None) -> SpecializedKernel:
+    def specialize(self, weight, schedule: Optional[Schedule] = None, kernel_size=None,
+                   order: str = "chw") -> SpecializedKernel:
         """Specialise to a weight: a dense tensor with zeros, torch sparse CSR/COO, a scipy
-        sparse matrix, or ``(mask, values)``."""
-        w = as_sparse_weight(weight)
+        sparse matrix, or ``(mask, values)``. For ``conv2d`` programs the weight is 4-D
+        (C_out, C_in, kh, kw), or a 2-D matrix with ``kernel_size=(C_in, kh, kw)`` and its
+        column ``order`` ("chw": PyTorch's flattening; "hwc": DLMC's)."""
+        node = ir.product(self.program.out)
+        conv = None
+        if isinstance(node, ir.Conv2d):
+            w, (C_in, kh, kw) = conv_weight(weight, kernel_size, order)
+            conv = geometry(node, C_in, kh, kw)
+        elif kernel_size is not None:
+            raise ValueError("kernel_size applies to conv2d programs only")
+        else:
+            w = as_sparse_weight(weight)
         if w.M == 0 or w.K == 0:
             raise ValueError(f"weight must have at least one row and column, got {w.M}x{w.K}")
-        return SpecializedKernel(self.program, schedule or self.schedule, w)
+        return SpecializedKernel(self.program, schedule or self.schedule, w, conv)
 
     specialise = specialize
 

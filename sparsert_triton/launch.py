@@ -31,7 +31,8 @@ def check_device(t: torch.Tensor, name: str):
                          "CPU tensors with TRITON_INTERPRET=1 set before triton is imported)")
 
 
-def operand_kind(name: str, v, M: int, N: int, device) -> str:
+def operand_kind(name: str, v, M: int, full_shape: tuple, device) -> str:
+    """number, scalar, row (one value per output row / channel) or full (the output's shape)."""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
         if v != v or v in (float("inf"), float("-inf")):
             raise ValueError(f"{name} must be finite, got {v}")
@@ -44,24 +45,57 @@ def operand_kind(name: str, v, M: int, N: int, device) -> str:
         raise ValueError(f"{name} is on {v.device} but X is on {device}")
     if v.numel() == 1 and v.dim() <= 2:   # broadcast; for M == 1 the same as a row value
         return "scalar"
-    if v.dim() == 1 and v.shape[0] == M:
+    row_shape = (M,) + (1,) * (len(full_shape) - 2 if len(full_shape) > 2 else 1)
+    if v.dim() == 1 and v.shape[0] == M or tuple(v.shape) == row_shape:
         return "row"
-    if v.dim() == 2 and v.shape == (M, 1):
-        return "row"
-    if v.dim() == 2 and v.shape == (M, N):
+    if tuple(v.shape) == tuple(full_shape):
         return "full"
     raise ValueError(f"{name} has shape {tuple(v.shape)}; expected a number, a one-element "
-                     f"tensor, a per-row vector ({M},) or ({M}, 1), or a full ({M}, {N}) tensor")
+                     f"tensor, a per-row vector ({M},) or {row_shape}, or a full "
+                     f"{tuple(full_shape)} tensor")
 
 
 def signature_for(program: ir.Program, weight: SparseWeight, X, operands, out=None) -> Signature:
-    """Validate a call and return its signature."""
+    """Validate a call ``W @ X`` (X: K x N) and return its signature."""
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
     if X.dim() != 2:
         raise ValueError(f"X must be 2-D (K x N), got shape {tuple(X.shape)}")
     if X.shape[0] != weight.K:
         raise ValueError(f"X has {X.shape[0]} rows but the weight has K={weight.K} columns")
+    _check_x(X)
+    shape = (weight.M, X.shape[1])
+    kinds = _operand_kinds(program, weight.M, shape, X, operands)
+    return _finish_signature(program, weight, X, kinds, out, shape)
+
+
+def _operand_kinds(program, M, shape, X, operands):
+    if len(operands) != len(program.operands):
+        raise TypeError(f"{program.name} takes {len(program.operands)} operand(s) "
+                        f"{program.operands} after X, got {len(operands)}")
+    return tuple((n, operand_kind(n, v, M, shape, X.device))
+                 for n, v in zip(program.operands, operands))
+
+
+def conv_signature_for(program: ir.Program, weight: SparseWeight, geom, X, operands, out=None):
+    """Validate a convolution call (X: B x C_in x H x W); return (signature, output shape)."""
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+    if X.dim() != 4:
+        raise ValueError(f"X must be 4-D (B, C_in, H, W) for conv2d, got shape {tuple(X.shape)}")
+    if X.shape[1] != geom.C_in:
+        raise ValueError(f"X has {X.shape[1]} channels but the weight has C_in={geom.C_in}")
+    Ho, Wo = geom.output_size(X.shape[2], X.shape[3])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"X of spatial size {tuple(X.shape[2:])} is smaller than the kernel "
+                         f"{geom.kh}x{geom.kw} (dilation {geom.dilation}, padding {geom.padding})")
+    _check_x(X)
+    shape = (X.shape[0], weight.M, Ho, Wo)
+    kinds = _operand_kinds(program, weight.M, shape, X, operands)
+    return _finish_signature(program, weight, X, kinds, out, shape), shape
+
+
+def _check_x(X):
     if X.dtype not in WEIGHT_DTYPES:
         raise TypeError(f"X must be float32, float16, bfloat16 or float64, got {X.dtype}")
     if X.layout != torch.strided:
@@ -69,17 +103,14 @@ def signature_for(program: ir.Program, weight: SparseWeight, X, operands, out=No
     check_device(X, "X")
     if _span(X) > INT32_MAX:
         raise ValueError("X spans more than 2**31 elements; split N into smaller calls")
-    if len(operands) != len(program.operands):
-        raise TypeError(f"{program.name} takes {len(program.operands)} operand(s) "
-                        f"{program.operands} after X, got {len(operands)}")
-    M, N = weight.M, X.shape[1]
-    kinds = tuple((n, operand_kind(n, v, M, N, X.device))
-                  for n, v in zip(program.operands, operands))
+
+
+def _finish_signature(program, weight, X, kinds, out, shape) -> Signature:
     xd = WEIGHT_DTYPES[X.dtype]
     sig = Signature(xd, weight.dtype, output_dtype(program, xd), kinds)
     if out is not None:
-        if not isinstance(out, torch.Tensor) or out.shape != (M, N):
-            raise ValueError(f"out must be a ({M}, {N}) tensor")
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape):
+            raise ValueError(f"out must be a {tuple(shape)} tensor")
         if out.dtype != TORCH_DTYPES[sig.out_dtype]:
             raise TypeError(f"out must be {TORCH_DTYPES[sig.out_dtype]}, got {out.dtype}")
         if out.device != X.device:
@@ -89,7 +120,7 @@ def signature_for(program: ir.Program, weight: SparseWeight, X, operands, out=No
     return sig
 
 
-def operand_args(sig: Signature, operands) -> list:
+def operand_args(sig: Signature, operands, conv: bool = False) -> list:
     args = []
     for (name, kind), v in zip(sig.operand_kinds, operands):
         if kind == "number":
@@ -98,6 +129,8 @@ def operand_args(sig: Signature, operands) -> list:
             args.append(v)
         elif kind == "row":
             args += [v, v.stride(0)]
+        elif conv:
+            args += [v, v.stride(1), v.stride(0), v.stride(2), v.stride(3)]
         else:
             args += [v, v.stride(0), v.stride(1)]
     return args
@@ -106,11 +139,17 @@ def operand_args(sig: Signature, operands) -> list:
 def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     """Launch every kernel of a variant: Y = epilogue(W @ X)."""
     plan = variant.plan
-    N = X.shape[1]
-    nt = -(-N // plan.block_n)
     bufs = variant.buffers(X.device)
-    ops = operand_args(sig, operands)
-    strides = [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), N]
+    if X.dim() == 4:     # convolution: N = B * Ho * Wo output positions
+        B, _, Ho, Wo = Y.shape
+        N = B * Ho * Wo
+        strides = [*X.stride(), X.shape[2], X.shape[3], Y.stride(1), Y.stride(0), Y.stride(2),
+                   Y.stride(3), Wo, Ho * Wo, N]
+    else:
+        N = X.shape[1]
+        strides = [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), N]
+    nt = -(-N // plan.block_n)
+    ops = operand_args(sig, operands, X.dim() == 4)
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     first = not variant.launched
     with (triton_cache_scope() if first else _nullcontext()), \

@@ -9,9 +9,18 @@ _TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def evaluate(program: ir.Program, W: torch.Tensor, X: torch.Tensor, *operands,
-             dtype=torch.float64) -> torch.Tensor:
-    """``epilogue(W @ X)`` with ``W`` the masked dense weight; operands as at call time."""
-    acc = torch.matmul(W.to("cpu", dtype), X.to("cpu", dtype))
+             dtype=torch.float64, conv=None) -> torch.Tensor:
+    """``epilogue(W @ X)`` with ``W`` the masked dense weight (M x K); operands as at call
+    time. With ``conv`` (a ConvGeometry) the product is ``conv2d(X, W.reshape(M, C_in, kh, kw))``."""
+    W, X = W.to("cpu", dtype), X.to("cpu", dtype)
+    if conv is None:
+        acc = torch.matmul(W, X)
+        row_shape = (-1, 1)
+    else:
+        acc = torch.nn.functional.conv2d(X, W.reshape(W.shape[0], conv.C_in, conv.kh, conv.kw),
+                                         None, conv.stride, conv.padding, conv.dilation)
+        row_shape = (-1, 1, 1)
+    M = W.shape[0]
     env = dict(zip(program.operands, operands))
 
     def operand(name):
@@ -19,9 +28,11 @@ def evaluate(program: ir.Program, W: torch.Tensor, X: torch.Tensor, *operands,
         if not isinstance(v, torch.Tensor):
             return torch.tensor(float(v), dtype=dtype)
         v = v.detach().to("cpu", dtype)
-        if v.dim() == 1 and v.numel() == acc.shape[0] and v.numel() != 1:
-            return v[:, None]
-        return v.reshape(()) if v.numel() == 1 else v
+        if v.numel() == 1:
+            return v.reshape(())
+        if v.dim() == 1 and v.numel() == M:
+            return v.reshape(row_shape)
+        return v
 
     def go(n):
         if isinstance(n, ir.MatMul):
