@@ -89,12 +89,13 @@ def triton_signature(sig) -> dict:
     x, w, y = (_TT[d] for d in (sig.x_dtype, sig.w_dtype, sig.out_dtype))
     types = {"X": f"*{x}", "V": f"*{w}", "VALS": f"*{w}", "Y": f"*{y}", "ROWS": "*i32",
              "STARTS": "*i32", "LENGTHS": "*i32", "COLS": "*i32", "N": "i32"}
-    for s in ("sxk", "sxn", "sym", "syn"):
+    for s in ("sxk", "sxn", "sym", "syn", "sxb", "sxc", "sxh", "sxw", "IH", "IW", "syb", "syh",
+              "syw", "Wo", "HWo"):
         types[s] = "i32"
     for name, kind in sig.operand_kinds:
         p = f"op_{name}"
         types[p] = "fp32" if kind == "number" else f"*{x}"
-        for suffix in ("_s", "_sm", "_sn"):
+        for suffix in ("_s", "_sm", "_sn", "_sb", "_sh", "_sw"):
             types[p + suffix] = "i32"
     return types
 

@@ -167,3 +167,82 @@ def check_case(case: Case, device="cpu"):
     assert Y.dtype == DTYPES[kern.program.out.dtype if case.epilogue == "cast_fp16" else case.dtype]
     assert_matches(Y, ref, W, X, case.dtype, "float16" if case.epilogue == "cast_fp16" else None)
     return Y
+
+
+# ---------------------------------------------------------------- convolutions
+
+@dataclass
+class ConvCase:
+    B: int
+    C_in: int
+    C_out: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    stride: int
+    padding: object
+    dilation: int
+    density: float
+    dtype: str
+    residual: bool
+    schedule: Schedule
+    seed: int
+    channels_last: bool = False
+
+
+@st.composite
+def conv_cases(draw, modes=None, dtypes=None) -> ConvCase:
+    """Convolutions with odd sizes, strides 1-2, paddings 0/1/'same', dilations 1-2, every mode."""
+    dtype = draw(st.sampled_from(dtypes or ["float32", "float16", "bfloat16", "float64"]))
+    mode = draw(st.sampled_from(modes)) if modes else None
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dilation = draw(st.integers(1, 2))
+    stride = draw(st.integers(1, 2))
+    padding = draw(st.sampled_from([0, 1] + (["same"] if stride == 1 and kh % 2 and kw % 2 else [])))
+    H = draw(st.integers(dilation * (kh - 1) + 1 - 2 * (padding == 1), 9))
+    W = draw(st.integers(dilation * (kw - 1) + 1 - 2 * (padding == 1), 9))
+    return ConvCase(B=draw(st.integers(1, 2)), C_in=draw(st.integers(1, 5)),
+                    C_out=draw(st.integers(1, 9)), H=max(1, H), W=max(1, W), kh=kh, kw=kw,
+                    stride=stride, padding=padding, dilation=dilation,
+                    density=draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))),
+                    dtype=dtype, residual=draw(st.booleans()),
+                    schedule=draw(schedules(mode, dtype)), seed=draw(st.integers(0, 2**31 - 1)),
+                    channels_last=draw(st.booleans()))
+
+
+def check_conv_case(case: ConvCase, device="cpu"):
+    """Run a convolution case and compare with float64 ``F.conv2d`` plus the epilogue."""
+    from dsl import conv2d
+    g = torch.Generator().manual_seed(case.seed)
+    dt = DTYPES[case.dtype]
+    shape = (case.C_out, case.C_in, case.kh, case.kw)
+    mask = torch.rand(shape, generator=g) < case.density
+    Wt = (torch.randn(shape, generator=g) * mask).to(dt)
+    X = torch.randn(case.B, case.C_in, case.H, case.W, generator=g).to(device=device, dtype=dt)
+    if case.channels_last:
+        X = X.to(memory_format=torch.channels_last)
+    s, p, d = case.stride, case.padding, case.dilation
+
+    if case.residual:
+        def fn(W, X, bias, res):
+            return relu(conv2d(W, X, stride=s, padding=p, dilation=d) + bias) + res
+    else:
+        def fn(W, X, bias):
+            return relu(conv2d(W, X, stride=s, padding=p, dilation=d) + bias)
+    kern = sparse_kernel(fn, schedule=case.schedule).specialize(Wt)
+    Ho, Wo = kern.conv.output_size(case.H, case.W)
+    ops = [torch.randn(case.C_out, generator=g).to(device=device, dtype=dt)]
+    if case.residual:
+        ops.append(torch.randn(case.B, case.C_out, Ho, Wo, generator=g).to(device=device, dtype=dt))
+    Y = kern(X, *ops)
+    ref = kern.reference(X, *ops)
+    assert Y.shape == (case.B, case.C_out, Ho, Wo) and Y.dtype == dt
+    # the |W| * |X| magnitude bound, through the same convolution
+    mag = torch.nn.functional.conv2d(X.detach().cpu().double().abs(), Wt.double().abs(), None,
+                                     kern.conv.stride, kern.conv.padding, kern.conv.dilation)
+    tol = TOLERANCE[case.dtype]
+    err = (Y.detach().cpu().double() - ref).abs()
+    assert not torch.isnan(Y).any(), "NaN in the output"
+    assert (err <= tol * (1 + mag + ref.abs())).all(), f"max error {err.max().item():.3g}"
+    return Y

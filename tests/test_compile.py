@@ -55,6 +55,21 @@ for name, (mode, dtype, fn, sched) in CASES.items():
     if name == "values_fp32_split":
         full = precompile_variant(v, sig, fast=False)
         out[name]["ptx_full"] = [c.asm["ptx"] for c in full]
+from dsl import conv2d
+for name, mode, sched in (("conv_values", "values", dict(rows_per_program=4)),
+                          ("conv_table_dot", "table", dict(rows_per_program=16, chunk=16,
+                                                           use_dot=True))):
+    def cfn(W, X, b):
+        return relu(conv2d(W, X, stride=2, padding=1) + b)
+    g = torch.Generator().manual_seed(0)
+    W = (torch.randn(16, 8, 3, 3, generator=g) * (torch.rand(16, 8, 3, 3, generator=g) < 0.3)).half()
+    k = sparse_kernel(cfn, schedule=Schedule(mode=mode, **sched)).specialize(W)
+    sig = Signature("float16", "float16", "float16", (("b", "row"),))
+    v = k.variant(sig, 256, torch.device("cpu"))
+    compiled = precompile_variant(v, sig)
+    out[name] = {"kernels": len(v.kernels), "compiled": len(compiled),
+                 "ptx": [c.asm["ptx"] for c in compiled], "source": v.source}
+
 from sparsert_triton import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
@@ -72,7 +87,8 @@ def compiled(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
-                                  "table_dot_fp16", "values_fp64", "values_column_loop"])
+                                  "table_dot_fp16", "values_fp64", "values_column_loop",
+                                  "conv_values", "conv_table_dot"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1
@@ -80,7 +96,7 @@ def test_compiles_for_sm90(compiled, name):
         assert ".entry" in ptx
         if name.startswith(("values", "indices")):
             assert "call.uni" in ptx   # groups and parts stay separate functions
-        if name == "table_dot_fp16":
+        if name in ("table_dot_fp16", "conv_table_dot"):
             assert "mma" in ptx
         if name == "values_fp64":
             assert "fma.rn.f64" in ptx

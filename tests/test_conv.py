@@ -1,0 +1,88 @@
+"""Direct sparse convolution against float64 torch.nn.functional.conv2d."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+
+from dsl import TraceError, conv2d, relu, trace
+from dsl import Schedule
+from sparsert_triton import sparse_kernel
+from sparsert_triton.conv import hwc_to_chw, tap_profile
+from sparsert_triton.dlmc import read_smtx
+from sparsert_triton.testing import check_conv_case, conv_cases
+
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+DATA = Path(__file__).resolve().parent.parent / "data" / "bottleneck_2_block_group1_1_1.smtx.gz"
+
+
+@given(case=conv_cases(modes=["values", "indices"]))
+def test_conv_unrolled(case, device):
+    check_conv_case(case, device)
+
+
+@given(case=conv_cases(modes=["table"]))
+def test_conv_table(case, device):
+    check_conv_case(case, device)
+
+
+def test_conv_rejections():
+    with pytest.raises(TraceError, match="groups=1"):
+        trace(lambda W, X: conv2d(W, X, groups=2))
+    with pytest.raises(TraceError, match="stride 1"):
+        trace(lambda W, X: conv2d(W, X, stride=2, padding="same"))
+    with pytest.raises(TraceError, match="only one product"):
+        trace(lambda W, X: conv2d(W, X) + W @ X)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(torch.randn(4, 3, 3, 3))
+    with pytest.raises(ValueError, match="4-D"):
+        k(torch.randn(3, 5, 5).to(DEV))
+    with pytest.raises(ValueError, match="channels"):
+        k(torch.randn(1, 2, 5, 5).to(DEV))
+    small = sparse_kernel(lambda W, X: conv2d(W, X)).specialize(torch.randn(4, 3, 3, 3))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        small(torch.randn(1, 3, 2, 2).to(DEV))
+    with pytest.raises(ValueError, match="4-D"):
+        sparse_kernel(lambda W, X: conv2d(W, X)).specialize(torch.randn(4, 27))
+    with pytest.raises(ValueError, match="odd effective kernel"):
+        sparse_kernel(lambda W, X: conv2d(W, X, padding="same")).specialize(torch.randn(4, 3, 2, 2))
+    bias_k = sparse_kernel(lambda W, X, b: conv2d(W, X) + b).specialize(torch.randn(4, 3, 1, 1))
+    with pytest.raises(ValueError, match="b has shape"):
+        bias_k(torch.randn(1, 3, 5, 5).to(DEV), torch.randn(5).to(DEV))
+
+
+def test_one_by_one_conv_is_the_matmul():
+    """A 1x1 convolution equals W @ X with X viewed as C_in x (B H W)."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(8, 6, generator=g) * (torch.rand(8, 6, generator=g) < 0.4)
+    X = torch.randn(2, 6, 5, 7, generator=g).to(DEV)
+    Yc = sparse_kernel(lambda W, X: conv2d(W, X)).specialize(W[:, :, None, None])(X)
+    Ym = sparse_kernel(lambda W, X: W @ X).specialize(W)(X.permute(1, 0, 2, 3).reshape(6, -1))
+    torch.testing.assert_close(Yc, Ym.reshape(8, 2, 5, 7).permute(1, 0, 2, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_dlmc_conv_column_order_is_hwc():
+    """DLMC 3x3 matrices list columns as (dy, dx, c_in): pruning keeps the centre tap densest
+    and the corners sparsest, which shows only when the columns are read in that order."""
+    p = read_smtx(DATA)
+    C_in = p.K // 9
+    hwc = tap_profile(p.indices, C_in, 3, 3, "hwc")
+    chw = tap_profile(p.indices, C_in, 3, 3, "chw")
+    assert hwc[1, 1] == hwc.max() and hwc[1, 1] > 1.5 * hwc[[0, 0, 2, 2], [0, 2, 0, 2]].max()
+    assert chw.max() < 1.25 * chw.min()
+    # the conversion to PyTorch's order moves each nonzero to the same (c_in, dy, dx)
+    k = hwc_to_chw(np.array([0, C_in - 1, 4 * C_in + 2]), C_in, 3, 3)
+    assert list(k) == [0, (C_in - 1) * 9, 2 * 9 + 4]
+
+
+def test_dlmc_matrix_as_convolution():
+    p = read_smtx(DATA)
+    w = p.with_values(seed=0)
+    k = sparse_kernel(lambda W, X, b: relu(conv2d(W, X, padding=1) + b),
+                      schedule=Schedule(mode="table")).specialize(w, kernel_size=(p.K // 9, 3, 3),
+                                                                  order="hwc")
+    X = torch.randn(1, p.K // 9, 6, 5).to(DEV)
+    b = torch.randn(p.M).to(DEV)
+    Y = k(X, b)
+    torch.testing.assert_close(Y.cpu().double(), k.reference(X, b), rtol=1e-4, atol=1e-4)
