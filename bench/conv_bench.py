@@ -1,0 +1,166 @@
+"""Benchmark sparse 3x3 convolutions on the DLMC ResNet-50 layers against cuDNN.
+
+    python -m bench.conv_bench --dlmc DIR [--sparsities 0.9] [--batches 1,8]
+        [--dtypes float32,float16] [--out bench/results/conv_h100.csv] [--deadline-s 500]
+
+Layers: every ``rn50/magnitude_pruning/<sparsity>/bottleneck_2_*`` matrix (the 3x3
+convolutions, C_out x (C_in * 9), columns in DLMC's (dy, dx, c_in) order, see
+``sparsert_triton.conv``). The DLMC ResNet-50 is v1 (the stride sits in the first 1x1 conv of a
+block) except in its projection blocks: there the first 1x1 conv runs at the input resolution
+(``rn50_batchsizes.txt`` gives N = 3136 for group 2's) and the 3x3 conv has stride 2 in groups
+2-4. So the 3x3 convs have padding 1, output size sqrt(N) (N from ``rn50_batchsizes.txt``) and
+stride 2 in ``bottleneck_2_block_group_projection_block_group{2,3,4}``, 1 elsewhere. Weights and X are seeded normal draws in the case's dtype.
+
+Systems: ``sparsert`` (direct sparse convolution, tuned over a few schedules), ``cudnn``
+(``F.conv2d`` on the masked dense weight; fp32 with TF32 off, or the half dtype),
+``cudnn_tf32`` (fp32 only), ``im2col_sparsert`` (``F.unfold`` then our sparse matmul).
+Every result is checked against float64 ``F.conv2d`` before it is timed.
+CSV columns: ``layer,sparsity,C_in,C_out,H,W,batch,stride,kh,kw,dtype,system,median_us,compile_s``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from bench.baselines import tf32
+from bench.dlmc_bench import read_batch_sizes
+from bench.timing import require_cuda, time_system
+from dsl import Schedule, conv2d
+from sparsert_triton import sparse_kernel
+from sparsert_triton.conv import conv_weight
+from sparsert_triton.dlmc import read_smtx
+
+COLUMNS = ["layer", "sparsity", "C_in", "C_out", "H", "W", "batch", "stride", "kh", "kw",
+           "dtype", "system", "median_us", "compile_s"]
+TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCHEDULES = [Schedule(mode="table", rows_per_program=1, chunk=4, block_n=128),
+             Schedule(mode="table", rows_per_program=1, chunk=8, block_n=256),
+             Schedule(mode="values", rows_per_program=32, block_n=128, column_programs=4)]
+
+
+def layers(root: Path, sparsity: str):
+    """(name, pattern, C_in, C_out, input H, stride) of the DLMC ResNet-50 3x3 convolutions."""
+    sizes = read_batch_sizes(root)
+    for path in sorted((root / "rn50" / "magnitude_pruning" / sparsity).glob("bottleneck_2_*")):
+        name = path.name.split(".smtx")[0]
+        p = read_smtx(path)
+        stride = 2 if "projection_block_group" in name and not name.endswith("group1") else 1
+        Ho = int(round(math.sqrt(sizes[name])))
+        yield name, p, p.K // 9, p.M, Ho * stride, stride
+
+
+def _rel_err(Y, ref):
+    return ((Y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compile_s, writer):
+    dt = DTYPES[dtype]
+    w = p.with_values(seed=0, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(batch, C_in, H, H, generator=g).to("cuda", dt)
+    kern_fn = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1))
+    W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(dt).reshape(C_out, C_in, 3, 3).cuda()
+    ref = torch.nn.functional.conv2d(X.double(), W4.double(), None, stride, 1)
+    Ho = ref.shape[2]
+    nbytes = X.numel() * X.element_size() * 2 + W4.numel() * W4.element_size()
+    base = dict(layer=name, sparsity=sparsity, C_in=C_in, C_out=C_out, H=H, W=H, batch=batch,
+                stride=stride, kh=3, kw=3, dtype=dtype)
+    results = {}
+
+    def emit(system, make_call, compile_s=""):
+        try:
+            Y = make_call(X)()
+            torch.cuda.synchronize()
+            err = _rel_err(Y, ref)
+            if not err <= TOL[dtype]:
+                raise AssertionError(f"relative error {err:.2e}")
+            t = time_system(make_call, X, nbytes).median_us
+            results[system] = t
+            writer.writerow({**base, "system": system, "median_us": f"{t:.2f}",
+                             "compile_s": compile_s})
+        except Exception as e:   # recorded, not timed
+            writer.writerow({**base, "system": system, "median_us": "",
+                             "compile_s": f"FAILED: {type(e).__name__}: {str(e)[:100]}"})
+
+    # cuDNN baselines
+    with tf32(False):
+        emit("cudnn", lambda x: lambda: torch.nn.functional.conv2d(x, W4, None, stride, 1))
+    if dtype == "float32":
+        def tf32_call(x):
+            def f():
+                with tf32(True):
+                    return torch.nn.functional.conv2d(x, W4, None, stride, 1)
+            return f
+        emit("cudnn_tf32", tf32_call)
+    # sparsert: the fastest of a few schedules (first-call build time reported)
+    best = None
+    for s in SCHEDULES:
+        if s.mode != "table" and w.nnz * 2e-3 > max_compile_s:
+            continue            # unrolled build estimated too slow for this budget
+        k = kern_fn.specialize(w, schedule=s, kernel_size=(C_in, 3, 3), order="hwc")
+        t0 = time.time()
+        try:
+            k(X)
+            torch.cuda.synchronize()
+        except Exception as e:
+            print(f"  {name} {s!r}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        build = time.time() - t0
+        t = time_system(lambda x, k=k: lambda: k(x), X, nbytes).median_us
+        if best is None or t < best[0]:
+            best = (t, k, build)
+    if best is not None:
+        emit("sparsert", lambda x, k=best[1]: lambda: k(x), f"{best[2]:.2f}")
+    # im2col + our sparse matmul (columns in PyTorch's unfold order, i.e. chw)
+    wc = conv_weight(w, (C_in, 3, 3), order="hwc")[0]
+    mm = sparse_kernel(lambda W, X: W @ X, schedule=SCHEDULES[0]).specialize(wc)
+
+    def im2col_call(x):
+        def f():
+            cols = torch.nn.functional.unfold(x, 3, padding=1, stride=stride)  # B x C_in*9 x L
+            Y = torch.stack([mm(cols[b]) for b in range(x.shape[0])])       # B x C_out x L
+            return Y.reshape(x.shape[0], C_out, Ho, Ho)
+        return f
+    emit("im2col_sparsert", im2col_call)
+    return results
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dlmc", required=True, help="DLMC folder (rn50/magnitude_pruning/...)")
+    ap.add_argument("--sparsities", default="0.9")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--out", default="bench/results/conv_h100.csv")
+    ap.add_argument("--max-compile-s", type=float, default=10.0)
+    ap.add_argument("--deadline-s", type=float, default=500.0)
+    a = ap.parse_args(argv)
+    require_cuda()
+    t_end = time.time() + a.deadline_s
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        for sp in a.sparsities.split(","):
+            for name, p, C_in, C_out, H, stride in layers(Path(a.dlmc), sp):
+                for batch in (int(b) for b in a.batches.split(",")):
+                    for dtype in a.dtypes.split(","):
+                        if time.time() > t_end:
+                            print("deadline reached")
+                            return
+                        r = run_case(name, p, C_in, C_out, H, stride, batch, dtype, sp,
+                                     a.max_compile_s, writer)
+                        f.flush()
+                        line = " ".join(f"{k} {v:.1f}us" for k, v in r.items())
+                        print(f"{sp} {name} {C_in}->{C_out} {H}x{H}/{stride} b{batch} {dtype}: "
+                              f"{line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The convolution benchmark's layer table and its im2col path (CPU interpreter)."""
+import os
+
+import torch
+
+from bench.conv_bench import layers
+from dsl import Schedule, conv2d
+from sparsert_triton import sparse_kernel
+from sparsert_triton.conv import conv_weight
+from sparsert_triton.dlmc import write_smtx
+
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+def _dlmc(tmp_path):
+    d = tmp_path / "rn50" / "magnitude_pruning" / "0.9"
+    d.mkdir(parents=True)
+    (tmp_path / "rn50_batchsizes.txt").write_text(
+        "bottleneck_2_block_group2_1_1,784\nbottleneck_2_block_group_projection_block_group2,784\n"
+        "bottleneck_2_block_group_projection_block_group1,3136\n")
+    for name, C in (("bottleneck_2_block_group2_1_1", 4), ("bottleneck_2_block_group_projection_block_group2", 4),
+                    ("bottleneck_2_block_group_projection_block_group1", 2)):
+        write_smtx(d / f"{name}.smtx", 3, C * 9, [0, 1, 2, 3], [0, 5, C * 9 - 1])
+    return tmp_path
+
+
+def test_layer_table(tmp_path):
+    rows = {name: (C_in, C_out, H, stride) for name, _, C_in, C_out, H, stride
+            in layers(_dlmc(tmp_path), "0.9")}
+    assert rows["bottleneck_2_block_group2_1_1"] == (4, 3, 28, 1)
+    assert rows["bottleneck_2_block_group_projection_block_group2"] == (4, 3, 56, 2)
+    assert rows["bottleneck_2_block_group_projection_block_group1"] == (2, 3, 56, 1)
+
+
+def test_im2col_path_matches_direct_convolution():
+    """unfold (PyTorch's chw order) times the hwc matrix converted to chw == direct conv."""
+    g = torch.Generator().manual_seed(0)
+    C_in, C_out = 3, 5
+    dense_hwc = torch.randn(C_out, 9 * C_in, generator=g) * (torch.rand(C_out, 9 * C_in, generator=g) < 0.3)
+    w, _ = conv_weight(dense_hwc, (C_in, 3, 3), order="hwc")
+    X = torch.randn(2, C_in, 7, 7, generator=g).to(DEV)
+    direct = sparse_kernel(lambda W, X: conv2d(W, X, stride=2, padding=1),
+                           schedule=Schedule(mode="table")).specialize(
+        dense_hwc, kernel_size=(C_in, 3, 3), order="hwc")(X)
+    mm = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="table")).specialize(w)
+    cols = torch.nn.functional.unfold(X, 3, padding=1, stride=2)
+    via = torch.stack([mm(cols[b]) for b in range(2)]).reshape(direct.shape)
+    torch.testing.assert_close(direct, via, rtol=1e-5, atol=1e-5)
+    # and both equal F.conv2d with the weight rearranged from (dy, dx, c_in) to (c_in, dy, dx)
+    W4 = dense_hwc.reshape(C_out, 3, 3, C_in).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.conv2d(X.cpu().double(), W4.double(), None, 2, 1)
+    torch.testing.assert_close(direct.cpu().double(), ref, rtol=1e-5, atol=1e-5)
