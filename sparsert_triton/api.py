@@ -42,7 +42,8 @@ def _capability(device: torch.device) -> str:
 def _layout_arrays(layout) -> dict:
     if isinstance(layout, Table):
         return {"rows": layout.rows, "starts": layout.starts, "lengths": layout.lengths,
-                "cols": layout.cols, "value_index": layout.value_index}
+                "cols": layout.cols, "value_index": layout.value_index,
+                "groups": np.asarray(layout.groups, np.int64)}
     return {"pack_order": layout.pack_order,
             "kernel_groups": np.asarray([b - a for a, b in layout.kernels], np.int64)}
 
@@ -55,9 +56,10 @@ class Variant:
         self.module = import_kernels(path, key)
         self.table = plan.mode == "table"
         if self.table:
-            self.kernels = [(self.module.sparse_table_kernel, int(layout["lengths"].shape[0]))]
+            self.kernels = [(self.module.sparse_table_kernel, int(layout["groups"]))]
             vi = layout["value_index"]
-            vals = np.where(vi >= 0, weight.values[np.maximum(vi, 0)], 0.0)
+            vals = np.zeros(vi.shape, np.float64)
+            vals[vi >= 0] = weight.values[vi[vi >= 0]]
             self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"], vals]
         else:
             self.kernels = [(getattr(self.module, f"sparse_kernel_{i}"), int(g))

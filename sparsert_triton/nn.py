@@ -10,9 +10,15 @@
 * The only copies: ``reshape`` copies an input whose leading dims cannot be merged into one
   stride; downstream ops that need a contiguous last dim copy the transposed output.
 
-The nonzeros are one Parameter ``values`` (1-D, CSR order), the mask two int64 buffers
+``SparseConv2d`` is ``nn.Conv2d`` (groups=1, zero padding) over the direct sparse convolution
+``sparsert::sparse_conv2d``: input (B, C_in, H, W) in any strides (NCHW or channels_last),
+output contiguous NCHW, the bias fused into the kernel. Its backward pass uses dense PyTorch
+convolutions on the masked weight (the forward pass is the sparse kernel).
+
+The nonzeros are one Parameter ``values`` (1-D, CSR order of the (out, in) matrix; for a
+convolution of the flattened (C_out, C_in*kh*kw) weight), the mask two int64 buffers
 ``indptr`` (out + 1) and ``indices`` (nnz), so ``state_dict`` holds exactly the sparse weight
-and loads into any ``SparseLinear`` of the same shape (its mask is replaced). The schedule
+and loads into any layer of the same shape (its mask is replaced). The schedule
 travels as extra state. Kernels are specialised lazily, per device and dtype, at the first
 call (see :mod:`sparsert_triton.ops`); ``.to()``, ``.half()``, ``.bfloat16()`` just convert
 the parameters and the next call specialises for them.
@@ -49,61 +55,36 @@ def _csr_of_mask(mask: Tensor) -> Tuple[Tensor, Tensor]:
     return indptr, cols.to(torch.int64)
 
 
-class SparseLinear(nn.Module):
-    """``y = x W^T + b`` with ``W`` (out x in) sparse under a frozen mask.
+class _SparseLayer(nn.Module):
+    """What :class:`SparseLinear` and :class:`SparseConv2d` share: a (rows x cols) matrix under
+    a frozen mask, its nonzeros ``values`` (a 1-D Parameter, CSR order), the mask as ``indptr``
+    / ``indices`` buffers, an optional ``bias`` (rows,), the schedule, and the registered
+    pattern the custom ops run. Subclasses set ``_rows``/``_cols`` and ``_rebuild_pattern``."""
 
-    ``mask``: (out, in), nonzero = kept; ``None`` keeps every position (a placeholder to
-    ``load_state_dict`` a sparse layer into). Values and bias are initialised as in
-    ``nn.Linear``; use :meth:`from_linear` to convert a pruned layer.
-    """
+    _rows: int
+    _cols: int
 
-    def __init__(self, in_features: int, out_features: int, mask: Optional[Tensor] = None,
-                 bias: bool = True, schedule: Optional[Schedule] = None, device=None,
-                 dtype=None):
-        super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        if mask is None:
-            mask = torch.ones(out_features, in_features, dtype=torch.bool)
-        if tuple(mask.shape) != (out_features, in_features):
-            raise ValueError(f"mask must have shape ({out_features}, {in_features}), "
-                             f"got {tuple(mask.shape)}")
-        indptr, indices = _csr_of_mask(mask)
+    def _init_sparse(self, mask2d: Tensor, bias: bool, schedule: Optional[Schedule], device,
+                     dtype):
+        indptr, indices = _csr_of_mask(mask2d)
         factory = dict(device=device, dtype=dtype)
         self.values = nn.Parameter(torch.empty(indices.shape[0], **factory))
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.bias = nn.Parameter(torch.empty(self._rows, **factory)) if bias else None
         self.register_buffer("indptr", indptr.to(device))
         self.register_buffer("indices", indices.to(device))
         self._schedule = schedule or Schedule()
         self._rebuild_pattern()
-        self.reset_parameters()
 
-    # ------------------------------------------------------------ construction
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: Optional[Tensor] = None,
-                    schedule: Optional[Schedule] = None) -> "SparseLinear":
-        """From an ``nn.Linear`` and a mask, or, with ``mask=None``, the weight's nonzeros."""
-        w = linear.weight.detach()
-        mask = (w != 0) if mask is None else (mask.to(w.device) != 0)
-        layer = cls(linear.in_features, linear.out_features, mask, linear.bias is not None,
-                    schedule, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            layer.values.copy_(w[mask])
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        layer.values.requires_grad_(linear.weight.requires_grad)
-        layer.train(linear.training)
-        return layer
+    def _rebuild_pattern(self):
+        raise NotImplementedError
 
-    def reset_parameters(self):
-        bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+    def _reset_uniform(self, fan_in: int):
+        """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for values and bias, as ``nn.Linear`` /
+        ``nn.Conv2d`` initialise (kaiming_uniform with a = sqrt(5) gives that bound)."""
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
         nn.init.uniform_(self.values, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
-
-    def _rebuild_pattern(self):
-        self._pattern = ops.SparsePattern(self.out_features, self.in_features,
-                                          self.indptr.cpu().numpy(), self.indices.cpu().numpy(),
-                                          self._schedule)
 
     # ------------------------------------------------------------ properties
     @property
@@ -127,24 +108,116 @@ class SparseLinear(nn.Module):
 
     @property
     def sparsity(self) -> float:
-        return 1.0 - self.nnz / max(1, self.in_features * self.out_features)
+        return 1.0 - self.nnz / max(1, self._rows * self._cols)
 
     def refresh(self):
         """Re-read the values at the next call (after writing them through ``.data``)."""
         self._pattern.refresh()
 
+    def _flat_mask(self) -> Tensor:
+        m = torch.zeros(self._rows * self._cols, dtype=torch.bool, device=self.values.device)
+        m[self._pattern.flat_index(self.values.device)] = True
+        return m
+
+    def _flat_dense_weight(self) -> Tensor:
+        flat = self.values.new_zeros(self._rows * self._cols)
+        return flat.index_put((self._pattern.flat_index(self.values.device),), self.values)
+
+    def _check_dtype(self, x: Tensor):
+        if x.dtype != self.values.dtype:
+            raise TypeError(f"{type(self).__name__} holds {self.values.dtype} values but the "
+                            f"input is {x.dtype}; convert one of them (e.g. layer.half())")
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (
+            x.requires_grad or self.values.requires_grad
+            or (self.bias is not None and self.bias.requires_grad))
+
+    def _use_custom_op(self, x: Tensor) -> bool:
+        """The dispatcher path when compiling or when autograd needs it; else the same kernel
+        called directly (no custom-op overhead)."""
+        return torch.compiler.is_compiling() or self._needs_grad(x)
+
+    # ------------------------------------------------------------ state
+    def get_extra_state(self):
+        return {"schedule": dataclasses.asdict(self._schedule)}
+
+    def set_extra_state(self, state):
+        self._schedule = Schedule(**state["schedule"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        indptr, indices = state_dict.get(prefix + "indptr"), state_dict.get(prefix + "indices")
+        if indptr is not None and indices is not None:
+            if tuple(indptr.shape) != (self._rows + 1,) or indices.dim() != 1:
+                error_msgs.append(
+                    f"{prefix}indptr/indices: shapes {tuple(indptr.shape)}/"
+                    f"{tuple(indices.shape)} do not describe a ({self._rows}, "
+                    f"{self._cols}) mask")
+                return
+            if indices.shape != self.indices.shape:    # another mask: resize to take it
+                self._buffers["indices"] = self.indices.new_empty(indices.shape)
+                self.values = nn.Parameter(self.values.new_empty(indices.shape),
+                                           requires_grad=self.values.requires_grad)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._rebuild_pattern()
+
+
+class SparseLinear(_SparseLayer):
+    """``y = x W^T + b`` with ``W`` (out x in) sparse under a frozen mask.
+
+    ``mask``: (out, in), nonzero = kept; ``None`` keeps every position (a placeholder to
+    ``load_state_dict`` a sparse layer into). Values and bias are initialised as in
+    ``nn.Linear``; use :meth:`from_linear` to convert a pruned layer.
+    """
+
+    def __init__(self, in_features: int, out_features: int, mask: Optional[Tensor] = None,
+                 bias: bool = True, schedule: Optional[Schedule] = None, device=None,
+                 dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._rows, self._cols = self.out_features, self.in_features
+        if mask is None:
+            mask = torch.ones(out_features, in_features, dtype=torch.bool)
+        if tuple(mask.shape) != (out_features, in_features):
+            raise ValueError(f"mask must have shape ({out_features}, {in_features}), "
+                             f"got {tuple(mask.shape)}")
+        self._init_sparse(mask, bias, schedule, device, dtype)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: Optional[Tensor] = None,
+                    schedule: Optional[Schedule] = None) -> "SparseLinear":
+        """From an ``nn.Linear`` and a mask, or, with ``mask=None``, the weight's nonzeros."""
+        w = linear.weight.detach()
+        mask = (w != 0) if mask is None else (mask.to(w.device) != 0)
+        layer = cls(linear.in_features, linear.out_features, mask, linear.bias is not None,
+                    schedule, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            layer.values.copy_(w[mask])
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.values.requires_grad_(linear.weight.requires_grad)
+        layer.train(linear.training)
+        return layer
+
+    def reset_parameters(self):
+        self._reset_uniform(self.in_features)
+
+    def _rebuild_pattern(self):
+        self._pattern = ops.SparsePattern(self.out_features, self.in_features,
+                                          self.indptr.cpu().numpy(), self.indices.cpu().numpy(),
+                                          self._schedule)
+
     def mask(self) -> Tensor:
         """The (out, in) boolean mask."""
-        m = torch.zeros(self.out_features * self.in_features, dtype=torch.bool,
-                        device=self.values.device)
-        m[self._pattern.flat_index(self.values.device)] = True
-        return m.view(self.out_features, self.in_features)
+        return self._flat_mask().view(self.out_features, self.in_features)
 
     def dense_weight(self) -> Tensor:
         """The masked dense weight (out, in); differentiable with respect to ``values``."""
-        flat = self.values.new_zeros(self.out_features * self.in_features)
-        flat = flat.index_put((self._pattern.flat_index(self.values.device),), self.values)
-        return flat.view(self.out_features, self.in_features)
+        return self._flat_dense_weight().view(self.out_features, self.in_features)
 
     def to_linear(self) -> nn.Linear:
         """An ``nn.Linear`` holding the masked dense weight (the dense reference)."""
@@ -161,48 +234,145 @@ class SparseLinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), "
                              f"got shape {tuple(x.shape)}")
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"SparseLinear holds {self.values.dtype} values but the input is "
-                            f"{x.dtype}; convert one of them (e.g. layer.half())")
+        self._check_dtype(x)
         lead = x.shape[:-1]
         X = x.reshape(-1, self.in_features)            # (N, in): a view when x allows it
-        spmm = ops.spmm if torch.compiler.is_compiling() or self._needs_grad(x) \
-            else ops.spmm_direct                       # same kernel, no dispatcher overhead
+        spmm = ops.spmm if self._use_custom_op(x) else ops.spmm_direct
         Yt = spmm(X.t(), self.values, self.bias, self.kernel_id)   # (out, N)
         return Yt.t().reshape(*lead, self.out_features)   # view: Y^T stored, Y returned
 
-    def _needs_grad(self, x: Tensor) -> bool:
-        return torch.is_grad_enabled() and (
-            x.requires_grad or self.values.requires_grad
-            or (self.bias is not None and self.bias.requires_grad))
-
-    # ------------------------------------------------------------ state
-    def get_extra_state(self):
-        return {"schedule": dataclasses.asdict(self._schedule)}
-
-    def set_extra_state(self, state):
-        self._schedule = Schedule(**state["schedule"])
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        indptr, indices = state_dict.get(prefix + "indptr"), state_dict.get(prefix + "indices")
-        if indptr is not None and indices is not None:
-            if tuple(indptr.shape) != (self.out_features + 1,) or indices.dim() != 1:
-                error_msgs.append(
-                    f"{prefix}indptr/indices: shapes {tuple(indptr.shape)}/"
-                    f"{tuple(indices.shape)} do not describe a ({self.out_features}, "
-                    f"{self.in_features}) mask")
-                return
-            if indices.shape != self.indices.shape:    # another mask: resize to take it
-                self._buffers["indices"] = self.indices.new_empty(indices.shape)
-                self.values = nn.Parameter(self.values.new_empty(indices.shape),
-                                           requires_grad=self.values.requires_grad)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        self._rebuild_pattern()
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, nnz={self.nnz}, sparsity={self.sparsity:.3f}, "
+                f"schedule={self._schedule!r}")
+
+
+def conv_padding(padding, kernel_size, dilation) -> Tuple[int, int]:
+    """``nn.Conv2d``'s padding as a symmetric pair: ints and pairs as given, ``'valid'`` as 0,
+    ``'same'`` as ``dilation * (k - 1) / 2`` per side. ``'same'`` with an even effective
+    kernel pads asymmetrically in PyTorch, which the sparse kernel does not: ValueError."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding != "same":
+            raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+        total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError(f"padding='same' with kernel {tuple(kernel_size)} and dilation "
+                             f"{tuple(dilation)} pads asymmetrically; SparseConv2d needs "
+                             "symmetric padding")
+        return (total[0] // 2, total[1] // 2)
+    return ops._pair(padding, "padding")
+
+
+class SparseConv2d(_SparseLayer):
+    """``nn.Conv2d`` (groups=1, zero padding) with its weight (C_out, C_in, kh, kw) sparse under
+    a frozen mask; the forward pass is the direct sparse convolution kernel.
+
+    ``values`` are the nonzeros in CSR order of the flattened (C_out, C_in*kh*kw) weight
+    (PyTorch's ``weight.reshape(C_out, -1)``); ``mask`` is (C_out, C_in, kh, kw) or that
+    flattened shape, nonzero = kept, ``None`` for a dense placeholder. The bias is fused into
+    the kernel's epilogue as a per-channel operand. Inputs (B, C_in, H, W) or (C_in, H, W), in
+    any strides (NCHW or channels_last); the output is contiguous NCHW.
+
+    Autograd: ``dx`` (a transposed convolution) and ``dvalues`` (the weight gradient at the
+    mask) are computed with dense PyTorch convolutions on the masked dense weight
+    (``torch.nn.grad.conv2d_input`` / ``conv2d_weight``); only the forward pass is sparse.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 mask: Optional[Tensor] = None, schedule: Optional[Schedule] = None,
+                 device=None, dtype=None):
+        super().__init__()
+        if groups != 1:
+            raise ValueError(f"SparseConv2d supports groups=1 only, got groups={groups}")
+        if padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got "
+                             f"{padding_mode!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = ops._pair(kernel_size, "kernel_size")
+        self.stride = ops._pair(stride, "stride")
+        self.dilation = ops._pair(dilation, "dilation")
+        self.padding = conv_padding(padding, self.kernel_size, self.dilation)
+        self.groups, self.padding_mode = 1, "zeros"
+        kh, kw = self.kernel_size
+        self._rows, self._cols = self.out_channels, self.in_channels * kh * kw
+        shape4 = (self.out_channels, self.in_channels, kh, kw)
+        if mask is None:
+            mask = torch.ones(shape4, dtype=torch.bool)
+        if tuple(mask.shape) not in (shape4, (self._rows, self._cols)):
+            raise ValueError(f"mask must have shape {shape4} or ({self._rows}, {self._cols}), "
+                             f"got {tuple(mask.shape)}")
+        self._init_sparse(mask.reshape(self._rows, self._cols), bias, schedule, device, dtype)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, mask: Optional[Tensor] = None,
+                    schedule: Optional[Schedule] = None) -> "SparseConv2d":
+        """From an ``nn.Conv2d`` and a mask, or, with ``mask=None``, the weight's nonzeros."""
+        w = conv.weight.detach()
+        mask = (w != 0) if mask is None else (mask.to(w.device) != 0)
+        if mask.dim() == 2:
+            mask = mask.reshape(w.shape)
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                    conv.padding_mode, mask, schedule, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            layer.values.copy_(w[mask])
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        layer.values.requires_grad_(conv.weight.requires_grad)
+        layer.train(conv.training)
+        return layer
+
+    def reset_parameters(self):
+        self._reset_uniform(self._cols)
+
+    def _rebuild_pattern(self):
+        kh, kw = self.kernel_size
+        self._pattern = ops.ConvPattern(self.out_channels, self.in_channels, kh, kw, self.stride,
+                                        self.padding, self.dilation, self.indptr.cpu().numpy(),
+                                        self.indices.cpu().numpy(), self._schedule)
+
+    @property
+    def weight_shape(self) -> Tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, *self.kernel_size)
+
+    def mask(self) -> Tensor:
+        """The (C_out, C_in, kh, kw) boolean mask."""
+        return self._flat_mask().view(self.weight_shape)
+
+    def dense_weight(self) -> Tensor:
+        """The masked dense weight (C_out, C_in, kh, kw); differentiable w.r.t. ``values``."""
+        return self._flat_dense_weight().view(self.weight_shape)
+
+    def to_conv2d(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` holding the masked dense weight (the dense reference)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, bias=self.bias is not None,
+                         device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ValueError(f"SparseConv2d expects input (B, {self.in_channels}, H, W) or "
+                             f"({self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        self._check_dtype(x)
+        X = x if x.dim() == 4 else x.unsqueeze(0)
+        conv = ops.sparse_conv2d if self._use_custom_op(x) else ops.sparse_conv2d_direct
+        Y = conv(X, self.values, self.bias, self.kernel_id)
+        return Y if x.dim() == 4 else Y.squeeze(0)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"bias={self.bias is not None}, nnz={self.nnz}, sparsity={self.sparsity:.3f}, "
                 f"schedule={self._schedule!r}")
 
@@ -248,13 +418,13 @@ def estimated_speedup(sparsity: float) -> float:
     return min(SPEEDUP_CAP, 1.0 / max(1e-9, 1.0 - sparsity))
 
 
-ScheduleArg = Union[None, Schedule, Callable[[str, nn.Linear], Optional[Schedule]]]
+ScheduleArg = Union[None, Schedule, Callable[[str, nn.Module], Optional[Schedule]]]
 
 
-def _schedule_for(schedule: ScheduleArg, name: str, linear: nn.Linear) -> Optional[Schedule]:
+def _schedule_for(schedule: ScheduleArg, name: str, module: nn.Module) -> Optional[Schedule]:
     if schedule is None or isinstance(schedule, Schedule):
         return schedule
-    return schedule(name, linear)
+    return schedule(name, module)
 
 
 def _tuned_schedule(layer: SparseLinear, N: int, tune_kwargs: dict) -> Schedule:
@@ -277,26 +447,29 @@ def _tuned_schedule(layer: SparseLinear, N: int, tune_kwargs: dict) -> Schedule:
 def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg = None,
              tune: bool = False, inplace: bool = True, tune_kwargs: Optional[dict] = None,
              tune_n: int = 128) -> Tuple[nn.Module, SparsifyReport]:
-    """Replace every ``nn.Linear`` whose weight is at least ``min_sparsity`` zeros by a
-    :class:`SparseLinear` (the zeros become the mask); leave everything else.
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` whose weight is at least ``min_sparsity``
+    zeros by a :class:`SparseLinear` / :class:`SparseConv2d` (the zeros become the mask);
+    leave everything else.
 
-    ``schedule``: one :class:`Schedule` for all layers, or ``f(name, linear) -> Schedule``.
-    ``tune=True`` picks each layer's schedule with ``sparsert_triton.tune.tune``, timed on
+    ``schedule``: one :class:`Schedule` for all layers, or ``f(name, module) -> Schedule``.
+    ``tune=True`` picks each Linear's schedule with ``sparsert_triton.tune.tune``, timed on
     the layer's device for ``tune_n`` rows of input (batch x sequence), keyword arguments in
-    ``tune_kwargs`` (e.g. ``budget_s``); the layers must then be on a GPU.
-    ``inplace=False`` works on a deep copy. Only exact
-    ``nn.Linear`` modules are replaced: subclasses (e.g. the output projection inside
-    ``nn.MultiheadAttention``, whose parent reads ``.weight`` directly) are reported and kept.
-    ``nn.Conv2d`` layers are reported and kept dense (no sparse convolution yet).
-    Returns ``(model, report)``.
+    ``tune_kwargs`` (e.g. ``budget_s``); the layers must then be on a GPU. The tuner times
+    matrix products only: convolutions keep ``schedule`` and their report row says
+    "not tuned". ``inplace=False`` works on a deep copy. Only exact ``nn.Linear`` /
+    ``nn.Conv2d`` modules are replaced: subclasses (e.g. the output projection inside
+    ``nn.MultiheadAttention``, whose parent reads ``.weight`` directly) are reported and kept,
+    and so are convolutions with ``groups > 1``, a ``padding_mode`` other than ``'zeros'`` or
+    asymmetric ``'same'`` padding. Returns ``(model, report)``.
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     if not inplace:
         model = copy.deepcopy(model)
     report = SparsifyReport()
-    if type(model) is nn.Linear or isinstance(model, nn.Conv2d):   # the model is one layer
-        new, row = _consider("", model, min_sparsity, schedule, tune, tune_kwargs or {}, tune_n)
+    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n)
+    if isinstance(model, (nn.Linear, nn.Conv2d)):   # the model is one layer
+        new, row = _consider("", model, *args)
         report.append(row)
         return new, report
     done = {}   # id(module) -> replacement (a module used twice is replaced once)
@@ -307,7 +480,7 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
                 if done[id(child)] is not child:
                     setattr(parent, child_name, done[id(child)])
                 continue
-            row = _consider(name, child, min_sparsity, schedule, tune, tune_kwargs or {}, tune_n)
+            row = _consider(name, child, *args)
             if row is None:
                 continue
             new, r = row
@@ -318,28 +491,47 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     return model, report
 
 
+def _conv_ineligible(conv: nn.Conv2d) -> Optional[str]:
+    """Why a Conv2d cannot become a SparseConv2d, or None."""
+    if conv.groups != 1:
+        return f"kept: groups={conv.groups} (groups=1 only)"
+    if conv.padding_mode != "zeros":
+        return f"kept: padding_mode={conv.padding_mode!r} ('zeros' only)"
+    try:
+        conv_padding(conv.padding, conv.kernel_size, conv.dilation)
+    except ValueError:
+        return "kept: asymmetric 'same' padding"
+    return None
+
+
 def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n):
     if isinstance(module, nn.Conv2d):
-        w = module.weight.detach()
-        s = float((w == 0).float().mean())
-        return module, LayerRow(name, "Conv2d", tuple(w.shape), s, "dense",
-                                "kept: no sparse convolution yet", None)
-    if not isinstance(module, nn.Linear):
+        kind, base, why = "Conv2d", nn.Conv2d, _conv_ineligible(module)
+    elif isinstance(module, nn.Linear):
+        kind, base, why = "Linear", nn.Linear, None
+    else:
         return None
     w = module.weight.detach()
     s = float((w == 0).float().mean()) if w.numel() else 0.0
     shape = tuple(w.shape)
-    if type(module) is not nn.Linear:
-        return module, LayerRow(name, type(module).__name__, shape, s, "dense",
-                                "kept: nn.Linear subclass", None)
-    if w.dtype not in WEIGHT_DTYPES:
-        return module, LayerRow(name, "Linear", shape, s, "dense",
-                                f"kept: {w.dtype} weights unsupported", None)
-    if s < min_sparsity:
-        return module, LayerRow(name, "Linear", shape, s, "dense",
-                                f"kept: sparsity < {min_sparsity:g}", None)
-    layer = SparseLinear.from_linear(module, schedule=_schedule_for(schedule, name, module))
-    if tune:
-        layer.schedule = _tuned_schedule(layer, tune_n, tune_kwargs)
+    if type(module) is not base:
+        why = f"kept: nn.{kind} subclass"
+        kind = type(module).__name__
+    elif why is None and w.dtype not in WEIGHT_DTYPES:
+        why = f"kept: {w.dtype} weights unsupported"
+    elif why is None and s < min_sparsity:
+        why = f"kept: sparsity < {min_sparsity:g}"
+    if why is not None:
+        return module, LayerRow(name, kind, shape, s, "dense", why, None)
+    layer_schedule = _schedule_for(schedule, name, module)
+    note = ""
+    if kind == "Linear":
+        layer = SparseLinear.from_linear(module, schedule=layer_schedule)
+        if tune:
+            layer.schedule = _tuned_schedule(layer, tune_n, tune_kwargs)
+    else:
+        layer = SparseConv2d.from_conv2d(module, schedule=layer_schedule)
+        if tune:
+            note = " (not tuned: the tuner times matmuls only)"
     plan = plan_for(layer.schedule, layer._pattern.base, 128, WEIGHT_DTYPES[w.dtype])
-    return layer, LayerRow(name, "Linear", shape, s, "sparse", plan.mode, estimated_speedup(s))
+    return layer, LayerRow(name, kind, shape, s, "sparse", plan.mode + note, estimated_speedup(s))

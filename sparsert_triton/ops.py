@@ -7,6 +7,16 @@ tensors plus that id, so a compiled graph holds only a constant int and the kern
     sparsert::spmm_t(G, values, id)             GX = W^T @ G                       (K, N)
     sparsert::spmm_grad_values(G, X, id)        GV = (G @ X^T)[mask]  (CSR order)  (nnz,)
 
+Convolutions (a :class:`ConvPattern`: the flattened (C_out, C_in*kh*kw) mask plus stride,
+padding and dilation)::
+
+    sparsert::sparse_conv2d(X, values, bias?, id)             Y  = conv2d(X, W) (+ bias)
+    sparsert::sparse_conv2d_grad_input(G, values, H, W, id)   GX = conv2d_transpose(G, W)
+    sparsert::sparse_conv2d_grad_values(G, X, id)             GV = dL/dW at the mask
+
+Only the forward convolution is a sparse kernel; its two gradients are dense PyTorch
+convolutions on the masked dense weight.
+
 ``W`` is the (M x K) matrix whose nonzeros are ``values`` (1-D, CSR order of the pattern) at the
 pattern's positions. ``X`` is (K, N) with any strides (a transposed view costs no copy).
 
@@ -24,6 +34,7 @@ code and only re-upload the values.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from typing import Optional
@@ -37,6 +48,7 @@ from dsl import Schedule
 
 from .api import SpecializedKernel, sparse_kernel
 from .compile import interpreting
+from .conv import ConvGeometry
 from .weights import SparseWeight, as_sparse_weight
 
 
@@ -283,3 +295,190 @@ def _backward(ctx, grad):
 
 
 spmm.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- convolutions
+#
+#   sparsert::sparse_conv2d(X, values, bias?, id)            Y  = conv2d(X, W) (+ bias)   (B, C_out, Ho, Wo)
+#   sparsert::sparse_conv2d_grad_input(G, values, H, W, id)  GX = conv2d^T(G, W)          (B, C_in, H, W)
+#   sparsert::sparse_conv2d_grad_values(G, X, id)            GV = dL/dW at the mask        (nnz,)
+#
+# ``W`` (C_out, C_in, kh, kw) is the masked weight whose flattening (C_out, C_in*kh*kw) has the
+# nonzeros ``values`` in CSR order. The forward pass is the direct sparse convolution kernel;
+# the backward pass uses dense PyTorch convolutions on the masked dense weight
+# (``torch.nn.grad.conv2d_input`` / ``conv2d_weight``, the latter gathered at the mask): the
+# input gradient of a convolution is a transposed convolution, which has no sparse kernel here.
+
+
+@functools.lru_cache(maxsize=None)
+def conv_program(stride, padding, dilation, with_bias: bool):
+    """The DSL program ``conv2d(W, X, ...) (+ bias)`` for one geometry."""
+    from dsl import conv2d
+    if with_bias:
+        def sparse_conv2d_bias(W, X, bias):
+            return conv2d(W, X, stride=stride, padding=padding, dilation=dilation) + bias
+        return sparse_kernel(sparse_conv2d_bias)
+
+    def sparse_conv2d_plain(W, X):
+        return conv2d(W, X, stride=stride, padding=padding, dilation=dilation)
+    return sparse_kernel(sparse_conv2d_plain)
+
+
+class ConvPattern(SparsePattern):
+    """A frozen convolution mask: the (C_out, C_in*kh*kw) CSR pattern of the flattened weight
+    plus the geometry (stride, padding, dilation; pairs of ints), registered like
+    :class:`SparsePattern`. Its forward kernel is the direct sparse convolution."""
+
+    def __init__(self, C_out: int, C_in: int, kh: int, kw: int, stride, padding, dilation,
+                 indptr, indices, schedule: Optional[Schedule] = None):
+        super().__init__(C_out, C_in * kh * kw, indptr, indices, schedule)
+        self.conv = ConvGeometry(int(C_in), int(kh), int(kw), _pair(stride, "stride"),
+                                 _pair(padding, "padding"), _pair(dilation, "dilation"))
+
+    @property
+    def weight_shape(self):
+        return (self.M, self.conv.C_in, self.conv.kh, self.conv.kw)
+
+    def __reduce__(self):
+        c = self.conv
+        return (ConvPattern, (self.M, c.C_in, c.kh, c.kw, c.stride, c.padding, c.dilation,
+                              self.indptr, self.indices, self.schedule))
+
+    def __repr__(self):
+        c = self.conv
+        return (f"<ConvPattern #{self.kernel_id}: {self.weight_shape}, stride={c.stride}, "
+                f"padding={c.padding}, dilation={c.dilation}, nnz={self.nnz}, {self.schedule!r}>")
+
+    def forward_kernel(self, values: Tensor, with_bias: bool) -> SpecializedKernel:
+        """The kernel for ``conv2d(X, W) (+ bias)`` with these values."""
+        c = self.conv
+        program = conv_program(c.stride, c.padding, c.dilation, with_bias)
+        return self._cached(("fwd", values.device, values.dtype, with_bias), values,
+                            lambda v: program.specialize(self.base.with_values(v), self.schedule,
+                                                         kernel_size=(c.C_in, c.kh, c.kw)))
+
+    def backward_kernel(self, values: Tensor) -> SpecializedKernel:
+        raise NotImplementedError("the input gradient of a sparse convolution is computed by "
+                                  "sparse_conv2d_grad_input (dense PyTorch)")
+
+    def dense_weight(self, values: Tensor) -> Tensor:
+        """The masked dense (C_out, C_in, kh, kw) weight holding ``values``."""
+        flat = values.new_zeros(self.M * self.K)
+        flat = flat.index_put((self.flat_index(values.device),), values)
+        return flat.view(self.weight_shape)
+
+    def output_shape(self, X_shape):
+        B, _, H, W = X_shape
+        Ho, Wo = self.conv.output_size(H, W)
+        return (B, self.M, Ho, Wo)
+
+
+def _pair(v, name):
+    t = (v, v) if isinstance(v, int) else tuple(int(e) for e in v)
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return t
+
+
+def conv_pattern(kernel_id: int) -> ConvPattern:
+    p = pattern(kernel_id)
+    if not isinstance(p, ConvPattern):
+        raise TypeError(f"kernel_id={kernel_id} is a {type(p).__name__}, not a ConvPattern")
+    return p
+
+
+def _check_conv(X: Tensor, values: Tensor, bias: Optional[Tensor], p: ConvPattern):
+    c = p.conv
+    if X.dim() != 4 or X.shape[1] != c.C_in:
+        raise ValueError(f"X must be (B, {c.C_in}, H, W), got shape {tuple(X.shape)}")
+    Ho, Wo = c.output_size(X.shape[2], X.shape[3])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"X of spatial size {tuple(X.shape[2:])} is smaller than the kernel "
+                         f"{c.kh}x{c.kw} (dilation {c.dilation}, padding {c.padding})")
+    if values.shape != (p.nnz,):
+        raise ValueError(f"values must have shape ({p.nnz},), got {tuple(values.shape)}")
+    if values.dtype != X.dtype:
+        raise TypeError(f"values are {values.dtype} but X is {X.dtype}; they must match")
+    if values.device != X.device:
+        raise ValueError(f"values are on {values.device} but X is on {X.device}")
+    if bias is not None:
+        if bias.shape != (p.M,):
+            raise ValueError(f"bias must have shape ({p.M},), got {tuple(bias.shape)}")
+        if bias.dtype != X.dtype or bias.device != X.device:
+            raise TypeError(f"bias must be {X.dtype} on {X.device}, got {bias.dtype} on "
+                            f"{bias.device}")
+    _check_device(X, "X")
+
+
+def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
+                         kernel_id: int) -> Tensor:
+    """What :func:`sparse_conv2d` runs, without the dispatcher (eager calls without autograd)."""
+    p = conv_pattern(kernel_id)
+    _check_conv(X, values, bias, p)
+    k = p.forward_kernel(values, bias is not None)
+    return k(X, bias) if bias is not None else k(X)
+
+
+@torch.library.custom_op("sparsert::sparse_conv2d", mutates_args=())
+def sparse_conv2d(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
+    """``conv2d(X, W) (+ bias per channel)`` for the pattern ``kernel_id``; X (B, C_in, H, W)
+    in any strides (NCHW or channels_last), the result (B, C_out, Ho, Wo) contiguous NCHW."""
+    return sparse_conv2d_direct(X, values, bias, kernel_id)
+
+
+@sparse_conv2d.register_fake
+def _sparse_conv2d_fake(X, values, bias, kernel_id):
+    p = conv_pattern(kernel_id)
+    _check_conv(X, values, bias, p)
+    return X.new_empty(p.output_shape(X.shape))
+
+
+@torch.library.custom_op("sparsert::sparse_conv2d_grad_input", mutates_args=())
+def sparse_conv2d_grad_input(G: Tensor, values: Tensor, H: int, W: int,
+                             kernel_id: int) -> Tensor:
+    """The input gradient: the transposed convolution of ``G`` (B, C_out, Ho, Wo) with the
+    masked dense weight, for an input of spatial size (H, W) (dense PyTorch)."""
+    p = conv_pattern(kernel_id)
+    c = p.conv
+    return torch.nn.grad.conv2d_input((G.shape[0], c.C_in, H, W), p.dense_weight(values), G,
+                                      c.stride, c.padding, c.dilation)
+
+
+@sparse_conv2d_grad_input.register_fake
+def _sparse_conv2d_grad_input_fake(G, values, H, W, kernel_id):
+    p = conv_pattern(kernel_id)
+    return G.new_empty((G.shape[0], p.conv.C_in, H, W))
+
+
+@torch.library.custom_op("sparsert::sparse_conv2d_grad_values", mutates_args=())
+def sparse_conv2d_grad_values(G: Tensor, X: Tensor, kernel_id: int) -> Tensor:
+    """The gradient of ``values``: the dense weight gradient (``conv2d_weight``, the cost of
+    ``nn.Conv2d``'s) gathered at the mask, CSR order."""
+    p = conv_pattern(kernel_id)
+    c = p.conv
+    dense = torch.nn.grad.conv2d_weight(X, p.weight_shape, G, c.stride, c.padding, c.dilation)
+    return dense.reshape(-1).index_select(0, p.flat_index(G.device))
+
+
+@sparse_conv2d_grad_values.register_fake
+def _sparse_conv2d_grad_values_fake(G, X, kernel_id):
+    return G.new_empty((conv_pattern(kernel_id).nnz,))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    X, values, bias, kernel_id = inputs
+    ctx.kernel_id = kernel_id
+    ctx.input_hw = (X.shape[2], X.shape[3])
+    ctx.save_for_backward(X, values)
+
+
+def _conv_backward(ctx, grad):
+    X, values = ctx.saved_tensors
+    gx = (sparse_conv2d_grad_input(grad, values, ctx.input_hw[0], ctx.input_hw[1], ctx.kernel_id)
+          if ctx.needs_input_grad[0] else None)
+    gv = sparse_conv2d_grad_values(grad, X, ctx.kernel_id) if ctx.needs_input_grad[1] else None
+    gb = grad.sum(dim=(0, 2, 3)) if ctx.needs_input_grad[2] else None
+    return gx, gv, gb, None
+
+
+sparse_conv2d.register_autograd(_conv_backward, setup_context=_conv_setup_context)

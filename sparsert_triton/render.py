@@ -286,39 +286,66 @@ def _table_x_tile(b: Buffer, low: Lowered):
 
 
 def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
+    (_render_table_union if low.plan.use_dot else _render_table_rows)(b, k, low)
+
+
+def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
+    p, sig = low.plan, low.signature
+    R, U, BN = p.rows_per_program, p.chunk, p.block_n
+    ops = operand_params(sig, low.conv is not None)
+    acc_t = TL_DTYPES[sig.acc_dtype]
+    b("@triton.jit")
+    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
+        b(f'"""acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row\'s segment; the program\'s '
+          f'{R} row(s) run in turn, so X rows they share are re-read from L1."""')
+        b("g = tl.program_id(0)")
+        b("pid_n = tl.program_id(1)")
+        _tile(b, low, taps=False)
+        with b.indent(f"for r in tl.static_range({R}):"):
+            b(f"slot = g * {R} + r")
+            b("row = tl.load(ROWS + slot)")
+            b("start = tl.load(STARTS + slot)")
+            b("end = start + tl.load(LENGTHS + slot)")
+            b(f"acc = tl.zeros([{BN}], {acc_t})")
+            with b.indent(f"for j in range(start, end, {U}):"):
+                with b.indent(f"for t in tl.static_range({U}):"):
+                    b("k = j + t")
+                    b("c = tl.load(COLS + k)")
+                    _table_x_load(b, low, acc_t)
+                    b(f"acc += tl.load(VALS + k).to({acc_t}) * x")
+            with b.indent("if row >= 0:"):
+                args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
+                b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
+                  "mask=nmask)")
+    b()
+
+
+def _render_table_union(b: Buffer, k: TableKernel, low: Lowered):
     p, sig = low.plan, low.signature
     R, U, BN = p.rows_per_program, p.chunk, p.block_n
     ops = operand_params(sig, low.conv is not None)
     b("@triton.jit")
     with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
-        b(f'"""acc[r, n] = sum_j VALS[j, r] * X[COLS[j], n] over the group\'s column union."""')
+        b(f'"""acc[r, n] = sum_j VALS[j, r] * X[COLS[j], n] over the group\'s column union, '
+          f'as ({R} x {U}) @ ({U} x {BN}) products."""')
         b("g = tl.program_id(0)")
         b("pid_n = tl.program_id(1)")
         _tile(b, low, taps=False)
         b(f"r = tl.arange(0, {R})")
         b(f"rows = tl.load(ROWS + g * {R} + r)")
-        if p.use_dot:
-            b(f"u = tl.arange(0, {U})")
+        b(f"u = tl.arange(0, {U})")
         b("start = tl.load(STARTS + g)")
         b("end = start + tl.load(LENGTHS + g)")
         acc_t = TL_DTYPES[sig.acc_dtype]
         b(f"acc = tl.zeros([{R}, {BN}], {acc_t})")
         with b.indent(f"for j in range(start, end, {U}):"):
-            if p.use_dot:
-                b("k = j + u")
-                b("kmask = k < end")
-                b("cols = tl.load(COLS + k)")
-                _table_x_tile(b, low)
-                b(f"w = tl.load(VALS + k[None, :] * {R} + r[:, None])")
-                prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
-                b(f'acc += tl.dot(w.to(x.dtype), x, input_precision="{prec}")')
-            else:   # outer products: one X row feeds every row of the group, no reductions
-                with b.indent(f"for t in tl.static_range({U}):"):
-                    b("k = j + t")
-                    b("c = tl.load(COLS + k)")
-                    _table_x_load(b, low, acc_t)
-                    b(f"w = tl.load(VALS + k * {R} + r).to({acc_t})")
-                    b("acc += w[:, None] * x[None, :]")
+            b("k = j + u")
+            b("kmask = k < end")
+            b("cols = tl.load(COLS + k)")
+            _table_x_tile(b, low)
+            b(f"w = tl.load(VALS + k[None, :] * {R} + r[:, None])")
+            prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
+            b(f'acc += tl.dot(w.to(x.dtype), x, input_precision="{prec}")')
         args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
                          + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
         b(f"out = _epilogue({args})")
@@ -341,7 +368,7 @@ def render(low: Lowered, header: str = "") -> str:
     b("import triton.language as tl")
     b()
     table = isinstance(low.kernels[0], TableKernel)
-    render_helpers(b, low, table)
+    render_helpers(b, low, table and low.plan.use_dot)   # tile epilogue only for the dot kernel
     for k in low.kernels:
         (render_table_kernel if table else render_unrolled_kernel)(b, k, low)
     return b.text()

@@ -54,17 +54,21 @@ class Unrolled:
 
 @dataclass(frozen=True)
 class Table:
-    """Layout of the table mode (buffers for a loop kernel)."""
-    rows: np.ndarray       # int32 [G * R], -1 pads
-    starts: np.ndarray     # int32 [G + 1], padded offsets into cols
-    lengths: np.ndarray    # int32 [G], real union length per group
-    cols: np.ndarray       # int32 [total]
-    values: np.ndarray     # float64 [total * R]: values[j * R + r]
-    value_index: np.ndarray  # int64 [total * R]: CSR index feeding each slot, -1 for zero
+    """Layout of the table mode (buffers for a loop kernel).
 
-    @property
-    def groups(self) -> int:
-        return int(self.lengths.shape[0])
+    ``per_row`` (the scalar-FMA kernel): each of the G * R row slots has its own segment
+    ``[starts[s], starts[s] + lengths[s])`` of ``cols``/``values`` (its CSR row); a program runs
+    its R rows one after another, so X rows it re-reads come from L1. Otherwise (the ``tl.dot``
+    kernel): per group, the sorted union of its rows' columns, padded to ``chunk``, and a dense
+    (union x R) block of values, ``values[j * R + r]``."""
+    rows: np.ndarray         # int32 [G * R], -1 pads
+    starts: np.ndarray       # int32: per slot (per_row) or per group [G + 1] (union)
+    lengths: np.ndarray      # int32: nonzeros per slot (per_row) or union length per group
+    cols: np.ndarray         # int32, padded by at least one chunk
+    values: np.ndarray       # float64, aligned with value_index
+    value_index: np.ndarray  # int64: CSR index feeding each entry, -1 for a padding zero
+    groups: int
+    per_row: bool
 
 
 def row_order(weight: SparseWeight, plan: Plan) -> np.ndarray:
@@ -165,6 +169,34 @@ def specialise_unrolled(weight: SparseWeight, plan: Plan) -> Unrolled:
 
 
 def specialise_table(weight: SparseWeight, plan: Plan) -> Table:
+    return (_table_union if plan.use_dot else _table_rows)(weight, plan)
+
+
+def _table_rows(weight: SparseWeight, plan: Plan) -> Table:
+    R, U = plan.rows_per_program, plan.chunk
+    groups = [list(rows) for rows in _group_rows(weight, plan)]
+    nnz = weight.row_nnz
+    if plan.row_order != "given":   # heavy programs first: a shorter tail
+        groups.sort(key=lambda rows: -int(sum(nnz[r] for r in rows)))
+    G = len(groups)
+    rows_buf = np.full(G * R, -1, np.int32)
+    lengths = np.zeros(G * R, np.int32)
+    for g, rows in enumerate(groups):
+        rows_buf[g * R:g * R + len(rows)] = rows
+        lengths[g * R:g * R + len(rows)] = nnz[rows]
+    starts = np.zeros(G * R, np.int32)
+    starts[1:] = np.cumsum(lengths)[:-1]
+    segments = [np.arange(weight.indptr[r], weight.indptr[r + 1]) for r in rows_buf if r >= 0]
+    value_index = np.concatenate(segments + [np.full(U, -1, np.int64)])
+    hit = value_index >= 0
+    cols = np.zeros(value_index.shape[0], np.int32)
+    cols[hit] = weight.indices[value_index[hit]]
+    values = np.zeros(value_index.shape[0], np.float64)
+    values[hit] = weight.values[value_index[hit]]
+    return Table(rows_buf, starts, lengths, cols, values, value_index, G, True)
+
+
+def _table_union(weight: SparseWeight, plan: Plan) -> Table:
     R, U = plan.rows_per_program, plan.chunk
     groups = []
     for rows in _group_rows(weight, plan):
@@ -195,7 +227,7 @@ def specialise_table(weight: SparseWeight, plan: Plan) -> Table:
     values = np.zeros(total * R, np.float64)
     hit = value_index >= 0
     values[hit] = weight.values[value_index[hit]]
-    return Table(rows_buf, starts, lengths, col_buf, values, value_index)
+    return Table(rows_buf, starts, lengths, col_buf, values, value_index, G, False)
 
 
 def specialise(weight: SparseWeight, plan: Plan):

@@ -15,31 +15,31 @@ def _silu(x):
     return x * tl.sigmoid(x)
 
 @triton.jit
-def _epilogue(acc, row, rmask, offs_n, nmask, op_bias, op_bias_s):
+def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, op_bias_s):
     """relu((W @ X + bias)) (in float32)"""
-    return tl.maximum((acc + tl.load(op_bias + row * op_bias_s, mask=rmask, other=0.0).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.maximum((acc + tl.load(op_bias + row * op_bias_s).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 @triton.jit
 def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, N):
-    """acc[r, n] = sum_j VALS[j, r] * X[COLS[j], n] over the group's column union."""
+    """acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's segment; the program's 2 row(s) run in turn, so X rows they share are re-read from L1."""
     g = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_n = pid_n * 64 + tl.arange(0, 64)
     nmask = offs_n < N
     xp = X + offs_n * sxn
     yo = offs_n * syn
-    r = tl.arange(0, 2)
-    rows = tl.load(ROWS + g * 2 + r)
-    start = tl.load(STARTS + g)
-    end = start + tl.load(LENGTHS + g)
-    acc = tl.zeros([2, 64], tl.float32)
-    for j in range(start, end, 4):
-        for t in tl.static_range(4):
-            k = j + t
-            c = tl.load(COLS + k)
-            x = tl.load(xp + c * sxk, mask=nmask & (offs_n * 0 + k < end), other=0.0).to(tl.float32)
-            w = tl.load(VALS + k * 2 + r).to(tl.float32)
-            acc += w[:, None] * x[None, :]
-    out = _epilogue(acc, rows[:, None], (rows >= 0)[:, None], offs_n[None, :], nmask[None, :], op_bias, op_bias_s)
-    tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), mask=(rows >= 0)[:, None] & nmask[None, :])
+    for r in tl.static_range(2):
+        slot = g * 2 + r
+        row = tl.load(ROWS + slot)
+        start = tl.load(STARTS + slot)
+        end = start + tl.load(LENGTHS + slot)
+        acc = tl.zeros([64], tl.float32)
+        for j in range(start, end, 4):
+            for t in tl.static_range(4):
+                k = j + t
+                c = tl.load(COLS + k)
+                x = tl.load(xp + c * sxk, mask=nmask & (offs_n * 0 + k < end), other=0.0).to(tl.float32)
+                acc += tl.load(VALS + k).to(tl.float32) * x
+        if row >= 0:
+            tl.store(Y + row * sym + yo, _epilogue(acc, row, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
