@@ -21,23 +21,23 @@ from sparsert_triton.dlmc import read_smtx
 S = Schedule
 # (model, sparsity, name, N, [schedules])
 PLAN = [
-    ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136, [
-        S(mode="values", rows_per_program=r, block_n=b) for r in (16, 32, 64) for b in (64, 128)
-    ] + [S(mode="values", rows_per_program=64, block_n=128, num_warps=2),
-         S(mode="indices", rows_per_program=64, block_n=64)]
-      + [S(mode="table", rows_per_program=r, chunk=c, block_n=128, row_order="nnz")
-         for r in (1, 4) for c in (4, 8)]),
-    ("rn50", "0.98", "bottleneck_1_block_group1_1_1", 3136, [
-        S(mode="values", rows_per_program=64, block_n=b) for b in (128, 256)
-    ] + [S(mode="table", rows_per_program=1, chunk=8, block_n=128)]),
-    ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196, [
-        S(mode="table", rows_per_program=r, chunk=8, block_n=b) for r in (1, 4) for b in (64, 256)
-    ] + [S(mode="values", rows_per_program=64, block_n=64)]),
-    ("transformer", "0.98", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
-        S(mode="values", rows_per_program=64, block_n=128), S(mode="table", rows_per_program=1, chunk=8, block_n=128)]),
+    # next session: per-row table kernels with many rows per program (L1 reuse of X rows),
+    # unrolled kernels with column loops (instruction-cache reuse); baselines from this session's
+    # best schedules for comparison
     ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
-        S(mode="table", rows_per_program=r, chunk=8, block_n=b) for r in (1, 4, 8) for b in (64, 128)
-    ] + [S(mode="values", rows_per_program=64, block_n=64)]),
+        S(mode="table", rows_per_program=r, chunk=4, block_n=b, num_warps=w)
+        for r in (1, 16, 64) for (b, w) in ((64, 2), (128, 4))
+    ]),
+    ("transformer", "0.98", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
+        S(mode="table", rows_per_program=r, chunk=4, block_n=128) for r in (1, 16, 64)
+    ] + [S(mode="values", rows_per_program=64, block_n=128, column_programs=c) for c in (0, 2, 4)]),
+    ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136, [
+        S(mode="values", rows_per_program=32, block_n=128, column_programs=c) for c in (0, 4, 8)
+    ] + [S(mode="table", rows_per_program=r, chunk=4, block_n=128) for r in (1, 8, 32)]),
+    ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196, [
+        S(mode="table", rows_per_program=r, chunk=4, block_n=b, num_warps=w)
+        for r in (1, 8, 32) for (b, w) in ((64, 2), (256, 4))
+    ]),
 ]
 
 
