@@ -178,18 +178,15 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     bn_main = min(128, bns[-1])
     first, second, third = [heuristic(w, N, d)], [], []
 
-    # table mode, scalar FMAs: (rows, chunk); the (rows x chunk x block_n) product lives in
-    # registers, so big tiles get 8 warps and bigger ones are left out
-    for i, (R, U) in enumerate([(1, 16), (4, 16), (1, 32), (1, 8), (2, 16), (4, 8), (8, 8)]):
+    # table mode, scalar FMAs: a program runs its R rows in turn (per-row segments), so its
+    # accumulator is one block_n vector; block_n below 32 * num_warps idles threads (H100:
+    # block_n 64 with 4 warps ran 2x slower than 128), so small tiles get fewer warps
+    for i, (R, U) in enumerate([(1, 4), (8, 4), (32, 4), (1, 8), (64, 4), (16, 8)]):
         for bn in bns:
-            size = R * U * bn
-            if size > 16384:
-                continue
-            s = Schedule(mode="table", rows_per_program=R, chunk=U, block_n=bn,
-                         row_order="nnz" if R == 1 else "cluster",
-                         num_warps=4 if size <= 8192 else 8)
+            s = Schedule(mode="table", rows_per_program=R, chunk=U, block_n=bn, row_order="nnz",
+                         num_warps=max(1, min(4, bn // 32)))
             (first if i < 3 and bn == bn_main else second).append(s)
-    second.append(Schedule(mode="table", rows_per_program=1, chunk=16, block_n=bn_main,
+    second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
                            row_order="nnz", num_warps=4, num_stages=3))
 
     # table mode on tensor cores (half dtypes)
@@ -213,6 +210,9 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     for bn in bns:
         if bn != bn_main:
             unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn, row_order="cluster"))
+    # programs that loop over several column tiles (instruction-cache reuse)
+    unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn_main,
+                             row_order="cluster", column_programs=4))
     # another compile-unit size (noinline functions per program)
     unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn_main, row_order="cluster",
                              max_statements_per_function=1024))
