@@ -110,7 +110,7 @@ class Net(nn.Module):
         super().__init__()
         self.fc1 = pruned_linear(IN, 32, 0.9, seed=5)      # replaced
         self.fc2 = pruned_linear(32, 32, 0.1, seed=6)      # kept: not sparse enough
-        self.conv = nn.Conv2d(1, 1, 1)                     # kept: no sparse convolution
+        self.conv = nn.Conv2d(1, 1, 1)                     # kept: dense (sparsity 0)
         self.blocks = nn.Sequential(nn.ReLU(), pruned_linear(32, OUT, 0.6, seed=7))
 
     def forward(self, x):
