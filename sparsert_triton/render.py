@@ -134,18 +134,24 @@ def render_helpers(b: Buffer, low: Lowered, table: bool):
 
 # ---------------------------------------------------------------- unrolled modes
 
+def cvt(dtype: str, sig) -> str:
+    """``.to(accumulator type)``, or nothing when ``dtype`` already is it."""
+    return "" if dtype == sig.acc_dtype else f".to({TL_DTYPES[sig.acc_dtype]})"
+
+
 def render_load(b: Buffer, s: LoadX, acc: str, conv=None):
     if conv is None:
-        b(f"{s.var} = tl.load(xp + {s.col} * sxk, mask=nmask, other=0.0).to({acc})")
+        off = "xp" if s.col == 0 else f"xp + {s.col} * sxk"
+        b(f"{s.var} = tl.load({off}, mask=nmask, other=0.0){acc}")
         return
     c, dy, dx = conv.tap(s.col)
     oy, ox = dy * conv.dilation[0], dx * conv.dilation[1]
     b(f"{s.var} = tl.load(xp + ({c} * sxc + {oy} * sxh + {ox} * sxw), "
-      f"mask=nmask & vy{dy} & vx{dx}, other=0.0).to({acc})")
+      f"mask=nmask & vy{dy} & vx{dx}, other=0.0){acc}")
 
 
 def render_fma(b: Buffer, s: Fma, acc: str):
-    w = lit(s.value) if s.value is not None else f"tl.load(V + {s.value_index}).to({acc})"
+    w = lit(s.value) if s.value is not None else f"tl.load(V + {s.value_index}){acc}"
     b(f"{s.acc} = {s.var} * {w}" if s.first else f"{s.acc} += {s.var} * {w}")
 
 
@@ -197,14 +203,14 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
     b("@triton.jit(noinline=True)")
     with b.indent(f"def {fn.name}({_fn_params(low)}):"):
         _tile(b, low)
-        acc = TL_DTYPES[low.signature.acc_dtype]
+        sig = low.signature
         for s in fn.body:
             if isinstance(s, Store):
                 render_store(b, s, low)
             elif isinstance(s, LoadX):
-                render_load(b, s, acc, low.conv)
+                render_load(b, s, cvt(sig.x_dtype, sig), low.conv)
             else:
-                render_fma(b, s, acc)
+                render_fma(b, s, cvt(sig.w_dtype, sig))
     b()
 
 
@@ -252,19 +258,20 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
 
 # ---------------------------------------------------------------- table mode
 
-def _table_x_load(b: Buffer, low: Lowered, acc_t: str):
+def _table_x_load(b: Buffer, low: Lowered):
     """One X row per nonzero (outer-product path): ``x`` for column ``c`` of step ``k``."""
     g = low.conv
     valid = "nmask & (offs_n * 0 + k < end)"
     if g is None:
-        b(f"x = tl.load(xp + c * sxk, mask={valid}, other=0.0).to({acc_t})")
+        b(f"x = tl.load(xp + c * sxk, mask={valid}, other=0.0){cvt(low.signature.x_dtype, low.signature)}")
         return
     (dh, dw), khw = g.dilation, g.kh * g.kw
     b(f"ci = c // {khw}")
     b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
     b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
     b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask={valid} & (iy0 >= -dy) & "
-      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0).to({acc_t})")
+      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0)"
+      f"{cvt(low.signature.x_dtype, low.signature)}")
 
 
 def _table_x_tile(b: Buffer, low: Lowered):
@@ -311,8 +318,8 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
                 with b.indent(f"for t in tl.static_range({U}):"):
                     b("k = j + t")
                     b("c = tl.load(COLS + k)")
-                    _table_x_load(b, low, acc_t)
-                    b(f"acc += tl.load(VALS + k).to({acc_t}) * x")
+                    _table_x_load(b, low)
+                    b(f"acc += tl.load(VALS + k){cvt(sig.w_dtype, sig)} * x")
             with b.indent("if row >= 0:"):
                 args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
                 b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "

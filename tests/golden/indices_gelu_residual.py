@@ -25,12 +25,12 @@ def _g0_p0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, 
     nmask = offs_n < N
     xp = X + offs_n * sxn
     yo = offs_n * syn
-    x0 = tl.load(xp + 0 * sxk, mask=nmask, other=0.0).to(tl.float32)
-    a1 = x0 * tl.load(V + 0).to(tl.float32)
-    x1 = tl.load(xp + 1 * sxk, mask=nmask, other=0.0).to(tl.float32)
-    a0 = x1 * tl.load(V + 1).to(tl.float32)
-    x2 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0).to(tl.float32)
-    a1 += x2 * tl.load(V + 2).to(tl.float32)
+    x0 = tl.load(xp, mask=nmask, other=0.0)
+    a1 = x0 * tl.load(V + 0)
+    x1 = tl.load(xp + 1 * sxk, mask=nmask, other=0.0)
+    a0 = x1 * tl.load(V + 1)
+    x2 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0)
+    a1 += x2 * tl.load(V + 2)
     tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn).to(Y.dtype.element_ty), mask=nmask)
     tl.store(Y + 1 * sym + yo, _epilogue(a1, 1, 0, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn).to(Y.dtype.element_ty), mask=nmask)
 

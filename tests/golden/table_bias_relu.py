@@ -38,8 +38,8 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
             for t in tl.static_range(4):
                 k = j + t
                 c = tl.load(COLS + k)
-                x = tl.load(xp + c * sxk, mask=nmask & (offs_n * 0 + k < end), other=0.0).to(tl.float32)
-                acc += tl.load(VALS + k).to(tl.float32) * x
+                x = tl.load(xp + c * sxk, mask=nmask & (offs_n * 0 + k < end), other=0.0)
+                acc += tl.load(VALS + k) * x
         if row >= 0:
             tl.store(Y + row * sym + yo, _epilogue(acc, row, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 

@@ -25,9 +25,9 @@ def _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     nmask = offs_n < N
     xp = X + offs_n * sxn
     yo = offs_n * syn
-    x0 = tl.load(xp + 0 * sxk, mask=nmask, other=0.0).to(tl.float32)
+    x0 = tl.load(xp, mask=nmask, other=0.0)
     a0 = x0 * 0.5
-    x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0).to(tl.float32)
+    x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0)
     a0 += x1 * -1.25
     tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
@@ -45,11 +45,11 @@ def _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     nmask = offs_n < N
     xp = X + offs_n * sxn
     yo = offs_n * syn
-    x0 = tl.load(xp + 0 * sxk, mask=nmask, other=0.0).to(tl.float32)
+    x0 = tl.load(xp, mask=nmask, other=0.0)
     a0 = x0 * 2.0
-    x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0).to(tl.float32)
+    x1 = tl.load(xp + 2 * sxk, mask=nmask, other=0.0)
     a0 += x1 * 0.75
-    x2 = tl.load(xp + 3 * sxk, mask=nmask, other=0.0).to(tl.float32)
+    x2 = tl.load(xp + 3 * sxk, mask=nmask, other=0.0)
     a0 += x2 * 3.0
     tl.store(Y + 2 * sym + yo, _epilogue(a0, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
