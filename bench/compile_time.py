@@ -6,8 +6,9 @@
 
 For each size a random M x K mask with about ``nnz`` nonzeros is specialised, generated
 (``gen_s``: specialise + lower + render + store + import) and compiled ahead of time for an
-sm_90 target with ``sparsert_triton.compile.precompile`` (``compile_s``, one core, kernels in
-sequence). ``statements`` counts the straight-line statements (nnz FMAs + X-row loads), the
+sm_90 target with ``sparsert_triton.compile.precompile_variant`` (``compile_s``, one core,
+kernels in sequence), through the trimmed pipeline of ``sparsert_triton.fastpasses`` ("fast")
+and/or Triton's own ("full"). ``statements`` counts the straight-line statements (nnz FMAs + X-row loads), the
 quantity compile time is linear in; the script prints the least-squares fit
 ``compile_s = a + b * statements`` that ``sparsert_triton.tune`` uses to prune
 (``COMPILE_S_PER_STATEMENT``). A fresh cache folder is used unless ``--cache-dir`` is given.
@@ -16,24 +17,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-COLUMNS = ["mode", "M", "K", "nnz", "rows_per_program", "statements", "kernels", "gen_s",
+COLUMNS = ["pipeline", "mode", "M", "K", "nnz", "rows_per_program", "statements", "kernels", "gen_s",
            "compile_s", "ms_per_statement"]
-TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
-
-def kernel_signature(dtype: str) -> dict:
-    """Triton types of every parameter a generated kernel of the plain program may take."""
-    t = TRITON_TYPES[dtype]
-    sig = {"X": f"*{t}", "V": f"*{t}", "Y": f"*{t}", "VALS": f"*{t}", "ROWS": "*i32",
-           "STARTS": "*i32", "LENGTHS": "*i32", "COLS": "*i32", "N": "i32"}
-    sig.update({s: "i32" for s in ("sxk", "sxn", "sym", "syn")})
-    return sig
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 def random_weight(M: int, K: int, nnz: int, dtype: str, seed: int = 0):
@@ -49,11 +42,11 @@ def random_weight(M: int, K: int, nnz: int, dtype: str, seed: int = 0):
 
 
 def measure(mode: str, M: int, K: int, nnz: int, rows_per_program: int, dtype: str,
-            block_n: int = 128, num_warps: int = 4) -> dict:
+            block_n: int = 128, num_warps: int = 4, pipeline: str = "fast") -> dict:
     import torch
     from dsl import Schedule
     from sparsert_triton import sparse_kernel
-    from sparsert_triton.compile import precompile
+    from sparsert_triton.compile import precompile_variant
     from sparsert_triton.plan import Signature
     from sparsert_triton.specialise import specialise
 
@@ -68,14 +61,14 @@ def measure(mode: str, M: int, K: int, nnz: int, rows_per_program: int, dtype: s
     layout = specialise(w, plan)
     statements = sum(p.statements for g in layout.groups for p in g.parts)
     t0 = time.perf_counter()
-    v = k.variant(Signature(dtype, dtype, dtype, ()), 1024, torch.device("cpu"))
+    sig = Signature(dtype, dtype, dtype, ())
+    v = k.variant(sig, 1024, torch.device("cpu"))
     t1 = time.perf_counter()
-    names = [getattr(getattr(f, "fn", f), "__name__") for f, _ in v.kernels]
-    precompile(v.path, v.key, names, kernel_signature(dtype),
-               options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
+    compiled = precompile_variant(v, sig, fast=pipeline == "fast")
     t2 = time.perf_counter()
-    return {"mode": mode, "M": M, "K": K, "nnz": w.nnz, "rows_per_program": rows_per_program,
-            "statements": statements, "kernels": len(names), "gen_s": round(t1 - t0, 3),
+    return {"pipeline": pipeline, "mode": mode, "M": M, "K": K, "nnz": w.nnz,
+            "rows_per_program": rows_per_program,
+            "statements": statements, "kernels": len(compiled), "gen_s": round(t1 - t0, 3),
             "compile_s": round(t2 - t1, 3), "ms_per_statement": round(1e3 * (t2 - t1) / statements, 3)}
 
 
@@ -97,9 +90,11 @@ def main(argv=None):
     ap.add_argument("--K", type=int, default=1024)
     ap.add_argument("--modes", default="values,indices")
     ap.add_argument("--rows-per-program", type=int, default=8)
-    ap.add_argument("--dtype", default="float32", choices=sorted(TRITON_TYPES))
+    ap.add_argument("--dtype", default="float32", choices=DTYPES)
     ap.add_argument("--out", default="bench/results/compile_time.csv")
     ap.add_argument("--cache-dir", help="sparsert cache (default: a fresh temporary folder)")
+    ap.add_argument("--pipelines", default="fast",
+                    help="comma list: fast (sparsert_triton.fastpasses), full (Triton's own)")
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.nnz.split(",") if s]
     modes = a.modes.split(",")
@@ -111,17 +106,18 @@ def main(argv=None):
     os.environ.pop("TRITON_INTERPRET", None)        # compile for real (sm_90 target)
     os.environ["SPARSERT_CACHE_DIR"] = a.cache_dir or tempfile.mkdtemp(prefix="sparsert-compile-")
     rows = []
-    print(f"{'mode':8} {'nnz':>7} {'stmts':>7} {'kernels':>7} {'gen_s':>7} {'compile_s':>9} {'ms/stmt':>8}")
-    for mode in modes:
-        for n in sizes:
-            r = measure(mode, a.M, a.K, n, a.rows_per_program, a.dtype)
-            rows.append(r)
-            print(f"{r['mode']:8} {r['nnz']:7d} {r['statements']:7d} {r['kernels']:7d} {r['gen_s']:7.2f} "
-                  f"{r['compile_s']:9.2f} {r['ms_per_statement']:8.3f}", flush=True)
-    for mode in modes:
-        sel = [r for r in rows if r["mode"] == mode]
-        a0, b = fit(sel)
-        print(f"fit {mode}: compile_s = {a0:.2f} + {1e3 * b:.3f} ms x statements")
+    print(f"{'pipeline':8} {'mode':8} {'nnz':>7} {'stmts':>7} {'kernels':>7} {'gen_s':>7} {'compile_s':>9} {'ms/stmt':>8}")
+    for pipeline, mode, n in itertools.product(a.pipelines.split(","), modes, sizes):
+        r = measure(mode, a.M, a.K, n, a.rows_per_program, a.dtype, pipeline=pipeline)
+        rows.append(r)
+        print(f"{r['pipeline']:8} {r['mode']:8} {r['nnz']:7d} {r['statements']:7d} "
+              f"{r['kernels']:7d} {r['gen_s']:7.2f} {r['compile_s']:9.2f} "
+              f"{r['ms_per_statement']:8.3f}", flush=True)
+    for pipeline in a.pipelines.split(","):
+        for mode in modes:
+            sel = [r for r in rows if r["mode"] == mode and r["pipeline"] == pipeline]
+            a0, b = fit(sel)
+            print(f"fit {pipeline} {mode}: compile_s = {a0:.2f} + {1e3 * b:.3f} ms x statements")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:

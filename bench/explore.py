@@ -55,7 +55,6 @@ def main(argv=None):
     a = ap.parse_args(argv)
     t_end = time.time() + a.deadline_s
     torch.backends.cuda.matmul.allow_tf32 = False
-    rows = []
     with open(a.out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "sparsity", "matrix", "M", "K", "N", "nnz", "schedule", "compile_s",

@@ -17,13 +17,13 @@ events around eager calls and ``Timing.method`` says ``"events"``.
 from __future__ import annotations
 
 import math
-import statistics
 import sys
-import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
+
+from sparsert_triton.timing import eager_us, events_median_us, graph_median_us  # noqa: F401
 
 L2_BYTES = 50 * 1000 * 1000
 MAX_BUFFERS = 8
@@ -55,92 +55,6 @@ def buffer_count(bytes_per_set: int, l2_bytes: int = L2_BYTES, max_buffers: int 
     if bytes_per_set >= l2_bytes:
         return 1
     return int(min(max_buffers, 1 + math.ceil(2 * l2_bytes / bytes_per_set)))
-
-
-def _warm(calls: Sequence[Callable]):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            for c in calls:
-                c()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-
-
-def _per_call_us(calls: Sequence[Callable], rounds: int = 3) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(rounds):
-        for c in calls:
-            c()
-    end.record()
-    end.synchronize()
-    return max(0.5, start.elapsed_time(end) * 1e3 / (rounds * len(calls)))
-
-
-def graph_median_us(calls: Sequence[Callable], replays: int = 25, target_us: float = 1000.0,
-                    max_calls: int = 200) -> float:
-    """Median GPU microseconds per call, from CUDA-graph replays cycling through ``calls``."""
-    _warm(calls)
-    per = _per_call_us(calls)
-    n = int(min(max_calls, max(len(calls), target_us // per)))
-    n = max(len(calls), n - n % len(calls))
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(n):
-            calls[i % len(calls)]()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / n)
-    del g
-    return statistics.median(times)
-
-
-def events_median_us(calls: Sequence[Callable], replays: int = 25, target_us: float = 1000.0) -> float:
-    """Median microseconds per call of eager launches timed with CUDA events (fallback)."""
-    _warm(calls)
-    per = _per_call_us(calls)
-    rounds = int(max(1, min(200, target_us // (per * len(calls)))))
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        for _ in range(rounds):
-            for c in calls:
-                c()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (rounds * len(calls)))
-    return statistics.median(times)
-
-
-def eager_us(fn: Callable, target_s: float = 0.02, repeats: int = 5, max_calls: int = 2000) -> float:
-    """Median over ``repeats`` of host wall-clock microseconds per call for back-to-back
-    calls followed by one synchronize."""
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    one = max(1e-6, time.perf_counter() - t0)
-    n = int(min(max_calls, max(10, target_s / one)))
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e6 / n)
-    return statistics.median(times)
 
 
 def time_system(make_call: Callable[[torch.Tensor], Callable], X: torch.Tensor,

@@ -516,36 +516,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def graph_median_us(fn, calls: int = 20, replays: int = 15):
-    """GPU microseconds per call of ``fn``: ``calls`` calls captured in one CUDA graph, the
-    median over ``replays`` replays (launch overhead from Python excluded). None when the
-    function cannot be captured."""
-    import statistics
+def graph_median_us(fn):
+    """GPU microseconds per call of ``fn`` from CUDA-graph replays (:mod:`.timing`); None when
+    the function cannot be captured."""
     import torch
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
+    from .timing import graph_median_us as median
     try:
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                fn()
+        return median([fn], replays=15)
     except RuntimeError:
         torch.cuda.synchronize()
         return None
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(times)
-
 
 def _append_csv(path: Path, m: Matrix, N: int, dtype: str, results: dict, compile_s, plan):
     import csv

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -273,39 +272,10 @@ def check_result(Y: torch.Tensor, ref: torch.Tensor, mag: torch.Tensor, dtype="f
     return ratio <= 1.0, ratio
 
 
-def graph_median_us(fn: Callable[[], object], replays: int = 20, target_us: float = 500.0) -> float:
-    """Median GPU microseconds per call: ``fn`` captured (several times) in a CUDA graph,
-    each replay timed with CUDA events."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        fn()
-    end.record()
-    end.synchronize()
-    per_us = max(1.0, start.elapsed_time(end) * 1e3 / 5)
-    calls = int(min(100, max(1, target_us // per_us)))
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    del g
-    return statistics.median(times)
+def graph_median_us(fn: Callable[[], object]) -> float:
+    """Median GPU microseconds per call of ``fn`` (CUDA-graph replays, :mod:`.timing`)."""
+    from .timing import graph_median_us as median
+    return median([fn], replays=20, target_us=500.0)
 
 
 _FIRST_CALL_S = {}     # build key -> seconds of its first call in this process

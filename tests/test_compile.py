@@ -115,7 +115,6 @@ def test_unrolled_kernels_are_split_by_function_budget(compiled):
 
 
 def _ops(ptx):
-    import re
     body = [l.strip().split()[0] for l in ptx.splitlines()
             if l.strip() and not l.strip().startswith(("//", ".", "{", "}", "$", "@"))]
     return {op: sum(1 for b in body if b.startswith(op))

@@ -3,7 +3,6 @@
 Needs nbformat, nbclient, ipykernel and matplotlib (the CI installs them).
 """
 import csv
-import os
 from pathlib import Path
 
 import pytest
