@@ -78,6 +78,17 @@ class _SparseLayer(nn.Module):
     def _rebuild_pattern(self):
         raise NotImplementedError
 
+    def _copy_dense(self, module: nn.Module, w: Tensor, mask: Tensor) -> "_SparseLayer":
+        """Take the nonzeros of ``w`` at ``mask``, the bias and the training state of the dense
+        ``module`` this layer replaces."""
+        with torch.no_grad():
+            self.values.copy_(w[mask])
+            if module.bias is not None:
+                self.bias.copy_(module.bias)
+        self.values.requires_grad_(module.weight.requires_grad)
+        self.train(module.training)
+        return self
+
     def _reset_uniform(self, fan_in: int):
         """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for values and bias, as ``nn.Linear`` /
         ``nn.Conv2d`` initialise (kaiming_uniform with a = sqrt(5) gives that bound)."""
@@ -195,13 +206,7 @@ class SparseLinear(_SparseLayer):
         mask = (w != 0) if mask is None else (mask.to(w.device) != 0)
         layer = cls(linear.in_features, linear.out_features, mask, linear.bias is not None,
                     schedule, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            layer.values.copy_(w[mask])
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        layer.values.requires_grad_(linear.weight.requires_grad)
-        layer.train(linear.training)
-        return layer
+        return layer._copy_dense(linear, w, mask)
 
     def reset_parameters(self):
         self._reset_uniform(self.in_features)
@@ -319,13 +324,7 @@ class SparseConv2d(_SparseLayer):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                     conv.padding_mode, mask, schedule, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            layer.values.copy_(w[mask])
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        layer.values.requires_grad_(conv.weight.requires_grad)
-        layer.train(conv.training)
-        return layer
+        return layer._copy_dense(conv, w, mask)
 
     def reset_parameters(self):
         self._reset_uniform(self._cols)

@@ -200,6 +200,11 @@ def _check_device(t: Tensor, name: str):
 def _check_spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], p: SparsePattern):
     if X.dim() != 2 or X.shape[0] != p.K:
         raise ValueError(f"X must be ({p.K}, N), got shape {tuple(X.shape)}")
+    _check_values_bias(X, values, bias, p)
+
+
+def _check_values_bias(X: Tensor, values: Tensor, bias: Optional[Tensor], p):
+    """The layer's values and bias agree with the pattern and with X; X is on a usable device."""
     if values.shape != (p.nnz,):
         raise ValueError(f"values must have shape ({p.nnz},), got {tuple(values.shape)}")
     if values.dtype != X.dtype:
@@ -395,19 +400,7 @@ def _check_conv(X: Tensor, values: Tensor, bias: Optional[Tensor], p: ConvPatter
     if Ho < 1 or Wo < 1:
         raise ValueError(f"X of spatial size {tuple(X.shape[2:])} is smaller than the kernel "
                          f"{c.kh}x{c.kw} (dilation {c.dilation}, padding {c.padding})")
-    if values.shape != (p.nnz,):
-        raise ValueError(f"values must have shape ({p.nnz},), got {tuple(values.shape)}")
-    if values.dtype != X.dtype:
-        raise TypeError(f"values are {values.dtype} but X is {X.dtype}; they must match")
-    if values.device != X.device:
-        raise ValueError(f"values are on {values.device} but X is on {X.device}")
-    if bias is not None:
-        if bias.shape != (p.M,):
-            raise ValueError(f"bias must have shape ({p.M},), got {tuple(bias.shape)}")
-        if bias.dtype != X.dtype or bias.device != X.device:
-            raise TypeError(f"bias must be {X.dtype} on {X.device}, got {bias.dtype} on "
-                            f"{bias.device}")
-    _check_device(X, "X")
+    _check_values_bias(X, values, bias, p)
 
 
 def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
