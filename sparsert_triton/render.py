@@ -296,18 +296,27 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
     (_render_table_union if low.plan.use_dot else _render_table_rows)(b, k, low)
 
 
+@contextmanager
+def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str):
+    """The table kernels' definition, docstring, program ids and column tile."""
+    b("@triton.jit")
+    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
+        b(f'"""{doc}"""')
+        b("g = tl.program_id(0)")
+        b("pid_n = tl.program_id(1)")
+        _tile(b, low, taps=False)
+        yield
+    b()
+
+
 def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     p, sig = low.plan, low.signature
     R, U, BN = p.rows_per_program, p.chunk, p.block_n
     ops = operand_params(sig, low.conv is not None)
     acc_t = TL_DTYPES[sig.acc_dtype]
-    b("@triton.jit")
-    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
-        b(f'"""acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row\'s segment; the program\'s '
-          f'{R} row(s) run in turn, so X rows they share are re-read from L1."""')
-        b("g = tl.program_id(0)")
-        b("pid_n = tl.program_id(1)")
-        _tile(b, low, taps=False)
+    with _table_kernel(b, k, low, f"acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's "
+                       f"segment; the program's {R} row(s) run in turn, so X rows they share are "
+                       "re-read from L1."):
         with b.indent(f"for r in tl.static_range({R}):"):
             b(f"slot = g * {R} + r")
             b("row = tl.load(ROWS + slot)")
@@ -324,20 +333,14 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
                 args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
                 b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
                   "mask=nmask)")
-    b()
 
 
 def _render_table_union(b: Buffer, k: TableKernel, low: Lowered):
     p, sig = low.plan, low.signature
     R, U, BN = p.rows_per_program, p.chunk, p.block_n
     ops = operand_params(sig, low.conv is not None)
-    b("@triton.jit")
-    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
-        b(f'"""acc[r, n] = sum_j VALS[j, r] * X[COLS[j], n] over the group\'s column union, '
-          f'as ({R} x {U}) @ ({U} x {BN}) products."""')
-        b("g = tl.program_id(0)")
-        b("pid_n = tl.program_id(1)")
-        _tile(b, low, taps=False)
+    with _table_kernel(b, k, low, f"acc[r, n] = sum_j VALS[j, r] * X[COLS[j], n] over the "
+                       f"group's column union, as ({R} x {U}) @ ({U} x {BN}) products."):
         b(f"r = tl.arange(0, {R})")
         b(f"rows = tl.load(ROWS + g * {R} + r)")
         b(f"u = tl.arange(0, {U})")
@@ -358,7 +361,6 @@ def _render_table_union(b: Buffer, k: TableKernel, low: Lowered):
         b(f"out = _epilogue({args})")
         b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
           "mask=(rows >= 0)[:, None] & nmask[None, :])")
-    b()
 
 
 # ---------------------------------------------------------------- module
