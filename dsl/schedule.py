@@ -34,6 +34,10 @@ max_statements_per_function, max_functions_per_kernel
     Compile-unit bounds of the unrolled modes: a row group is split into ``noinline``
     functions of at most this many statements, and the groups into kernels of at most this
     many functions (compiled in parallel). Compile time grows linearly in nnz.
+bake_strides
+    Write the strides of ``X`` into the code as constants (each load then addresses ``X`` with
+    an immediate offset instead of computing it); the kernel is specialised to those strides.
+    Default: on for the unrolled modes.
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -67,6 +71,7 @@ class Schedule:
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
     column_programs: int = 0
+    bake_strides: Union[bool, str] = AUTO
 
     def __post_init__(self):
         if self.mode not in MODES + (AUTO,):
@@ -91,6 +96,9 @@ class Schedule:
                 or self.column_programs < 0:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
+        if self.bake_strides not in (True, False, AUTO):
+            raise ValueError(f"Schedule.bake_strides must be True, False or 'auto', "
+                             f"got {self.bake_strides!r}")
         if self.use_dot not in (True, False, AUTO):
             raise ValueError(f"Schedule.use_dot must be True, False or 'auto', got {self.use_dot!r}")
 

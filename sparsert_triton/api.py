@@ -101,20 +101,23 @@ class SpecializedKernel:
     def plan(self, N: int, x_dtype: str = None) -> Plan:
         return plan_for(self.schedule, self.weight, N, x_dtype or self.weight.dtype)
 
-    def variant(self, sig: Signature, N: int, device: torch.device) -> Variant:
-        fast = self._by_call.get((sig, N, device))     # the per-call hot path: one dict lookup
+    def variant(self, sig: Signature, N: int, device: torch.device, x_strides=None) -> Variant:
+        """The compiled form for a call; ``x_strides`` are X's strides (baked into the code
+        when the plan says so)."""
+        fast = self._by_call.get((sig, N, device, x_strides))   # the per-call hot path
         if fast is not None:
             return fast
-        v = self._build_variant(sig, N, device)
-        self._by_call[(sig, N, device)] = v
+        v = self._build_variant(sig, N, device, x_strides)
+        self._by_call[(sig, N, device, x_strides)] = v
         return v
 
-    def _build_variant(self, sig: Signature, N: int, device: torch.device) -> Variant:
+    def _build_variant(self, sig: Signature, N: int, device: torch.device, x_strides) -> Variant:
         plan = self.plan(N, sig.x_dtype)
         if plan.use_dot and sig.acc_dtype == "float64":
             raise ValueError("schedule: use_dot does not support float64 inputs")
         cap = _capability(device)
-        vkey = (plan, sig, cap)
+        baked = tuple(int(v) for v in x_strides) if plan.bake_strides and x_strides else None
+        vkey = (plan, sig, cap, baked)
         v = self._variants.get(vkey)
         if v is not None:
             return v
@@ -122,11 +125,11 @@ class SpecializedKernel:
             mask=self.weight.mask_digest(),
             values=self.weight.values_digest() if plan.mode == "values" else None,
             plan=asdict(plan), signature=repr(sig), program=repr(self.program.out),
-            conv=repr(self.conv), device=cap)
+            conv=repr(self.conv), x_strides=baked, device=cap)
         hit = cache.load(key)
         if hit is None:
             layout = specialise(self.weight, plan)
-            lowered = lower(layout, plan, sig, self.program, self.conv)
+            lowered = lower(layout, plan, sig, self.program, self.conv, baked)
             source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
                                             f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")
             arrays = _layout_arrays(layout)
@@ -151,7 +154,7 @@ class SpecializedKernel:
                                                     device=X.device)
         if N == 0:
             return Y
-        v = self.variant(sig, N, X.device)
+        v = self.variant(sig, N, X.device, X.stride())
         self._last = v
         run(v, X, Y, operands, sig)
         return Y

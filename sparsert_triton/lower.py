@@ -75,6 +75,7 @@ class Lowered:
     program: ir.Program
     kernels: Tuple[Union[UnrolledKernel, TableKernel], ...]
     conv: Optional[object] = None          # ConvGeometry of a convolution, None for W @ X
+    x_strides: Optional[Tuple[int, ...]] = None   # X's strides when baked into the code
 
 
 def _lower_part(name: str, part, rows, mode: str, weight_values) -> PartFn:
@@ -95,9 +96,11 @@ def _lower_part(name: str, part, rows, mode: str, weight_values) -> PartFn:
     return PartFn(name, tuple(body))
 
 
-def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=None) -> Lowered:
+def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=None,
+          x_strides=None) -> Lowered:
     if isinstance(layout, Table):
-        return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel"),), conv)
+        return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel"),), conv,
+                       x_strides)
     assert isinstance(layout, Unrolled)
     kernels = []
     for k, (start, stop) in enumerate(layout.kernels):
@@ -111,4 +114,4 @@ def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=No
                 calls.append(fn.name)
             groups.append(GroupFn(f"_g{g}", tuple(calls)))
         kernels.append(UnrolledKernel(f"sparse_kernel_{k}", tuple(parts), tuple(groups)))
-    return Lowered(plan, signature, program, tuple(kernels), conv)
+    return Lowered(plan, signature, program, tuple(kernels), conv, x_strides)

@@ -28,6 +28,7 @@ class Plan:
     num_warps: int
     num_stages: int
     column_programs: int = 0
+    bake_strides: bool = False
 
     def __post_init__(self):
         def bad(msg):

@@ -139,15 +139,17 @@ def cvt(dtype: str, sig) -> str:
     return "" if dtype == sig.acc_dtype else f".to({TL_DTYPES[sig.acc_dtype]})"
 
 
-def render_load(b: Buffer, s: LoadX, acc: str, conv=None):
+def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None):
+    """``x = X[col, tile]``; with baked strides the offset is one constant."""
     if conv is None:
-        off = "xp" if s.col == 0 else f"xp + {s.col} * sxk"
-        b(f"{s.var} = tl.load({off}, mask=nmask, other=0.0){acc}")
+        off = (f"{s.col * strides[0]}" if strides else f"{s.col} * sxk")
+        b(f"{s.var} = tl.load({'xp' if s.col == 0 else 'xp + ' + off}, mask=nmask, other=0.0){acc}")
         return
     c, dy, dx = conv.tap(s.col)
     oy, ox = dy * conv.dilation[0], dx * conv.dilation[1]
-    b(f"{s.var} = tl.load(xp + ({c} * sxc + {oy} * sxh + {ox} * sxw), "
-      f"mask=nmask & vy{dy} & vx{dx}, other=0.0){acc}")
+    off = (f"{c * strides[1] + oy * strides[2] + ox * strides[3]}" if strides
+           else f"({c} * sxc + {oy} * sxh + {ox} * sxw)")
+    b(f"{s.var} = tl.load(xp + {off}, mask=nmask & vy{dy} & vx{dx}, other=0.0){acc}")
 
 
 def render_fma(b: Buffer, s: Fma, acc: str):
@@ -161,9 +163,9 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
     block_n = low.plan.block_n
     b(f"offs_n = pid_n * {block_n} + tl.arange(0, {block_n})")
     b("nmask = offs_n < N")
-    g = low.conv
+    g, st = low.conv, low.x_strides
     if g is None:
-        b("xp = X + offs_n * sxn")
+        b(f"xp = X + offs_n * {st[1] if st else 'sxn'}")
         b("yo = offs_n * syn")
         return
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
@@ -172,7 +174,8 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
     b("ox = offs_n - nb * HWo - oy * Wo")
     b(f"iy0 = oy * {sh} - {ph}")
     b(f"ix0 = ox * {sw} - {pw}")
-    b("xp = X + nb * sxb + iy0 * sxh + ix0 * sxw")
+    sb, sh_, sw_ = (st[0], st[2], st[3]) if st else ("sxb", "sxh", "sxw")
+    b(f"xp = X + nb * {sb} + iy0 * {sh_} + ix0 * {sw_}")
     b("yo = nb * syb + oy * syh + ox * syw")
     if taps:
         for dy in range(g.kh):
@@ -208,7 +211,7 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
             if isinstance(s, Store):
                 render_store(b, s, low)
             elif isinstance(s, LoadX):
-                render_load(b, s, cvt(sig.x_dtype, sig), low.conv)
+                render_load(b, s, cvt(sig.x_dtype, sig), low.conv, low.x_strides)
             else:
                 render_fma(b, s, cvt(sig.w_dtype, sig))
     b()
