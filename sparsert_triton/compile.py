@@ -108,3 +108,49 @@ def precompile_variant(variant, sig, target=None, fast: bool = True):
     from .fastpasses import applies
     return precompile(variant.path, variant.key, names, triton_signature(sig), target, opts,
                       fast=fast and applies(variant.plan))
+
+
+# ---------------------------------------------------------------- parallel first compile
+
+def compile_workers() -> int:
+    """Worker processes for a variant's first compile (``SPARSERT_COMPILE_WORKERS``; 0: off)."""
+    try:
+        return max(0, int(os.environ.get("SPARSERT_COMPILE_WORKERS", "0")))
+    except ValueError:
+        raise ValueError("SPARSERT_COMPILE_WORKERS must be an integer") from None
+
+
+def mock_args(args) -> list:
+    """A launch's arguments as ``JITFunction.warmup`` takes them: tensors become their dtype
+    (aligned mock pointers), numbers stay (Triton specialises on their values)."""
+    import torch
+    return [a.dtype if isinstance(a, torch.Tensor) else a for a in args]
+
+
+def _warm_one(path: str, key: str, name: str, args, grid, opts: dict, cache_dir: str,
+              fast: bool):
+    """In a worker: compile one kernel into the shared Triton cache without launching it."""
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
+    from .fastpasses import fast_pipeline
+    mod = import_kernels(Path(path), key)
+    with fast_pipeline(fast):
+        getattr(mod, name).warmup(*args, grid=grid, **opts)
+
+
+def warm_in_parallel(variant, launches, opts: dict, fast: bool, workers: int):
+    """Compile the kernels of ``launches`` ((kernel, grid, args) triples) in ``workers``
+    processes, so the launches that follow load them from the cache. A failure only warns:
+    the launch then compiles the kernel itself."""
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+    jobs = [(str(variant.path), variant.key, getattr(fn, "__name__", None) or fn.fn.__name__,
+             mock_args(args), grid, opts, str(triton_cache_dir()), fast)
+            for fn, grid, args in launches]
+    try:
+        with ProcessPoolExecutor(min(workers, len(jobs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            for f in [pool.submit(_warm_one, *job) for job in jobs]:
+                f.result()
+    except Exception as e:  # the serial compile in the launch still runs
+        warnings.warn(f"parallel compile failed ({type(e).__name__}: {e}); compiling serially")

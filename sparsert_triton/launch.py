@@ -9,7 +9,7 @@ from dsl import ir
 
 from .canonicalise import output_dtype
 from . import fastpasses
-from .compile import interpreting, triton_cache_scope
+from .compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
 from .fastpasses import fast_pipeline
 from .plan import Signature
 from .weights import TORCH_DTYPES, WEIGHT_DTYPES, SparseWeight
@@ -152,14 +152,19 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     first = not variant.launched
-    with (triton_cache_scope() if first else _nullcontext()), \
-            fast_pipeline(first and fastpasses.applies(plan)):
-        for fn, groups in variant.kernels:
-            if groups == 0:
-                continue
-            cols = min(nt, plan.column_programs) if plan.column_programs else nt
-            grid = (groups, nt) if variant.table else (cols, groups)
-            fn[grid](X, *bufs, Y, *ops, *strides, **opts)
+    launches = []
+    for fn, groups in variant.kernels:
+        if groups == 0:
+            continue
+        cols = min(nt, plan.column_programs) if plan.column_programs else nt
+        grid = (groups, nt) if variant.table else (cols, groups)
+        launches.append((fn, grid, (X, *bufs, Y, *ops, *strides)))
+    fast = fastpasses.applies(plan)
+    if first and len(launches) > 1 and compile_workers() > 1 and not interpreting():
+        warm_in_parallel(variant, launches, opts, fast, compile_workers())
+    with (triton_cache_scope() if first else _nullcontext()), fast_pipeline(first and fast):
+        for fn, grid, args in launches:
+            fn[grid](*args, **opts)
     variant.launched = True
 
 
