@@ -109,7 +109,8 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
-                    column_programs=draw(st.sampled_from([0, 1, 2])))
+                    column_programs=draw(st.sampled_from([0, 1, 2])),
+                    bake_strides=draw(st.booleans()))
 
 
 @st.composite
