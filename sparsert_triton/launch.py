@@ -57,13 +57,9 @@ def operand_kind(name: str, v, M: int, full_shape: tuple, device) -> str:
 
 def signature_for(program: ir.Program, weight: SparseWeight, X, operands, out=None) -> Signature:
     """Validate a call ``W @ X`` (X: K x N) and return its signature."""
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
-    if X.dim() != 2:
-        raise ValueError(f"X must be 2-D (K x N), got shape {tuple(X.shape)}")
+    _check_x(X, 2, "2-D (K x N)")
     if X.shape[0] != weight.K:
         raise ValueError(f"X has {X.shape[0]} rows but the weight has K={weight.K} columns")
-    _check_x(X)
     shape = (weight.M, X.shape[1])
     kinds = _operand_kinds(program, weight.M, shape, X, operands)
     return _finish_signature(program, weight, X, kinds, out, shape)
@@ -79,23 +75,24 @@ def _operand_kinds(program, M, shape, X, operands):
 
 def conv_signature_for(program: ir.Program, weight: SparseWeight, geom, X, operands, out=None):
     """Validate a convolution call (X: B x C_in x H x W); return (signature, output shape)."""
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
-    if X.dim() != 4:
-        raise ValueError(f"X must be 4-D (B, C_in, H, W) for conv2d, got shape {tuple(X.shape)}")
+    _check_x(X, 4, "4-D (B, C_in, H, W) for conv2d")
     if X.shape[1] != geom.C_in:
         raise ValueError(f"X has {X.shape[1]} channels but the weight has C_in={geom.C_in}")
     Ho, Wo = geom.output_size(X.shape[2], X.shape[3])
     if Ho < 1 or Wo < 1:
         raise ValueError(f"X of spatial size {tuple(X.shape[2:])} is smaller than the kernel "
                          f"{geom.kh}x{geom.kw} (dilation {geom.dilation}, padding {geom.padding})")
-    _check_x(X)
     shape = (X.shape[0], weight.M, Ho, Wo)
     kinds = _operand_kinds(program, weight.M, shape, X, operands)
     return _finish_signature(program, weight, X, kinds, out, shape), shape
 
 
-def _check_x(X):
+def _check_x(X, dims: int, what: str):
+    """X is a dense float tensor of ``dims`` dimensions on a usable device, within int32 offsets."""
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+    if X.dim() != dims:
+        raise ValueError(f"X must be {what}, got shape {tuple(X.shape)}")
     if X.dtype not in WEIGHT_DTYPES:
         raise TypeError(f"X must be float32, float16, bfloat16 or float64, got {X.dtype}")
     if X.layout != torch.strided:
