@@ -187,6 +187,10 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
             (first if i < 3 and bn == bn_main else second).append(s)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
                            row_order="nnz", num_warps=4, num_stages=3))
+    # rows that share columns in one program: their shared X rows are re-read from L1
+    for R in (16, 64):
+        second.append(Schedule(mode="table", rows_per_program=R, chunk=4, block_n=bn_main,
+                               row_order="cluster", num_warps=max(1, min(4, bn_main // 32))))
 
     # table mode on tensor cores (half dtypes)
     if half:
