@@ -114,14 +114,17 @@ def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
 
 def render_helpers(b: Buffer, low: Lowered, table: bool):
     sig = low.signature
-    b("@triton.jit")
-    with b.indent("def _gelu(x):"):
-        b("return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))")
-    b()
-    b("@triton.jit")
-    with b.indent("def _silu(x):"):
-        b("return x * tl.sigmoid(x)")
-    b()
+    used = {n.op for n in ir.walk(low.program.out) if isinstance(n, ir.Unary)}
+    if "gelu" in used:
+        b("@triton.jit")
+        with b.indent("def _gelu(x):"):
+            b("return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))")
+        b()
+    if "silu" in used:
+        b("@triton.jit")
+        with b.indent("def _silu(x):"):
+            b("return x * tl.sigmoid(x)")
+        b()
     conv = low.conv is not None
     params = ", ".join(["acc", "row", "rmask" if table else "_unused"] + n_args(low) + ["nmask"]
                        + operand_params(sig, conv))

@@ -11,10 +11,6 @@ def _gelu(x):
     return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
 
 @triton.jit
-def _silu(x):
-    return x * tl.sigmoid(x)
-
-@triton.jit
 def _epilogue(acc, row, _unused, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn):
     """(gelu(W @ X) + residual) (in float32)"""
     return (_gelu(acc) + tl.load(op_residual + row * op_residual_sm + offs_n * op_residual_sn, mask=nmask, other=0.0).to(tl.float32))

@@ -7,14 +7,6 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _gelu(x):
-    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
-
-@triton.jit
-def _silu(x):
-    return x * tl.sigmoid(x)
-
-@triton.jit
 def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, op_bias_s):
     """relu((W @ X + bias)) (in float32)"""
     return tl.maximum((acc + tl.load(op_bias + row * op_bias_s).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
