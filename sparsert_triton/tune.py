@@ -41,8 +41,8 @@ from . import cache
 from .api import SparseKernel, SpecializedKernel, sparse_kernel
 from .canonicalise import plan_for
 from .compile import interpreting
-from .launch import signature_for
-from .plan import Plan
+from .launch import conv_signature_for, signature_for
+from .plan import Plan, Signature
 from .specialise import specialise
 from .weights import WEIGHT_DTYPES, SparseWeight, as_sparse_weight
 
@@ -254,11 +254,26 @@ def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
 
 # ------------------------------------------------------------------ correctness and timing
 
-def reference_and_magnitude(weight: SparseWeight, X: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(W @ X, |W| @ |X|)`` in float64 on X's device (the plain product, no epilogue)."""
+def reference_and_magnitude(weight: SparseWeight, X: torch.Tensor,
+                            conv=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(W @ X, |W| @ |X|)`` in float64 on X's device (the plain product, no epilogue); for a
+    convolution (``conv``: its ConvGeometry) the same through ``conv2d``."""
     W = weight.to_dense(torch.float64).to(X.device)
     X64 = X.detach().to(torch.float64)
-    return W @ X64, W.abs() @ X64.abs()
+    if conv is None:
+        return W @ X64, W.abs() @ X64.abs()
+    W4 = W.reshape(weight.M, conv.C_in, conv.kh, conv.kw)
+    args = (None, conv.stride, conv.padding, conv.dilation)
+    return (torch.nn.functional.conv2d(X64, W4, *args),
+            torch.nn.functional.conv2d(X64.abs(), W4.abs(), *args))
+
+
+def call_signature(kernel: SpecializedKernel, X: torch.Tensor, operands) -> Tuple[Signature, int]:
+    """The call's signature and N (columns of the product: B * Ho * Wo for a convolution)."""
+    if kernel.conv is None:
+        return signature_for(kernel.program, kernel.weight, X, operands), int(X.shape[1])
+    sig, shape = conv_signature_for(kernel.program, kernel.weight, kernel.conv, X, operands)
+    return sig, int(shape[0] * shape[2] * shape[3])
 
 
 def check_result(Y: torch.Tensor, ref: torch.Tensor, mag: torch.Tensor, dtype="float32",
@@ -287,19 +302,20 @@ _BUILT_TABLES = set()  # table kernels compiled in this process (their code is m
 KNOWN_BUILD_S = 0.05
 
 
-def _build_keys(program: ir.Program, w: SparseWeight, plan: Plan, sig, X: torch.Tensor):
+def _build_keys(program: ir.Program, w: SparseWeight, plan: Plan, sig, X: torch.Tensor,
+                N: int, conv=None):
     """(key of this exact build, key of its Triton binary when it is mask-independent)."""
     exact = (w.mask_digest(), w.values_digest() if plan.mode == "values" else None, plan, sig,
-             str(X.device), repr(program.out))
-    N = X.shape[1]
+             str(X.device), repr(program.out), repr(conv), tuple(X.stride()))
     shared = ((plan, sig, str(X.device), repr(program.out), N == 1, N % 16 == 0)
               if plan.mode == "table" else None)
     return exact, shared
 
 
-def known_build(program: ir.Program, w: SparseWeight, plan: Plan, sig, X: torch.Tensor) -> bool:
+def known_build(program: ir.Program, w: SparseWeight, plan: Plan, sig, X: torch.Tensor,
+                N: Optional[int] = None, conv=None) -> bool:
     """Whether this build (or, in table mode, its mask-independent binary) already ran here."""
-    exact, shared = _build_keys(program, w, plan, sig, X)
+    exact, shared = _build_keys(program, w, plan, sig, X, X.shape[1] if N is None else N, conv)
     return exact in _FIRST_CALL_S or (shared is not None and shared in _BUILT_TABLES)
 
 
@@ -307,9 +323,9 @@ def first_call(kernel: SpecializedKernel, X: torch.Tensor, *operands):
     """Run a specialised kernel once: ``(Y, seconds)``. Seconds are those of the first call
     of this (mask, values if baked, plan, signature, device, epilogue) in this process, i.e.
     the cold build; later calls of the same build return that first figure."""
-    sig = signature_for(kernel.program, kernel.weight, X, operands)
-    plan = kernel.plan(X.shape[1], sig.x_dtype)
-    exact, shared = _build_keys(kernel.program, kernel.weight, plan, sig, X)
+    sig, N = call_signature(kernel, X, operands)
+    plan = kernel.plan(N, sig.x_dtype)
+    exact, shared = _build_keys(kernel.program, kernel.weight, plan, sig, X, N, kernel.conv)
     t0 = time.perf_counter()
     Y = kernel(X, *operands)
     _sync(X.device)
@@ -326,8 +342,9 @@ def tuned_dir():
     return d
 
 
-def plan_key(program, weight: SparseWeight, N: int, sig, device: str) -> Tuple[str, dict]:
-    parts = {"mask": weight.mask_digest(), "M": weight.M, "K": weight.K,
+def plan_key(program, weight: SparseWeight, N: int, sig, device: str,
+             conv=None) -> Tuple[str, dict]:
+    parts = {"mask": weight.mask_digest(), "M": weight.M, "K": weight.K, "conv": repr(conv),
              "n_bucket": next_pow2(N), "x_dtype": sig.x_dtype, "w_dtype": sig.w_dtype,
              "out_dtype": sig.out_dtype, "operands": [list(k) for k in sig.operand_kinds],
              "program": repr(program.out), "device": device, "versions": cache.versions()}
@@ -384,20 +401,30 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
     Returns ``(best schedule, results of every candidate)``.
     """
     program = _as_program(kernel)
+    conv = kernel.conv if isinstance(kernel, SpecializedKernel) else None
+    if isinstance(ir.product(program.out), ir.Conv2d) and conv is None:
+        raise TypeError("tune a convolution through its specialised kernel: "
+                        "tune(program.specialize(weight), None, X, ...)")
     if weight is None and isinstance(kernel, SpecializedKernel):
         weight = kernel.weight
-    w = as_sparse_weight(weight)
-    if not isinstance(X, torch.Tensor) or X.dim() != 2:
-        raise TypeError("X must be a 2-D torch.Tensor (K x N)")
-    N = int(X.shape[1])
+    w = as_sparse_weight(weight) if conv is None else kernel.weight
+    if not isinstance(X, torch.Tensor) or X.dim() != (2 if conv is None else 4):
+        raise TypeError("X must be a 2-D torch.Tensor (K x N)" if conv is None else
+                        "X must be a 4-D torch.Tensor (B, C_in, H, W)")
+    probe = SpecializedKernel(program, Schedule(), w, conv)
+    if conv is None:
+        N = int(X.shape[1])
+    else:
+        Ho, Wo = conv.output_size(X.shape[2], X.shape[3])
+        N = int(X.shape[0]) * max(Ho, 0) * max(Wo, 0)
     if N == 0:
         raise ValueError("X has no columns (N = 0): nothing to tune")
     on_gpu = X.device.type == "cuda" and not interpreting() and torch.cuda.is_available()
     if timer is None and not on_gpu and allow_cpu:
         return heuristic(w, N, WEIGHT_DTYPES.get(X.dtype, "float32")), []
-    sig = signature_for(program, w, X, operands)
+    sig, N = call_signature(probe, X, operands)
     d = sig.x_dtype
-    key, parts = plan_key(program, w, N, sig, device_name(X.device))
+    key, parts = plan_key(program, w, N, sig, device_name(X.device), conv)
     if use_cache:
         hit = load_tuned(key)
         if hit is not None:
@@ -412,7 +439,7 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
         timer = graph_median_us
 
     def estimate(plan: Plan) -> float:
-        if known_build(program, w, plan, sig, X):
+        if known_build(program, w, plan, sig, X, N, conv):
             return KNOWN_BUILD_S
         return estimate_compile_s(w, plan, max_compile_s)
 
@@ -422,8 +449,8 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
         raise ValueError("no candidate schedule survives pruning: "
                          + "; ".join(f"{r.schedule!r}: {r.detail}" for r in skipped))
     if reference is None or not isinstance(program.out, ir.MatMul):
-        ref = SpecializedKernel(program, Schedule(), w).reference(X, *operands).to(X.device)
-        mag = reference_and_magnitude(w, X)[1]
+        ref = probe.reference(X, *operands).to(X.device)
+        mag = reference_and_magnitude(w, X, conv)[1]
     else:
         ref, mag = reference
     tol = max(TOLERANCE[d], TOLERANCE[sig.out_dtype])
@@ -436,14 +463,14 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
                leave=False)
     for r in bar:
         left = budget_s - (time.perf_counter() - t_start)
-        if known_build(program, w, r.plan, sig, X):     # built meanwhile: costs nothing now
+        if known_build(program, w, r.plan, sig, X, N, conv):   # built meanwhile: costs nothing now
             r.est_compile_s = KNOWN_BUILD_S
         if best is not None and r.est_compile_s + CANDIDATE_OVERHEAD_S > left:
             r.status, r.detail = "skipped", f"budget: estimated {r.est_compile_s:.1f}s, {max(left, 0):.1f}s left"
             results.append(r)
             continue
         try:
-            k = SpecializedKernel(program, r.schedule, w)
+            k = SpecializedKernel(program, r.schedule, w, conv)
             Y, r.compile_s = first_call(k, X, *operands)
             ok, ratio = check_result(Y, ref, mag, d, tol)
             if not ok:

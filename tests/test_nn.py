@@ -232,9 +232,9 @@ def test_sparsify_with_tune_takes_the_fastest_schedule():
     import sparsert_triton.api as api
     orig_init = api.SpecializedKernel.__init__
 
-    def spy(self, program, schedule, weight):      # which candidate the tuner is timing
+    def spy(self, program, schedule, weight, conv=None):   # which candidate is being timed
         timer.current = schedule
-        orig_init(self, program, schedule, weight)
+        orig_init(self, program, schedule, weight, conv)
 
     api.SpecializedKernel.__init__ = spy
     try:

@@ -228,3 +228,24 @@ def test_gpu_tune_times_candidates_and_reuses_the_plan(tmp_path, monkeypatch, de
     Y = mm.specialize(w, schedule=best)(X)
     ref, mag = T.reference_and_magnitude(w, X)
     assert T.check_result(Y, ref, mag)[0]
+
+
+def test_tune_convolution_with_a_fake_timer():
+    """Convolutions are tuned through their specialised kernel; the fastest correct wins."""
+    from dsl import conv2d
+    from sparsert_triton.tune import tune
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(6, 4, 3, 3, generator=g) * (torch.rand(6, 4, 3, 3, generator=g) < 0.4)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, stride=2, padding=1)).specialize(W)
+    X = torch.randn(2, 4, 7, 6, generator=g)
+    slow = Schedule(mode="table", rows_per_program=1, chunk=4, block_n=16)
+    fast = Schedule(mode="values", rows_per_program=4, block_n=16)
+    times = iter([9.0, 1.0])
+    best, results = tune(k, None, X, timer=lambda fn: next(times), candidates=[slow, fast],
+                         use_cache=False, progress=False)
+    assert (best.mode, best.rows_per_program) == ("values", 4)
+    assert [r.status for r in results] == ["ok", "ok"]
+    with pytest.raises(TypeError, match="specialised kernel"):
+        tune(sparse_kernel(lambda W, X: conv2d(W, X)), W, X, timer=lambda fn: 1.0)
+    with pytest.raises(TypeError, match="4-D"):
+        tune(k, None, X[0], timer=lambda fn: 1.0)
