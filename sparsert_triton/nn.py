@@ -453,9 +453,9 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     ``schedule``: one :class:`Schedule` for all layers, or ``f(name, module) -> Schedule``.
     ``tune=True`` picks each Linear's schedule with ``sparsert_triton.tune.tune``, timed on
     the layer's device for ``tune_n`` rows of input (batch x sequence), keyword arguments in
-    ``tune_kwargs`` (e.g. ``budget_s``); the layers must then be on a GPU. The tuner times
-    matrix products only: convolutions keep ``schedule`` and their report row says
-    "not tuned". ``inplace=False`` works on a deep copy. Only exact ``nn.Linear`` /
+    ``tune_kwargs`` (e.g. ``budget_s``); the layers must then be on a GPU. Convolutions keep
+    ``schedule`` (their input's spatial size is not known here; tune a layer's kernel with
+    ``sparsert_triton.tune.tune`` on a real input) and their report row says "not tuned". ``inplace=False`` works on a deep copy. Only exact ``nn.Linear`` /
     ``nn.Conv2d`` modules are replaced: subclasses (e.g. the output projection inside
     ``nn.MultiheadAttention``, whose parent reads ``.weight`` directly) are reported and kept,
     and so are convolutions with ``groups > 1``, a ``padding_mode`` other than ``'zeros'`` or
@@ -531,6 +531,6 @@ def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n):
     else:
         layer = SparseConv2d.from_conv2d(module, schedule=layer_schedule)
         if tune:
-            note = " (not tuned: the tuner times matmuls only)"
+            note = " (not tuned: the input size is unknown here)"
     plan = plan_for(layer.schedule, layer._pattern.base, 128, WEIGHT_DTYPES[w.dtype])
     return layer, LayerRow(name, kind, shape, s, "sparse", plan.mode + note, estimated_speedup(s))
