@@ -3,15 +3,19 @@
 ``SparseLinear`` computes ``y = x W^T + b`` for a pruned ``W`` (out x in, frozen mask) as
 ``Y^T = W @ X^T`` with the custom op ``sparsert::spmm``:
 
-* ``x`` of shape (..., in) is flattened to ``X`` (N, in) (a view for contiguous inputs),
-  ``X^T`` is a transposed view (no copy: the kernels take any strides), the kernel writes
+* ``x`` of shape (..., in) is flattened to ``X`` (N, in) (a view for contiguous inputs). The
+  kernel's column tiles run along N, so it wants ``X^T`` with unit stride along N: a row-major
+  input (features contiguous, e.g. after a LayerNorm) is transposed once into a contiguous
+  (in, N) copy, since reading it in place would make every load a gather. The kernel writes
   ``Y^T`` (out, N) contiguous and the layer returns ``Y^T.t()`` reshaped to (..., out), a view
-  with strides (…, 1, N). A following ``SparseLinear`` therefore reads its ``X^T`` contiguous.
-* The only copies: ``reshape`` copies an input whose leading dims cannot be merged into one
-  stride; downstream ops that need a contiguous last dim copy the transposed output.
+  with strides (…, 1, N): a following ``SparseLinear`` reads it in place, with no copy.
+* Copies: that transpose of a row-major input; ``reshape`` of an input whose leading dims
+  cannot be merged into one stride; downstream ops that need a contiguous last dim copy the
+  transposed output.
 
 ``SparseConv2d`` is ``nn.Conv2d`` (groups=1, zero padding) over the direct sparse convolution
-``sparsert::sparse_conv2d``: input (B, C_in, H, W) in any strides (NCHW or channels_last),
+``sparsert::sparse_conv2d``: input (B, C_in, H, W) in any strides (channels_last inputs are
+made NCHW once, as the kernel's column tiles run along W),
 output contiguous NCHW, the bias fused into the kernel. Its backward pass uses dense PyTorch
 convolutions on the masked weight (the forward pass is the sparse kernel).
 
@@ -242,8 +246,14 @@ class SparseLinear(_SparseLayer):
         self._check_dtype(x)
         lead = x.shape[:-1]
         X = x.reshape(-1, self.in_features)            # (N, in): a view when x allows it
+        Xt = X.t()                                      # (in, N)
+        if Xt.stride(1) != 1 and Xt.shape[1] > 1:
+            # the kernel's column tiles run along N: a row-major input (features contiguous)
+            # would make every load a gather, so it is transposed once here; the output of a
+            # sparse layer is already laid out so that the next sparse layer needs no copy
+            Xt = Xt.contiguous()
         spmm = ops.spmm if self._use_custom_op(x) else ops.spmm_direct
-        Yt = spmm(X.t(), self.values, self.bias, self.kernel_id)   # (out, N)
+        Yt = spmm(Xt, self.values, self.bias, self.kernel_id)      # (out, N)
         return Yt.t().reshape(*lead, self.out_features)   # view: Y^T stored, Y returned
 
     def extra_repr(self) -> str:
@@ -365,6 +375,9 @@ class SparseConv2d(_SparseLayer):
                              f"({self.in_channels}, H, W), got shape {tuple(x.shape)}")
         self._check_dtype(x)
         X = x if x.dim() == 4 else x.unsqueeze(0)
+        if X.stride(3) != 1 and X.shape[3] > 1:
+            # the kernel's column tiles run along W: channels-last input is made NCHW once
+            X = X.contiguous()
         conv = ops.sparse_conv2d if self._use_custom_op(x) else ops.sparse_conv2d_direct
         Y = conv(X, self.values, self.bias, self.kernel_id)
         return Y if x.dim() == 4 else Y.squeeze(0)

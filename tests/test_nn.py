@@ -249,3 +249,26 @@ def test_sparsify_with_tune_takes_the_fastest_schedule():
     assert report[0].mode == "table"
     x = torch.randn(3, IN)
     close(model(x), model[0].to_linear()(x))
+
+
+def test_kernel_reads_unit_stride_columns(monkeypatch):
+    """Row-major inputs are transposed once so the kernel's column tiles are contiguous; a
+    sparse layer's output feeds the next sparse layer without a copy."""
+    from sparsert_triton import ops as ops_module
+    seen = []
+    real = ops_module.spmm_direct
+
+    def spy(X, *a):
+        seen.append((X.stride(1), X.data_ptr()))
+        return real(X, *a)
+    monkeypatch.setattr(ops_module, "spmm_direct", spy)
+    first = SparseLinear.from_linear(pruned_linear(seed=21))
+    second = SparseLinear.from_linear(nn.Linear(first.out_features, 5))
+    x = torch.randn(7, IN)
+    with torch.no_grad():
+        h = first(x)
+        y = second(h)
+    assert [s for s, _ in seen] == [1, 1]
+    assert seen[1][1] == h.data_ptr()          # the second layer read h in place
+    ref = second.to_linear()(first.to_linear()(x))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
