@@ -42,7 +42,7 @@ def test_triton_csr_matches_float64_reference(dtype, N, device):
 
 
 def test_triton_csr_reads_strided_x_and_long_rows(device):
-    w = _weight(6, 300, 0.9)                      # rows longer than BLOCK_K: several loop steps
+    w = _weight(6, 300, 0.9)                      # rows longer than the unroll: several loop steps
     X = torch.randn(40, 300).to(device).t()       # (300, 40), transposed strides
     ref, mag = reference_and_magnitude(w, X)
     assert check_result(baselines.triton_csr(w, X, "float32")(), ref, mag)[0]
