@@ -10,10 +10,10 @@ per weight and is shared by the calls made for several ``X`` buffers.
 * ``cusparse``   -- a torch CSR tensor times dense X (cuSPARSE SpMM on CUDA).
 * ``triton_csr`` -- a plain Triton CSR kernel, not specialised to the mask: one output row
                     per program, a runtime loop over the row's nonzeros (unrolled by 4), one
-                    weight times one X row per step, float32 accumulation. (A first version
-                    reduced (BLOCK_K x BLOCK_N) tiles with ``tl.sum`` and ran 2-3x slower on
-                    the H100, which flattered sparsert in the first results.) Runs under
-                    ``TRITON_INTERPRET=1`` too.
+                    weight times one X row per step, float32 accumulation: the same loop as
+                    sparsert's table kernel, without its row ordering. (A first version
+                    reduced (BLOCK_K x BLOCK_N) tiles with ``tl.sum`` and ran 2.1-2.6x slower
+                    than that kernel on the H100.) Runs under ``TRITON_INTERPRET=1`` too.
 """
 from __future__ import annotations
 
