@@ -152,9 +152,8 @@ def csr_spmm_kernel(X, INDPTR, INDICES, VALUES, Y, N, sxk, sxn, sym, syn,
             k = j + t
             col = tl.load(INDICES + k, mask=k < end, other=0)
             val = tl.load(VALUES + k, mask=k < end, other=0.0).to(tl.float32)
-            x = tl.load(X + col * sxk + offs_n * sxn, mask=nmask & (offs_n * 0 + k < end),
-                        other=0.0).to(tl.float32)
-            acc += val * x
+            x = tl.load(X + col * sxk + offs_n * sxn, mask=nmask, other=0.0).to(tl.float32)
+            acc += val * x          # past the row's end: val = 0 times a real row of X
     tl.store(Y + row * sym + offs_n * syn, acc.to(Y.dtype.element_ty), mask=nmask)
 
 

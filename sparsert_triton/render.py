@@ -265,9 +265,9 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
 # ---------------------------------------------------------------- table mode
 
 def _table_x_load(b: Buffer, low: Lowered):
-    """One X row per nonzero (outer-product path): ``x`` for column ``c`` of step ``k``."""
+    """One X row per nonzero: ``x`` for column ``c`` (every step is a real nonzero)."""
     g = low.conv
-    valid = "nmask & (offs_n * 0 + k < end)"
+    valid = "nmask"
     if g is None:
         b(f"x = tl.load(xp + c * sxk, mask={valid}, other=0.0){cvt(low.signature.x_dtype, low.signature)}")
         return
@@ -278,6 +278,13 @@ def _table_x_load(b: Buffer, low: Lowered):
     b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask={valid} & (iy0 >= -dy) & "
       f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0)"
       f"{cvt(low.signature.x_dtype, low.signature)}")
+
+
+def _table_step(b: Buffer, low: Lowered):
+    """``acc += VALS[k] * X[COLS[k], tile]`` for the nonzero at ``k``."""
+    b("c = tl.load(COLS + k)")
+    _table_x_load(b, low)
+    b(f"acc += tl.load(VALS + k){cvt(low.signature.w_dtype, low.signature)} * x")
 
 
 def _table_x_tile(b: Buffer, low: Lowered):
@@ -329,12 +336,16 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
             b("start = tl.load(STARTS + slot)")
             b("end = start + tl.load(LENGTHS + slot)")
             b(f"acc = tl.zeros([{BN}], {acc_t})")
-            with b.indent(f"for j in range(start, end, {U}):"):
+            # whole chunks unrolled, then the row's remainder one by one: no per-element test
+            # of the row's end in the hot loop
+            b(f"full = start + (end - start) // {U} * {U}")
+            with b.indent(f"for j in range(start, full, {U}):"):
                 with b.indent(f"for t in tl.static_range({U}):"):
                     b("k = j + t")
-                    b("c = tl.load(COLS + k)")
-                    _table_x_load(b, low)
-                    b(f"acc += tl.load(VALS + k){cvt(sig.w_dtype, sig)} * x")
+                    _table_step(b, low)
+            if U > 1:
+                with b.indent("for k in range(full, end):"):
+                    _table_step(b, low)
             with b.indent("if row >= 0:"):
                 args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
                 b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "

@@ -26,12 +26,17 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
         start = tl.load(STARTS + slot)
         end = start + tl.load(LENGTHS + slot)
         acc = tl.zeros([64], tl.float32)
-        for j in range(start, end, 4):
+        full = start + (end - start) // 4 * 4
+        for j in range(start, full, 4):
             for t in tl.static_range(4):
                 k = j + t
                 c = tl.load(COLS + k)
-                x = tl.load(xp + c * sxk, mask=nmask & (offs_n * 0 + k < end), other=0.0)
+                x = tl.load(xp + c * sxk, mask=nmask, other=0.0)
                 acc += tl.load(VALS + k) * x
+        for k in range(full, end):
+            c = tl.load(COLS + k)
+            x = tl.load(xp + c * sxk, mask=nmask, other=0.0)
+            acc += tl.load(VALS + k) * x
         if row >= 0:
             tl.store(Y + row * sym + yo, _epilogue(acc, row, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
