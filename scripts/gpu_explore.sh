@@ -7,4 +7,4 @@ SPARSERT_TEST_DEVICE=cuda timeout ${TEST_S:-150} python -m pytest -q -x -p no:ca
     tests/test_property.py tests/test_inputs.py tests/test_golden.py 2>&1 | tail -${TAIL:-15} | tee $OUT/gpu_tests.txt
 # the exploration exercises the opt-in parallel first compile (a failure only warns)
 SPARSERT_COMPILE_WORKERS=${SPARSERT_COMPILE_WORKERS:-8} timeout ${EXPLORE_S:-380} python -m bench.explore --dlmc .carry/dlmc --out $OUT/explore.csv \
-    --deadline-s $(( ${EXPLORE_S:-380} - 40 )) 2>&1 | grep -E "^ +[0-9.]+ us|^==|FAILED|deadline" | tee $OUT/explore.txt
+    --deadline-s $(( ${EXPLORE_S:-380} - 40 )) 2>&1 | grep -E "^ +[0-9.]+ us|^==|FAILED|deadline|parallel compile" | tee $OUT/explore.txt
