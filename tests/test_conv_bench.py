@@ -50,3 +50,22 @@ def test_im2col_path_matches_direct_convolution():
     W4 = dense_hwc.reshape(C_out, 3, 3, C_in).permute(0, 3, 1, 2)
     ref = torch.nn.functional.conv2d(X.cpu().double(), W4.double(), None, 2, 1)
     torch.testing.assert_close(direct.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_run_case_checks_every_system(tmp_path):
+    """The benchmark's whole path for one small layer (CPU interpreter, a fake timer): every
+    system passes its correctness check and gets a row."""
+    import csv
+    import io
+    from bench.conv_bench import COLUMNS, run_case
+    from sparsert_triton.dlmc import read_smtx
+    p = read_smtx(next((_dlmc(tmp_path) / "rn50" / "magnitude_pruning" / "0.9").glob("*group2_1_1*")))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS)
+    times = run_case("layer", p, 4, 3, 6, 2, 2, "float32", "0.9", 10.0, writer, device=DEV,
+                     timer=lambda make_call, X, nbytes: 1.0)
+    rows = list(csv.DictReader(io.StringIO("," .join(COLUMNS) + "\n" + out.getvalue())))
+    systems = {r["system"]: r for r in rows}
+    assert set(systems) == {"cudnn", "cudnn_tf32", "sparsert", "im2col_sparsert"}
+    assert all(r["median_us"] == "1.00" for r in rows), rows
+    assert set(times) == set(systems)
