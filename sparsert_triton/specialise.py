@@ -60,12 +60,13 @@ class Table:
     ``[starts[s], starts[s] + lengths[s])`` of ``cols``/``values`` (its CSR row); a program runs
     its R rows one after another, so X rows it re-reads come from L1. Otherwise (the ``tl.dot``
     kernel): per group, the sorted union of its rows' columns, padded to ``chunk``, and a dense
-    (union x R) block of values, ``values[j * R + r]``."""
+    (union x R) block, entry ``j * R + r``. ``value_index`` says which CSR nonzero feeds each
+    entry (the values themselves are read from the weight at launch, so a cached layout serves
+    new values with the same mask)."""
     rows: np.ndarray         # int32 [G * R], -1 pads
     starts: np.ndarray       # int32: per slot (per_row) or per group [G + 1] (union)
     lengths: np.ndarray      # int32: nonzeros per slot (per_row) or union length per group
     cols: np.ndarray         # int32, padded by at least one chunk
-    values: np.ndarray       # float64, aligned with value_index
     value_index: np.ndarray  # int64: CSR index feeding each entry, -1 for a padding zero
     groups: int
     per_row: bool
@@ -191,9 +192,7 @@ def _table_rows(weight: SparseWeight, plan: Plan) -> Table:
     hit = value_index >= 0
     cols = np.zeros(value_index.shape[0], np.int32)
     cols[hit] = weight.indices[value_index[hit]]
-    values = np.zeros(value_index.shape[0], np.float64)
-    values[hit] = weight.values[value_index[hit]]
-    return Table(rows_buf, starts, lengths, cols, values, value_index, G, True)
+    return Table(rows_buf, starts, lengths, cols, value_index, G, True)
 
 
 def _table_union(weight: SparseWeight, plan: Plan) -> Table:
@@ -224,10 +223,7 @@ def _table_union(weight: SparseWeight, plan: Plan) -> Table:
             lo, hi = weight.indptr[row], weight.indptr[row + 1]
             j = np.searchsorted(cols, weight.indices[lo:hi])
             value_index[(s + j) * R + r_local] = np.arange(lo, hi)
-    values = np.zeros(total * R, np.float64)
-    hit = value_index >= 0
-    values[hit] = weight.values[value_index[hit]]
-    return Table(rows_buf, starts, lengths, col_buf, values, value_index, G, False)
+    return Table(rows_buf, starts, lengths, col_buf, value_index, G, False)
 
 
 def specialise(weight: SparseWeight, plan: Plan):
