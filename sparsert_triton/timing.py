@@ -26,7 +26,8 @@ def _warm(calls: Sequence[Callable]):
     torch.cuda.synchronize()
 
 
-def _per_call_us(calls: Sequence[Callable], rounds: int = 3) -> float:
+def _events_us(calls: Sequence[Callable], rounds: int) -> float:
+    """Microseconds per call of ``rounds`` passes over ``calls``, between two CUDA events."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(rounds):
@@ -34,7 +35,11 @@ def _per_call_us(calls: Sequence[Callable], rounds: int = 3) -> float:
             c()
     end.record()
     end.synchronize()
-    return max(0.5, start.elapsed_time(end) * 1e3 / (rounds * len(calls)))
+    return start.elapsed_time(end) * 1e3 / (rounds * len(calls))
+
+
+def _per_call_us(calls: Sequence[Callable], rounds: int = 3) -> float:
+    return max(0.5, _events_us(calls, rounds))
 
 
 def graph_median_us(calls: Sequence[Callable], replays: int = 25, target_us: float = 1000.0,
@@ -67,17 +72,7 @@ def events_median_us(calls: Sequence[Callable], replays: int = 25, target_us: fl
     _warm(calls)
     per = _per_call_us(calls)
     rounds = int(max(1, min(200, target_us // (per * len(calls)))))
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        for _ in range(rounds):
-            for c in calls:
-                c()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (rounds * len(calls)))
-    return statistics.median(times)
+    return statistics.median(_events_us(calls, rounds) for _ in range(replays))
 
 
 def eager_us(fn: Callable, target_s: float = 0.02, repeats: int = 5, max_calls: int = 2000) -> float:
