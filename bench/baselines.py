@@ -84,16 +84,19 @@ def _dense_weight(weight: SparseWeight, dtype: torch.dtype, device) -> torch.Ten
                     lambda: weight.to_dense(torch.float32).to(dtype).to(device).contiguous())
 
 
-def dense(weight: SparseWeight, X: torch.Tensor, dtype) -> Callable[[], torch.Tensor]:
-    """``W_dense @ X``: float32 with TF32 off, or the half dtype."""
-    dt = torch_dtype(dtype)
+def _dense(weight: SparseWeight, X: torch.Tensor, dt: torch.dtype, use_tf32: bool):
     _check_x(weight, X, dt)
     W = _dense_weight(weight, dt, X.device)
 
     def f():
-        with tf32(False):
+        with tf32(use_tf32):
             return torch.matmul(W, X)
     return f
+
+
+def dense(weight: SparseWeight, X: torch.Tensor, dtype) -> Callable[[], torch.Tensor]:
+    """``W_dense @ X``: float32 with TF32 off, or the half dtype."""
+    return _dense(weight, X, torch_dtype(dtype), False)
 
 
 def dense_tf32(weight: SparseWeight, X: torch.Tensor, dtype) -> Callable[[], torch.Tensor]:
@@ -101,13 +104,7 @@ def dense_tf32(weight: SparseWeight, X: torch.Tensor, dtype) -> Callable[[], tor
     dt = torch_dtype(dtype)
     if dt != torch.float32:
         raise ValueError(f"dense_tf32 is a float32 baseline, got {dt}")
-    _check_x(weight, X, dt)
-    W = _dense_weight(weight, dt, X.device)
-
-    def f():
-        with tf32(True):
-            return torch.matmul(W, X)
-    return f
+    return _dense(weight, X, dt, True)
 
 
 def _csr_tensor(weight: SparseWeight, dtype: torch.dtype, device) -> torch.Tensor:

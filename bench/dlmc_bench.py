@@ -309,7 +309,7 @@ class Runner:
             except Exception as ex:
                 if _fatal(ex):
                     raise
-                row["schedule"] = f"ERROR: {type(ex).__name__}: {_first_line(ex)} " + row["schedule"]
+                row["schedule"] = f"{_error(ex)} " + row["schedule"]
             self._write(row)
             medians[system] = row.get("median_us")
 
@@ -339,7 +339,7 @@ class Runner:
                 if _fatal(ex):
                     raise
                 self._write(dict(base, system="sparsert_default",
-                                 schedule=f"ERROR: {type(ex).__name__}: {_first_line(ex)} {s!r}"))
+                                 schedule=f"{_error(ex)} {s!r}"))
                 medians["sparsert_default"] = None
             else:
                 measure("sparsert_default", make_call, compile_s=compile_s, schedule=repr(s))
@@ -364,7 +364,7 @@ class Runner:
                 if _fatal(ex):
                     raise
                 self._write(dict(base, system="sparsert",
-                                 schedule=f"ERROR: {type(ex).__name__}: {_first_line(ex)}"))
+                                 schedule=_error(ex)))
                 medians["sparsert"] = None
         return medians
 
@@ -397,6 +397,11 @@ def spmm(W, X):
 def _first_line(ex: Exception) -> str:
     s = str(ex).strip().splitlines()
     return (s[0] if s else "")[:200].replace(",", ";")
+
+
+def _error(ex: Exception) -> str:
+    """The ``schedule`` column of a system that raised."""
+    return f"ERROR: {type(ex).__name__}: {_first_line(ex)}"
 
 
 def _fatal(ex: Exception) -> bool:
