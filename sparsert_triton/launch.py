@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+from contextlib import nullcontext
 
 import torch
 
@@ -159,15 +160,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     fast = fastpasses.applies(plan)
     if first and len(launches) > 1 and compile_workers() > 1 and not interpreting():
         warm_in_parallel(variant, launches, opts, fast, compile_workers())
-    with (triton_cache_scope() if first else _nullcontext()), fast_pipeline(first and fast):
+    with (triton_cache_scope() if first else nullcontext()), fast_pipeline(first and fast):
         for fn, grid, args in launches:
             fn[grid](*args, **opts)
     variant.launched = True
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
