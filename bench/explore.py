@@ -21,23 +21,21 @@ from sparsert_triton.dlmc import read_smtx
 S = Schedule
 # (model, sparsity, name, N, [schedules])
 PLAN = [
-    # next session: per-row table kernels with many rows per program (L1 reuse of X rows),
-    # unrolled kernels with column loops (instruction-cache reuse); baselines from this session's
-    # best schedules for comparison
-    ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
-        S(mode="table", rows_per_program=r, chunk=4, block_n=b, num_warps=w)
-        for r in (1, 16, 64) for (b, w) in ((64, 2), (128, 4))
-    ]),
-    ("transformer", "0.98", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048, [
-        S(mode="table", rows_per_program=r, chunk=4, block_n=128) for r in (1, 16, 64)
-    ] + [S(mode="values", rows_per_program=64, block_n=128, column_programs=c) for c in (0, 2, 4)]),
-    ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136, [
-        S(mode="values", rows_per_program=32, block_n=128, column_programs=c) for c in (0, 4, 8)
-    ] + [S(mode="table", rows_per_program=r, chunk=4, block_n=128) for r in (1, 8, 32)]),
-    ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196, [
-        S(mode="table", rows_per_program=r, chunk=4, block_n=b, num_warps=w)
-        for r in (1, 8, 32) for (b, w) in ((64, 2), (256, 4))
-    ]),
+    # side-by-side rows (parallel_rows): one program keeps one column tile of X in L1 over many
+    # rows; run 2 (explore_h100_run2.csv) measured the other kernels on these matrices
+    (model, sp, name, N, [S(mode="table", rows_per_program=r, parallel_rows=p, block_n=b,
+                            num_warps=w, chunk=c)
+                          for r in (64, 256, 1024) for (p, b, w) in ((8, 32, 2), (16, 32, 4),
+                                                                     (8, 64, 4), (4, 128, 4))
+                          for c in (2,)]
+     + [S(mode="table", rows_per_program=1, block_n=128, chunk=4)])
+    for model, sp, name, N in (
+        ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048),
+        ("transformer", "0.9", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048),
+        ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196),
+        ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136),
+        ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 256),
+    )
 ]
 
 

@@ -38,6 +38,11 @@ bake_strides
     Write the strides of ``X`` into the code as constants (each load then addresses ``X`` with
     an immediate offset instead of computing it); the kernel is specialised to those strides.
     Default: on for the unrolled modes.
+parallel_rows
+    Table mode: rows of a program computed side by side, as a (parallel_rows x block_n) tile
+    whose X rows are gathered in one load per step; the program walks its rows_per_program
+    rows in blocks of this size, so one program keeps one column tile of X hot in L1 across
+    many rows. 1 (the default) runs the rows one after another.
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -71,6 +76,7 @@ class Schedule:
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
     column_programs: int = 0
+    parallel_rows: int = 1
     bake_strides: Union[bool, str] = AUTO
 
     def __post_init__(self):
@@ -80,7 +86,7 @@ class Schedule:
             raise ValueError(f"Schedule.row_order must be one of {ROW_ORDERS} or 'auto', "
                              f"got {self.row_order!r}")
         for name in ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
-                     "max_statements_per_function", "max_functions_per_kernel"):
+                     "max_statements_per_function", "max_functions_per_kernel", "parallel_rows"):
             v = getattr(self, name)
             if v == AUTO:
                 continue

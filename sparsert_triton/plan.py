@@ -28,6 +28,7 @@ class Plan:
     num_warps: int
     num_stages: int
     column_programs: int = 0
+    parallel_rows: int = 1
     bake_strides: bool = False
 
     def __post_init__(self):
@@ -39,8 +40,10 @@ class Plan:
             bad(f"row_order {self.row_order!r} not in {ROW_ORDERS}")
         if not _pow2(self.block_n) or self.block_n > 4096:
             bad(f"block_n must be a power of two <= 4096, got {self.block_n}")
-        if not 1 <= self.rows_per_program <= 256:
-            bad(f"rows_per_program must be in 1..256, got {self.rows_per_program}")
+        cap = 4096 if self.mode == "table" else 256
+        if not 1 <= self.rows_per_program <= cap:
+            bad(f"rows_per_program must be in 1..{cap} in {self.mode} mode, "
+                f"got {self.rows_per_program}")
         if self.mode == "table":
             if not _pow2(self.rows_per_program):
                 bad("table mode needs rows_per_program to be a power of two")
@@ -50,7 +53,7 @@ class Plan:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
         elif self.use_dot:
             bad("use_dot applies to table mode only")
-        if self.max_statements_per_function < self.rows_per_program + 1:
+        if self.mode != "table" and self.max_statements_per_function < self.rows_per_program + 1:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
             bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
@@ -58,6 +61,12 @@ class Plan:
             bad(f"column_programs must be >= 0, got {self.column_programs}")
         if self.column_programs and self.mode == "table":
             bad("column_programs applies to the unrolled modes only")
+        if self.parallel_rows != 1:
+            if self.mode != "table" or self.use_dot:
+                bad("parallel_rows applies to the table mode without use_dot only")
+            if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
+                bad(f"parallel_rows must be a power of two dividing rows_per_program "
+                    f"({self.rows_per_program}), got {self.parallel_rows}")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
 

@@ -306,7 +306,10 @@ def _table_x_tile(b: Buffer, low: Lowered):
 
 
 def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
-    (_render_table_union if low.plan.use_dot else _render_table_rows)(b, k, low)
+    p = low.plan
+    rule = (_render_table_union if p.use_dot else
+            _render_table_parallel if p.parallel_rows > 1 else _render_table_rows)
+    rule(b, k, low)
 
 
 @contextmanager
@@ -352,6 +355,40 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
                   "mask=nmask)")
 
 
+def _render_table_parallel(b: Buffer, k: TableKernel, low: Lowered):
+    p, sig = low.plan, low.signature
+    R, P, U, BN = p.rows_per_program, p.parallel_rows, p.chunk, p.block_n
+    ops = operand_params(sig, low.conv is not None)
+    acc_t = TL_DTYPES[sig.acc_dtype]
+    with _table_kernel(b, k, low, f"acc[r, n] = sum_j VALS[j] * X[COLS[j], n] over each row's "
+                       f"segment, {P} rows side by side (one gathered load of X per step); the "
+                       f"program walks its {R} rows in blocks of {P}, so its column tile of X "
+                       "stays in L1."):
+        b(f"p = tl.arange(0, {P})")
+        with b.indent(f"for blk in range(0, {R}, {P}):"):
+            b(f"slot = g * {R} + blk + p")
+            b("rows = tl.load(ROWS + slot)")
+            b("start = tl.load(STARTS + slot)")
+            b("length = tl.load(LENGTHS + slot)")
+            b(f"acc = tl.zeros([{P}, {BN}], {acc_t})")
+            # rows of a block have similar lengths (row_order "nnz"): the loop runs to the
+            # longest, shorter rows are masked for their last steps
+            with b.indent(f"for j in range(0, tl.max(length, axis=0), {U}):"):
+                with b.indent(f"for t in tl.static_range({U}):"):
+                    b("kmask = j + t < length")
+                    b("k = start + j + t")
+                    b("cols = tl.load(COLS + k, mask=kmask, other=0)")
+                    _table_x_tile(b, low)
+                    b(f"w = tl.load(VALS + k, mask=kmask, other=0.0)"
+                      f"{cvt(sig.w_dtype, sig)}")
+                    b(f"acc += w[:, None] * x{cvt(sig.x_dtype, sig)}")
+            args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
+                             + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
+            b(f"out = _epilogue({args})")
+            b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
+              "mask=(rows >= 0)[:, None] & nmask[None, :])")
+
+
 def _render_table_union(b: Buffer, k: TableKernel, low: Lowered):
     p, sig = low.plan, low.signature
     R, U, BN = p.rows_per_program, p.chunk, p.block_n
@@ -394,7 +431,8 @@ def render(low: Lowered, header: str = "") -> str:
     b("import triton.language as tl")
     b()
     table = isinstance(low.kernels[0], TableKernel)
-    render_helpers(b, low, table and low.plan.use_dot)   # tile epilogue only for the dot kernel
+    # the tile epilogue (rows x columns) for the kernels that compute several rows at once
+    render_helpers(b, low, table and (low.plan.use_dot or low.plan.parallel_rows > 1))
     for k in low.kernels:
         (render_table_kernel if table else render_unrolled_kernel)(b, k, low)
     return b.text()

@@ -32,6 +32,8 @@ CASES = {
     "table_bf16": ("table", torch.bfloat16, bias_relu, dict(rows_per_program=4, chunk=8)),
     "table_dot_fp16": ("table", torch.float16, gelu_cast,
                        dict(rows_per_program=16, chunk=16, use_dot=True)),
+    "table_parallel_fp16": ("table", torch.float16, gelu_cast,
+                            dict(rows_per_program=8, parallel_rows=4, block_n=32)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
     "values_column_loop": ("values", torch.float32, bias_relu,
                            dict(rows_per_program=8, column_programs=2)),
@@ -57,6 +59,8 @@ for name, (mode, dtype, fn, sched) in CASES.items():
         out[name]["ptx_full"] = [c.asm["ptx"] for c in full]
 from dsl import conv2d
 for name, mode, sched in (("conv_values", "values", dict(rows_per_program=4)),
+                          ("conv_table_parallel", "table", dict(rows_per_program=8,
+                                                                parallel_rows=4, block_n=64)),
                           ("conv_table_dot", "table", dict(rows_per_program=16, chunk=16,
                                                            use_dot=True))):
     def cfn(W, X, b):
@@ -99,7 +103,8 @@ def compiled(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
                                   "table_dot_fp16", "values_fp64", "values_column_loop",
-                                  "conv_values", "conv_table_dot"])
+                                  "conv_values", "conv_table_dot", "table_parallel_fp16",
+                                  "conv_table_parallel"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1
