@@ -177,20 +177,18 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     bn_main = min(128, bns[-1])
     first, second, third = [heuristic(w, N, d)], [], []
 
-    # table mode, scalar FMAs: a program runs its R rows in turn (per-row segments), so its
-    # accumulator is one block_n vector; block_n below 32 * num_warps idles threads (H100:
-    # block_n 64 with 4 warps ran 2x slower than 128), so small tiles get fewer warps
-    for i, (R, U) in enumerate([(1, 4), (8, 4), (32, 4), (1, 8), (64, 4), (16, 8)]):
+    # table mode, scalar FMAs, one row per program. H100 (bench/results/explore_h100_run2.csv,
+    # explore_h100_run3_parallel_rows.csv): more rows per program, run in turn or side by
+    # side (parallel_rows), or clustered by shared columns, ran 1.2-20x slower on every DLMC
+    # layer tried, so they are not searched. block_n below 32 * num_warps idles threads (block_n
+    # 64 with 4 warps ran 2x slower than 128), so small tiles get fewer warps.
+    for i, U in enumerate((4, 8, 2)):
         for bn in bns:
-            s = Schedule(mode="table", rows_per_program=R, chunk=U, block_n=bn, row_order="nnz",
+            s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
                          num_warps=max(1, min(4, bn // 32)))
-            (first if i < 3 and bn == bn_main else second).append(s)
+            (first if i == 0 and bn == bn_main else second).append(s)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
                            row_order="nnz", num_warps=4, num_stages=3))
-    # rows that share columns in one program: their shared X rows are re-read from L1
-    for R in (16, 64):
-        second.append(Schedule(mode="table", rows_per_program=R, chunk=4, block_n=bn_main,
-                               row_order="cluster", num_warps=max(1, min(4, bn_main // 32))))
 
     # table mode on tensor cores (half dtypes)
     if half:
@@ -213,9 +211,8 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     for bn in bns:
         if bn != bn_main:
             unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn, row_order="cluster"))
-    # programs that loop over several column tiles (instruction-cache reuse)
-    unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn_main,
-                             row_order="cluster", column_programs=4))
+    # (programs looping over several column tiles, column_programs, ran 2-5x slower on the
+    # H100: not searched)
     # another compile-unit size (noinline functions per program)
     unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn_main, row_order="cluster",
                              max_statements_per_function=1024))

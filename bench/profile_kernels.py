@@ -1,0 +1,47 @@
+"""Run a few representative sparse kernels once each, for ``ncu`` to read their counters.
+
+    ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section Occupancy --section WarpStateStats -k regex:sparse \
+        python -m bench.profile_kernels --dlmc DIR
+
+Each kernel is compiled and run once before the profiled launch (``--launch-skip`` is not
+needed: ncu profiles every matching launch; the first is the compile run, ignore it).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from dsl import Schedule as S
+from sparsert_triton import sparse_kernel
+from sparsert_triton.dlmc import read_smtx
+
+CASES = [
+    # (model, sparsity, matrix, N, schedule): the suite's main kernels on its largest layer
+    ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048,
+     S(mode="table", rows_per_program=1, block_n=128, chunk=4)),
+    ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136,
+     S(mode="values", rows_per_program=32, block_n=128)),
+]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dlmc", required=True)
+    a = ap.parse_args(argv)
+    for model, sp, name, N, s in CASES:
+        path = next(Path(a.dlmc, model, "magnitude_pruning", sp).glob(name + ".smtx*"))
+        wt = read_smtx(path).with_values(seed=0)
+        X = torch.randn(wt.K, N, device="cuda")
+        k = sparse_kernel(lambda W, X: W @ X, schedule=s).specialize(wt)
+        k(X)
+        torch.cuda.synchronize()
+        k(X)
+        torch.cuda.synchronize()
+        print(f"{model} {sp} {name} {wt.M}x{wt.K}x{N} nnz={wt.nnz} {s!r}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
