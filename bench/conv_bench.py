@@ -61,7 +61,7 @@ def layers(root: Path, sparsity: str):
 
 
 def _rel_err(Y, ref):
-    return ((Y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    return ((Y.double().to(ref.device) - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 @contextmanager

@@ -43,6 +43,10 @@ parallel_rows
     whose X rows are gathered in one load per step; the program walks its rows_per_program
     rows in blocks of this size, so one program keeps one column tile of X hot in L1 across
     many rows. 1 (the default) runs the rows one after another.
+pack_nonzeros
+    Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
+    the float32 value's bits) instead of two loads. Default: on wherever it applies (float32
+    accumulation).
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -77,6 +81,7 @@ class Schedule:
     num_stages: IntOrAuto = AUTO
     column_programs: int = 0
     parallel_rows: int = 1
+    pack_nonzeros: Union[bool, str] = AUTO
     bake_strides: Union[bool, str] = AUTO
 
     def __post_init__(self):
@@ -105,6 +110,9 @@ class Schedule:
         if self.bake_strides not in (True, False, AUTO):
             raise ValueError(f"Schedule.bake_strides must be True, False or 'auto', "
                              f"got {self.bake_strides!r}")
+        if self.pack_nonzeros not in (True, False, AUTO):
+            raise ValueError(f"Schedule.pack_nonzeros must be True, False or 'auto', "
+                             f"got {self.pack_nonzeros!r}")
         if self.use_dot not in (True, False, AUTO):
             raise ValueError(f"Schedule.use_dot must be True, False or 'auto', got {self.use_dot!r}")
 

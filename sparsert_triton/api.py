@@ -51,7 +51,8 @@ def _layout_arrays(layout) -> dict:
 class Variant:
     """One compiled form of a specialised kernel: for one plan and one call signature."""
 
-    def __init__(self, key: str, path: Path, layout: dict, plan: Plan, weight: SparseWeight):
+    def __init__(self, key: str, path: Path, layout: dict, plan: Plan, weight: SparseWeight,
+                 packed: bool = False):
         self.key, self.path, self.plan, self.launched = key, path, plan, False
         self.module = import_kernels(path, key)
         self.table = plan.mode == "table"
@@ -60,7 +61,14 @@ class Variant:
             vi = layout["value_index"]
             vals = np.zeros(vi.shape, np.float64)
             vals[vi >= 0] = weight.values[vi[vi >= 0]]
-            self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"], vals]
+            if packed:   # int64 words: column | float32 bits of the value << 32
+                bits = torch.from_numpy(vals).to(TORCH_DTYPES[weight.dtype]).float().numpy()
+                hi = bits.view(np.uint32).astype(np.int64) << 32
+                nz = hi | layout["cols"].astype(np.uint32).astype(np.int64)
+                self._host = [layout["rows"], layout["starts"], layout["lengths"], nz]
+            else:
+                self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"],
+                              vals]
         else:
             self.kernels = [(getattr(self.module, f"sparse_kernel_{i}"), int(g))
                             for i, g in enumerate(layout["kernel_groups"])]
@@ -135,7 +143,7 @@ class SpecializedKernel:
             arrays = _layout_arrays(layout)
             hit = (cache.store(key, source, arrays) / "kernel.py", arrays)
             _dump(key, self.program, plan, sig, layout, lowered, source)
-        v = Variant(key, hit[0], hit[1], plan, self.weight)
+        v = Variant(key, hit[0], hit[1], plan, self.weight, plan.packs_nonzeros(sig))
         self._variants[vkey] = v
         return v
 

@@ -90,10 +90,15 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
         row_order = "nnz" if mode == "table" else "given"
     num_warps = 4 if s.num_warps == AUTO else s.num_warps
     num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
+    pack = s.pack_nonzeros
+    if pack == AUTO:
+        pack = (mode == "table" and not use_dot and int(s.parallel_rows) == 1
+                and "float64" not in (x_dtype, weight.dtype))
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
                 num_warps=int(num_warps), num_stages=int(num_stages),
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
+                pack_nonzeros=bool(pack),
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides))

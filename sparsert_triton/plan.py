@@ -29,6 +29,7 @@ class Plan:
     num_stages: int
     column_programs: int = 0
     parallel_rows: int = 1
+    pack_nonzeros: bool = False
     bake_strides: bool = False
 
     def __post_init__(self):
@@ -67,8 +68,16 @@ class Plan:
             if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
                 bad(f"parallel_rows must be a power of two dividing rows_per_program "
                     f"({self.rows_per_program}), got {self.parallel_rows}")
+        if self.pack_nonzeros and (self.mode != "table" or self.use_dot or self.parallel_rows > 1):
+            bad("pack_nonzeros applies to the one-row table kernel only")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
+
+    def packs_nonzeros(self, sig: "Signature") -> bool:
+        """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in
+        the low half, the float32 value's bits in the high half): one load per nonzero instead
+        of two, where the L1 pipeline is the kernel's busiest unit (ncu, H100)."""
+        return self.pack_nonzeros and sig.acc_dtype == "float32"
 
     def to_schedule(self) -> Schedule:
         return Schedule(**asdict(self))

@@ -281,7 +281,14 @@ def _table_x_load(b: Buffer, low: Lowered):
 
 
 def _table_step(b: Buffer, low: Lowered):
-    """``acc += VALS[k] * X[COLS[k], tile]`` for the nonzero at ``k``."""
+    """``acc += VALS[k] * X[COLS[k], tile]`` for the nonzero at ``k`` (packed: both from the
+    64-bit word ``NZ[k]``)."""
+    if low.plan.packs_nonzeros(low.signature):
+        b("nz = tl.load(NZ + k)")
+        b("c = (nz & 0xFFFFFFFF).to(tl.int32)")
+        _table_x_load(b, low)
+        b("acc += (nz >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
+        return
     b("c = tl.load(COLS + k)")
     _table_x_load(b, low)
     b(f"acc += tl.load(VALS + k){cvt(low.signature.w_dtype, low.signature)} * x")
@@ -316,7 +323,8 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
 def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str):
     """The table kernels' definition, docstring, program ids and column tile."""
     b("@triton.jit")
-    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
+    nz = ["NZ"] if low.plan.packs_nonzeros(low.signature) else ["COLS", "VALS"]
+    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS'] + nz)}):"):
         b(f'"""{doc}"""')
         b("g = tl.program_id(0)")
         b("pid_n = tl.program_id(1)")
@@ -330,7 +338,9 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     R, U, BN = p.rows_per_program, p.chunk, p.block_n
     ops = operand_params(sig, low.conv is not None)
     acc_t = TL_DTYPES[sig.acc_dtype]
-    with _table_kernel(b, k, low, f"acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's "
+    nz = ("value(NZ[j]) * X[column(NZ[j]), n]" if p.packs_nonzeros(sig)
+          else "VALS[j] * X[COLS[j], n]")
+    with _table_kernel(b, k, low, f"acc[n] = sum_j {nz} over each row's "
                        f"segment; the program's {R} row(s) run in turn, so X rows they share are "
                        "re-read from L1."):
         with b.indent(f"for r in tl.static_range({R}):"):

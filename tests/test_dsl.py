@@ -1,5 +1,6 @@
 """Tracing, rejection messages, schedules and plans."""
 import pytest
+import torch
 
 import dsl
 from dsl import Schedule, TraceError, clamp, gelu, ir, relu, silu, trace
@@ -139,3 +140,24 @@ def test_plan_is_frozen_and_hashable():
     with pytest.raises(Exception):
         p.block_n = 32
     assert eval(repr(p.to_schedule()), {"Schedule": Schedule}) == p.to_schedule()
+
+
+def test_table_kernel_options_are_validated():
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.weights import as_sparse_weight
+    w = as_sparse_weight(torch.eye(8))
+    for bad, msg in [(dict(mode="values", parallel_rows=2), "parallel_rows"),
+                     (dict(mode="table", rows_per_program=4, parallel_rows=8), "parallel_rows"),
+                     (dict(mode="table", rows_per_program=6, parallel_rows=4), "power of two"),
+                     (dict(mode="values", pack_nonzeros=True), "pack_nonzeros"),
+                     (dict(mode="table", rows_per_program=4, parallel_rows=2,
+                           pack_nonzeros=True), "pack_nonzeros")]:
+        with pytest.raises(ValueError, match=msg):
+            plan_for(Schedule(**bad), w, 16, "float32")
+    with pytest.raises(ValueError, match="pack_nonzeros"):
+        Schedule(pack_nonzeros="yes")
+    # packing is the default only where it applies: float32 accumulation, one-row table kernel
+    assert plan_for(Schedule(mode="table"), w, 16, "float16").pack_nonzeros
+    assert not plan_for(Schedule(mode="table"), w, 16, "float64").pack_nonzeros
+    assert not plan_for(Schedule(mode="table", rows_per_program=2, parallel_rows=2), w, 16,
+                        "float32").pack_nonzeros
