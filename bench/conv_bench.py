@@ -42,11 +42,14 @@ TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: block_n >= 32 * num_warps keeps every thread busy (small late layers get narrow tiles);
 #: column loops (column_programs) ran 2-5x slower on the H100 and are left out
-SCHEDULES = [Schedule(mode="table", rows_per_program=1, chunk=4, block_n=128),
+SCHEDULES = [Schedule(mode="table", rows_per_program=1, chunk=8, block_n=128, num_warps=1),
+             Schedule(mode="table", rows_per_program=1, chunk=8, block_n=128, num_warps=1,
+                      pack_nonzeros=True),
+             Schedule(mode="table", rows_per_program=1, chunk=4, block_n=128),
              Schedule(mode="table", rows_per_program=1, chunk=8, block_n=256),
              Schedule(mode="table", rows_per_program=1, chunk=4, block_n=64, num_warps=2),
              Schedule(mode="table", rows_per_program=1, chunk=4, block_n=32, num_warps=1),
-             Schedule(mode="values", rows_per_program=32, block_n=128)]
+             Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1)]
 
 
 def layers(root: Path, sparsity: str):

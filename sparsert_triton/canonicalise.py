@@ -84,16 +84,21 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
             block_n = max(block_n, 16)
     chunk = s.chunk
     if chunk == AUTO:
-        chunk = 16 if use_dot else 4
+        chunk = 16 if use_dot else 8 if mode == "table" else 4
     row_order = s.row_order
     if row_order == AUTO:
         row_order = "nnz" if mode == "table" else "given"
-    num_warps = 4 if s.num_warps == AUTO else s.num_warps
+    num_warps = s.num_warps
+    if num_warps == AUTO:
+        # H100 (bench/results/explore_h100_run4_table_warps.csv): one warp per program with
+        # several columns per thread beat four warps by 1.1-1.8x in the scalar-FMA kernels (one
+        # index load feeds a wider X load; more, smaller programs for the unrolled ones)
+        num_warps = 4 if use_dot else 1
+    if s.block_n == AUTO and mode != "table":
+        block_n = min(block_n, 32)     # unrolled: a 32-column tile per warp
     num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
-    pack = s.pack_nonzeros
-    if pack == AUTO:
-        pack = (mode == "table" and not use_dot and int(s.parallel_rows) == 1
-                and "float64" not in (x_dtype, weight.dtype))
+    # packing measured +3% to -15% (run 4): the tuner tries it, the default leaves it off
+    pack = False if s.pack_nonzeros == AUTO else s.pack_nonzeros
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),

@@ -190,11 +190,12 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
                            row_order="nnz", num_warps=4, num_stages=3))
     # fewer warps, several columns per thread: one index load serves a wider vector load
-    # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit)
+    # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit); packed nonzeros
     for bn in [b for b in bns if b >= 64]:
-        s = Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn, row_order="nnz",
-                     num_warps=max(1, bn // 128))
-        (first if bn == bn_main else second).append(s)
+        for U, pack in ((8, False), (8, True), (4, False)):
+            s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
+                         num_warps=max(1, bn // 128), pack_nonzeros=pack)
+            (first if bn == bn_main and U == 8 else second).append(s)
 
     # table mode on tensor cores (half dtypes)
     if half:

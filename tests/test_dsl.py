@@ -156,8 +156,9 @@ def test_table_kernel_options_are_validated():
             plan_for(Schedule(**bad), w, 16, "float32")
     with pytest.raises(ValueError, match="pack_nonzeros"):
         Schedule(pack_nonzeros="yes")
-    # packing is the default only where it applies: float32 accumulation, one-row table kernel
-    assert plan_for(Schedule(mode="table"), w, 16, "float16").pack_nonzeros
-    assert not plan_for(Schedule(mode="table"), w, 16, "float64").pack_nonzeros
-    assert not plan_for(Schedule(mode="table", rows_per_program=2, parallel_rows=2), w, 16,
-                        "float32").pack_nonzeros
+    # packing is opt-in (measured mixed); a float64 call never packs, even when asked
+    assert not plan_for(Schedule(mode="table"), w, 16, "float32").pack_nonzeros
+    from sparsert_triton.plan import Signature
+    p = plan_for(Schedule(mode="table", pack_nonzeros=True), w, 16, "float64")
+    assert p.pack_nonzeros and not p.packs_nonzeros(Signature("float64", "float64", "float64", ()))
+    assert p.packs_nonzeros(Signature("float16", "float16", "float16", ()))

@@ -13,13 +13,6 @@ from sparsert_triton.nn import SparseLinear, sparsify
 IN, OUT = 24, 16
 
 
-
-@pytest.fixture(autouse=True)
-def _on_test_device(device):
-    """Modules, inputs and references are created on the test device (the GPU run)."""
-    with torch.device(device):
-        yield
-
 def pruned_linear(in_f=IN, out_f=OUT, sparsity=0.8, bias=True, seed=0):
     torch.manual_seed(seed)
     lin = nn.Linear(in_f, out_f, bias=bias)
@@ -106,11 +99,10 @@ def test_dtype_conversion_respecialises(dtype, tol):
 
 
 def test_plain_cpu_without_interpreter_raises(monkeypatch):
-    with torch.device("cpu"):
-        layer = SparseLinear.from_linear(pruned_linear())
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
-        with pytest.raises(RuntimeError, match="sparse kernels run on CUDA"):
-            layer(torch.randn(2, IN))
+    layer = SparseLinear.from_linear(pruned_linear())
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="sparse kernels run on CUDA"):
+        layer(torch.randn(2, IN))
 
 
 class Net(nn.Module):

@@ -14,13 +14,6 @@ from sparsert_triton import ops
 from sparsert_triton.nn import SparseConv2d, SparseLinear, sparsify
 
 
-
-@pytest.fixture(autouse=True)
-def _on_test_device(device):
-    """Modules, inputs and references are created on the test device (the GPU run)."""
-    with torch.device(device):
-        yield
-
 def pruned_conv(cin=3, cout=5, k=3, sparsity=0.7, seed=0, **kw):
     torch.manual_seed(seed)
     conv = nn.Conv2d(cin, cout, k, **kw)
