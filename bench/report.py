@@ -256,8 +256,15 @@ def markdown(rows, cases, csv_path: Path, plot_paths: Sequence[Path], meta: Opti
             L.append(f"- ... and {len(bad) - 20} more")
     if plot_paths:
         L += ["", "### Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_paths]
-    L += ["", "### Reproduce", "", "```",
-          "python -m bench.dlmc_bench --dlmc <DLMC dir> --subset quick --out bench/results/dlmc_h100.csv",
+    a = (meta or {}).get("args", {})
+    run = (f"python -m bench.dlmc_bench --dlmc <DLMC dir> --subset {a.get('subset', 'quick')}"
+           + (f" --per-shape {a['per_shape']}" if a.get("per_shape") else "")
+           + (f" --dtypes {','.join(a['dtypes'])}" if a.get("dtypes") else "")
+           + (f" --tune-budget {a['tune_budget']:g}" if a.get("tune_budget") else "")
+           + (f" --max-compile-s {a['max_compile_s']:g}" if a.get("max_compile_s") else "")
+           + (" --shard i/n  # one device call per shard; concatenate the CSVs"
+              if a.get("shard") else " --out bench/results/dlmc_h100.csv"))
+    L += ["", "### Reproduce", "", "```", run,
           "python -m bench.report --csv bench/results/dlmc_h100.csv --results-dir bench/results "
           "--dlmc <DLMC dir>", "```", END]
     return "\n".join(L) + "\n"
