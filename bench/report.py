@@ -270,13 +270,14 @@ def markdown(rows, cases, csv_path: Path, plot_paths: Sequence[Path], meta: Opti
     return "\n".join(L) + "\n"
 
 
-def write_section(path: Path, section: str):
-    """Replace the marked section of ``path`` (or append it; create the file if needed)."""
+def write_marked(path: Path, section: str):
+    """Replace the section of ``path`` between the marker lines that ``section`` starts and
+    ends with (or append it; create the file if needed)."""
+    begin, end = section.splitlines()[0], section.rstrip("\n").splitlines()[-1]
     text = path.read_text() if path.exists() else "# Results\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
@@ -304,7 +305,7 @@ def main(argv=None):
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     paths = [] if a.no_plots else plots(rows, out)
     section = markdown(rows, cases, csv_path, paths, meta)
-    write_section(out / "RESULTS.md", section)
+    write_marked(out / "RESULTS.md", section)
     print(section)
     return 0
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from bench.report import geomean
+from bench.report import geomean, write_marked
 
 CONV_BASELINES = ("cudnn", "cudnn_tf32", "im2col_sparsert")
 
@@ -86,18 +86,6 @@ def e2e_markdown(rows: Sequence[dict], sources: Sequence[str]) -> str:
                  f"{_num(r['rel_err']):.1e} | {r['sparse_layers']} |")
     L.append("<!-- e2e-bench:end -->")
     return "\n".join(L) + "\n"
-
-
-def write_marked(path: Path, section: str):
-    """Replace the section between the markers that ``section`` starts and ends with."""
-    begin, end = section.splitlines()[0], section.rstrip("\n").splitlines()[-1]
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv=None):

@@ -365,6 +365,15 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
                   "mask=nmask)")
 
 
+def _store_tile(b: Buffer, low: Lowered, ops):
+    """``Y[rows, tile] = epilogue(acc)`` for a (rows x block_n) accumulator; pad rows (-1) skip."""
+    args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
+                     + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
+    b(f"out = _epilogue({args})")
+    b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
+      "mask=(rows >= 0)[:, None] & nmask[None, :])")
+
+
 def _render_table_parallel(b: Buffer, k: TableKernel, low: Lowered):
     p, sig = low.plan, low.signature
     R, P, U, BN = p.rows_per_program, p.parallel_rows, p.chunk, p.block_n
@@ -392,11 +401,7 @@ def _render_table_parallel(b: Buffer, k: TableKernel, low: Lowered):
                     b(f"w = tl.load(VALS + k, mask=kmask, other=0.0)"
                       f"{cvt(sig.w_dtype, sig)}")
                     b(f"acc += w[:, None] * x{cvt(sig.x_dtype, sig)}")
-            args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
-                             + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
-            b(f"out = _epilogue({args})")
-            b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
-              "mask=(rows >= 0)[:, None] & nmask[None, :])")
+            _store_tile(b, low, ops)
 
 
 def _render_table_union(b: Buffer, k: TableKernel, low: Lowered):
@@ -420,11 +425,7 @@ def _render_table_union(b: Buffer, k: TableKernel, low: Lowered):
             b(f"w = tl.load(VALS + k[None, :] * {R} + r[:, None])")
             prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
             b(f'acc += tl.dot(w.to(x.dtype), x, input_precision="{prec}")')
-        args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
-                         + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
-        b(f"out = _epilogue({args})")
-        b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
-          "mask=(rows >= 0)[:, None] & nmask[None, :])")
+        _store_tile(b, low, ops)
 
 
 # ---------------------------------------------------------------- module
