@@ -21,21 +21,17 @@ from sparsert_triton.dlmc import read_smtx
 S = Schedule
 # (model, sparsity, name, N, [schedules])
 PLAN = [
-    # one-row table kernel: packed 64-bit nonzeros vs separate index/value loads, and fewer
-    # warps with wider per-thread vectors (ncu: the L1 pipeline is its busiest unit); unrolled
-    # kernels with narrow one-warp tiles (ncu: 50 programs, 6% occupancy on the 64 x 256 layer).
-    # Runs 2 and 3 (explore_h100_run2.csv, explore_h100_run3_parallel_rows.csv) measured the rest.
+    # run 5: prefetching the next chunk's columns and values (software pipelining of the
+    # column -> X-row chain) on the best one-row table tiles of run 4
     (model, sp, name, N, [S(mode="table", rows_per_program=1, block_n=b, num_warps=w, chunk=c,
-                            pack_nonzeros=pk)
-                          for (b, w) in ((128, 4), (128, 1), (256, 2), (64, 2)) for c in (4, 8)
-                          for pk in (False, True)]
-     + ([S(mode="values", rows_per_program=r, block_n=b, num_warps=w)
-         for r in (16, 32) for (b, w) in ((32, 1), (64, 2), (128, 4))] if model == "rn50" else []))
+                            pack_nonzeros=pk, prefetch=pf)
+                          for (b, w) in ((128, 1), (256, 2), (128, 4)) for c in (4, 8)
+                          for pk in (False, True) for pf in (False, True)])
     for model, sp, name, N in (
         ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048),
-        ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136),
         ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196),
-        ("transformer", "0.9", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048),
+        ("transformer", "0.9", "body_decoder_layer_0_ffn_conv1_fully_connected", 256),
+        ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136),
     )
 ]
 

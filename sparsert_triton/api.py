@@ -23,6 +23,7 @@ from dsl import Schedule, ir, trace
 from . import cache
 from .canonicalise import canonicalise_program, plan_for
 from .compile import import_kernels, interpreting
+from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
 from .launch import conv_signature_for, run, signature_for
 from .lower import lower
@@ -54,6 +55,7 @@ class Variant:
     def __init__(self, key: str, path: Path, layout: dict, plan: Plan, weight: SparseWeight,
                  packed: bool = False):
         self.key, self.path, self.plan, self.launched = key, path, plan, False
+        self.launcher = Launcher()
         self.module = import_kernels(path, key)
         self.table = plan.mode == "table"
         if self.table:

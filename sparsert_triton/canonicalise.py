@@ -105,5 +105,5 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
                 num_warps=int(num_warps), num_stages=int(num_stages),
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
-                pack_nonzeros=bool(pack),
+                pack_nonzeros=bool(pack), prefetch=bool(s.prefetch),
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides))

@@ -30,6 +30,7 @@ class Plan:
     column_programs: int = 0
     parallel_rows: int = 1
     pack_nonzeros: bool = False
+    prefetch: bool = False
     bake_strides: bool = False
 
     def __post_init__(self):
@@ -70,6 +71,8 @@ class Plan:
                     f"({self.rows_per_program}), got {self.parallel_rows}")
         if self.pack_nonzeros and (self.mode != "table" or self.use_dot or self.parallel_rows > 1):
             bad("pack_nonzeros applies to the one-row table kernel only")
+        if self.prefetch and (self.mode != "table" or self.use_dot or self.parallel_rows > 1):
+            bad("prefetch applies to the one-row table kernel only")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
 

@@ -280,18 +280,49 @@ def _table_x_load(b: Buffer, low: Lowered):
       f"{cvt(low.signature.x_dtype, low.signature)}")
 
 
-def _table_step(b: Buffer, low: Lowered):
-    """``acc += VALS[k] * X[COLS[k], tile]`` for the nonzero at ``k`` (packed: both from the
-    64-bit word ``NZ[k]``)."""
+def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
+    """Load nonzero ``k``'s column and value (``c{s}``, ``w{s}``; packed: the word ``nz{s}``)."""
     if low.plan.packs_nonzeros(low.signature):
-        b("nz = tl.load(NZ + k)")
-        b("c = (nz & 0xFFFFFFFF).to(tl.int32)")
-        _table_x_load(b, low)
-        b("acc += (nz >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
+        b(f"nz{s} = tl.load(NZ + {k})")
         return
-    b("c = tl.load(COLS + k)")
+    b(f"c{s} = tl.load(COLS + {k})")
+    b(f"w{s} = tl.load(VALS + {k}){cvt(low.signature.w_dtype, low.signature)}")
+
+
+def _table_fma(b: Buffer, low: Lowered, s: str = ""):
+    """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)``."""
+    if low.plan.packs_nonzeros(low.signature):
+        b(f"c = (nz{s} & 0xFFFFFFFF).to(tl.int32)")
+        _table_x_load(b, low)
+        b(f"acc += (nz{s} >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
+        return
+    if s:
+        b(f"c = c{s}")
     _table_x_load(b, low)
-    b(f"acc += tl.load(VALS + k){cvt(low.signature.w_dtype, low.signature)} * x")
+    b(f"acc += w{s} * x")
+
+
+def _table_step(b: Buffer, low: Lowered):
+    """``acc += VALS[k] * X[COLS[k], tile]`` for the nonzero at ``k``."""
+    _table_index(b, low, "k")
+    _table_fma(b, low)
+
+
+def _table_chunks_prefetched(b: Buffer, low: Lowered, U: int):
+    """The hot loop with the next chunk's columns and values loaded one step ahead, so the
+    column -> X-row load chain of a step overlaps the previous step's loads and FMAs (the
+    tables are padded by a chunk: the last prefetch stays in bounds)."""
+    for t in range(U):
+        _table_index(b, low, f"start + {t}", str(t))
+    with b.indent(f"for j in range(start, full, {U}):"):
+        for t in range(U):
+            _table_index(b, low, f"j + {U + t}", f"_next{t}")
+        for t in range(U):
+            _table_fma(b, low, str(t))
+        names = ["nz"] if low.plan.packs_nonzeros(low.signature) else ["c", "w"]
+        for t in range(U):
+            for n in names:
+                b(f"{n}{t} = {n}_next{t}")
 
 
 def _table_x_tile(b: Buffer, low: Lowered):
@@ -352,10 +383,13 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
             # whole chunks unrolled, then the row's remainder one by one: no per-element test
             # of the row's end in the hot loop
             b(f"full = start + (end - start) // {U} * {U}")
-            with b.indent(f"for j in range(start, full, {U}):"):
-                with b.indent(f"for t in tl.static_range({U}):"):
-                    b("k = j + t")
-                    _table_step(b, low)
+            if p.prefetch:
+                _table_chunks_prefetched(b, low, U)
+            else:
+                with b.indent(f"for j in range(start, full, {U}):"):
+                    with b.indent(f"for t in tl.static_range({U}):"):
+                        b("k = j + t")
+                        _table_step(b, low)
             if U > 1:
                 with b.indent("for k in range(full, end):"):
                     _table_step(b, low)

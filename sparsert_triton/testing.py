@@ -107,7 +107,8 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         P = draw(st.sampled_from([p for p in (1, 2, 4, 8) if p <= R]))
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False, parallel_rows=P,
-                        pack_nonzeros=False if P > 1 else draw(st.sampled_from(["auto", False])))
+                        pack_nonzeros=False if P > 1 else draw(st.sampled_from(["auto", True])),
+                        prefetch=P == 1 and draw(st.booleans()))
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),

@@ -32,6 +32,8 @@ CASES = {
     "table_bf16": ("table", torch.bfloat16, bias_relu, dict(rows_per_program=4, chunk=8)),
     "table_dot_fp16": ("table", torch.float16, gelu_cast,
                        dict(rows_per_program=16, chunk=16, use_dot=True)),
+    "table_prefetch_packed": ("table", torch.float32, bias_relu,
+                              dict(chunk=4, prefetch=True, pack_nonzeros=True, num_warps=1)),
     "table_parallel_fp16": ("table", torch.float16, gelu_cast,
                             dict(rows_per_program=8, parallel_rows=4, block_n=32)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
@@ -103,7 +105,7 @@ def compiled(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
                                   "table_dot_fp16", "values_fp64", "values_column_loop",
-                                  "conv_values", "conv_table_dot", "table_parallel_fp16",
+                                  "conv_values", "conv_table_dot", "table_parallel_fp16", "table_prefetch_packed",
                                   "conv_table_parallel"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]

@@ -151,11 +151,16 @@ def test_table_kernel_options_are_validated():
                      (dict(mode="table", rows_per_program=6, parallel_rows=4), "power of two"),
                      (dict(mode="values", pack_nonzeros=True), "pack_nonzeros"),
                      (dict(mode="table", rows_per_program=4, parallel_rows=2,
-                           pack_nonzeros=True), "pack_nonzeros")]:
+                           pack_nonzeros=True), "pack_nonzeros"),
+                     (dict(mode="indices", prefetch=True), "prefetch"),
+                     (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
+                           prefetch=True), "prefetch")]:
         with pytest.raises(ValueError, match=msg):
             plan_for(Schedule(**bad), w, 16, "float32")
     with pytest.raises(ValueError, match="pack_nonzeros"):
         Schedule(pack_nonzeros="yes")
+    with pytest.raises(ValueError, match="prefetch"):
+        Schedule(prefetch="auto")
     # packing is opt-in (measured mixed); a float64 call never packs, even when asked
     assert not plan_for(Schedule(mode="table"), w, 16, "float32").pack_nonzeros
     from sparsert_triton.plan import Signature

@@ -31,12 +31,14 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
             for t in tl.static_range(4):
                 k = j + t
                 c = tl.load(COLS + k)
+                w = tl.load(VALS + k)
                 x = tl.load(xp + c * sxk, mask=nmask, other=0.0)
-                acc += tl.load(VALS + k) * x
+                acc += w * x
         for k in range(full, end):
             c = tl.load(COLS + k)
+            w = tl.load(VALS + k)
             x = tl.load(xp + c * sxk, mask=nmask, other=0.0)
-            acc += tl.load(VALS + k) * x
+            acc += w * x
         if row >= 0:
             tl.store(Y + row * sym + yo, _epilogue(acc, row, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
