@@ -49,7 +49,7 @@ pack_nonzeros
     accumulation).
 prefetch
     Table mode, one row at a time: load the next chunk's columns and values one loop step
-    ahead (software pipelining of the column -> X-row load chain).
+    ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -85,7 +85,7 @@ class Schedule:
     column_programs: int = 0
     parallel_rows: int = 1
     pack_nonzeros: Union[bool, str] = AUTO
-    prefetch: bool = False
+    prefetch: Union[bool, str] = AUTO
     bake_strides: Union[bool, str] = AUTO
 
     def __post_init__(self):
@@ -117,8 +117,9 @@ class Schedule:
         if self.pack_nonzeros not in (True, False, AUTO):
             raise ValueError(f"Schedule.pack_nonzeros must be True, False or 'auto', "
                              f"got {self.pack_nonzeros!r}")
-        if self.prefetch not in (True, False):
-            raise ValueError(f"Schedule.prefetch must be True or False, got {self.prefetch!r}")
+        if self.prefetch not in (True, False, AUTO):
+            raise ValueError(f"Schedule.prefetch must be True, False or 'auto', "
+                             f"got {self.prefetch!r}")
         if self.use_dot not in (True, False, AUTO):
             raise ValueError(f"Schedule.use_dot must be True, False or 'auto', got {self.use_dot!r}")
 

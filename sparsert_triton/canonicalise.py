@@ -99,11 +99,16 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
     num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
     # packing measured +3% to -15% (run 4): the tuner tries it, the default leaves it off
     pack = False if s.pack_nonzeros == AUTO else s.pack_nonzeros
+    # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
+    # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
+    prefetch = s.prefetch
+    if prefetch == AUTO:
+        prefetch = mode == "table" and not use_dot and int(s.parallel_rows) == 1
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
                 num_warps=int(num_warps), num_stages=int(num_stages),
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
-                pack_nonzeros=bool(pack), prefetch=bool(s.prefetch),
+                pack_nonzeros=bool(pack), prefetch=bool(prefetch),
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides))

@@ -192,9 +192,10 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     # fewer warps, several columns per thread: one index load serves a wider vector load
     # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit); packed nonzeros
     for bn in [b for b in bns if b >= 64]:
-        for U, pack in ((8, False), (8, True), (4, False)):
+        for U, pack, pre in ((8, False, True), (8, True, True), (4, False, True),
+                             (8, False, False)):
             s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
-                         num_warps=max(1, bn // 128), pack_nonzeros=pack)
+                         num_warps=max(1, bn // 128), pack_nonzeros=pack, prefetch=pre)
             (first if bn == bn_main and U == 8 else second).append(s)
 
     # table mode on tensor cores (half dtypes)

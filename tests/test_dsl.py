@@ -160,7 +160,10 @@ def test_table_kernel_options_are_validated():
     with pytest.raises(ValueError, match="pack_nonzeros"):
         Schedule(pack_nonzeros="yes")
     with pytest.raises(ValueError, match="prefetch"):
-        Schedule(prefetch="auto")
+        Schedule(prefetch="yes")
+    assert plan_for(Schedule(mode="table"), w, 16, "float32").prefetch
+    assert not plan_for(Schedule(mode="table", rows_per_program=2, parallel_rows=2), w, 16,
+                        "float32").prefetch
     # packing is opt-in (measured mixed); a float64 call never packs, even when asked
     assert not plan_for(Schedule(mode="table"), w, 16, "float32").pack_nonzeros
     from sparsert_triton.plan import Signature
