@@ -105,8 +105,8 @@ def compiled(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
                                   "table_dot_fp16", "values_fp64", "values_column_loop",
-                                  "conv_values", "conv_table_dot", "table_parallel_fp16", "table_prefetch_packed",
-                                  "conv_table_parallel"])
+                                  "conv_values", "conv_table_dot", "table_parallel_fp16",
+                                  "table_prefetch_packed", "conv_table_parallel"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1
