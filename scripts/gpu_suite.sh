@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: both shards of the DLMC suite (every GEMM shape once) on the final code.
+# One device call: both shards of the DLMC suite (every GEMM shape once), fp32 and fp16.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 for i in 1 2; do
   timeout 285 python -m bench.dlmc_bench --dlmc .carry/dlmc --subset full --per-shape 1 --shard $i/2 \
