@@ -202,6 +202,12 @@ def _add_schedule_options(p):
                    help="table mode: multiply blocks with tl.dot (tensor cores; R, chunk, "
                         "block-n >= 16)")
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
+    g.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
+                   help="table mode, one row per program: load the next chunk's columns and "
+                        "values one step ahead (auto: on)")
+    g.add_argument("--pack-nonzeros", choices=("auto", "on", "off"), default="auto",
+                   help="table mode, one row per program: read column and value as one 64-bit "
+                        "word (auto: off)")
     g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
     g.add_argument("--num-stages", type=_int_or_auto, default="auto", help="Triton num_stages")
     from dsl import Schedule
@@ -215,7 +221,8 @@ def _add_schedule_options(p):
 
 def schedule_from_args(args):
     from dsl import Schedule
-    use_dot = {"auto": "auto", "on": True, "off": False}[args.use_dot]
+    on_off = {"auto": "auto", "on": True, "off": False}
+    use_dot = on_off[args.use_dot]
     bounds = {}
     if args.max_statements is not None:
         bounds["max_statements_per_function"] = args.max_statements
@@ -224,7 +231,8 @@ def schedule_from_args(args):
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
                     row_order=args.row_order, chunk=args.chunk, use_dot=use_dot,
                     allow_tf32=args.allow_tf32, num_warps=args.num_warps,
-                    num_stages=args.num_stages, **bounds)
+                    num_stages=args.num_stages, prefetch=on_off[args.prefetch],
+                    pack_nonzeros=on_off[args.pack_nonzeros], **bounds)
 
 
 def _kernel(m: Matrix, args):
