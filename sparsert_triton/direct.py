@@ -39,9 +39,10 @@ def _launchable(kernel) -> bool:
 class Launcher:
     """Per-variant cache of compiled kernels, keyed by (kernel function, device, spec_key)."""
 
-    def __init__(self):
+    def __init__(self, stream_of=None):
         self.kernels = {}
         self.enabled = True
+        self.stream_of = stream_of or (lambda device: torch.cuda.current_stream(device).cuda_stream)
 
     def __call__(self, fn, grid, args, opts, device: torch.device):
         key = (fn, device, spec_key(args))
@@ -52,7 +53,7 @@ class Launcher:
                 self.kernels[key] = kernel
             return
         from triton import knobs
-        stream = torch.cuda.current_stream(device).cuda_stream
+        stream = self.stream_of(device)
         g = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
         kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata,
                    kernel.launch_metadata(g, stream, *args), knobs.runtime.launch_enter_hook,

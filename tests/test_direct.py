@@ -30,3 +30,50 @@ def test_direct_launches_match_the_reference_across_alignments_and_sizes():
             ref = (W.double() @ X.double().cpu()).cuda()
             torch.testing.assert_close(Y.double(), ref, rtol=1e-5, atol=1e-5)
         assert any(var.launcher.kernels for var in k._variants.values())
+
+
+class _FakeKernel:
+    """Stands in for a compiled kernel: records direct launches."""
+    function, packed_metadata = "fn", "meta"
+
+    def __init__(self):
+        self.runs = []
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
+        self.runs.append(((gx, gy, gz), stream, args))
+
+
+class _FakeJit:
+    """Stands in for a ``@triton.jit`` function: ``fn[grid](*args)`` compiles (once per call)."""
+
+    def __init__(self):
+        self.compiles = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **opts):
+            k = _FakeKernel()
+            self.compiles.append((grid, args, opts, k))
+            return k
+        return launch
+
+
+def test_launcher_reuses_a_kernel_only_for_the_same_specialisation():
+    from sparsert_triton.direct import Launcher
+    fn, L = _FakeJit(), Launcher(stream_of=lambda device: 7)
+    dev = torch.device("cpu")
+    x = torch.zeros(64)
+    L(fn, (3, 2), (x, 5, 32), {"num_warps": 1}, dev)        # first: through fn[grid]
+    L(fn, (4, 2), (torch.ones(64), 9, 48), {"num_warps": 1}, dev)   # same facts: direct
+    assert len(fn.compiles) == 1
+    k = fn.compiles[0][3]
+    assert len(k.runs) == 1 and k.runs[0][0] == (4, 2, 1) and k.runs[0][1] == 7
+    assert k.runs[0][2][1:] == (9, 48)
+    L(fn, (4, 2), (x[1:], 9, 48), {"num_warps": 1}, dev)     # misaligned pointer: new kernel
+    L(fn, (4, 2), (x, 1, 48), {"num_warps": 1}, dev)         # an integer equal to 1: new kernel
+    assert len(fn.compiles) == 3
+    L.enabled = False                                          # off: always fn[grid]
+    L(fn, (4, 2), (x, 5, 32), {"num_warps": 1}, dev)
+    assert len(fn.compiles) == 4 and len(k.runs) == 1
