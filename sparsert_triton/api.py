@@ -91,7 +91,7 @@ class Variant:
                 if a.dtype == np.float64:   # values travel in the weight's own dtype
                     t = t.to(self.w_dtype)
                 if t.numel() == 0:          # never hand Triton an empty buffer
-                    t = torch.zeros(1, dtype=t.dtype)
+                    t = torch.zeros(1, dtype=t.dtype, device="cpu")
                 bufs.append(t.to(device))
             self._device_buffers[device] = bufs
         return bufs

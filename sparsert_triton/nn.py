@@ -54,7 +54,7 @@ def _csr_of_mask(mask: Tensor) -> Tuple[Tensor, Tensor]:
     """(indptr, indices) of a 2-D mask (nonzero = kept), row-major order."""
     mask = mask.detach().to("cpu") != 0
     rows, cols = mask.nonzero(as_tuple=True)
-    indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
+    indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device="cpu")
     torch.cumsum(torch.bincount(rows, minlength=mask.shape[0]), 0, out=indptr[1:])
     return indptr, cols.to(torch.int64)
 

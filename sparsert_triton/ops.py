@@ -288,6 +288,7 @@ def _spmm_grad_values_fake(G, X, kernel_id):
 def _setup_context(ctx, inputs, output):
     X, values, bias, kernel_id = inputs
     ctx.kernel_id = kernel_id
+    ctx.pattern = pattern(kernel_id)   # the graph keeps the pattern alive until backward
     ctx.save_for_backward(X, values)
 
 
@@ -461,6 +462,7 @@ def _sparse_conv2d_grad_values_fake(G, X, kernel_id):
 def _conv_setup_context(ctx, inputs, output):
     X, values, bias, kernel_id = inputs
     ctx.kernel_id = kernel_id
+    ctx.pattern = pattern(kernel_id)   # the graph keeps the pattern alive until backward
     ctx.input_hw = (X.shape[2], X.shape[3])
     ctx.save_for_backward(X, values)
 

@@ -26,7 +26,7 @@ def evaluate(program: ir.Program, W: torch.Tensor, X: torch.Tensor, *operands,
     def operand(name):
         v = env[name]
         if not isinstance(v, torch.Tensor):
-            return torch.tensor(float(v), dtype=dtype)
+            return torch.tensor(float(v), dtype=dtype, device="cpu")
         v = v.detach().to("cpu", dtype)
         if v.numel() == 1:
             return v.reshape(())
@@ -40,7 +40,7 @@ def evaluate(program: ir.Program, W: torch.Tensor, X: torch.Tensor, *operands,
         if isinstance(n, ir.Operand):
             return operand(n.name)
         if isinstance(n, ir.Const):
-            return torch.tensor(n.value, dtype=dtype)
+            return torch.tensor(n.value, dtype=dtype, device="cpu")
         if isinstance(n, ir.Unary):
             x = go(n.x)
             return {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "sigmoid": torch.sigmoid,

@@ -52,7 +52,7 @@ class SparseWeight:
 
     def to_dense(self, dtype=torch.float64) -> torch.Tensor:
         """The masked dense weight (for references and tests)."""
-        out = torch.zeros(self.M, self.K, dtype=dtype)
+        out = torch.zeros(self.M, self.K, dtype=dtype, device="cpu")
         rows = np.repeat(np.arange(self.M), self.row_nnz)
         out[torch.from_numpy(rows), torch.from_numpy(self.indices)] = torch.from_numpy(
             self.values.astype(np.float64)).to(dtype)

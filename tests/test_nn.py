@@ -272,3 +272,34 @@ def test_kernel_reads_unit_stride_columns(monkeypatch):
     assert seen[1][1] == h.data_ptr()          # the second layer read h in place
     ref = second.to_linear()(first.to_linear()(x))
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_backward_after_the_layer_is_freed():
+    """The autograd graph keeps the layer's sparse pattern alive until backward."""
+    import gc
+    lin = pruned_linear(seed=7)
+    x = torch.randn(3, IN, requires_grad=True)
+    y = SparseLinear.from_linear(lin)(x)       # the layer itself is dropped here
+    gc.collect()
+    y.sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    lin(ref).sum().backward()
+    close(x.grad, ref.grad)
+
+
+def test_internal_tensors_ignore_the_default_device():
+    """Host-side index and value tensors are pinned to the CPU, so a default-device context
+    (``torch.set_default_device``; ``meta`` stands in for ``cuda`` here) changes nothing."""
+    from sparsert_triton import sparse_kernel
+    lin = pruned_linear(seed=8)
+    x = torch.randn(4, IN)
+    W = lin.weight.detach().clone()
+    X = torch.randn(IN, 9)
+    with torch.device("meta"):
+        y = SparseLinear.from_linear(lin)(x)
+        k = sparse_kernel(lambda W, X: W @ X).specialize(W)
+        Y = k(X)
+        ref_w = k.weight.to_dense()
+    assert y.device.type == "cpu" and Y.device.type == "cpu" and ref_w.device.type == "cpu"
+    close(y, lin.double()(x.double()))
+    close(Y, W.double() @ X.double())

@@ -301,3 +301,16 @@ def test_half_conv_compiled_with_inductor_on_gpu():
         y = torch.compile(layer, fullgraph=True)(x.to(memory_format=torch.channels_last))
         ref = conv.float()(x.float())
     torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_conv_backward_after_the_layer_is_freed_and_default_device_ignored():
+    import gc
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+    with torch.device("meta"):                  # stands in for a cuda default device
+        y = SparseConv2d.from_conv2d(conv)(x)
+    gc.collect()
+    y.sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    conv(ref).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-4, atol=1e-4)
