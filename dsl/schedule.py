@@ -111,17 +111,10 @@ class Schedule:
                 or self.column_programs < 0:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
-        if self.bake_strides not in (True, False, AUTO):
-            raise ValueError(f"Schedule.bake_strides must be True, False or 'auto', "
-                             f"got {self.bake_strides!r}")
-        if self.pack_nonzeros not in (True, False, AUTO):
-            raise ValueError(f"Schedule.pack_nonzeros must be True, False or 'auto', "
-                             f"got {self.pack_nonzeros!r}")
-        if self.prefetch not in (True, False, AUTO):
-            raise ValueError(f"Schedule.prefetch must be True, False or 'auto', "
-                             f"got {self.prefetch!r}")
-        if self.use_dot not in (True, False, AUTO):
-            raise ValueError(f"Schedule.use_dot must be True, False or 'auto', got {self.use_dot!r}")
+        for name in ("bake_strides", "pack_nonzeros", "prefetch", "use_dot"):
+            v = getattr(self, name)
+            if v not in (True, False, AUTO):
+                raise ValueError(f"Schedule.{name} must be True, False or 'auto', got {v!r}")
 
     def __repr__(self) -> str:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)

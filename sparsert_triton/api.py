@@ -56,6 +56,7 @@ class Variant:
                  packed: bool = False):
         self.key, self.path, self.plan, self.launched = key, path, plan, False
         self.launcher = Launcher()
+        self.launcher.enabled = not interpreting()   # the interpreter has no compiled kernels
         self.module = import_kernels(path, key)
         self.table = plan.mode == "table"
         if self.table:

@@ -160,11 +160,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     fast = fastpasses.applies(plan)
     if first and len(launches) > 1 and compile_workers() > 1 and not interpreting():
         warm_in_parallel(variant, launches, opts, fast, compile_workers())
-    if interpreting():
+    with (triton_cache_scope() if first else nullcontext()), fast_pipeline(first and fast):
         for fn, grid, args in launches:
-            fn[grid](*args, **opts)
-    else:
-        with (triton_cache_scope() if first else nullcontext()), fast_pipeline(first and fast):
-            for fn, grid, args in launches:
-                variant.launcher(fn, grid, args, opts, X.device)
+            variant.launcher(fn, grid, args, opts, X.device)
     variant.launched = True

@@ -69,10 +69,10 @@ class Plan:
             if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
                 bad(f"parallel_rows must be a power of two dividing rows_per_program "
                     f"({self.rows_per_program}), got {self.parallel_rows}")
-        if self.pack_nonzeros and (self.mode != "table" or self.use_dot or self.parallel_rows > 1):
-            bad("pack_nonzeros applies to the one-row table kernel only")
-        if self.prefetch and (self.mode != "table" or self.use_dot or self.parallel_rows > 1):
-            bad("prefetch applies to the one-row table kernel only")
+        row_kernel = self.mode == "table" and not self.use_dot and self.parallel_rows == 1
+        for name in ("pack_nonzeros", "prefetch"):
+            if getattr(self, name) and not row_kernel:
+                bad(f"{name} applies to the one-row table kernel only")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
 
