@@ -110,6 +110,15 @@ def _stem(path: Path) -> Optional[str]:
     return None
 
 
+def find_matrix(root, model: str, sparsity: str, name: str, pruning: str = PRUNING) -> Path:
+    """The file of one DLMC matrix: ``root/<model>/<pruning>/<sparsity>/<name>.smtx[.gz]``."""
+    folder = Path(root, model, pruning, sparsity)
+    for suffix in (".smtx", ".smtx.gz"):
+        if (folder / (name + suffix)).is_file():
+            return folder / (name + suffix)
+    raise FileNotFoundError(f"--dlmc {root}: no {model}/{pruning}/{sparsity}/{name}.smtx[.gz]")
+
+
 def find_matrices(root, models: Sequence[str] = MODELS, sparsities: Optional[Sequence[str]] = None,
                   pruning: str = PRUNING) -> List[MatrixFile]:
     """Every ``.smtx``/``.smtx.gz`` under ``root/<model>/<pruning>/<sparsity>/``, classified."""

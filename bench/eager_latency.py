@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from dsl import Schedule
 from sparsert_triton import sparse_kernel
+from bench.dlmc_bench import find_matrix
 from sparsert_triton.dlmc import read_smtx
 
 
@@ -34,8 +34,7 @@ def main(argv=None):
     ap.add_argument("--dlmc", required=True)
     ap.add_argument("--calls", type=int, default=2000)
     a = ap.parse_args(argv)
-    path = next(Path(a.dlmc, "rn50", "magnitude_pruning", "0.9").glob("bottleneck_1_block_group1_1_1.smtx*"))
-    w = read_smtx(path).with_values(seed=0)
+    w = read_smtx(find_matrix(a.dlmc, "rn50", "0.9", "bottleneck_1_block_group1_1_1")).with_values(seed=0)
     Wd = w.to_dense(torch.float32).cuda()
     for N in (196, 3136):
         X = torch.randn(w.K, N, device="cuda")

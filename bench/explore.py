@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from pathlib import Path
 
 import torch
 
 from dsl import Schedule
 from sparsert_triton import sparse_kernel
+from bench.dlmc_bench import find_matrix
 from sparsert_triton.dlmc import read_smtx
 
 S = Schedule
@@ -57,8 +57,7 @@ def main(argv=None):
         for model, sp, name, N, scheds in PLAN:
             if a.only and a.only not in name:
                 continue
-            path = next(Path(a.dlmc, model, "magnitude_pruning", sp).glob(name + ".smtx*"))
-            wt = read_smtx(path).with_values(seed=0)
+            wt = read_smtx(find_matrix(a.dlmc, model, sp, name)).with_values(seed=0)
             X = torch.randn(wt.K, N, device="cuda")
             Wd = wt.to_dense(torch.float32).cuda()
             dense = bench_us(lambda: torch.matmul(Wd, X))

@@ -10,12 +10,12 @@ needed: ncu profiles every matching launch; the first is the compile run, ignore
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from dsl import Schedule as S
 from sparsert_triton import sparse_kernel
+from bench.dlmc_bench import find_matrix
 from sparsert_triton.dlmc import read_smtx
 
 CASES = [
@@ -32,8 +32,7 @@ def main(argv=None):
     ap.add_argument("--dlmc", required=True)
     a = ap.parse_args(argv)
     for model, sp, name, N, s in CASES:
-        path = next(Path(a.dlmc, model, "magnitude_pruning", sp).glob(name + ".smtx*"))
-        wt = read_smtx(path).with_values(seed=0)
+        wt = read_smtx(find_matrix(a.dlmc, model, sp, name)).with_values(seed=0)
         X = torch.randn(wt.K, N, device="cuda")
         k = sparse_kernel(lambda W, X: W @ X, schedule=s).specialize(wt)
         k(X)

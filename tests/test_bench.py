@@ -117,6 +117,13 @@ def test_walker_finds_and_classifies(dlmc_dir):
     only = dlmc_bench.find_matrices(dlmc_dir, ["rn50"], ["0.95"])
     assert {m.sparsity for m in only} == {"0.95"} and {m.model for m in only} == {"rn50"}
 
+    # one named matrix, plain or gzipped; a missing one names the path it looked for
+    assert dlmc_bench.find_matrix(dlmc_dir, "rn50", "0.9", "final_dense").name == "final_dense.smtx"
+    assert dlmc_bench.find_matrix(dlmc_dir, "rn50", "0.9", "bottleneck_1_block_group1_1_1").name \
+        == "bottleneck_1_block_group1_1_1.smtx.gz"
+    with pytest.raises(FileNotFoundError, match="rn50/magnitude_pruning/0.8/final_dense"):
+        dlmc_bench.find_matrix(dlmc_dir, "rn50", "0.8", "final_dense")
+
     cases = dlmc_bench.make_cases(found, dlmc_bench.read_batch_sizes(dlmc_dir), ["float32", "float16"])
     names = {c.matrix.name for c in cases}
     assert "bottleneck_2_block_group1_1_1" not in names and "initial_conv" not in names
