@@ -139,7 +139,8 @@ class SpecializedKernel:
             conv=repr(self.conv), x_strides=baked, device=cap)
         hit = cache.load(key)
         if hit is None:
-            layout = specialise(self.weight, plan)
+            layout = specialise(self.weight, plan,
+                                self.conv.kh * self.conv.kw if self.conv else 1)
             lowered = lower(layout, plan, sig, self.program, self.conv, baked)
             source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
                                             f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")

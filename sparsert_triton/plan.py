@@ -69,12 +69,17 @@ class Plan:
             if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
                 bad(f"parallel_rows must be a power of two dividing rows_per_program "
                     f"({self.rows_per_program}), got {self.parallel_rows}")
-        row_kernel = self.mode == "table" and not self.use_dot and self.parallel_rows == 1
         for name in ("pack_nonzeros", "prefetch"):
-            if getattr(self, name) and not row_kernel:
+            if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
+
+    @property
+    def row_kernel(self) -> bool:
+        """Whether this is the one-row table kernel (a scalar-FMA loop over each row's own
+        nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
+        return self.mode == "table" and not self.use_dot and self.parallel_rows == 1
 
     def packs_nonzeros(self, sig: "Signature") -> bool:
         """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in

@@ -265,19 +265,15 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
 # ---------------------------------------------------------------- table mode
 
 def _table_x_load(b: Buffer, low: Lowered):
-    """One X row per nonzero: ``x`` for column ``c`` (every step is a real nonzero)."""
-    g = low.conv
-    valid = "nmask"
-    if g is None:
-        b(f"x = tl.load(xp + c * sxk, mask={valid}, other=0.0){cvt(low.signature.x_dtype, low.signature)}")
-        return
-    (dh, dw), khw = g.dilation, g.kh * g.kw
-    b(f"ci = c // {khw}")
-    b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
-    b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
-    b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask={valid} & (iy0 >= -dy) & "
-      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0)"
-      f"{cvt(low.signature.x_dtype, low.signature)}")
+    """One X row per nonzero: ``x`` for column ``c`` (every step is a real nonzero). In a
+    convolution's tap loop ``c`` is the input channel, ``xt`` the tile shifted by the tap and
+    ``mt`` the tap's in-image mask (both set once per tap, see ``_conv_tap``); the load is
+    unmasked there."""
+    x = cvt(low.signature.x_dtype, low.signature)
+    if low.conv is None:
+        b(f"x = tl.load(xp + c * sxk, mask=nmask, other=0.0){x}")
+    else:
+        b(f"x = tl.load(xt + c * sxc){x}")
 
 
 def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
@@ -290,16 +286,18 @@ def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
 
 
 def _table_fma(b: Buffer, low: Lowered, s: str = ""):
-    """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)``."""
+    """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)`` (into the
+    tap's ``acc_t`` in a convolution)."""
+    acc = "acc" if low.conv is None else "acc_t"
     if low.plan.packs_nonzeros(low.signature):
         b(f"c = (nz{s} & 0xFFFFFFFF).to(tl.int32)")
         _table_x_load(b, low)
-        b(f"acc += (nz{s} >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
+        b(f"{acc} += (nz{s} >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
         return
     if s:
         b(f"c = c{s}")
     _table_x_load(b, low)
-    b(f"acc += w{s} * x")
+    b(f"{acc} += w{s} * x")
 
 
 def _table_step(b: Buffer, low: Lowered):
@@ -351,7 +349,7 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
 
 
 @contextmanager
-def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str):
+def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str, taps: bool = False):
     """The table kernels' definition, docstring, program ids and column tile."""
     b("@triton.jit")
     nz = ["NZ"] if low.plan.packs_nonzeros(low.signature) else ["COLS", "VALS"]
@@ -359,40 +357,73 @@ def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str):
         b(f'"""{doc}"""')
         b("g = tl.program_id(0)")
         b("pid_n = tl.program_id(1)")
-        _tile(b, low, taps=False)
+        _tile(b, low, taps=taps)
         yield
     b()
 
 
+def _row_segment(b: Buffer, low: Lowered, seg: str):
+    """``acc += VALS[j] * X[COLS[j], tile]`` over the table segment ``seg`` (an index into
+    ``STARTS``/``LENGTHS``): whole chunks unrolled, then the remainder one by one, so the hot
+    loop never tests the segment's end per element."""
+    U = low.plan.chunk
+    b(f"start = tl.load(STARTS + {seg})")
+    b(f"end = start + tl.load(LENGTHS + {seg})")
+    b(f"full = start + (end - start) // {U} * {U}")
+    if low.plan.prefetch:
+        _table_chunks_prefetched(b, low, U)
+    else:
+        with b.indent(f"for j in range(start, full, {U}):"):
+            with b.indent(f"for t in tl.static_range({U}):"):
+                b("k = j + t")
+                _table_step(b, low)
+    if U > 1:
+        with b.indent("for k in range(full, end):"):
+            _table_step(b, low)
+
+
+def _conv_tap(b: Buffer, low: Lowered, tap: int):
+    """A convolution's kernel tap (dy, dx): ``mt``, the lanes whose shifted input position is
+    in the image (and in the tile), and ``xt``, the tile's X pointers shifted to the tap, with
+    every other lane pointed at X itself (a valid address for any channel). The tap's loop
+    then loads without a mask (no predicated loads, no zero fills per nonzero) into ``acc_t``
+    and the lanes outside the image are dropped once, when ``acc_t`` is added to ``acc``: they
+    read zero padding, so their sum is exactly zero."""
+    g, st = low.conv, low.x_strides
+    dy, dx = divmod(tap, g.kw)
+    oy, ox = dy * g.dilation[0], dx * g.dilation[1]
+    off = (f"{oy * st[2] + ox * st[3]}" if st else f"{oy} * sxh + {ox} * sxw")
+    b(f"# tap (dy, dx) = ({dy}, {dx})")
+    b(f"mt = nmask & vy{dy} & vx{dx}")
+    b(f"xt = tl.where(mt, xp + {off}, X)")
+    b(f"acc_t = tl.zeros([{low.plan.block_n}], {TL_DTYPES[low.signature.acc_dtype]})")
+
+
 def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
-    p, sig = low.plan, low.signature
-    R, U, BN = p.rows_per_program, p.chunk, p.block_n
-    ops = operand_params(sig, low.conv is not None)
+    p, sig, g = low.plan, low.signature, low.conv
+    R, BN = p.rows_per_program, p.block_n
+    ops = operand_params(sig, g is not None)
     acc_t = TL_DTYPES[sig.acc_dtype]
     nz = ("value(NZ[j]) * X[column(NZ[j]), n]" if p.packs_nonzeros(sig)
           else "VALS[j] * X[COLS[j], n]")
-    with _table_kernel(b, k, low, f"acc[n] = sum_j {nz} over each row's "
-                       f"segment; the program's {R} row(s) run in turn, so X rows they share are "
-                       "re-read from L1."):
+    doc = (f"acc[n] = sum_j {nz} over each row's segment; the program's {R} row(s) run in "
+           "turn, so X rows they share are re-read from L1.")
+    if g is not None:
+        doc += (f" Convolution: one segment per kernel tap ({g.kh}x{g.kw}), COLS holding the "
+                "input channel, X read at the tap's shift under the tap's in-image mask.")
+    with _table_kernel(b, k, low, doc, taps=g is not None):
         with b.indent(f"for r in tl.static_range({R}):"):
             b(f"slot = g * {R} + r")
             b("row = tl.load(ROWS + slot)")
-            b("start = tl.load(STARTS + slot)")
-            b("end = start + tl.load(LENGTHS + slot)")
             b(f"acc = tl.zeros([{BN}], {acc_t})")
-            # whole chunks unrolled, then the row's remainder one by one: no per-element test
-            # of the row's end in the hot loop
-            b(f"full = start + (end - start) // {U} * {U}")
-            if p.prefetch:
-                _table_chunks_prefetched(b, low, U)
+            if g is None:
+                _row_segment(b, low, "slot")
             else:
-                with b.indent(f"for j in range(start, full, {U}):"):
-                    with b.indent(f"for t in tl.static_range({U}):"):
-                        b("k = j + t")
-                        _table_step(b, low)
-            if U > 1:
-                with b.indent("for k in range(full, end):"):
-                    _table_step(b, low)
+                T = g.kh * g.kw
+                for tap in range(T):
+                    _conv_tap(b, low, tap)
+                    _row_segment(b, low, f"slot * {T} + {tap}")
+                    b("acc += tl.where(mt, acc_t, 0.0)")
             with b.indent("if row >= 0:"):
                 args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
                 b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "

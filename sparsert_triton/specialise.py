@@ -58,7 +58,11 @@ class Table:
 
     ``per_row`` (the scalar-FMA kernel): each of the G * R row slots has its own segment
     ``[starts[s], starts[s] + lengths[s])`` of ``cols``/``values`` (its CSR row); a program runs
-    its R rows one after another, so X rows it re-reads come from L1. Otherwise (the ``tl.dot``
+    its R rows one after another, so X rows it re-reads come from L1. For a convolution with
+    ``taps`` = kh * kw kernel taps (columns ``k = c_in * taps + tap``), each slot has one
+    segment per tap instead (``starts``/``lengths`` entry ``slot * taps + tap``) and ``cols``
+    holds ``c_in``: a loop over one tap's nonzeros reads X at one fixed spatial shift, with one
+    fixed in-image mask. Otherwise (the ``tl.dot``
     kernel): per group, the sorted union of its rows' columns, padded to ``chunk``, and a dense
     (union x R) block, entry ``j * R + r``. ``value_index`` says which CSR nonzero feeds each
     entry (the values themselves are read from the weight at launch, so a cached layout serves
@@ -70,6 +74,7 @@ class Table:
     value_index: np.ndarray  # int64: CSR index feeding each entry, -1 for a padding zero
     groups: int
     per_row: bool
+    taps: int = 1            # per_row convolution: segments per slot, one per kernel tap
 
 
 def row_order(weight: SparseWeight, plan: Plan) -> np.ndarray:
@@ -169,11 +174,13 @@ def specialise_unrolled(weight: SparseWeight, plan: Plan) -> Unrolled:
     return Unrolled(tuple(groups), tuple(kernels), weight.values[pack_order], pack_order)
 
 
-def specialise_table(weight: SparseWeight, plan: Plan) -> Table:
-    return (_table_union if plan.use_dot else _table_rows)(weight, plan)
+def specialise_table(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:
+    if plan.use_dot:
+        return _table_union(weight, plan)
+    return _table_rows(weight, plan, taps if plan.row_kernel else 1)
 
 
-def _table_rows(weight: SparseWeight, plan: Plan) -> Table:
+def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:
     R, U = plan.rows_per_program, plan.chunk
     groups = [list(rows) for rows in _group_rows(weight, plan)]
     nnz = weight.row_nnz
@@ -185,14 +192,22 @@ def _table_rows(weight: SparseWeight, plan: Plan) -> Table:
     for g, rows in enumerate(groups):
         rows_buf[g * R:g * R + len(rows)] = rows
         lengths[g * R:g * R + len(rows)] = nnz[rows]
-    starts = np.zeros(G * R, np.int32)
-    starts[1:] = np.cumsum(lengths)[:-1]
     segments = [np.arange(weight.indptr[r], weight.indptr[r + 1]) for r in rows_buf if r >= 0]
+    if taps > 1:   # each row's nonzeros by (tap, c_in): one segment per tap
+        segments = [seg[np.argsort(weight.indices[seg] % taps, kind="stable")]
+                    for seg in segments]
+        per_tap = np.zeros((G * R, taps), np.int32)
+        live = rows_buf >= 0
+        per_tap[live] = [np.bincount(weight.indices[seg] % taps, minlength=taps)
+                         for seg in segments]
+        lengths = per_tap.reshape(-1)
+    starts = np.zeros(lengths.shape[0], np.int32)
+    starts[1:] = np.cumsum(lengths)[:-1]
     value_index = np.concatenate(segments + [np.full(U, -1, np.int64)])
     hit = value_index >= 0
     cols = np.zeros(value_index.shape[0], np.int32)
-    cols[hit] = weight.indices[value_index[hit]]
-    return Table(rows_buf, starts, lengths, cols, value_index, G, True)
+    cols[hit] = weight.indices[value_index[hit]] // taps
+    return Table(rows_buf, starts, lengths, cols, value_index, G, True, taps)
 
 
 def _table_union(weight: SparseWeight, plan: Plan) -> Table:
@@ -226,7 +241,8 @@ def _table_union(weight: SparseWeight, plan: Plan) -> Table:
     return Table(rows_buf, starts, lengths, col_buf, value_index, G, False)
 
 
-def specialise(weight: SparseWeight, plan: Plan):
+def specialise(weight: SparseWeight, plan: Plan, taps: int = 1):
+    """The layout of ``weight`` for ``plan``; ``taps`` = kh * kw for a convolution."""
     if plan.mode == "table":
-        return specialise_table(weight, plan)
+        return specialise_table(weight, plan, taps)
     return specialise_unrolled(weight, plan)

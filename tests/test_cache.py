@@ -91,3 +91,13 @@ def test_concurrent_writers_leave_one_valid_entry():
     path, got = cache.load("k" * 32)
     assert path.read_text().startswith("# v") and np.array_equal(got["a"], layout["a"])
     assert not [p for p in cache.cache_dir().iterdir() if p.name.startswith(".k")]
+
+
+def test_key_follows_the_generator_source(monkeypatch):
+    """Editing the generator (same version number) must not serve its older kernels."""
+    digest = cache.code_digest()
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    before = cache.make_key(mask="m", plan={"mode": "table"})
+    assert cache.make_key(mask="m", plan={"mode": "table"}) == before
+    monkeypatch.setattr(cache, "code_digest", lambda: "edited")
+    assert cache.make_key(mask="m", plan={"mode": "table"}) != before

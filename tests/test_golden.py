@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsl import Schedule, gelu, relu
+from dsl import Schedule, conv2d, gelu, relu
 from sparsert_triton import sparse_kernel
 from sparsert_triton.lower import lower
 from sparsert_triton.plan import Signature
@@ -32,6 +32,15 @@ def _gelu_residual(W, X, residual):
     return gelu(W @ X) + residual
 
 
+def _conv_relu(W, X):
+    return relu(conv2d(W, X, stride=2, padding=1))
+
+
+#: 2 output channels, 2 input channels, 2x2 kernel taps: one segment per tap in table mode
+W_C = torch.tensor([[[[0.5, 0.0], [0.0, -1.0]], [[0.0, 0.0], [2.0, 0.0]]],
+                    [[[0.0, 0.25], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]])
+
+
 CASES = {
     "values_bias_relu": (W_A, _bias_relu, Schedule(mode="values", rows_per_program=2, block_n=32,
                                                    max_statements_per_function=4),
@@ -40,6 +49,7 @@ CASES = {
                                                             block_n=16), (("residual", "full"),)),
     "table_bias_relu": (W_A, _bias_relu, Schedule(mode="table", rows_per_program=2, block_n=64,
                                                   chunk=4), (("bias", "row"),)),
+    "table_conv_relu": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2), ()),
 }
 
 
@@ -49,8 +59,9 @@ def _source(name):
     plan = k.plan(64, "float32")
     sig = Signature("float32", "float32", "float32", kinds)
     strides = (64, 1) if plan.bake_strides else None      # X contiguous with N = 64
-    return render(lower(specialise(k.weight, plan), plan, sig, k.program, x_strides=strides),
-                  header="golden")
+    taps = k.conv.kh * k.conv.kw if k.conv else 1
+    return render(lower(specialise(k.weight, plan, taps), plan, sig, k.program, k.conv,
+                        x_strides=strides), header="golden")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

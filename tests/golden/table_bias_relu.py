@@ -23,9 +23,9 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
     for r in tl.static_range(2):
         slot = g * 2 + r
         row = tl.load(ROWS + slot)
+        acc = tl.zeros([64], tl.float32)
         start = tl.load(STARTS + slot)
         end = start + tl.load(LENGTHS + slot)
-        acc = tl.zeros([64], tl.float32)
         full = start + (end - start) // 4 * 4
         c0 = tl.load(COLS + start + 0)
         w0 = tl.load(VALS + start + 0)
