@@ -13,15 +13,17 @@ stride 2 in ``bottleneck_2_block_group_projection_block_group{2,3,4}``, 1 elsewh
 
 Systems: ``sparsert`` (direct sparse convolution, tuned over a few schedules), ``cudnn``
 (``F.conv2d`` on the masked dense weight; fp32 with TF32 off, or the half dtype),
-``cudnn_tf32`` (fp32 only), both with ``torch.backends.cudnn.benchmark`` on (the fastest
-algorithm per shape, timed by cuDNN), ``im2col_sparsert`` (``F.unfold`` then our sparse matmul).
+``cudnn_tf32`` (fp32 only), each the faster of cuDNN's heuristic algorithm and its benchmark
+mode's choice, ``im2col_sparsert`` (``F.unfold`` then our sparse matmul).
 Every result is checked against float64 ``F.conv2d`` before it is timed.
-CSV columns: ``layer,sparsity,C_in,C_out,H,W,batch,stride,kh,kw,dtype,system,median_us,compile_s``.
+CSV columns: ``layer,sparsity,C_in,C_out,H,W,batch,stride,kh,kw,dtype,system,median_us,compile_s``;
+every sparsert schedule tried goes to ``<out stem>_tune.jsonl`` (time or error).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import time
 from pathlib import Path
@@ -41,15 +43,19 @@ COLUMNS = ["layer", "sparsity", "C_in", "C_out", "H", "W", "batch", "stride", "k
            "dtype", "system", "median_us", "compile_s"]
 TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: the one-row table kernel loops over each row's nonzeros one kernel tap at a time (segments
-#: of ~C_in/10 nonzeros at 90%), so short chunks are tried; block_n >= 32 * num_warps keeps
-#: every thread busy (narrow tiles give the small late layers more programs); column loops
-#: (column_programs) ran 2-5x slower on the H100 and are left out
-SCHEDULES = [Schedule(mode="table", rows_per_program=1, chunk=c, block_n=bn, num_warps=nw)
-             for c, bn, nw in ((8, 128, 1), (4, 128, 1), (2, 128, 1), (4, 64, 1), (4, 32, 1),
-                               (4, 256, 2))] + [
-    Schedule(mode="table", rows_per_program=1, chunk=4, block_n=128, num_warps=1,
-             pack_nonzeros=True),
+#: the one-row table kernel walks each row's nonzeros one kernel tap at a time (segments of
+#: ~C_in/10 nonzeros at 90%, so short chunks are tried) or, without tap segments, in
+#: (c_in, tap) order; several rows per program re-read their X tile from L1; block_n >=
+#: 32 * num_warps keeps every thread busy (narrow tiles give the small late layers more
+#: programs). Column loops (column_programs) ran 2-5x slower on the H100 and are left out.
+SCHEDULES = [Schedule(mode="table", rows_per_program=r, chunk=c, block_n=bn, num_warps=nw,
+                      tap_segments=t)
+             for t, r, c, bn, nw in ((True, 1, 4, 128, 1), (True, 1, 8, 128, 1),
+                                     (True, 1, 2, 128, 1), (True, 1, 4, 64, 1),
+                                     (True, 1, 4, 32, 1), (True, 2, 4, 64, 1),
+                                     (True, 4, 4, 32, 1), (True, 1, 4, 256, 2),
+                                     (False, 1, 8, 128, 1), (False, 1, 4, 64, 1),
+                                     (False, 2, 8, 64, 1))] + [
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1)]
 
 
@@ -66,6 +72,17 @@ def layers(root: Path, sparsity: str):
 
 def _rel_err(Y, ref):
     return ((Y.double().to(ref.device) - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+@contextmanager
+def cudnn_benchmark(enabled: bool):
+    """cuDNN's benchmark mode (pick each shape's algorithm by timing) for the block."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 @contextmanager
@@ -90,9 +107,11 @@ def _sync(device):
 
 
 def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compile_s, writer,
-             device="cuda", timer=_gpu_time):
+             device="cuda", timer=_gpu_time, log=None, schedules=None):
     """Check and time every system on one layer; ``device``/``timer`` let a CPU test drive the
-    same path under the interpreter."""
+    same path under the interpreter. Every sparsert schedule tried is appended to ``log`` (a
+    list of dicts) with its time, or its error."""
+    schedules = SCHEDULES if schedules is None else schedules
     dt = DTYPES[dtype]
     w = p.with_values(seed=0, dtype=dtype)
     g = torch.Generator().manual_seed(1)
@@ -106,14 +125,14 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
                 stride=stride, kh=3, kw=3, dtype=dtype)
     results = {}
 
-    def emit(system, make_call, compile_s="", tol=TOL[dtype]):
+    def emit(system, make_call, time_it=timer, compile_s="", tol=TOL[dtype]):
         try:
             Y = make_call(X)()
             _sync(device)
             err = _rel_err(Y, ref)
             if not err <= tol:
                 raise AssertionError(f"relative error {err:.2e}")
-            t = timer(make_call, X, nbytes)
+            t = time_it(make_call, X, nbytes)
             results[system] = t
             writer.writerow({**base, "system": system, "median_us": f"{t:.2f}",
                              "compile_s": compile_s})
@@ -121,35 +140,54 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
             writer.writerow({**base, "system": system, "median_us": "",
                              "compile_s": f"FAILED: {type(e).__name__}: {str(e)[:100]}"})
 
-    # cuDNN baselines
-    with cudnn_tf32(False):
-        emit("cudnn", lambda x: lambda: torch.nn.functional.conv2d(x, W4, None, stride, 1))
-    if dtype == "float32":
-        def tf32_call(x):
+    # cuDNN baselines: the faster of cuDNN's heuristic algorithm and the one its benchmark
+    # mode picks by timing (either can win: benchmark mode was slower on some layers)
+    def cudnn(tf32):
+        def make(x):
             def f():
-                with cudnn_tf32(True):
+                with cudnn_tf32(tf32):
                     return torch.nn.functional.conv2d(x, W4, None, stride, 1)
             return f
-        emit("cudnn_tf32", tf32_call, tol=5e-3)          # TF32's 10-bit mantissa
+
+        def best_timer(make_call, X, nbytes):
+            times = []
+            for bench_mode in (False, True):
+                with cudnn_benchmark(bench_mode):
+                    make_call(X)()
+                    times.append(timer(make_call, X, nbytes))
+            return min(times)
+        return make, best_timer
+    emit("cudnn", *cudnn(False))
+    if dtype == "float32":
+        emit("cudnn_tf32", *cudnn(True), tol=5e-3)          # TF32's 10-bit mantissa
     # sparsert: the fastest of a few schedules (first-call build time reported)
     best = None
-    for s in SCHEDULES:
+    for s in schedules:
         if s.mode != "table" and w.nnz * 2e-3 > max_compile_s:
             continue            # unrolled build estimated too slow for this budget
         k = kern_fn.specialize(w, schedule=s, kernel_size=(C_in, 3, 3), order="hwc")
+        entry = dict(layer=name, batch=batch, dtype=dtype, schedule=repr(s))
         t0 = time.time()
         try:
-            k(X)
+            Y = k(X)
             _sync(device)
+            err = _rel_err(Y, ref)
+            if not err <= TOL[dtype]:
+                raise AssertionError(f"relative error {err:.2e}")
         except Exception as e:
             print(f"  {name} {s!r}: {type(e).__name__}: {str(e)[:120]}")
+            if log is not None:
+                log.append({**entry, "error": f"{type(e).__name__}: {str(e)[:200]}"})
             continue
         build = time.time() - t0
         t = timer(lambda x, k=k: lambda: k(x), X, nbytes)
+        if log is not None:
+            log.append({**entry, "median_us": round(t, 2), "build_s": round(build, 2)})
         if best is None or t < best[0]:
-            best = (t, k, build)
+            best = (t, k, build, s)
     if best is not None:
-        emit("sparsert", lambda x, k=best[1]: lambda: k(x), f"{best[2]:.2f}")
+        print(f"  {name} b{batch} {dtype}: best {best[3]!r}")
+        emit("sparsert", lambda x, k=best[1]: lambda: k(x), compile_s=f"{best[2]:.2f}")
     # im2col + our sparse matmul (columns in PyTorch's unfold order, i.e. chw)
     wc = conv_weight(w, (C_in, 3, 3), order="hwc")[0]
     mm = sparse_kernel(lambda W, X: W @ X, schedule=SCHEDULES[0]).specialize(wc)
@@ -175,26 +213,28 @@ def main(argv=None):
     ap.add_argument("--deadline-s", type=float, default=500.0)
     a = ap.parse_args(argv)
     require_cuda()
-    # cuDNN at its best: each convolution shape picks its fastest algorithm by timing
-    torch.backends.cudnn.benchmark = True
     t_end = time.time() + a.deadline_s
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
+    tune_path = Path(a.out).with_name(Path(a.out).stem + "_tune.jsonl")
+    with open(a.out, "w", newline="") as f, open(tune_path, "w") as tune:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
-        for sp in a.sparsities.split(","):
+        # every layer in the first dtype before the next: a deadline cuts the later dtypes
+        for dtype, sp in ((d, s) for d in a.dtypes.split(",") for s in a.sparsities.split(",")):
             for name, p, C_in, C_out, H, stride in layers(Path(a.dlmc), sp):
                 for batch in (int(b) for b in a.batches.split(",")):
-                    for dtype in a.dtypes.split(","):
-                        if time.time() > t_end:
-                            print("deadline reached")
-                            return
-                        r = run_case(name, p, C_in, C_out, H, stride, batch, dtype, sp,
-                                     a.max_compile_s, writer)
-                        f.flush()
-                        line = " ".join(f"{k} {v:.1f}us" for k, v in r.items())
-                        print(f"{sp} {name} {C_in}->{C_out} {H}x{H}/{stride} b{batch} {dtype}: "
-                              f"{line}", flush=True)
+                    if time.time() > t_end:
+                        print("deadline reached")
+                        return
+                    log = []
+                    r = run_case(name, p, C_in, C_out, H, stride, batch, dtype, sp,
+                                 a.max_compile_s, writer, log=log)
+                    f.flush()
+                    tune.writelines(json.dumps(e) + "\n" for e in log)
+                    tune.flush()
+                    line = " ".join(f"{k} {v:.1f}us" for k, v in r.items())
+                    print(f"{sp} {name} {C_in}->{C_out} {H}x{H}/{stride} b{batch} {dtype}: "
+                          f"{line}", flush=True)
 
 
 if __name__ == "__main__":

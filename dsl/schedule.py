@@ -50,6 +50,12 @@ pack_nonzeros
 prefetch
     Table mode, one row at a time: load the next chunk's columns and values one loop step
     ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
+tap_segments
+    Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
+    time (every load of a tap at one fixed shift of X, under one in-image mask set once per
+    tap), instead of in (c_in, tap) order with the shift and mask worked out per nonzero.
+    Fewer instructions per nonzero; the (c_in, tap) order re-reads a channel's X lines for
+    its next tap while they are still in L1. Default: on. Ignored by ``W @ X``.
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -86,6 +92,7 @@ class Schedule:
     parallel_rows: int = 1
     pack_nonzeros: Union[bool, str] = AUTO
     prefetch: Union[bool, str] = AUTO
+    tap_segments: Union[bool, str] = AUTO
     bake_strides: Union[bool, str] = AUTO
 
     def __post_init__(self):
@@ -111,7 +118,7 @@ class Schedule:
                 or self.column_programs < 0:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
-        for name in ("bake_strides", "pack_nonzeros", "prefetch", "use_dot"):
+        for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "use_dot"):
             v = getattr(self, name)
             if v not in (True, False, AUTO):
                 raise ValueError(f"Schedule.{name} must be True, False or 'auto', got {v!r}")

@@ -140,7 +140,7 @@ class SpecializedKernel:
         hit = cache.load(key)
         if hit is None:
             layout = specialise(self.weight, plan,
-                                self.conv.kh * self.conv.kw if self.conv else 1)
+                                self.conv.kh * self.conv.kw if self.conv else 1)   # taps
             lowered = lower(layout, plan, sig, self.program, self.conv, baked)
             source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
                                             f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")

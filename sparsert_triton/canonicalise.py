@@ -101,14 +101,17 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
     pack = False if s.pack_nonzeros == AUTO else s.pack_nonzeros
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
     # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
-    prefetch = s.prefetch
-    if prefetch == AUTO:
-        prefetch = mode == "table" and not use_dot and int(s.parallel_rows) == 1
+    row_kernel = mode == "table" and not use_dot and int(s.parallel_rows) == 1
+    prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
+    # a convolution's rows walked one kernel tap at a time: 1.28x (geomean, 0.71-1.55x) over
+    # the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90% (H100,
+    # bench/results/conv_h100_before_taps.csv); slower only on stride-2 layers at batch 8
+    taps = row_kernel if s.tap_segments == AUTO else s.tap_segments
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
                 num_warps=int(num_warps), num_stages=int(num_stages),
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
-                pack_nonzeros=bool(pack), prefetch=bool(prefetch),
+                pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides))

@@ -208,6 +208,9 @@ def _add_schedule_options(p):
     g.add_argument("--pack-nonzeros", choices=("auto", "on", "off"), default="auto",
                    help="table mode, one row per program: read column and value as one 64-bit "
                         "word (auto: off)")
+    g.add_argument("--tap-segments", choices=("auto", "on", "off"), default="auto",
+                   help="table mode, one row per program, convolutions: walk each row one "
+                        "kernel tap at a time (auto: on)")
     g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
     g.add_argument("--num-stages", type=_int_or_auto, default="auto", help="Triton num_stages")
     from dsl import Schedule
@@ -232,7 +235,8 @@ def schedule_from_args(args):
                     row_order=args.row_order, chunk=args.chunk, use_dot=use_dot,
                     allow_tf32=args.allow_tf32, num_warps=args.num_warps,
                     num_stages=args.num_stages, prefetch=on_off[args.prefetch],
-                    pack_nonzeros=on_off[args.pack_nonzeros], **bounds)
+                    pack_nonzeros=on_off[args.pack_nonzeros],
+                    tap_segments=on_off[args.tap_segments], **bounds)
 
 
 def _kernel(m: Matrix, args):

@@ -31,6 +31,7 @@ class Plan:
     parallel_rows: int = 1
     pack_nonzeros: bool = False
     prefetch: bool = False
+    tap_segments: bool = False
     bake_strides: bool = False
 
     def __post_init__(self):
@@ -69,7 +70,7 @@ class Plan:
             if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
                 bad(f"parallel_rows must be a power of two dividing rows_per_program "
                     f"({self.rows_per_program}), got {self.parallel_rows}")
-        for name in ("pack_nonzeros", "prefetch"):
+        for name in ("pack_nonzeros", "prefetch", "tap_segments"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
         if not 1 <= self.num_stages <= 8:

@@ -266,14 +266,22 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
 
 def _table_x_load(b: Buffer, low: Lowered):
     """One X row per nonzero: ``x`` for column ``c`` (every step is a real nonzero). In a
-    convolution's tap loop ``c`` is the input channel, ``xt`` the tile shifted by the tap and
-    ``mt`` the tap's in-image mask (both set once per tap, see ``_conv_tap``); the load is
-    unmasked there."""
-    x = cvt(low.signature.x_dtype, low.signature)
-    if low.conv is None:
+    convolution's tap loop ``c`` is the input channel, ``xt`` the tile shifted to the tap (set
+    once per tap, see ``_conv_tap``) and the load unmasked; without tap segments ``c`` is the
+    (c_in, dy, dx) column, decoded here, and the in-image mask worked out per nonzero."""
+    g, x = low.conv, cvt(low.signature.x_dtype, low.signature)
+    if g is None:
         b(f"x = tl.load(xp + c * sxk, mask=nmask, other=0.0){x}")
-    else:
+        return
+    if low.plan.tap_segments:
         b(f"x = tl.load(xt + c * sxc){x}")
+        return
+    (dh, dw), khw = g.dilation, g.kh * g.kw
+    b(f"ci = c // {khw}")
+    b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
+    b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
+    b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask=nmask & (iy0 >= -dy) & "
+      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0){x}")
 
 
 def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
@@ -288,7 +296,7 @@ def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
 def _table_fma(b: Buffer, low: Lowered, s: str = ""):
     """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)`` (into the
     tap's ``acc_t`` in a convolution)."""
-    acc = "acc" if low.conv is None else "acc_t"
+    acc = "acc_t" if low.conv is not None and low.plan.tap_segments else "acc"
     if low.plan.packs_nonzeros(low.signature):
         b(f"c = (nz{s} & 0xFFFFFFFF).to(tl.int32)")
         _table_x_load(b, low)
@@ -408,15 +416,16 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
           else "VALS[j] * X[COLS[j], n]")
     doc = (f"acc[n] = sum_j {nz} over each row's segment; the program's {R} row(s) run in "
            "turn, so X rows they share are re-read from L1.")
-    if g is not None:
+    taps = g is not None and p.tap_segments
+    if taps:
         doc += (f" Convolution: one segment per kernel tap ({g.kh}x{g.kw}), COLS holding the "
                 "input channel, X read at the tap's shift under the tap's in-image mask.")
-    with _table_kernel(b, k, low, doc, taps=g is not None):
+    with _table_kernel(b, k, low, doc, taps=taps):
         with b.indent(f"for r in tl.static_range({R}):"):
             b(f"slot = g * {R} + r")
             b("row = tl.load(ROWS + slot)")
             b(f"acc = tl.zeros([{BN}], {acc_t})")
-            if g is None:
+            if not taps:
                 _row_segment(b, low, "slot")
             else:
                 T = g.kh * g.kw

@@ -177,7 +177,7 @@ def specialise_unrolled(weight: SparseWeight, plan: Plan) -> Unrolled:
 def specialise_table(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:
     if plan.use_dot:
         return _table_union(weight, plan)
-    return _table_rows(weight, plan, taps if plan.row_kernel else 1)
+    return _table_rows(weight, plan, taps if plan.tap_segments else 1)
 
 
 def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:

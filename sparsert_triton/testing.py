@@ -108,7 +108,8 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False, parallel_rows=P,
                         pack_nonzeros=False if P > 1 else draw(st.sampled_from(["auto", True])),
-                        prefetch="auto" if P > 1 else draw(st.booleans()))
+                        prefetch="auto" if P > 1 else draw(st.booleans()),
+                        tap_segments="auto" if P > 1 else draw(st.booleans()))
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),

@@ -86,3 +86,32 @@ def test_dlmc_matrix_as_convolution():
     b = torch.randn(p.M).to(DEV)
     Y = k(X, b)
     torch.testing.assert_close(Y.cpu().double(), k.reference(X, b), rtol=1e-4, atol=1e-4)
+
+
+def test_tap_segments_layout():
+    """With tap segments each row slot has one segment per kernel tap, holding exactly that
+    tap's nonzeros (input channels ascending, values in step); without, the CSR row."""
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.conv import conv_weight
+    from sparsert_triton.specialise import specialise
+    g = torch.Generator().manual_seed(3)
+    W4 = torch.randn(5, 4, 3, 3, generator=g) * (torch.rand(5, 4, 3, 3, generator=g) < 0.4)
+    w, _ = conv_weight(W4)
+    for taps in (True, False):
+        plan = plan_for(Schedule(mode="table", chunk=2, tap_segments=taps), w, 64, "float32")
+        t = specialise(w, plan, 9)
+        for slot, row in enumerate(t.rows):
+            if row < 0:
+                continue
+            per = 9 if taps else 1
+            for tap in range(per):
+                s, n = t.starts[slot * per + tap], t.lengths[slot * per + tap]
+                vi = t.value_index[s:s + n]
+                k = w.indices[vi]
+                Wr = W4[row].reshape(4, 9).numpy()       # (c_in, tap)
+                if taps:
+                    c_in = np.nonzero(Wr[:, tap])[0]
+                    assert list(t.cols[s:s + n]) == list(c_in) and list(k % 9) == [tap] * n
+                    assert np.allclose(w.values[vi], Wr[c_in, tap])
+                else:
+                    assert list(t.cols[s:s + n]) == list(np.nonzero(Wr.reshape(-1))[0])

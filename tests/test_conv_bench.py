@@ -62,8 +62,13 @@ def test_run_case_checks_every_system(tmp_path):
     p = read_smtx(next((_dlmc(tmp_path) / "rn50" / "magnitude_pruning" / "0.9").glob("*group2_1_1*")))
     out = io.StringIO()
     writer = csv.DictWriter(out, COLUMNS)
+    from bench.conv_bench import SCHEDULES
+    log = []
+    picked = [SCHEDULES[0], next(s for s in SCHEDULES if s.tap_segments is False)]
     times = run_case("layer", p, 4, 3, 6, 2, 2, "float32", "0.9", 10.0, writer, device=DEV,
-                     timer=lambda make_call, X, nbytes: 1.0)
+                     timer=lambda make_call, X, nbytes: 1.0, log=log, schedules=picked)
+    assert [e["schedule"] for e in log] == [repr(s) for s in picked]
+    assert all(e["median_us"] == 1.0 and "error" not in e for e in log), log
     rows = list(csv.DictReader(io.StringIO("," .join(COLUMNS) + "\n" + out.getvalue())))
     systems = {r["system"]: r for r in rows}
     assert set(systems) == {"cudnn", "cudnn_tf32", "sparsert", "im2col_sparsert"}

@@ -153,6 +153,9 @@ def test_table_kernel_options_are_validated():
                      (dict(mode="table", rows_per_program=4, parallel_rows=2,
                            pack_nonzeros=True), "pack_nonzeros"),
                      (dict(mode="indices", prefetch=True), "prefetch"),
+                     (dict(mode="values", tap_segments=True), "tap_segments"),
+                     (dict(mode="table", rows_per_program=2, parallel_rows=2,
+                           tap_segments=True), "tap_segments"),
                      (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
                            prefetch=True), "prefetch")]:
         with pytest.raises(ValueError, match=msg):
