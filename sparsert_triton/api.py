@@ -110,7 +110,8 @@ class SpecializedKernel:
 
     # -------------------------------------------------------------- building
     def plan(self, N: int, x_dtype: str = None) -> Plan:
-        return plan_for(self.schedule, self.weight, N, x_dtype or self.weight.dtype)
+        return plan_for(self.schedule, self.weight, N, x_dtype or self.weight.dtype,
+                        conv=self.conv is not None)
 
     def variant(self, sig: Signature, N: int, device: torch.device, x_strides=None) -> Variant:
         """The compiled form for a call; ``x_strides`` are X's strides (baked into the code

@@ -53,8 +53,10 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
-def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> Plan:
-    """Resolve every 'auto' field from the matrix statistics and the problem size."""
+def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
+             conv: bool = False) -> Plan:
+    """Resolve every 'auto' field from the matrix statistics and the problem size (``conv``:
+    the weight is a convolution's, whose table kernel walks short per-tap segments)."""
     s = schedule
     avg = weight.nnz / max(1, weight.M)
     mode = s.mode
@@ -77,14 +79,18 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> 
             # about 1024 FMAs per program: each loaded X row feeds many rows (H100: 32-64 rows
             # per program beat 8-16 on a 64 x 256 layer), while keeping enough programs
             rpp = int(min(64, max(8, _next_pow2(int(1024 / max(avg, 1.0))))))
+    # convolutions (one-row kernel, tap segments): 64-column tiles and chunks of 4 were within
+    # 17% of the best of 12 schedules on the 32 fp32 DLMC 3x3 cases (geomean; 128 x 8: 70%),
+    # bench/results/conv_h100_tune.jsonl
+    conv_rows = conv and mode == "table" and not use_dot and int(s.parallel_rows) == 1
     block_n = s.block_n
     if block_n == AUTO:
-        block_n = min(128, max(16, _next_pow2(N)))
+        block_n = min(64 if conv_rows else 128, max(16, _next_pow2(N)))
         if use_dot:
             block_n = max(block_n, 16)
     chunk = s.chunk
     if chunk == AUTO:
-        chunk = 16 if use_dot else 8 if mode == "table" else 4
+        chunk = 16 if use_dot else 4 if conv_rows else 8 if mode == "table" else 4
     row_order = s.row_order
     if row_order == AUTO:
         row_order = "nnz" if mode == "table" else "given"

@@ -173,3 +173,18 @@ def test_table_kernel_options_are_validated():
     p = plan_for(Schedule(mode="table", pack_nonzeros=True), w, 16, "float64")
     assert p.pack_nonzeros and not p.packs_nonzeros(Signature("float64", "float64", "float64", ()))
     assert p.packs_nonzeros(Signature("float16", "float16", "float16", ()))
+
+
+def test_convolution_defaults():
+    """Convolutions' table kernel defaults to 64-column tiles and chunks of 4 (short per-tap
+    segments, measured on the H100); explicit choices and W @ X keep their own."""
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.weights import as_sparse_weight
+    w = as_sparse_weight((torch.rand(64, 576) < 0.1).float())
+    conv = plan_for(Schedule(mode="table"), w, 3136, "float32", conv=True)
+    assert (conv.block_n, conv.chunk, conv.tap_segments) == (64, 4, True)
+    mm = plan_for(Schedule(mode="table"), w, 3136, "float32")
+    assert (mm.block_n, mm.chunk) == (128, 8)
+    own = plan_for(Schedule(mode="table", block_n=128, chunk=8), w, 3136, "float32", conv=True)
+    assert (own.block_n, own.chunk) == (128, 8)
+    assert plan_for(Schedule(mode="table"), w, 20, "float32", conv=True).block_n == 32
