@@ -2,7 +2,11 @@
 
     ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section Occupancy --section WarpStateStats -k regex:sparse \
-        python -m bench.profile_kernels --dlmc DIR
+        python -m bench.profile_kernels --dlmc DIR [--conv]
+
+``--conv`` runs the direct sparse 3x3 convolution kernels instead (DLMC ResNet-50 layer
+``bottleneck_2_block_group3_1_1`` at 90%, 256 -> 256 channels, 14 x 14, batch 8), with and
+without tap segments.
 
 Each kernel is compiled and run once before the profiled launch (``--launch-skip`` is not
 needed: ncu profiles every matching launch; the first is the compile run, ignore it).
@@ -27,10 +31,36 @@ CASES = [
 ]
 
 
+CONV_CASES = [
+    # (sparsity, layer, batch, H, schedule): the default convolution schedule, and the
+    # (c_in, tap) order it replaced
+    ("0.9", "bottleneck_2_block_group3_1_1", 8, 14, S(mode="table")),
+    ("0.9", "bottleneck_2_block_group3_1_1", 8, 14, S(mode="table", tap_segments=False)),
+]
+
+
+def run_conv(dlmc):
+    from dsl import conv2d
+    for sp, name, B, H, s in CONV_CASES:
+        p = read_smtx(find_matrix(dlmc, "rn50", sp, name)).with_values(seed=0)
+        C_in = p.K // 9
+        X = torch.randn(B, C_in, H, H, device="cuda")
+        k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1), schedule=s).specialize(
+            p, kernel_size=(C_in, 3, 3), order="hwc")
+        for _ in range(2):
+            k(X)
+            torch.cuda.synchronize()
+        print(f"conv {sp} {name} {p.M}x{C_in}x3x3 {B}x{H}x{H} {k.last_plan.to_schedule()!r}",
+              flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--dlmc", required=True)
+    ap.add_argument("--conv", action="store_true", help="profile the convolution kernels")
     a = ap.parse_args(argv)
+    if a.conv:
+        return run_conv(a.dlmc)
     for model, sp, name, N, s in CASES:
         wt = read_smtx(find_matrix(a.dlmc, model, sp, name)).with_values(seed=0)
         X = torch.randn(wt.K, N, device="cuda")
