@@ -202,6 +202,17 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
     return results
 
 
+def parse_schedules(text: str):
+    """``Schedule(...)`` expressions (``repr(schedule)`` is valid DSL code), ';'-separated."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        s = eval(part, {"__builtins__": {}}, {"Schedule": Schedule})
+        if not isinstance(s, Schedule):
+            raise ValueError(f"--schedules: {part!r} is not a Schedule(...)")
+        out.append(s)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dlmc", required=True, help="DLMC folder (rn50/magnitude_pruning/...)")
@@ -211,7 +222,11 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/conv_h100.csv")
     ap.add_argument("--max-compile-s", type=float, default=10.0)
     ap.add_argument("--deadline-s", type=float, default=500.0)
+    ap.add_argument("--only", default="", help="substring filter on the layer name")
+    ap.add_argument("--schedules", default="",
+                    help="';'-separated Schedule(...) expressions to try instead of the list")
     a = ap.parse_args(argv)
+    schedules = parse_schedules(a.schedules) if a.schedules else None
     require_cuda()
     t_end = time.time() + a.deadline_s
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -222,13 +237,15 @@ def main(argv=None):
         # every layer in the first dtype before the next: a deadline cuts the later dtypes
         for dtype, sp in ((d, s) for d in a.dtypes.split(",") for s in a.sparsities.split(",")):
             for name, p, C_in, C_out, H, stride in layers(Path(a.dlmc), sp):
+                if a.only not in name:
+                    continue
                 for batch in (int(b) for b in a.batches.split(",")):
                     if time.time() > t_end:
                         print("deadline reached")
                         return
                     log = []
                     r = run_case(name, p, C_in, C_out, H, stride, batch, dtype, sp,
-                                 a.max_compile_s, writer, log=log)
+                                 a.max_compile_s, writer, log=log, schedules=schedules)
                     f.flush()
                     tune.writelines(json.dumps(e) + "\n" for e in log)
                     tune.flush()

@@ -74,3 +74,12 @@ def test_run_case_checks_every_system(tmp_path):
     assert set(systems) == {"cudnn", "cudnn_tf32", "sparsert", "im2col_sparsert"}
     assert all(r["median_us"] == "1.00" for r in rows), rows
     assert set(times) == set(systems)
+
+
+def test_schedules_option_parses_dsl_reprs():
+    import pytest
+    from bench.conv_bench import SCHEDULES, parse_schedules
+    text = "; ".join(repr(s) for s in SCHEDULES[:3])
+    assert [repr(s) for s in parse_schedules(text)] == [repr(s) for s in SCHEDULES[:3]]
+    with pytest.raises(ValueError, match="not a Schedule"):
+        parse_schedules("Schedule(); 3")
