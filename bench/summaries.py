@@ -49,7 +49,8 @@ def conv_markdown(rows: Sequence[dict], source: str, target: float = 5.0) -> str
     L = ["<!-- conv-bench:begin -->", "## Sparse 3x3 convolutions (DLMC ResNet-50, direct, implicit im2col)", "",
          f"Source: `{source}` ({len(rows)} rows). CUDA-graph medians; speedup = baseline / "
          "`sparsert` (direct sparse convolution, best of a few schedules), geometric mean over "
-         "the layers. `cudnn` is fp32 with TF32 off (or the half dtype), `im2col_sparsert` is "
+         "the layers. `cudnn` is fp32 with TF32 off (or the half dtype), each cuDNN time the "
+         "faster of its heuristic algorithm and its benchmark mode's pick; `im2col_sparsert` is "
          "`F.unfold` then our sparse matmul. Layers at their true spatial sizes, padding 1, "
          "stride 2 in the projection blocks of groups 2-4.", "",
          "| dtype | sparsity | batch | layers | vs cudnn | vs cudnn_tf32 | vs im2col_sparsert | "
