@@ -244,3 +244,10 @@ def test_tune_on_gpu_then_cached(capsys, tmp_path, monkeypatch):
     assert best and re.search(r"^ok\s", out, re.M), out
     rc, out2, err = run(capsys, *argv)                      # the stored plan comes back
     assert rc == 0 and "1 cached" in out2 and best.group(1) in out2
+
+
+@pytest.mark.parametrize("taps", ["on", "off"])
+def test_tap_segments_option_reaches_the_schedule(capsys, taps):
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--tap-segments", taps)
+    assert rc == 0, err
+    assert f"tap_segments={taps == 'on'}" in out
