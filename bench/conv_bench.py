@@ -107,17 +107,22 @@ def _sync(device):
 
 
 def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compile_s, writer,
-             device="cuda", timer=_gpu_time, log=None, schedules=None):
+             device="cuda", timer=_gpu_time, log=None, schedules=None, channels_last=False):
     """Check and time every system on one layer; ``device``/``timer`` let a CPU test drive the
     same path under the interpreter. Every sparsert schedule tried is appended to ``log`` (a
-    list of dicts) with its time, or its error."""
+    list of dicts) with its time, or its error. ``channels_last``: X (and cuDNN's weight) in
+    NHWC memory order for every system."""
     schedules = SCHEDULES if schedules is None else schedules
     dt = DTYPES[dtype]
     w = p.with_values(seed=0, dtype=dtype)
     g = torch.Generator().manual_seed(1)
     X = torch.randn(batch, C_in, H, H, generator=g).to(device, dt)
+    if channels_last:
+        X = X.to(memory_format=torch.channels_last)
     kern_fn = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1))
     W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(dt).reshape(C_out, C_in, 3, 3).to(device)
+    if channels_last:
+        W4 = W4.to(memory_format=torch.channels_last)
     ref = torch.nn.functional.conv2d(X.double(), W4.double(), None, stride, 1)
     Ho = ref.shape[2]
     nbytes = X.numel() * X.element_size() * 2 + W4.numel() * W4.element_size()
@@ -223,6 +228,8 @@ def main(argv=None):
     ap.add_argument("--max-compile-s", type=float, default=10.0)
     ap.add_argument("--deadline-s", type=float, default=500.0)
     ap.add_argument("--only", default="", help="substring filter on the layer name")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="X (and cuDNN's weight) in NHWC memory order for every system")
     ap.add_argument("--schedules", default="",
                     help="';'-separated Schedule(...) expressions to try instead of the list")
     a = ap.parse_args(argv)
@@ -245,7 +252,8 @@ def main(argv=None):
                         return
                     log = []
                     r = run_case(name, p, C_in, C_out, H, stride, batch, dtype, sp,
-                                 a.max_compile_s, writer, log=log, schedules=schedules)
+                                 a.max_compile_s, writer, log=log, schedules=schedules,
+                                 channels_last=a.channels_last)
                     f.flush()
                     tune.writelines(json.dumps(e) + "\n" for e in log)
                     tune.flush()

@@ -74,6 +74,12 @@ def test_run_case_checks_every_system(tmp_path):
     assert set(systems) == {"cudnn", "cudnn_tf32", "sparsert", "im2col_sparsert"}
     assert all(r["median_us"] == "1.00" for r in rows), rows
     assert set(times) == set(systems)
+    # the same case with X in NHWC memory order: every system still passes its check
+    out2 = io.StringIO()
+    times = run_case("layer", p, 4, 3, 6, 2, 2, "float32", "0.9", 10.0, csv.DictWriter(out2, COLUMNS),
+                     device=DEV, timer=lambda make_call, X, nbytes: 1.0, schedules=picked[:1],
+                     channels_last=True)
+    assert set(times) == set(systems)
 
 
 def test_schedules_option_parses_dsl_reprs():
