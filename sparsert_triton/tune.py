@@ -147,15 +147,41 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
 
 # ------------------------------------------------------------------ search space
 
-def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_MAX_COMPILE_S) -> Schedule:
+def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_MAX_COMPILE_S,
+              conv: bool = False) -> Schedule:
     """The default without timing: ``plan_for``'s choice, switched to table mode when its
-    unrolled build would take longer than ``max_compile_s``. Needs no GPU."""
+    unrolled build would take longer than ``max_compile_s``. Needs no GPU. ``conv``: the
+    weight is a convolution's (C_out x C_in kh kw)."""
     w = as_sparse_weight(weight)
     d = dtype_name(dtype)
-    plan = plan_for(Schedule(), w, int(N), d)
+    plan = plan_for(Schedule(), w, int(N), d, conv=conv)
     if plan.mode != "table" and estimate_compile_s(w, plan, max_compile_s) > max_compile_s:
-        plan = plan_for(Schedule(mode="table"), w, int(N), d)
+        plan = plan_for(Schedule(mode="table"), w, int(N), d, conv=conv)
     return plan.to_schedule()
+
+
+#: Direct-convolution candidates: every schedule that was the fastest on at least one of the
+#: 58 DLMC 3x3 cases of bench/results/conv_h100_tune.jsonl (H100, fp32 and fp16, batch 1 and
+#: 8), most wins first; more rows or warps per program and long chunks never won there.
+CONV_CANDIDATES = [
+    Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn, num_warps=nw, tap_segments=t)
+    for bn, nw, t in ((32, 1, True), (64, 1, True))] + [
+    Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1)] + [
+    Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn, num_warps=nw, tap_segments=t)
+    for bn, nw, t in ((256, 2, True), (64, 1, False), (128, 1, True))]
+
+
+def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
+    """Candidates for a direct convolution of N output positions: the heuristic first, then
+    :data:`CONV_CANDIDATES` with tiles no wider than N needs (narrower tiles: same warps)."""
+    w = as_sparse_weight(weight)
+    top = max(16, next_pow2(N))
+    out = [heuristic(w, N, dtype, conv=True)]
+    for s in CONV_CANDIDATES:
+        if s.block_n > top:
+            s = s.replace(block_n=top, num_warps=max(1, min(s.num_warps, top // 32)))
+        out.append(s)
+    return list(dict.fromkeys(out))
 
 
 def _block_ns(N: int) -> List[int]:
@@ -168,8 +194,11 @@ def _block_ns(N: int) -> List[int]:
     return sorted(out)
 
 
-def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
-    """Candidate schedules in priority order (likely winners and cheap builds first)."""
+def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False) -> List[Schedule]:
+    """Candidate schedules in priority order (likely winners and cheap builds first);
+    ``conv``: for a direct convolution (:func:`conv_candidate_schedules`)."""
+    if conv:
+        return conv_candidate_schedules(weight, N, dtype)
     w = as_sparse_weight(weight)
     d = dtype_name(dtype)
     half = d in ("float16", "bfloat16")
@@ -236,16 +265,17 @@ def candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
 
 def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
           max_compile_s: float = DEFAULT_MAX_COMPILE_S,
-          estimate: Optional[Callable[[Plan], float]] = None) -> Tuple[List[TuneResult], List[TuneResult]]:
-    """Split candidates into (kept, skipped). Kept results carry the resolved plan and the
-    estimated compile seconds (``estimate(plan)``, default :func:`estimate_compile_s`);
-    skipped ones say why (invalid, duplicate, compile too long)."""
+          estimate: Optional[Callable[[Plan], float]] = None,
+          conv: bool = False) -> Tuple[List[TuneResult], List[TuneResult]]:
+    """Split candidates into (kept, skipped). Kept results carry the resolved plan (``conv``:
+    resolved for a convolution) and the estimated compile seconds (``estimate(plan)``, default
+    :func:`estimate_compile_s`); skipped ones say why (invalid, duplicate, compile too long)."""
     w = as_sparse_weight(weight)
     d = dtype_name(dtype)
     kept, skipped, seen = [], [], set()
     for s in schedules:
         try:
-            plan = plan_for(s, w, int(N), d)
+            plan = plan_for(s, w, int(N), d, conv=conv)
         except ValueError as e:
             skipped.append(TuneResult(s, None, 0.0, "skipped", detail=f"invalid: {e}"))
             continue
@@ -431,7 +461,7 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
         raise ValueError("X has no columns (N = 0): nothing to tune")
     on_gpu = X.device.type == "cuda" and not interpreting() and torch.cuda.is_available()
     if timer is None and not on_gpu and allow_cpu:
-        return heuristic(w, N, WEIGHT_DTYPES.get(X.dtype, "float32")), []
+        return heuristic(w, N, WEIGHT_DTYPES.get(X.dtype, "float32"), conv=conv is not None), []
     sig, N = call_signature(probe, X, operands)
     d = sig.x_dtype
     key, parts = plan_key(program, w, N, sig, device_name(X.device), conv)
@@ -453,8 +483,8 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
             return KNOWN_BUILD_S
         return estimate_compile_s(w, plan, max_compile_s)
 
-    kept, skipped = prune(candidates if candidates is not None else candidate_schedules(w, N, d),
-                          w, N, d, max_compile_s, estimate)
+    space = candidates if candidates is not None else candidate_schedules(w, N, d, conv is not None)
+    kept, skipped = prune(space, w, N, d, max_compile_s, estimate, conv is not None)
     if not kept:
         raise ValueError("no candidate schedule survives pruning: "
                          + "; ".join(f"{r.schedule!r}: {r.detail}" for r in skipped))

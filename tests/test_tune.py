@@ -249,3 +249,38 @@ def test_tune_convolution_with_a_fake_timer():
         tune(sparse_kernel(lambda W, X: conv2d(W, X)), W, X, timer=lambda fn: 1.0)
     with pytest.raises(TypeError, match="4-D"):
         tune(k, None, X[0], timer=lambda fn: 1.0)
+
+
+def test_convolutions_search_their_own_candidates():
+    """A convolution's search space: the conv heuristic first (64-column tiles, chunks of 4,
+    tap segments), the measured winners after, both tap orders; tiles capped by N."""
+    g = torch.Generator().manual_seed(4)
+    w = (torch.randn(64, 576, generator=g) * (torch.rand(64, 576, generator=g) < 0.1))
+    big = T.candidate_schedules(w, 3136, "float32", conv=True)
+    assert big[0] == T.heuristic(w, 3136, "float32", conv=True)
+    assert (big[0].mode, big[0].block_n, big[0].chunk, big[0].tap_segments) == ("table", 64, 4, True)
+    assert {s.tap_segments for s in big if s.mode == "table"} == {True, False}
+    assert len(big) == len(set(big)) and max(s.block_n for s in big) == 256
+    small = T.candidate_schedules(w, 49, "float32", conv=True)
+    assert max(s.block_n for s in small) == 64 and all(s.num_warps * 32 <= s.block_n for s in small)
+    assert T.candidate_schedules(w, 3136, "float32") != big          # W @ X: its own space
+
+
+def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypatch):
+    """Without ``candidates`` a convolution is tuned over ``conv_candidate_schedules``; every
+    candidate runs correctly (interpreter) and the fastest is returned."""
+    from dsl import conv2d
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(5, 3, 3, 3, generator=g) * (torch.rand(5, 3, 3, 3, generator=g) < 0.3)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(W)
+    X = torch.randn(1, 3, 5, 4, generator=g)
+    space = T.candidate_schedules(k.weight, 20, "float32", conv=True)
+    times = iter(range(100, 0, -1))           # later candidates "faster"
+    best, results = T.tune(k, None, X, timer=lambda fn: float(next(times)), progress=False,
+                           use_cache=False)
+    ran = [r for r in results if r.status == "ok"]
+    assert len(ran) >= 3 and all(r.status in ("ok", "skipped") for r in results)
+    assert best == ran[-1].schedule
+    assert {r.plan.tap_segments for r in ran if r.plan.mode == "table"} == {True, False}
+    assert len(results) == len(space)
