@@ -439,16 +439,22 @@ def _schedule_for(schedule: ScheduleArg, name: str, module: nn.Module) -> Option
     return schedule(name, module)
 
 
-def _tuned_schedule(layer: SparseLinear, N: int, tune_kwargs: dict) -> Schedule:
-    """``sparsert_triton.tune.tune`` on this layer's kernel, for ``X^T`` of N columns laid out
-    as the layer passes it (a transposed view of a contiguous (N, in) input)."""
+def _tuned_schedule(layer, shape, tune_kwargs: dict) -> Schedule:
+    """``sparsert_triton.tune.tune`` on this layer's kernel for an input of ``shape``: for a
+    SparseLinear, ``X^T`` of N = prod(shape[:-1]) columns laid out as the layer passes it (a
+    transposed view of a contiguous (N, in) input); for a SparseConv2d, X of that shape."""
     from . import tune as tune_module    # imported lazily: optional, and heavier
-    program = ops.sparse_matmul_bias if layer.bias is not None else ops.sparse_matmul
     v = layer.values.detach()
-    weight = layer._pattern.base.with_values(v)
-    X = torch.randn(N, layer.in_features, device=v.device, dtype=v.dtype).t()
     operands = (layer.bias.detach(),) if layer.bias is not None else ()
-    result = tune_module.tune(program, weight, X, *operands, **tune_kwargs)
+    if isinstance(layer, SparseConv2d):
+        kernel, weight = layer._pattern.forward_kernel(v, layer.bias is not None), None
+        X = torch.randn(*shape, device=v.device, dtype=v.dtype)
+    else:
+        kernel = ops.sparse_matmul_bias if layer.bias is not None else ops.sparse_matmul
+        weight = layer._pattern.base.with_values(v)
+        N = math.prod(shape[:-1])
+        X = torch.randn(N, layer.in_features, device=v.device, dtype=v.dtype).t()
+    result = tune_module.tune(kernel, weight, X, *operands, **tune_kwargs)
     schedule = result[0] if isinstance(result, tuple) else result
     if not isinstance(schedule, Schedule):
         raise TypeError(f"sparsert_triton.tune.tune returned {type(result).__name__}; "
@@ -458,7 +464,8 @@ def _tuned_schedule(layer: SparseLinear, N: int, tune_kwargs: dict) -> Schedule:
 
 def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg = None,
              tune: bool = False, inplace: bool = True, tune_kwargs: Optional[dict] = None,
-             tune_n: int = 128) -> Tuple[nn.Module, SparsifyReport]:
+             tune_n: int = 128, example_inputs: Optional[tuple] = None
+             ) -> Tuple[nn.Module, SparsifyReport]:
     """Replace every ``nn.Linear`` / ``nn.Conv2d`` whose weight is at least ``min_sparsity``
     zeros by a :class:`SparseLinear` / :class:`SparseConv2d` (the zeros become the mask);
     leave everything else.
@@ -466,9 +473,12 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     ``schedule``: one :class:`Schedule` for all layers, or ``f(name, module) -> Schedule``.
     ``tune=True`` picks each Linear's schedule with ``sparsert_triton.tune.tune``, timed on
     the layer's device for ``tune_n`` rows of input (batch x sequence), keyword arguments in
-    ``tune_kwargs`` (e.g. ``budget_s``); the layers must then be on a GPU. Convolutions keep
-    ``schedule`` (their input's spatial size is not known here; tune a layer's kernel with
-    ``sparsert_triton.tune.tune`` on a real input) and their report row says "not tuned". ``inplace=False`` works on a deep copy. Only exact ``nn.Linear`` /
+    ``tune_kwargs`` (e.g. ``budget_s``); the layers must then be on a GPU.
+    ``example_inputs``: arguments of one forward pass, ``model(*example_inputs)``, run once
+    (no_grad, before any replacement) to record each layer's input shape; with ``tune=True``
+    every Linear is then tuned for its real rows of input and every Conv2d for its real
+    (B, C_in, H, W). Without it (or for a layer that pass does not reach) convolutions keep
+    ``schedule`` and their report row says "not tuned". ``inplace=False`` works on a deep copy. Only exact ``nn.Linear`` /
     ``nn.Conv2d`` modules are replaced: subclasses (e.g. the output projection inside
     ``nn.MultiheadAttention``, whose parent reads ``.weight`` directly) are reported and kept,
     and so are convolutions with ``groups > 1``, a ``padding_mode`` other than ``'zeros'`` or
@@ -479,7 +489,8 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     if not inplace:
         model = copy.deepcopy(model)
     report = SparsifyReport()
-    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n)
+    shapes = _input_shapes(model, example_inputs) if tune and example_inputs is not None else {}
+    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n, shapes)
     if isinstance(model, (nn.Linear, nn.Conv2d)):   # the model is one layer
         new, row = _consider("", model, *args)
         report.append(row)
@@ -516,7 +527,33 @@ def _conv_ineligible(conv: nn.Conv2d) -> Optional[str]:
     return None
 
 
-def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n):
+def _input_shapes(model: nn.Module, example_inputs) -> dict:
+    """id(layer) -> the shape of its first input in one forward pass of ``example_inputs``,
+    for every exact nn.Linear / nn.Conv2d (an unbatched convolution input gets batch 1)."""
+    if not isinstance(example_inputs, tuple):
+        raise TypeError("example_inputs must be a tuple of forward arguments, got "
+                        f"{type(example_inputs).__name__}")
+    shapes, hooks = {}, []
+
+    def record(module, inputs):
+        x = inputs[0] if inputs else None
+        if isinstance(x, Tensor) and id(module) not in shapes:
+            shape = tuple(x.shape)
+            shapes[id(module)] = (1, *shape) if type(module) is nn.Conv2d and len(shape) == 3 else shape
+
+    for m in model.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):
+            hooks.append(m.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, shapes):
     if isinstance(module, nn.Conv2d):
         kind, base, why = "Conv2d", nn.Conv2d, _conv_ineligible(module)
     elif isinstance(module, nn.Linear):
@@ -540,10 +577,15 @@ def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n):
     if kind == "Linear":
         layer = SparseLinear.from_linear(module, schedule=layer_schedule)
         if tune:
-            layer.schedule = _tuned_schedule(layer, tune_n, tune_kwargs)
+            layer.schedule = _tuned_schedule(
+                layer, shapes.get(id(module), (tune_n, layer.in_features)), tune_kwargs)
     else:
         layer = SparseConv2d.from_conv2d(module, schedule=layer_schedule)
-        if tune:
-            note = " (not tuned: the input size is unknown here)"
-    plan = plan_for(layer.schedule, layer._pattern.base, 128, WEIGHT_DTYPES[w.dtype])
+        if tune and id(module) in shapes:
+            layer.schedule = _tuned_schedule(layer, shapes[id(module)], tune_kwargs)
+        elif tune:
+            note = (" (not tuned: no example_inputs)" if not shapes else
+                    " (not tuned: example_inputs did not reach it)")
+    plan = plan_for(layer.schedule, layer._pattern.base, 128, WEIGHT_DTYPES[w.dtype],
+                    conv=kind == "Conv2d")
     return layer, LayerRow(name, kind, shape, s, "sparse", plan.mode + note, estimated_speedup(s))

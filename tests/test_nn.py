@@ -303,3 +303,25 @@ def test_internal_tensors_ignore_the_default_device():
     assert y.device.type == "cpu" and Y.device.type == "cpu" and ref_w.device.type == "cpu"
     close(y, lin.double()(x.double()))
     close(Y, W.double() @ X.double())
+
+
+def test_sparsify_tunes_linears_for_their_example_rows():
+    """With example_inputs a Linear is tuned for its real rows of input (batch x sequence),
+    not tune_n."""
+    from sparsert_triton import tune as T
+    seen, real_tune = [], T.tune
+
+    def spy(kernel, weight, X, *operands, **kw):
+        seen.append(tuple(X.shape))
+        return real_tune(kernel, weight, X, *operands, **kw)
+
+    T.tune = spy
+    try:
+        x = torch.randn(3, 5, IN)
+        sparsify(nn.Sequential(pruned_linear(seed=13)), min_sparsity=0.5, tune=True, tune_n=8,
+                 example_inputs=(x,),
+                 tune_kwargs=dict(timer=lambda fn: 1.0, use_cache=False, progress=False,
+                                  candidates=[Schedule(mode="table", block_n=16)]))
+    finally:
+        T.tune = real_tune
+    assert seen == [(IN, 15)]

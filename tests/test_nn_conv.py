@@ -165,13 +165,64 @@ def test_sparsify_a_single_conv_layer():
     assert torch.equal(copied(x), layer(x))
 
 
-def test_sparsify_tune_leaves_convolutions_untuned_and_says_so():
-    """The tuner times matrix products only: a conv keeps its schedule, its row says so (no
-    tuner call is made, so this runs without a GPU)."""
+def test_sparsify_tune_without_example_inputs_leaves_convolutions_untuned():
+    """Without example_inputs a conv's input size is unknown: it keeps its schedule and its
+    row says so (no tuner call is made, so this runs without a GPU)."""
     model, report = sparsify(nn.Sequential(pruned_conv(seed=18)), min_sparsity=0.5, tune=True,
                              schedule=Schedule(mode="indices"))
     assert model[0].schedule == Schedule(mode="indices")
-    assert report[0].mode == "indices (not tuned: the input size is unknown here)"
+    assert report[0].mode == "indices (not tuned: no example_inputs)"
+
+
+def test_sparsify_tunes_convolutions_at_their_example_input_size():
+    """example_inputs: one forward pass records each layer's input; every conv (and Linear)
+    is tuned for that shape with the real tuner (timer injected: the last conv candidate is
+    reported fastest), a layer the pass does not reach is reported untuned."""
+    from sparsert_triton import tune as T
+    import itertools
+    seen, ticks = [], itertools.count()
+
+    def timer(fn):          # each candidate timed "faster" than the one before
+        fn()
+        return 1000.0 - next(ticks)
+
+    real_tune = T.tune
+
+    def spy(kernel, weight, X, *operands, **kw):
+        seen.append(tuple(X.shape))
+        return real_tune(kernel, weight, X, *operands, **kw)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = pruned_conv(3, 4, 3, seed=21, padding=1)
+            self.b = pruned_conv(4, 5, 3, seed=22, stride=2)
+            self.unused = pruned_conv(5, 5, 1, seed=23)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    net = Net()
+    x = torch.randn(2, 3, 9, 7)
+    ref = net(x)
+    T.tune = spy
+    try:
+        model, report = sparsify(net, min_sparsity=0.5, tune=True, example_inputs=(x,),
+                                 tune_kwargs=dict(timer=timer, use_cache=False, progress=False,
+                                                  budget_s=1e9))
+    finally:
+        T.tune = real_tune
+    assert seen == [(2, 3, 9, 7), (2, 4, 9, 7)]          # each conv at its own input size
+    rows = {r.layer: r for r in report}
+    assert "not tuned" not in rows["a"].mode and "not tuned" not in rows["b"].mode
+    assert rows["unused"].mode.endswith("(not tuned: example_inputs did not reach it)")
+    w = model.b._pattern.base
+    space = T.candidate_schedules(w, 2 * 4 * 3, "float32", conv=True)
+    last = T.prune(space, w, 2 * 4 * 3, "float32", conv=True)[0][-1].plan
+    assert model.b.schedule == last.to_schedule()
+    close(model(x), ref)
+    with pytest.raises(TypeError, match="example_inputs must be a tuple"):
+        sparsify(Net(), tune=True, example_inputs=x)
 
 
 def test_gradcheck_float64():
