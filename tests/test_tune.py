@@ -284,3 +284,22 @@ def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypat
     assert best == ran[-1].schedule
     assert {r.plan.tap_segments for r in ran if r.plan.mode == "table"} == {True, False}
     assert len(results) == len(space)
+
+
+@pytest.mark.gpu
+def test_gpu_tune_convolution_over_its_candidates(tmp_path, monkeypatch, device):
+    """The conv search space timed for real: every candidate runs correctly, the fastest wins
+    and its kernel matches F.conv2d."""
+    from dsl import conv2d
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(64, 32, 3, 3, generator=g) * (torch.rand(64, 32, 3, 3, generator=g) < 0.1)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(W)
+    X = torch.randn(2, 32, 14, 14, generator=g).to(device)
+    best, results = T.tune(k, None, X, budget_s=60, max_compile_s=10, progress=False)
+    ok = [r for r in results if r.status == "ok"]
+    assert len(ok) >= 4 and best == min(ok, key=lambda r: r.median_us).schedule
+    assert not [r for r in results if r.status in ("wrong", "error")]
+    Y = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(W, schedule=best)(X)
+    ref = torch.nn.functional.conv2d(X.double(), W.double().to(device), None, 1, 1)
+    torch.testing.assert_close(Y.double(), ref, rtol=1e-4, atol=1e-4)
