@@ -75,26 +75,18 @@ def _rel_err(Y, ref):
 
 
 @contextmanager
-def cudnn_benchmark(enabled: bool):
-    """cuDNN's benchmark mode (pick each shape's algorithm by timing) for the block."""
-    old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled
+def cudnn_flags(**flags):
+    """``torch.backends.cudnn`` flags set for the block, restored after: ``allow_tf32``
+    (convolutions in TF32; cuDNN's flag is separate from cuBLAS's and on by default) and
+    ``benchmark`` (each shape's algorithm picked by timing)."""
+    old = {name: getattr(torch.backends.cudnn, name) for name in flags}
+    for name, value in flags.items():
+        setattr(torch.backends.cudnn, name, value)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = old
-
-
-@contextmanager
-def cudnn_tf32(enabled: bool):
-    """cuDNN convolutions in TF32 (or full float32) for the block; restored after. (cuDNN's
-    flag is separate from cuBLAS's, and on by default.)"""
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
+        for name, value in old.items():
+            setattr(torch.backends.cudnn, name, value)
 
 
 def _gpu_time(make_call, X, nbytes) -> float:
@@ -150,14 +142,14 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
     def cudnn(tf32):
         def make(x):
             def f():
-                with cudnn_tf32(tf32):
+                with cudnn_flags(allow_tf32=tf32):
                     return torch.nn.functional.conv2d(x, W4, None, stride, 1)
             return f
 
         def best_timer(make_call, X, nbytes):
             times = []
             for bench_mode in (False, True):
-                with cudnn_benchmark(bench_mode):
+                with cudnn_flags(benchmark=bench_mode):
                     make_call(X)()
                     times.append(timer(make_call, X, nbytes))
             return min(times)

@@ -89,3 +89,12 @@ def test_schedules_option_parses_dsl_reprs():
     assert [repr(s) for s in parse_schedules(text)] == [repr(s) for s in SCHEDULES[:3]]
     with pytest.raises(ValueError, match="not a Schedule"):
         parse_schedules("Schedule(); 3")
+
+
+def test_cudnn_flags_are_restored():
+    from bench.conv_bench import cudnn_flags
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    with cudnn_flags(allow_tf32=not before[0], benchmark=not before[1]):
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == \
+            (not before[0], not before[1])
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == before
