@@ -115,3 +115,23 @@ def test_tap_segments_layout():
                     assert np.allclose(w.values[vi], Wr[c_in, tap])
                 else:
                     assert list(t.cols[s:s + n]) == list(np.nonzero(Wr.reshape(-1))[0])
+
+
+def test_nan_reaches_exactly_the_outputs_that_read_it():
+    """The tap kernel points out-of-image lanes at X[0, c, 0, 0]; a NaN there must still reach
+    only the outputs whose window covers it with a nonzero weight (padding reads zeros)."""
+    W = torch.zeros(2, 1, 3, 3)
+    W[0, 0, 1, 1] = 1.0            # centre tap only: output (0, 0) of image 0 reads the NaN
+    W[1, 0, 0, 0] = 1.0            # top-left tap: reads (y-1, x-1): never (0, 0) from (0, 0)
+    X = torch.ones(2, 1, 4, 5)
+    X[0, 0, 0, 0] = float("nan")
+    for taps in (True, False):
+        k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
+                          schedule=Schedule(mode="table", chunk=2, block_n=16,
+                                            tap_segments=taps)).specialize(W)
+        Y = k(X.to(DEV)).cpu()
+        nan = torch.isnan(Y)
+        assert nan[0, 0, 0, 0] and nan.sum() == 2, nan.nonzero().tolist()
+        assert nan[0, 1, 1, 1]     # the top-left tap of output (1, 1) is input (0, 0)
+        ref = torch.nn.functional.conv2d(torch.nan_to_num(X, nan=0.0), W, padding=1)
+        assert torch.allclose(Y[~nan], ref[~nan])
