@@ -50,6 +50,11 @@ pack_nonzeros
 prefetch
     Table mode, one row at a time: load the next chunk's columns and values one loop step
     ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
+prefetch_tail
+    With ``prefetch``: a row's (or a kernel tap's) last ``len % chunk`` nonzeros use the
+    columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
+    loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
+    step waits for its column before loading X. Default: off (not measured on a GPU yet).
 tap_segments
     Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
     time (every load of a tap at one fixed shift of X, under one in-image mask set once per
@@ -93,6 +98,7 @@ class Schedule:
     pack_nonzeros: Union[bool, str] = AUTO
     prefetch: Union[bool, str] = AUTO
     tap_segments: Union[bool, str] = AUTO
+    prefetch_tail: Union[bool, str] = AUTO
     bake_strides: Union[bool, str] = AUTO
 
     def __post_init__(self):
@@ -118,7 +124,8 @@ class Schedule:
                 or self.column_programs < 0:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
-        for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "use_dot"):
+        for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "prefetch_tail",
+                     "use_dot"):
             v = getattr(self, name)
             if v not in (True, False, AUTO):
                 raise ValueError(f"Schedule.{name} must be True, False or 'auto', got {v!r}")

@@ -120,4 +120,5 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 num_warps=int(num_warps), num_stages=int(num_stages),
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
+                prefetch_tail=False if s.prefetch_tail == AUTO else bool(s.prefetch_tail),
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides))

@@ -208,6 +208,9 @@ def _add_schedule_options(p):
     g.add_argument("--pack-nonzeros", choices=("auto", "on", "off"), default="auto",
                    help="table mode, one row per program: read column and value as one 64-bit "
                         "word (auto: off)")
+    g.add_argument("--prefetch-tail", choices=("auto", "on", "off"), default="auto",
+                   help="with prefetch: a segment's last len %% chunk nonzeros as independent "
+                        "masked loads of the prefetched columns (auto: off)")
     g.add_argument("--tap-segments", choices=("auto", "on", "off"), default="auto",
                    help="table mode, one row per program, convolutions: walk each row one "
                         "kernel tap at a time (auto: on)")
@@ -236,7 +239,8 @@ def schedule_from_args(args):
                     allow_tf32=args.allow_tf32, num_warps=args.num_warps,
                     num_stages=args.num_stages, prefetch=on_off[args.prefetch],
                     pack_nonzeros=on_off[args.pack_nonzeros],
-                    tap_segments=on_off[args.tap_segments], **bounds)
+                    tap_segments=on_off[args.tap_segments],
+                    prefetch_tail=on_off[args.prefetch_tail], **bounds)
 
 
 def _kernel(m: Matrix, args):

@@ -32,6 +32,7 @@ class Plan:
     pack_nonzeros: bool = False
     prefetch: bool = False
     tap_segments: bool = False
+    prefetch_tail: bool = False
     bake_strides: bool = False
 
     def __post_init__(self):
@@ -73,6 +74,8 @@ class Plan:
         for name in ("pack_nonzeros", "prefetch", "tap_segments"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
+        if self.prefetch_tail and not self.prefetch:
+            bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
 

@@ -264,23 +264,26 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
 
 # ---------------------------------------------------------------- table mode
 
-def _table_x_load(b: Buffer, low: Lowered):
+def _table_x_load(b: Buffer, low: Lowered, valid: str = ""):
     """One X row per nonzero: ``x`` for column ``c`` (every step is a real nonzero). In a
     convolution's tap loop ``c`` is the input channel, ``xt`` the tile shifted to the tap (set
     once per tap, see ``_conv_tap``) and the load unmasked; without tap segments ``c`` is the
-    (c_in, dy, dx) column, decoded here, and the in-image mask worked out per nonzero."""
+    (c_in, dy, dx) column, decoded here, and the in-image mask worked out per nonzero.
+    ``valid``: a scalar condition that also masks the load (a segment's prefetched tail)."""
     g, x = low.conv, cvt(low.signature.x_dtype, low.signature)
+    also = f" & {valid}" if valid else ""
     if g is None:
-        b(f"x = tl.load(xp + c * sxk, mask=nmask, other=0.0){x}")
+        b(f"x = tl.load(xp + c * sxk, mask=nmask{also}, other=0.0){x}")
         return
     if low.plan.tap_segments:
-        b(f"x = tl.load(xt + c * sxc){x}")
+        b(f"x = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){x}" if valid else
+          f"x = tl.load(xt + c * sxc){x}")
         return
     (dh, dw), khw = g.dilation, g.kh * g.kw
     b(f"ci = c // {khw}")
     b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
     b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
-    b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask=nmask & (iy0 >= -dy) & "
+    b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask=nmask{also} & (iy0 >= -dy) & "
       f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0){x}")
 
 
@@ -293,18 +296,18 @@ def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
     b(f"w{s} = tl.load(VALS + {k}){cvt(low.signature.w_dtype, low.signature)}")
 
 
-def _table_fma(b: Buffer, low: Lowered, s: str = ""):
+def _table_fma(b: Buffer, low: Lowered, s: str = "", valid: str = ""):
     """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)`` (into the
     tap's ``acc_t`` in a convolution)."""
     acc = "acc_t" if low.conv is not None and low.plan.tap_segments else "acc"
     if low.plan.packs_nonzeros(low.signature):
         b(f"c = (nz{s} & 0xFFFFFFFF).to(tl.int32)")
-        _table_x_load(b, low)
+        _table_x_load(b, low, valid)
         b(f"{acc} += (nz{s} >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
         return
     if s:
         b(f"c = c{s}")
-    _table_x_load(b, low)
+    _table_x_load(b, low, valid)
     b(f"{acc} += w{s} * x")
 
 
@@ -385,7 +388,14 @@ def _row_segment(b: Buffer, low: Lowered, seg: str):
             with b.indent(f"for t in tl.static_range({U}):"):
                 b("k = j + t")
                 _table_step(b, low)
-    if U > 1:
+    if U > 1 and low.plan.prefetch_tail:
+        # the loop's last prefetch (or the preamble) loaded entries full .. full + U - 1:
+        # the tail's loads are independent, masked off past the segment (x = 0 there)
+        for t in range(U - 1):
+            # (a vector compare: Triton's interpreter mistypes a broadcast scalar mask)
+            b(f"valid = offs_n * 0 + full + {t} < end")
+            _table_fma(b, low, str(t), "valid")
+    elif U > 1:
         with b.indent("for k in range(full, end):"):
             _table_step(b, low)
 

@@ -251,3 +251,12 @@ def test_tap_segments_option_reaches_the_schedule(capsys, taps):
     rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--tap-segments", taps)
     assert rc == 0, err
     assert f"tap_segments={taps == 'on'}" in out
+
+
+def test_prefetch_tail_option_changes_the_kernel(capsys):
+    rc, on, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "on")
+    assert rc == 0, err
+    rc, off, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "off")
+    assert rc == 0, err
+    assert "valid = " in on and "for k in range(full, end):" not in on
+    assert "valid = " not in off and "for k in range(full, end):" in off

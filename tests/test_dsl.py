@@ -154,6 +154,7 @@ def test_table_kernel_options_are_validated():
                            pack_nonzeros=True), "pack_nonzeros"),
                      (dict(mode="indices", prefetch=True), "prefetch"),
                      (dict(mode="values", tap_segments=True), "tap_segments"),
+                     (dict(mode="table", prefetch=False, prefetch_tail=True), "prefetch_tail"),
                      (dict(mode="table", rows_per_program=2, parallel_rows=2,
                            tap_segments=True), "tap_segments"),
                      (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
