@@ -168,7 +168,10 @@ CONV_CANDIDATES = [
     for bn, nw, t in ((32, 1, True), (64, 1, True))] + [
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1)] + [
     Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn, num_warps=nw, tap_segments=t)
-    for bn, nw, t in ((256, 2, True), (64, 1, False), (128, 1, True))]
+    for bn, nw, t in ((256, 2, True), (64, 1, False), (128, 1, True))] + [
+    # the prefetched tail (not measured on a GPU yet: the tuner times it where it runs)
+    Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn, num_warps=1,
+             tap_segments=True, prefetch_tail=True) for bn in (32, 64)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
@@ -218,6 +221,10 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False) -> 
             (first if i == 0 and bn == bn_main else second).append(s)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
                            row_order="nnz", num_warps=4, num_stages=3))
+    # the prefetched tail (not measured on a GPU yet: timed here like every candidate)
+    second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
+                           row_order="nnz", num_warps=max(1, bn_main // 128),
+                           prefetch=True, prefetch_tail=True))
     # fewer warps, several columns per thread: one index load serves a wider vector load
     # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit); packed nonzeros
     for bn in [b for b in bns if b >= 64]:
