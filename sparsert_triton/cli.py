@@ -198,22 +198,9 @@ def _add_schedule_options(p):
                         "columns")
     g.add_argument("--chunk", type=_int_or_auto, default="auto",
                    help="table mode: nonzero columns per loop step (a power of two)")
-    g.add_argument("--use-dot", choices=("auto", "on", "off"), default="auto",
-                   help="table mode: multiply blocks with tl.dot (tensor cores; R, chunk, "
-                        "block-n >= 16)")
+    for flag, help_text in ON_OFF_OPTIONS:
+        g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
-    g.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
-                   help="table mode, one row per program: load the next chunk's columns and "
-                        "values one step ahead (auto: on)")
-    g.add_argument("--pack-nonzeros", choices=("auto", "on", "off"), default="auto",
-                   help="table mode, one row per program: read column and value as one 64-bit "
-                        "word (auto: off)")
-    g.add_argument("--prefetch-tail", choices=("auto", "on", "off"), default="auto",
-                   help="with prefetch: a segment's last len %% chunk nonzeros as independent "
-                        "masked loads of the prefetched columns (auto: off)")
-    g.add_argument("--tap-segments", choices=("auto", "on", "off"), default="auto",
-                   help="table mode, one row per program, convolutions: walk each row one "
-                        "kernel tap at a time (auto: on)")
     g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
     g.add_argument("--num-stages", type=_int_or_auto, default="auto", help="Triton num_stages")
     from dsl import Schedule
@@ -225,22 +212,34 @@ def _add_schedule_options(p):
                         f"{Schedule().max_functions_per_kernel})")
 
 
+#: Schedule switches given as --flag auto|on|off: (flag, help); the field is the flag's
+#: underscore form
+ON_OFF_OPTIONS = [
+    ("use-dot", "table mode: multiply blocks with tl.dot (tensor cores; R, chunk, block-n >= 16)"),
+    ("prefetch", "table mode, one row per program: load the next chunk's columns and values one "
+                 "step ahead (auto: on)"),
+    ("pack-nonzeros", "table mode, one row per program: read column and value as one 64-bit "
+                      "word (auto: off)"),
+    ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
+                      "masked loads of the prefetched columns (auto: off)"),
+    ("tap-segments", "table mode, one row per program, convolutions: walk each row one kernel "
+                     "tap at a time (auto: on)"),
+]
+
+
 def schedule_from_args(args):
     from dsl import Schedule
     on_off = {"auto": "auto", "on": True, "off": False}
-    use_dot = on_off[args.use_dot]
+    switches = {flag.replace("-", "_"): on_off[getattr(args, flag.replace("-", "_"))]
+                for flag, _ in ON_OFF_OPTIONS}
     bounds = {}
     if args.max_statements is not None:
         bounds["max_statements_per_function"] = args.max_statements
     if args.max_functions is not None:
         bounds["max_functions_per_kernel"] = args.max_functions
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
-                    row_order=args.row_order, chunk=args.chunk, use_dot=use_dot,
-                    allow_tf32=args.allow_tf32, num_warps=args.num_warps,
-                    num_stages=args.num_stages, prefetch=on_off[args.prefetch],
-                    pack_nonzeros=on_off[args.pack_nonzeros],
-                    tap_segments=on_off[args.tap_segments],
-                    prefetch_tail=on_off[args.prefetch_tail], **bounds)
+                    row_order=args.row_order, chunk=args.chunk, allow_tf32=args.allow_tf32,
+                    num_warps=args.num_warps, num_stages=args.num_stages, **switches, **bounds)
 
 
 def _kernel(m: Matrix, args):
