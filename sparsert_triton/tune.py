@@ -180,7 +180,14 @@ def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
     w = as_sparse_weight(weight)
     top = max(16, next_pow2(N))
     out = [heuristic(w, N, dtype, conv=True)]
-    for s in CONV_CANDIDATES:
+    extra = []
+    if dtype_name(dtype) in ("float16", "bfloat16"):
+        # tensor cores over each row group's (c_in, tap) union, as for W @ X (not measured
+        # on convolutions yet: timed here like every candidate)
+        extra = [Schedule(mode="table", rows_per_program=R, chunk=16, block_n=bn,
+                          row_order="cluster", use_dot=True, num_warps=4)
+                 for R, bn in ((16, 64), (32, 128))]
+    for s in CONV_CANDIDATES + extra:
         if s.block_n > top:
             s = s.replace(block_n=top, num_warps=max(1, min(s.num_warps, top // 32)))
         out.append(s)

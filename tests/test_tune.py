@@ -303,3 +303,13 @@ def test_gpu_tune_convolution_over_its_candidates(tmp_path, monkeypatch, device)
     Y = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(W, schedule=best)(X)
     ref = torch.nn.functional.conv2d(X.double(), W.double().to(device), None, 1, 1)
     torch.testing.assert_close(Y.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_half_convolutions_also_try_tensor_cores():
+    g = torch.Generator().manual_seed(7)
+    w = (torch.randn(64, 576, generator=g) * (torch.rand(64, 576, generator=g) < 0.1))
+    half = T.candidate_schedules(w, 784, "float16", conv=True)
+    assert any(s.use_dot is True for s in half)
+    assert not any(s.use_dot is True for s in T.candidate_schedules(w, 784, "float32", conv=True))
+    kept, skipped = T.prune(half, w, 784, "float16", conv=True)
+    assert any(r.plan.use_dot for r in kept) and not [r for r in skipped if "invalid" in r.detail]
