@@ -111,7 +111,8 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                         pack_nonzeros=False if P > 1 else draw(st.sampled_from(["auto", True])),
                         prefetch=pre,
                         prefetch_tail=draw(st.booleans()) if pre is True else "auto",
-                        tap_segments="auto" if P > 1 else draw(st.booleans()))
+                        tap_segments="auto" if P > 1 else draw(st.booleans()),
+                        bake_strides=draw(st.sampled_from(["auto", True])))
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
