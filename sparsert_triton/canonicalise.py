@@ -79,10 +79,11 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
             # about 1024 FMAs per program: each loaded X row feeds many rows (H100: 32-64 rows
             # per program beat 8-16 on a 64 x 256 layer), while keeping enough programs
             rpp = int(min(64, max(8, _next_pow2(int(1024 / max(avg, 1.0))))))
+    row_kernel = mode == "table" and not use_dot and int(s.parallel_rows) == 1   # Plan.row_kernel
     # convolutions (one-row kernel, tap segments): 64-column tiles and chunks of 4 were within
     # 17% of the best of 12 schedules on the 32 fp32 DLMC 3x3 cases (geomean; 128 x 8: 70%),
     # bench/results/conv_h100_tune.jsonl
-    conv_rows = conv and mode == "table" and not use_dot and int(s.parallel_rows) == 1
+    conv_rows = conv and row_kernel
     block_n = s.block_n
     if block_n == AUTO:
         block_n = min(64 if conv_rows else 128, max(16, _next_pow2(N)))
@@ -107,7 +108,6 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     pack = False if s.pack_nonzeros == AUTO else s.pack_nonzeros
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
     # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
-    row_kernel = mode == "table" and not use_dot and int(s.parallel_rows) == 1
     prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
     # a convolution's rows walked one kernel tap at a time: 1.28x (geomean, 0.71-1.55x) over
     # the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90% (H100,

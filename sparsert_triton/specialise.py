@@ -74,7 +74,6 @@ class Table:
     value_index: np.ndarray  # int64: CSR index feeding each entry, -1 for a padding zero
     groups: int
     per_row: bool
-    taps: int = 1            # per_row convolution: segments per slot, one per kernel tap
 
 
 def row_order(weight: SparseWeight, plan: Plan) -> np.ndarray:
@@ -207,7 +206,7 @@ def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:
     hit = value_index >= 0
     cols = np.zeros(value_index.shape[0], np.int32)
     cols[hit] = weight.indices[value_index[hit]] // taps
-    return Table(rows_buf, starts, lengths, cols, value_index, G, True, taps)
+    return Table(rows_buf, starts, lengths, cols, value_index, G, True)
 
 
 def _table_union(weight: SparseWeight, plan: Plan) -> Table:
