@@ -47,7 +47,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 #: ~C_in/10 nonzeros at 90%, so short chunks are tried) or, without tap segments, in
 #: (c_in, tap) order; several rows per program re-read their X tile from L1; block_n >=
 #: 32 * num_warps keeps every thread busy (narrow tiles give the small late layers more
-#: programs), and the prefetched tail (``prefetch_tail``, not yet measured). Column loops
+#: programs), the prefetched tail (``prefetch_tail``) and the zero-padded input (``pad_input``:
+#: one loop of unmasked loads per row), neither measured yet. Column loops
 #: (column_programs) ran 2-5x slower on the H100 and are left out.
 SCHEDULES = [Schedule(mode="table", rows_per_program=r, chunk=c, block_n=bn, num_warps=nw,
                       tap_segments=t)
@@ -59,6 +60,10 @@ SCHEDULES = [Schedule(mode="table", rows_per_program=r, chunk=c, block_n=bn, num
                                      (False, 2, 8, 64, 1))] + [
     Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn, num_warps=1,
              prefetch_tail=True) for bn in (32, 64)] + [
+    Schedule(mode="table", rows_per_program=1, chunk=c, block_n=bn, num_warps=1,
+             pad_input=True, prefetch_tail=t)
+    for c, bn, t in ((4, 32, False), (4, 64, False), (8, 64, False), (8, 64, True),
+                     (8, 128, True))] + [
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1)]
 
 

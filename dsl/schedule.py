@@ -61,6 +61,13 @@ tap_segments
     tap), instead of in (c_in, tap) order with the shift and mask worked out per nonzero.
     Fewer instructions per nonzero; the (c_in, tap) order re-reads a channel's X lines for
     its next tap while they are still in L1. Default: on. Ignored by ``W @ X``.
+pad_input
+    Table mode, one row at a time, convolutions: copy X once per call into a zero-padded
+    contiguous buffer (``F.pad`` by the convolution's padding; no copy for padding 0 and a
+    contiguous X), so that every nonzero ``(c_in, dy, dx)`` is one constant offset
+    ``c_in*Hp*Wp + dy*dh*Wp + dx*dw`` into it, baked into the table. Each row's nonzeros then run
+    as one loop of unmasked loads (no per-tap segments, shifts or in-image masks); the layout
+    is specialised to the input's spatial size. Replaces ``tap_segments``. Ignored by ``W @ X``.
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -100,6 +107,7 @@ class Schedule:
     tap_segments: Union[bool, str] = AUTO
     prefetch_tail: Union[bool, str] = AUTO
     bake_strides: Union[bool, str] = AUTO
+    pad_input: Union[bool, str] = AUTO
 
     def __post_init__(self):
         if self.mode not in MODES + (AUTO,):
@@ -125,7 +133,7 @@ class Schedule:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
         for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "prefetch_tail",
-                     "use_dot"):
+                     "use_dot", "pad_input"):
             v = getattr(self, name)
             if v not in (True, False, AUTO):
                 raise ValueError(f"Schedule.{name} must be True, False or 'auto', got {v!r}")

@@ -25,7 +25,7 @@ from .canonicalise import canonicalise_program, plan_for
 from .compile import import_kernels, interpreting
 from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
-from .launch import conv_signature_for, run, signature_for
+from .launch import INT32_MAX, conv_signature_for, run, signature_for
 from .lower import lower
 from .plan import Plan, Signature
 from .reference import evaluate
@@ -113,23 +113,39 @@ class SpecializedKernel:
         return plan_for(self.schedule, self.weight, N, x_dtype or self.weight.dtype,
                         conv=self.conv is not None)
 
-    def variant(self, sig: Signature, N: int, device: torch.device, x_strides=None) -> Variant:
+    def variant(self, sig: Signature, N: int, device: torch.device, x_strides=None,
+                spatial=None) -> Variant:
         """The compiled form for a call; ``x_strides`` are X's strides (baked into the code
-        when the plan says so)."""
-        fast = self._by_call.get((sig, N, device, x_strides))   # the per-call hot path
+        when the plan says so), ``spatial`` a convolution input's (H, W) (the ``pad_input``
+        layout depends on it)."""
+        call = (sig, N, device, x_strides, spatial)
+        fast = self._by_call.get(call)   # the per-call hot path
         if fast is not None:
             return fast
-        v = self._build_variant(sig, N, device, x_strides)
-        self._by_call[(sig, N, device, x_strides)] = v
+        v = self._build_variant(sig, N, device, x_strides, spatial)
+        self._by_call[call] = v
         return v
 
-    def _build_variant(self, sig: Signature, N: int, device: torch.device, x_strides) -> Variant:
+    def _build_variant(self, sig: Signature, N: int, device: torch.device, x_strides,
+                       spatial=None) -> Variant:
         plan = self.plan(N, sig.x_dtype)
         if plan.use_dot and sig.acc_dtype == "float64":
             raise ValueError("schedule: use_dot does not support float64 inputs")
         cap = _capability(device)
+        offsets = None
+        if plan.pad_input:
+            if spatial is None:
+                raise ValueError("a pad_input convolution kernel is specialised to its input's "
+                                 "spatial size: call it (or pass spatial=(H, W))")
+            g = self.conv
+            Hp, Wp = g.padded_size(*spatial)
+            offsets = g.padded_offsets(*spatial)
+            spatial = (int(spatial[0]), int(spatial[1]))
+            x_strides = (g.C_in * Hp * Wp, Hp * Wp, Wp, 1)   # the padded copy's
+        else:
+            spatial = None
         baked = tuple(int(v) for v in x_strides) if plan.bake_strides and x_strides else None
-        vkey = (plan, sig, cap, baked)
+        vkey = (plan, sig, cap, baked, spatial)
         v = self._variants.get(vkey)
         if v is not None:
             return v
@@ -137,11 +153,12 @@ class SpecializedKernel:
             mask=self.weight.mask_digest(),
             values=self.weight.values_digest() if plan.mode == "values" else None,
             plan=asdict(plan), signature=repr(sig), program=repr(self.program.out),
-            conv=repr(self.conv), x_strides=baked, device=cap)
+            conv=repr(self.conv), x_strides=baked, device=cap, spatial=spatial)
         hit = cache.load(key)
         if hit is None:
             layout = specialise(self.weight, plan,
-                                self.conv.kh * self.conv.kw if self.conv else 1)   # taps
+                                self.conv.kh * self.conv.kw if self.conv else 1,   # taps
+                                offsets)
             lowered = lower(layout, plan, sig, self.program, self.conv, baked)
             source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
                                             f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")
@@ -151,6 +168,16 @@ class SpecializedKernel:
         v = Variant(key, hit[0], hit[1], plan, self.weight, plan.packs_nonzeros(sig))
         self._variants[vkey] = v
         return v
+
+    def _padded(self, X: torch.Tensor) -> torch.Tensor:
+        """X zero-padded by the convolution's padding, contiguous (``pad_input``)."""
+        ph, pw = self.conv.padding
+        Xp = torch.nn.functional.pad(X, (pw, pw, ph, ph)) if ph or pw else X
+        Xp = Xp.contiguous()
+        if Xp.numel() > INT32_MAX:
+            raise ValueError(f"X padded to {tuple(Xp.shape)} has more than 2**31 elements; "
+                             "split the batch into smaller calls")
+        return Xp
 
     # -------------------------------------------------------------- running
     def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None):
@@ -167,9 +194,10 @@ class SpecializedKernel:
                                                     device=X.device)
         if N == 0:
             return Y
-        v = self.variant(sig, N, X.device, X.stride())
+        spatial = tuple(X.shape[2:]) if self.conv is not None else None
+        v = self.variant(sig, N, X.device, X.stride(), spatial)
         self._last = v
-        run(v, X, Y, operands, sig)
+        run(v, self._padded(X) if v.plan.pad_input else X, Y, operands, sig)
         return Y
 
     def reference(self, X: torch.Tensor, *operands) -> torch.Tensor:

@@ -109,10 +109,14 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
     # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
     prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
+    # a convolution's input copied into a zero-padded buffer, each nonzero one offset into it
+    # (one loop per row, no masks): opt-in until measured on a GPU. W @ X ignores it (like
+    # tap_segments); on a kernel other than the one-row one, Plan names the conflict
+    pad = conv and s.pad_input is True
     # a convolution's rows walked one kernel tap at a time: 1.28x (geomean, 0.71-1.55x) over
     # the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90% (H100,
     # bench/results/conv_h100_before_taps.csv); slower only on stride-2 layers at batch 8
-    taps = row_kernel if s.tap_segments == AUTO else s.tap_segments
+    taps = (row_kernel and not pad) if s.tap_segments == AUTO else s.tap_segments
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
@@ -121,4 +125,5 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=False if s.prefetch_tail == AUTO else bool(s.prefetch_tail),
-                bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides))
+                bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
+                pad_input=bool(pad))

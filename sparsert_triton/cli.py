@@ -224,6 +224,8 @@ ON_OFF_OPTIONS = [
                       "masked loads of the prefetched columns (auto: off)"),
     ("tap-segments", "table mode, one row per program, convolutions: walk each row one kernel "
                      "tap at a time (auto: on)"),
+    ("pad-input", "table mode, one row per program, convolutions: copy X into a zero-padded "
+                  "buffer, each nonzero one offset into it (replaces tap segments; auto: off)"),
 ]
 
 

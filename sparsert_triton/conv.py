@@ -37,6 +37,20 @@ class ConvGeometry:
         Wo = (W + 2 * pw - dw * (self.kw - 1) - 1) // sw + 1
         return Ho, Wo
 
+    def padded_size(self, H: int, W: int) -> Tuple[int, int]:
+        """(Hp, Wp): the input's size once zero-padded by ``padding`` on every side."""
+        return H + 2 * self.padding[0], W + 2 * self.padding[1]
+
+    def padded_offsets(self, H: int, W: int) -> np.ndarray:
+        """Per column ``k = (c_in, dy, dx)`` (chw order), its offset in a contiguous zero-padded
+        input of one image: ``c_in*Hp*Wp + dy*dh*Wp + dx*dw`` (int64, length C_in*kh*kw). Output
+        position (oy, ox) of image b reads ``Xp[b].flat[oy*sh*Wp + ox*sw + offset]``."""
+        Hp, Wp = self.padded_size(H, W)
+        c, dy, dx = np.meshgrid(np.arange(self.C_in), np.arange(self.kh), np.arange(self.kw),
+                                indexing="ij")
+        off = c * (Hp * Wp) + dy * self.dilation[0] * Wp + dx * self.dilation[1]
+        return off.reshape(-1).astype(np.int64)
+
     def tap(self, k: int) -> Tuple[int, int, int]:
         """(c_in, dy, dx) of flattened column ``k`` (chw order)."""
         c, r = divmod(int(k), self.kh * self.kw)

@@ -34,6 +34,7 @@ class Plan:
     tap_segments: bool = False
     prefetch_tail: bool = False
     bake_strides: bool = False
+    pad_input: bool = False
 
     def __post_init__(self):
         def bad(msg):
@@ -71,9 +72,12 @@ class Plan:
             if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
                 bad(f"parallel_rows must be a power of two dividing rows_per_program "
                     f"({self.rows_per_program}), got {self.parallel_rows}")
-        for name in ("pack_nonzeros", "prefetch", "tap_segments"):
+        for name in ("pack_nonzeros", "prefetch", "tap_segments", "pad_input"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
+        if self.pad_input and self.tap_segments:
+            bad("pad_input replaces tap_segments (every nonzero is one offset into the padded "
+                "input): set tap_segments=False")
         if self.prefetch_tail and not self.prefetch:
             bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
         if not 1 <= self.num_stages <= 8:

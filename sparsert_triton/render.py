@@ -175,9 +175,14 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
     b("nb = offs_n // HWo")
     b("oy = (offs_n - nb * HWo) // Wo")
     b("ox = offs_n - nb * HWo - oy * Wo")
+    sb, sh_, sw_ = (st[0], st[2], st[3]) if st else ("sxb", "sxh", "sxw")
+    if low.plan.pad_input:
+        # X is the zero-padded input: every read is in the image; lanes past N point at X
+        b(f"xp = tl.where(nmask, X + nb * {sb} + oy * {sh} * {sh_} + ox * {sw} * {sw_}, X)")
+        b("yo = nb * syb + oy * syh + ox * syw")
+        return
     b(f"iy0 = oy * {sh} - {ph}")
     b(f"ix0 = ox * {sw} - {pw}")
-    sb, sh_, sw_ = (st[0], st[2], st[3]) if st else ("sxb", "sxh", "sxw")
     b(f"xp = X + nb * {sb} + iy0 * {sh_} + ix0 * {sw_}")
     b("yo = nb * syb + oy * syh + ox * syw")
     if taps:
@@ -274,6 +279,10 @@ def _table_x_load(b: Buffer, low: Lowered, valid: str = ""):
     also = f" & {valid}" if valid else ""
     if g is None:
         b(f"x = tl.load(xp + c * sxk, mask=nmask{also}, other=0.0){x}")
+        return
+    if low.plan.pad_input:   # c: the nonzero's offset into the padded input
+        b(f"x = tl.load(xp + c, mask={valid}, other=0.0){x}" if valid else
+          f"x = tl.load(xp + c){x}")
         return
     if low.plan.tap_segments:
         b(f"x = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){x}" if valid else
@@ -427,6 +436,9 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     doc = (f"acc[n] = sum_j {nz} over each row's segment; the program's {R} row(s) run in "
            "turn, so X rows they share are re-read from L1.")
     taps = g is not None and p.tap_segments
+    if g is not None and p.pad_input:
+        doc += (" Convolution: X zero-padded, COLS holding each nonzero's offset into it "
+                "(one loop per row, unmasked loads).")
     if taps:
         doc += (f" Convolution: one segment per kernel tap ({g.kh}x{g.kw}), COLS holding the "
                 "input channel, X read at the tap's shift under the tap's in-image mask.")

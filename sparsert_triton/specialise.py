@@ -15,7 +15,7 @@ Every function here is pure: same weight and plan in, same layout out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -62,7 +62,8 @@ class Table:
     ``taps`` = kh * kw kernel taps (columns ``k = c_in * taps + tap``), each slot has one
     segment per tap instead (``starts``/``lengths`` entry ``slot * taps + tap``) and ``cols``
     holds ``c_in``: a loop over one tap's nonzeros reads X at one fixed spatial shift, with one
-    fixed in-image mask. Otherwise (the ``tl.dot``
+    fixed in-image mask. With ``pad_input`` a row is one segment again and ``cols`` holds each
+    nonzero's offset into the zero-padded input (``ConvGeometry.padded_offsets``). Otherwise (the ``tl.dot``
     kernel): per group, the sorted union of its rows' columns, padded to ``chunk``, and a dense
     (union x R) block, entry ``j * R + r``. ``value_index`` says which CSR nonzero feeds each
     entry (the values themselves are read from the weight at launch, so a cached layout serves
@@ -173,13 +174,15 @@ def specialise_unrolled(weight: SparseWeight, plan: Plan) -> Unrolled:
     return Unrolled(tuple(groups), tuple(kernels), weight.values[pack_order], pack_order)
 
 
-def specialise_table(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:
+def specialise_table(weight: SparseWeight, plan: Plan, taps: int = 1,
+                     offsets: Optional[np.ndarray] = None) -> Table:
     if plan.use_dot:
         return _table_union(weight, plan)
-    return _table_rows(weight, plan, taps if plan.tap_segments else 1)
+    return _table_rows(weight, plan, taps if plan.tap_segments else 1, offsets)
 
 
-def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:
+def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1,
+                offsets: Optional[np.ndarray] = None) -> Table:
     R, U = plan.rows_per_program, plan.chunk
     groups = [list(rows) for rows in _group_rows(weight, plan)]
     nnz = weight.row_nnz
@@ -205,7 +208,13 @@ def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1) -> Table:
     value_index = np.concatenate(segments + [np.full(U, -1, np.int64)])
     hit = value_index >= 0
     cols = np.zeros(value_index.shape[0], np.int32)
-    cols[hit] = weight.indices[value_index[hit]] // taps
+    if offsets is not None:   # a padded convolution input: each column's offset into it
+        if offsets.size and int(offsets.max()) > np.iinfo(np.int32).max:
+            raise ValueError("the padded input is too large for 32-bit offsets "
+                             f"({int(offsets.max())} elements in one image)")
+        cols[hit] = offsets[weight.indices[value_index[hit]]]
+    else:
+        cols[hit] = weight.indices[value_index[hit]] // taps
     return Table(rows_buf, starts, lengths, cols, value_index, G, True)
 
 
@@ -240,8 +249,10 @@ def _table_union(weight: SparseWeight, plan: Plan) -> Table:
     return Table(rows_buf, starts, lengths, col_buf, value_index, G, False)
 
 
-def specialise(weight: SparseWeight, plan: Plan, taps: int = 1):
-    """The layout of ``weight`` for ``plan``; ``taps`` = kh * kw for a convolution."""
+def specialise(weight: SparseWeight, plan: Plan, taps: int = 1,
+               offsets: Optional[np.ndarray] = None):
+    """The layout of ``weight`` for ``plan``; ``taps`` = kh * kw for a convolution; ``offsets``
+    (``pad_input``): each column's offset into the padded input, which the table then holds."""
     if plan.mode == "table":
-        return specialise_table(weight, plan, taps)
+        return specialise_table(weight, plan, taps, offsets)
     return specialise_unrolled(weight, plan)

@@ -106,12 +106,14 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         R = draw(_pow2(0, 3))
         P = draw(st.sampled_from([p for p in (1, 2, 4, 8) if p <= R]))
         pre = "auto" if P > 1 else draw(st.booleans())
+        pad = False if P > 1 else draw(st.booleans())   # replaces tap segments (convolutions)
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False, parallel_rows=P,
                         pack_nonzeros=False if P > 1 else draw(st.sampled_from(["auto", True])),
                         prefetch=pre,
                         prefetch_tail=draw(st.booleans()) if pre is True else "auto",
-                        tap_segments="auto" if P > 1 else draw(st.booleans()),
+                        tap_segments="auto" if P > 1 or pad else draw(st.booleans()),
+                        pad_input=pad,
                         bake_strides=draw(st.sampled_from(["auto", True])))
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,

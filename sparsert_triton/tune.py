@@ -164,17 +164,21 @@ def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_
 #: 58 DLMC 3x3 cases of bench/results/conv_h100_tune.jsonl (H100, fp32 and fp16, batch 1 and
 #: 8), most wins first; more rows or warps per program and long chunks never won there.
 def _conv_row(block_n: int, num_warps: int = 1, **switches) -> Schedule:
-    """The one-row conv table kernel, chunks of 4, with tap segments unless switched off."""
-    return Schedule(mode="table", rows_per_program=1, chunk=4, block_n=block_n,
-                    num_warps=num_warps, **{"tap_segments": True, **switches})
+    """The one-row conv table kernel, chunks of 4 and tap segments unless switched."""
+    return Schedule(mode="table", rows_per_program=1, block_n=block_n, num_warps=num_warps,
+                    **{"chunk": 4, "tap_segments": True, **switches})
 
 
 CONV_CANDIDATES = [
     _conv_row(32), _conv_row(64),
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1),
     _conv_row(256, 2), _conv_row(64, tap_segments=False), _conv_row(128),
-    # the prefetched tail (not measured on a GPU yet: the tuner times it where it runs)
-    _conv_row(32, prefetch_tail=True), _conv_row(64, prefetch_tail=True)]
+    # the prefetched tail and the padded input (not measured on a GPU yet: the tuner times
+    # them where it runs)
+    _conv_row(32, prefetch_tail=True), _conv_row(64, prefetch_tail=True),
+    _conv_row(32, tap_segments=False, pad_input=True),
+    _conv_row(64, tap_segments=False, pad_input=True),
+    _conv_row(64, tap_segments=False, pad_input=True, chunk=8, prefetch_tail=True)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:

@@ -118,20 +118,101 @@ def test_tap_segments_layout():
 
 
 def test_nan_reaches_exactly_the_outputs_that_read_it():
-    """The tap kernel points out-of-image lanes at X[0, c, 0, 0]; a NaN there must still reach
+    """The tap kernel points out-of-image lanes at X[0, c, 0, 0] (the padded kernel, lanes past
+    N at the padded copy's start); a NaN there must still reach
     only the outputs whose window covers it with a nonzero weight (padding reads zeros)."""
     W = torch.zeros(2, 1, 3, 3)
     W[0, 0, 1, 1] = 1.0            # centre tap only: output (0, 0) of image 0 reads the NaN
     W[1, 0, 0, 0] = 1.0            # top-left tap: reads (y-1, x-1): never (0, 0) from (0, 0)
     X = torch.ones(2, 1, 4, 5)
     X[0, 0, 0, 0] = float("nan")
-    for taps in (True, False):
+    for taps, pad in ((True, False), (False, False), (False, True)):
         k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                           schedule=Schedule(mode="table", chunk=2, block_n=16,
-                                            tap_segments=taps)).specialize(W)
+                                            tap_segments=taps, pad_input=pad)).specialize(W)
         Y = k(X.to(DEV)).cpu()
         nan = torch.isnan(Y)
         assert nan[0, 0, 0, 0] and nan.sum() == 2, nan.nonzero().tolist()
         assert nan[0, 1, 1, 1]     # the top-left tap of output (1, 1) is input (0, 0)
         ref = torch.nn.functional.conv2d(torch.nan_to_num(X, nan=0.0), W, padding=1)
         assert torch.allclose(Y[~nan], ref[~nan])
+
+
+def test_padded_offsets_address_the_unfolded_input():
+    """ConvGeometry.padded_offsets: output (oy, ox) of an image reads, for column k,
+    Xp.flat[oy*sh*Wp + ox*sw + offsets[k]]; that is exactly F.unfold's (k, position) entry."""
+    from sparsert_triton.conv import ConvGeometry
+    g = torch.Generator().manual_seed(4)
+    for stride, padding, dilation, H, W in (((1, 1), (1, 1), (1, 1), 6, 7),
+                                             ((2, 1), (0, 2), (2, 1), 9, 8),
+                                             ((1, 2), (2, 0), (1, 2), 7, 11)):
+        geom = ConvGeometry(3, 3, 2, stride, padding, dilation)
+        X = torch.randn(3, H, W, generator=g, dtype=torch.float64)
+        Hp, Wp = geom.padded_size(H, W)
+        Xp = torch.nn.functional.pad(X, (padding[1],) * 2 + (padding[0],) * 2).reshape(-1)
+        cols = torch.nn.functional.unfold(X[None], (3, 2), dilation, padding, stride)[0]
+        Ho, Wo = geom.output_size(H, W)
+        off = torch.from_numpy(geom.padded_offsets(H, W))
+        oy, ox = torch.meshgrid(torch.arange(Ho), torch.arange(Wo), indexing="ij")
+        base = (oy * stride[0] * Wp + ox * stride[1]).reshape(-1)
+        assert torch.equal(Xp[off[:, None] + base[None, :]], cols)
+
+
+def _pad_kernel(W4, stride=1, padding=1, **schedule):
+    return sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=padding),
+                         schedule=Schedule(mode="table", pad_input=True, **schedule)).specialize(W4)
+
+
+def test_pad_input_layout_is_one_segment_of_offsets_per_row():
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.conv import conv_weight
+    from sparsert_triton.specialise import specialise
+    g = torch.Generator().manual_seed(5)
+    W4 = torch.randn(5, 4, 3, 3, generator=g) * (torch.rand(5, 4, 3, 3, generator=g) < 0.4)
+    k = _pad_kernel(W4, chunk=2)
+    w, _ = conv_weight(W4)
+    plan = plan_for(Schedule(mode="table", chunk=2, pad_input=True), w, 64, "float32", conv=True)
+    assert plan.pad_input and not plan.tap_segments
+    off = k.conv.padded_offsets(6, 5)
+    t = specialise(w, plan, 9, off)
+    for slot, row in enumerate(t.rows):
+        if row >= 0:
+            s, n = t.starts[slot], t.lengths[slot]
+            assert n == w.row_nnz[row]
+            assert list(t.cols[s:s + n]) == list(off[w.indices[t.value_index[s:s + n]]])
+
+
+def test_pad_input_across_input_sizes_strides_and_layouts():
+    """The padded layout depends on the input's size: one kernel called on several sizes, on
+    strided and channels-last X, with padding 0 (no copy for a contiguous X) and 2."""
+    g = torch.Generator().manual_seed(6)
+    W4 = torch.randn(6, 3, 3, 3, generator=g) * (torch.rand(6, 3, 3, 3, generator=g) < 0.5)
+    for stride, padding in ((1, 1), (2, 0), (1, 2)):
+        k = _pad_kernel(W4, stride, padding, block_n=16, chunk=4, prefetch_tail=True)
+        for shape in ((2, 3, 7, 9), (1, 3, 5, 5), (3, 3, 8, 6)):
+            X = torch.randn(*shape, generator=g).to(DEV)
+            for Xc in (X, X.to(memory_format=torch.channels_last), X[:, :, :, 1:]):
+                Y = k(Xc)
+                assert k.last_plan.pad_input
+                torch.testing.assert_close(Y.cpu().double(), k.reference(Xc), rtol=1e-5,
+                                           atol=1e-5)
+
+
+def test_pad_input_rejections_and_what_ignores_it():
+    W4 = torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="pad_input replaces tap_segments"):
+        _pad_kernel(W4, tap_segments=True)(torch.randn(1, 3, 5, 5).to(DEV))
+    with pytest.raises(ValueError, match="pad_input applies to the one-row table kernel"):
+        _pad_kernel(W4, use_dot=True, rows_per_program=16, chunk=16,
+                    block_n=16)(torch.randn(1, 3, 5, 5).to(DEV))
+    with pytest.raises(ValueError, match="spatial size"):
+        _pad_kernel(W4).source      # nothing called yet: no input size to specialise to
+    with pytest.raises(ValueError, match="pad_input"):
+        Schedule(pad_input="yes")
+    # W @ X has no input to pad: the field is ignored, as tap_segments is
+    mm = sparse_kernel(lambda W, X: W @ X,
+                       schedule=Schedule(mode="table", pad_input=True)).specialize(
+        torch.randn(4, 6))
+    X = torch.randn(6, 10).to(DEV)
+    torch.testing.assert_close(mm(X).cpu().double(), mm.reference(X), rtol=1e-5, atol=1e-5)
+    assert not mm.last_plan.pad_input

@@ -50,6 +50,8 @@ CASES = {
     "table_bias_relu": (W_A, _bias_relu, Schedule(mode="table", rows_per_program=2, block_n=64,
                                                   chunk=4), (("bias", "row"),)),
     "table_conv_relu": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2), ()),
+    "table_conv_padded": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
+                                                     pad_input=True, prefetch_tail=True), ()),
 }
 
 
@@ -60,7 +62,8 @@ def _source(name):
     sig = Signature("float32", "float32", "float32", kinds)
     strides = (64, 1) if plan.bake_strides else None      # X contiguous with N = 64
     taps = k.conv.kh * k.conv.kw if k.conv else 1
-    return render(lower(specialise(k.weight, plan, taps), plan, sig, k.program, k.conv,
+    offsets = k.conv.padded_offsets(5, 6) if plan.pad_input else None   # a 5x6 input
+    return render(lower(specialise(k.weight, plan, taps, offsets), plan, sig, k.program, k.conv,
                         x_strides=strides), header="golden")
 
 
