@@ -38,33 +38,19 @@ from dsl import Schedule, conv2d
 from sparsert_triton import sparse_kernel
 from sparsert_triton.conv import conv_weight
 from sparsert_triton.dlmc import read_smtx
+from sparsert_triton.tune import CONV_CANDIDATES
 
 COLUMNS = ["layer", "sparsity", "C_in", "C_out", "H", "W", "batch", "stride", "kh", "kw",
            "dtype", "system", "median_us", "compile_s"]
 TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: the one-row table kernel walks each row's nonzeros one kernel tap at a time (segments of
-#: ~C_in/10 nonzeros at 90%, so short chunks are tried) or, without tap segments, in
-#: (c_in, tap) order; several rows per program re-read their X tile from L1; block_n >=
-#: 32 * num_warps keeps every thread busy (narrow tiles give the small late layers more
-#: programs), the prefetched tail (``prefetch_tail``) and the zero-padded input (``pad_input``:
-#: one loop of unmasked loads per row), neither measured yet. Column loops
-#: (column_programs) ran 2-5x slower on the H100 and are left out.
-SCHEDULES = [Schedule(mode="table", rows_per_program=r, chunk=c, block_n=bn, num_warps=nw,
-                      tap_segments=t)
-             for t, r, c, bn, nw in ((True, 1, 4, 128, 1), (True, 1, 8, 128, 1),
-                                     (True, 1, 2, 128, 1), (True, 1, 4, 64, 1),
-                                     (True, 1, 4, 32, 1), (True, 2, 4, 64, 1),
-                                     (True, 4, 4, 32, 1), (True, 1, 4, 256, 2),
-                                     (False, 1, 8, 128, 1), (False, 1, 4, 64, 1),
-                                     (False, 2, 8, 64, 1))] + [
-    Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn, num_warps=1,
-             prefetch_tail=True) for bn in (32, 64)] + [
-    Schedule(mode="table", rows_per_program=1, chunk=c, block_n=bn, num_warps=1,
-             pad_input=True, prefetch_tail=t)
-    for c, bn, t in ((4, 32, False), (4, 64, False), (8, 64, False), (8, 64, True),
-                     (8, 128, True))] + [
-    Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1)]
+#: the tuner's convolution candidates (each the fastest on at least one DLMC case on the
+#: H100), then the kernels they replaced, for comparison: the tap-segment kernel (each row
+#: walked one kernel tap at a time, the default before the padded input) and its (c_in, tap)
+#: order. Wider exploration: ``--schedules``.
+SCHEDULES = list(CONV_CANDIDATES) + [
+    Schedule(mode="table", rows_per_program=1, chunk=4, block_n=64, num_warps=1,
+             tap_segments=t) for t in (True, False)]
 
 
 def layers(root: Path, sparsity: str):
@@ -197,7 +183,7 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
              compile_s=f"{best[2]:.2f}")
     # im2col + our sparse matmul (columns in PyTorch's unfold order, i.e. chw)
     wc = conv_weight(w, (C_in, 3, 3), order="hwc")[0]
-    mm = sparse_kernel(lambda W, X: W @ X, schedule=SCHEDULES[0]).specialize(wc)
+    mm = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="table")).specialize(wc)
 
     def im2col_call(x):
         def f():

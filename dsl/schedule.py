@@ -43,6 +43,13 @@ parallel_rows
     whose X rows are gathered in one load per step; the program walks its rows_per_program
     rows in blocks of this size, so one program keeps one column tile of X hot in L1 across
     many rows. 1 (the default) runs the rows one after another.
+split_k
+    Table mode, one row at a time: each row's nonzeros cut into ``split_k`` contiguous parts
+    walked side by side (a ``(split_k x block_n)`` tile, one part per warp with the default
+    ``num_warps = split_k``), summed once per row before the epilogue. Shorter dependent load
+    chains and more warps per SM (one-warp programs fill at most half of an H100 SM's warp
+    slots). 1 (the default) walks each row in one part. Convolutions need ``pad_input``
+    (a row is one segment there).
 pack_nonzeros
     Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
     the float32 value's bits) instead of two loads. Default: on wherever it applies (float32
@@ -62,12 +69,13 @@ tap_segments
     Fewer instructions per nonzero; the (c_in, tap) order re-reads a channel's X lines for
     its next tap while they are still in L1. Default: on. Ignored by ``W @ X``.
 pad_input
-    Table mode, one row at a time, convolutions: copy X once per call into a zero-padded
-    contiguous buffer (``F.pad`` by the convolution's padding; no copy for padding 0 and a
-    contiguous X), so that every nonzero ``(c_in, dy, dx)`` is one constant offset
-    ``c_in*Hp*Wp + dy*dh*Wp + dx*dw`` into it, baked into the table. Each row's nonzeros then run
-    as one loop of unmasked loads (no per-tap segments, shifts or in-image masks); the layout
-    is specialised to the input's spatial size. Replaces ``tap_segments``. Ignored by ``W @ X``.
+    Convolutions, in the one-row table kernel and the unrolled modes: copy X once per call into
+    a zero-padded contiguous buffer (``F.pad`` by the convolution's padding; no copy for padding
+    0 and a contiguous X), so that every nonzero ``(c_in, dy, dx)`` reads it at one constant
+    offset ``c_in*Hp*Wp + dy*dh*Wp + dx*dw``, without an in-image mask: in the table (each row's
+    nonzeros one loop of unmasked loads, no per-tap segments; replaces ``tap_segments``) or in
+    the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
+    the input's spatial size. Ignored by ``W @ X``.
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -102,6 +110,7 @@ class Schedule:
     num_stages: IntOrAuto = AUTO
     column_programs: int = 0
     parallel_rows: int = 1
+    split_k: int = 1
     pack_nonzeros: Union[bool, str] = AUTO
     prefetch: Union[bool, str] = AUTO
     tap_segments: Union[bool, str] = AUTO
@@ -116,7 +125,8 @@ class Schedule:
             raise ValueError(f"Schedule.row_order must be one of {ROW_ORDERS} or 'auto', "
                              f"got {self.row_order!r}")
         for name in ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
-                     "max_statements_per_function", "max_functions_per_kernel", "parallel_rows"):
+                     "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
+                     "split_k"):
             v = getattr(self, name)
             if v == AUTO:
                 continue

@@ -80,10 +80,18 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
             # per program beat 8-16 on a 64 x 256 layer), while keeping enough programs
             rpp = int(min(64, max(8, _next_pow2(int(1024 / max(avg, 1.0))))))
     row_kernel = mode == "table" and not use_dot and int(s.parallel_rows) == 1   # Plan.row_kernel
-    # convolutions (one-row kernel, tap segments): 64-column tiles and chunks of 4 were within
-    # 17% of the best of 12 schedules on the 32 fp32 DLMC 3x3 cases (geomean; 128 x 8: 70%),
-    # bench/results/conv_h100_tune.jsonl
+    split = int(s.split_k)
+    # a convolution's one-row kernel reads a zero-padded copy of X, each nonzero one offset
+    # into it (one loop of unmasked loads per row), with 64-column tiles, chunks of 8 and the
+    # prefetched tail: within 12% of the best of 17 schedules on the 32 fp32 DLMC 3x3 cases at
+    # 90% (geomean; the tap-segment kernel, the default before: 30% off; H100,
+    # bench/results/conv_h100_pad_tune.jsonl, conv_h100_split_tune.jsonl). W @ X ignores
+    # pad_input (like tap_segments); on another kernel, Plan names the conflict
     conv_rows = conv and row_kernel
+    if s.pad_input == AUTO:
+        pad = conv_rows and s.tap_segments is not True
+    else:
+        pad = conv and bool(s.pad_input)
     block_n = s.block_n
     if block_n == AUTO:
         block_n = min(64 if conv_rows else 128, max(16, _next_pow2(N)))
@@ -91,7 +99,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
             block_n = max(block_n, 16)
     chunk = s.chunk
     if chunk == AUTO:
-        chunk = 16 if use_dot else 4 if conv_rows else 8 if mode == "table" else 4
+        chunk = (16 if use_dot else (8 if pad else 4) if conv_rows else
+                 8 if mode == "table" else 4)
     row_order = s.row_order
     if row_order == AUTO:
         row_order = "nnz" if mode == "table" else "given"
@@ -99,8 +108,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     if num_warps == AUTO:
         # H100 (bench/results/explore_h100_run4_table_warps.csv): one warp per program with
         # several columns per thread beat four warps by 1.1-1.8x in the scalar-FMA kernels (one
-        # index load feeds a wider X load; more, smaller programs for the unrolled ones)
-        num_warps = 4 if use_dot else 1
+        # index load feeds a wider X load; more, smaller programs for the unrolled ones); a
+        # split row runs one part per warp
+        num_warps = 4 if use_dot else split
     if s.block_n == AUTO and mode != "table":
         block_n = min(block_n, 32)     # unrolled: a 32-column tile per warp
     num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
@@ -109,14 +119,16 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
     # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
     prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
-    # a convolution's input copied into a zero-padded buffer, each nonzero one offset into it
-    # (one loop per row, no masks): opt-in until measured on a GPU. W @ X ignores it (like
-    # tap_segments); on a kernel other than the one-row one, Plan names the conflict
-    pad = conv and s.pad_input is True
-    # a convolution's rows walked one kernel tap at a time: 1.28x (geomean, 0.71-1.55x) over
-    # the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90% (H100,
-    # bench/results/conv_h100_before_taps.csv); slower only on stride-2 layers at batch 8
-    taps = (row_kernel and not pad) if s.tap_segments == AUTO else s.tap_segments
+    # the prefetched tail: part of the padded convolution default above (without the padded
+    # input it was slower: 0.78x at batch 8, conv_h100_pad_tune.jsonl)
+    if s.prefetch_tail == AUTO:
+        tail = bool(pad and row_kernel and prefetch and split == 1 and not pack)
+    else:
+        tail = bool(s.prefetch_tail)
+    # without the padded input, a convolution's rows walked one kernel tap at a time: 1.28x
+    # (geomean, 0.71-1.55x) over the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90%
+    # (H100, bench/results/conv_h100_before_taps.csv)
+    taps = (row_kernel and not pad and split == 1) if s.tap_segments == AUTO else s.tap_segments
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
@@ -124,6 +136,6 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 num_warps=int(num_warps), num_stages=int(num_stages),
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
-                prefetch_tail=False if s.prefetch_tail == AUTO else bool(s.prefetch_tail),
+                prefetch_tail=tail,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
-                pad_input=bool(pad))
+                pad_input=bool(pad), split_k=split)

@@ -198,6 +198,9 @@ def _add_schedule_options(p):
                         "columns")
     g.add_argument("--chunk", type=_int_or_auto, default="auto",
                    help="table mode: nonzero columns per loop step (a power of two)")
+    g.add_argument("--split-k", type=_positive_int, default=1, metavar="S",
+                   help="table mode, one row per program: walk each row in S parts side by "
+                        "side, one warp each, summed at the end (default 1)")
     for flag, help_text in ON_OFF_OPTIONS:
         g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
@@ -221,11 +224,11 @@ ON_OFF_OPTIONS = [
     ("pack-nonzeros", "table mode, one row per program: read column and value as one 64-bit "
                       "word (auto: off)"),
     ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
-                      "masked loads of the prefetched columns (auto: off)"),
-    ("tap-segments", "table mode, one row per program, convolutions: walk each row one kernel "
-                     "tap at a time (auto: on)"),
-    ("pad-input", "table mode, one row per program, convolutions: copy X into a zero-padded "
-                  "buffer, each nonzero one offset into it (replaces tap segments; auto: off)"),
+                      "masked loads of the prefetched columns (auto: on with pad-input)"),
+    ("tap-segments", "table mode, one row per program, convolutions without pad-input: walk "
+                     "each row one kernel tap at a time (auto: on there)"),
+    ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
+                  "of X, each nonzero one offset into it (auto: on for the table kernel)"),
 ]
 
 
@@ -240,7 +243,8 @@ def schedule_from_args(args):
     if args.max_functions is not None:
         bounds["max_functions_per_kernel"] = args.max_functions
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
-                    row_order=args.row_order, chunk=args.chunk, allow_tf32=args.allow_tf32,
+                    row_order=args.row_order, chunk=args.chunk, split_k=args.split_k,
+                    allow_tf32=args.allow_tf32,
                     num_warps=args.num_warps, num_stages=args.num_stages, **switches, **bounds)
 
 

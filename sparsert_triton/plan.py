@@ -35,6 +35,7 @@ class Plan:
     prefetch_tail: bool = False
     bake_strides: bool = False
     pad_input: bool = False
+    split_k: int = 1
 
     def __post_init__(self):
         def bad(msg):
@@ -58,6 +59,15 @@ class Plan:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
         elif self.use_dot:
             bad("use_dot applies to table mode only")
+        if self.split_k != 1:
+            if not self.row_kernel:
+                bad("split_k applies to the one-row table kernel only")
+            if not _pow2(self.split_k) or self.split_k > 32:
+                bad(f"split_k must be a power of two <= 32, got {self.split_k}")
+            if self.tap_segments or self.pack_nonzeros or self.prefetch_tail:
+                bad("split_k walks a row as one segment of plain column/value loads: it "
+                    "excludes tap_segments (use pad_input for a convolution), pack_nonzeros "
+                    "and prefetch_tail")
         if self.mode != "table" and self.max_statements_per_function < self.rows_per_program + 1:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
@@ -72,9 +82,11 @@ class Plan:
             if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
                 bad(f"parallel_rows must be a power of two dividing rows_per_program "
                     f"({self.rows_per_program}), got {self.parallel_rows}")
-        for name in ("pack_nonzeros", "prefetch", "tap_segments", "pad_input"):
+        for name in ("pack_nonzeros", "prefetch", "tap_segments"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
+        if self.pad_input and not (self.row_kernel or self.mode != "table"):
+            bad("pad_input applies to the one-row table kernel and the unrolled modes only")
         if self.pad_input and self.tap_segments:
             bad("pad_input replaces tap_segments (every nonzero is one offset into the padded "
                 "input): set tap_segments=False")

@@ -142,7 +142,7 @@ def cvt(dtype: str, sig) -> str:
     return "" if dtype == sig.acc_dtype else f".to({TL_DTYPES[sig.acc_dtype]})"
 
 
-def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None):
+def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None, padded=False):
     """``x = X[col, tile]``; with baked strides the offset is one constant."""
     if conv is None:
         off = (f"{s.col * strides[0]}" if strides else f"{s.col} * sxk")
@@ -152,6 +152,9 @@ def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None):
     oy, ox = dy * conv.dilation[0], dx * conv.dilation[1]
     off = (f"{c * strides[1] + oy * strides[2] + ox * strides[3]}" if strides
            else f"({c} * sxc + {oy} * sxh + {ox} * sxw)")
+    if padded:     # in the image by construction; lanes past N point at X
+        b(f"{s.var} = tl.load(xp + {off}){acc}")
+        return
     b(f"{s.var} = tl.load(xp + {off}, mask=nmask & vy{dy} & vx{dx}, other=0.0){acc}")
 
 
@@ -219,7 +222,8 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
             if isinstance(s, Store):
                 render_store(b, s, low)
             elif isinstance(s, LoadX):
-                render_load(b, s, cvt(sig.x_dtype, sig), low.conv, low.x_strides)
+                render_load(b, s, cvt(sig.x_dtype, sig), low.conv, low.x_strides,
+                            low.plan.pad_input)
             else:
                 render_fma(b, s, cvt(sig.w_dtype, sig))
     b()
@@ -344,11 +348,15 @@ def _table_chunks_prefetched(b: Buffer, low: Lowered, U: int):
 
 
 def _table_x_tile(b: Buffer, low: Lowered):
-    """A (chunk x block_n) tile of X for the dot path: ``x`` for the columns ``cols``."""
+    """A (chunk x block_n) tile of X: ``x`` for the columns ``cols`` (rows where ``kmask`` is
+    off read zero). With ``pad_input`` a column is an offset into the padded input."""
     g = low.conv
     if g is None:
         b("x = tl.load(xp[None, :] + cols[:, None] * sxk, "
           "mask=kmask[:, None] & nmask[None, :], other=0.0)")
+        return
+    if low.plan.pad_input:
+        b("x = tl.load(xp[None, :] + cols[:, None], mask=kmask[:, None], other=0.0)")
         return
     (dh, dw), khw = g.dilation, g.kh * g.kw
     b(f"ci = cols // {khw}")
@@ -364,7 +372,8 @@ def _table_x_tile(b: Buffer, low: Lowered):
 def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
     p = low.plan
     rule = (_render_table_union if p.use_dot else
-            _render_table_parallel if p.parallel_rows > 1 else _render_table_rows)
+            _render_table_parallel if p.parallel_rows > 1 else
+            _render_table_split if p.split_k > 1 else _render_table_rows)
     rule(b, k, low)
 
 
@@ -455,6 +464,65 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
                     _conv_tap(b, low, tap)
                     _row_segment(b, low, f"slot * {T} + {tap}")
                     b("acc += tl.where(mt, acc_t, 0.0)")
+            with b.indent("if row >= 0:"):
+                args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
+                b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
+                  "mask=nmask)")
+
+
+def _split_index(b: Buffer, low: Lowered, at: str, s: str):
+    """The columns and values of the ``split_k`` parts' nonzeros at ``first + at`` (zero past
+    each part's end): ``cols{s}``, ``w{s}``, ``kmask{s}``."""
+    b(f"kk = first + {at}")
+    b(f"kmask{s} = kk < stop")
+    b(f"cols{s} = tl.load(COLS + kk, mask=kmask{s}, other=0)")
+    b(f"w{s} = tl.load(VALS + kk, mask=kmask{s}, other=0.0){cvt(low.signature.w_dtype, low.signature)}")
+
+
+def _split_fma(b: Buffer, low: Lowered, s: str):
+    b(f"cols = cols{s}")
+    b(f"kmask = kmask{s}")
+    _table_x_tile(b, low)
+    b(f"acc += w{s}[:, None] * x{cvt(low.signature.x_dtype, low.signature)}")
+
+
+def _render_table_split(b: Buffer, k: TableKernel, low: Lowered):
+    p, sig = low.plan, low.signature
+    R, S, U, BN = p.rows_per_program, p.split_k, p.chunk, p.block_n
+    ops = operand_params(sig, low.conv is not None)
+    doc = (f"acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's segment, cut into {S} "
+           f"contiguous parts walked side by side (a {S} x {BN} tile) and summed at the end; "
+           f"the program's {R} row(s) run in turn.")
+    if low.conv is not None and p.pad_input:
+        doc += " Convolution: COLS holds each nonzero's offset into the zero-padded X."
+    with _table_kernel(b, k, low, doc):
+        b(f"sk = tl.arange(0, {S})")
+        with b.indent(f"for r in tl.static_range({R}):"):
+            b(f"slot = g * {R} + r")
+            b("row = tl.load(ROWS + slot)")
+            b("start = tl.load(STARTS + slot)")
+            b("length = tl.load(LENGTHS + slot)")
+            b(f"part = (length + {S * U - 1}) // {S * U} * {U}   # per part, whole chunks")
+            b("first = start + sk * part")
+            b("stop = tl.minimum(first + part, start + length)")
+            b(f"acc = tl.zeros([{S}, {BN}], {TL_DTYPES[sig.acc_dtype]})")
+            if p.prefetch:   # the next chunk's columns and values loaded one step ahead
+                for t in range(U):
+                    _split_index(b, low, str(t), str(t))
+                with b.indent(f"for j in range(0, part, {U}):"):
+                    for t in range(U):
+                        _split_index(b, low, f"j + {U + t}", f"_next{t}")
+                    for t in range(U):
+                        _split_fma(b, low, str(t))
+                    for t in range(U):
+                        for n in ("cols", "w", "kmask"):
+                            b(f"{n}{t} = {n}_next{t}")
+            else:
+                with b.indent(f"for j in range(0, part, {U}):"):
+                    for t in range(U):
+                        _split_index(b, low, f"j + {t}", str(t))
+                        _split_fma(b, low, str(t))
+            b("acc = tl.sum(acc, axis=0)")
             with b.indent("if row >= 0:"):
                 args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
                 b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "

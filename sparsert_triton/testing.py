@@ -107,12 +107,17 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         P = draw(st.sampled_from([p for p in (1, 2, 4, 8) if p <= R]))
         pre = "auto" if P > 1 else draw(st.booleans())
         pad = False if P > 1 else draw(st.booleans())   # replaces tap segments (convolutions)
+        split = 1 if P > 1 else draw(st.sampled_from([1, 1, 2, 4]))
+        plain = P > 1 or split > 1      # no packing, tail or tap segments
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False, parallel_rows=P,
-                        pack_nonzeros=False if P > 1 else draw(st.sampled_from(["auto", True])),
+                        split_k=split,
+                        pack_nonzeros=False if plain else draw(st.sampled_from(["auto", True])),
                         prefetch=pre,
-                        prefetch_tail=draw(st.booleans()) if pre is True else "auto",
-                        tap_segments="auto" if P > 1 or pad else draw(st.booleans()),
+                        prefetch_tail=(draw(st.booleans()) if pre is True and not plain
+                                       else False),
+                        tap_segments=("auto" if P > 1 or pad else False if split > 1
+                                      else draw(st.booleans())),
                         pad_input=pad,
                         bake_strides=draw(st.sampled_from(["auto", True])))
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
@@ -120,7 +125,7 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
                     column_programs=draw(st.sampled_from([0, 1, 2])),
-                    bake_strides=draw(st.booleans()))
+                    bake_strides=draw(st.booleans()), pad_input=draw(st.booleans()))
 
 
 @st.composite

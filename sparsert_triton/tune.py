@@ -161,24 +161,23 @@ def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_
 
 
 #: Direct-convolution candidates: every schedule that was the fastest on at least one of the
-#: 58 DLMC 3x3 cases of bench/results/conv_h100_tune.jsonl (H100, fp32 and fp16, batch 1 and
-#: 8), most wins first; more rows or warps per program and long chunks never won there.
-def _conv_row(block_n: int, num_warps: int = 1, **switches) -> Schedule:
-    """The one-row conv table kernel, chunks of 4 and tap segments unless switched."""
-    return Schedule(mode="table", rows_per_program=1, block_n=block_n, num_warps=num_warps,
-                    **{"chunk": 4, "tap_segments": True, **switches})
+#: 32 fp32 DLMC 3x3 cases at 90% (H100, batch 1 and 8; bench/results/conv_h100_pad_tune.jsonl,
+#: conv_h100_split_tune.jsonl), most wins first: the one-row kernel on the zero-padded input
+#: (wide tiles at batch 8, narrow ones at batch 1, rows split over 4 warps for the 512-channel
+#: layers at batch 1) and the unrolled kernel for the 64-channel layers. The tap-segment kernel
+#: (the default before) won none of them.
+def _conv_row(block_n: int, chunk: int, num_warps: int = 1, **switches) -> Schedule:
+    """The one-row conv table kernel on the zero-padded input."""
+    return Schedule(mode="table", rows_per_program=1, block_n=block_n, chunk=chunk,
+                    num_warps=num_warps, pad_input=True, **switches)
 
 
 CONV_CANDIDATES = [
-    _conv_row(32), _conv_row(64),
+    _conv_row(64, 8, prefetch_tail=True), _conv_row(128, 8, prefetch_tail=True),
+    _conv_row(32, 4),
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1),
-    _conv_row(256, 2), _conv_row(64, tap_segments=False), _conv_row(128),
-    # the prefetched tail and the padded input (not measured on a GPU yet: the tuner times
-    # them where it runs)
-    _conv_row(32, prefetch_tail=True), _conv_row(64, prefetch_tail=True),
-    _conv_row(32, tap_segments=False, pad_input=True),
-    _conv_row(64, tap_segments=False, pad_input=True),
-    _conv_row(64, tap_segments=False, pad_input=True, chunk=8, prefetch_tail=True)]
+    _conv_row(64, 8, num_warps=4, split_k=4),
+    Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1, pad_input=True)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
@@ -195,8 +194,9 @@ def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
                           row_order="cluster", use_dot=True, num_warps=4)
                  for R, bn in ((16, 64), (32, 128))]
     for s in CONV_CANDIDATES + extra:
-        if s.block_n > top:
-            s = s.replace(block_n=top, num_warps=max(1, min(s.num_warps, top // 32)))
+        if s.block_n > top:   # (a split row keeps a warp per part, each on the whole tile)
+            warps = s.num_warps if s.split_k > 1 else max(1, min(s.num_warps, top // 32))
+            s = s.replace(block_n=max(top, 32 if s.split_k > 1 else 16), num_warps=warps)
         out.append(s)
     return list(dict.fromkeys(out))
 

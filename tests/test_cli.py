@@ -253,6 +253,14 @@ def test_tap_segments_option_reaches_the_schedule(capsys, taps):
     assert f"tap_segments={taps == 'on'}" in out
 
 
+def test_split_k_option_changes_the_kernel(capsys):
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--split-k", "4")
+    assert rc == 0, err
+    assert "split_k=4" in out and "acc = tl.sum(acc, axis=0)" in out
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--split-k", "0")
+    assert rc != 0 and "positive integer" in err
+
+
 def test_prefetch_tail_option_changes_the_kernel(capsys):
     rc, on, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "on")
     assert rc == 0, err

@@ -126,9 +126,10 @@ def test_nan_reaches_exactly_the_outputs_that_read_it():
     W[1, 0, 0, 0] = 1.0            # top-left tap: reads (y-1, x-1): never (0, 0) from (0, 0)
     X = torch.ones(2, 1, 4, 5)
     X[0, 0, 0, 0] = float("nan")
-    for taps, pad in ((True, False), (False, False), (False, True)):
+    for taps, pad, split in ((True, False, 1), (False, False, 1), (False, True, 1),
+                             (False, True, 2), (False, False, 4)):
         k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
-                          schedule=Schedule(mode="table", chunk=2, block_n=16,
+                          schedule=Schedule(mode="table", chunk=2, block_n=16, split_k=split,
                                             tap_segments=taps, pad_input=pad)).specialize(W)
         Y = k(X.to(DEV)).cpu()
         nan = torch.isnan(Y)
@@ -159,8 +160,9 @@ def test_padded_offsets_address_the_unfolded_input():
 
 
 def _pad_kernel(W4, stride=1, padding=1, **schedule):
+    schedule = {"mode": "table", **schedule}
     return sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=padding),
-                         schedule=Schedule(mode="table", pad_input=True, **schedule)).specialize(W4)
+                         schedule=Schedule(pad_input=True, **schedule)).specialize(W4)
 
 
 def test_pad_input_layout_is_one_segment_of_offsets_per_row():
@@ -182,13 +184,16 @@ def test_pad_input_layout_is_one_segment_of_offsets_per_row():
             assert list(t.cols[s:s + n]) == list(off[w.indices[t.value_index[s:s + n]]])
 
 
-def test_pad_input_across_input_sizes_strides_and_layouts():
-    """The padded layout depends on the input's size: one kernel called on several sizes, on
+@pytest.mark.parametrize("mode", ["table", "values", "indices"])
+def test_pad_input_across_input_sizes_strides_and_layouts(mode):
+    """The padded kernel depends on the input's size: one kernel called on several sizes, on
     strided and channels-last X, with padding 0 (no copy for a contiguous X) and 2."""
     g = torch.Generator().manual_seed(6)
     W4 = torch.randn(6, 3, 3, 3, generator=g) * (torch.rand(6, 3, 3, 3, generator=g) < 0.5)
+    extra = (dict(chunk=4, prefetch_tail=True) if mode == "table" else
+             dict(rows_per_program=4, max_statements_per_function=20))
     for stride, padding in ((1, 1), (2, 0), (1, 2)):
-        k = _pad_kernel(W4, stride, padding, block_n=16, chunk=4, prefetch_tail=True)
+        k = _pad_kernel(W4, stride, padding, block_n=16, mode=mode, **extra)
         for shape in ((2, 3, 7, 9), (1, 3, 5, 5), (3, 3, 8, 6)):
             X = torch.randn(*shape, generator=g).to(DEV)
             for Xc in (X, X.to(memory_format=torch.channels_last), X[:, :, :, 1:]):
@@ -202,7 +207,7 @@ def test_pad_input_rejections_and_what_ignores_it():
     W4 = torch.randn(4, 3, 3, 3)
     with pytest.raises(ValueError, match="pad_input replaces tap_segments"):
         _pad_kernel(W4, tap_segments=True)(torch.randn(1, 3, 5, 5).to(DEV))
-    with pytest.raises(ValueError, match="pad_input applies to the one-row table kernel"):
+    with pytest.raises(ValueError, match="pad_input applies to the one-row table kernel and"):
         _pad_kernel(W4, use_dot=True, rows_per_program=16, chunk=16,
                     block_n=16)(torch.randn(1, 3, 5, 5).to(DEV))
     with pytest.raises(ValueError, match="spatial size"):

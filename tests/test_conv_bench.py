@@ -64,7 +64,8 @@ def test_run_case_checks_every_system(tmp_path):
     writer = csv.DictWriter(out, COLUMNS)
     from bench.conv_bench import SCHEDULES
     log = []
-    picked = [SCHEDULES[0], next(s for s in SCHEDULES if s.tap_segments is False)]
+    picked = [SCHEDULES[0], next(s for s in SCHEDULES if s.mode == "values"),
+              next(s for s in SCHEDULES if s.split_k > 1)]
     times = run_case("layer", p, 4, 3, 6, 2, 2, "float32", "0.9", 10.0, writer, device=DEV,
                      timer=lambda make_call, X, nbytes: 1.0, log=log, schedules=picked)
     assert [e["schedule"] for e in log] == [repr(s) for s in picked]

@@ -155,6 +155,10 @@ def test_table_kernel_options_are_validated():
                      (dict(mode="indices", prefetch=True), "prefetch"),
                      (dict(mode="values", tap_segments=True), "tap_segments"),
                      (dict(mode="table", prefetch=False, prefetch_tail=True), "prefetch_tail"),
+                     (dict(mode="values", split_k=2), "split_k"),
+                     (dict(mode="table", split_k=3), "split_k"),
+                     (dict(mode="table", split_k=2, pack_nonzeros=True), "split_k"),
+                     (dict(mode="table", split_k=2, tap_segments=True), "split_k"),
                      (dict(mode="table", rows_per_program=2, parallel_rows=2,
                            tap_segments=True), "tap_segments"),
                      (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
@@ -177,13 +181,21 @@ def test_table_kernel_options_are_validated():
 
 
 def test_convolution_defaults():
-    """Convolutions' table kernel defaults to 64-column tiles and chunks of 4 (short per-tap
-    segments, measured on the H100); explicit choices and W @ X keep their own."""
+    """Convolutions' table kernel defaults to the padded input with 64-column tiles, chunks of
+    8 and the prefetched tail (measured on the H100); asking for tap segments gives the tap
+    kernel's own defaults (chunks of 4); explicit choices and W @ X keep their own."""
     from sparsert_triton.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight((torch.rand(64, 576) < 0.1).float())
     conv = plan_for(Schedule(mode="table"), w, 3136, "float32", conv=True)
-    assert (conv.block_n, conv.chunk, conv.tap_segments) == (64, 4, True)
+    assert (conv.block_n, conv.chunk, conv.pad_input, conv.prefetch_tail, conv.tap_segments) \
+        == (64, 8, True, True, False)
+    taps = plan_for(Schedule(mode="table", tap_segments=True), w, 3136, "float32", conv=True)
+    assert (taps.chunk, taps.pad_input, taps.prefetch_tail, taps.tap_segments) \
+        == (4, False, False, True)
+    split = plan_for(Schedule(mode="table", split_k=4), w, 3136, "float32", conv=True)
+    assert (split.num_warps, split.pad_input, split.prefetch_tail) == (4, True, False)
+    assert not plan_for(Schedule(mode="table"), w, 3136, "float32").pad_input
     mm = plan_for(Schedule(mode="table"), w, 3136, "float32")
     assert (mm.block_n, mm.chunk) == (128, 8)
     own = plan_for(Schedule(mode="table", block_n=128, chunk=8), w, 3136, "float32", conv=True)

@@ -252,17 +252,23 @@ def test_tune_convolution_with_a_fake_timer():
 
 
 def test_convolutions_search_their_own_candidates():
-    """A convolution's search space: the conv heuristic first (64-column tiles, chunks of 4,
-    tap segments), the measured winners after, both tap orders; tiles capped by N."""
+    """A convolution's search space: the conv heuristic first (the padded input, 64-column
+    tiles, chunks of 8, the prefetched tail), the measured winners after (unrolled, split
+    rows); tiles capped by N without idling threads."""
     g = torch.Generator().manual_seed(4)
     w = (torch.randn(64, 576, generator=g) * (torch.rand(64, 576, generator=g) < 0.1))
     big = T.candidate_schedules(w, 3136, "float32", conv=True)
     assert big[0] == T.heuristic(w, 3136, "float32", conv=True)
-    assert (big[0].mode, big[0].block_n, big[0].chunk, big[0].tap_segments) == ("table", 64, 4, True)
-    assert {s.tap_segments for s in big if s.mode == "table"} == {True, False}
-    assert len(big) == len(set(big)) and max(s.block_n for s in big) == 256
+    assert (big[0].mode, big[0].block_n, big[0].chunk, big[0].pad_input,
+            big[0].prefetch_tail) == ("table", 64, 8, True, True)
+    assert {s.mode for s in big} == {"table", "values"}
+    assert any(s.split_k == 4 and s.num_warps == 4 for s in big)
+    assert len(big) == len(set(big)) and max(s.block_n for s in big) == 128
     small = T.candidate_schedules(w, 49, "float32", conv=True)
-    assert max(s.block_n for s in small) == 64 and all(s.num_warps * 32 <= s.block_n for s in small)
+    assert max(s.block_n for s in small) == 64
+    # one element per thread; a split row gives each of its warps the whole tile
+    assert all(s.num_warps * 32 <= s.block_n if s.split_k == 1 else
+               s.num_warps == s.split_k and s.block_n >= 32 for s in small)
     assert T.candidate_schedules(w, 3136, "float32") != big          # W @ X: its own space
 
 
@@ -282,7 +288,8 @@ def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypat
     ran = [r for r in results if r.status == "ok"]
     assert len(ran) >= 3 and all(r.status in ("ok", "skipped") for r in results)
     assert best == ran[-1].schedule
-    assert {r.plan.tap_segments for r in ran if r.plan.mode == "table"} == {True, False}
+    assert {r.plan.pad_input for r in ran} == {True, False}
+    assert any(r.plan.split_k > 1 for r in ran) and any(r.plan.mode == "values" for r in ran)
     assert len(results) == len(space)
 
 
