@@ -8,8 +8,8 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 SPARSERT_TEST_DEVICE=cuda timeout ${TEST_S:-120} python -m pytest -q -p no:cacheprovider \
     tests/test_conv.py tests/test_golden.py tests/test_direct.py tests/test_conv_bench.py 2>&1 \
     | tail -${TAIL:-8} | tee $OUT/gpu_tests_conv.txt
-SPARSERT_TEST_DEVICE=cuda timeout 60 python -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_nn_conv.py 2>&1 | tail -3 | tee -a $OUT/gpu_tests_conv.txt
+SPARSERT_TEST_DEVICE=cuda timeout ${GPU_MARKED_S:-120} python -m pytest -q -p no:cacheprovider -m gpu \
+    tests/test_nn_conv.py tests/test_tune.py -k "conv" 2>&1 | tail -3 | tee -a $OUT/gpu_tests_conv.txt
 timeout ${CONV_S:-330} python -m bench.conv_bench --dlmc .carry/dlmc --batches 1,8 --dtypes float32,float16 \
     --deadline-s $(( ${CONV_S:-330} - 30 )) --out $OUT/conv_h100.csv 2>&1 | tail -${TAIL:-40}
 if [ -d .carry/old ] && [ "${OLD_S:-0}" -gt 0 ]; then
