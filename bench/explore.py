@@ -21,17 +21,16 @@ from sparsert_triton.dlmc import read_smtx
 S = Schedule
 # (model, sparsity, name, N, [schedules])
 PLAN = [
-    # run 5: prefetching the next chunk's columns and values (software pipelining of the
-    # column -> X-row chain) on the best one-row table tiles of run 4
-    (model, sp, name, N, [S(mode="table", rows_per_program=1, block_n=b, num_warps=w, chunk=c,
-                            pack_nonzeros=pk, prefetch=pf)
-                          for (b, w) in ((128, 1), (256, 2), (128, 4)) for c in (4, 8)
-                          for pk in (False, True) for pf in (False, True)])
+    # run 6: split rows (split_k: a row's nonzeros in parts, one warp each, summed once) against
+    # the one-row default, where few programs leave SMs idle (small N) and on a large layer
+    (model, sp, name, N, [S(mode="table")] + [
+        S(mode="table", rows_per_program=1, block_n=b, chunk=c, split_k=k)
+        for k in (2, 4, 8) for b in (64, 128) for c in (4, 8)])
     for model, sp, name, N in (
-        ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048),
+        ("rn50", "0.9", "bottleneck_1_block_group4_1_1", 49),
         ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196),
         ("transformer", "0.9", "body_decoder_layer_0_ffn_conv1_fully_connected", 256),
-        ("rn50", "0.9", "bottleneck_1_block_group1_1_1", 3136),
+        ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048),
     )
 ]
 

@@ -248,6 +248,15 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False) -> 
                          num_warps=max(1, bn // 128), pack_nonzeros=pack, prefetch=pre)
             (first if bn == bn_main and U == 8 else second).append(s)
 
+    # rows split over warps (split_k), where few programs leave SMs idle: 1.29x and 1.08x over
+    # the one-row default at N = 49 and 196, slower at N >= 256 (H100,
+    # bench/results/explore_h100_run6_split_k.csv)
+    if N <= 256:
+        for k in (8, 4):
+            second.append(Schedule(mode="table", rows_per_program=1, chunk=4,
+                                   block_n=min(64, bns[-1]), row_order="nnz",
+                                   split_k=k))
+
     # table mode on tensor cores (half dtypes)
     if half:
         bn_dot = [b for b in bns if b >= 16] or [16]

@@ -221,3 +221,15 @@ def test_pad_input_rejections_and_what_ignores_it():
     X = torch.randn(6, 10).to(DEV)
     torch.testing.assert_close(mm(X).cpu().double(), mm.reference(X), rtol=1e-5, atol=1e-5)
     assert not mm.last_plan.pad_input
+
+
+def test_pad_input_refuses_a_padded_copy_past_32_bit_offsets(monkeypatch):
+    """The padded copy is addressed with 32-bit offsets: one too large is refused by name."""
+    import sparsert_triton.api as api
+    k = _pad_kernel(torch.randn(4, 3, 3, 3))
+    X = torch.randn(2, 3, 5, 5).to(DEV)
+    monkeypatch.setattr(api, "INT32_MAX", 2 * 3 * 7 * 7 - 1)    # the copy has 2*3*7*7 elements
+    with pytest.raises(ValueError, match="X padded to"):
+        k(X)
+    monkeypatch.setattr(api, "INT32_MAX", 2 * 3 * 7 * 7)
+    torch.testing.assert_close(k(X).cpu().double(), k.reference(X), rtol=1e-5, atol=1e-5)

@@ -78,6 +78,7 @@ def test_candidates_are_valid_plans_and_dot_only_for_half(N, dtype):
     dots = [p for p in plans if p.use_dot]
     assert bool(dots) == (dtype != "float32")
     assert all(p.block_n <= max(16, T.next_pow2(N)) for p in plans)
+    assert any(p.split_k > 1 for p in plans) == (N <= 256)     # split rows for small N only
 
 
 def test_prune_drops_unrolled_builds_over_the_compile_limit():
