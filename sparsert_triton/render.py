@@ -464,10 +464,16 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
                     _conv_tap(b, low, tap)
                     _row_segment(b, low, f"slot * {T} + {tap}")
                     b("acc += tl.where(mt, acc_t, 0.0)")
-            with b.indent("if row >= 0:"):
-                args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
-                b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
-                  "mask=nmask)")
+            _store_row(b, low, ops)
+
+
+def _store_row(b: Buffer, low: Lowered, ops):
+    """``Y[row, tile] = epilogue(acc)`` for one row's ``[block_n]`` accumulator (pad slots,
+    row -1, store nothing)."""
+    with b.indent("if row >= 0:"):
+        args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
+        b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
+          "mask=nmask)")
 
 
 def _split_index(b: Buffer, low: Lowered, at: str, s: str):
@@ -523,10 +529,7 @@ def _render_table_split(b: Buffer, k: TableKernel, low: Lowered):
                         _split_index(b, low, f"j + {t}", str(t))
                         _split_fma(b, low, str(t))
             b("acc = tl.sum(acc, axis=0)")
-            with b.indent("if row >= 0:"):
-                args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
-                b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
-                  "mask=nmask)")
+            _store_row(b, low, ops)
 
 
 def _store_tile(b: Buffer, low: Lowered, ops):
