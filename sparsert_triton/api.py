@@ -27,6 +27,7 @@ from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
 from .launch import INT32_MAX, conv_signature_for, run, signature_for
 from .lower import lower
+from .padding import zero_pad
 from .plan import Plan, Signature
 from .reference import evaluate
 from .render import render
@@ -170,14 +171,15 @@ class SpecializedKernel:
         return v
 
     def _padded(self, X: torch.Tensor) -> torch.Tensor:
-        """X zero-padded by the convolution's padding, contiguous (``pad_input``)."""
+        """X zero-padded by the convolution's padding, contiguous (``pad_input``; one copy
+        kernel, none for padding 0 and a contiguous X)."""
         ph, pw = self.conv.padding
-        Xp = torch.nn.functional.pad(X, (pw, pw, ph, ph)) if ph or pw else X
-        Xp = Xp.contiguous()
-        if Xp.numel() > INT32_MAX:
-            raise ValueError(f"X padded to {tuple(Xp.shape)} has more than 2**31 elements; "
-                             "split the batch into smaller calls")
-        return Xp
+        B, C, H, W = X.shape
+        shape = (B, C, H + 2 * ph, W + 2 * pw)
+        if B * C * shape[2] * shape[3] > INT32_MAX:
+            raise ValueError(f"X padded to {shape} has more than 2**31 elements; split the "
+                             "batch into smaller calls")
+        return zero_pad(X, ph, pw) if ph or pw else X.contiguous()
 
     # -------------------------------------------------------------- running
     def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None):

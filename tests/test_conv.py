@@ -233,3 +233,22 @@ def test_pad_input_refuses_a_padded_copy_past_32_bit_offsets(monkeypatch):
         k(X)
     monkeypatch.setattr(api, "INT32_MAX", 2 * 3 * 7 * 7)
     torch.testing.assert_close(k(X).cpu().double(), k.reference(X), rtol=1e-5, atol=1e-5)
+
+
+def test_zero_pad_matches_torch_pad():
+    """The one-kernel padded copy equals F.pad for any memory layout, padding and tile edge
+    (widths below, at and above one 256-column tile; NaN and inf copied as they are)."""
+    from sparsert_triton.padding import zero_pad
+    g = torch.Generator().manual_seed(8)
+    for shape, (ph, pw) in (((2, 3, 5, 7), (1, 1)), ((1, 2, 4, 300), (2, 0)),
+                            ((3, 1, 9, 254), (0, 1)), ((1, 1, 1, 1), (3, 2))):
+        X = torch.randn(*shape, generator=g)
+        X[0, 0, 0, 0] = float("nan")
+        X.view(-1)[-1] = float("inf")
+        for Xc in (X, X.to(memory_format=torch.channels_last), X.transpose(2, 3)):
+            Xd = Xc.to(DEV)
+            got = zero_pad(Xd, ph, pw)
+            want = torch.nn.functional.pad(Xd, (pw, pw, ph, ph))
+            assert got.is_contiguous() and got.shape == want.shape
+            assert torch.equal(got.cpu().nan_to_num(), want.cpu().nan_to_num())
+            assert torch.equal(got.isnan().cpu(), want.isnan().cpu())

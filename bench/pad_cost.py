@@ -1,0 +1,63 @@
+"""What the padded-input convolution kernel pays for its copy of X.
+
+    python -m bench.pad_cost --dlmc DIR [--batches 1,8] [--out pad_cost.csv]
+
+For each DLMC ResNet-50 3x3 layer (90%) and batch: the CUDA-graph median of the zero-padded
+copy alone (``sparsert_triton.padding.zero_pad``, what ``pad_input`` adds to every call; and
+``F.pad``, which it replaced) and of the whole default sparse convolution (copy included), so
+``copy_us / sparse_us`` is the copy's share.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import torch
+
+from bench.conv_bench import layers
+from bench.timing import require_cuda, time_system
+from dsl import Schedule, conv2d
+from sparsert_triton import sparse_kernel
+from sparsert_triton.padding import zero_pad
+
+COLUMNS = ["layer", "C_in", "H", "batch", "stride", "copy_us", "torch_pad_us", "sparse_us",
+           "copy_share"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dlmc", required=True)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--out", default="bench/results/pad_cost_h100.csv")
+    a = ap.parse_args(argv)
+    require_cuda()
+    rows = []
+    for name, p, C_in, C_out, H, stride in layers(Path(a.dlmc), "0.9"):
+        k = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1),
+                          schedule=Schedule(mode="table")).specialize(
+            p.with_values(seed=0), kernel_size=(C_in, 3, 3), order="hwc")
+        for B in (int(b) for b in a.batches.split(",")):
+            X = torch.randn(B, C_in, H, H, device="cuda")
+            nbytes = 2 * X.numel() * 4
+            copy = time_system(lambda x: lambda: zero_pad(x, 1, 1), X, nbytes).median_us
+            torch_pad = time_system(lambda x: lambda: torch.nn.functional.pad(x, (1, 1, 1, 1)),
+                                    X, nbytes).median_us
+            k(X)                                    # build and compile outside the timing
+            whole = time_system(lambda x: lambda: k(x), X, nbytes).median_us
+            assert k.last_plan.pad_input
+            rows.append(dict(layer=name, C_in=C_in, H=H, batch=B, stride=stride,
+                             copy_us=f"{copy:.2f}", torch_pad_us=f"{torch_pad:.2f}",
+                             sparse_us=f"{whole:.2f}",
+                             copy_share=f"{copy / whole:.2f}"))
+            print(f"{name} b{B}: copy {copy:.2f} us (F.pad {torch_pad:.2f}) of {whole:.2f} us",
+                  flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.out, "w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The zero-padded copy of a convolution's input (``pad_input``), in one kernel.
+
+``Xp[b, c, y, x] = X[b, c, y - ph, x - pw]`` inside the image and 0 on the border, for
+``Xp`` of shape (B, C, H + 2 ph, W + 2 pw), contiguous. ``torch.nn.functional.pad`` does the
+same with two kernels (a fill, then a copy of the interior); here each output element is
+written once, reading X through its strides (any memory layout).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .compile import interpreting
+from .direct import Launcher
+
+
+@triton.jit
+def _zero_pad_kernel(X, Y, ROWS, C, H, W, Hp, Wp, ph, pw, sxb, sxc, sxh, sxw,
+                     BR: tl.constexpr, BW: tl.constexpr):
+    """A (BR x BW) tile of padded rows: row r of Y's (B*C*Hp) x Wp view, columns pid1*BW..."""
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    x = tl.program_id(1) * BW + tl.arange(0, BW)
+    y = r % Hp
+    plane = r // Hp
+    b = plane // C
+    c = plane - b * C
+    iy = (y - ph)[:, None]
+    ix = (x - pw)[None, :]
+    inside = (r < ROWS)[:, None] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+    src = (b * sxb + c * sxc)[:, None] + iy * sxh + ix * sxw
+    v = tl.load(X + src, mask=inside, other=0.0)
+    tl.store(Y + r[:, None] * Wp + x[None, :], v, mask=(r < ROWS)[:, None] & (x < Wp)[None, :])
+
+
+#: one direct launcher per tile shape (the shape is a compile-time constant of the kernel, and
+#: the launcher's cache key does not see constants)
+_launchers = {}
+
+
+def zero_pad(X: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """X (B, C, H, W) zero-padded by ``ph`` rows and ``pw`` columns on each side, contiguous."""
+    B, C, H, W = X.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Y = torch.empty((B, C, Hp, Wp), dtype=X.dtype, device=X.device)
+    rows = B * C * Hp
+    if rows == 0 or Wp == 0:
+        return Y
+    BW = min(256, triton.next_power_of_2(Wp))
+    BR = max(1, 2048 // BW)
+    grid = (triton.cdiv(rows, BR), triton.cdiv(Wp, BW))
+    args = (X, Y, rows, C, H, W, Hp, Wp, ph, pw, *X.stride(), BR, BW)
+    launcher = _launchers.get((BR, BW))
+    if launcher is None:
+        launcher = _launchers[(BR, BW)] = Launcher()
+        launcher.enabled = not interpreting()
+    launcher(_zero_pad_kernel, grid, args, dict(num_warps=4), X.device)
+    return Y
