@@ -70,8 +70,8 @@ tap_segments
     its next tap while they are still in L1. Default: on. Ignored by ``W @ X``.
 pad_input
     Convolutions, in the one-row table kernel and the unrolled modes: copy X once per call into
-    a zero-padded contiguous buffer (one copy kernel, by the convolution's padding; no copy for padding
-    0 and a contiguous X), so that every nonzero ``(c_in, dy, dx)`` reads it at one constant
+    a buffer zero-padded by the convolution's padding (one copy kernel; none for padding 0 and
+    a contiguous X), so that every nonzero ``(c_in, dy, dx)`` reads it at one constant
     offset ``c_in*Hp*Wp + dy*dh*Wp + dx*dw``, without an in-image mask: in the table (each row's
     nonzeros one loop of unmasked loads, no per-tap segments; replaces ``tap_segments``) or in
     the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
