@@ -25,6 +25,35 @@ COLUMNS = ["layer", "C_in", "H", "batch", "stride", "copy_us", "torch_pad_us", "
            "copy_share"]
 
 
+def measure(dlmc: Path, batches, device="cuda", timer=None) -> list:
+    """One row per (layer, batch); ``timer(make_call, X, nbytes)`` -> microseconds (default:
+    CUDA-graph medians). Each copy is checked against ``F.pad`` before it is timed."""
+    timer = timer or (lambda make_call, X, nbytes: time_system(make_call, X, nbytes).median_us)
+    rows = []
+    for name, p, C_in, C_out, H, stride in layers(Path(dlmc), "0.9"):
+        k = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1),
+                          schedule=Schedule(mode="table")).specialize(
+            p.with_values(seed=0), kernel_size=(C_in, 3, 3), order="hwc")
+        for B in batches:
+            X = torch.randn(B, C_in, H, H, device=device)
+            if not torch.equal(zero_pad(X, 1, 1), torch.nn.functional.pad(X, (1, 1, 1, 1))):
+                raise AssertionError(f"{name}: the padded copy differs from F.pad")
+            nbytes = 2 * X.numel() * 4
+            copy = timer(lambda x: lambda: zero_pad(x, 1, 1), X, nbytes)
+            torch_pad = timer(lambda x: lambda: torch.nn.functional.pad(x, (1, 1, 1, 1)),
+                              X, nbytes)
+            k(X)                                    # build and compile outside the timing
+            if not k.last_plan.pad_input:
+                raise AssertionError(f"{name}: the default plan does not pad the input")
+            whole = timer(lambda x: lambda: k(x), X, nbytes)
+            rows.append(dict(layer=name, C_in=C_in, H=H, batch=B, stride=stride,
+                             copy_us=f"{copy:.2f}", torch_pad_us=f"{torch_pad:.2f}",
+                             sparse_us=f"{whole:.2f}", copy_share=f"{copy / whole:.2f}"))
+            print(f"{name} b{B}: copy {copy:.2f} us (F.pad {torch_pad:.2f}) of {whole:.2f} us",
+                  flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--dlmc", required=True)
@@ -32,26 +61,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/pad_cost_h100.csv")
     a = ap.parse_args(argv)
     require_cuda()
-    rows = []
-    for name, p, C_in, C_out, H, stride in layers(Path(a.dlmc), "0.9"):
-        k = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1),
-                          schedule=Schedule(mode="table")).specialize(
-            p.with_values(seed=0), kernel_size=(C_in, 3, 3), order="hwc")
-        for B in (int(b) for b in a.batches.split(",")):
-            X = torch.randn(B, C_in, H, H, device="cuda")
-            nbytes = 2 * X.numel() * 4
-            copy = time_system(lambda x: lambda: zero_pad(x, 1, 1), X, nbytes).median_us
-            torch_pad = time_system(lambda x: lambda: torch.nn.functional.pad(x, (1, 1, 1, 1)),
-                                    X, nbytes).median_us
-            k(X)                                    # build and compile outside the timing
-            whole = time_system(lambda x: lambda: k(x), X, nbytes).median_us
-            assert k.last_plan.pad_input
-            rows.append(dict(layer=name, C_in=C_in, H=H, batch=B, stride=stride,
-                             copy_us=f"{copy:.2f}", torch_pad_us=f"{torch_pad:.2f}",
-                             sparse_us=f"{whole:.2f}",
-                             copy_share=f"{copy / whole:.2f}"))
-            print(f"{name} b{B}: copy {copy:.2f} us (F.pad {torch_pad:.2f}) of {whole:.2f} us",
-                  flush=True)
+    rows = measure(Path(a.dlmc), [int(b) for b in a.batches.split(",")])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     with open(a.out, "w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS)

@@ -99,3 +99,16 @@ def test_cudnn_flags_are_restored():
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == \
             (not before[0], not before[1])
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == before
+
+
+def test_pad_cost_rows(tmp_path):
+    """bench/pad_cost.py's whole path on the CPU with a fake timer: every layer and batch gets
+    a row, after its copy was checked against F.pad and its plan was the padded kernel."""
+    from bench.pad_cost import COLUMNS, measure
+    times = iter(range(1, 100))
+    rows = measure(_dlmc(tmp_path), [1, 2], device=DEV,
+                   timer=lambda make_call, X, nbytes: (make_call(X)(), float(next(times)))[1])
+    assert len(rows) == 6 and all(set(r) == set(COLUMNS) for r in rows)
+    assert [(r["copy_us"], r["torch_pad_us"], r["sparse_us"]) for r in rows[:1]] == \
+        [("1.00", "2.00", "3.00")]
+    assert rows[0]["copy_share"] == "0.33"
