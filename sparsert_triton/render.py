@@ -330,21 +330,29 @@ def _table_step(b: Buffer, low: Lowered):
     _table_fma(b, low)
 
 
-def _table_chunks_prefetched(b: Buffer, low: Lowered, U: int):
-    """The hot loop with the next chunk's columns and values loaded one step ahead, so the
-    column -> X-row load chain of a step overlaps the previous step's loads and FMAs (the
-    tables are padded by a chunk: the last prefetch stays in bounds)."""
+def _prefetched(b: Buffer, U: int, loop: str, first: str, index, fma, names):
+    """``loop`` over chunks of ``U`` nonzeros with the next chunk's columns and values loaded
+    one step ahead, so the column -> X-row load chain of a step overlaps the previous step's
+    loads and FMAs. ``index(at, s)`` loads entry ``at`` into ``names`` suffixed ``s`` (the first
+    chunk at ``first + t``, the next one at ``j + U + t``); ``fma(s)`` consumes them."""
     for t in range(U):
-        _table_index(b, low, f"start + {t}", str(t))
-    with b.indent(f"for j in range(start, full, {U}):"):
+        index(f"{first}{t}", str(t))
+    with b.indent(loop):
         for t in range(U):
-            _table_index(b, low, f"j + {U + t}", f"_next{t}")
+            index(f"j + {U + t}", f"_next{t}")
         for t in range(U):
-            _table_fma(b, low, str(t))
-        names = ["nz"] if low.plan.packs_nonzeros(low.signature) else ["c", "w"]
+            fma(str(t))
         for t in range(U):
             for n in names:
                 b(f"{n}{t} = {n}_next{t}")
+
+
+def _table_chunks_prefetched(b: Buffer, low: Lowered, U: int):
+    """The one-row kernel's hot loop, prefetched (the tables are padded by a chunk: the last
+    prefetch stays in bounds)."""
+    _prefetched(b, U, f"for j in range(start, full, {U}):", "start + ",
+                lambda at, s: _table_index(b, low, at, s), lambda s: _table_fma(b, low, s),
+                ["nz"] if low.plan.packs_nonzeros(low.signature) else ["c", "w"])
 
 
 def _table_x_tile(b: Buffer, low: Lowered):
@@ -476,18 +484,20 @@ def _store_row(b: Buffer, low: Lowered, ops):
           "mask=nmask)")
 
 
-def _split_index(b: Buffer, low: Lowered, at: str, s: str):
-    """The columns and values of the ``split_k`` parts' nonzeros at ``first + at`` (zero past
-    each part's end): ``cols{s}``, ``w{s}``, ``kmask{s}``."""
+def _tile_index(b: Buffer, low: Lowered, at: str, s: str = ""):
+    """The columns and values of the nonzeros at ``first + at``, one per row of a tile (zero
+    past ``stop``): ``cols{s}``, ``w{s}``, ``kmask{s}``."""
     b(f"kk = first + {at}")
     b(f"kmask{s} = kk < stop")
     b(f"cols{s} = tl.load(COLS + kk, mask=kmask{s}, other=0)")
     b(f"w{s} = tl.load(VALS + kk, mask=kmask{s}, other=0.0){cvt(low.signature.w_dtype, low.signature)}")
 
 
-def _split_fma(b: Buffer, low: Lowered, s: str):
-    b(f"cols = cols{s}")
-    b(f"kmask = kmask{s}")
+def _tile_fma(b: Buffer, low: Lowered, s: str = ""):
+    """``acc[i, :] += w[i] * X[cols[i], tile]`` for the entries loaded by ``_tile_index``."""
+    if s:
+        b(f"cols = cols{s}")
+        b(f"kmask = kmask{s}")
     _table_x_tile(b, low)
     b(f"acc += w{s}[:, None] * x{cvt(low.signature.x_dtype, low.signature)}")
 
@@ -512,22 +522,15 @@ def _render_table_split(b: Buffer, k: TableKernel, low: Lowered):
             b("first = start + sk * part")
             b("stop = tl.minimum(first + part, start + length)")
             b(f"acc = tl.zeros([{S}, {BN}], {TL_DTYPES[sig.acc_dtype]})")
-            if p.prefetch:   # the next chunk's columns and values loaded one step ahead
-                for t in range(U):
-                    _split_index(b, low, str(t), str(t))
-                with b.indent(f"for j in range(0, part, {U}):"):
-                    for t in range(U):
-                        _split_index(b, low, f"j + {U + t}", f"_next{t}")
-                    for t in range(U):
-                        _split_fma(b, low, str(t))
-                    for t in range(U):
-                        for n in ("cols", "w", "kmask"):
-                            b(f"{n}{t} = {n}_next{t}")
+            if p.prefetch:
+                _prefetched(b, U, f"for j in range(0, part, {U}):", "",
+                            lambda at, s: _tile_index(b, low, at, s),
+                            lambda s: _tile_fma(b, low, s), ("cols", "w", "kmask"))
             else:
                 with b.indent(f"for j in range(0, part, {U}):"):
                     for t in range(U):
-                        _split_index(b, low, f"j + {t}", str(t))
-                        _split_fma(b, low, str(t))
+                        _tile_index(b, low, f"j + {t}", str(t))
+                        _tile_fma(b, low, str(t))
             b("acc = tl.sum(acc, axis=0)")
             _store_row(b, low, ops)
 
@@ -554,20 +557,16 @@ def _render_table_parallel(b: Buffer, k: TableKernel, low: Lowered):
         with b.indent(f"for blk in range(0, {R}, {P}):"):
             b(f"slot = g * {R} + blk + p")
             b("rows = tl.load(ROWS + slot)")
-            b("start = tl.load(STARTS + slot)")
+            b("first = tl.load(STARTS + slot)")
             b("length = tl.load(LENGTHS + slot)")
+            b("stop = first + length")
             b(f"acc = tl.zeros([{P}, {BN}], {acc_t})")
             # rows of a block have similar lengths (row_order "nnz"): the loop runs to the
             # longest, shorter rows are masked for their last steps
             with b.indent(f"for j in range(0, tl.max(length, axis=0), {U}):"):
                 with b.indent(f"for t in tl.static_range({U}):"):
-                    b("kmask = j + t < length")
-                    b("k = start + j + t")
-                    b("cols = tl.load(COLS + k, mask=kmask, other=0)")
-                    _table_x_tile(b, low)
-                    b(f"w = tl.load(VALS + k, mask=kmask, other=0.0)"
-                      f"{cvt(sig.w_dtype, sig)}")
-                    b(f"acc += w[:, None] * x{cvt(sig.x_dtype, sig)}")
+                    _tile_index(b, low, "j + t")
+                    _tile_fma(b, low)
             _store_tile(b, low, ops)
 
 
