@@ -235,7 +235,8 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False) -> 
             (first if i == 0 and bn == bn_main else second).append(s)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
                            row_order="nnz", num_warps=4, num_stages=3))
-    # the prefetched tail (not measured on a GPU yet: timed here like every candidate)
+    # the prefetched tail (measured on convolutions only, where it helps with the padded
+    # input; on W @ X timed here like every candidate)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
                            row_order="nnz", num_warps=max(1, bn_main // 128),
                            prefetch=True, prefetch_tail=True))
