@@ -76,6 +76,13 @@ pad_input
     nonzeros one loop of unmasked loads, no per-tap segments; replaces ``tap_segments``) or in
     the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
     the input's spatial size. Ignored by ``W @ X``.
+streams
+    Unrolled modes cut into several kernels (``max_functions_per_kernel``): run up to this
+    many of them side by side on CUDA streams forked from the caller's stream and joined back
+    to it before the call returns (CUDA-graph safe), instead of one after another; each
+    kernel holds a few row groups, i.e. too few programs to fill the GPU alone. 1 (the
+    default) launches them in sequence. The result does not depend on it; a table variant is
+    one kernel (ignored there).
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -117,6 +124,7 @@ class Schedule:
     prefetch_tail: Union[bool, str] = AUTO
     bake_strides: Union[bool, str] = AUTO
     pad_input: Union[bool, str] = AUTO
+    streams: int = 1
 
     def __post_init__(self):
         if self.mode not in MODES + (AUTO,):
@@ -126,7 +134,7 @@ class Schedule:
                              f"got {self.row_order!r}")
         for name in ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
                      "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
-                     "split_k"):
+                     "split_k", "streams"):
             v = getattr(self, name)
             if v == AUTO:
                 continue

@@ -99,6 +99,14 @@ class Variant:
         return bufs
 
 
+def _code_fields(plan: Plan) -> dict:
+    """The plan's fields that shape the generated code (the cache key's share of the plan):
+    all but ``streams``, which only says how the kernels are launched."""
+    d = asdict(plan)
+    d.pop("streams")
+    return d
+
+
 class SpecializedKernel:
     """A DSL program specialised to one sparse weight. Call it as ``k(X, *operands)``."""
 
@@ -153,7 +161,7 @@ class SpecializedKernel:
         key = cache.make_key(
             mask=self.weight.mask_digest(),
             values=self.weight.values_digest() if plan.mode == "values" else None,
-            plan=asdict(plan), signature=repr(sig), program=repr(self.program.out),
+            plan=_code_fields(plan), signature=repr(sig), program=repr(self.program.out),
             conv=repr(self.conv), x_strides=baked, device=cap, spatial=spatial)
         hit = cache.load(key)
         if hit is None:

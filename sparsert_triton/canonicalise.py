@@ -138,4 +138,4 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
-                pad_input=bool(pad), split_k=split)
+                pad_input=bool(pad), split_k=split, streams=int(s.streams))

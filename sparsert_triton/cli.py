@@ -213,6 +213,9 @@ def _add_schedule_options(p):
     g.add_argument("--max-functions", type=_positive_int, default=None, metavar="F",
                    help="unrolled modes: functions per kernel (default "
                         f"{Schedule().max_functions_per_kernel})")
+    g.add_argument("--streams", type=_positive_int, default=1, metavar="S",
+                   help="unrolled modes cut into several kernels: run up to S of them side by "
+                        "side on CUDA streams (default 1: in sequence)")
 
 
 #: Schedule switches given as --flag auto|on|off: (flag, help); the field is the flag's
@@ -244,6 +247,7 @@ def schedule_from_args(args):
         bounds["max_functions_per_kernel"] = args.max_functions
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
                     row_order=args.row_order, chunk=args.chunk, split_k=args.split_k,
+                    streams=args.streams,
                     allow_tf32=args.allow_tf32,
                     num_warps=args.num_warps, num_stages=args.num_stages, **switches, **bounds)
 

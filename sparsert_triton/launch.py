@@ -161,6 +161,36 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     if first and len(launches) > 1 and compile_workers() > 1 and not interpreting():
         warm_in_parallel(variant, launches, opts, fast, compile_workers())
     with (triton_cache_scope() if first else nullcontext()), fast_pipeline(first and fast):
-        for fn, grid, args in launches:
-            variant.launcher(fn, grid, args, opts, X.device)
+        if plan.streams > 1 and len(launches) > 1 and X.is_cuda:
+            side_by_side([lambda f=fn, g=grid, a=args: variant.launcher(f, g, a, opts, X.device)
+                          for fn, grid, args in launches], X.device, plan.streams)
+        else:
+            for fn, grid, args in launches:
+                variant.launcher(fn, grid, args, opts, X.device)
     variant.launched = True
+
+
+#: side streams per device, created on first use and kept (a stream is cheap to keep, costly
+#: to create per call)
+_side_streams = {}
+
+
+def side_by_side(launches, device: torch.device, streams: int):
+    """Run ``launches`` (callables that each launch one kernel on the current stream) on up
+    to ``streams`` side streams: every side stream first waits for the caller's stream (the
+    inputs are ready), the launches go round-robin onto them, and the caller's stream then
+    waits for every side stream used (the output is complete before anything the caller runs
+    next). Works under CUDA-graph capture (a fork and a join of the captured stream)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    pool = _side_streams.setdefault(index, [])
+    used = min(streams, len(launches))
+    while len(pool) < used:
+        pool.append(torch.cuda.Stream(index))
+    main = torch.cuda.current_stream(index)
+    for s in pool[:used]:
+        s.wait_stream(main)
+    for i, launch in enumerate(launches):
+        with torch.cuda.stream(pool[i % used]):
+            launch()
+    for s in pool[:used]:
+        main.wait_stream(s)

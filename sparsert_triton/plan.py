@@ -36,6 +36,7 @@ class Plan:
     bake_strides: bool = False
     pad_input: bool = False
     split_k: int = 1
+    streams: int = 1
 
     def __post_init__(self):
         def bad(msg):
@@ -92,6 +93,8 @@ class Plan:
                 "input): set tap_segments=False")
         if self.prefetch_tail and not self.prefetch:
             bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
+        if not 1 <= self.streams <= 32:
+            bad(f"streams must be in 1..32, got {self.streams}")
         if not 1 <= self.num_stages <= 8:
             bad(f"num_stages must be in 1..8, got {self.num_stages}")
 

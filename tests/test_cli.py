@@ -268,3 +268,11 @@ def test_prefetch_tail_option_changes_the_kernel(capsys):
     assert rc == 0, err
     assert "valid = " in on and "for k in range(full, end):" not in on
     assert "valid = " not in off and "for k in range(full, end):" in off
+
+
+def test_streams_option_reaches_the_schedule(capsys):
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--streams", "3")
+    assert rc == 0, err
+    assert "streams=3" in out
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--streams", "0")
+    assert rc != 0 and "positive integer" in err
