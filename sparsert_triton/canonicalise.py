@@ -138,4 +138,5 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
-                pad_input=bool(pad), split_k=split, streams=int(s.streams))
+                pad_input=bool(pad), split_k=split,
+                streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams))

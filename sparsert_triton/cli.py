@@ -213,9 +213,9 @@ def _add_schedule_options(p):
     g.add_argument("--max-functions", type=_positive_int, default=None, metavar="F",
                    help="unrolled modes: functions per kernel (default "
                         f"{Schedule().max_functions_per_kernel})")
-    g.add_argument("--streams", type=_positive_int, default=1, metavar="S",
+    g.add_argument("--streams", type=_int_or_auto, default="auto", metavar="S",
                    help="unrolled modes cut into several kernels: run up to S of them side by "
-                        "side on CUDA streams (default 1: in sequence)")
+                        "side on CUDA streams (auto: 8; 1: in sequence)")
 
 
 #: Schedule switches given as --flag auto|on|off: (flag, help); the field is the flag's

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from dsl import relu
 from sparsert_triton import Schedule, sparse_kernel
 
 
@@ -40,6 +41,9 @@ def test_streams_are_validated():
                  "float32")
     s = Schedule(mode="values", streams=3)
     assert eval(repr(s), {"Schedule": Schedule}) == s
+    w = as_sparse_weight(torch.eye(8))
+    assert plan_for(Schedule(mode="values"), w, 16, "float32").streams == 8   # the default
+    assert plan_for(Schedule(mode="table"), w, 16, "float32").streams == 1    # one kernel
 
 
 @pytest.mark.gpu
@@ -65,7 +69,7 @@ def test_side_by_side_forks_and_joins_the_callers_stream():
 @pytest.mark.gpu
 def test_streams_under_cuda_graph_capture():
     W = _weight(96, 200, 0.1, seed=2)
-    k = sparse_kernel(lambda W, X: torch.relu(W @ X), schedule=_unrolled(3)).specialize(W)
+    k = sparse_kernel(lambda W, X: relu(W @ X), schedule=_unrolled(3)).specialize(W)
     X = torch.randn(200, 300, device="cuda")
     k(X)                                            # compile outside the capture
     torch.cuda.synchronize()
