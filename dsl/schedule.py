@@ -81,9 +81,10 @@ streams
     many of them side by side on CUDA streams forked from the caller's stream and joined back
     to it before the call returns (CUDA-graph safe); each kernel holds a few row groups, i.e.
     too few programs to fill the GPU alone. 1 launches them in sequence. Default: 8 for the
-    unrolled modes (H100: 2.4-5x faster than in sequence on DLMC ResNet-50 3x3 layers,
-    ``bench/results/conv_h100_unrolled_streams_tune.jsonl``); a table variant is one kernel.
-    The result does not depend on it.
+    unrolled modes (H100: 1.9-5.2x faster on the GPU than in sequence on DLMC ResNet-50 3x3
+    layers and a 16-kernel matmul, ``bench/results/conv_h100_unrolled_streams_tune.jsonl``,
+    ``streams_latency_h100.txt``; in eager calls ~30 us more host time per kernel); a table
+    variant is one kernel. The result does not depend on it.
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).

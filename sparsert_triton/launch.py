@@ -187,10 +187,11 @@ def side_by_side(launches, device: torch.device, streams: int):
     while len(pool) < used:
         pool.append(torch.cuda.Stream(index))
     main = torch.cuda.current_stream(index)
+    fork = main.record_event()          # one event for every side stream to wait on
     for s in pool[:used]:
-        s.wait_stream(main)
+        s.wait_event(fork)
     for i, launch in enumerate(launches):
         with torch.cuda.stream(pool[i % used]):
             launch()
     for s in pool[:used]:
-        main.wait_stream(s)
+        main.wait_event(s.record_event())

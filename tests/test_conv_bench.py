@@ -112,3 +112,13 @@ def test_pad_cost_rows(tmp_path):
     assert [(r["copy_us"], r["torch_pad_us"], r["sparse_us"]) for r in rows[:1]] == \
         [("1.00", "2.00", "3.00")]
     assert rows[0]["copy_share"] == "0.33"
+
+
+def test_streams_latency_rows():
+    """bench/streams_latency.py's path on the CPU (interpreter, a fake graph timer): one
+    checked row per setting, the variant cut into several kernels."""
+    from bench.streams_latency import COLUMNS, measure
+    rows = measure(M=24, K=20, N=9, density=0.3, streams=(1, 3), device="cpu", calls=2,
+                   graph_timer=lambda call: 1.0)
+    assert [r["streams"] for r in rows] == [1, 3]
+    assert all(set(r) == set(COLUMNS) and r["kernels"] > 1 for r in rows)
