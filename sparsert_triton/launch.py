@@ -175,23 +175,25 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
 _side_streams = {}
 
 
-def side_by_side(launches, device: torch.device, streams: int):
+def side_by_side(launches, device: torch.device, streams: int, cuda=None):
     """Run ``launches`` (callables that each launch one kernel on the current stream) on up
     to ``streams`` side streams: every side stream first waits for the caller's stream (the
     inputs are ready), the launches go round-robin onto them, and the caller's stream then
     waits for every side stream used (the output is complete before anything the caller runs
-    next). Works under CUDA-graph capture (a fork and a join of the captured stream)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    pool = _side_streams.setdefault(index, [])
+    next). Works under CUDA-graph capture (a fork and a join of the captured stream).
+    ``cuda``: the stream API (``torch.cuda``; a stand-in in the CPU tests)."""
+    cuda = cuda or torch.cuda
+    index = device.index if device.index is not None else cuda.current_device()
+    pool = _side_streams.setdefault((cuda, index), [])
     used = min(streams, len(launches))
     while len(pool) < used:
-        pool.append(torch.cuda.Stream(index))
-    main = torch.cuda.current_stream(index)
+        pool.append(cuda.Stream(index))
+    main = cuda.current_stream(index)
     fork = main.record_event()          # one event for every side stream to wait on
     for s in pool[:used]:
         s.wait_event(fork)
     for i, launch in enumerate(launches):
-        with torch.cuda.stream(pool[i % used]):
+        with cuda.stream(pool[i % used]):
             launch()
     for s in pool[:used]:
         main.wait_event(s.record_event())

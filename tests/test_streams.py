@@ -81,3 +81,66 @@ def test_streams_under_cuda_graph_capture():
         graph.replay()
         ref = torch.relu(W.double() @ X.double().cpu())
         torch.testing.assert_close(Y.double().cpu(), ref, rtol=1e-5, atol=1e-5)
+
+
+class _FakeCuda:
+    """Stands in for ``torch.cuda``'s stream API: records the order of stream operations."""
+
+    def __init__(self):
+        self.log, self.current = [], None
+        self.current = self.Stream(0, name="main")
+
+    def current_device(self):
+        return 0
+
+    def current_stream(self, index):
+        return self.current
+
+    def stream(self, s):
+        fake = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.prev, fake.current = fake.current, s
+
+            def __exit__(self, *exc):
+                fake.current = self.prev
+        return _Ctx()
+
+    def Stream(self, index, name=None):
+        fake = self
+
+        class _S:
+            def __init__(self):
+                self.name = name or f"side{sum(1 for e in fake.log if e[0] == 'new')}"
+                fake.log.append(("new", self.name))
+
+            def record_event(self):
+                fake.log.append(("record", self.name))
+                return self.name
+
+            def wait_event(self, ev):
+                fake.log.append(("wait", self.name, ev))
+        return _S()
+
+
+def test_side_by_side_orders_fork_launches_and_join():
+    """The ordering logic on the CPU: side streams wait on the caller's stream before any
+    launch, launches go round-robin, the caller waits on every side stream used, and the
+    caller's stream is current again afterwards."""
+    from sparsert_triton.launch import side_by_side
+    cuda = _FakeCuda()
+    main = cuda.current
+    cuda.log.clear()
+    side_by_side([lambda i=i: cuda.log.append(("launch", i, cuda.current.name))
+                  for i in range(5)], torch.device("cuda"), 3, cuda=cuda)
+    log = [e for e in cuda.log if e[0] != "new"]
+    assert log[0] == ("record", "main")
+    assert log[1:4] == [("wait", s, "main") for s in ("side0", "side1", "side2")]
+    assert [e[2] for e in log[4:9]] == ["side0", "side1", "side2", "side0", "side1"]
+    assert log[9:] == [e for s in ("side0", "side1", "side2")
+                       for e in (("record", s), ("wait", "main", s))]
+    assert cuda.current is main
+    n = len([e for e in cuda.log if e[0] == "new"])
+    side_by_side([lambda: None] * 2, torch.device("cuda"), 8, cuda=cuda)   # pool reused
+    assert len([e for e in cuda.log if e[0] == "new"]) == n
