@@ -12,7 +12,9 @@ plan), and unrolled schedules whose estimated compile time exceeds ``max_compile
 time of the unrolled modes is linear in the straight-line statements of the layout (one FMA per
 nonzero, one load per distinct ``X`` row of each part, one store per row;
 :func:`unrolled_statements`, with a cheap lower bound first), about ``COMPILE_S_PER_STATEMENT``
-seconds each on one core; builds already made in this process cost nothing. Candidates run in
+seconds each on one core (with ``SPARSERT_COMPILE_WORKERS``, a variant's kernels compile in
+parallel and the estimate is its longest kernel or an even share of the whole, whichever is
+longer); builds already made in this process cost nothing. Candidates run in
 priority order while the time budget lasts; each one's first result is checked against the
 float64 reference, then it is timed (median of CUDA-graph replays). The winner is stored as
 JSON in ``<cache>/tuned/`` under a key of (mask digest, N bucket = next power of two, dtypes,
@@ -40,7 +42,7 @@ from dsl import Schedule, ir
 from . import cache
 from .api import SparseKernel, SpecializedKernel, sparse_kernel
 from .canonicalise import plan_for
-from .compile import interpreting
+from .compile import compile_workers, interpreting
 from .launch import conv_signature_for, signature_for
 from .plan import Plan, Signature
 from .specialise import specialise
@@ -134,15 +136,25 @@ def _seconds(statements: int) -> float:
     return COMPILE_S_FIXED + COMPILE_S_PER_STATEMENT * statements
 
 
-def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = math.inf) -> float:
-    """Seconds a cold build of this plan is expected to take (one core). Unrolled plans are
-    counted exactly (by specialising) unless the lower bound already exceeds ``exact_below``."""
+def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = math.inf,
+                       workers: Optional[int] = None) -> float:
+    """Seconds a cold build of this plan is expected to take. Unrolled plans are counted
+    exactly (by specialising) unless the lower bound already exceeds ``exact_below``. With
+    ``workers`` > 1 (default: ``SPARSERT_COMPILE_WORKERS``) a variant's kernels compile side by
+    side, so the build takes the longer of its largest kernel and an even share of the whole."""
     if plan.mode == "table":
         return TABLE_COMPILE_S
-    low = _seconds(statements_lower_bound(weight, plan.rows_per_program, plan.row_order))
+    workers = max(1, compile_workers() if workers is None else int(workers))
+    low = _seconds(statements_lower_bound(weight, plan.rows_per_program, plan.row_order) / workers)
     if low > exact_below:
         return low
-    return _seconds(unrolled_statements(weight, plan))
+    layout = specialise(weight, plan)
+    per_kernel = [sum(p.statements for g in layout.groups[a:b] for p in g.parts)
+                  for a, b in layout.kernels]
+    total = sum(per_kernel)
+    if workers == 1 or len(per_kernel) == 1:
+        return _seconds(total)
+    return _seconds(max(max(per_kernel), total / workers))
 
 
 # ------------------------------------------------------------------ search space

@@ -51,8 +51,28 @@ def test_statement_count_is_the_layouts_and_the_bound_is_below_it(R, order):
     assert T.unrolled_statements(w, plan) == exact
     assert w.nnz + w.M <= T.statements_lower_bound(w, R, "nnz" if order == "cluster" else order) <= exact \
         or order == "cluster"
-    assert T.estimate_compile_s(w, plan) == pytest.approx(
+    assert T.estimate_compile_s(w, plan, workers=1) == pytest.approx(
         T.COMPILE_S_FIXED + T.COMPILE_S_PER_STATEMENT * exact)
+
+
+def test_compile_estimate_with_workers_is_the_longest_kernel_or_an_even_share():
+    w = _weight(64, 48, 0.3, seed=3)
+    plan = plan_for(Schedule(mode="values", rows_per_program=4, max_statements_per_function=40,
+                             max_functions_per_kernel=6), w, 64, "float32")
+    layout = specialise(w, plan)
+    per_kernel = [sum(p.statements for g in layout.groups[a:b] for p in g.parts)
+                  for a, b in layout.kernels]
+    assert len(per_kernel) > 3
+    seconds = lambda s: T.COMPILE_S_FIXED + T.COMPILE_S_PER_STATEMENT * s
+    assert T.estimate_compile_s(w, plan, workers=1) == pytest.approx(seconds(sum(per_kernel)))
+    for n in (2, 64):
+        assert T.estimate_compile_s(w, plan, workers=n) == pytest.approx(
+            seconds(max(max(per_kernel), sum(per_kernel) / n)))
+    assert T.estimate_compile_s(w, plan, workers=64) < T.estimate_compile_s(w, plan, workers=2) \
+        < T.estimate_compile_s(w, plan, workers=1)
+    one = plan_for(Schedule(mode="values", rows_per_program=4, max_functions_per_kernel=1000),
+                   w, 64, "float32")                   # one kernel: nothing to share
+    assert T.estimate_compile_s(w, one, workers=8) == T.estimate_compile_s(w, one, workers=1)
 
 
 def test_compile_estimate_grows_with_nnz_and_table_is_flat():
