@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("triton.backends.nvidia")
 
@@ -44,7 +45,9 @@ CASES = {
 out = {}
 for name, (mode, dtype, fn, sched) in CASES.items():
     g = torch.Generator().manual_seed(0)
-    W = (torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.2)).to(dtype)
+    # drawn in float64: the float64 case's weights are not float32 numbers
+    W = (torch.randn(24, 40, generator=g, dtype=torch.float64)
+         * (torch.rand(24, 40, generator=g) < 0.2)).to(dtype)
     k = sparse_kernel(fn, schedule=Schedule(mode=mode, **sched)).specialize(W)
     X = torch.randn(40, 100).to(dtype)
     ops = [torch.randn(24).to(dtype)] if k.program.operands else []
@@ -119,6 +122,16 @@ def test_compiles_for_sm90(compiled, name):
             assert "mma" in ptx
         if name == "values_fp64":
             assert "fma.rn.f64" in ptx
+    if name == "values_fp64":   # every weight literal an exact float64 immediate (triton 3.6's
+        # tl.fma rounds a float literal to float32: float64 code keeps multiply and add)
+        import re
+        import struct
+        ptx = "".join(c["ptx"])
+        lits = [float(v) for v in re.findall(r"(?:\* |tl\.fma\(x\d+, )(-?[0-9][0-9.e+-]*)(?:$|,)",
+                                             c["source"], re.M)]
+        assert len(lits) > 10
+        hexes = lambda v: {"0d" + struct.pack(">d", u).hex().upper() for u in (v, -v)}
+        assert all(hexes(v) & set(re.findall(r"0d[0-9A-F]{16}", ptx)) for v in lits)
         if name == "values_column_loop":
             assert "%nctaid.x" in ptx       # the loop strides by the programs along N
 
@@ -160,3 +173,20 @@ def test_baked_strides_shrink_the_code(compiled):
     assert "xp + 100" in baked["source"] and "* sxk" not in baked["source"]
     assert _ops(baked["ptx"][0])["fma.rn.f32"] == _ops(passed["ptx"][0])["fma.rn.f32"]
     assert _instructions(baked["ptx"][0]) < 0.9 * _instructions(passed["ptx"][0])
+
+
+@pytest.mark.parametrize("mode", ["values", "indices"])
+def test_float64_weights_keep_their_precision_in_the_unrolled_code(mode):
+    """The unrolled multiply-adds must not round a float64 weight to float32 (triton 3.6's
+    ``tl.fma`` with a literal does; checked on its PTX in ``test_compiles_for_sm90``): 0.1 +
+    0.1 in float64, not 0.1f + 0.1f, and no ``tl.fma`` in float64 code."""
+    from sparsert_triton import Schedule, sparse_kernel
+    W = torch.tensor([[0.1, 0.1, 0.0]], dtype=torch.float64)
+    X = torch.ones(3, 5, dtype=torch.float64)
+    k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode=mode)).specialize(W)
+    Y = k(X)
+    assert torch.all((Y - 0.2).abs() < 1e-15), Y
+    assert "tl.fma" not in k.source
+    k32 = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode=mode)).specialize(W.float())
+    k32(X.float())
+    assert "tl.fma" in k32.source          # float32 accumulation: one fused op per nonzero

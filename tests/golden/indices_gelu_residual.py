@@ -26,7 +26,7 @@ def _g0_p0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, 
     x1 = tl.load(xp + 64, mask=nmask, other=0.0)
     a0 = x1 * tl.load(V + 1)
     x2 = tl.load(xp + 128, mask=nmask, other=0.0)
-    a1 += x2 * tl.load(V + 2)
+    a1 = tl.fma(x2, tl.load(V + 2), a1)
     tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn).to(Y.dtype.element_ty), mask=nmask)
     tl.store(Y + 1 * sym + yo, _epilogue(a1, 1, 0, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn).to(Y.dtype.element_ty), mask=nmask)
 

@@ -20,7 +20,7 @@ def _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     x0 = tl.load(xp, mask=nmask, other=0.0)
     a0 = x0 * 0.5
     x1 = tl.load(xp + 128, mask=nmask, other=0.0)
-    a0 += x1 * -1.25
+    a0 = tl.fma(x1, -1.25, a0)
     tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
@@ -40,9 +40,9 @@ def _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     x0 = tl.load(xp, mask=nmask, other=0.0)
     a0 = x0 * 2.0
     x1 = tl.load(xp + 128, mask=nmask, other=0.0)
-    a0 += x1 * 0.75
+    a0 = tl.fma(x1, 0.75, a0)
     x2 = tl.load(xp + 192, mask=nmask, other=0.0)
-    a0 += x2 * 3.0
+    a0 = tl.fma(x2, 3.0, a0)
     tl.store(Y + 2 * sym + yo, _epilogue(a0, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
