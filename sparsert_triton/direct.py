@@ -44,8 +44,10 @@ class Launcher:
         self.enabled = True
         self.stream_of = stream_of or (lambda device: torch.cuda.current_stream(device).cuda_stream)
 
-    def __call__(self, fn, grid, args, opts, device: torch.device):
-        key = (fn, device, spec_key(args))
+    def __call__(self, fn, grid, args, opts, device: torch.device, spec=None):
+        """Launch ``fn`` on ``grid``; ``spec``: ``spec_key(args)`` if the caller has it (one
+        computation for the several kernels of a variant, which share their arguments)."""
+        key = (fn, device, spec_key(args) if spec is None else spec)
         kernel = self.kernels.get(key) if self.enabled else None
         if kernel is None:
             kernel = fn[grid](*args, **opts)

@@ -11,6 +11,7 @@ from dsl import ir
 from .canonicalise import output_dtype
 from . import fastpasses
 from .compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
+from .direct import spec_key
 from .fastpasses import fast_pipeline
 from .plan import Signature
 from .weights import TORCH_DTYPES, WEIGHT_DTYPES, SparseWeight
@@ -150,23 +151,26 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     first = not variant.launched
+    args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = []
     for fn, groups in variant.kernels:
         if groups == 0:
             continue
         cols = min(nt, plan.column_programs) if plan.column_programs else nt
         grid = (groups, nt) if variant.table else (cols, groups)
-        launches.append((fn, grid, (X, *bufs, Y, *ops, *strides)))
+        launches.append((fn, grid, args))
+    # Triton's specialisation facts of the arguments, worked out once for all the kernels
+    spec = spec_key(args) if variant.launcher.enabled else None
     fast = fastpasses.applies(plan)
     if first and len(launches) > 1 and compile_workers() > 1 and not interpreting():
         warm_in_parallel(variant, launches, opts, fast, compile_workers())
     with (triton_cache_scope() if first else nullcontext()), fast_pipeline(first and fast):
         if plan.streams > 1 and len(launches) > 1 and X.is_cuda:
-            side_by_side([lambda f=fn, g=grid, a=args: variant.launcher(f, g, a, opts, X.device)
-                          for fn, grid, args in launches], X.device, plan.streams)
+            side_by_side([lambda f=fn, g=grid: variant.launcher(f, g, args, opts, X.device, spec)
+                          for fn, grid, _ in launches], X.device, plan.streams)
         else:
-            for fn, grid, args in launches:
-                variant.launcher(fn, grid, args, opts, X.device)
+            for fn, grid, _ in launches:
+                variant.launcher(fn, grid, args, opts, X.device, spec)
     variant.launched = True
 
 

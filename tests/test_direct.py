@@ -77,3 +77,41 @@ def test_launcher_reuses_a_kernel_only_for_the_same_specialisation():
     L.enabled = False                                          # off: always fn[grid]
     L(fn, (4, 2), (x, 5, 32), {"num_warps": 1}, dev)
     assert len(fn.compiles) == 4 and len(k.runs) == 1
+
+
+def test_launcher_takes_the_callers_specialisation_key():
+    from sparsert_triton.direct import Launcher
+    fn, L = _FakeJit(), Launcher(stream_of=lambda device: 0)
+    dev, x = torch.device("cpu"), torch.zeros(64)
+    L(fn, (1,), (x, 5), {}, dev, spec=spec_key([x, 5]))
+    L(fn, (1,), (x, 5), {}, dev, spec=spec_key([x, 5]))     # same key: direct
+    assert len(fn.compiles) == 1 and len(fn.compiles[0][3].runs) == 1
+    L(fn, (1,), (x, 5), {}, dev, spec=spec_key([x, 1]))     # another key: compiles again
+    assert len(fn.compiles) == 2
+
+
+def test_run_works_out_the_key_once_for_all_kernels_of_a_variant(monkeypatch):
+    """A variant's kernels share their arguments: one spec_key per call, the same for each."""
+    from sparsert_triton import Schedule, sparse_kernel
+    from sparsert_triton import launch
+    from sparsert_triton.plan import Signature
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 30, generator=g) * (torch.rand(40, 30, generator=g) < 0.3)
+    k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(
+        mode="values", rows_per_program=4, max_functions_per_kernel=2, streams=1)).specialize(W)
+    X, Y = torch.randn(30, 20), torch.empty(40, 20)
+    sig = Signature("float32", "float32", "float32", ())
+    v = k.variant(sig, 20, X.device, X.stride())
+    calls, keys = [], []
+
+    class Recording:
+        enabled = True
+
+        def __call__(self, fn, grid, args, opts, device, spec=None):
+            calls.append((fn, args, spec))
+    v.launcher = Recording()
+    counting = lambda args: keys.append(spec_key(args)) or keys[-1]
+    monkeypatch.setattr(launch, "spec_key", counting)
+    launch.run(v, X, Y, (), sig)
+    assert len(v.kernels) > 2 and len(calls) == len(v.kernels) and len(keys) == 1
+    assert all(spec == keys[0] and args is calls[0][1] for _, args, spec in calls)
