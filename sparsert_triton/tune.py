@@ -196,7 +196,13 @@ CONV_CANDIDATES = [
     # batch 8, 29.3 us vs 48.3 us for the padded table kernel (H100,
     # conv_h100_unrolled_streams_tune.jsonl)
     Schedule(mode="values", rows_per_program=32, block_n=128, num_warps=4,
-             max_statements_per_function=16384, max_functions_per_kernel=4, pad_input=True)]
+             max_statements_per_function=16384, max_functions_per_kernel=4, pad_input=True),
+    # 16-row groups, 2 warps x 64 columns, every group in one kernel: more, shorter code
+    # streams per SM; 256-channel layer at batch 8, 42.4 us vs 48.6-52.8 us for the table
+    # kernel, but a one-process build (140 s on the H100 host for 59k nonzeros): tried only
+    # under a large compile budget
+    Schedule(mode="values", rows_per_program=16, block_n=64, num_warps=2,
+             max_statements_per_function=16384, max_functions_per_kernel=64, pad_input=True)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
