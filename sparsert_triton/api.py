@@ -99,14 +99,6 @@ class Variant:
         return bufs
 
 
-def _code_fields(plan: Plan) -> dict:
-    """The plan's fields that shape the generated code (the cache key's share of the plan):
-    all but ``streams``, which only says how the kernels are launched."""
-    d = asdict(plan)
-    d.pop("streams")
-    return d
-
-
 class SpecializedKernel:
     """A DSL program specialised to one sparse weight. Call it as ``k(X, *operands)``."""
 
@@ -161,7 +153,7 @@ class SpecializedKernel:
         key = cache.make_key(
             mask=self.weight.mask_digest(),
             values=self.weight.values_digest() if plan.mode == "values" else None,
-            plan=_code_fields(plan), signature=repr(sig), program=repr(self.program.out),
+            plan=plan.code_fields(), signature=repr(sig), program=repr(self.program.out),
             conv=repr(self.conv), x_strides=baked, device=cap, spatial=spatial)
         hit = cache.load(key)
         if hit is None:
@@ -183,7 +175,7 @@ class SpecializedKernel:
         kernel, none for padding 0 and a contiguous X)."""
         ph, pw = self.conv.padding
         B, C, H, W = X.shape
-        shape = (B, C, H + 2 * ph, W + 2 * pw)
+        shape = (B, C, *self.conv.padded_size(H, W))
         if B * C * shape[2] * shape[3] > INT32_MAX:
             raise ValueError(f"X padded to {shape} has more than 2**31 elements; split the "
                              "batch into smaller calls")

@@ -165,12 +165,13 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     if first and len(launches) > 1 and compile_workers() > 1 and not interpreting():
         warm_in_parallel(variant, launches, opts, fast, compile_workers())
     with (triton_cache_scope() if first else nullcontext()), fast_pipeline(first and fast):
-        if plan.streams > 1 and len(launches) > 1 and X.is_cuda:
-            side_by_side([lambda f=fn, g=grid: variant.launcher(f, g, args, opts, X.device, spec)
-                          for fn, grid, _ in launches], X.device, plan.streams)
+        calls = [lambda f=fn, g=grid: variant.launcher(f, g, args, opts, X.device, spec)
+                 for fn, grid, _ in launches]
+        if plan.streams > 1 and len(calls) > 1 and X.is_cuda:
+            side_by_side(calls, X.device, plan.streams)
         else:
-            for fn, grid, _ in launches:
-                variant.launcher(fn, grid, args, opts, X.device, spec)
+            for call in calls:
+                call()
     variant.launched = True
 
 

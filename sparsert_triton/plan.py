@@ -7,6 +7,8 @@ from typing import Tuple
 from dsl.schedule import MODES, ROW_ORDERS, Schedule
 
 OPERAND_KINDS = ("number", "scalar", "row", "full")
+#: Plan fields that only say how the kernels are launched, not what code they are
+LAUNCH_ONLY = ("streams",)
 
 
 def _pow2(x: int) -> bool:
@@ -112,6 +114,11 @@ class Plan:
 
     def to_schedule(self) -> Schedule:
         return Schedule(**asdict(self))
+
+    def code_fields(self) -> dict:
+        """The fields that shape the generated code (the plan's share of the cache key and
+        of the source header): all but :data:`LAUNCH_ONLY`."""
+        return {k: v for k, v in asdict(self).items() if k not in LAUNCH_ONLY}
 
 
 @dataclass(frozen=True)

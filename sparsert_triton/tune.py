@@ -126,10 +126,17 @@ def statements_lower_bound(weight: SparseWeight, rows_per_program: int, row_orde
     return w.nnz + w.M + int(loads)
 
 
+def kernel_statements(weight: SparseWeight, plan: Plan) -> List[int]:
+    """The straight-line statements of each kernel of an unrolled plan, counted on its real
+    layout."""
+    layout = specialise(weight, plan)
+    return [int(sum(p.statements for g in layout.groups[a:b] for p in g.parts))
+            for a, b in layout.kernels]
+
+
 def unrolled_statements(weight: SparseWeight, plan: Plan) -> int:
     """The straight-line statements of an unrolled plan, counted on its real layout."""
-    layout = specialise(weight, plan)
-    return int(sum(p.statements for g in layout.groups for p in g.parts))
+    return sum(kernel_statements(weight, plan))
 
 
 def _seconds(statements: int) -> float:
@@ -148,9 +155,7 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
     low = _seconds(statements_lower_bound(weight, plan.rows_per_program, plan.row_order) / workers)
     if low > exact_below:
         return low
-    layout = specialise(weight, plan)
-    per_kernel = [sum(p.statements for g in layout.groups[a:b] for p in g.parts)
-                  for a, b in layout.kernels]
+    per_kernel = kernel_statements(weight, plan)
     total = sum(per_kernel)
     if workers == 1 or len(per_kernel) == 1:
         return _seconds(total)
