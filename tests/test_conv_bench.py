@@ -122,3 +122,27 @@ def test_streams_latency_rows():
                    graph_timer=lambda call: 1.0)
     assert [r["streams"] for r in rows] == [1, 3]
     assert all(set(r) == set(COLUMNS) and r["kernels"] > 1 for r in rows)
+
+
+def test_build_all_then_run_case_reports_the_parallel_build(tmp_path):
+    """``--jobs``: the unrolled schedules of every layer are built in worker processes first
+    (table schedules are not), and the timing run reports those build times."""
+    import csv
+    import io
+    from bench.conv_bench import COLUMNS, _paths, build_all, run_case
+    root = _dlmc(tmp_path)
+    cases = [(path, name, C_in, H, stride, p.nnz) for path, (name, p, C_in, _, H, stride)
+             in zip(_paths(root, "0.9"), layers(root, "0.9"))][:2]
+    scheds = [Schedule(mode="values", rows_per_program=2, block_n=32, persistent=1),
+              Schedule(mode="table")]
+    built = build_all(cases, scheds, "float32", 2, 10.0, device=DEV)
+    assert set(built) == {(name, repr(scheds[0])) for _, name, *_ in cases}
+    assert all(sec >= 0 for sec in built.values())
+    path, name, C_in, H, stride, _ = cases[0]
+    from sparsert_triton.dlmc import read_smtx
+    log = []
+    run_case(name, read_smtx(path), C_in, 3, H, stride, 1, "float32", "0.9", 10.0,
+             csv.DictWriter(io.StringIO(), COLUMNS), device=DEV,
+             timer=lambda make_call, X, nbytes: 1.0, log=log, schedules=scheds, prebuilt=built)
+    assert [e["build_s"] for e in log][0] == built[(name, repr(scheds[0]))]
+    assert "error" not in log[0] and "error" not in log[1], log
