@@ -4,9 +4,10 @@
         --section Occupancy --section WarpStateStats -k regex:sparse \
         python -m bench.profile_kernels --dlmc DIR [--conv]
 
-``--conv`` runs the direct sparse 3x3 convolution kernels instead (DLMC ResNet-50 layer
-``bottleneck_2_block_group3_1_1`` at 90%, 256 -> 256 channels, 14 x 14, batch 8): the
-padded-input kernel at 64 and 128 columns, and the tap-segment kernel.
+``--conv`` runs the direct sparse 3x3 convolution kernels instead (``CONV_CASES``: DLMC
+ResNet-50 layer ``bottleneck_2_block_group2_1_1`` at 90%, 128 -> 128 channels, 28 x 28,
+batch 8): the padded-input table kernel and the unrolled kernel (``scripts/gpu_ncu.sh`` reads
+their warp stall reasons).
 
 Each kernel is compiled and run once before the profiled launch (``--launch-skip`` is not
 needed: ncu profiles every matching launch; the first is the compile run, ignore it).
@@ -32,12 +33,15 @@ CASES = [
 
 
 CONV_CASES = [
-    # (sparsity, layer, batch, H, schedule): the default convolution schedule (the padded
-    # input), its 128-column form (the batch-8 winner there), and the tap-segment kernel it
-    # replaced
-    ("0.9", "bottleneck_2_block_group3_1_1", 8, 14, S(mode="table")),
-    ("0.9", "bottleneck_2_block_group3_1_1", 8, 14, S(mode="table", block_n=128)),
-    ("0.9", "bottleneck_2_block_group3_1_1", 8, 14, S(mode="table", tap_segments=True)),
+    # (sparsity, layer, batch, H, schedule): the padded-input table kernel and the one-kernel
+    # unrolled form (16-row groups, 2 warps x 64 columns) on a 128-channel layer at batch 8,
+    # where both were measured (29.4 and 48.1 us); the 256-channel layer of earlier reports
+    # builds its unrolled form in ~2 minutes, so it is not among them
+    ("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
+     S(mode="table", chunk=8, prefetch_tail=True, pad_input=True)),
+    ("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
+     S(mode="values", rows_per_program=16, block_n=64, num_warps=2,
+       max_statements_per_function=16384, max_functions_per_kernel=64, pad_input=True)),
 ]
 
 

@@ -89,14 +89,6 @@ column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
     0 (the default) means one program per column tile.
-persistent
-    Unrolled modes: launch this many programs per SM (a persistent grid) instead of one per
-    (row group, column tile). The work items, (group, tile) pairs in group-major order, are
-    cut into one contiguous run per program, and the programs that share an SM (launched
-    ``n_sm`` apart) get neighbouring runs: an SM then executes the straight-line code of one
-    or two row groups over and over, from its instruction cache, instead of every group's
-    code in turn. 0 (the default) launches one program per item. The result does not depend
-    on it (any placement of programs on SMs computes every item exactly once).
 num_warps, num_stages
     Passed to Triton.
 """
@@ -126,7 +118,6 @@ class Schedule:
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
     column_programs: int = 0
-    persistent: int = 0
     parallel_rows: int = 1
     split_k: int = 1
     pack_nonzeros: Union[bool, str] = AUTO
@@ -157,10 +148,10 @@ class Schedule:
                 setattr(self, name, v)
             if v < 1:
                 raise ValueError(f"Schedule.{name} must be >= 1, got {v}")
-        for name in ("column_programs", "persistent"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"Schedule.{name} must be an int >= 0, got {v!r}")
+        if isinstance(self.column_programs, bool) or not isinstance(self.column_programs, int) \
+                or self.column_programs < 0:
+            raise ValueError(f"Schedule.column_programs must be an int >= 0, "
+                             f"got {self.column_programs!r}")
         for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "prefetch_tail",
                      "use_dot", "pad_input"):
             v = getattr(self, name)

@@ -152,16 +152,12 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     first = not variant.launched
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
-    if plan.persistent:
-        n_sm = sm_count(X.device)
-        args += (n_sm,)
     launches = []
     for fn, groups in variant.kernels:
         if groups == 0:
             continue
         cols = min(nt, plan.column_programs) if plan.column_programs else nt
-        grid = ((groups, nt) if variant.table else (n_sm * plan.persistent,) if plan.persistent
-                else (cols, groups))
+        grid = (groups, nt) if variant.table else (cols, groups)
         launches.append((fn, grid, args))
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
     spec = spec_key(args) if variant.launcher.enabled else None
@@ -177,35 +173,6 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
             for call in calls:
                 call()
     variant.launched = True
-
-
-#: SMs assumed for a persistent grid off the GPU (the interpreter): any count is correct
-CPU_SMS = 4
-_sm_counts = {}
-
-
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device`` (``CPU_SMS`` for the CPU)."""
-    if device.type != "cuda":
-        return CPU_SMS
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _sm_counts:
-        _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _sm_counts[index]
-
-
-def persistent_runs(n_sm: int, per_sm: int, items: int) -> list:
-    """The ``[lo, hi)`` run of work items of each program of a persistent grid (what the
-    generated kernel computes): ``P = n_sm * per_sm`` programs, program ``p`` takes run
-    ``r = (p % n_sm) * per_sm + p // n_sm`` of ``items`` cut into ``P`` near-equal contiguous
-    runs. Programs ``p`` and ``p + n_sm`` are placed on one SM by a round-robin block
-    scheduler, so an SM's programs get neighbouring runs (mostly one row group)."""
-    P = n_sm * per_sm
-    runs = []
-    for p in range(P):
-        r = (p % n_sm) * per_sm + p // n_sm
-        runs.append((r * items // P, (r + 1) * items // P))
-    return runs
 
 
 #: side streams per device, created on first use and kept (a stream is cheap to keep, costly

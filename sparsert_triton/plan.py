@@ -30,7 +30,6 @@ class Plan:
     num_warps: int
     num_stages: int
     column_programs: int = 0
-    persistent: int = 0
     parallel_rows: int = 1
     pack_nonzeros: bool = False
     prefetch: bool = False
@@ -80,14 +79,6 @@ class Plan:
             bad(f"column_programs must be >= 0, got {self.column_programs}")
         if self.column_programs and self.mode == "table":
             bad("column_programs applies to the unrolled modes only")
-        if self.persistent:
-            if self.mode == "table":
-                bad("persistent applies to the unrolled modes only")
-            if self.column_programs:
-                bad("persistent replaces column_programs (each program walks a run of "
-                    "(group, tile) items): set column_programs=0")
-            if self.persistent > 32:
-                bad(f"persistent (programs per SM) must be <= 32, got {self.persistent}")
         if self.parallel_rows != 1:
             if self.mode != "table" or self.use_dot:
                 bad("parallel_rows applies to the table mode without use_dot only")

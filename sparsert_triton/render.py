@@ -248,32 +248,15 @@ def render_group(b: Buffer, fn: GroupFn, low: Lowered):
     b()
 
 
-def _dispatch(b: Buffer, groups, args: str, var: str = "pid"):
-    """Call the group function numbered ``var`` (a balanced ``if`` tree)."""
+def _dispatch(b: Buffer, groups, args: str):
     if len(groups) == 1:
         b(f"{groups[0][1].name}({args})")
         return
     mid = len(groups) // 2
-    with b.indent(f"if {var} < {groups[mid][0]}:"):
-        _dispatch(b, groups[:mid], args, var)
+    with b.indent(f"if pid < {groups[mid][0]}:"):
+        _dispatch(b, groups[:mid], args)
     with b.indent("else:"):
-        _dispatch(b, groups[mid:], args, var)
-
-
-def _persistent_loop(b: Buffer, k: UnrolledKernel, low: Lowered):
-    """A persistent program's run of (group, column tile) items (see
-    ``launch.persistent_runs``, which this mirrors): items ``g * nt + t`` in group-major
-    order, one contiguous run per program, neighbouring runs for the programs ``NSM`` apart
-    (which share an SM), so an SM keeps re-executing one group's code."""
-    per, P = low.plan.persistent, f"NSM * {low.plan.persistent}"
-    b(f"nt = tl.cdiv(N, {low.plan.block_n})")
-    b(f"items = {len(k.groups)} * nt")
-    b("pid = tl.program_id(0)")
-    b(f"run = ((pid % NSM) * {per} + pid // NSM).to(tl.int64)   # int64: run * items")
-    with b.indent(f"for item in range(run * items // ({P}), (run + 1) * items // ({P})):"):
-        b("g = (item // nt).to(tl.int32)")
-        b("pid_n = (item - g * nt).to(tl.int32)")
-        _dispatch(b, list(enumerate(k.groups)), _fn_params(low), "g")
+        _dispatch(b, groups[mid:], args)
 
 
 def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
@@ -282,15 +265,8 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
     for fn in k.groups:
         render_group(b, fn, low)
     b("@triton.jit")
-    params = _kernel_params(low, ['V']) + (", NSM" if low.plan.persistent else "")
-    with b.indent(f"def {k.name}({params}):"):
-        groups = f"Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}"
-        if low.plan.persistent:
-            b(f'"""{groups}: {low.plan.persistent} persistent programs per SM (NSM SMs)."""')
-            _persistent_loop(b, k, low)
-            b()
-            return
-        b(f'"""{groups}: one per program_id(1)."""')
+    with b.indent(f"def {k.name}({_kernel_params(low, ['V'])}):"):
+        b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per program_id(1)."""')
         b("pid = tl.program_id(1)")
         if low.plan.column_programs:
             # each program loops over its share of the column tiles: its group's code is

@@ -120,13 +120,11 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                                       else draw(st.booleans())),
                         pad_input=pad,
                         bake_strides=draw(st.sampled_from(["auto", True])))
-    persistent = draw(st.sampled_from([0, 0, 1, 3]))
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
-                    column_programs=0 if persistent else draw(st.sampled_from([0, 1, 2])),
-                    persistent=persistent,
+                    column_programs=draw(st.sampled_from([0, 1, 2])),
                     streams=draw(st.sampled_from([1, 3])),
                     bake_strides=draw(st.booleans()), pad_input=draw(st.booleans()))
 

@@ -41,8 +41,6 @@ CASES = {
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
     "values_column_loop": ("values", torch.float32, bias_relu,
                            dict(rows_per_program=8, column_programs=2)),
-    "values_persistent": ("values", torch.float32, bias_relu,
-                          dict(rows_per_program=8, persistent=2)),
 }
 out = {}
 for name, (mode, dtype, fn, sched) in CASES.items():
@@ -110,7 +108,7 @@ def compiled(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
-                                  "table_dot_fp16", "values_fp64", "values_column_loop", "values_persistent",
+                                  "table_dot_fp16", "values_fp64", "values_column_loop",
                                   "conv_values", "conv_table_dot", "table_parallel_fp16",
                                   "table_prefetch_packed", "conv_table_parallel"])
 def test_compiles_for_sm90(compiled, name):
@@ -136,9 +134,6 @@ def test_compiles_for_sm90(compiled, name):
         assert all(hexes(v) & set(re.findall(r"0d[0-9A-F]{16}", ptx)) for v in lits)
     if name == "values_column_loop":
         assert "%nctaid.x" in "".join(c["ptx"])     # the loop strides by the programs along N
-    if name == "values_persistent":     # one run of (group, tile) items per program
-        assert "for item in range(" in c["source"] and "NSM" in c["source"]
-        assert all("%ctaid.x" in ptx and "%ctaid.y" not in ptx for ptx in c["ptx"])
 
 
 def test_unrolled_kernels_are_split_by_function_budget(compiled):

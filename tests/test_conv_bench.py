@@ -133,7 +133,7 @@ def test_build_all_then_run_case_reports_the_parallel_build(tmp_path):
     root = _dlmc(tmp_path)
     cases = [(path, name, C_in, H, stride, p.nnz) for path, (name, p, C_in, _, H, stride)
              in zip(_paths(root, "0.9"), layers(root, "0.9"))][:2]
-    scheds = [Schedule(mode="values", rows_per_program=2, block_n=32, persistent=1),
+    scheds = [Schedule(mode="values", rows_per_program=2, block_n=32),
               Schedule(mode="table")]
     built = build_all(cases, scheds, "float32", 2, 10.0, device=DEV)
     assert set(built) == {(name, repr(scheds[0])) for _, name, *_ in cases}
