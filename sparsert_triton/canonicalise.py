@@ -110,7 +110,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         # several columns per thread beat four warps by 1.1-1.8x in the scalar-FMA kernels (one
         # index load feeds a wider X load; more, smaller programs for the unrolled ones); a
         # split row runs one part per warp
-        num_warps = 4 if use_dot else split
+        num_warps = split if row_kernel else 4 if use_dot else 1
     if s.block_n == AUTO and mode != "table":
         block_n = min(block_n, 32)     # unrolled: a 32-column tile per warp
     num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages

@@ -151,13 +151,16 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     first = not variant.launched
+    split = 1 if variant.table else plan.split_k
+    if split > 1:
+        bufs = [*bufs, *slice_buffers(variant, Y, N, nt, sig)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = []
     for fn, groups in variant.kernels:
         if groups == 0:
             continue
         cols = min(nt, plan.column_programs) if plan.column_programs else nt
-        grid = (groups, nt) if variant.table else (cols, groups)
+        grid = (groups, nt) if variant.table else (cols, groups * split)
         launches.append((fn, grid, args))
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
     spec = spec_key(args) if variant.launcher.enabled else None
@@ -173,6 +176,18 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
             for call in calls:
                 call()
     variant.launched = True
+
+
+def slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
+    """Per call, for unrolled code with column slices (``split_k``): the workspace of partial
+    sums, ``(M * split_k) x N`` in the accumulator dtype, and one zeroed arrival counter per
+    (row group, column tile). Allocated per call (stream-ordered by torch's allocator), so
+    calls on different streams never share them."""
+    M = Y.shape[1] if Y.dim() == 4 else Y.shape[0]
+    groups = sum(g for _, g in variant.kernels)
+    acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
+    ws = torch.empty(max(1, M * variant.plan.split_k * N), dtype=acc, device=Y.device)
+    return ws, torch.zeros(max(1, groups * nt), dtype=torch.int32, device=Y.device)
 
 
 #: side streams per device, created on first use and kept (a stream is cheap to keep, costly

@@ -62,9 +62,12 @@ class Plan:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
         elif self.use_dot:
             bad("use_dot applies to table mode only")
-        if self.split_k != 1:
+        if self.split_k != 1 and self.mode != "table":
+            if not 1 <= self.split_k <= 16:
+                bad(f"split_k must be in 1..16 in the unrolled modes, got {self.split_k}")
+        elif self.split_k != 1:
             if not self.row_kernel:
-                bad("split_k applies to the one-row table kernel only")
+                bad("split_k applies to the one-row table kernel and the unrolled modes only")
             if not _pow2(self.split_k) or self.split_k > 32:
                 bad(f"split_k must be a power of two <= 32, got {self.split_k}")
             if self.tap_segments or self.pack_nonzeros or self.prefetch_tail:

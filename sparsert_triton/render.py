@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from dsl import Schedule, ir
 
 from . import __version__
-from .lower import Fma, GroupFn, LoadX, Lowered, PartFn, Store, TableKernel, UnrolledKernel
+from .lower import (FixFn, Fma, GroupFn, LoadX, Lowered, PartFn, PartialStore, Store,
+                    TableKernel, UnrolledKernel)
 
 TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16",
              "float64": "tl.float64"}
@@ -212,9 +213,20 @@ def render_store(b: Buffer, s: Store, low: Lowered):
       f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
 
 
+def _split(low: Lowered) -> bool:
+    """Unrolled code with column slices (``split_k``): a workspace and arrival counters."""
+    return low.plan.mode != "table" and low.plan.split_k > 1
+
+
 def _fn_params(low: Lowered) -> str:
-    return ", ".join(["X", "V", "Y"] + operand_params(low.signature, low.conv is not None)
+    ws = ["WS", "CNT"] if _split(low) else []
+    return ", ".join(["X", "V", *ws, "Y"] + operand_params(low.signature, low.conv is not None)
                      + geom_params(low) + ["pid_n", "N"])
+
+
+def render_partial_store(b: Buffer, s: PartialStore):
+    """``WS[slot, tile] = acc`` (the workspace is (M * split_k) x N, row-major, int64 rows)."""
+    b(f"tl.store(WS + N.to(tl.int64) * {s.slot} + offs_n, {s.acc}, mask=nmask)")
 
 
 def _kernel_params(low: Lowered, buffers) -> str:
@@ -230,6 +242,8 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
         for s in fn.body:
             if isinstance(s, Store):
                 render_store(b, s, low)
+            elif isinstance(s, PartialStore):
+                render_partial_store(b, s)
             elif isinstance(s, LoadX):
                 render_load(b, s, cvt(sig.x_dtype, sig), low.conv, low.x_strides,
                             low.plan.pad_input)
@@ -238,12 +252,34 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
     b()
 
 
+def render_fix(b: Buffer, fn: FixFn, low: Lowered):
+    """The last slice on a tile: each row's partial sums added in slice order (read past L1:
+    other SMs wrote them), the epilogue, the store."""
+    b("@triton.jit(noinline=True)")
+    with b.indent(f"def {fn.name}({_fn_params(low)}):"):
+        _tile(b, low)
+        for r in fn.rows:
+            for i, slot in enumerate(r.slots):
+                load = (f"tl.load(WS + N.to(tl.int64) * {slot} + offs_n, mask=nmask, "
+                        f"other=0.0, cache_modifier=\".cg\")")
+                b(f"t = {load}" if i == 0 else f"t += {load}")
+            render_store(b, Store("t" if r.slots else None, r.row), low)
+    b()
+
+
 def render_group(b: Buffer, fn: GroupFn, low: Lowered):
     b("@triton.jit(noinline=True)")
     with b.indent(f"def {fn.name}({_fn_params(low)}):"):
         for name in fn.calls:
             b(f"{name}({_fn_params(low)})")
-        if not fn.calls:
+        if fn.arrive is not None:
+            g, S, fix = fn.arrive
+            b("tl.debug_barrier()   # every thread's partial sums are stored before it counts")
+            b(f"done = tl.atomic_add(CNT + ({g} * tl.cdiv(N, {low.plan.block_n}) + pid_n), 1, "
+              'sem="acq_rel", scope="gpu")')
+            with b.indent(f"if done == {S - 1}:   # the group's last slice on this tile"):
+                b(f"{fix}({_fn_params(low)})")
+        elif not fn.calls:
             b("pass")
     b()
 
@@ -262,11 +298,19 @@ def _dispatch(b: Buffer, groups, args: str):
 def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
     for fn in k.parts:
         render_part(b, fn, low)
+    for fn in k.fixes:
+        render_fix(b, fn, low)
     for fn in k.groups:
         render_group(b, fn, low)
     b("@triton.jit")
-    with b.indent(f"def {k.name}({_kernel_params(low, ['V'])}):"):
-        b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per program_id(1)."""')
+    with b.indent(f"def {k.name}({_kernel_params(low, ['V', 'WS', 'CNT'] if _split(low) else ['V'])}):"):
+        if _split(low):
+            first, last = k.groups[0].arrive[0], k.groups[-1].arrive[0]
+            b(f'"""Row groups {first}..{last}, {low.plan.split_k} column slices each: one slice '
+              'per program_id(1)."""')
+        else:
+            b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per '
+              'program_id(1)."""')
         b("pid = tl.program_id(1)")
         if low.plan.column_programs:
             # each program loops over its share of the column tiles: its group's code is

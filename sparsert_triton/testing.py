@@ -125,6 +125,7 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
                     column_programs=draw(st.sampled_from([0, 1, 2])),
+                    split_k=draw(st.sampled_from([1, 1, 2, 3])),
                     streams=draw(st.sampled_from([1, 3])),
                     bake_strides=draw(st.booleans()), pad_input=draw(st.booleans()))
 

@@ -3,6 +3,7 @@
 Runs in a subprocess without TRITON_INTERPRET: the interpreter patches triton.language.
 """
 import json
+import re
 import os
 import subprocess
 import sys
@@ -41,6 +42,7 @@ CASES = {
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
     "values_column_loop": ("values", torch.float32, bias_relu,
                            dict(rows_per_program=8, column_programs=2)),
+    "values_split": ("values", torch.float32, bias_relu, dict(rows_per_program=8, split_k=2)),
 }
 out = {}
 for name, (mode, dtype, fn, sched) in CASES.items():
@@ -108,7 +110,7 @@ def compiled(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
-                                  "table_dot_fp16", "values_fp64", "values_column_loop",
+                                  "table_dot_fp16", "values_fp64", "values_column_loop", "values_split",
                                   "conv_values", "conv_table_dot", "table_parallel_fp16",
                                   "table_prefetch_packed", "conv_table_parallel"])
 def test_compiles_for_sm90(compiled, name):
@@ -124,7 +126,6 @@ def test_compiles_for_sm90(compiled, name):
             assert "fma.rn.f64" in ptx
     if name == "values_fp64":   # every weight literal an exact float64 immediate (triton 3.6's
         # tl.fma rounds a float literal to float32: float64 code keeps multiply and add)
-        import re
         import struct
         ptx = "".join(c["ptx"])
         lits = [float(v) for v in re.findall(r"(?:\* |tl\.fma\(x\d+, )(-?[0-9][0-9.e+-]*)(?:$|,)",
@@ -132,6 +133,10 @@ def test_compiles_for_sm90(compiled, name):
         assert len(lits) > 10
         hexes = lambda v: {"0d" + struct.pack(">d", u).hex().upper() for u in (v, -v)}
         assert all(hexes(v) & set(re.findall(r"0d[0-9A-F]{16}", ptx)) for v in lits)
+    if name == "values_split":     # arrival: barrier, then one acq_rel atomic; .cg re-reads
+        ptx = "".join(c["ptx"])
+        assert "bar.sync" in ptx and "ld.global.cg" in ptx
+        assert re.search(r"atom\.[.\w]*acq_rel[.\w]*add", ptx)
     if name == "values_column_loop":
         assert "%nctaid.x" in "".join(c["ptx"])     # the loop strides by the programs along N
 
