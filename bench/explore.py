@@ -21,16 +21,17 @@ from sparsert_triton.dlmc import read_smtx
 S = Schedule
 # (model, sparsity, name, N, [schedules])
 PLAN = [
-    # run 6: split rows (split_k: a row's nonzeros in parts, one warp each, summed once) against
-    # the one-row default, where few programs leave SMs idle (small N) and on a large layer
+    # run 7: unrolled code with column slices (split_k: each row group's columns cut into
+    # slices, one program each, partial sums fixed up by the last slice) where a layer has few
+    # row groups and few column tiles, so one program per (group, tile) leaves SMs idle
     (model, sp, name, N, [S(mode="table")] + [
-        S(mode="table", rows_per_program=1, block_n=b, chunk=c, split_k=k)
-        for k in (2, 4, 8) for b in (64, 128) for c in (4, 8)])
+        S(mode="values", rows_per_program=16, block_n=64, num_warps=2, split_k=k,
+          max_statements_per_function=16384, max_functions_per_kernel=12)
+        for k in (1, 2, 4, 8)])
     for model, sp, name, N in (
-        ("rn50", "0.9", "bottleneck_1_block_group4_1_1", 49),
+        ("rn50", "0.9", "bottleneck_1_block_group2_1_1", 784),
         ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196),
-        ("transformer", "0.9", "body_decoder_layer_0_ffn_conv1_fully_connected", 256),
-        ("transformer", "0.95", "body_decoder_layer_0_ffn_conv1_fully_connected", 2048),
+        ("transformer", "0.95", "body_decoder_layer_0_self_attention_multihead_attention_q_fully_connected", 64),
     )
 ]
 

@@ -91,6 +91,13 @@ streams
     layers and a 16-kernel matmul, ``bench/results/conv_h100_unrolled_streams_tune.jsonl``,
     ``streams_latency_h100.txt``; in eager calls ~30 us more host time per kernel); a table
     variant is one kernel. The result does not depend on it.
+pdl
+    Programmatic dependent launch (Hopper and newer GPUs): each kernel of the call (and the
+    ``pad_input`` copy) is launched so that the GPU may start it while the kernel before it
+    in the stream finishes, and waits (``griddepcontrol.wait``) before its first memory
+    access: the launch latency between dependent kernels is hidden, nothing else changes.
+    Default: on for GPUs of compute capability 9.0 or newer, off in the interpreter (which
+    cannot run it; ``True`` there is an error).
 column_programs
     Unrolled modes: programs per row group along N, each looping over its share of the
     column tiles (so a group's straight-line code is re-executed from the instruction cache).
@@ -133,6 +140,7 @@ class Schedule:
     bake_strides: Union[bool, str] = AUTO
     pad_input: Union[bool, str] = AUTO
     streams: IntOrAuto = AUTO
+    pdl: Union[bool, str] = AUTO
 
     def __post_init__(self):
         if self.mode not in MODES + (AUTO,):
@@ -159,7 +167,7 @@ class Schedule:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
         for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "prefetch_tail",
-                     "use_dot", "pad_input"):
+                     "use_dot", "pad_input", "pdl"):
             v = getattr(self, name)
             if v not in (True, False, AUTO):
                 raise ValueError(f"Schedule.{name} must be True, False or 'auto', got {v!r}")

@@ -21,7 +21,7 @@ import torch
 from dsl import Schedule, ir, trace
 
 from . import cache
-from .canonicalise import canonicalise_program, plan_for
+from .canonicalise import canonicalise_program, plan_for, with_device
 from .compile import import_kernels, interpreting
 from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
@@ -129,10 +129,10 @@ class SpecializedKernel:
 
     def _build_variant(self, sig: Signature, N: int, device: torch.device, x_strides,
                        spatial=None) -> Variant:
-        plan = self.plan(N, sig.x_dtype)
+        cap = _capability(device)
+        plan = with_device(self.plan(N, sig.x_dtype), self.schedule, cap)
         if plan.use_dot and sig.acc_dtype == "float64":
             raise ValueError("schedule: use_dot does not support float64 inputs")
-        cap = _capability(device)
         offsets = None
         if plan.pad_input:
             if spatial is None:
@@ -170,7 +170,7 @@ class SpecializedKernel:
         self._variants[vkey] = v
         return v
 
-    def _padded(self, X: torch.Tensor) -> torch.Tensor:
+    def _padded(self, X: torch.Tensor, pdl: bool = False) -> torch.Tensor:
         """X zero-padded by the convolution's padding, contiguous (``pad_input``; one copy
         kernel, none for padding 0 and a contiguous X)."""
         ph, pw = self.conv.padding
@@ -179,7 +179,7 @@ class SpecializedKernel:
         if B * C * shape[2] * shape[3] > INT32_MAX:
             raise ValueError(f"X padded to {shape} has more than 2**31 elements; split the "
                              "batch into smaller calls")
-        return zero_pad(X, ph, pw) if ph or pw else X.contiguous()
+        return zero_pad(X, ph, pw, pdl) if ph or pw else X.contiguous()
 
     # -------------------------------------------------------------- running
     def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None):
@@ -199,7 +199,7 @@ class SpecializedKernel:
         spatial = tuple(X.shape[2:]) if self.conv is not None else None
         v = self.variant(sig, N, X.device, X.stride(), spatial)
         self._last = v
-        run(v, self._padded(X) if v.plan.pad_input else X, Y, operands, sig)
+        run(v, self._padded(X, v.plan.pdl) if v.plan.pad_input else X, Y, operands, sig)
         return Y
 
     def reference(self, X: torch.Tensor, *operands) -> torch.Tensor:

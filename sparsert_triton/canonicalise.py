@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from dsl import ir
 from dsl.schedule import AUTO, Schedule
@@ -139,4 +140,18 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 prefetch_tail=tail,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
                 pad_input=bool(pad), split_k=split,
-                streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams))
+                streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
+                pdl=s.pdl is True)   # 'auto' is resolved per device: see with_device
+
+
+def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:
+    """The plan for one device (``capability``: ``"sm_90"``..., or ``"interpreter"``):
+    ``pdl`` 'auto' becomes on for compute capability 9.0 and newer; an explicit ``pdl=True``
+    elsewhere is an error."""
+    hopper = capability.startswith("sm_") and int(capability[3:]) >= 90
+    if schedule.pdl == AUTO:
+        return replace(plan, pdl=hopper) if plan.pdl != hopper else plan
+    if plan.pdl and not hopper:
+        raise ValueError(f"schedule: pdl=True (programmatic dependent launch) needs a CUDA GPU "
+                         f"of compute capability 9.0 or newer; this call runs on {capability}")
+    return plan

@@ -150,6 +150,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     nt = -(-N // plan.block_n)
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
+    if plan.pdl:
+        opts["launch_pdl"] = True
     first = not variant.launched
     split = 1 if variant.table else plan.split_k
     if split > 1:

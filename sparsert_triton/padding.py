@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from .compile import interpreting
 from .direct import Launcher
@@ -17,8 +18,11 @@ from .direct import Launcher
 
 @triton.jit
 def _zero_pad_kernel(X, Y, ROWS, C, H, W, Hp, Wp, ph, pw, sxb, sxc, sxh, sxw,
-                     BR: tl.constexpr, BW: tl.constexpr):
-    """A (BR x BW) tile of padded rows: row r of Y's (B*C*Hp) x Wp view, columns pid1*BW..."""
+                     BR: tl.constexpr, BW: tl.constexpr, PDL: tl.constexpr):
+    """A (BR x BW) tile of padded rows: row r of Y's (B*C*Hp) x Wp view, columns pid1*BW...
+    ``PDL``: launched as a programmatic dependent launch, wait for the kernel before."""
+    if PDL:
+        gdc_wait()
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     x = tl.program_id(1) * BW + tl.arange(0, BW)
     y = r % Hp
@@ -38,8 +42,10 @@ def _zero_pad_kernel(X, Y, ROWS, C, H, W, Hp, Wp, ph, pw, sxb, sxc, sxh, sxw,
 _launchers = {}
 
 
-def zero_pad(X: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
-    """X (B, C, H, W) zero-padded by ``ph`` rows and ``pw`` columns on each side, contiguous."""
+def zero_pad(X: torch.Tensor, ph: int, pw: int, pdl: bool = False) -> torch.Tensor:
+    """X (B, C, H, W) zero-padded by ``ph`` rows and ``pw`` columns on each side, contiguous.
+    ``pdl``: a programmatic dependent launch (the GPU may start it while the kernel before it
+    finishes; it waits for that kernel before reading X)."""
     B, C, H, W = X.shape
     Hp, Wp = H + 2 * ph, W + 2 * pw
     Y = torch.empty((B, C, Hp, Wp), dtype=X.dtype, device=X.device)
@@ -49,10 +55,10 @@ def zero_pad(X: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     BW = min(256, triton.next_power_of_2(Wp))
     BR = max(1, 2048 // BW)
     grid = (triton.cdiv(rows, BR), triton.cdiv(Wp, BW))
-    args = (X, Y, rows, C, H, W, Hp, Wp, ph, pw, *X.stride(), BR, BW)
-    launcher = _launchers.get((BR, BW))
+    args = (X, Y, rows, C, H, W, Hp, Wp, ph, pw, *X.stride(), BR, BW, pdl)
+    launcher = _launchers.get((BR, BW, pdl))
     if launcher is None:
-        launcher = _launchers[(BR, BW)] = Launcher()
+        launcher = _launchers[(BR, BW, pdl)] = Launcher()
         launcher.enabled = not interpreting()
-    launcher(_zero_pad_kernel, grid, args, dict(num_warps=4), X.device)
+    launcher(_zero_pad_kernel, grid, args, dict(num_warps=4, launch_pdl=pdl), X.device)
     return Y

@@ -39,6 +39,7 @@ class Plan:
     pad_input: bool = False
     split_k: int = 1
     streams: int = 1
+    pdl: bool = False
 
     def __post_init__(self):
         def bad(msg):

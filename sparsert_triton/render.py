@@ -295,6 +295,13 @@ def _dispatch(b: Buffer, groups, args: str):
         _dispatch(b, groups[mid:], args)
 
 
+def _wait_for_the_kernel_before(b: Buffer, low: Lowered):
+    """``pdl``: a kernel the GPU may start while the one before it finishes waits for it
+    before any memory access (X may be that kernel's output, Y its input)."""
+    if low.plan.pdl:
+        b("gdc_wait()   # programmatic dependent launch: the kernel before is complete")
+
+
 def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
     for fn in k.parts:
         render_part(b, fn, low)
@@ -311,6 +318,7 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
         else:
             b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per '
               'program_id(1)."""')
+        _wait_for_the_kernel_before(b, low)
         b("pid = tl.program_id(1)")
         if low.plan.column_programs:
             # each program loops over its share of the column tiles: its group's code is
@@ -445,6 +453,7 @@ def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str, taps: bool 
     nz = ["NZ"] if low.plan.packs_nonzeros(low.signature) else ["COLS", "VALS"]
     with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS'] + nz)}):"):
         b(f'"""{doc}"""')
+        _wait_for_the_kernel_before(b, low)
         b("g = tl.program_id(0)")
         b("pid_n = tl.program_id(1)")
         _tile(b, low, taps=taps)
@@ -659,6 +668,8 @@ def render(low: Lowered, header: str = "") -> str:
         b(f"# {line}")
     b("import triton")
     b("import triton.language as tl")
+    if low.plan.pdl:
+        b("from triton.language.extra.cuda import gdc_wait")
     b()
     table = isinstance(low.kernels[0], TableKernel)
     # the tile epilogue (rows x columns) for the kernels that compute several rows at once

@@ -93,6 +93,32 @@ for bake in (True, False):
     out[f"baked_{bake}"] = {"ptx": [c.asm["ptx"] for c in precompile_variant(v, sig)],
                             "source": v.source}
 
+# programmatic dependent launch: the plan a Hopper GPU gets (no GPU here: the plan is set)
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.compile import precompile, triton_signature
+from sparsert_triton.fastpasses import applies as fastpasses_applies
+from sparsert_triton.lower import lower
+from sparsert_triton.render import render
+from sparsert_triton.specialise import specialise
+from sparsert_triton.weights import as_sparse_weight
+g = torch.Generator().manual_seed(0)
+W = as_sparse_weight(torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.2))
+k = sparse_kernel(bias_relu).specialize(W)
+sig = Signature("float32", "float32", "float32", (("b", "row"),))
+for mode in ("values", "table"):
+    plan = replace(plan_for(Schedule(mode=mode), W, 100, "float32"), pdl=True)
+    src = render(lower(specialise(W, plan), plan, sig, k.program))
+    path = Path(tempfile.mkdtemp()) / "kernel.py"
+    path.write_text(src)
+    names = ["sparse_table_kernel"] if mode == "table" else ["sparse_kernel_0"]
+    c = precompile(path, f"pdl_{mode}", names, triton_signature(sig),
+                   options={"launch_pdl": True}, fast=fastpasses_applies(plan))
+    out[f"pdl_{mode}"] = {"kernels": 1, "compiled": len(c), "source": src,
+                          "ptx": [x.asm["ptx"] for x in c]}
+
 from sparsert_triton import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
@@ -111,6 +137,7 @@ def compiled(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
                                   "table_dot_fp16", "values_fp64", "values_column_loop", "values_split",
+                                  "pdl_values", "pdl_table",
                                   "conv_values", "conv_table_dot", "table_parallel_fp16",
                                   "table_prefetch_packed", "conv_table_parallel"])
 def test_compiles_for_sm90(compiled, name):
@@ -118,7 +145,7 @@ def test_compiles_for_sm90(compiled, name):
     assert c["compiled"] == c["kernels"] >= 1
     for ptx in c["ptx"]:
         assert ".entry" in ptx
-        if name.startswith(("values", "indices")):
+        if name.startswith(("values", "indices", "pdl_values")):
             assert "call.uni" in ptx   # groups and parts stay separate functions
         if name in ("table_dot_fp16", "conv_table_dot"):
             assert "mma" in ptx
@@ -133,6 +160,9 @@ def test_compiles_for_sm90(compiled, name):
         assert len(lits) > 10
         hexes = lambda v: {"0d" + struct.pack(">d", u).hex().upper() for u in (v, -v)}
         assert all(hexes(v) & set(re.findall(r"0d[0-9A-F]{16}", ptx)) for v in lits)
+    if name.startswith("pdl_"):     # every kernel waits for the one before it first
+        assert all("griddepcontrol.wait" in ptx for ptx in c["ptx"])
+        assert c["source"].count("gdc_wait()") == 1
     if name == "values_split":     # arrival: barrier, then one acq_rel atomic; .cg re-reads
         ptx = "".join(c["ptx"])
         assert "bar.sync" in ptx and "ld.global.cg" in ptx

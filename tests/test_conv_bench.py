@@ -118,7 +118,7 @@ def test_streams_latency_rows():
     """bench/streams_latency.py's path on the CPU (interpreter, a fake graph timer): one
     checked row per setting, the variant cut into several kernels."""
     from bench.streams_latency import COLUMNS, measure
-    rows = measure(M=24, K=20, N=9, density=0.3, streams=(1, 3), device="cpu", calls=2,
+    rows = measure(M=24, K=20, N=9, density=0.3, streams=(1, 3), device=DEV, calls=2,
                    graph_timer=lambda call: 1.0)
     assert [r["streams"] for r in rows] == [1, 3]
     assert all(set(r) == set(COLUMNS) and r["kernels"] > 1 for r in rows)

@@ -155,7 +155,7 @@ def test_table_kernel_options_are_validated():
                      (dict(mode="indices", prefetch=True), "prefetch"),
                      (dict(mode="values", tap_segments=True), "tap_segments"),
                      (dict(mode="table", prefetch=False, prefetch_tail=True), "prefetch_tail"),
-                     (dict(mode="values", split_k=2), "split_k"),
+                     (dict(mode="values", split_k=17), "split_k"),
                      (dict(mode="table", split_k=3), "split_k"),
                      (dict(mode="table", split_k=2, pack_nonzeros=True), "split_k"),
                      (dict(mode="table", split_k=2, tap_segments=True), "split_k"),

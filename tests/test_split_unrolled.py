@@ -77,7 +77,7 @@ def test_slices_partition_each_groups_nonzeros_with_balanced_work():
         assert all(max(cols[s]) < min(cols[s + 1]) for s in range(3))   # contiguous slices
 
 
-def test_split_is_validated_and_keeps_the_one_slice_code():
+def test_split_is_validated_and_keeps_the_one_slice_code(device):
     w = as_sparse_weight(torch.eye(8))
     with pytest.raises(ValueError, match="1..16"):
         plan_for(Schedule(mode="values", split_k=17), w, 16, "float32")
@@ -86,7 +86,7 @@ def test_split_is_validated_and_keeps_the_one_slice_code():
     one = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="values")).specialize(W)
     two = sparse_kernel(lambda W, X: W @ X,
                         schedule=Schedule(mode="values", split_k=2)).specialize(W)
-    X = torch.randn(20, 40)
+    X = torch.randn(20, 40).to(device)
     one(X), two(X)
     assert "WS" not in one._last.source and "atomic_add" not in one._last.source
     assert "atomic_add" in two._last.source and one._last.key != two._last.key
