@@ -283,3 +283,17 @@ def test_streams_option_reaches_the_schedule(capsys):
     assert rc == 0 and one == three
     rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--streams", "0")
     assert rc != 0 and "positive integer" in err
+
+
+def test_pdl_and_unrolled_split_options_reach_the_schedule(capsys):
+    from sparsert_triton.cli import build_parser, schedule_from_args
+    args = build_parser().parse_args(["emit", str(DATA), "--mode", "values", "--split-k", "2",
+                                      "--pdl", "off"])
+    s = schedule_from_args(args)
+    assert s.split_k == 2 and s.pdl is False
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--split-k", "2")
+    assert rc == 0, err
+    assert "atomic_add(CNT" in out and "_fix(" in out      # column slices and their fix-up
+    # emit renders for the interpreter/CPU: an explicit pdl there is refused, by name
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--pdl", "on")
+    assert rc != 0 and "pdl" in err
