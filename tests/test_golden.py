@@ -55,6 +55,10 @@ CASES = {
                                                      pad_input=True, prefetch_tail=True), ()),
     "table_conv_split": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                    split_k=2), ()),
+    # column slices of unrolled code: partial stores, the arrival count, the fix-up
+    "values_split_bias_relu": (W_A, _bias_relu, Schedule(mode="values", rows_per_program=2,
+                                                         block_n=32, split_k=2),
+                               (("bias", "row"),)),
 }
 
 
