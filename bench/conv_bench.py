@@ -88,6 +88,17 @@ def cudnn_flags(**flags):
             setattr(torch.backends.cudnn, name, value)
 
 
+def _conv_kernel(w, C_in: int, stride: int, schedule: Schedule):
+    """The direct sparse convolution of a DLMC layer (hwc columns, 3x3, padding 1)."""
+    return sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1)).specialize(
+        w, schedule=schedule, kernel_size=(C_in, 3, 3), order="hwc")
+
+
+def _over_budget(s: Schedule, nnz: int, max_compile_s: float) -> bool:
+    """Whether an unrolled build is estimated over the compile budget (~2 ms per nonzero)."""
+    return s.mode != "table" and nnz * 2e-3 > max_compile_s
+
+
 def _gpu_time(make_call, X, nbytes) -> float:
     return time_system(make_call, X, nbytes).median_us
 
@@ -112,7 +123,6 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
     X = torch.randn(batch, C_in, H, H, generator=g).to(device, dt)
     if channels_last:
         X = X.to(memory_format=torch.channels_last)
-    kern_fn = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1))
     W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(dt).reshape(C_out, C_in, 3, 3).to(device)
     if channels_last:
         W4 = W4.to(memory_format=torch.channels_last)
@@ -161,9 +171,9 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
     # sparsert: the fastest of a few schedules (first-call build time reported)
     best = None
     for s in schedules:
-        if s.mode != "table" and w.nnz * 2e-3 > max_compile_s:
+        if _over_budget(s, w.nnz, max_compile_s):
             continue            # unrolled build estimated too slow for this budget
-        k = kern_fn.specialize(w, schedule=s, kernel_size=(C_in, 3, 3), order="hwc")
+        k = _conv_kernel(w, C_in, stride, s)
         entry = dict(layer=name, batch=batch, dtype=dtype, schedule=repr(s))
         t0 = time.time()
         try:
@@ -209,8 +219,7 @@ def _build_one(path: str, name: str, C_in: int, H: int, stride: int, dtype: str,
     """Worker of :func:`build_all`: specialise one layer to one schedule and run it once."""
     s = parse_schedules(sched)[0]
     w = read_smtx(Path(path)).with_values(seed=0, dtype=dtype)
-    k = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1)).specialize(
-        w, schedule=s, kernel_size=(C_in, 3, 3), order="hwc")
+    k = _conv_kernel(w, C_in, stride, s)
     X = torch.zeros(1, C_in, H, H, dtype=DTYPES[dtype], device=device)
     t0 = time.time()
     k(X)
@@ -227,7 +236,7 @@ def build_all(cases, schedules, dtype: str, jobs: int, max_compile_s: float,
     import multiprocessing
     tasks = [(str(path), name, C_in, H, stride, dtype, repr(s), device)
              for path, name, C_in, H, stride, nnz in cases for s in schedules
-             if s.mode != "table" and nnz * 2e-3 <= max_compile_s]
+             if s.mode != "table" and not _over_budget(s, nnz, max_compile_s)]
     out = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for f in [pool.submit(_build_one, *t) for t in tasks]:

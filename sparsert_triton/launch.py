@@ -153,7 +153,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     if plan.pdl:
         opts["launch_pdl"] = True
     first = not variant.launched
-    split = 1 if variant.table else plan.split_k
+    split = plan.column_slices
     if split > 1:
         bufs = [*bufs, *slice_buffers(variant, Y, N, nt, sig)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant

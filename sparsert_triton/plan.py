@@ -110,6 +110,13 @@ class Plan:
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
         return self.mode == "table" and not self.use_dot and self.parallel_rows == 1
 
+    @property
+    def column_slices(self) -> int:
+        """Programs per row group along K: ``split_k`` in the unrolled modes (each a slice of
+        the group's columns, fixed up by the last to finish), 1 in table mode (whose
+        ``split_k`` splits rows across the warps of one program)."""
+        return 1 if self.mode == "table" else self.split_k
+
     def packs_nonzeros(self, sig: "Signature") -> bool:
         """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in
         the low half, the float32 value's bits in the high half): one load per nonzero instead

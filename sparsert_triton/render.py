@@ -215,7 +215,12 @@ def render_store(b: Buffer, s: Store, low: Lowered):
 
 def _split(low: Lowered) -> bool:
     """Unrolled code with column slices (``split_k``): a workspace and arrival counters."""
-    return low.plan.mode != "table" and low.plan.split_k > 1
+    return low.plan.column_slices > 1
+
+
+def _ws(slot: int) -> str:
+    """The tile's pointers into workspace row ``slot`` ((M * split_k) x N, int64 rows)."""
+    return f"WS + N.to(tl.int64) * {slot} + offs_n"
 
 
 def _fn_params(low: Lowered) -> str:
@@ -225,8 +230,8 @@ def _fn_params(low: Lowered) -> str:
 
 
 def render_partial_store(b: Buffer, s: PartialStore):
-    """``WS[slot, tile] = acc`` (the workspace is (M * split_k) x N, row-major, int64 rows)."""
-    b(f"tl.store(WS + N.to(tl.int64) * {s.slot} + offs_n, {s.acc}, mask=nmask)")
+    """``WS[slot, tile] = acc``."""
+    b(f"tl.store({_ws(s.slot)}, {s.acc}, mask=nmask)")
 
 
 def _kernel_params(low: Lowered, buffers) -> str:
@@ -260,8 +265,7 @@ def render_fix(b: Buffer, fn: FixFn, low: Lowered):
         _tile(b, low)
         for r in fn.rows:
             for i, slot in enumerate(r.slots):
-                load = (f"tl.load(WS + N.to(tl.int64) * {slot} + offs_n, mask=nmask, "
-                        f"other=0.0, cache_modifier=\".cg\")")
+                load = f'tl.load({_ws(slot)}, mask=nmask, other=0.0, cache_modifier=".cg")'
                 b(f"t = {load}" if i == 0 else f"t += {load}")
             render_store(b, Store("t" if r.slots else None, r.row), low)
     b()
