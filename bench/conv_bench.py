@@ -215,26 +215,28 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
 
 
 def _build_one(path: str, name: str, C_in: int, H: int, stride: int, dtype: str, sched: str,
-               device: str):
-    """Worker of :func:`build_all`: specialise one layer to one schedule and run it once."""
+               device: str, batches=(1,)):
+    """Worker of :func:`build_all`: specialise one layer to one schedule and run it once per
+    batch size (Triton specialises integer arguments on divisibility by 16, so two batches
+    can need two compilations of one source)."""
     s = parse_schedules(sched)[0]
     w = read_smtx(Path(path)).with_values(seed=0, dtype=dtype)
     k = _conv_kernel(w, C_in, stride, s)
-    X = torch.zeros(1, C_in, H, H, dtype=DTYPES[dtype], device=device)
     t0 = time.time()
-    k(X)
+    for b in batches:
+        k(torch.zeros(b, C_in, H, H, dtype=DTYPES[dtype], device=device))
     _sync(device)
     return name, sched, time.time() - t0
 
 
 def build_all(cases, schedules, dtype: str, jobs: int, max_compile_s: float,
-              device: str = "cuda") -> dict:
+              device: str = "cuda", batches=(1,)) -> dict:
     """Build the unrolled schedules of every layer in ``jobs`` processes (one compile each, in
     parallel) before anything is timed; the timing run then loads them from the cache.
     Returns ``{(layer, repr(schedule)): build seconds}`` (one process's wall time per build)."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
-    tasks = [(str(path), name, C_in, H, stride, dtype, repr(s), device)
+    tasks = [(str(path), name, C_in, H, stride, dtype, repr(s), device, tuple(batches))
              for path, name, C_in, H, stride, nnz in cases for s in schedules
              if s.mode != "table" and not _over_budget(s, nnz, max_compile_s)]
     out = {}
@@ -294,7 +296,8 @@ def main(argv=None):
                  zip(_paths(Path(a.dlmc), sp), layers(Path(a.dlmc), sp)) if wanted(name)]
         for dtype in a.dtypes.split(","):
             prebuilt.update(build_all(cases, schedules or SCHEDULES, dtype, a.jobs,
-                                      a.max_compile_s))
+                                      a.max_compile_s,
+                                      batches=[int(b) for b in a.batches.split(",")]))
     with open(a.out, "w", newline="") as f, open(tune_path, "w") as tune:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()

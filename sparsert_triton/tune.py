@@ -195,19 +195,17 @@ CONV_CANDIDATES = [
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1),
     _conv_row(64, 8, num_warps=4, split_k=4),
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1, pad_input=True),
-    # a whole 32-row group per function (each loaded X vector feeds every row of the group
-    # that uses it), four warps running the same code on 128 columns (one instruction fetch
-    # serves four warps), kernels of two groups side by side on streams: 128-channel layer at
-    # batch 8, 29.3 us vs 48.3 us for the padded table kernel (H100,
-    # conv_h100_unrolled_streams_tune.jsonl)
-    Schedule(mode="values", rows_per_program=32, block_n=128, num_warps=4,
-             max_statements_per_function=16384, max_functions_per_kernel=4, pad_input=True),
-    # 16-row groups, 2 warps x 64 columns, every group in one kernel: more, shorter code
-    # streams per SM; 256-channel layer at batch 8, 42.4 us vs 48.6-52.8 us for the table
-    # kernel, but a one-process build (140 s on the H100 host for 59k nonzeros): tried only
-    # under a large compile budget
-    Schedule(mode="values", rows_per_program=16, block_n=64, num_warps=2,
-             max_statements_per_function=16384, max_functions_per_kernel=64, pad_input=True)]
+    # a whole row group per function (each loaded X vector feeds every row of the group that
+    # uses it), sixteen warps running the same code on 512 columns (one instruction fetch
+    # serves four warps on each SM sub-partition): 128-channel layer at batch 8, 25.3-25.7 us
+    # against 29.4 us with four warps x 128 columns and 45-48 us for the padded table kernel;
+    # 64-channel layer 16.4-16.8 us against 19.7 (H100, conv_h100_ctas*_tune.jsonl)
+    Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
+             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
+    # the same with 16-row groups (twice the programs): the stride-2 128-channel layer at
+    # batch 8, 38.7 us against 47.8 with 32 rows and 41.9 with four warps x 128 columns
+    Schedule(mode="values", rows_per_program=16, block_n=512, num_warps=16,
+             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:

@@ -146,3 +146,22 @@ def test_build_all_then_run_case_reports_the_parallel_build(tmp_path):
              timer=lambda make_call, X, nbytes: 1.0, log=log, schedules=scheds, prebuilt=built)
     assert [e["build_s"] for e in log][0] == built[(name, repr(scheds[0]))]
     assert "error" not in log[0] and "error" not in log[1], log
+
+
+def test_build_one_runs_the_kernel_at_every_timed_batch(tmp_path, monkeypatch):
+    """A build runs the kernel once per batch size the timing run will use (a batch whose
+    N = batch * H * W differs in divisibility by 16 is a second Triton specialisation)."""
+    import bench.conv_bench as cb
+    root = _dlmc(tmp_path)
+    path = cb._paths(root, "0.9")[0]
+    name, p, C_in, _, H, stride = next(layers(root, "0.9"))
+    seen = []
+    real = cb._conv_kernel
+
+    def recording(*args, **kw):
+        k = real(*args, **kw)
+        return lambda X: (seen.append(X.shape[0]), k(X))[1]
+    monkeypatch.setattr(cb, "_conv_kernel", recording)
+    s = Schedule(mode="values", rows_per_program=2, block_n=32)
+    out = cb._build_one(str(path), name, C_in, H, stride, "float32", repr(s), DEV, (1, 3))
+    assert seen == [1, 3] and out[:2] == (name, repr(s)) and out[2] >= 0

@@ -284,7 +284,9 @@ def test_convolutions_search_their_own_candidates():
             big[0].prefetch_tail) == ("table", 64, 8, True, True)
     assert {s.mode for s in big} == {"table", "values"}
     assert any(s.split_k == 4 and s.num_warps == 4 for s in big)
-    assert len(big) == len(set(big)) and max(s.block_n for s in big) == 128
+    assert len(big) == len(set(big)) and max(s.block_n for s in big) == 512
+    # the widest unrolled form: sixteen warps, one column per lane
+    assert any(s.mode == "values" and (s.block_n, s.num_warps) == (512, 16) for s in big)
     small = T.candidate_schedules(w, 49, "float32", conv=True)
     assert max(s.block_n for s in small) == 64
     # one element per thread; a split row gives each of its warps the whole tile
