@@ -113,6 +113,14 @@ def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
     return go(root)
 
 
+def _kernel_decorator(low: Lowered) -> str:
+    """A kernel's ``@triton.jit``. A convolution's column count N (batch x output pixels) is
+    not specialised on (divisibility by 16, N == 1): its loads and stores are gathers, so the
+    specialisation changes no instruction (same PTX either way, sm_90) while a second batch
+    size would compile the whole kernel again."""
+    return '@triton.jit(do_not_specialize=["N"])' if low.conv is not None else "@triton.jit"
+
+
 def render_helpers(b: Buffer, low: Lowered, table: bool):
     sig = low.signature
     used = {n.op for n in ir.walk(low.program.out) if isinstance(n, ir.Unary)}
@@ -313,7 +321,7 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
         render_fix(b, fn, low)
     for fn in k.groups:
         render_group(b, fn, low)
-    b("@triton.jit")
+    b(_kernel_decorator(low))
     with b.indent(f"def {k.name}({_kernel_params(low, ['V', 'WS', 'CNT'] if _split(low) else ['V'])}):"):
         if _split(low):
             first, last = k.groups[0].arrive[0], k.groups[-1].arrive[0]
@@ -453,7 +461,7 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
 @contextmanager
 def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str, taps: bool = False):
     """The table kernels' definition, docstring, program ids and column tile."""
-    b("@triton.jit")
+    b(_kernel_decorator(low))
     nz = ["NZ"] if low.plan.packs_nonzeros(low.signature) else ["COLS", "VALS"]
     with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS'] + nz)}):"):
         b(f'"""{doc}"""')

@@ -119,6 +119,34 @@ for mode in ("values", "table"):
     out[f"pdl_{mode}"] = {"kernels": 1, "compiled": len(c), "source": src,
                           "ptx": [x.asm["ptx"] for x in c]}
 
+# a convolution kernel does not specialise on N (batch x pixels): the same PTX either way
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sparsert_triton.compile import _import_compilable
+W4 = torch.randn(16, 8, 3, 3, generator=g) * (torch.rand(16, 8, 3, 3, generator=g) < 0.2)
+sig = Signature("float32", "float32", "float32", ())
+unspec = {}
+for mode in ("values", "table"):
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
+                      schedule=Schedule(mode=mode, pad_input=True)).specialize(W4)
+    v = k.variant(sig, 2 * 36, torch.device("cpu"), spatial=(6, 6))
+    mod = _import_compilable(v.path, v.key)
+    for fn, _ in v.kernels:
+        f = getattr(mod, fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__)
+        types = {p: triton_signature(sig)[p] for p in f.arg_names}
+        ptx = [triton.compile(ASTSource(f, types, {}, attrs), target=GPUTarget("cuda", 90, 32),
+                              options={}).asm["ptx"]
+               for attrs in ({}, {(f.arg_names.index("N"),): [["tt.divisibility", 16]]})]
+        unspec[mode] = {"same_ptx": ptx[0] == ptx[1],
+                        "unspecialised": [p.name for p in f.params if p.do_not_specialize]}
+k = sparse_kernel(bias_relu).specialize(W)
+v = k.variant(Signature("float32", "float32", "float32", (("b", "row"),)), 100, torch.device("cpu"))
+mod = _import_compilable(v.path, v.key)
+f = getattr(mod, v.kernels[0][0].fn.__name__ if hasattr(v.kernels[0][0], "fn") else v.kernels[0][0].__name__)
+unspec["matmul"] = {"unspecialised": [p.name for p in f.params if p.do_not_specialize]}
+out["conv_n_unspecialised"] = unspec
+
 from sparsert_triton import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
@@ -169,6 +197,16 @@ def test_compiles_for_sm90(compiled, name):
         assert re.search(r"atom\.[.\w]*acq_rel[.\w]*add", ptx)
     if name == "values_column_loop":
         assert "%nctaid.x" in "".join(c["ptx"])     # the loop strides by the programs along N
+
+
+def test_convolution_kernels_do_not_specialise_on_n(compiled):
+    """A convolution's N (batch x output pixels) is not a specialisation key, so a second
+    batch size reuses the compiled kernel; the key would change no instruction (the PTX with
+    N known divisible by 16 is the same). W @ X keeps it (its X loads are contiguous)."""
+    c = compiled["conv_n_unspecialised"]
+    for mode in ("values", "table"):
+        assert c[mode] == {"same_ptx": True, "unspecialised": ["N"]}
+    assert c["matmul"]["unspecialised"] == []
 
 
 def test_unrolled_kernels_are_split_by_function_budget(compiled):

@@ -11,7 +11,7 @@ def _epilogue(acc, row, _unused, nb, oy, ox, nmask):
     """relu(conv2d(W, X, stride=(2, 2), padding=(1, 1), dilation=(1, 1))) (in float32)"""
     return tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, sxb, sxc, sxh, sxw, IH, IW, sym, syb, syh, syw, Wo, HWo, N):
     """acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's segment, cut into 2 contiguous parts walked side by side (a 2 x 32 tile) and summed at the end; the program's 1 row(s) run in turn. Convolution: COLS holds each nonzero's offset into the zero-padded X."""
     g = tl.program_id(0)
