@@ -6,7 +6,7 @@
 
 ``--conv`` runs the direct sparse 3x3 convolution kernels instead (``CONV_CASES``: DLMC
 ResNet-50 layer ``bottleneck_2_block_group2_1_1`` at 90%, 128 -> 128 channels, 28 x 28,
-batch 8): the padded-input table kernel and the unrolled kernel (``scripts/gpu_ncu.sh`` reads
+batch 8): the padded-input table kernel and three unrolled forms (``scripts/gpu_ncu.sh`` reads
 their warp stall reasons).
 
 Each kernel is compiled and run once before the profiled launch (``--launch-skip`` is not
@@ -33,16 +33,18 @@ CASES = [
 
 
 CONV_CASES = [
-    # (sparsity, layer, batch, H, schedule): the padded-input table kernel and the one-kernel
-    # unrolled form (16-row groups, 2 warps x 64 columns) on a 128-channel layer at batch 8,
-    # where both were measured (29.4 and 48.1 us); the 256-channel layer of earlier reports
-    # builds its unrolled form in ~2 minutes, so it is not among them
+    # (sparsity, layer, batch, H, schedule) on a 128-channel layer at batch 8: the padded-input
+    # table kernel (45-48 us), the unrolled 32-row groups on 4 warps x 128 columns (29.4 us)
+    # and on 16 warps x 512 columns (25.3 us), and 16-row groups on 16 warps (26.7 us): every
+    # unrolled form measured within 25-30 us whatever its grid (52 to 3328 warps), so what
+    # holds them is not the SM count; the 256-channel layer builds its unrolled form in ~1
+    # minute, so it is not among them
     ("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
      S(mode="table", chunk=8, prefetch_tail=True, pad_input=True)),
-    ("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
-     S(mode="values", rows_per_program=16, block_n=64, num_warps=2,
-       max_statements_per_function=16384, max_functions_per_kernel=64, pad_input=True)),
-]
+] + [("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
+      S(mode="values", rows_per_program=R, block_n=bn, num_warps=w, pad_input=True,
+        max_statements_per_function=16384, max_functions_per_kernel=8))
+     for R, bn, w in ((32, 128, 4), (32, 512, 16), (16, 512, 16))]
 
 
 def run_conv(dlmc):
