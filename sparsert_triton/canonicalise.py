@@ -130,6 +130,15 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # (geomean, 0.71-1.55x) over the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90%
     # (H100, bench/results/conv_h100_before_taps.csv)
     taps = (row_kernel and not pad and split == 1) if s.tap_segments == AUTO else s.tap_segments
+    # unrolled convolution code without the padded copy: per kernel tap one pointer per lane
+    # (into the image or a zero buffer), every load unmasked at an immediate offset. Its
+    # sm_90 SASS has the padded code's loads and FMAs plus ~300 set-up instructions, where
+    # the masked loads add ~5.5k (zero fills, predicates: 128-channel layer, 16 warps x 512
+    # columns). W @ X ignores it (like pad_input)
+    if s.tap_pointers == AUTO:
+        tap_pointers = conv and mode != "table" and not pad
+    else:
+        tap_pointers = conv and bool(s.tap_pointers)
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
@@ -141,7 +150,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
                 pad_input=bool(pad), split_k=split,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
-                pdl=s.pdl is True)   # 'auto' is resolved per device: see with_device
+                pdl=s.pdl is True,   # 'auto' is resolved per device: see with_device
+                tap_pointers=tap_pointers)
 
 
 def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:

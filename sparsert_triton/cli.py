@@ -233,6 +233,9 @@ ON_OFF_OPTIONS = [
                      "each row one kernel tap at a time (auto: on there)"),
     ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
                   "of X, each nonzero one offset into it (auto: on for the table kernel)"),
+    ("tap-pointers", "convolutions in the unrolled modes without pad-input: per kernel tap "
+                     "one X pointer per lane, into the image or a zero buffer (unmasked "
+                     "loads, no padded copy; auto: on there)"),
     ("pdl", "programmatic dependent launch: each kernel may start while the one before it "
             "finishes (auto: on for compute capability 9.0+, off in the interpreter)"),
 ]

@@ -156,6 +156,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     split = plan.column_slices
     if split > 1:
         bufs = [*bufs, *slice_buffers(variant, Y, N, nt, sig)]
+    if plan.tap_pointers:
+        bufs = [*bufs, zero_buffer(X)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = []
     for fn, groups in variant.kernels:
@@ -190,6 +192,22 @@ def slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
     acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
     ws = torch.empty(max(1, M * variant.plan.split_k * N), dtype=acc, device=Y.device)
     return ws, torch.zeros(max(1, groups * nt), dtype=torch.int32, device=Y.device)
+
+
+#: per (device, dtype), the largest zero buffer handed out so far (read only: never written)
+_zero_buffers = {}
+
+
+def zero_buffer(X: torch.Tensor) -> torch.Tensor:
+    """Zeros for ``tap_pointers``: a lane whose kernel tap falls outside the image reads
+    channel ``c`` at ``ZB + c * X.stride(1)``, so at least ``(C_in - 1) * X.stride(1) + 1``
+    elements. One buffer per device and dtype, grown when a larger input comes and kept."""
+    need = (X.shape[1] - 1) * X.stride(1) + 1
+    key = (X.device, X.dtype)
+    zb = _zero_buffers.get(key)
+    if zb is None or zb.numel() < need:
+        zb = _zero_buffers[key] = torch.zeros(need, dtype=X.dtype, device=X.device)
+    return zb
 
 
 #: side streams per device, created on first use and kept (a stream is cheap to keep, costly

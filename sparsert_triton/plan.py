@@ -40,6 +40,7 @@ class Plan:
     split_k: int = 1
     streams: int = 1
     pdl: bool = False
+    tap_pointers: bool = False
 
     def __post_init__(self):
         def bad(msg):
@@ -97,6 +98,12 @@ class Plan:
         if self.pad_input and self.tap_segments:
             bad("pad_input replaces tap_segments (every nonzero is one offset into the padded "
                 "input): set tap_segments=False")
+        if self.tap_pointers and self.mode == "table":
+            bad("tap_pointers applies to the unrolled modes only (the table kernels use "
+                "pad_input or tap_segments)")
+        if self.tap_pointers and self.pad_input:
+            bad("tap_pointers replaces pad_input (unmasked loads from the unpadded X): set "
+                "pad_input=False")
         if self.prefetch_tail and not self.prefetch:
             bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
         if not 1 <= self.streams <= 32:

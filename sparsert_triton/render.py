@@ -151,13 +151,18 @@ def cvt(dtype: str, sig) -> str:
     return "" if dtype == sig.acc_dtype else f".to({TL_DTYPES[sig.acc_dtype]})"
 
 
-def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None, padded=False):
+def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None, padded=False,
+                tap_pointers=False):
     """``x = X[col, tile]``; with baked strides the offset is one constant."""
     if conv is None:
         off = (f"{s.col * strides[0]}" if strides else f"{s.col} * sxk")
         b(f"{s.var} = tl.load({'xp' if s.col == 0 else 'xp + ' + off}, mask=nmask, other=0.0){acc}")
         return
     c, dy, dx = conv.tap(s.col)
+    if tap_pointers:   # the tap's pointer: in the image, or into the zero buffer
+        off = f"{c * strides[1]}" if strides else f"{c} * sxc"
+        b(f"{s.var} = tl.load(xt{dy}_{dx}{'' if c == 0 else ' + ' + off}){acc}")
+        return
     oy, ox = dy * conv.dilation[0], dx * conv.dilation[1]
     off = (f"{c * strides[1] + oy * strides[2] + ox * strides[3]}" if strides
            else f"({c} * sxc + {oy} * sxh + {ox} * sxw)")
@@ -211,6 +216,14 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
             b(f"vy{dy} = (iy0 >= {-dy * dh}) & (iy0 < IH - {dy * dh})")
         for dx in range(g.kw):
             b(f"vx{dx} = (ix0 >= {-dx * dw}) & (ix0 < IW - {dx * dw})")
+    if taps and low.plan.tap_pointers:
+        # per tap, the lanes' X pointers at the tap's shift where it reads the image, else the
+        # zero buffer: the loads need no mask (channel c reads ZB + c * sxc = 0 off-image)
+        for dy in range(g.kh):
+            for dx in range(g.kw):
+                oy, ox = dy * dh, dx * dw
+                off = f"{oy * st[2] + ox * st[3]}" if st else f"{oy} * sxh + {ox} * sxw"
+                b(f"xt{dy}_{dx} = tl.where(nmask & vy{dy} & vx{dx}, xp + {off}, ZB)")
 
 
 def render_store(b: Buffer, s: Store, low: Lowered):
@@ -231,9 +244,16 @@ def _ws(slot: int) -> str:
     return f"WS + N.to(tl.int64) * {slot} + offs_n"
 
 
+def _unrolled_buffers(low: Lowered) -> list:
+    """The unrolled kernels' buffers after X: the values, the column slices' workspace and
+    counters, the zero buffer of ``tap_pointers`` (launch.py passes them in this order)."""
+    return (["V"] + (["WS", "CNT"] if _split(low) else [])
+            + (["ZB"] if low.plan.tap_pointers else []))
+
+
 def _fn_params(low: Lowered) -> str:
-    ws = ["WS", "CNT"] if _split(low) else []
-    return ", ".join(["X", "V", *ws, "Y"] + operand_params(low.signature, low.conv is not None)
+    return ", ".join(["X", *_unrolled_buffers(low), "Y"]
+                     + operand_params(low.signature, low.conv is not None)
                      + geom_params(low) + ["pid_n", "N"])
 
 
@@ -259,7 +279,7 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
                 render_partial_store(b, s)
             elif isinstance(s, LoadX):
                 render_load(b, s, cvt(sig.x_dtype, sig), low.conv, low.x_strides,
-                            low.plan.pad_input)
+                            low.plan.pad_input, low.plan.tap_pointers)
             else:
                 render_fma(b, s, cvt(sig.w_dtype, sig), sig.acc_dtype)
     b()
@@ -322,7 +342,7 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
     for fn in k.groups:
         render_group(b, fn, low)
     b(_kernel_decorator(low))
-    with b.indent(f"def {k.name}({_kernel_params(low, ['V', 'WS', 'CNT'] if _split(low) else ['V'])}):"):
+    with b.indent(f"def {k.name}({_kernel_params(low, _unrolled_buffers(low))}):"):
         if _split(low):
             first, last = k.groups[0].arrive[0], k.groups[-1].arrive[0]
             b(f'"""Row groups {first}..{last}, {low.plan.split_k} column slices each: one slice '

@@ -120,6 +120,7 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                                       else draw(st.booleans())),
                         pad_input=pad,
                         bake_strides=draw(st.sampled_from(["auto", True])))
+    pad = draw(st.booleans())
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
@@ -127,7 +128,9 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     column_programs=draw(st.sampled_from([0, 1, 2])),
                     split_k=draw(st.sampled_from([1, 1, 2, 3])),
                     streams=draw(st.sampled_from([1, 3])),
-                    bake_strides=draw(st.booleans()), pad_input=draw(st.booleans()))
+                    bake_strides=draw(st.booleans()), pad_input=pad,
+                    # convolutions without the padded copy: tap pointers (auto) or masked loads
+                    tap_pointers="auto" if pad else draw(st.sampled_from(["auto", False])))
 
 
 @st.composite

@@ -288,9 +288,11 @@ def test_streams_option_reaches_the_schedule(capsys):
 def test_pdl_and_unrolled_split_options_reach_the_schedule(capsys):
     from sparsert_triton.cli import build_parser, schedule_from_args
     args = build_parser().parse_args(["emit", str(DATA), "--mode", "values", "--split-k", "2",
-                                      "--pdl", "off"])
+                                      "--pdl", "off", "--tap-pointers", "off"])
     s = schedule_from_args(args)
-    assert s.split_k == 2 and s.pdl is False
+    assert s.split_k == 2 and s.pdl is False and s.tap_pointers is False
+    args = build_parser().parse_args(["emit", str(DATA), "--tap-pointers", "on"])
+    assert schedule_from_args(args).tap_pointers is True
     rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--split-k", "2")
     assert rc == 0, err
     assert "atomic_add(CNT" in out and "_fix(" in out      # column slices and their fix-up

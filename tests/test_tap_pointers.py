@@ -1,0 +1,129 @@
+"""Unrolled convolutions without the padded copy (``tap_pointers``): per kernel tap one X
+pointer per lane, into the image or into a zero buffer, every load unmasked. Reference:
+float64 ``torch.nn.functional.conv2d`` on the masked dense weight (``k.reference``)."""
+import os
+
+import pytest
+import torch
+
+from dsl import Schedule, conv2d, relu
+from sparsert_triton import sparse_kernel
+from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.conv import conv_weight
+from sparsert_triton.launch import zero_buffer
+
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+def _kernel(W4, stride=1, padding=1, dilation=1, epilogue=False, **schedule):
+    sched = Schedule(**{"mode": "values", "rows_per_program": 4, "block_n": 16, **schedule})
+    if epilogue:
+        fn = lambda W, X, b: relu(conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
+                                         dilation=dilation) + b)
+    else:
+        fn = lambda W, X: conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
+                                 dilation=dilation)
+    return sparse_kernel(fn, schedule=sched).specialize(W4)
+
+
+def _weight(g, C_out, C_in, kh, kw, density, dtype=torch.float32):
+    return (torch.randn(C_out, C_in, kh, kw, generator=g, dtype=torch.float64)
+            * (torch.rand(C_out, C_in, kh, kw, generator=g) < density)).to(dtype)
+
+
+@pytest.mark.parametrize("mode", ["values", "indices"])
+def test_tap_pointers_across_geometries_layouts_and_dtypes(mode):
+    """Strides, paddings (0, 1, 2, 'same'), dilation, kernels of 1x1 to 3x2, odd sizes, batch
+    1-3, channels-last and sliced X (a zero buffer sized by X.stride(1)), column slices."""
+    g = torch.Generator().manual_seed(11)
+    cases = [((1, 1), 1, 1, (3, 3), (2, 5, 7, 9), {}),
+             ((2, 2), 1, 1, (3, 3), (1, 4, 8, 5), {}),
+             ((1, 2), 2, (2, 1), (3, 2), (3, 3, 9, 7), {}),
+             ((1, 1), "same", (2, 2), (3, 3), (1, 3, 6, 6), {}),
+             ((1, 1), 0, 1, (1, 1), (2, 5, 4, 3), {}),
+             ((1, 1), 1, 1, (3, 3), (2, 6, 5, 5), {"split_k": 2})]
+    for stride, padding, dilation, (kh, kw), shape, extra in cases:
+        W4 = _weight(g, 7, shape[1], kh, kw, 0.4)
+        k = _kernel(W4, stride, padding, dilation, mode=mode, **extra)
+        X = torch.randn(*shape, generator=g).to(DEV)
+        for Xc in (X, X.to(memory_format=torch.channels_last), X[:, :, :, 1:]):
+            Y = k(Xc)
+            assert k.last_plan.tap_pointers and not k.last_plan.pad_input
+            torch.testing.assert_close(Y.cpu().double(), k.reference(Xc), rtol=1e-5, atol=1e-5)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float16, 2e-2)):
+        W4 = _weight(g, 6, 4, 3, 3, 0.5, dtype)
+        k = _kernel(W4, mode=mode, epilogue=True)
+        X = torch.randn(2, 4, 7, 6, generator=g).to(DEV, dtype)
+        b = torch.randn(6, generator=g).to(DEV, dtype)
+        torch.testing.assert_close(k(X, b).cpu().double(), k.reference(X, b), rtol=tol,
+                                   atol=tol)
+
+
+def test_tap_pointers_empty_rows_and_an_all_zero_weight():
+    g = torch.Generator().manual_seed(12)
+    W4 = _weight(g, 6, 3, 3, 3, 0.5)
+    W4[1] = 0.0
+    W4[4] = 0.0
+    X = torch.randn(2, 3, 5, 6, generator=g).to(DEV)
+    for W in (W4, torch.zeros_like(W4)):
+        k = _kernel(W)
+        Y = k(X).cpu().double()
+        torch.testing.assert_close(Y, k.reference(X), rtol=1e-5, atol=1e-5)
+        assert torch.equal(Y[:, 1], torch.zeros_like(Y[:, 1]))
+
+
+def test_nan_reaches_exactly_the_outputs_that_read_it():
+    """Off-image taps read the zero buffer, lanes past N too: a NaN in X reaches only the
+    outputs whose window holds it with a nonzero weight, with and without tap pointers."""
+    W = torch.zeros(2, 1, 3, 3)
+    W[0, 0, 1, 1] = 1.0            # centre tap: output (0, 0) of image 0 reads the NaN
+    W[1, 0, 0, 0] = 1.0            # top-left tap: output (1, 1) reads input (0, 0)
+    X = torch.ones(2, 1, 4, 5)
+    X[0, 0, 0, 0] = float("nan")
+    for tp in (True, False):
+        k = _kernel(W, tap_pointers=tp, rows_per_program=2)
+        Y = k(X.to(DEV)).cpu()
+        assert k.last_plan.tap_pointers == tp
+        nan = torch.isnan(Y)
+        assert nan[0, 0, 0, 0] and nan[0, 1, 1, 1] and nan.sum() == 2, nan.nonzero().tolist()
+        ref = torch.nn.functional.conv2d(torch.nan_to_num(X, nan=0.0), W, padding=1)
+        assert torch.allclose(Y[~nan], ref[~nan])
+
+
+def test_default_and_rejections():
+    """Auto: on in the unrolled modes of a convolution unless pad_input is set; off for the
+    table kernels and for W @ X. Explicit conflicts are named."""
+    w, _ = conv_weight(torch.randn(4, 3, 3, 3))
+    on = plan_for(Schedule(mode="values"), w, 64, "float32", conv=True)
+    assert on.tap_pointers and not on.pad_input
+    assert not plan_for(Schedule(mode="values", pad_input=True), w, 64, "float32",
+                        conv=True).tap_pointers
+    assert not plan_for(Schedule(mode="values", tap_pointers=False), w, 64, "float32",
+                        conv=True).tap_pointers
+    assert not plan_for(Schedule(mode="table"), w, 64, "float32", conv=True).tap_pointers
+    assert not plan_for(Schedule(mode="values", tap_pointers=True), w, 64, "float32").tap_pointers
+    with pytest.raises(ValueError, match="tap_pointers replaces pad_input"):
+        plan_for(Schedule(mode="values", tap_pointers=True, pad_input=True), w, 64, "float32",
+                 conv=True)
+    with pytest.raises(ValueError, match="tap_pointers applies to the unrolled modes"):
+        plan_for(Schedule(mode="table", tap_pointers=True), w, 64, "float32", conv=True)
+    with pytest.raises(ValueError, match="tap_pointers"):
+        Schedule(tap_pointers="yes")
+    assert "tap_pointers=False" in repr(Schedule(tap_pointers=False))
+    assert eval(repr(Schedule(tap_pointers=True)), {"Schedule": Schedule}) == \
+        Schedule(tap_pointers=True)
+
+
+def test_zero_buffer_covers_every_channel_offset_grows_and_stays_zero():
+    X = torch.randn(2, 3, 4, 5).to(DEV)
+    zb = zero_buffer(X)
+    assert zb.numel() >= 2 * X.stride(1) + 1 and zb.dtype == X.dtype and zb.device == X.device
+    assert zero_buffer(torch.randn(1, 2, 3, 3).to(DEV)) is zb      # smaller: the same one
+    big = torch.randn(1, 8, 6, 6).to(DEV)
+    zb2 = zero_buffer(big)
+    assert zb2.numel() >= 7 * 36 + 1 and zero_buffer(X) is zb2    # grown, then kept
+    cl = torch.randn(1, 9, 2, 2).to(DEV).to(memory_format=torch.channels_last)
+    assert zero_buffer(cl).numel() >= 8 * cl.stride(1) + 1
+    k = _kernel(_weight(torch.Generator().manual_seed(13), 4, 8, 3, 3, 0.6))
+    k(big)
+    assert not zero_buffer(big).any()          # the kernels only read it
