@@ -205,7 +205,11 @@ CONV_CANDIDATES = [
     # the same with 16-row groups (twice the programs): the stride-2 128-channel layer at
     # batch 8, 38.7 us against 47.8 with 32 rows and 41.9 with four warps x 128 columns
     Schedule(mode="values", rows_per_program=16, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True)]
+             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
+    # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel;
+    # not measured on a GPU yet, timed here like every candidate)
+    Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
+             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=False)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
