@@ -201,12 +201,17 @@ _zero_buffers = {}
 def zero_buffer(X: torch.Tensor) -> torch.Tensor:
     """Zeros for ``tap_pointers``: a lane whose kernel tap falls outside the image reads
     channel ``c`` at ``ZB + c * X.stride(1)``, so at least ``(C_in - 1) * X.stride(1) + 1``
-    elements. One buffer per device and dtype, grown when a larger input comes and kept."""
+    elements. One buffer per device and dtype, grown when a larger input comes and kept.
+    While a CUDA graph is being captured a missing one is made for that call only: its
+    zero fill is recorded in the graph, not run, so a kept one would hold garbage for the
+    eager calls after the capture."""
     need = (X.shape[1] - 1) * X.stride(1) + 1
     key = (X.device, X.dtype)
     zb = _zero_buffers.get(key)
     if zb is None or zb.numel() < need:
-        zb = _zero_buffers[key] = torch.zeros(need, dtype=X.dtype, device=X.device)
+        zb = torch.zeros(need, dtype=X.dtype, device=X.device)
+        if not (X.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _zero_buffers[key] = zb
     return zb
 
 

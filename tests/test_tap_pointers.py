@@ -127,3 +127,25 @@ def test_zero_buffer_covers_every_channel_offset_grows_and_stays_zero():
     k = _kernel(_weight(torch.Generator().manual_seed(13), 4, 8, 3, 3, 0.6))
     k(big)
     assert not zero_buffer(big).any()          # the kernels only read it
+
+
+@pytest.mark.gpu
+def test_tap_pointers_first_called_inside_a_cuda_graph(monkeypatch):
+    """A zero buffer made during a capture is the graph's own (its fill runs at each replay)
+    and not kept: eager calls after the capture get a real one."""
+    import sparsert_triton.launch as launch
+    g = torch.Generator().manual_seed(14)
+    k = _kernel(_weight(g, 8, 4, 3, 3, 0.5), block_n=64)
+    X = torch.randn(2, 4, 9, 7, generator=g).cuda()
+    k(X)                                  # built, compiled and its buffers on the GPU
+    torch.cuda.synchronize()
+    monkeypatch.setattr(launch, "_zero_buffers", {})     # ... but no zero buffer yet
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        Yg = k(X)
+    assert launch._zero_buffers == {}
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(Yg.double().cpu(), k.reference(X).cpu(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k(X).double().cpu(), k.reference(X).cpu(), rtol=1e-5, atol=1e-5)
+    assert not launch._zero_buffers[(X.device, X.dtype)].any()
