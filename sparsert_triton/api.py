@@ -143,6 +143,14 @@ class SpecializedKernel:
             offsets = g.padded_offsets(*spatial)
             spatial = (int(spatial[0]), int(spatial[1]))
             x_strides = (g.C_in * Hp * Wp, Hp * Wp, Wp, 1)   # the padded copy's
+        elif plan.tap_masks:
+            if spatial is None:
+                raise ValueError("a tap_masks convolution kernel is specialised to its input's "
+                                 "spatial size: call it (or pass spatial=(H, W))")
+            g = self.conv
+            H, W = spatial = (int(spatial[0]), int(spatial[1]))
+            offsets = g.masked_offsets(H, W)
+            x_strides = (g.C_in * H * W, H * W, W, 1)       # X made contiguous NCHW
         else:
             spatial = None
         baked = tuple(int(v) for v in x_strides) if plan.bake_strides and x_strides else None
@@ -199,8 +207,18 @@ class SpecializedKernel:
         spatial = tuple(X.shape[2:]) if self.conv is not None else None
         v = self.variant(sig, N, X.device, X.stride(), spatial)
         self._last = v
-        run(v, self._padded(X, v.plan.pdl) if v.plan.pad_input else X, Y, operands, sig)
+        run(v, self._padded(X, v.plan.pdl) if v.plan.pad_input else
+            self._contiguous(X) if v.plan.tap_masks else X, Y, operands, sig)
         return Y
+
+    @staticmethod
+    def _contiguous(X: torch.Tensor) -> torch.Tensor:
+        """X as contiguous NCHW (``tap_masks``: the table's offsets assume it; a copy only
+        for another layout), within 32-bit element offsets."""
+        if X.numel() > INT32_MAX:
+            raise ValueError(f"X of shape {tuple(X.shape)} has more than 2**31 elements; "
+                             "split the batch into smaller calls")
+        return X.contiguous()
 
     def reference(self, X: torch.Tensor, *operands) -> torch.Tensor:
         """The same computation in float64 with torch (the masked dense weight)."""

@@ -89,8 +89,11 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # bench/results/conv_h100_pad_tune.jsonl, conv_h100_split_tune.jsonl). W @ X ignores
     # pad_input (like tap_segments); on another kernel, Plan names the conflict
     conv_rows = conv and row_kernel
+    # the one-row table kernel without the padded copy (masked loads, one loop per row): off
+    # unless asked for (not timed on a GPU yet); W @ X ignores it
+    tap_masks = conv and s.tap_masks is True
     if s.pad_input == AUTO:
-        pad = conv_rows and s.tap_segments is not True
+        pad = conv_rows and s.tap_segments is not True and not tap_masks
     else:
         pad = conv and bool(s.pad_input)
     block_n = s.block_n
@@ -123,13 +126,14 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # the prefetched tail: part of the padded convolution default above (without the padded
     # input it was slower: 0.78x at batch 8, conv_h100_pad_tune.jsonl)
     if s.prefetch_tail == AUTO:
-        tail = bool(pad and row_kernel and prefetch and split == 1 and not pack)
+        tail = bool((pad or tap_masks) and row_kernel and prefetch and split == 1 and not pack)
     else:
         tail = bool(s.prefetch_tail)
     # without the padded input, a convolution's rows walked one kernel tap at a time: 1.28x
     # (geomean, 0.71-1.55x) over the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90%
     # (H100, bench/results/conv_h100_before_taps.csv)
-    taps = (row_kernel and not pad and split == 1) if s.tap_segments == AUTO else s.tap_segments
+    taps = ((row_kernel and not pad and not tap_masks and split == 1) if s.tap_segments == AUTO
+            else s.tap_segments)
     # unrolled convolution code without the padded copy: per kernel tap one pointer per lane
     # (into the image or a zero buffer), every load unmasked at an immediate offset. Its
     # sm_90 SASS has the padded code's loads and FMAs plus ~300 set-up instructions, where
@@ -151,7 +155,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 pad_input=bool(pad), split_k=split,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
                 pdl=s.pdl is True,   # 'auto' is resolved per device: see with_device
-                tap_pointers=tap_pointers)
+                tap_pointers=tap_pointers, tap_masks=tap_masks)
 
 
 def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:

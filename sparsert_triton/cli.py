@@ -236,6 +236,9 @@ ON_OFF_OPTIONS = [
     ("tap-pointers", "convolutions in the unrolled modes without pad-input: per kernel tap "
                      "one X pointer per lane, into the image or a zero buffer (unmasked "
                      "loads, no padded copy; auto: on there)"),
+    ("tap-masks", "convolutions in the one-row table kernel without pad-input: each entry "
+                  "an offset into the unpadded X and its tap's bit, loads masked by each "
+                  "lane's in-image bits (no padded copy; auto: off)"),
     ("pdl", "programmatic dependent launch: each kernel may start while the one before it "
             "finishes (auto: on for compute capability 9.0+, off in the interpreter)"),
 ]

@@ -51,6 +51,31 @@ class ConvGeometry:
         off = c * (Hp * Wp) + dy * self.dilation[0] * Wp + dx * self.dilation[1]
         return off.reshape(-1).astype(np.int64)
 
+    @property
+    def tap_bits(self) -> int:
+        """Bits of a ``tap_masks`` table entry that name its kernel tap (one per tap)."""
+        return self.kh * self.kw
+
+    def masked_offsets(self, H: int, W: int) -> np.ndarray:
+        """``tap_masks``: per column ``k = (c_in, dy, dx)`` (chw order) of a contiguous NCHW
+        input of one H x W image, the entry ``off * 2**B + 2**tap`` (B = kh*kw, tap = dy*kw +
+        dx) with ``off = c_in*H*W + (dy*dh - ph)*W + (dx*dw - pw)``: output (oy, ox) reads
+        ``X[b].flat[oy*sh*W + ox*sw + off]`` where the lane's bit ``tap`` says that position
+        is in the image. int64; every entry fits int32 (else ValueError)."""
+        B = self.tap_bits
+        if B > 16:
+            raise ValueError(f"tap_masks supports kernels of up to 16 taps, got "
+                             f"{self.kh}x{self.kw}: use pad_input")
+        (dh, dw), (ph, pw) = self.dilation, self.padding
+        c, dy, dx = np.meshgrid(np.arange(self.C_in), np.arange(self.kh), np.arange(self.kw),
+                                indexing="ij")
+        off = c * (H * W) + (dy * dh - ph) * W + (dx * dw - pw)
+        lim = 2 ** (31 - B)
+        if off.size and (int(off.max()) >= lim or int(off.min()) < -lim):
+            raise ValueError(f"tap_masks: one image of X ({self.C_in}x{H}x{W}) is too large "
+                             f"for 32-bit table entries ({B} tap bits): use pad_input")
+        return (off * 2 ** B + (1 << (dy * self.kw + dx))).reshape(-1).astype(np.int64)
+
     def tap(self, k: int) -> Tuple[int, int, int]:
         """(c_in, dy, dx) of flattened column ``k`` (chw order)."""
         c, r = divmod(int(k), self.kh * self.kw)

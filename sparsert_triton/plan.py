@@ -41,6 +41,7 @@ class Plan:
     streams: int = 1
     pdl: bool = False
     tap_pointers: bool = False
+    tap_masks: bool = False
 
     def __post_init__(self):
         def bad(msg):
@@ -104,6 +105,12 @@ class Plan:
         if self.tap_pointers and self.pad_input:
             bad("tap_pointers replaces pad_input (unmasked loads from the unpadded X): set "
                 "pad_input=False")
+        if self.tap_masks and not self.row_kernel:
+            bad("tap_masks applies to the one-row table kernel only (the unrolled modes use "
+                "tap_pointers)")
+        if self.tap_masks and (self.pad_input or self.tap_segments):
+            bad("tap_masks replaces pad_input and tap_segments (one loop of masked loads from "
+                "the unpadded X): set both False")
         if self.prefetch_tail and not self.prefetch:
             bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
         if not 1 <= self.streams <= 32:

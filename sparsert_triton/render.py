@@ -207,6 +207,9 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
         b(f"xp = tl.where(nmask, X + nb * {sb} + oy * {sh} * {sh_} + ox * {sw} * {sw_}, X)")
         b("yo = nb * syb + oy * syh + ox * syw")
         return
+    if low.plan.tap_masks:
+        _tap_mask_tile(b, low)
+        return
     b(f"iy0 = oy * {sh} - {ph}")
     b(f"ix0 = ox * {sw} - {pw}")
     b(f"xp = X + nb * {sb} + iy0 * {sh_} + ix0 * {sw_}")
@@ -224,6 +227,32 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
                 oy, ox = dy * dh, dx * dw
                 off = f"{oy * st[2] + ox * st[3]}" if st else f"{oy} * sxh + {ox} * sxw"
                 b(f"xt{dy}_{dx} = tl.where(nmask & vy{dy} & vx{dx}, xp + {off}, ZB)")
+
+
+def _tap_mask_tile(b: Buffer, low: Lowered):
+    """``tap_masks``: ``xp`` at each lane's output position in the unpadded X (the table's
+    offsets hold the padding and the tap's shift) and ``tm``, bit ``t`` set where kernel tap
+    ``t`` reads inside the image (none for lanes past N)."""
+    g, st = low.conv, low.x_strides
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    sb, sh_, sw_ = (st[0], st[2], st[3]) if st else ("sxb", "sxh", "sxw")
+    b(f"xp = tl.where(nmask, X + nb * {sb} + oy * {sh} * {sh_} + ox * {sw} * {sw_}, X)")
+    b("yo = nb * syb + oy * syh + ox * syw")
+    b(f"iy0 = oy * {sh} - {ph}")
+    b(f"ix0 = ox * {sw} - {pw}")
+    b("tm = tl.zeros_like(offs_n)")
+    for dy in range(g.kh):
+        b(f"vy = (iy0 >= {-dy * dh}) & (iy0 < IH - {dy * dh})")
+        for dx in range(g.kw):
+            b(f"tm |= (vy & (ix0 >= {-dx * dw}) & (ix0 < IW - {dx * dw})).to(tl.int32) << "
+              f"{dy * g.kw + dx}")
+    b("tm = tl.where(nmask, tm, 0)")
+
+
+def _tap_mask_fields(low: Lowered, c: str):
+    """(offset, tap bit) of a ``tap_masks`` table entry ``c``."""
+    B = low.conv.tap_bits
+    return f"({c} >> {B})", f"({c} & {(1 << B) - 1})"
 
 
 def render_store(b: Buffer, s: Store, low: Lowered):
@@ -381,6 +410,11 @@ def _table_x_load(b: Buffer, low: Lowered, valid: str = ""):
         b(f"x = tl.load(xp + c, mask={valid}, other=0.0){x}" if valid else
           f"x = tl.load(xp + c){x}")
         return
+    if low.plan.tap_masks:   # c: the nonzero's offset and tap bit; the lane's bits mask it
+        off, bit = _tap_mask_fields(low, "c")
+        b(f"x = tl.load(xp + {off}, mask={valid + ' & ' if valid else ''}((tm & {bit}) != 0), "
+          f"other=0.0){x}")
+        return
     if low.plan.tap_segments:
         b(f"x = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){x}" if valid else
           f"x = tl.load(xt + c * sxc){x}")
@@ -458,6 +492,11 @@ def _table_x_tile(b: Buffer, low: Lowered):
         return
     if low.plan.pad_input:
         b("x = tl.load(xp[None, :] + cols[:, None], mask=kmask[:, None], other=0.0)")
+        return
+    if low.plan.tap_masks:
+        off, bit = _tap_mask_fields(low, "cols")
+        b(f"x = tl.load(xp[None, :] + {off}[:, None], "
+          f"mask=kmask[:, None] & ((tm[None, :] & {bit}[:, None]) != 0), other=0.0)")
         return
     (dh, dw), khw = g.dilation, g.kh * g.kw
     b(f"ci = cols // {khw}")
@@ -550,6 +589,9 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     if g is not None and p.pad_input:
         doc += (" Convolution: X zero-padded, COLS holding each nonzero's offset into it "
                 "(one loop per row, unmasked loads).")
+    if g is not None and p.tap_masks:
+        doc += (f" Convolution: COLS holding each nonzero's offset into X << {g.tap_bits} | "
+                "its tap's bit, tm each lane's in-image bits (one loop per row, masked loads).")
     if taps:
         doc += (f" Convolution: one segment per kernel tap ({g.kh}x{g.kw}), COLS holding the "
                 "input channel, X read at the tap's shift under the tap's in-image mask.")

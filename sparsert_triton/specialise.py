@@ -237,7 +237,7 @@ def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1,
     value_index = np.concatenate(segments + [np.full(U, -1, np.int64)])
     hit = value_index >= 0
     cols = np.zeros(value_index.shape[0], np.int32)
-    if offsets is not None:   # a padded convolution input: each column's offset into it
+    if offsets is not None:   # a convolution's input: each column's offset (and tap) into it
         if offsets.size and int(offsets.max()) > np.iinfo(np.int32).max:
             raise ValueError("the padded input is too large for 32-bit offsets "
                              f"({int(offsets.max())} elements in one image)")

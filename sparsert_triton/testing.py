@@ -109,14 +109,16 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         pad = False if P > 1 else draw(st.booleans())   # replaces tap segments (convolutions)
         split = 1 if P > 1 else draw(st.sampled_from([1, 1, 2, 4]))
         plain = P > 1 or split > 1      # no packing, tail or tap segments
+        # convolutions without the padded copy: masked loads, one loop per row (tap_masks)
+        masks = not pad and P == 1 and draw(st.booleans())
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False, parallel_rows=P,
-                        split_k=split,
+                        split_k=split, tap_masks=masks,
                         pack_nonzeros=False if plain else draw(st.sampled_from(["auto", True])),
                         prefetch=pre,
                         prefetch_tail=(draw(st.booleans()) if pre is True and not plain
                                        else False),
-                        tap_segments=("auto" if P > 1 or pad else False if split > 1
+                        tap_segments=("auto" if P > 1 or pad or masks else False if split > 1
                                       else draw(st.booleans())),
                         pad_input=pad,
                         bake_strides=draw(st.sampled_from(["auto", True])))

@@ -291,8 +291,10 @@ def test_pdl_and_unrolled_split_options_reach_the_schedule(capsys):
                                       "--pdl", "off", "--tap-pointers", "off"])
     s = schedule_from_args(args)
     assert s.split_k == 2 and s.pdl is False and s.tap_pointers is False
-    args = build_parser().parse_args(["emit", str(DATA), "--tap-pointers", "on"])
-    assert schedule_from_args(args).tap_pointers is True
+    args = build_parser().parse_args(["emit", str(DATA), "--tap-pointers", "on",
+                                      "--tap-masks", "on"])
+    s = schedule_from_args(args)
+    assert s.tap_pointers is True and s.tap_masks is True
     rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--split-k", "2")
     assert rc == 0, err
     assert "atomic_add(CNT" in out and "_fix(" in out      # column slices and their fix-up

@@ -158,6 +158,12 @@ for name, extra in (("pad", dict(pad_input=True)), ("tap_pointers", dict(tap_poi
     loads[name] = {"ld": len(re.findall(r"ld\.global", ptx)),
                    "predicated": len(re.findall(r"@%p\d+ ld\.global", ptx)),
                    "nnz": int((W4 != 0).sum())}
+for name, extra in (("table_pad", dict(pad_input=True)), ("table_masks", dict(tap_masks=True))):
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
+                      schedule=Schedule(mode="table", chunk=4, **extra)).specialize(W4)
+    v = k.variant(sig, 2 * 36, torch.device("cpu"), (288, 36, 6, 1), spatial=(6, 6))
+    ptx = "".join(c.asm["ptx"] for c in precompile_variant(v, sig))
+    loads[name] = {"ld": len(re.findall(r"ld\.global", ptx)), "source": v.source}
 out["conv_loads"] = loads
 
 from sparsert_triton import fastpasses
@@ -230,6 +236,9 @@ def test_tap_pointers_load_like_the_padded_copy(compiled):
     assert c["tap_pointers"]["ld"] == c["pad"]["ld"] <= c["pad"]["nnz"]
     assert c["tap_pointers"]["predicated"] == c["pad"]["predicated"] == 0
     assert c["masked"]["predicated"] == c["masked"]["ld"] > 0
+    # the table kernel without the copy: the padded kernel's loads, each masked by tap bits
+    assert c["table_masks"]["ld"] == c["table_pad"]["ld"] > 0
+    assert "tm & (c & 511)" in c["table_masks"]["source"]
 
 
 def test_unrolled_kernels_are_split_by_function_budget(compiled):

@@ -59,6 +59,10 @@ CASES = {
     "values_split_bias_relu": (W_A, _bias_relu, Schedule(mode="values", rows_per_program=2,
                                                          block_n=32, split_k=2),
                                (("bias", "row"),)),
+    # the one-row table kernel without the padded copy: offset << taps | tap bit per entry,
+    # in-image bits per lane (tap_masks)
+    "table_conv_tap_masks": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
+                                                       tap_masks=True), ()),
     # unrolled convolution without the padded copy: one pointer per kernel tap, into the
     # image or the zero buffer (tap_pointers, on by default there)
     "values_conv_tap_pointers": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
@@ -74,7 +78,8 @@ def _source(name):
     # X contiguous: N = 64 columns, or a 2-channel 5x6 image
     strides = ((60, 30, 6, 1) if k.conv else (64, 1)) if plan.bake_strides else None
     taps = k.conv.kh * k.conv.kw if k.conv else 1
-    offsets = k.conv.padded_offsets(5, 6) if plan.pad_input else None   # a 5x6 input
+    offsets = (k.conv.padded_offsets(5, 6) if plan.pad_input else       # a 5x6 input
+               k.conv.masked_offsets(5, 6) if plan.tap_masks else None)
     return render(lower(specialise(k.weight, plan, taps, offsets), plan, sig, k.program, k.conv,
                         x_strides=strides), header="golden")
 

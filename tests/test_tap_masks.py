@@ -1,0 +1,130 @@
+"""The one-row table kernel without the padded copy (``tap_masks``): each table entry holds a
+nonzero's offset into the unpadded X and its kernel tap's bit; each lane's in-image bits mask
+the load. Reference: float64 ``torch.nn.functional.conv2d`` on the masked weight."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dsl import Schedule, conv2d, relu
+from sparsert_triton import sparse_kernel
+from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.conv import ConvGeometry, conv_weight
+
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+def _kernel(W4, stride=1, padding=1, dilation=1, epilogue=False, **schedule):
+    sched = Schedule(**{"mode": "table", "block_n": 16, "tap_masks": True, **schedule})
+    if epilogue:
+        fn = lambda W, X, b: relu(conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
+                                         dilation=dilation) + b)
+    else:
+        fn = lambda W, X: conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
+                                 dilation=dilation)
+    return sparse_kernel(fn, schedule=sched).specialize(W4)
+
+
+def _weight(g, C_out, C_in, kh, kw, density, dtype=torch.float32):
+    return (torch.randn(C_out, C_in, kh, kw, generator=g, dtype=torch.float64)
+            * (torch.rand(C_out, C_in, kh, kw, generator=g) < density)).to(dtype)
+
+
+def test_masked_offsets_address_the_unfolded_input():
+    """Entry = off * 2**B + 2**tap: output (oy, ox) reads X.flat[oy*sh*W + ox*sw + off] where
+    the tap is in the image, which is F.unfold's (k, position) entry; zero padding elsewhere."""
+    g = torch.Generator().manual_seed(21)
+    for stride, padding, dilation, H, W, kh, kw in (((1, 1), (1, 1), (1, 1), 6, 7, 3, 3),
+                                                    ((2, 1), (0, 2), (2, 1), 9, 8, 3, 2),
+                                                    ((1, 2), (2, 0), (1, 2), 7, 11, 2, 3)):
+        geom = ConvGeometry(3, kh, kw, stride, padding, dilation)
+        X = torch.randn(3, H, W, generator=g, dtype=torch.float64)
+        cols = torch.nn.functional.unfold(X[None], (kh, kw), dilation, padding, stride)[0]
+        Ho, Wo = geom.output_size(H, W)
+        e = torch.from_numpy(geom.masked_offsets(H, W))
+        B = geom.tap_bits
+        off, bit = e >> B, e & ((1 << B) - 1)
+        assert ((bit & (bit - 1)) == 0).all() and (bit > 0).all()        # one tap each
+        oy, ox = torch.meshgrid(torch.arange(Ho), torch.arange(Wo), indexing="ij")
+        oy, ox = oy.reshape(-1), ox.reshape(-1)
+        tap = torch.log2(bit.double()).long()
+        iy = oy[None, :] * stride[0] - padding[0] + (tap // kw * dilation[0])[:, None]
+        ix = ox[None, :] * stride[1] - padding[1] + (tap % kw * dilation[1])[:, None]
+        inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        addr = (oy * stride[0] * W + ox * stride[1])[None, :] + off[:, None]
+        got = torch.where(inside, X.reshape(-1)[addr.clamp(0, X.numel() - 1)], 0.0)
+        assert torch.equal(got, cols)
+
+
+def test_tap_masks_across_geometries_layouts_and_schedules():
+    """Strides, paddings, dilation, 2x2 and 3x3 kernels, odd sizes, batch, channels-last and
+    sliced X (copied to contiguous NCHW), chunk sizes, the prefetched tail, packed nonzeros
+    (float32), rows split over warps; float32, float64 and float16."""
+    g = torch.Generator().manual_seed(22)
+    geoms = [((1, 1), 1, 1, (3, 3), (2, 5, 7, 9)), ((2, 2), 1, 1, (3, 3), (1, 4, 8, 5)),
+             ((1, 2), 2, (2, 1), (3, 2), (3, 3, 9, 7)), ((1, 1), "same", 2, (3, 3), (1, 3, 6, 6)),
+             ((1, 1), 0, 1, (2, 2), (2, 5, 4, 3))]
+    scheds = [dict(chunk=2), dict(chunk=8, prefetch_tail=True), dict(chunk=4, pack_nonzeros=True),
+              dict(chunk=2, split_k=2, num_warps=2), dict(chunk=1, prefetch=False)]
+    for (stride, padding, dilation, (kh, kw), shape), extra in zip(geoms * 2, scheds * 2):
+        W4 = _weight(g, 7, shape[1], kh, kw, 0.4)
+        k = _kernel(W4, stride, padding, dilation, **extra)
+        X = torch.randn(*shape, generator=g).to(DEV)
+        for Xc in (X, X.to(memory_format=torch.channels_last), X[:, :, :, 1:]):
+            Y = k(Xc)
+            p = k.last_plan
+            assert p.tap_masks and not p.pad_input and not p.tap_segments
+            torch.testing.assert_close(Y.cpu().double(), k.reference(Xc), rtol=1e-5, atol=1e-5)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float16, 2e-2)):
+        W4 = _weight(g, 6, 4, 3, 3, 0.5, dtype)
+        k = _kernel(W4, epilogue=True, chunk=4)
+        X = torch.randn(2, 4, 7, 6, generator=g).to(DEV, dtype)
+        b = torch.randn(6, generator=g).to(DEV, dtype)
+        torch.testing.assert_close(k(X, b).cpu().double(), k.reference(X, b), rtol=tol,
+                                   atol=tol)
+
+
+def test_tap_masks_empty_rows_all_zero_weight_and_nan():
+    g = torch.Generator().manual_seed(23)
+    W4 = _weight(g, 6, 3, 3, 3, 0.5)
+    W4[1] = 0.0
+    X = torch.randn(2, 3, 5, 6, generator=g).to(DEV)
+    for W in (W4, torch.zeros_like(W4)):
+        k = _kernel(W, chunk=2)
+        Y = k(X).cpu().double()
+        torch.testing.assert_close(Y, k.reference(X), rtol=1e-5, atol=1e-5)
+        assert torch.equal(Y[:, 1], torch.zeros_like(Y[:, 1]))
+    W = torch.zeros(2, 1, 3, 3)
+    W[0, 0, 1, 1] = 1.0            # centre tap: output (0, 0) of image 0 reads the NaN
+    W[1, 0, 0, 0] = 1.0            # top-left tap: output (1, 1) reads input (0, 0)
+    Xn = torch.ones(2, 1, 4, 5)
+    Xn[0, 0, 0, 0] = float("nan")
+    Y = _kernel(W, chunk=2)(Xn.to(DEV)).cpu()
+    nan = torch.isnan(Y)
+    assert nan[0, 0, 0, 0] and nan[0, 1, 1, 1] and nan.sum() == 2, nan.nonzero().tolist()
+
+
+def test_tap_masks_resolution_and_rejections():
+    w, _ = conv_weight(torch.randn(4, 3, 3, 3))
+    p = plan_for(Schedule(mode="table", tap_masks=True), w, 64, "float32", conv=True)
+    assert p.tap_masks and not p.pad_input and not p.tap_segments and p.prefetch_tail
+    assert not plan_for(Schedule(mode="table"), w, 64, "float32", conv=True).tap_masks
+    assert not plan_for(Schedule(mode="table", tap_masks=True), w, 64, "float32").tap_masks
+    with pytest.raises(ValueError, match="tap_masks replaces pad_input"):
+        plan_for(Schedule(mode="table", tap_masks=True, pad_input=True), w, 64, "float32",
+                 conv=True)
+    with pytest.raises(ValueError, match="tap_masks replaces pad_input and tap_segments"):
+        plan_for(Schedule(mode="table", tap_masks=True, tap_segments=True), w, 64, "float32",
+                 conv=True)
+    with pytest.raises(ValueError, match="tap_masks applies to the one-row table kernel"):
+        plan_for(Schedule(mode="values", tap_masks=True), w, 64, "float32", conv=True)
+    with pytest.raises(ValueError, match="tap_masks"):
+        Schedule(tap_masks=1.5)
+    big = _kernel(torch.randn(2, 1, 5, 5))           # 25 taps: more than 16 bits
+    with pytest.raises(ValueError, match="up to 16 taps"):
+        big(torch.randn(1, 1, 6, 6).to(DEV))
+    geom = ConvGeometry(512, 3, 3, (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="too large for 32-bit table entries"):
+        geom.masked_offsets(100, 100)                # 5.1M elements per image > 2**22
+    assert np.abs(geom.masked_offsets(56, 56) >> 9).max() < 2 ** 22
