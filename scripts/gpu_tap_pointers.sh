@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# One device call (~7 minutes): the tap-pointer tests on the GPU, then the 64/128-channel
-# layers at batch 1 and 8 with the unrolled forms on the padded copy against the same forms
-# with tap pointers (no copy kernel), and the table kernel that holds the batch-1 cases.
+# One device call (~8 minutes): the tap-pointer and tap-mask tests on the GPU, then the
+# 64/128-channel layers at batch 1 and 8: the unrolled forms on the padded copy against the
+# same forms with tap pointers, the padded table kernel (which holds the batch-1 cases)
+# against the same kernel with tap masks (neither has a copy kernel).
 # Full log and results under $OUT. Carry .carry (the DLMC set and wheels).
 export PYTHONPATH=$PWD SPARSERT_CACHE_DIR=/tmp/sc PYTHONUNBUFFERED=1 SPARSERT_COMPILE_WORKERS=2
 pip install -q --no-index --find-links .carry/wheels hypothesis 2>&1 | grep -v WARN | tail -1
 SPARSERT_TEST_DEVICE=cuda timeout ${TEST_S:-100} python -m pytest -q -p no:cacheprovider \
-    tests/test_tap_pointers.py tests/test_conv_bench.py 2>&1 | grep -E "passed|failed|Error|assert" \
+    tests/test_tap_pointers.py tests/test_tap_masks.py tests/test_conv_bench.py 2>&1 | grep -E "passed|failed|Error|assert" \
     | tail -8 | tee $OUT/gpu_tests_tap_pointers.txt
 T="mode='table', rows_per_program=1, num_warps=1, pad_input=True"
 U="mode='values', max_statements_per_function=16384, max_functions_per_kernel=8"
+M="mode='table', rows_per_program=1, num_warps=1, tap_masks=True"
 S="Schedule($T, block_n=64, chunk=8, prefetch_tail=True); Schedule($T, block_n=32, chunk=4)"
+S="$S; Schedule($M, block_n=64, chunk=8, prefetch_tail=True); Schedule($M, block_n=32, chunk=4)"
 for P in True False; do
   S="$S; Schedule($U, rows_per_program=32, block_n=512, num_warps=16, pad_input=$P)"
   S="$S; Schedule($U, rows_per_program=32, block_n=32, num_warps=1, pad_input=$P)"
