@@ -206,6 +206,10 @@ CONV_CANDIDATES = [
     # batch 8, 38.7 us against 47.8 with 32 rows and 41.9 with four warps x 128 columns
     Schedule(mode="values", rows_per_program=16, block_n=512, num_warps=16,
              max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
+    # the one-row kernel without the padded copy (tap masks: the same loads, masked; not
+    # measured on a GPU yet, timed here like every candidate)
+    Schedule(mode="table", rows_per_program=1, block_n=64, chunk=8, num_warps=1,
+             tap_masks=True, prefetch_tail=True),
     # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel;
     # not measured on a GPU yet, timed here like every candidate)
     Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
