@@ -19,7 +19,7 @@ from typing import Callable, Tuple
 import torch
 from hypothesis import strategies as st
 
-from dsl import Schedule, clamp, gelu, relu, sigmoid, silu
+from dsl import Schedule, clamp, conv2d, gelu, relu, sigmoid, silu
 
 from .api import sparse_kernel
 
@@ -269,3 +269,41 @@ def check_conv_case(case: ConvCase, device="cpu"):
     assert not torch.isnan(Y).any(), "NaN in the output"
     assert (err <= tol * (1 + mag + ref.abs())).all(), f"max error {err.max().item():.3g}"
     return Y
+
+
+def masked_conv_weight(g: torch.Generator, C_out: int, C_in: int, kh: int, kw: int,
+                       density: float, dtype=torch.float32) -> torch.Tensor:
+    """A (C_out, C_in, kh, kw) weight drawn in float64, each entry kept with ``density``."""
+    return (torch.randn(C_out, C_in, kh, kw, generator=g, dtype=torch.float64)
+            * (torch.rand(C_out, C_in, kh, kw, generator=g) < density)).to(dtype)
+
+
+def conv_kernel(W4, schedule: Schedule, stride=1, padding=1, dilation=1, bias_relu=False):
+    """``conv2d(W, X)`` (or ``relu(conv2d(W, X) + b)``) specialised to ``W4``."""
+    def conv(W, X):
+        return conv2d(W, X, stride=stride, padding=padding, dilation=dilation)
+
+    def conv_bias_relu(W, X, b):
+        return relu(conv(W, X) + b)
+    return sparse_kernel(conv_bias_relu if bias_relu else conv, schedule=schedule).specialize(W4)
+
+
+#: a 2 -> 1 channel 3x3 weight for NaN tests: output channel 0 uses the centre tap only (output
+#: (0, 0) of image 0 reads input (0, 0)), channel 1 the top-left tap (output (1, 1) reads it)
+NAN_WEIGHT = torch.zeros(2, 1, 3, 3)
+NAN_WEIGHT[0, 0, 1, 1] = 1.0
+NAN_WEIGHT[1, 0, 0, 0] = 1.0
+
+
+def assert_nan_reaches_exactly_its_readers(kernel, device="cpu"):
+    """``kernel``: ``NAN_WEIGHT`` specialised with padding 1. A NaN at input (0, 0) of image
+    0 must reach exactly the two outputs whose window holds it with a nonzero weight, and
+    every other output must match the convolution of the NaN-free input (padding reads
+    zeros, however a kernel redirects its off-image or past-N lanes)."""
+    X = torch.ones(2, 1, 4, 5)
+    X[0, 0, 0, 0] = float("nan")
+    Y = kernel(X.to(device)).cpu()
+    nan = torch.isnan(Y)
+    assert nan[0, 0, 0, 0] and nan[0, 1, 1, 1] and nan.sum() == 2, nan.nonzero().tolist()
+    ref = torch.nn.functional.conv2d(torch.nan_to_num(X, nan=0.0), NAN_WEIGHT, padding=1)
+    assert torch.allclose(Y[~nan], ref[~nan])

@@ -12,7 +12,8 @@ from dsl import Schedule
 from sparsert_triton import sparse_kernel
 from sparsert_triton.conv import hwc_to_chw, tap_profile
 from sparsert_triton.dlmc import read_smtx
-from sparsert_triton.testing import check_conv_case, conv_cases
+from sparsert_triton.testing import (NAN_WEIGHT, assert_nan_reaches_exactly_its_readers,
+                                     check_conv_case, conv_cases)
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 DATA = Path(__file__).resolve().parent.parent / "data" / "bottleneck_2_block_group1_1_1.smtx.gz"
@@ -119,24 +120,15 @@ def test_tap_segments_layout():
 
 def test_nan_reaches_exactly_the_outputs_that_read_it():
     """The tap kernel points out-of-image lanes at X[0, c, 0, 0] (the padded kernel, lanes past
-    N at the padded copy's start); a NaN there must still reach
-    only the outputs whose window covers it with a nonzero weight (padding reads zeros)."""
-    W = torch.zeros(2, 1, 3, 3)
-    W[0, 0, 1, 1] = 1.0            # centre tap only: output (0, 0) of image 0 reads the NaN
-    W[1, 0, 0, 0] = 1.0            # top-left tap: reads (y-1, x-1): never (0, 0) from (0, 0)
-    X = torch.ones(2, 1, 4, 5)
-    X[0, 0, 0, 0] = float("nan")
+    N at the padded copy's start); a NaN there must still reach only the outputs whose window
+    covers it with a nonzero weight (padding reads zeros)."""
     for taps, pad, split in ((True, False, 1), (False, False, 1), (False, True, 1),
                              (False, True, 2), (False, False, 4)):
         k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                           schedule=Schedule(mode="table", chunk=2, block_n=16, split_k=split,
-                                            tap_segments=taps, pad_input=pad)).specialize(W)
-        Y = k(X.to(DEV)).cpu()
-        nan = torch.isnan(Y)
-        assert nan[0, 0, 0, 0] and nan.sum() == 2, nan.nonzero().tolist()
-        assert nan[0, 1, 1, 1]     # the top-left tap of output (1, 1) is input (0, 0)
-        ref = torch.nn.functional.conv2d(torch.nan_to_num(X, nan=0.0), W, padding=1)
-        assert torch.allclose(Y[~nan], ref[~nan])
+                                            tap_segments=taps, pad_input=pad)
+                          ).specialize(NAN_WEIGHT)
+        assert_nan_reaches_exactly_its_readers(k, DEV)
 
 
 def test_padded_offsets_address_the_unfolded_input():

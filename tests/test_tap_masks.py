@@ -7,28 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from dsl import Schedule, conv2d, relu
-from sparsert_triton import sparse_kernel
+from dsl import Schedule
 from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.testing import (NAN_WEIGHT, assert_nan_reaches_exactly_its_readers,
+                                     conv_kernel, masked_conv_weight)
 from sparsert_triton.conv import ConvGeometry, conv_weight
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
 
 def _kernel(W4, stride=1, padding=1, dilation=1, epilogue=False, **schedule):
-    sched = Schedule(**{"mode": "table", "block_n": 16, "tap_masks": True, **schedule})
-    if epilogue:
-        fn = lambda W, X, b: relu(conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
-                                         dilation=dilation) + b)
-    else:
-        fn = lambda W, X: conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
-                                 dilation=dilation)
-    return sparse_kernel(fn, schedule=sched).specialize(W4)
-
-
-def _weight(g, C_out, C_in, kh, kw, density, dtype=torch.float32):
-    return (torch.randn(C_out, C_in, kh, kw, generator=g, dtype=torch.float64)
-            * (torch.rand(C_out, C_in, kh, kw, generator=g) < density)).to(dtype)
+    base = {"mode": "table", "block_n": 16, "tap_masks": True}
+    return conv_kernel(W4, Schedule(**{**base, **schedule}), stride, padding, dilation, epilogue)
 
 
 def test_masked_offsets_address_the_unfolded_input():
@@ -68,7 +58,7 @@ def test_tap_masks_across_geometries_layouts_and_schedules():
     scheds = [dict(chunk=2), dict(chunk=8, prefetch_tail=True), dict(chunk=4, pack_nonzeros=True),
               dict(chunk=2, split_k=2, num_warps=2), dict(chunk=1, prefetch=False)]
     for (stride, padding, dilation, (kh, kw), shape), extra in zip(geoms * 2, scheds * 2):
-        W4 = _weight(g, 7, shape[1], kh, kw, 0.4)
+        W4 = masked_conv_weight(g, 7, shape[1], kh, kw, 0.4)
         k = _kernel(W4, stride, padding, dilation, **extra)
         X = torch.randn(*shape, generator=g).to(DEV)
         for Xc in (X, X.to(memory_format=torch.channels_last), X[:, :, :, 1:]):
@@ -77,7 +67,7 @@ def test_tap_masks_across_geometries_layouts_and_schedules():
             assert p.tap_masks and not p.pad_input and not p.tap_segments
             torch.testing.assert_close(Y.cpu().double(), k.reference(Xc), rtol=1e-5, atol=1e-5)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float16, 2e-2)):
-        W4 = _weight(g, 6, 4, 3, 3, 0.5, dtype)
+        W4 = masked_conv_weight(g, 6, 4, 3, 3, 0.5, dtype)
         k = _kernel(W4, epilogue=True, chunk=4)
         X = torch.randn(2, 4, 7, 6, generator=g).to(DEV, dtype)
         b = torch.randn(6, generator=g).to(DEV, dtype)
@@ -87,7 +77,7 @@ def test_tap_masks_across_geometries_layouts_and_schedules():
 
 def test_tap_masks_empty_rows_all_zero_weight_and_nan():
     g = torch.Generator().manual_seed(23)
-    W4 = _weight(g, 6, 3, 3, 3, 0.5)
+    W4 = masked_conv_weight(g, 6, 3, 3, 3, 0.5)
     W4[1] = 0.0
     X = torch.randn(2, 3, 5, 6, generator=g).to(DEV)
     for W in (W4, torch.zeros_like(W4)):
@@ -95,14 +85,7 @@ def test_tap_masks_empty_rows_all_zero_weight_and_nan():
         Y = k(X).cpu().double()
         torch.testing.assert_close(Y, k.reference(X), rtol=1e-5, atol=1e-5)
         assert torch.equal(Y[:, 1], torch.zeros_like(Y[:, 1]))
-    W = torch.zeros(2, 1, 3, 3)
-    W[0, 0, 1, 1] = 1.0            # centre tap: output (0, 0) of image 0 reads the NaN
-    W[1, 0, 0, 0] = 1.0            # top-left tap: output (1, 1) reads input (0, 0)
-    Xn = torch.ones(2, 1, 4, 5)
-    Xn[0, 0, 0, 0] = float("nan")
-    Y = _kernel(W, chunk=2)(Xn.to(DEV)).cpu()
-    nan = torch.isnan(Y)
-    assert nan[0, 0, 0, 0] and nan[0, 1, 1, 1] and nan.sum() == 2, nan.nonzero().tolist()
+    assert_nan_reaches_exactly_its_readers(_kernel(NAN_WEIGHT, chunk=2), DEV)
 
 
 def test_tap_masks_resolution_and_rejections():

@@ -6,9 +6,10 @@ import os
 import pytest
 import torch
 
-from dsl import Schedule, conv2d, relu
-from sparsert_triton import sparse_kernel
+from dsl import Schedule
 from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.testing import (NAN_WEIGHT, assert_nan_reaches_exactly_its_readers,
+                                     conv_kernel, masked_conv_weight)
 from sparsert_triton.conv import conv_weight
 from sparsert_triton.launch import zero_buffer
 
@@ -16,19 +17,8 @@ DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
 
 def _kernel(W4, stride=1, padding=1, dilation=1, epilogue=False, **schedule):
-    sched = Schedule(**{"mode": "values", "rows_per_program": 4, "block_n": 16, **schedule})
-    if epilogue:
-        fn = lambda W, X, b: relu(conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
-                                         dilation=dilation) + b)
-    else:
-        fn = lambda W, X: conv2d(W, X, stride=stride, padding=padding,  # noqa: E731
-                                 dilation=dilation)
-    return sparse_kernel(fn, schedule=sched).specialize(W4)
-
-
-def _weight(g, C_out, C_in, kh, kw, density, dtype=torch.float32):
-    return (torch.randn(C_out, C_in, kh, kw, generator=g, dtype=torch.float64)
-            * (torch.rand(C_out, C_in, kh, kw, generator=g) < density)).to(dtype)
+    base = {"mode": "values", "rows_per_program": 4, "block_n": 16}
+    return conv_kernel(W4, Schedule(**{**base, **schedule}), stride, padding, dilation, epilogue)
 
 
 @pytest.mark.parametrize("mode", ["values", "indices"])
@@ -43,7 +33,7 @@ def test_tap_pointers_across_geometries_layouts_and_dtypes(mode):
              ((1, 1), 0, 1, (1, 1), (2, 5, 4, 3), {}),
              ((1, 1), 1, 1, (3, 3), (2, 6, 5, 5), {"split_k": 2})]
     for stride, padding, dilation, (kh, kw), shape, extra in cases:
-        W4 = _weight(g, 7, shape[1], kh, kw, 0.4)
+        W4 = masked_conv_weight(g, 7, shape[1], kh, kw, 0.4)
         k = _kernel(W4, stride, padding, dilation, mode=mode, **extra)
         X = torch.randn(*shape, generator=g).to(DEV)
         for Xc in (X, X.to(memory_format=torch.channels_last), X[:, :, :, 1:]):
@@ -51,7 +41,7 @@ def test_tap_pointers_across_geometries_layouts_and_dtypes(mode):
             assert k.last_plan.tap_pointers and not k.last_plan.pad_input
             torch.testing.assert_close(Y.cpu().double(), k.reference(Xc), rtol=1e-5, atol=1e-5)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float16, 2e-2)):
-        W4 = _weight(g, 6, 4, 3, 3, 0.5, dtype)
+        W4 = masked_conv_weight(g, 6, 4, 3, 3, 0.5, dtype)
         k = _kernel(W4, mode=mode, epilogue=True)
         X = torch.randn(2, 4, 7, 6, generator=g).to(DEV, dtype)
         b = torch.randn(6, generator=g).to(DEV, dtype)
@@ -59,9 +49,9 @@ def test_tap_pointers_across_geometries_layouts_and_dtypes(mode):
                                    atol=tol)
 
 
-def test_tap_pointers_empty_rows_and_an_all_zero_weight():
+def test_tap_pointers_empty_rows_and_an_all_zeromasked_conv_weight():
     g = torch.Generator().manual_seed(12)
-    W4 = _weight(g, 6, 3, 3, 3, 0.5)
+    W4 = masked_conv_weight(g, 6, 3, 3, 3, 0.5)
     W4[1] = 0.0
     W4[4] = 0.0
     X = torch.randn(2, 3, 5, 6, generator=g).to(DEV)
@@ -75,19 +65,10 @@ def test_tap_pointers_empty_rows_and_an_all_zero_weight():
 def test_nan_reaches_exactly_the_outputs_that_read_it():
     """Off-image taps read the zero buffer, lanes past N too: a NaN in X reaches only the
     outputs whose window holds it with a nonzero weight, with and without tap pointers."""
-    W = torch.zeros(2, 1, 3, 3)
-    W[0, 0, 1, 1] = 1.0            # centre tap: output (0, 0) of image 0 reads the NaN
-    W[1, 0, 0, 0] = 1.0            # top-left tap: output (1, 1) reads input (0, 0)
-    X = torch.ones(2, 1, 4, 5)
-    X[0, 0, 0, 0] = float("nan")
     for tp in (True, False):
-        k = _kernel(W, tap_pointers=tp, rows_per_program=2)
-        Y = k(X.to(DEV)).cpu()
+        k = _kernel(NAN_WEIGHT, tap_pointers=tp, rows_per_program=2)
+        assert_nan_reaches_exactly_its_readers(k, DEV)
         assert k.last_plan.tap_pointers == tp
-        nan = torch.isnan(Y)
-        assert nan[0, 0, 0, 0] and nan[0, 1, 1, 1] and nan.sum() == 2, nan.nonzero().tolist()
-        ref = torch.nn.functional.conv2d(torch.nan_to_num(X, nan=0.0), W, padding=1)
-        assert torch.allclose(Y[~nan], ref[~nan])
 
 
 def test_default_and_rejections():
@@ -124,7 +105,7 @@ def test_zero_buffer_covers_every_channel_offset_grows_and_stays_zero():
     assert zb2.numel() >= 7 * 36 + 1 and zero_buffer(X) is zb2    # grown, then kept
     cl = torch.randn(1, 9, 2, 2).to(DEV).to(memory_format=torch.channels_last)
     assert zero_buffer(cl).numel() >= 8 * cl.stride(1) + 1
-    k = _kernel(_weight(torch.Generator().manual_seed(13), 4, 8, 3, 3, 0.6))
+    k = _kernel(masked_conv_weight(torch.Generator().manual_seed(13), 4, 8, 3, 3, 0.6))
     k(big)
     assert not zero_buffer(big).any()          # the kernels only read it
 
@@ -135,7 +116,7 @@ def test_tap_pointers_first_called_inside_a_cuda_graph(monkeypatch):
     and not kept: eager calls after the capture get a real one."""
     import sparsert_triton.launch as launch
     g = torch.Generator().manual_seed(14)
-    k = _kernel(_weight(g, 8, 4, 3, 3, 0.5), block_n=64)
+    k = _kernel(masked_conv_weight(g, 8, 4, 3, 3, 0.5), block_n=64)
     X = torch.randn(2, 4, 9, 7, generator=g).cuda()
     k(X)                                  # built, compiled and its buffers on the GPU
     torch.cuda.synchronize()
