@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One device call (~3 minutes): ncu's warp stall reasons, instruction counts and L1/L2
+# One device call (~4 minutes): the L1 probe, then ncu's warp stall reasons, instruction counts and L1/L2
 # traffic for the table kernel and three unrolled forms (4 and 16 warps per program) on a
 # 128-channel layer at batch 8 (bench/profile_kernels.py CONV_CASES): every unrolled grid
 # measured 25-30 us, so what holds them? Results under $OUT. Carry .carry.
 export PYTHONPATH=$PWD SPARSERT_CACHE_DIR=/tmp/sc PYTHONUNBUFFERED=1 SPARSERT_COMPILE_WORKERS=4
+# (0) seconds: L1 cost of aligned, misaligned and row-broken warp loads (bench/l1_probe.py)
+timeout 60 python -m bench.l1_probe --out $OUT/l1_probe_h100.csv 2>&1 | tail -15
 source scripts/ncu_metrics.sh
 timeout ${NCU_S:-150} ncu --clock-control none --metrics "$M" -k regex:sparse \
     python -m bench.profile_kernels --dlmc .carry/dlmc --conv > $OUT/ncu_conv16.txt 2>&1
