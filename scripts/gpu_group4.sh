@@ -3,7 +3,8 @@
 # unrolled build in one process) with unrolled forms that keep many programs at N = 392
 # (batch 8: 16-row groups on 4 warps x 128 columns, 8-row groups on 16 warps x 512), built in
 # parallel first (3 builds x 4 compile workers: the kernels of one build compile side by
-# side), against the table kernel that holds these cases. Results under $OUT. Carry .carry.
+# side; tap pointers, the unrolled default without pad_input), against the table kernel that
+# holds these cases. Results under $OUT. Carry .carry.
 export PYTHONPATH=$PWD SPARSERT_CACHE_DIR=/tmp/sc PYTHONUNBUFFERED=1 SPARSERT_COMPILE_WORKERS=4
 T="mode='table', rows_per_program=1, num_warps=1, pad_input=True"
 U="mode='values', max_statements_per_function=16384, max_functions_per_kernel=8"
