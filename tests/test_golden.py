@@ -93,13 +93,3 @@ def test_golden_source(name):
     assert path.exists(), f"missing {path}; run with SPARSERT_UPDATE_GOLDEN=1"
     assert src == path.read_text()
     compile(src, str(path), "exec")      # valid Python
-
-
-def test_epilogue_gets_row_literals_only_where_an_operand_is_read_per_row():
-    """Triton specialises a JIT function on each literal argument: the unrolled stores pass
-    their row to the epilogue only when it reads a per-row operand (one specialisation
-    otherwise)."""
-    import re
-    rows = lambda src: {m for m in re.findall(r"_epilogue\(a\d+, (\d+), ", src)}  # noqa: E731
-    assert rows(_source("values_conv_tap_pointers")) == {"0"}          # no operand: row 0
-    assert rows(_source("values_bias_relu")) == {"0", "2"}               # bias per row

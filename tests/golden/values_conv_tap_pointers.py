@@ -39,7 +39,7 @@ def _g0_p0(X, V, ZB, Y, sxb, sxc, sxh, sxw, IH, IW, sym, syb, syh, syw, Wo, HWo,
     x3 = tl.load(xt1_0 + 30)
     a0 = tl.fma(x3, 2.0, a0)
     tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, nb, oy, ox, nmask).to(Y.dtype.element_ty), mask=nmask)
-    tl.store(Y + 1 * sym + yo, _epilogue(a1, 0, 0, nb, oy, ox, nmask).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 1 * sym + yo, _epilogue(a1, 1, 0, nb, oy, ox, nmask).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
 def _g0(X, V, ZB, Y, sxb, sxc, sxh, sxw, IH, IW, sym, syb, syh, syw, Wo, HWo, pid_n, N):
