@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -251,6 +252,14 @@ def build_all(cases, schedules, dtype: str, jobs: int, max_compile_s: float,
     return out
 
 
+def capped_jobs(jobs: int, workers: int, cores: int) -> int:
+    """Build processes such that ``jobs x workers`` (each build compiles its kernels in
+    ``SPARSERT_COMPILE_WORKERS`` processes) stays within the host's cores: builds that contend
+    for cores each took ~2.5x longer on the 16-core device host, and two device calls ran out
+    of time building."""
+    return max(1, min(jobs, cores // max(1, workers)))
+
+
 def parse_schedules(text: str):
     """``Schedule(...)`` expressions (``repr(schedule)`` is valid DSL code), ';'-separated."""
     out = []
@@ -289,13 +298,18 @@ def main(argv=None):
         return any(part in name for part in a.only.split(","))
 
     prebuilt = {}
-    if a.jobs > 1:
+    from sparsert_triton.compile import compile_workers
+    jobs = capped_jobs(a.jobs, compile_workers(), os.cpu_count() or 1)
+    if jobs < a.jobs:
+        print(f"--jobs {a.jobs} -> {jobs} (x {compile_workers()} compile workers on "
+              f"{os.cpu_count()} cores)", flush=True)
+    if jobs > 1:
         cases = [(path, name, C_in, H, stride, p.nnz)
                  for sp in a.sparsities.split(",")
                  for path, (name, p, C_in, C_out, H, stride) in
                  zip(_paths(Path(a.dlmc), sp), layers(Path(a.dlmc), sp)) if wanted(name)]
         for dtype in a.dtypes.split(","):
-            prebuilt.update(build_all(cases, schedules or SCHEDULES, dtype, a.jobs,
+            prebuilt.update(build_all(cases, schedules or SCHEDULES, dtype, jobs,
                                       a.max_compile_s,
                                       batches=[int(b) for b in a.batches.split(",")]))
     with open(a.out, "w", newline="") as f, open(tune_path, "w") as tune:

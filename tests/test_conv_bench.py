@@ -165,3 +165,10 @@ def test_build_one_runs_the_kernel_at_every_timed_batch(tmp_path, monkeypatch):
     s = Schedule(mode="values", rows_per_program=2, block_n=32)
     out = cb._build_one(str(path), name, C_in, H, stride, "float32", repr(s), DEV, (1, 3))
     assert seen == [1, 3] and out[:2] == (name, repr(s)) and out[2] >= 0
+
+
+def test_build_jobs_are_capped_by_cores_over_compile_workers():
+    from bench.conv_bench import capped_jobs
+    assert capped_jobs(12, 2, 16) == 8 and capped_jobs(12, 4, 16) == 4
+    assert capped_jobs(3, 4, 16) == 3 and capped_jobs(8, 0, 16) == 8     # workers off: 1 each
+    assert capped_jobs(6, 4, 2) == 1                                      # never below one
