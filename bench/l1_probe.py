@@ -16,8 +16,6 @@ how many L1 cycles such a load takes (``cycles_per_load`` at the GPU's clock).
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path
 
 import torch
 import triton
@@ -69,9 +67,9 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/l1_probe_h100.csv")
     ap.add_argument("--K", type=int, default=4096)
     a = ap.parse_args(argv)
-    from sparsert_triton.timing import graph_median_us
-    if not torch.cuda.is_available():
-        raise SystemExit("l1_probe: needs a CUDA GPU")
+    from bench.report import write_rows
+    from bench.timing import graph_median_us, require_cuda
+    require_cuda()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     X = buffer(sms, "cuda")
     rows = []
@@ -82,11 +80,7 @@ def main(argv=None):
                              programs=sms, median_us=round(us, 2),
                              ns_per_warp_load=round(us * 1e3 / (a.K * warps), 3)))
             print(rows[-1], flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(a.out, COLUMNS, rows)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ copy alone (``sparsert_triton.padding.zero_pad``, what ``pad_input`` adds to eve
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import torch
 
 from bench.conv_bench import layers
+from bench.report import write_rows
 from bench.timing import require_cuda, time_system
 from dsl import Schedule, conv2d
 from sparsert_triton import sparse_kernel
@@ -62,11 +62,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     require_cuda()
     rows = measure(Path(a.dlmc), [int(b) for b in a.batches.split(",")])
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(a.out, COLUMNS, rows)
 
 
 if __name__ == "__main__":

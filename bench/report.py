@@ -38,6 +38,16 @@ def _timed(r: dict) -> bool:
     return v is not None and v == v and v > 0
 
 
+def write_rows(path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """``rows`` as a CSV file with header ``columns`` (its folder made if missing)."""
+    import csv
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def load(path) -> List[dict]:
     from sparsert_triton.viz import read_results
     rows = read_results(path)

@@ -12,7 +12,6 @@ checked against float64 first.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 
 import torch
@@ -74,10 +73,8 @@ def main(argv=None):
     require_cuda()
     rows = measure(a.M, a.K, a.N, a.density)
     if a.out:
-        with open(a.out, "w", newline="") as f:
-            w = csv.DictWriter(f, COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        from bench.report import write_rows
+        write_rows(a.out, COLUMNS, rows)
 
 
 if __name__ == "__main__":      # parallel compile workers re-import this module: guard it

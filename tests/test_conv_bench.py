@@ -172,3 +172,11 @@ def test_build_jobs_are_capped_by_cores_over_compile_workers():
     assert capped_jobs(12, 2, 16) == 8 and capped_jobs(12, 4, 16) == 4
     assert capped_jobs(3, 4, 16) == 3 and capped_jobs(8, 0, 16) == 8     # workers off: 1 each
     assert capped_jobs(6, 4, 2) == 1                                      # never below one
+
+
+def test_write_rows_makes_the_folder_and_writes_header_then_rows(tmp_path):
+    import csv
+    from bench.report import write_rows
+    path = tmp_path / "new" / "rows.csv"
+    write_rows(path, ["a", "b"], [{"a": 1, "b": 2.5}, {"a": 3, "b": ""}])
+    assert list(csv.DictReader(open(path))) == [{"a": "1", "b": "2.5"}, {"a": "3", "b": ""}]
