@@ -90,8 +90,9 @@ tap_pointers
     code is unmasked at an immediate offset ``c_in * X.stride(1)`` from its tap's pointer, as
     with ``pad_input`` but without the padded copy of X (sm_90 SASS: the padded code's loads
     and FMAs and a few hundred set-up instructions; masked loads instead add a zero fill and
-    predicates per load, +28% instructions on a 128-channel layer). Default: on in the
-    unrolled modes unless ``pad_input`` is set (off: masked loads). Ignored by ``W @ X``.
+    predicates per load, +28% instructions on a 128-channel layer; but its off-image lanes
+    read the zero buffer where masked loads read nothing). Default: off (not timed on a GPU
+    yet). Ignored by ``W @ X``.
 tap_masks
     Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
     entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to

@@ -14,11 +14,11 @@ U="mode='values', max_statements_per_function=16384, max_functions_per_kernel=8"
 M="mode='table', rows_per_program=1, num_warps=1, tap_masks=True"
 S="Schedule($T, block_n=64, chunk=8, prefetch_tail=True); Schedule($T, block_n=32, chunk=4)"
 S="$S; Schedule($M, block_n=64, chunk=8, prefetch_tail=True); Schedule($M, block_n=32, chunk=4)"
-for P in True False; do
-  S="$S; Schedule($U, rows_per_program=32, block_n=512, num_warps=16, pad_input=$P)"
-  S="$S; Schedule($U, rows_per_program=32, block_n=32, num_warps=1, pad_input=$P)"
+for P in pad_input=True tap_pointers=True; do
+  S="$S; Schedule($U, rows_per_program=32, block_n=512, num_warps=16, $P)"
+  S="$S; Schedule($U, rows_per_program=32, block_n=32, num_warps=1, $P)"
 done
-S="$S; Schedule($U, rows_per_program=16, block_n=512, num_warps=16, pad_input=False)"
+S="$S; Schedule($U, rows_per_program=16, block_n=512, num_warps=16, tap_pointers=True)"
 timeout ${CONV_S:-420} python -m bench.conv_bench --dlmc .carry/dlmc --batches 8,1 \
     --dtypes float32 --only ${LAYERS:-group1,group2} --max-compile-s 80 --jobs ${JOBS:-12} \
     --deadline-s $(( ${CONV_S:-420} - 15 )) --out $OUT/conv_tap_pointers.csv --schedules "$S" \

@@ -131,8 +131,8 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     split_k=draw(st.sampled_from([1, 1, 2, 3])),
                     streams=draw(st.sampled_from([1, 3])),
                     bake_strides=draw(st.booleans()), pad_input=pad,
-                    # convolutions without the padded copy: tap pointers (auto) or masked loads
-                    tap_pointers="auto" if pad else draw(st.sampled_from(["auto", False])))
+                    # convolutions without the padded copy: tap pointers or masked loads
+                    tap_pointers="auto" if pad else draw(st.sampled_from(["auto", True])))
 
 
 @st.composite

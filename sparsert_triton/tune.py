@@ -213,7 +213,8 @@ CONV_CANDIDATES = [
     # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel;
     # not measured on a GPU yet, timed here like every candidate)
     Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=False)]
+             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=False,
+             tap_pointers=True)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:

@@ -64,9 +64,9 @@ CASES = {
     "table_conv_tap_masks": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                        tap_masks=True), ()),
     # unrolled convolution without the padded copy: one pointer per kernel tap, into the
-    # image or the zero buffer (tap_pointers, on by default there)
+    # image or the zero buffer (tap_pointers)
     "values_conv_tap_pointers": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
-                                                           block_n=16), ()),
+                                                           block_n=16, tap_pointers=True), ()),
 }
 
 

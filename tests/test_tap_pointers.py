@@ -17,7 +17,7 @@ DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
 
 def _kernel(W4, stride=1, padding=1, dilation=1, epilogue=False, **schedule):
-    base = {"mode": "values", "rows_per_program": 4, "block_n": 16}
+    base = {"mode": "values", "rows_per_program": 4, "block_n": 16, "tap_pointers": True}
     return conv_kernel(W4, Schedule(**{**base, **schedule}), stride, padding, dilation, epilogue)
 
 
@@ -49,7 +49,7 @@ def test_tap_pointers_across_geometries_layouts_and_dtypes(mode):
                                    atol=tol)
 
 
-def test_tap_pointers_empty_rows_and_an_all_zeromasked_conv_weight():
+def test_tap_pointers_empty_rows_and_an_all_zero_weight():
     g = torch.Generator().manual_seed(12)
     W4 = masked_conv_weight(g, 6, 3, 3, 3, 0.5)
     W4[1] = 0.0
@@ -72,10 +72,11 @@ def test_nan_reaches_exactly_the_outputs_that_read_it():
 
 
 def test_default_and_rejections():
-    """Auto: on in the unrolled modes of a convolution unless pad_input is set; off for the
-    table kernels and for W @ X. Explicit conflicts are named."""
+    """Auto: off (masked loads) until timed on a GPU; on when asked for in the unrolled modes
+    of a convolution; ignored by W @ X. Explicit conflicts are named."""
     w, _ = conv_weight(torch.randn(4, 3, 3, 3))
-    on = plan_for(Schedule(mode="values"), w, 64, "float32", conv=True)
+    assert not plan_for(Schedule(mode="values"), w, 64, "float32", conv=True).tap_pointers
+    on = plan_for(Schedule(mode="values", tap_pointers=True), w, 64, "float32", conv=True)
     assert on.tap_pointers and not on.pad_input
     assert not plan_for(Schedule(mode="values", pad_input=True), w, 64, "float32",
                         conv=True).tap_pointers
