@@ -186,6 +186,20 @@ def render_fma(b: Buffer, s: Fma, acc: str, acc_dtype: str):
         b(f"{s.acc} = tl.fma({s.var}, {w}, {s.acc})")
 
 
+def _in_image(axis: str, d: int) -> str:
+    """Lanes whose input row (``axis`` "y") or column ("x") at kernel offset ``d`` (tap index
+    times dilation) lies inside the image: ``0 <= i0 + d < extent``."""
+    i0, n = ("iy0", "IH") if axis == "y" else ("ix0", "IW")
+    return f"({i0} >= {-d}) & ({i0} < {n} - {d})"
+
+
+def _tap_offset(low: Lowered, dy: int, dx: int) -> str:
+    """Kernel tap (dy, dx)'s shift in X, as a constant when X's strides are baked."""
+    st, (dh, dw) = low.x_strides, low.conv.dilation
+    oy, ox = dy * dh, dx * dw
+    return f"{oy * st[2] + ox * st[3]}" if st else f"{oy} * sxh + {ox} * sxw"
+
+
 def _tile(b: Buffer, low: Lowered, taps: bool = True):
     """Column tile: ``offs_n``, ``nmask``, the X pointers ``xp`` and the Y offsets ``yo``; for a
     convolution also the image/output position and, per kernel tap, the in-image masks."""
@@ -202,13 +216,14 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
     b("oy = (offs_n - nb * HWo) // Wo")
     b("ox = offs_n - nb * HWo - oy * Wo")
     sb, sh_, sw_ = (st[0], st[2], st[3]) if st else ("sxb", "sxh", "sxw")
-    if low.plan.pad_input:
-        # X is the zero-padded input: every read is in the image; lanes past N point at X
+    if low.plan.pad_input or low.plan.tap_masks:
+        # xp at each lane's output position (the padded copy: every read is in the image;
+        # tap masks: the table's offsets hold the padding and the tap's shift); lanes past N
+        # point at X
         b(f"xp = tl.where(nmask, X + nb * {sb} + oy * {sh} * {sh_} + ox * {sw} * {sw_}, X)")
         b("yo = nb * syb + oy * syh + ox * syw")
-        return
-    if low.plan.tap_masks:
-        _tap_mask_tile(b, low)
+        if low.plan.tap_masks:
+            _tap_mask_bits(b, low)
         return
     b(f"iy0 = oy * {sh} - {ph}")
     b(f"ix0 = ox * {sw} - {pw}")
@@ -216,36 +231,30 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
     b("yo = nb * syb + oy * syh + ox * syw")
     if taps:
         for dy in range(g.kh):
-            b(f"vy{dy} = (iy0 >= {-dy * dh}) & (iy0 < IH - {dy * dh})")
+            b(f"vy{dy} = {_in_image('y', dy * dh)}")
         for dx in range(g.kw):
-            b(f"vx{dx} = (ix0 >= {-dx * dw}) & (ix0 < IW - {dx * dw})")
+            b(f"vx{dx} = {_in_image('x', dx * dw)}")
     if taps and low.plan.tap_pointers:
         # per tap, the lanes' X pointers at the tap's shift where it reads the image, else the
         # zero buffer: the loads need no mask (channel c reads ZB + c * sxc = 0 off-image)
         for dy in range(g.kh):
             for dx in range(g.kw):
-                oy, ox = dy * dh, dx * dw
-                off = f"{oy * st[2] + ox * st[3]}" if st else f"{oy} * sxh + {ox} * sxw"
-                b(f"xt{dy}_{dx} = tl.where(nmask & vy{dy} & vx{dx}, xp + {off}, ZB)")
+                b(f"xt{dy}_{dx} = tl.where(nmask & vy{dy} & vx{dx}, "
+                  f"xp + {_tap_offset(low, dy, dx)}, ZB)")
 
 
-def _tap_mask_tile(b: Buffer, low: Lowered):
-    """``tap_masks``: ``xp`` at each lane's output position in the unpadded X (the table's
-    offsets hold the padding and the tap's shift) and ``tm``, bit ``t`` set where kernel tap
-    ``t`` reads inside the image (none for lanes past N)."""
-    g, st = low.conv, low.x_strides
+def _tap_mask_bits(b: Buffer, low: Lowered):
+    """``tap_masks``: ``tm``, bit ``t`` set where kernel tap ``t`` reads inside the image
+    (none for lanes past N)."""
+    g = low.conv
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
-    sb, sh_, sw_ = (st[0], st[2], st[3]) if st else ("sxb", "sxh", "sxw")
-    b(f"xp = tl.where(nmask, X + nb * {sb} + oy * {sh} * {sh_} + ox * {sw} * {sw_}, X)")
-    b("yo = nb * syb + oy * syh + ox * syw")
     b(f"iy0 = oy * {sh} - {ph}")
     b(f"ix0 = ox * {sw} - {pw}")
     b("tm = tl.zeros_like(offs_n)")
     for dy in range(g.kh):
-        b(f"vy = (iy0 >= {-dy * dh}) & (iy0 < IH - {dy * dh})")
+        b(f"vy = {_in_image('y', dy * dh)}")
         for dx in range(g.kw):
-            b(f"tm |= (vy & (ix0 >= {-dx * dw}) & (ix0 < IW - {dx * dw})).to(tl.int32) << "
-              f"{dy * g.kw + dx}")
+            b(f"tm |= (vy & {_in_image('x', dx * dw)}).to(tl.int32) << {dy * g.kw + dx}")
     b("tm = tl.where(nmask, tm, 0)")
 
 
@@ -566,13 +575,10 @@ def _conv_tap(b: Buffer, low: Lowered, tap: int):
     then loads without a mask (no predicated loads, no zero fills per nonzero) into ``acc_t``
     and the lanes outside the image are dropped once, when ``acc_t`` is added to ``acc``: they
     read zero padding, so their sum is exactly zero."""
-    g, st = low.conv, low.x_strides
-    dy, dx = divmod(tap, g.kw)
-    oy, ox = dy * g.dilation[0], dx * g.dilation[1]
-    off = (f"{oy * st[2] + ox * st[3]}" if st else f"{oy} * sxh + {ox} * sxw")
+    dy, dx = divmod(tap, low.conv.kw)
     b(f"# tap (dy, dx) = ({dy}, {dx})")
     b(f"mt = nmask & vy{dy} & vx{dx}")
-    b(f"xt = tl.where(mt, xp + {off}, X)")
+    b(f"xt = tl.where(mt, xp + {_tap_offset(low, dy, dx)}, X)")
     b(f"acc_t = tl.zeros([{low.plan.block_n}], {TL_DTYPES[low.signature.acc_dtype]})")
 
 
