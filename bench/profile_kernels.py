@@ -44,7 +44,12 @@ CONV_CASES = [
 ] + [("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
       S(mode="values", rows_per_program=R, block_n=bn, num_warps=w, pad_input=True,
         max_statements_per_function=16384, max_functions_per_kernel=8))
-     for R, bn, w in ((32, 128, 4), (32, 512, 16), (16, 512, 16))]
+     for R, bn, w in ((32, 128, 4), (32, 512, 16), (16, 512, 16))] + [
+    # the 16-warp form again with tap pointers (no padded copy): do its off-image lanes'
+    # zero-buffer reads cost L1 wavefronts?
+    ("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
+     S(mode="values", rows_per_program=32, block_n=512, num_warps=16, tap_pointers=True,
+       max_statements_per_function=16384, max_functions_per_kernel=8))]
 
 
 def run_conv(dlmc):

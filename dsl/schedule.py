@@ -99,7 +99,11 @@ tap_masks
     it) and its kernel tap; each lane's in-image bit per tap is set once per column tile and
     masks the load. One loop of loads per row as with ``pad_input``, without the padded copy
     (sm_90 SASS: 116 instructions per 8 nonzeros against 80, the loads the same). Kernels of
-    up to 16 taps. Default: off (not timed on a GPU yet). Ignored by ``W @ X``.
+    up to 16 taps. Default ('auto'): on in the one-row table kernel of a convolution whose
+    kernel and input it serves (up to 16 taps; one image's entries within 32 bits) when
+    ``pad_input`` and ``tap_segments`` are left 'auto' and ``split_k`` is 1, else the padded
+    input (H100: 4-10% faster at batch 1, where the copy kernel is a tenth of the call, and
+    within 4% at batch 8). Ignored by ``W @ X``.
 streams
     Unrolled modes cut into several kernels (``max_functions_per_kernel``): run up to this
     many of them side by side on CUDA streams forked from the caller's stream and joined back

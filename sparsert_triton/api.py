@@ -110,9 +110,12 @@ class SpecializedKernel:
         self._last: Optional[Variant] = None
 
     # -------------------------------------------------------------- building
-    def plan(self, N: int, x_dtype: str = None) -> Plan:
+    def plan(self, N: int, x_dtype: str = None, spatial=None) -> Plan:
+        """The resolved schedule for N output columns (a convolution's input spatial size
+        ``(H, W)`` where known: the default table kernel depends on it)."""
+        fit = self.conv is not None and spatial is not None and self.conv.masks_fit(*spatial)
         return plan_for(self.schedule, self.weight, N, x_dtype or self.weight.dtype,
-                        conv=self.conv is not None)
+                        conv=self.conv is not None, tap_masks_fit=fit)
 
     def variant(self, sig: Signature, N: int, device: torch.device, x_strides=None,
                 spatial=None) -> Variant:
@@ -130,7 +133,7 @@ class SpecializedKernel:
     def _build_variant(self, sig: Signature, N: int, device: torch.device, x_strides,
                        spatial=None) -> Variant:
         cap = _capability(device)
-        plan = with_device(self.plan(N, sig.x_dtype), self.schedule, cap)
+        plan = with_device(self.plan(N, sig.x_dtype, spatial), self.schedule, cap)
         if plan.use_dot and sig.acc_dtype == "float64":
             raise ValueError("schedule: use_dot does not support float64 inputs")
         offsets = None

@@ -55,9 +55,11 @@ def _next_pow2(x: int) -> int:
 
 
 def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
-             conv: bool = False) -> Plan:
+             conv: bool = False, tap_masks_fit: bool = False) -> Plan:
     """Resolve every 'auto' field from the matrix statistics and the problem size (``conv``:
-    the weight is a convolution's, whose table kernel walks short per-tap segments)."""
+    the weight is a convolution's, whose table kernel walks short per-tap segments;
+    ``tap_masks_fit``: its input's spatial size is known and ``tap_masks`` serves it, see
+    ``ConvGeometry.masks_fit``)."""
     s = schedule
     avg = weight.nnz / max(1, weight.M)
     mode = s.mode
@@ -89,9 +91,18 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # bench/results/conv_h100_pad_tune.jsonl, conv_h100_split_tune.jsonl). W @ X ignores
     # pad_input (like tap_segments); on another kernel, Plan names the conflict
     conv_rows = conv and row_kernel
-    # the one-row table kernel without the padded copy (masked loads, one loop per row): off
-    # unless asked for (not timed on a GPU yet); W @ X ignores it
-    tap_masks = conv and s.tap_masks is True
+    # the one-row table kernel without the padded copy (each table entry an offset into the
+    # unpadded X and its kernel tap's bit; masked loads, one loop per row): against the same
+    # schedule on the padded copy 9.43 vs 10.48 and 11.6 vs 12.1 us at batch 1 (no copy
+    # kernel), 46.8 vs 46.3 and 44.4 vs 46.0 at batch 8, and no padded copy's memory (64/128-
+    # channel layers, H100, bench/results/conv_h100_warps32_tune.jsonl). The default where it
+    # serves the input (kernels of up to 16 taps, entries within 32 bits) and neither the
+    # padded input nor tap segments are asked for; W @ X ignores it
+    if s.tap_masks == AUTO:
+        tap_masks = (conv_rows and tap_masks_fit and int(s.split_k) == 1
+                     and s.pad_input == AUTO and s.tap_segments is not True)
+    else:
+        tap_masks = conv and s.tap_masks is True
     if s.pad_input == AUTO:
         pad = conv_rows and s.tap_segments is not True and not tap_masks
     else:

@@ -66,15 +66,29 @@ class ConvGeometry:
         if B > 16:
             raise ValueError(f"tap_masks supports kernels of up to 16 taps, got "
                              f"{self.kh}x{self.kw}: use pad_input")
-        (dh, dw), (ph, pw) = self.dilation, self.padding
-        c, dy, dx = np.meshgrid(np.arange(self.C_in), np.arange(self.kh), np.arange(self.kw),
-                                indexing="ij")
-        off = c * (H * W) + (dy * dh - ph) * W + (dx * dw - pw)
-        lim = 2 ** (31 - B)
-        if off.size and (int(off.max()) >= lim or int(off.min()) < -lim):
+        if not self.masks_fit(H, W):
             raise ValueError(f"tap_masks: one image of X ({self.C_in}x{H}x{W}) is too large "
                              f"for 32-bit table entries ({B} tap bits): use pad_input")
+        c, dy, dx = np.meshgrid(np.arange(self.C_in), np.arange(self.kh), np.arange(self.kw),
+                                indexing="ij")
+        off = self._masked_offset(c, dy, dx, H, W)
         return (off * 2 ** B + (1 << (dy * self.kw + dx))).reshape(-1).astype(np.int64)
+
+    def _masked_offset(self, c, dy, dx, H: int, W: int):
+        (dh, dw), (ph, pw) = self.dilation, self.padding
+        return c * (H * W) + (dy * dh - ph) * W + (dx * dw - pw)
+
+    def masks_fit(self, H: int, W: int) -> bool:
+        """Whether ``tap_masks`` serves an H x W input: at most 16 kernel taps, and every
+        entry ``off * 2**B + bits`` of :meth:`masked_offsets` within int32 (the extreme
+        offsets are those of the first and last (c_in, dy, dx))."""
+        B = self.tap_bits
+        if B > 16:
+            return False
+        lim = 2 ** (31 - B)
+        lo = self._masked_offset(0, 0, 0, H, W)
+        hi = self._masked_offset(self.C_in - 1, self.kh - 1, self.kw - 1, H, W)
+        return -lim <= lo and hi < lim
 
     def tap(self, k: int) -> Tuple[int, int, int]:
         """(c_in, dy, dx) of flattened column ``k`` (chw order)."""

@@ -111,3 +111,39 @@ def test_tap_masks_resolution_and_rejections():
     with pytest.raises(ValueError, match="too large for 32-bit table entries"):
         geom.masked_offsets(100, 100)                # 5.1M elements per image > 2**22
     assert np.abs(geom.masked_offsets(56, 56) >> 9).max() < 2 ** 22
+
+
+def test_tap_masks_is_the_table_default_where_it_serves_the_input():
+    """'auto' resolves to tap masks in a convolution's one-row table kernel when the input's
+    size is known and fits (<= 16 taps, 32-bit entries), else to the padded input; explicit
+    pad_input, tap_segments or split_k keep theirs. The default kernel runs without the
+    padded copy and matches float64 conv2d."""
+    w, _ = conv_weight(torch.randn(4, 3, 3, 3))
+    fit = plan_for(Schedule(mode="table"), w, 64, "float32", conv=True, tap_masks_fit=True)
+    assert fit.tap_masks and not fit.pad_input and fit.prefetch_tail
+    for s in (dict(pad_input=True), dict(tap_segments=True), dict(split_k=2),
+              dict(tap_masks=False)):
+        p = plan_for(Schedule(mode="table", **s), w, 64, "float32", conv=True,
+                     tap_masks_fit=True)
+        assert not p.tap_masks, s
+    assert not plan_for(Schedule(mode="table"), w, 64, "float32", tap_masks_fit=True).tap_masks
+    geom = ConvGeometry(512, 3, 3, (1, 1), (1, 1), (1, 1))
+    assert geom.masks_fit(56, 56) and not geom.masks_fit(100, 100)
+    assert not ConvGeometry(4, 5, 5, (1, 1), (2, 2), (1, 1)).masks_fit(8, 8)   # 25 taps
+    # the extremes of masks_fit are those masked_offsets checks
+    for H in (88, 89, 90, 91):
+        fits = geom.masks_fit(H, H)
+        try:
+            geom.masked_offsets(H, H)
+            assert fits, H
+        except ValueError:
+            assert not fits, H
+
+    g = torch.Generator().manual_seed(24)
+    X = torch.randn(2, 3, 7, 5, generator=g).to(DEV)
+    for W4, masks in ((masked_conv_weight(g, 5, 3, 3, 3, 0.4), True),
+                      (masked_conv_weight(g, 5, 3, 5, 5, 0.4), False)):     # 25 taps: padded
+        k = conv_kernel(W4, Schedule(mode="table", block_n=16), padding=1)
+        Y = k(X)
+        assert k._last.plan.tap_masks is masks and k._last.plan.pad_input is not masks
+        torch.testing.assert_close(Y.cpu().double(), k.reference(X), rtol=1e-5, atol=1e-5)
