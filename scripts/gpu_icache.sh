@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One device call (~5 minutes): how fast an SM is fed straight-line code (bench/icache_probe.py:
+# FFMA blocks of 8-256 KB, run once or four times, 4 and 16 warps per program), then the
+# 128-channel layer at batch 8 with row groups small enough for their code to stay cached
+# (8 and 4 rows: ~16-30 KB per group) run on one column tile per program and on two (a
+# column loop: is the second pass cheaper?), against the 32-row 16-warp form. Results and
+# logs under $OUT. Carry .carry.
+export PYTHONPATH=$PWD SPARSERT_CACHE_DIR=/tmp/sc PYTHONUNBUFFERED=1 SPARSERT_COMPILE_WORKERS=2
+timeout ${PROBE_S:-150} python -m bench.icache_probe --out $OUT/icache_probe_h100.csv \
+    > $OUT/icache_probe.log 2>&1; tail -25 $OUT/icache_probe.log
+U="mode='values', max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True, num_warps=16, block_n=512"
+S="Schedule($U, rows_per_program=32)"
+for R in 8 4; do
+  S="$S; Schedule($U, rows_per_program=$R); Schedule($U, rows_per_program=$R, column_programs=7)"
+done
+timeout ${CONV_S:-240} python -m bench.conv_bench --dlmc .carry/dlmc --batches 8 \
+    --dtypes float32 --only ${LAYERS:-group2_1_1} --max-compile-s 80 --jobs ${JOBS:-5} \
+    --deadline-s $(( ${CONV_S:-240} - 15 )) --out $OUT/conv_icache.csv --schedules "$S" \
+    > $OUT/conv_icache.log 2>&1
+grep -E "^0.9|failed|Error" $OUT/conv_icache.log | cut -c1-220
