@@ -92,12 +92,14 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # pad_input (like tap_segments); on another kernel, Plan names the conflict
     conv_rows = conv and row_kernel
     # the one-row table kernel without the padded copy (each table entry an offset into the
-    # unpadded X and its kernel tap's bit; masked loads, one loop per row): against the same
-    # schedule on the padded copy 9.43 vs 10.48 and 11.6 vs 12.1 us at batch 1 (no copy
-    # kernel), 46.8 vs 46.3 and 44.4 vs 46.0 at batch 8, and no padded copy's memory (64/128-
-    # channel layers, H100, bench/results/conv_h100_warps32_tune.jsonl). The default where it
-    # serves the input (kernels of up to 16 taps, entries within 32 bits) and neither the
-    # padded input nor tap segments are asked for; W @ X ignores it
+    # unpadded X and its kernel tap's bit; masked loads, one loop per row): with this default
+    # tile (64 columns, chunks of 8, the prefetched tail) faster than on the padded copy in
+    # 17 of the 26 fp32 DLMC 3x3 cases at 90% measured both ways (-21% to +7%; the stride-2
+    # projections gain most, no copy kernel, no padded copy's memory; H100,
+    # bench/results/conv_h100_masks_*_tune.jsonl). With 32-column tiles and chunks of 4 it
+    # loses on the 7x7 and 14x14 images (up to +44%): the tuner keeps padded candidates. The
+    # default where it serves the input (kernels of up to 16 taps, entries within 32 bits)
+    # and neither the padded input nor tap segments are asked for; W @ X ignores it
     if s.tap_masks == AUTO:
         tap_masks = (conv_rows and tap_masks_fit and int(s.split_k) == 1
                      and s.pad_input == AUTO and s.tap_segments is not True)

@@ -207,8 +207,8 @@ CONV_CANDIDATES = [
     Schedule(mode="values", rows_per_program=16, block_n=512, num_warps=16,
              max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
     # the one-row kernel without the padded copy (tap masks: the same loads, masked, no copy
-    # kernel): 9.4 vs 10.5 us (64-channel layer) and 11.6 vs 12.1 (128-channel) at batch 1,
-    # within 4% at batch 8 (H100, conv_h100_warps32_tune.jsonl); the heuristic's default
+    # kernel): faster than the padded form in 17 of 26 DLMC cases, up to 21% (stride-2
+    # projections; H100, conv_h100_masks_*_tune.jsonl); the heuristic's default
     Schedule(mode="table", rows_per_program=1, block_n=64, chunk=8, num_warps=1,
              tap_masks=True, prefetch_tail=True),
     # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel):
