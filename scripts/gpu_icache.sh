@@ -2,7 +2,8 @@
 # One device call (~5 minutes): how fast an SM is fed straight-line code (bench/icache_probe.py:
 # FFMA blocks of 8-256 KB, run once or four times, 4 and 16 warps per program), then the
 # 128-channel layer at batch 8 with row groups small enough for their code to stay cached
-# (8 and 4 rows: ~16-30 KB per group) run on one column tile per program and on two (a
+# (8 and 4 rows: ~27 and ~16 KB of sm_90 code per group, against ~77 KB for 32 rows) run
+# on one column tile per program and on two (a
 # column loop: is the second pass cheaper?), against the 32-row 16-warp form. Results and
 # logs under $OUT. Carry .carry.
 export PYTHONPATH=$PWD SPARSERT_CACHE_DIR=/tmp/sc PYTHONUNBUFFERED=1 SPARSERT_COMPILE_WORKERS=2
