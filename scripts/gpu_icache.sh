@@ -4,7 +4,8 @@
 # 128-channel layer at batch 8 with row groups small enough for their code to stay cached
 # (8 and 4 rows: ~27 and ~16 KB of sm_90 code per group, against ~77 KB for 32 rows) run
 # on one column tile per program and on two (a
-# column loop: is the second pass cheaper?), against the 32-row 16-warp form. Results and
+# column loop: is the second pass cheaper?; and ~128 programs looping over 2-4 tiles),
+# against the 32-row 16-warp form. Results and
 # logs under $OUT. Carry .carry.
 export PYTHONPATH=$PWD SPARSERT_CACHE_DIR=/tmp/sc PYTHONUNBUFFERED=1 SPARSERT_COMPILE_WORKERS=2
 timeout ${PROBE_S:-150} python -m bench.icache_probe --out $OUT/icache_probe_h100.csv \
@@ -14,6 +15,8 @@ S="Schedule($U, rows_per_program=32)"
 for R in 8 4; do
   S="$S; Schedule($U, rows_per_program=$R); Schedule($U, rows_per_program=$R, column_programs=7)"
 done
+# ~128 programs, each looping over 2 (8 rows) or 3-4 (4 rows) of its group's 13 column tiles
+S="$S; Schedule($U, rows_per_program=8, column_programs=8); Schedule($U, rows_per_program=4, column_programs=4)"
 timeout ${CONV_S:-240} python -m bench.conv_bench --dlmc .carry/dlmc --batches 8 \
     --dtypes float32 --only ${LAYERS:-group2_1_1} --max-compile-s 80 --jobs ${JOBS:-5} \
     --deadline-s $(( ${CONV_S:-240} - 15 )) --out $OUT/conv_icache.csv --schedules "$S" \
