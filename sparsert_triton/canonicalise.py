@@ -116,7 +116,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
             block_n = max(block_n, 16)
     chunk = s.chunk
     if chunk == AUTO:
-        chunk = (16 if use_dot else (8 if pad else 4) if conv_rows else
+        chunk = (16 if use_dot else (8 if pad or tap_masks else 4) if conv_rows else
                  8 if mode == "table" else 4)
     row_order = s.row_order
     if row_order == AUTO:

@@ -181,15 +181,19 @@ def test_table_kernel_options_are_validated():
 
 
 def test_convolution_defaults():
-    """Convolutions' table kernel defaults to the padded input with 64-column tiles, chunks of
-    8 and the prefetched tail (measured on the H100); asking for tap segments gives the tap
-    kernel's own defaults (chunks of 4); explicit choices and W @ X keep their own."""
+    """Convolutions' table kernel defaults to tap masks where they serve the input (else the
+    padded input) with 64-column tiles, chunks of 8 and the prefetched tail (measured on the
+    H100); asking for tap segments gives the tap kernel's own defaults (chunks of 4);
+    explicit choices and W @ X keep their own."""
     from sparsert_triton.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight((torch.rand(64, 576) < 0.1).float())
     conv = plan_for(Schedule(mode="table"), w, 3136, "float32", conv=True)
     assert (conv.block_n, conv.chunk, conv.pad_input, conv.prefetch_tail, conv.tap_segments) \
         == (64, 8, True, True, False)
+    masks = plan_for(Schedule(mode="table"), w, 3136, "float32", conv=True, tap_masks_fit=True)
+    assert (masks.block_n, masks.chunk, masks.pad_input, masks.prefetch_tail, masks.tap_masks,
+            masks.tap_segments) == (64, 8, False, True, True, False)
     taps = plan_for(Schedule(mode="table", tap_segments=True), w, 3136, "float32", conv=True)
     assert (taps.chunk, taps.pad_input, taps.prefetch_tail, taps.tap_segments) \
         == (4, False, False, True)
