@@ -68,6 +68,13 @@ prefetch_tail
     columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
     loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
     step waits for its column before loading X. Default: off (not measured on a GPU yet).
+prefetch_x
+    With ``prefetch_tail``: load the next chunk's X rows one loop step ahead too (the columns
+    and values two steps ahead), so a step's FMAs consume loads issued a step earlier and a
+    row's chain of dependent X loads (one memory latency per chunk, from DRAM for an input
+    that is not in L2) is half as long. Twice the X registers; each prefetched load masked
+    by "still in the segment" (the tail's loads come from the loop). Default: off (not
+    measured on a GPU yet).
 tap_segments
     Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
     time (every load of a tap at one fixed shift of X, under one in-image mask set once per
@@ -159,6 +166,7 @@ class Schedule:
     prefetch: Union[bool, str] = AUTO
     tap_segments: Union[bool, str] = AUTO
     prefetch_tail: Union[bool, str] = AUTO
+    prefetch_x: Union[bool, str] = AUTO
     bake_strides: Union[bool, str] = AUTO
     pad_input: Union[bool, str] = AUTO
     streams: IntOrAuto = AUTO
@@ -191,7 +199,7 @@ class Schedule:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
         for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "prefetch_tail",
-                     "use_dot", "pad_input", "pdl", "tap_pointers", "tap_masks"):
+                     "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers", "tap_masks"):
             v = getattr(self, name)
             if v not in (True, False, AUTO):
                 raise ValueError(f"Schedule.{name} must be True, False or 'auto', got {v!r}")

@@ -163,6 +163,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
+                # X rows one step ahead too: off unless asked for (not timed on a GPU yet)
+                prefetch_x=s.prefetch_x is True,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
                 pad_input=bool(pad), split_k=split,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),

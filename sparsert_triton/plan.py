@@ -35,6 +35,7 @@ class Plan:
     prefetch: bool = False
     tap_segments: bool = False
     prefetch_tail: bool = False
+    prefetch_x: bool = False
     bake_strides: bool = False
     pad_input: bool = False
     split_k: int = 1
@@ -113,6 +114,10 @@ class Plan:
                 "the unpadded X): set both False")
         if self.prefetch_tail and not self.prefetch:
             bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
+        if self.prefetch_x and not (self.prefetch_tail and self.split_k == 1
+                                    and not self.pack_nonzeros):
+            bad("prefetch_x needs prefetch_tail (the tail consumes the prefetched X rows), "
+                "split_k 1 and no pack_nonzeros")
         if not 1 <= self.streams <= 32:
             bad(f"streams must be in 1..32, got {self.streams}")
         if not 1 <= self.num_stages <= 8:

@@ -404,36 +404,36 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
 
 # ---------------------------------------------------------------- table mode
 
-def _table_x_load(b: Buffer, low: Lowered, valid: str = ""):
-    """One X row per nonzero: ``x`` for column ``c`` (every step is a real nonzero). In a
+def _table_x_load(b: Buffer, low: Lowered, valid: str = "", x: str = "x"):
+    """One X row per nonzero: ``x`` (or the name given) for column ``c``. In a
     convolution's tap loop ``c`` is the input channel, ``xt`` the tile shifted to the tap (set
     once per tap, see ``_conv_tap``) and the load unmasked; without tap segments ``c`` is the
     (c_in, dy, dx) column, decoded here, and the in-image mask worked out per nonzero.
-    ``valid``: a scalar condition that also masks the load (a segment's prefetched tail)."""
-    g, x = low.conv, cvt(low.signature.x_dtype, low.signature)
+    ``valid``: a condition that also masks the load (a segment's prefetched tail)."""
+    g, cv = low.conv, cvt(low.signature.x_dtype, low.signature)
     also = f" & {valid}" if valid else ""
     if g is None:
-        b(f"x = tl.load(xp + c * sxk, mask=nmask{also}, other=0.0){x}")
+        b(f"{x} = tl.load(xp + c * sxk, mask=nmask{also}, other=0.0){cv}")
         return
     if low.plan.pad_input:   # c: the nonzero's offset into the padded input
-        b(f"x = tl.load(xp + c, mask={valid}, other=0.0){x}" if valid else
-          f"x = tl.load(xp + c){x}")
+        b(f"{x} = tl.load(xp + c, mask={valid}, other=0.0){cv}" if valid else
+          f"{x} = tl.load(xp + c){cv}")
         return
     if low.plan.tap_masks:   # c: the nonzero's offset and tap bit; the lane's bits mask it
         off, bit = _tap_mask_fields(low, "c")
-        b(f"x = tl.load(xp + {off}, mask={valid + ' & ' if valid else ''}((tm & {bit}) != 0), "
-          f"other=0.0){x}")
+        b(f"{x} = tl.load(xp + {off}, mask={valid + ' & ' if valid else ''}((tm & {bit}) != 0), "
+          f"other=0.0){cv}")
         return
     if low.plan.tap_segments:
-        b(f"x = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){x}" if valid else
-          f"x = tl.load(xt + c * sxc){x}")
+        b(f"{x} = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){cv}" if valid else
+          f"{x} = tl.load(xt + c * sxc){cv}")
         return
     (dh, dw), khw = g.dilation, g.kh * g.kw
     b(f"ci = c // {khw}")
     b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
     b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
-    b(f"x = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask=nmask{also} & (iy0 >= -dy) & "
-      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0){x}")
+    b(f"{x} = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask=nmask{also} & (iy0 >= -dy) & "
+      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0){cv}")
 
 
 def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
@@ -489,6 +489,62 @@ def _table_chunks_prefetched(b: Buffer, low: Lowered, U: int):
     _prefetched(b, U, f"for j in range(start, full, {U}):", "start + ",
                 lambda at, s: _table_index(b, low, at, s), lambda s: _table_fma(b, low, s),
                 ["nz"] if low.plan.packs_nonzeros(low.signature) else ["c", "w"])
+
+
+def _table_chunks_prefetched_x(b: Buffer, low: Lowered, U: int):
+    """The one-row kernel's hot loop with X one chunk ahead (``prefetch_x``), two chunks per
+    step on two sets of registers, so that no loaded value is copied at the loop's end (a
+    copy would wait for its load and serialise the steps again). A step at ``j`` adds the
+    FMAs of chunk ``j`` on ``xa`` (loaded in the step before) while chunk ``j + U``'s X rows
+    arrive in ``xb``, then those of ``j + U`` while ``j + 2U``'s arrive in ``xa``; columns
+    are loaded a step before their X rows, values a chunk before their FMAs. X loads that
+    may lie past the segment are masked to it (the tables are padded by three chunks); after
+    the loop, the chunk at ``full2`` (a whole chunk or the tail) and the one after it (the
+    tail, or nothing) are added the same way."""
+    acc = "acc_t" if low.conv is not None and low.plan.tap_segments else "acc"
+    wc = cvt(low.signature.w_dtype, low.signature)
+
+    def cols(at, name):
+        b(f"{name} = tl.load(COLS + {at})")
+
+    def vals(at, name):
+        b(f"{name} = tl.load(VALS + {at}){wc}")
+
+    def load_x(col, out, at=None):
+        b(f"c = {col}")
+        # (a vector compare: Triton's interpreter mistypes a broadcast scalar mask)
+        _table_x_load(b, low, f"(offs_n * 0 + {at} < end)" if at else "", out)
+
+    def fmas(x, w):
+        for t in range(U):
+            b(f"{acc} += {w}{t} * {x}{t}")
+    b(f"full2 = start + (end - start) // {2 * U} * {2 * U}")
+    for t in range(U):
+        cols(f"start + {t}", f"c{t}")
+        vals(f"start + {t}", f"wa{t}")
+        cols(f"start + {U + t}", f"cb{t}")
+        vals(f"start + {U + t}", f"wb{t}")
+        cols(f"start + {2 * U + t}", f"ca{t}")
+    for t in range(U):
+        load_x(f"c{t}", f"xa{t}", f"start + {t}")
+    with b.indent(f"for j in range(start, full2, {2 * U}):"):
+        for t in range(U):
+            load_x(f"cb{t}", f"xb{t}")             # chunk j + U: inside the pair
+        for t in range(U):
+            cols(f"j + {3 * U + t}", f"cb{t}")
+        fmas("xa", "wa")
+        for t in range(U):
+            load_x(f"ca{t}", f"xa{t}", f"j + {2 * U + t}")
+        for t in range(U):
+            vals(f"j + {2 * U + t}", f"wa{t}")
+            cols(f"j + {4 * U + t}", f"ca{t}")
+        fmas("xb", "wb")
+        for t in range(U):
+            vals(f"j + {3 * U + t}", f"wb{t}")
+    fmas("xa", "wa")
+    for t in range(U):
+        load_x(f"cb{t}", f"xb{t}", f"full2 + {U + t}")
+    fmas("xb", "wb")
 
 
 def _table_x_tile(b: Buffer, low: Lowered):
@@ -548,6 +604,9 @@ def _row_segment(b: Buffer, low: Lowered, seg: str):
     U = low.plan.chunk
     b(f"start = tl.load(STARTS + {seg})")
     b(f"end = start + tl.load(LENGTHS + {seg})")
+    if low.plan.prefetch_x:
+        _table_chunks_prefetched_x(b, low, U)
+        return
     b(f"full = start + (end - start) // {U} * {U}")
     if low.plan.prefetch:
         _table_chunks_prefetched(b, low, U)

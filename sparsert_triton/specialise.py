@@ -73,7 +73,7 @@ class Table:
     rows: np.ndarray         # int32 [G * R], -1 pads
     starts: np.ndarray       # int32: per slot (per_row) or per group [G + 1] (union)
     lengths: np.ndarray      # int32: nonzeros per slot (per_row) or union length per group
-    cols: np.ndarray         # int32, padded by at least one chunk
+    cols: np.ndarray         # int32, padded by one chunk (three with prefetch_x)
     value_index: np.ndarray  # int64: CSR index feeding each entry, -1 for a padding zero
     groups: int
     per_row: bool
@@ -234,7 +234,8 @@ def _table_rows(weight: SparseWeight, plan: Plan, taps: int = 1,
         lengths = per_tap.reshape(-1)
     starts = np.zeros(lengths.shape[0], np.int32)
     starts[1:] = np.cumsum(lengths)[:-1]
-    value_index = np.concatenate(segments + [np.full(U, -1, np.int64)])
+    ahead = 3 if plan.prefetch_x else 1     # chunks a prefetch reads past a segment
+    value_index = np.concatenate(segments + [np.full(ahead * U, -1, np.int64)])
     hit = value_index >= 0
     cols = np.zeros(value_index.shape[0], np.int32)
     if offsets is not None:   # a convolution's input: each column's offset (and tap) into it

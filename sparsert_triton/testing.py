@@ -111,13 +111,14 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         plain = P > 1 or split > 1      # no packing, tail or tap segments
         # convolutions without the padded copy: masked loads, one loop per row (tap_masks)
         masks = not pad and P == 1 and draw(st.booleans())
+        pack = False if plain else draw(st.sampled_from(["auto", True]))
+        tail = draw(st.booleans()) if pre is True and not plain else False
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False, parallel_rows=P,
-                        split_k=split, tap_masks=masks,
-                        pack_nonzeros=False if plain else draw(st.sampled_from(["auto", True])),
-                        prefetch=pre,
-                        prefetch_tail=(draw(st.booleans()) if pre is True and not plain
-                                       else False),
+                        split_k=split, tap_masks=masks, pack_nonzeros=pack, prefetch=pre,
+                        prefetch_tail=tail,
+                        # X rows a chunk ahead too
+                        prefetch_x=tail and pack is not True and draw(st.booleans()),
                         tap_segments=("auto" if P > 1 or pad or masks else False if split > 1
                                       else draw(st.booleans())),
                         pad_input=pad,

@@ -211,6 +211,11 @@ CONV_CANDIDATES = [
     # projections; H100, conv_h100_masks_*_tune.jsonl); the heuristic's default
     Schedule(mode="table", rows_per_program=1, block_n=64, chunk=8, num_warps=1,
              tap_masks=True, prefetch_tail=True),
+    # the same with the X rows a chunk ahead (prefetch_x: at batch 1 each row's chain of
+    # dependent X loads from DRAM sets the time; not timed on a GPU yet, timed here like
+    # every candidate)
+    Schedule(mode="table", rows_per_program=1, block_n=64, chunk=8, num_warps=1,
+             tap_masks=True, prefetch_tail=True, prefetch_x=True),
     # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel):
     # 17.9 vs 17.1 and 29.4 vs 26.5 us at batch 8 (its border lanes read the zero buffer),
     # 11.6 vs 11.9 and 22.0 vs 21.8 at batch 1 (conv_h100_warps32_tune.jsonl): opt-in
@@ -279,6 +284,11 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False) -> 
     second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
                            row_order="nnz", num_warps=max(1, bn_main // 128),
                            prefetch=True, prefetch_tail=True))
+    # and the X rows a chunk ahead (half the chain of dependent X loads; not timed on a GPU
+    # yet, timed here like every candidate)
+    second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
+                           row_order="nnz", num_warps=max(1, bn_main // 128),
+                           prefetch=True, prefetch_tail=True, prefetch_x=True))
     # fewer warps, several columns per thread: one index load serves a wider vector load
     # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit); packed nonzeros
     for bn in [b for b in bns if b >= 64]:

@@ -292,9 +292,13 @@ def test_pdl_and_unrolled_split_options_reach_the_schedule(capsys):
     s = schedule_from_args(args)
     assert s.split_k == 2 and s.pdl is False and s.tap_pointers is False
     args = build_parser().parse_args(["emit", str(DATA), "--tap-pointers", "on",
-                                      "--tap-masks", "on"])
+                                      "--tap-masks", "on", "--prefetch-x", "on"])
     s = schedule_from_args(args)
-    assert s.tap_pointers is True and s.tap_masks is True
+    assert s.tap_pointers is True and s.tap_masks is True and s.prefetch_x is True
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "on",
+                       "--prefetch-x", "on")
+    assert rc == 0, err
+    assert "full2 = " in out and "xb0 = " in out         # two chunks per step, X ahead
     rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--split-k", "2")
     assert rc == 0, err
     assert "atomic_add(CNT" in out and "_fix(" in out      # column slices and their fix-up

@@ -63,6 +63,10 @@ CASES = {
     # in-image bits per lane (tap_masks)
     "table_conv_tap_masks": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                        tap_masks=True), ()),
+    # X rows one chunk ahead, two chunks per loop step on two register sets (prefetch_x)
+    "table_conv_prefetch_x": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
+                                                        tap_masks=True, prefetch_tail=True,
+                                                        prefetch_x=True), ()),
     # unrolled convolution without the padded copy: one pointer per kernel tap, into the
     # image or the zero buffer (tap_pointers)
     "values_conv_tap_pointers": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
