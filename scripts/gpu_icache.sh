@@ -17,6 +17,10 @@ for R in 8 4; do
 done
 # ~128 programs, each looping over 2 (8 rows) or 3-4 (4 rows) of its group's 13 column tiles
 S="$S; Schedule($U, rows_per_program=8, column_programs=8); Schedule($U, rows_per_program=4, column_programs=4)"
+# the same with rows grouped by shared columns (sm_90 SASS on the CPU, bench/sass_stats.py:
+# 14-15% fewer X loads, 5% fewer instructions than the given order at 8 and 4 rows)
+S="$S; Schedule($U, rows_per_program=8, column_programs=8, row_order='cluster')"
+S="$S; Schedule($U, rows_per_program=4, column_programs=4, row_order='cluster')"
 timeout ${CONV_S:-240} python -m bench.conv_bench --dlmc .carry/dlmc --batches 8 \
     --dtypes float32 --only ${LAYERS:-group2_1_1} --max-compile-s 80 --jobs ${JOBS:-5} \
     --deadline-s $(( ${CONV_S:-240} - 15 )) --out $OUT/conv_icache.csv --schedules "$S" \
