@@ -58,8 +58,8 @@ split_k
     applies the epilogue and stores ``Y``.
 pack_nonzeros
     Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
-    the float32 value's bits) instead of two loads. Default: on wherever it applies (float32
-    accumulation).
+    the float32 value's bits) instead of two loads (float32 accumulation). Default: off
+    (H100: +3% to -15% on W @ X, slower in 15 of 16 convolution pairs).
 prefetch
     Table mode, one row at a time: load the next chunk's columns and values one loop step
     ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
@@ -67,7 +67,9 @@ prefetch_tail
     With ``prefetch``: a row's (or a kernel tap's) last ``len % chunk`` nonzeros use the
     columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
     loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
-    step waits for its column before loading X. Default: off (not measured on a GPU yet).
+    step waits for its column before loading X. Default: on in a convolution's one-row kernel
+    with ``pad_input`` or ``tap_masks`` (part of the measured convolution default; without
+    them it was slower), off elsewhere.
 prefetch_x
     With ``prefetch_tail``: load the next chunk's X rows one loop step ahead too (the columns
     and values two steps ahead), so a step's FMAs consume loads issued a step earlier and a
@@ -80,7 +82,8 @@ tap_segments
     time (every load of a tap at one fixed shift of X, under one in-image mask set once per
     tap), instead of in (c_in, tap) order with the shift and mask worked out per nonzero.
     Fewer instructions per nonzero; the (c_in, tap) order re-reads a channel's X lines for
-    its next tap while they are still in L1. Default: on. Ignored by ``W @ X``.
+    its next tap while they are still in L1. Default: on where the one-row kernel reads the
+    unpadded X without tap masks (both asked off). Ignored by ``W @ X``.
 pad_input
     Convolutions, in the one-row table kernel and the unrolled modes: copy X once per call into
     a buffer zero-padded by the convolution's padding (one copy kernel; none for padding 0 and
@@ -88,7 +91,8 @@ pad_input
     offset ``c_in*Hp*Wp + dy*dh*Wp + dx*dw``, without an in-image mask: in the table (each row's
     nonzeros one loop of unmasked loads, no per-tap segments; replaces ``tap_segments``) or in
     the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
-    the input's spatial size. Ignored by ``W @ X``.
+    the input's spatial size. Default: the one-row table kernel's where ``tap_masks`` does not
+    serve the input (or ``split_k`` > 1); off in the unrolled modes. Ignored by ``W @ X``.
 tap_pointers
     Convolutions in the unrolled modes, without ``pad_input``: each lane's X pointer shifted
     once per kernel tap (dy, dx) to that tap, or, where the tap falls outside the image (or
@@ -98,8 +102,8 @@ tap_pointers
     with ``pad_input`` but without the padded copy of X (sm_90 SASS: the padded code's loads
     and FMAs and a few hundred set-up instructions; masked loads instead add a zero fill and
     predicates per load, +28% instructions on a 128-channel layer; but its off-image lanes
-    read the zero buffer where masked loads read nothing). Default: off (not timed on a GPU
-    yet). Ignored by ``W @ X``.
+    read the zero buffer where masked loads read nothing). Default: off (H100: 5-11% slower
+    than ``pad_input`` at batch 8, within 3% at batch 1). Ignored by ``W @ X``.
 tap_masks
     Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
     entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to
