@@ -165,15 +165,17 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
 # ------------------------------------------------------------------ search space
 
 def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_MAX_COMPILE_S,
-              conv: bool = False) -> Schedule:
+              conv: bool = False, tap_masks_fit: bool = False) -> Schedule:
     """The default without timing: ``plan_for``'s choice, switched to table mode when its
     unrolled build would take longer than ``max_compile_s``. Needs no GPU. ``conv``: the
-    weight is a convolution's (C_out x C_in kh kw)."""
+    weight is a convolution's (C_out x C_in kh kw); ``tap_masks_fit``: tap masks serve its
+    input (``ConvGeometry.masks_fit``), as the kernel resolves it for a call."""
     w = as_sparse_weight(weight)
     d = dtype_name(dtype)
-    plan = plan_for(Schedule(), w, int(N), d, conv=conv)
+    plan = plan_for(Schedule(), w, int(N), d, conv=conv, tap_masks_fit=tap_masks_fit)
     if plan.mode != "table" and estimate_compile_s(w, plan, max_compile_s) > max_compile_s:
-        plan = plan_for(Schedule(mode="table"), w, int(N), d, conv=conv)
+        plan = plan_for(Schedule(mode="table"), w, int(N), d, conv=conv,
+                        tap_masks_fit=tap_masks_fit)
     return plan.to_schedule()
 
 
@@ -224,12 +226,13 @@ CONV_CANDIDATES = [
              tap_pointers=True)]
 
 
-def conv_candidate_schedules(weight, N: int, dtype="float32") -> List[Schedule]:
+def conv_candidate_schedules(weight, N: int, dtype="float32",
+                             tap_masks_fit: bool = False) -> List[Schedule]:
     """Candidates for a direct convolution of N output positions: the heuristic first, then
     :data:`CONV_CANDIDATES` with tiles no wider than N needs (narrower tiles: same warps)."""
     w = as_sparse_weight(weight)
     top = max(16, next_pow2(N))
-    out = [heuristic(w, N, dtype, conv=True)]
+    out = [heuristic(w, N, dtype, conv=True, tap_masks_fit=tap_masks_fit)]
     extra = []
     if dtype_name(dtype) in ("float16", "bfloat16"):
         # tensor cores over each row group's (c_in, tap) union, as for W @ X (not measured
@@ -255,11 +258,12 @@ def _block_ns(N: int) -> List[int]:
     return sorted(out)
 
 
-def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False) -> List[Schedule]:
+def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
+                        tap_masks_fit: bool = False) -> List[Schedule]:
     """Candidate schedules in priority order (likely winners and cheap builds first);
     ``conv``: for a direct convolution (:func:`conv_candidate_schedules`)."""
     if conv:
-        return conv_candidate_schedules(weight, N, dtype)
+        return conv_candidate_schedules(weight, N, dtype, tap_masks_fit)
     w = as_sparse_weight(weight)
     d = dtype_name(dtype)
     half = d in ("float16", "bfloat16")
@@ -346,7 +350,8 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False) -> 
 def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
           max_compile_s: float = DEFAULT_MAX_COMPILE_S,
           estimate: Optional[Callable[[Plan], float]] = None,
-          conv: bool = False) -> Tuple[List[TuneResult], List[TuneResult]]:
+          conv: bool = False, tap_masks_fit: bool = False
+          ) -> Tuple[List[TuneResult], List[TuneResult]]:
     """Split candidates into (kept, skipped). Kept results carry the resolved plan (``conv``:
     resolved for a convolution) and the estimated compile seconds (``estimate(plan)``, default
     :func:`estimate_compile_s`); skipped ones say why (invalid, duplicate, compile too long)."""
@@ -355,7 +360,7 @@ def prune(schedules: Sequence[Schedule], weight, N: int, dtype="float32",
     kept, skipped, seen = [], [], set()
     for s in schedules:
         try:
-            plan = plan_for(s, w, int(N), d, conv=conv)
+            plan = plan_for(s, w, int(N), d, conv=conv, tap_masks_fit=tap_masks_fit)
         except ValueError as e:
             skipped.append(TuneResult(s, None, 0.0, "skipped", detail=f"invalid: {e}"))
             continue
@@ -539,9 +544,12 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
         N = int(X.shape[0]) * max(Ho, 0) * max(Wo, 0)
     if N == 0:
         raise ValueError("X has no columns (N = 0): nothing to tune")
+    # 'auto' fields resolved as the kernel resolves them for this input
+    fit = conv is not None and conv.masks_fit(int(X.shape[2]), int(X.shape[3]))
     on_gpu = X.device.type == "cuda" and not interpreting() and torch.cuda.is_available()
     if timer is None and not on_gpu and allow_cpu:
-        return heuristic(w, N, WEIGHT_DTYPES.get(X.dtype, "float32"), conv=conv is not None), []
+        return heuristic(w, N, WEIGHT_DTYPES.get(X.dtype, "float32"), conv=conv is not None,
+                         tap_masks_fit=fit), []
     sig, N = call_signature(probe, X, operands)
     d = sig.x_dtype
     key, parts = plan_key(program, w, N, sig, device_name(X.device), conv)
@@ -563,8 +571,9 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
             return KNOWN_BUILD_S
         return estimate_compile_s(w, plan, max_compile_s)
 
-    space = candidates if candidates is not None else candidate_schedules(w, N, d, conv is not None)
-    kept, skipped = prune(space, w, N, d, max_compile_s, estimate, conv is not None)
+    space = (candidates if candidates is not None
+             else candidate_schedules(w, N, d, conv is not None, fit))
+    kept, skipped = prune(space, w, N, d, max_compile_s, estimate, conv is not None, fit)
     if not kept:
         raise ValueError("no candidate schedule survives pruning: "
                          + "; ".join(f"{r.schedule!r}: {r.detail}" for r in skipped))

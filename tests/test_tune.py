@@ -295,6 +295,29 @@ def test_convolutions_search_their_own_candidates():
     assert T.candidate_schedules(w, 3136, "float32") != big          # W @ X: its own space
 
 
+def test_the_conv_heuristic_resolves_as_the_kernel_does(tmp_path, monkeypatch):
+    """Where tap masks serve the input, the tuner's default (its first candidate, and its
+    answer without a GPU) is the kernel's own default for that input: the tap-mask kernel,
+    with the padded form still among the candidates."""
+    from dsl import conv2d
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(8)
+    w = (torch.randn(64, 576, generator=g) * (torch.rand(64, 576, generator=g) < 0.1))
+    masks = T.candidate_schedules(w, 3136, "float32", conv=True, tap_masks_fit=True)
+    assert (masks[0].tap_masks, masks[0].pad_input) == (True, False)
+    assert any(s.pad_input is True and s.mode == "table" for s in masks)
+    kept, skipped = T.prune(masks, w, 3136, "float32", conv=True, tap_masks_fit=True)
+    assert kept[0].plan.tap_masks and any(r.detail == "duplicate plan" for r in skipped)
+    # enough nonzeros (> 2048) for the table kernel by default
+    W = torch.randn(40, 16, 3, 3, generator=g) * (torch.rand(40, 16, 3, 3, generator=g) < 0.5)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(W)
+    X = torch.randn(1, 16, 6, 5, generator=g)
+    k(X)
+    s, _ = T.tune(k, None, X, allow_cpu=True, use_cache=False)
+    assert s.tap_masks is True and k.last_plan.tap_masks
+    assert T.heuristic(w, 3136, "float32", conv=True).pad_input is True   # size unknown
+
+
 def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypatch):
     """Without ``candidates`` a convolution is tuned over ``conv_candidate_schedules``; every
     candidate runs correctly (interpreter) and the fastest is returned."""
