@@ -137,23 +137,20 @@ class SpecializedKernel:
         if plan.use_dot and sig.acc_dtype == "float64":
             raise ValueError("schedule: use_dot does not support float64 inputs")
         offsets = None
-        if plan.pad_input:
+        if plan.pad_input or plan.tap_masks:
             if spatial is None:
-                raise ValueError("a pad_input convolution kernel is specialised to its input's "
-                                 "spatial size: call it (or pass spatial=(H, W))")
+                raise ValueError(f"a {'pad_input' if plan.pad_input else 'tap_masks'} "
+                                 "convolution kernel is specialised to its input's spatial "
+                                 "size: call it (or pass spatial=(H, W))")
             g = self.conv
-            Hp, Wp = g.padded_size(*spatial)
-            offsets = g.padded_offsets(*spatial)
             spatial = (int(spatial[0]), int(spatial[1]))
-            x_strides = (g.C_in * Hp * Wp, Hp * Wp, Wp, 1)   # the padded copy's
-        elif plan.tap_masks:
-            if spatial is None:
-                raise ValueError("a tap_masks convolution kernel is specialised to its input's "
-                                 "spatial size: call it (or pass spatial=(H, W))")
-            g = self.conv
-            H, W = spatial = (int(spatial[0]), int(spatial[1]))
-            offsets = g.masked_offsets(H, W)
-            x_strides = (g.C_in * H * W, H * W, W, 1)       # X made contiguous NCHW
+            if plan.pad_input:
+                H, W = g.padded_size(*spatial)          # strides of the padded copy
+                offsets = g.padded_offsets(*spatial)
+            else:
+                H, W = spatial                          # X made contiguous NCHW
+                offsets = g.masked_offsets(H, W)
+            x_strides = (g.C_in * H * W, H * W, W, 1)
         else:
             spatial = None
         baked = tuple(int(v) for v in x_strides) if plan.bake_strides and x_strides else None

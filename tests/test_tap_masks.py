@@ -147,3 +147,15 @@ def test_tap_masks_is_the_table_default_where_it_serves_the_input():
         Y = k(X)
         assert k._last.plan.tap_masks is masks and k._last.plan.pad_input is not masks
         torch.testing.assert_close(Y.cpu().double(), k.reference(X), rtol=1e-5, atol=1e-5)
+
+
+def test_padded_and_masked_variants_need_the_input_size():
+    """Both kernels are specialised to the input's spatial size: a variant asked for without
+    it is refused, naming the schedule field."""
+    from sparsert_triton.plan import Signature
+    sig = Signature("float32", "float32", "float32", ())
+    W4 = masked_conv_weight(torch.Generator().manual_seed(25), 4, 3, 3, 3, 0.5)
+    for field in ("pad_input", "tap_masks"):
+        k = _kernel(W4, **{"tap_masks": field == "tap_masks", field: True})
+        with pytest.raises(ValueError, match=f"a {field} convolution kernel is specialised"):
+            k.variant(sig, 36, torch.device("cpu"), (108, 36, 6, 1))
