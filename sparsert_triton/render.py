@@ -436,19 +436,32 @@ def _table_x_load(b: Buffer, low: Lowered, valid: str = "", x: str = "x"):
       f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0){cv}")
 
 
+def _table_col(b: Buffer, at: str, name: str):
+    b(f"{name} = tl.load(COLS + {at})")
+
+
+def _table_val(b: Buffer, low: Lowered, at: str, name: str):
+    b(f"{name} = tl.load(VALS + {at}){cvt(low.signature.w_dtype, low.signature)}")
+
+
+def _table_acc(low: Lowered) -> str:
+    """The row's accumulator: the tap's ``acc_t`` in a convolution's tap segments."""
+    return "acc_t" if low.conv is not None and low.plan.tap_segments else "acc"
+
+
 def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
     """Load nonzero ``k``'s column and value (``c{s}``, ``w{s}``; packed: the word ``nz{s}``)."""
     if low.plan.packs_nonzeros(low.signature):
         b(f"nz{s} = tl.load(NZ + {k})")
         return
-    b(f"c{s} = tl.load(COLS + {k})")
-    b(f"w{s} = tl.load(VALS + {k}){cvt(low.signature.w_dtype, low.signature)}")
+    _table_col(b, k, f"c{s}")
+    _table_val(b, low, k, f"w{s}")
 
 
 def _table_fma(b: Buffer, low: Lowered, s: str = "", valid: str = ""):
     """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)`` (into the
     tap's ``acc_t`` in a convolution)."""
-    acc = "acc_t" if low.conv is not None and low.plan.tap_segments else "acc"
+    acc = _table_acc(low)
     if low.plan.packs_nonzeros(low.signature):
         b(f"c = (nz{s} & 0xFFFFFFFF).to(tl.int32)")
         _table_x_load(b, low, valid)
@@ -501,14 +514,13 @@ def _table_chunks_prefetched_x(b: Buffer, low: Lowered, U: int):
     may lie past the segment are masked to it (the tables are padded by three chunks); after
     the loop, the chunk at ``full2`` (a whole chunk or the tail) and the one after it (the
     tail, or nothing) are added the same way."""
-    acc = "acc_t" if low.conv is not None and low.plan.tap_segments else "acc"
-    wc = cvt(low.signature.w_dtype, low.signature)
+    acc = _table_acc(low)
 
     def cols(at, name):
-        b(f"{name} = tl.load(COLS + {at})")
+        _table_col(b, at, name)
 
     def vals(at, name):
-        b(f"{name} = tl.load(VALS + {at}){wc}")
+        _table_val(b, low, at, name)
 
     def load_x(col, out, at=None):
         b(f"c = {col}")
