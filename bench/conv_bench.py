@@ -89,7 +89,7 @@ def cudnn_flags(**flags):
             setattr(torch.backends.cudnn, name, value)
 
 
-def _conv_kernel(w, C_in: int, stride: int, schedule: Schedule):
+def layer_kernel(w, C_in: int, stride: int, schedule: Schedule):
     """The direct sparse convolution of a DLMC layer (hwc columns, 3x3, padding 1)."""
     return sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1)).specialize(
         w, schedule=schedule, kernel_size=(C_in, 3, 3), order="hwc")
@@ -174,7 +174,7 @@ def run_case(name, p, C_in, C_out, H, stride, batch, dtype, sparsity, max_compil
     for s in schedules:
         if _over_budget(s, w.nnz, max_compile_s):
             continue            # unrolled build estimated too slow for this budget
-        k = _conv_kernel(w, C_in, stride, s)
+        k = layer_kernel(w, C_in, stride, s)
         entry = dict(layer=name, batch=batch, dtype=dtype, schedule=repr(s))
         t0 = time.time()
         try:
@@ -222,7 +222,7 @@ def _build_one(path: str, name: str, C_in: int, H: int, stride: int, dtype: str,
     can need two compilations of one source)."""
     s = parse_schedules(sched)[0]
     w = read_smtx(Path(path)).with_values(seed=0, dtype=dtype)
-    k = _conv_kernel(w, C_in, stride, s)
+    k = layer_kernel(w, C_in, stride, s)
     t0 = time.time()
     for b in batches:
         k(torch.zeros(b, C_in, H, H, dtype=DTYPES[dtype], device=device))

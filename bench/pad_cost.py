@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from bench.conv_bench import layers
+from bench.conv_bench import layer_kernel, layers
 from bench.report import write_rows
 from bench.timing import require_cuda, time_system
-from dsl import Schedule, conv2d
-from sparsert_triton import sparse_kernel
+from dsl import Schedule
 from sparsert_triton.padding import zero_pad
 
 COLUMNS = ["layer", "C_in", "H", "batch", "stride", "copy_us", "torch_pad_us", "sparse_us",
@@ -32,9 +31,8 @@ def measure(dlmc: Path, batches, device="cuda", timer=None) -> list:
     timer = timer or (lambda make_call, X, nbytes: time_system(make_call, X, nbytes).median_us)
     rows = []
     for name, p, C_in, C_out, H, stride in layers(Path(dlmc), "0.9"):
-        k = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1),
-                          schedule=Schedule(mode="table", pad_input=True)).specialize(
-            p.with_values(seed=0), kernel_size=(C_in, 3, 3), order="hwc")
+        k = layer_kernel(p.with_values(seed=0), C_in, stride,
+                         Schedule(mode="table", pad_input=True))
         for B in batches:
             X = torch.randn(B, C_in, H, H, device=device)
             if not torch.equal(zero_pad(X, 1, 1), torch.nn.functional.pad(X, (1, 1, 1, 1))):

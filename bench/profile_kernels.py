@@ -53,13 +53,12 @@ CONV_CASES = [
 
 
 def run_conv(dlmc):
-    from dsl import conv2d
+    from bench.conv_bench import layer_kernel
     for sp, name, B, H, s in CONV_CASES:
         p = read_smtx(find_matrix(dlmc, "rn50", sp, name)).with_values(seed=0)
         C_in = p.K // 9
         X = torch.randn(B, C_in, H, H, device="cuda")
-        k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1), schedule=s).specialize(
-            p, kernel_size=(C_in, 3, 3), order="hwc")
+        k = layer_kernel(p, C_in, 1, s)
         for _ in range(2):
             k(X)
             torch.cuda.synchronize()

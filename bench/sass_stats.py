@@ -89,10 +89,8 @@ def main(argv=None):
     ap.add_argument("--schedules", required=True, help="';'-separated Schedule(...) expressions")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
-    from bench.conv_bench import layers, parse_schedules
+    from bench.conv_bench import layer_kernel, layers, parse_schedules
     from bench.report import write_rows
-    from dsl import conv2d
-    from sparsert_triton import sparse_kernel
     from sparsert_triton.plan import Signature
     found = [l for l in layers(Path(a.dlmc), "0.9") if l[0] == a.layer]
     if not found:
@@ -102,9 +100,7 @@ def main(argv=None):
     Ho = (H + 2 - 3) // stride + 1
     out = []
     for s in parse_schedules(a.schedules):
-        k = sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=1),
-                          schedule=s).specialize(p.with_values(seed=0),
-                                                 kernel_size=(C_in, 3, 3), order="hwc")
+        k = layer_kernel(p.with_values(seed=0), C_in, stride, s)
         r = rows(name, a.batch, s, variant_stats(k, sig, a.batch * Ho * Ho,
                                                  (C_in * H * H, H * H, H, 1), (H, H)))
         for row in r:

@@ -156,12 +156,12 @@ def test_build_one_runs_the_kernel_at_every_timed_batch(tmp_path, monkeypatch):
     path = cb._paths(root, "0.9")[0]
     name, p, C_in, _, H, stride = next(layers(root, "0.9"))
     seen = []
-    real = cb._conv_kernel
+    real = cb.layer_kernel
 
     def recording(*args, **kw):
         k = real(*args, **kw)
         return lambda X: (seen.append(X.shape[0]), k(X))[1]
-    monkeypatch.setattr(cb, "_conv_kernel", recording)
+    monkeypatch.setattr(cb, "layer_kernel", recording)
     s = Schedule(mode="values", rows_per_program=2, block_n=32)
     out = cb._build_one(str(path), name, C_in, H, stride, "float32", repr(s), DEV, (1, 3))
     assert seen == [1, 3] and out[:2] == (name, repr(s)) and out[2] >= 0
