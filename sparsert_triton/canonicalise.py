@@ -151,9 +151,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # (into the image or a zero buffer), every load unmasked at an immediate offset. Its
     # sm_90 SASS has the padded code's loads and FMAs plus ~300 set-up instructions, where
     # the masked loads add ~5.5k (zero fills, predicates: 128-channel layer, 16 warps x 512
-    # columns). Off unless asked for: not timed on a GPU yet, and its off-image lanes read a
-    # zero buffer (one more line per border warp) where masked loads read nothing. W @ X
-    # ignores it (like pad_input)
+    # columns). Off unless asked for: 5-11% slower than the padded copy at batch 8, within 3%
+    # at batch 1 (its off-image lanes read a zero buffer where masked loads read nothing;
+    # H100, bench/results/conv_h100_warps32_tune.jsonl). W @ X ignores it (like pad_input)
     tap_pointers = conv and s.tap_pointers is True
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
