@@ -59,11 +59,12 @@ def triton_cache_scope():
 
 
 def precompile(path: Path, key: str, kernel_names, signature: dict, target=None, options=None,
-               fast: bool = False):
+               fast: bool = False, constants: dict = None):
     """Compile kernels of a generated module for ``target`` (default sm_90) without a GPU.
 
-    ``signature`` maps parameter names to Triton types (e.g. ``{"X": "*fp32", "N": "i32"}``).
-    Returns the compiled kernels.
+    ``signature`` maps parameter names to Triton types (e.g. ``{"X": "*fp32", "N": "i32"}``);
+    ``constants`` names parameters compiled as constants, as Triton's launch specialises an
+    integer argument equal to 1 (e.g. ``{"N": 1}``). Returns the compiled kernels.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -75,8 +76,9 @@ def precompile(path: Path, key: str, kernel_names, signature: dict, target=None,
     with triton_cache_scope(), fast_pipeline(fast):
         for name in kernel_names:
             fn = getattr(mod, name)
-            sig = {p: signature[p] for p in fn.arg_names}
-            out.append(triton.compile(ASTSource(fn, sig, {}), target=target,
+            consts = {p: v for p, v in (constants or {}).items() if p in fn.arg_names}
+            sig = {p: "constexpr" if p in consts else signature[p] for p in fn.arg_names}
+            out.append(triton.compile(ASTSource(fn, sig, consts), target=target,
                                       options=options or {}))
     return out
 
@@ -102,14 +104,15 @@ def triton_signature(sig) -> dict:
     return types
 
 
-def precompile_variant(variant, sig, target=None, fast: bool = True):
-    """Compile every kernel of a built variant for ``target`` (default sm_90) on any machine."""
+def precompile_variant(variant, sig, target=None, fast: bool = True, constants: dict = None):
+    """Compile every kernel of a built variant for ``target`` (default sm_90) on any machine
+    (``constants``: see :func:`precompile`)."""
     names = [fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__ for fn, _ in variant.kernels]
     opts = {"num_warps": variant.plan.num_warps, "num_stages": variant.plan.num_stages,
             "enable_fp_fusion": True}
     from .fastpasses import applies
     return precompile(variant.path, variant.key, names, triton_signature(sig), target, opts,
-                      fast=fast and applies(variant.plan))
+                      fast=fast and applies(variant.plan), constants=constants)
 
 
 # ---------------------------------------------------------------- parallel first compile

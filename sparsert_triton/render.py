@@ -279,7 +279,7 @@ def _split(low: Lowered) -> bool:
 
 def _ws(slot: int) -> str:
     """The tile's pointers into workspace row ``slot`` ((M * split_k) x N, int64 rows)."""
-    return f"WS + N.to(tl.int64) * {slot} + offs_n"
+    return f"WS + tl.cast(N, tl.int64) * {slot} + offs_n"
 
 
 def _unrolled_buffers(low: Lowered) -> list:
