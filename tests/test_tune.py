@@ -174,15 +174,15 @@ def test_tune_picks_the_fastest_and_persists_it(tmp_path, monkeypatch, device):
     assert other.mode == "table" and len(timer3.calls) == 3
 
 
-def test_plan_key_depends_on_versions_dtype_and_bucket(monkeypatch):
+def test_plan_key_depends_on_versions_dtype_and_bucket(monkeypatch, device):
     w = _weight(8, 8, 0.5)
     from sparsert_triton.launch import signature_for
-    sig = signature_for(mm.program, w, torch.randn(8, 5), ())
+    sig = signature_for(mm.program, w, torch.randn(8, 5, device=device), ())
     k1, _ = T.plan_key(mm.program, w, 5, sig, "gpu")
     assert T.plan_key(mm.program, w, 7, sig, "gpu")[0] == k1          # same bucket (8)
     assert T.plan_key(mm.program, w, 9, sig, "gpu")[0] != k1
     assert T.plan_key(mm.program, w, 5, sig, "other gpu")[0] != k1
-    sig16 = signature_for(mm.program, w, torch.randn(8, 5, dtype=torch.float16), ())
+    sig16 = signature_for(mm.program, w, torch.randn(8, 5, dtype=torch.float16, device=device), ())
     assert T.plan_key(mm.program, w, 5, sig16, "gpu")[0] != k1
     monkeypatch.setattr(T.cache, "versions", lambda: {"triton": "0", "torch": "0", "sparsert": "0"})
     assert T.plan_key(mm.program, w, 5, sig, "gpu")[0] != k1
@@ -251,14 +251,14 @@ def test_gpu_tune_times_candidates_and_reuses_the_plan(tmp_path, monkeypatch, de
     assert T.check_result(Y, ref, mag)[0]
 
 
-def test_tune_convolution_with_a_fake_timer():
+def test_tune_convolution_with_a_fake_timer(device):
     """Convolutions are tuned through their specialised kernel; the fastest correct wins."""
     from dsl import conv2d
     from sparsert_triton.tune import tune
     g = torch.Generator().manual_seed(3)
     W = torch.randn(6, 4, 3, 3, generator=g) * (torch.rand(6, 4, 3, 3, generator=g) < 0.4)
     k = sparse_kernel(lambda W, X: conv2d(W, X, stride=2, padding=1)).specialize(W)
-    X = torch.randn(2, 4, 7, 6, generator=g)
+    X = torch.randn(2, 4, 7, 6, generator=g).to(device)
     slow = Schedule(mode="table", rows_per_program=1, chunk=4, block_n=16)
     fast = Schedule(mode="values", rows_per_program=4, block_n=16)
     times = iter([9.0, 1.0])
@@ -295,10 +295,11 @@ def test_convolutions_search_their_own_candidates():
     assert T.candidate_schedules(w, 3136, "float32") != big          # W @ X: its own space
 
 
-def test_the_conv_heuristic_resolves_as_the_kernel_does(tmp_path, monkeypatch):
-    """Where tap masks serve the input, the tuner's default (its first candidate, and its
-    answer without a GPU) is the kernel's own default for that input: the tap-mask kernel,
-    with the padded form still among the candidates."""
+def test_the_conv_heuristic_resolves_as_the_kernel_does(tmp_path, monkeypatch, device):
+    """The tuner's default (its first candidate, and its answer without a GPU) is the kernel's
+    own default for that input: where tap masks serve it, the tap-mask kernel, with the
+    padded form still among the candidates; for a grid of few programs, the padded copy with
+    prefetch_x."""
     from dsl import conv2d
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
     g = torch.Generator().manual_seed(8)
@@ -311,14 +312,18 @@ def test_the_conv_heuristic_resolves_as_the_kernel_does(tmp_path, monkeypatch):
     # enough nonzeros (> 2048) for the table kernel by default
     W = torch.randn(40, 16, 3, 3, generator=g) * (torch.rand(40, 16, 3, 3, generator=g) < 0.5)
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(W)
-    X = torch.randn(1, 16, 6, 5, generator=g)
+    X = torch.randn(1, 16, 6, 5, generator=g).to(device)
     k(X)
-    s, _ = T.tune(k, None, X, allow_cpu=True, use_cache=False)
-    assert s.tap_masks is True and k.last_plan.tap_masks
+    s = T.heuristic(k.weight, 30, "float32", conv=True, tap_masks_fit=True)
+    if ON_CPU:   # tune's answer without a GPU (on one it times the candidates)
+        assert T.tune(k, None, X, allow_cpu=True, use_cache=False)[0] == s
+    # 40 rows x 1 column tile: few programs
+    assert s.prefetch_x is True and s.pad_input is True and s.tap_masks is False
+    assert k.last_plan.prefetch_x and k.last_plan.pad_input and not k.last_plan.tap_masks
     assert T.heuristic(w, 3136, "float32", conv=True).pad_input is True   # size unknown
 
 
-def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypatch):
+def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypatch, device):
     """Without ``candidates`` a convolution is tuned over ``conv_candidate_schedules``; every
     candidate runs correctly (interpreter) and the fastest is returned."""
     from dsl import conv2d
@@ -326,7 +331,7 @@ def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypat
     g = torch.Generator().manual_seed(5)
     W = torch.randn(5, 3, 3, 3, generator=g) * (torch.rand(5, 3, 3, 3, generator=g) < 0.3)
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(W)
-    X = torch.randn(1, 3, 5, 4, generator=g)
+    X = torch.randn(1, 3, 5, 4, generator=g).to(device)
     space = T.candidate_schedules(k.weight, 20, "float32", conv=True)
     times = iter(range(100, 0, -1))           # later candidates "faster"
     best, results = T.tune(k, None, X, timer=lambda fn: float(next(times)), progress=False,
