@@ -23,7 +23,9 @@ row_order
     rows of similar length), ``"cluster"`` (greedy grouping of rows that share columns, to
     maximise reuse of loaded ``X`` rows).
 chunk
-    Table mode: nonzero columns handled per loop step (the static unroll).
+    Table mode: nonzero columns handled per loop step (the static unroll). Default: 16 with
+    ``use_dot`` and in the few-programs convolution default (see ``prefetch_x``), 4 in a
+    convolution's tap-segment kernel, 8 otherwise.
 use_dot
     Table mode: multiply each (rows_per_program x chunk) block of W with ``tl.dot`` (tensor
     cores; needs rows_per_program, chunk, block_n >= 16). Float32 inputs use exact ("ieee")
@@ -75,8 +77,11 @@ prefetch_x
     and values two steps ahead), so a step's FMAs consume loads issued a step earlier and a
     row's chain of dependent X loads (one memory latency per chunk, from DRAM for an input
     that is not in L2) is half as long. Twice the X registers; each prefetched load masked
-    by "still in the segment" (the tail's loads come from the loop). Default: off (not
-    measured on a GPU yet).
+    by "still in the segment" (the tail's loads come from the loop). Default: on, with chunks
+    of 16 and ``pad_input``, in a convolution's one-row table kernel of few programs (rows x
+    column tiles <= ``canonicalise.FEW_PROGRAMS``, 1024: small images at batch 1), off
+    elsewhere (H100, DLMC 3x3 layers at 90%, batch 1: 1.1-1.4x on the 9 layers of <= 1024
+    programs; at batch 8 slower with tap masks, within 8% on the padded copy).
 tap_segments
     Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
     time (every load of a tap at one fixed shift of X, under one in-image mask set once per
@@ -92,7 +97,8 @@ pad_input
     nonzeros one loop of unmasked loads, no per-tap segments; replaces ``tap_segments``) or in
     the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
     the input's spatial size. Default: the one-row table kernel's where ``tap_masks`` does not
-    serve the input (or ``split_k`` > 1); off in the unrolled modes. Ignored by ``W @ X``.
+    serve the input (or ``split_k`` > 1) and for few programs (see ``prefetch_x``); off in
+    the unrolled modes. Ignored by ``W @ X``.
 tap_pointers
     Convolutions in the unrolled modes, without ``pad_input``: each lane's X pointer shifted
     once per kernel tap (dy, dx) to that tap, or, where the tap falls outside the image (or
@@ -112,8 +118,8 @@ tap_masks
     (sm_90 SASS: 116 instructions per 8 nonzeros against 80, the loads the same). Kernels of
     up to 16 taps. Default ('auto'): on in the one-row table kernel of a convolution whose
     kernel and input it serves (up to 16 taps; one image's entries within 32 bits) when
-    ``pad_input`` and ``tap_segments`` are left 'auto' and ``split_k`` is 1, else the padded
-    input (H100, fp32 DLMC 3x3 layers at 90%: faster in 17 of 26 cases, -21% to +7%; with
+    ``pad_input`` and ``tap_segments`` are left 'auto' and ``split_k`` is 1 and the grid is
+    not one of few programs (see ``prefetch_x``), else the padded input (H100, fp32 DLMC 3x3 layers at 90%: faster in 17 of 26 cases, -21% to +7%; with
     32-column tiles and chunks of 4 slower on 7x7 and 14x14 images). Ignored by ``W @ X``.
 streams
     Unrolled modes cut into several kernels (``max_functions_per_kernel``): run up to this

@@ -50,8 +50,23 @@ def output_dtype(program: ir.Program, x_dtype: str) -> str:
     return program.out.dtype if isinstance(program.out, ir.Cast) else x_dtype
 
 
+# a convolution's one-row kernel with at most this many programs (rows x column tiles) takes
+# the few-programs default of plan_for (measured on the 132-SM H100)
+FEW_PROGRAMS = 1024
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def resolved_mode(schedule: Schedule, nnz: int) -> str:
+    """The schedule's mode, 'auto' resolved for a weight of ``nnz`` nonzeros. Measured on an
+    H100 (bench/NOTES.md): the table loop (one row per program) is within ~15% of the best
+    unrolled schedule on small layers and compiles in < 1 s; unrolled code pays ~1-2 ms of
+    compile per nonzero. Unroll only small matrices by default."""
+    if schedule.mode != AUTO:
+        return schedule.mode
+    return "values" if nnz <= 2048 else "table"
 
 
 def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
@@ -62,12 +77,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     ``ConvGeometry.masks_fit``)."""
     s = schedule
     avg = weight.nnz / max(1, weight.M)
-    mode = s.mode
-    if mode == AUTO:
-        # Measured on an H100 (bench/NOTES.md): the table loop (one row per program) is within
-        # ~15% of the best unrolled schedule on small layers and compiles in < 1 s; unrolled
-        # code pays ~1-2 ms of compile per nonzero. Unroll only small matrices by default.
-        mode = "values" if weight.nnz <= 2048 else "table"
+    mode = resolved_mode(s, weight.nnz)
     half = x_dtype in ("float16", "bfloat16")
     use_dot = s.use_dot
     if use_dot == AUTO:
@@ -100,8 +110,22 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # loses on the 7x7 and 14x14 images (up to +44%): the tuner keeps padded candidates. The
     # default where it serves the input (kernels of up to 16 taps, entries within 32 bits)
     # and neither the padded input nor tap segments are asked for; W @ X ignores it
+    # few programs (a small image at batch 1): each program's time is its row's chain of
+    # dependent loads, so the X rows go a chunk ahead (prefetch_x) in chunks of 16 on the
+    # padded copy. On the 16 fp32 DLMC 3x3 layers at 90% and batch 1, the layers of <= 1024
+    # programs (256/512 channels, 14x14 and 7x7 outputs) ran 1.1-1.4x faster so than with tap
+    # masks and chunks of 8 (9 of 9, e.g. 13.1 vs 19.4 and 15.1 vs 25.9 us), the first (best of
+    # 8 table schedules in 9 of 9; fp16/bf16 the same or within 16%), while at 1664 programs
+    # and more tap masks with chunks of 8 stayed as fast or faster (up to 1.2x: 11.6 vs 14.3 us
+    # on the stride-2 128-channel layer; H100, bench/results/conv_h100_b1_px_tune.jsonl,
+    # conv_h100_fp16_tune.jsonl, conv_h100_bf16_tune.jsonl). Only with prefetch_x 'auto'
+    few_bn = min(64, max(16, _next_pow2(N))) if s.block_n == AUTO else int(s.block_n)
+    few = (conv_rows and split == 1 and s.prefetch_x == AUTO and s.pack_nonzeros is not True
+           and s.prefetch is not False and s.prefetch_tail is not False
+           and s.tap_segments is not True
+           and weight.M * math.ceil(N / few_bn) <= FEW_PROGRAMS)
     if s.tap_masks == AUTO:
-        tap_masks = (conv_rows and tap_masks_fit and int(s.split_k) == 1
+        tap_masks = (conv_rows and tap_masks_fit and split == 1 and not few
                      and s.pad_input == AUTO and s.tap_segments is not True)
     else:
         tap_masks = conv and s.tap_masks is True
@@ -116,7 +140,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
             block_n = max(block_n, 16)
     chunk = s.chunk
     if chunk == AUTO:
-        chunk = (16 if use_dot else (8 if pad or tap_masks else 4) if conv_rows else
+        chunk = (16 if use_dot or (few and (pad or tap_masks)) else
+                 (8 if pad or tap_masks else 4) if conv_rows else
                  8 if mode == "table" else 4)
     row_order = s.row_order
     if row_order == AUTO:
@@ -163,8 +188,11 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
-                # X rows one step ahead too: off unless asked for (not timed on a GPU yet)
-                prefetch_x=s.prefetch_x is True,
+                # X rows one step ahead too: for few programs (above); at batch 8 slower
+                # with tap masks (+1% to +26%), -7% to +8% on the padded copy
+                # (H100, bench/results/conv_h100_prefetch_x_tune.jsonl)
+                prefetch_x=(few and tail and bool(pad or tap_masks)) if s.prefetch_x == AUTO
+                else s.prefetch_x is True,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
                 pad_input=bool(pad), split_k=split,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),

@@ -213,11 +213,13 @@ CONV_CANDIDATES = [
     # projections; H100, conv_h100_masks_*_tune.jsonl); the heuristic's default
     Schedule(mode="table", rows_per_program=1, block_n=64, chunk=8, num_warps=1,
              tap_masks=True, prefetch_tail=True),
-    # the same with the X rows a chunk ahead (prefetch_x: at batch 1 each row's chain of
-    # dependent X loads from DRAM sets the time; not timed on a GPU yet, timed here like
-    # every candidate)
-    Schedule(mode="table", rows_per_program=1, block_n=64, chunk=8, num_warps=1,
-             tap_masks=True, prefetch_tail=True, prefetch_x=True),
+    # the padded copy with the X rows a chunk ahead in chunks of 16 (prefetch_x: with few
+    # programs each row's chain of dependent X loads sets the time): the best of 8 table
+    # schedules in 10 of the 16 fp32 DLMC layers at batch 1 (1.1-1.4x over tap masks on the
+    # 256/512-channel layers), never at batch 8; the default for few programs (plan_for).
+    # With tap masks instead it won none (H100, conv_h100_b1_px_tune.jsonl,
+    # conv_h100_prefetch_x_tune.jsonl)
+    _conv_row(64, 16, prefetch_tail=True, prefetch_x=True),
     # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel):
     # 17.9 vs 17.1 and 29.4 vs 26.5 us at batch 8 (its border lanes read the zero buffer),
     # 11.6 vs 11.9 and 22.0 vs 21.8 at batch 1 (conv_h100_warps32_tune.jsonl): opt-in

@@ -52,7 +52,8 @@ CASES = {
     "table_conv_relu": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                   tap_segments=True), ()),
     "table_conv_padded": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                     pad_input=True, prefetch_tail=True), ()),
+                                                     pad_input=True, prefetch_tail=True,
+                                                     prefetch_x=False), ()),
     "table_conv_split": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                    split_k=2), ()),
     # column slices of unrolled code: partial stores, the arrival count, the fix-up
@@ -62,7 +63,7 @@ CASES = {
     # the one-row table kernel without the padded copy: offset << taps | tap bit per entry,
     # in-image bits per lane (tap_masks)
     "table_conv_tap_masks": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                       tap_masks=True), ()),
+                                                       tap_masks=True, prefetch_x=False), ()),
     # X rows one chunk ahead, two chunks per loop step on two register sets (prefetch_x)
     "table_conv_prefetch_x": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                         tap_masks=True, prefetch_tail=True,

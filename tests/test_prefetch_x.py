@@ -96,3 +96,44 @@ def test_resolution_rejections_and_table_padding():
     one = specialise_table(w, plan_for(Schedule(mode="table", chunk=4), w, 64, "float32"))
     two = specialise_table(w, on)
     assert len(two.cols) - len(one.cols) == 8 and len(one.cols) == w.nnz + 4
+
+
+def test_few_programs_default_for_convolutions():
+    """A convolution's one-row table kernel of at most FEW_PROGRAMS programs (rows x column
+    tiles) resolves 'auto' to the padded copy, chunks of 16 and prefetch_x (with tap masks
+    asked for: masks, chunks of 16, prefetch_x); one program more, or an explicit choice that
+    excludes it, keeps the tap-mask default. The default kernel of a small convolution
+    matches float64 conv2d."""
+    from sparsert_triton.canonicalise import FEW_PROGRAMS
+    from sparsert_triton.conv import conv_weight
+    w, _ = conv_weight(torch.randn(4, 3, 3, 3))
+    edge = FEW_PROGRAMS // 4 * 64                     # 4 rows x 256 tiles of 64 columns
+
+    def plan(N, **s):
+        return plan_for(Schedule(mode="table", **s), w, N, "float32", conv=True,
+                        tap_masks_fit=True)
+    few, many = plan(edge), plan(edge + 1)
+    assert few.pad_input and not few.tap_masks and few.prefetch_x and few.chunk == 16
+    assert few.prefetch_tail and few.block_n == 64
+    assert many.tap_masks and not many.pad_input and not many.prefetch_x and many.chunk == 8
+    masks = plan(edge, tap_masks=True)
+    assert masks.tap_masks and masks.prefetch_x and masks.chunk == 16
+    assert not plan(edge // 2 + 1, block_n=32).prefetch_x      # 4 x 129 x 2 tiles of 32
+    assert plan(edge // 2, block_n=32).prefetch_x
+    for s in (dict(prefetch_x=False), dict(split_k=2), dict(pack_nonzeros=True),
+              dict(tap_segments=True), dict(prefetch_tail=False)):
+        p = plan(64, **s)
+        assert not p.prefetch_x, s
+    off = plan(64, prefetch_x=False)
+    assert off.tap_masks and off.chunk == 8
+    # W @ X keeps its defaults
+    assert not plan_for(Schedule(mode="table"), w, 64, "float32").prefetch_x
+
+    g = torch.Generator().manual_seed(31)
+    W4 = masked_conv_weight(g, 6, 5, 3, 3, 0.3)
+    X = torch.randn(2, 5, 9, 7, generator=g).to(DEV)
+    k = conv_kernel(W4, Schedule(mode="table", block_n=16), padding=1)
+    Y = k(X)
+    p = k._last.plan
+    assert p.prefetch_x and p.pad_input and p.chunk == 16
+    torch.testing.assert_close(Y.cpu().double(), k.reference(X), rtol=1e-5, atol=1e-5)

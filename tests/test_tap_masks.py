@@ -117,16 +117,20 @@ def test_tap_masks_is_the_table_default_where_it_serves_the_input():
     """'auto' resolves to tap masks in a convolution's one-row table kernel when the input's
     size is known and fits (<= 16 taps, 32-bit entries), else to the padded input; explicit
     pad_input, tap_segments or split_k keep theirs. The default kernel runs without the
-    padded copy and matches float64 conv2d."""
+    padded copy and matches float64 conv2d. (Grids of at most FEW_PROGRAMS programs take the
+    padded copy with prefetch_x instead: test_prefetch_x.py; prefetch_x=False or a large N
+    keeps them out of it here.)"""
     w, _ = conv_weight(torch.randn(4, 3, 3, 3))
-    fit = plan_for(Schedule(mode="table"), w, 64, "float32", conv=True, tap_masks_fit=True)
-    assert fit.tap_masks and not fit.pad_input and fit.prefetch_tail
+    N = 64 * 1000          # 4 rows x 1000 column tiles: more than FEW_PROGRAMS
+    fit = plan_for(Schedule(mode="table"), w, N, "float32", conv=True, tap_masks_fit=True)
+    assert fit.tap_masks and not fit.pad_input and fit.prefetch_tail and fit.chunk == 8
+    assert not fit.prefetch_x
     for s in (dict(pad_input=True), dict(tap_segments=True), dict(split_k=2),
               dict(tap_masks=False)):
-        p = plan_for(Schedule(mode="table", **s), w, 64, "float32", conv=True,
+        p = plan_for(Schedule(mode="table", **s), w, N, "float32", conv=True,
                      tap_masks_fit=True)
         assert not p.tap_masks, s
-    assert not plan_for(Schedule(mode="table"), w, 64, "float32", tap_masks_fit=True).tap_masks
+    assert not plan_for(Schedule(mode="table"), w, N, "float32", tap_masks_fit=True).tap_masks
     geom = ConvGeometry(512, 3, 3, (1, 1), (1, 1), (1, 1))
     assert geom.masks_fit(56, 56) and not geom.masks_fit(100, 100)
     assert not ConvGeometry(4, 5, 5, (1, 1), (2, 2), (1, 1)).masks_fit(8, 8)   # 25 taps
@@ -143,7 +147,7 @@ def test_tap_masks_is_the_table_default_where_it_serves_the_input():
     X = torch.randn(2, 3, 7, 5, generator=g).to(DEV)
     for W4, masks in ((masked_conv_weight(g, 5, 3, 3, 3, 0.4), True),
                       (masked_conv_weight(g, 5, 3, 5, 5, 0.4), False)):     # 25 taps: padded
-        k = conv_kernel(W4, Schedule(mode="table", block_n=16), padding=1)
+        k = conv_kernel(W4, Schedule(mode="table", block_n=16, prefetch_x=False), padding=1)
         Y = k(X)
         assert k._last.plan.tap_masks is masks and k._last.plan.pad_input is not masks
         torch.testing.assert_close(Y.cpu().double(), k.reference(X), rtol=1e-5, atol=1e-5)
