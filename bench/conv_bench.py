@@ -97,7 +97,14 @@ def layer_kernel(w, C_in: int, stride: int, schedule: Schedule):
 
 def _over_budget(s: Schedule, nnz: int, max_compile_s: float) -> bool:
     """Whether an unrolled build is estimated over the compile budget (~2 ms per nonzero)."""
-    return s.mode != "table" and nnz * 2e-3 > max_compile_s
+    return _unrolled(s, nnz) and nnz * 2e-3 > max_compile_s
+
+
+def _unrolled(s: Schedule, nnz: int) -> bool:
+    """Whether the schedule builds unrolled code for a weight of ``nnz`` nonzeros ('auto'
+    resolved as the kernel resolves it)."""
+    from sparsert_triton.canonicalise import resolved_mode
+    return resolved_mode(s, nnz) != "table"
 
 
 def _gpu_time(make_call, X, nbytes) -> float:
@@ -239,7 +246,7 @@ def build_all(cases, schedules, dtype: str, jobs: int, max_compile_s: float,
     import multiprocessing
     tasks = [(str(path), name, C_in, H, stride, dtype, repr(s), device, tuple(batches))
              for path, name, C_in, H, stride, nnz in cases for s in schedules
-             if s.mode != "table" and not _over_budget(s, nnz, max_compile_s)]
+             if _unrolled(s, nnz) and not _over_budget(s, nnz, max_compile_s)]
     out = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for f in [pool.submit(_build_one, *t) for t in tasks]:

@@ -180,3 +180,16 @@ def test_write_rows_makes_the_folder_and_writes_header_then_rows(tmp_path):
     path = tmp_path / "new" / "rows.csv"
     write_rows(path, ["a", "b"], [{"a": 1, "b": 2.5}, {"a": 3, "b": ""}])
     assert list(csv.DictReader(open(path))) == [{"a": "1", "b": "2.5"}, {"a": "3", "b": ""}]
+
+
+def test_the_compile_budget_resolves_auto_modes_as_the_kernel_does():
+    """An all-'auto' schedule is unrolled only for small weights (<= 2048 nonzeros), so the
+    bench's compile budget skips it only there (it was read as unrolled for every weight, and
+    the default schedule went untimed on the larger layers)."""
+    from bench.conv_bench import _over_budget
+    from dsl import Schedule
+    assert not _over_budget(Schedule(), 50_000, 8.0)                 # resolves to table
+    assert _over_budget(Schedule(mode="values"), 50_000, 8.0)
+    assert not _over_budget(Schedule(), 2048, 8.0)                   # unrolled, ~4 s
+    assert _over_budget(Schedule(), 2048, 1.0)
+    assert not _over_budget(Schedule(mode="table"), 10 ** 6, 1.0)
