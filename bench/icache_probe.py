@@ -123,7 +123,7 @@ def main(argv=None):
                                          us, clock, n, reps, warps), 3),
                                      clock_mhz=round(clock)))
                     print(rows[-1], flush=True)
-    write_rows(a.out, COLUMNS, rows)
+            write_rows(a.out, COLUMNS, rows)     # after each size: a call cut short keeps them
 
 
 if __name__ == "__main__":
