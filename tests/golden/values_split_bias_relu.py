@@ -21,7 +21,7 @@ def _g0_s1_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N
     a0 = x0 * 0.5
     x1 = tl.load(xp + 128, mask=nmask, other=0.0)
     a0 = tl.fma(x1, -1.25, a0)
-    tl.store(WS + N.to(tl.int64) * 1 + offs_n, a0, mask=nmask)
+    tl.store(WS + tl.cast(N, tl.int64) * 1 + offs_n, a0, mask=nmask)
 
 @triton.jit(noinline=True)
 def _g1_s0_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
@@ -31,7 +31,7 @@ def _g1_s0_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N
     yo = offs_n * syn
     x0 = tl.load(xp, mask=nmask, other=0.0)
     a0 = x0 * 2.0
-    tl.store(WS + N.to(tl.int64) * 4 + offs_n, a0, mask=nmask)
+    tl.store(WS + tl.cast(N, tl.int64) * 4 + offs_n, a0, mask=nmask)
 
 @triton.jit(noinline=True)
 def _g1_s1_p1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
@@ -43,7 +43,7 @@ def _g1_s1_p1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N
     a0 = x0 * 0.75
     x1 = tl.load(xp + 192, mask=nmask, other=0.0)
     a0 = tl.fma(x1, 3.0, a0)
-    tl.store(WS + N.to(tl.int64) * 5 + offs_n, a0, mask=nmask)
+    tl.store(WS + tl.cast(N, tl.int64) * 5 + offs_n, a0, mask=nmask)
 
 @triton.jit(noinline=True)
 def _g0_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
@@ -51,7 +51,7 @@ def _g0_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     nmask = offs_n < N
     xp = X + offs_n * 1
     yo = offs_n * syn
-    t = tl.load(WS + N.to(tl.int64) * 1 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
+    t = tl.load(WS + tl.cast(N, tl.int64) * 1 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
     tl.store(Y + 0 * sym + yo, _epilogue(t, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
     tl.store(Y + 1 * sym + yo, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
@@ -61,8 +61,8 @@ def _g1_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     nmask = offs_n < N
     xp = X + offs_n * 1
     yo = offs_n * syn
-    t = tl.load(WS + N.to(tl.int64) * 4 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
-    t += tl.load(WS + N.to(tl.int64) * 5 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
+    t = tl.load(WS + tl.cast(N, tl.int64) * 4 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
+    t += tl.load(WS + tl.cast(N, tl.int64) * 5 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
     tl.store(Y + 2 * sym + yo, _epilogue(t, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
