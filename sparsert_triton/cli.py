@@ -230,18 +230,20 @@ ON_OFF_OPTIONS = [
     ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
                       "masked loads of the prefetched columns (auto: on with pad-input or tap-masks)"),
     ("prefetch-x", "with prefetch-tail: also load the next chunk's X rows a step ahead (two "
-                   "chunks per step on two register sets; auto: off)"),
+                   "chunks per step on two register sets; auto: on, with pad-input and chunks "
+                   "of 16, in a convolution's one-row kernel of <= 1024 programs)"),
     ("tap-segments", "table mode, one row per program, convolutions without pad-input: walk "
                      "each row one kernel tap at a time (auto: on there)"),
     ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
                   "of X, each nonzero one offset into it (auto: on for the table kernel where "
-                  "tap-masks does not serve the input)"),
+                  "tap-masks does not serve the input or with few programs)"),
     ("tap-pointers", "convolutions in the unrolled modes without pad-input: per kernel tap "
                      "one X pointer per lane, into the image or a zero buffer (unmasked "
                      "loads, no padded copy; auto: off)"),
     ("tap-masks", "convolutions in the one-row table kernel without pad-input: each entry "
                   "an offset into the unpadded X and its tap's bit, loads masked by each "
-                  "lane's in-image bits (no padded copy; auto: on where it serves the input)"),
+                  "lane's in-image bits (no padded copy; auto: on where it serves the input, "
+                  "over 1024 programs)"),
     ("pdl", "programmatic dependent launch: each kernel may start while the one before it "
             "finishes (auto: on for compute capability 9.0+, off in the interpreter)"),
 ]
