@@ -52,9 +52,21 @@ CONV_CASES = [
        max_statements_per_function=16384, max_functions_per_kernel=8))]
 
 
-def run_conv(dlmc):
+#: The same layer's unrolled 32-row groups on grids that a per-SM instruction-fetch limit
+#: would tell apart (ninth session, bench/NOTES.md): 16 warps x 512 columns (52 programs,
+#: 25.4 us), 8 warps x 256 (100 programs, 27.3 us), two column slices of half the code each
+#: (104 programs, 27.3 us), and 8-row groups (~27 KB of code each, 208 programs, 28.3 us)
+FETCH_CASES = [("0.9", "bottleneck_2_block_group2_1_1", 8, 28,
+                S(mode="values", rows_per_program=R, block_n=bn, num_warps=w, split_k=k,
+                  pad_input=True, max_statements_per_function=16384,
+                  max_functions_per_kernel=8))
+               for R, bn, w, k in ((32, 512, 16, 1), (32, 256, 8, 1), (32, 512, 16, 2),
+                                   (8, 512, 16, 1))]
+
+
+def run_conv(dlmc, cases=None):
     from bench.conv_bench import layer_kernel
-    for sp, name, B, H, s in CONV_CASES:
+    for sp, name, B, H, s in CONV_CASES if cases is None else cases:
         p = read_smtx(find_matrix(dlmc, "rn50", sp, name)).with_values(seed=0)
         C_in = p.K // 9
         X = torch.randn(B, C_in, H, H, device="cuda")
@@ -70,9 +82,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--dlmc", required=True)
     ap.add_argument("--conv", action="store_true", help="profile the convolution kernels")
+    ap.add_argument("--fetch", action="store_true",
+                    help="profile the unrolled convolution grids of FETCH_CASES")
     a = ap.parse_args(argv)
-    if a.conv:
-        return run_conv(a.dlmc)
+    if a.conv or a.fetch:
+        return run_conv(a.dlmc, FETCH_CASES if a.fetch else None)
     for model, sp, name, N, s in CASES:
         wt = read_smtx(find_matrix(a.dlmc, model, sp, name)).with_values(seed=0)
         X = torch.randn(wt.K, N, device="cuda")
