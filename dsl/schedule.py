@@ -80,7 +80,7 @@ prefetch_x
     by "still in the segment" (the tail's loads come from the loop). Default: on, with chunks
     of 16 and ``pad_input``, in a convolution's one-row table kernel of few programs (rows x
     column tiles <= ``canonicalise.FEW_PROGRAMS``, 1024: small images at batch 1), off
-    elsewhere (H100, DLMC 3x3 layers at 90%, batch 1: 1.1-1.4x on the 9 layers of <= 1024
+    elsewhere (H100, DLMC 3x3 layers at 90%, batch 1: 1.2-1.8x over tap masks on the 9 layers of <= 1024
     programs; at batch 8 slower with tap masks, within 8% on the padded copy).
 tap_segments
     Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a

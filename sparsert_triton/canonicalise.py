@@ -113,11 +113,12 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # few programs (a small image at batch 1): each program's time is its row's chain of
     # dependent loads, so the X rows go a chunk ahead (prefetch_x) in chunks of 16 on the
     # padded copy. On the 16 fp32 DLMC 3x3 layers at 90% and batch 1, the layers of <= 1024
-    # programs (256/512 channels, 14x14 and 7x7 outputs) ran 1.1-1.4x faster so than with tap
-    # masks and chunks of 8 (9 of 9, e.g. 13.1 vs 19.4 and 15.1 vs 25.9 us), the first (best of
-    # 8 table schedules in 9 of 9; fp16/bf16 the same or within 16%), while at 1664 programs
-    # and more tap masks with chunks of 8 stayed as fast or faster (up to 1.2x: 11.6 vs 14.3 us
-    # on the stride-2 128-channel layer; H100, bench/results/conv_h100_b1_px_tune.jsonl,
+    # programs (256/512 channels, 14x14 and 7x7 outputs) ran 1.2-1.8x faster than with tap
+    # masks and chunks of 8 (e.g. 13.1 vs 19.4 and 15.1 vs 25.9 us), and this form was the best
+    # of 8 table schedules on all 9 (fp16/bf16: best or within 16%); from 1664 programs up
+    # tap masks with chunks of 8 were up to 1.25x faster (9.3 vs 11.6 us on the 64-channel
+    # layers, 11.6 vs 14.3 on the stride-2 128-channel one) or at most 8% slower (the three
+    # 128-channel layers; H100, bench/results/conv_h100_b1_px_tune.jsonl,
     # conv_h100_fp16_tune.jsonl, conv_h100_bf16_tune.jsonl). Only with prefetch_x 'auto'
     few_bn = min(64, max(16, _next_pow2(N))) if s.block_n == AUTO else int(s.block_n)
     few = (conv_rows and split == 1 and s.prefetch_x == AUTO and s.pack_nonzeros is not True

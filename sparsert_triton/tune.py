@@ -215,7 +215,7 @@ CONV_CANDIDATES = [
              tap_masks=True, prefetch_tail=True),
     # the padded copy with the X rows a chunk ahead in chunks of 16 (prefetch_x: with few
     # programs each row's chain of dependent X loads sets the time): the best of 8 table
-    # schedules in 10 of the 16 fp32 DLMC layers at batch 1 (1.1-1.4x over tap masks on the
+    # schedules in 10 of the 16 fp32 DLMC layers at batch 1 (1.2-1.8x over tap masks on the
     # 256/512-channel layers), never at batch 8; the default for few programs (plan_for).
     # With tap masks instead it won none (H100, conv_h100_b1_px_tune.jsonl,
     # conv_h100_prefetch_x_tune.jsonl)
