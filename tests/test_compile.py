@@ -163,6 +163,30 @@ f = getattr(mod, v.kernels[0][0].fn.__name__ if hasattr(v.kernels[0][0], "fn") e
 unspec["matmul"] = {"unspecialised": [p.name for p in f.params if p.do_not_specialize]}
 out["conv_n_unspecialised"] = unspec
 
+# every integer parameter equal to 1 (a 1x1 image or output, unit strides, one column):
+# Triton's launch compiles each as a constant; the convolution kernels must still compile
+conv_ones = {}
+ints = [p for p, t in triton_signature(sig).items() if t == "i32"]
+for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch_x=True,
+                                          prefetch_tail=True)),
+                    ("table_masks", dict(mode="table", tap_masks=True)),
+                    ("table_taps", dict(mode="table", tap_segments=True)),
+                    ("table_split", dict(mode="table", pad_input=True, split_k=2)),
+                    ("values_pad", dict(mode="values", rows_per_program=8, pad_input=True)),
+                    ("values_pointers", dict(mode="values", rows_per_program=8,
+                                             tap_pointers=True)),
+                    ("values_masked", dict(mode="values", rows_per_program=8)),
+                    ("values_slices", dict(mode="values", rows_per_program=8, split_k=2,
+                                           pad_input=True))):
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
+                      schedule=Schedule(**extra)).specialize(W4)
+    v = k.variant(sig, 1, torch.device("cpu"), (8, 1, 1, 1), spatial=(1, 1))
+    try:
+        conv_ones[name] = len(precompile_variant(v, sig, constants={p: 1 for p in ints}))
+    except Exception as e:
+        conv_ones[name] = f"{type(e).__name__}: {str(e)[:300]}"
+out["conv_ones"] = conv_ones
+
 # unrolled convolution loads: padded copy, tap pointers, masked (same weight, 2 x 8 x 6 x 6)
 loads = {}
 for name, extra in (("pad", dict(pad_input=True)), ("tap_pointers", dict(tap_pointers=True)),
@@ -239,6 +263,14 @@ def test_kernels_compile_with_n_equal_to_one(compiled):
     1): the generated code must not use N as a tensor there (the column slices' workspace
     offset once called ``N.to``, which a constant lacks: a CompilationError on the GPU)."""
     for name, got in compiled["n_one"].items():
+        assert isinstance(got, int) and got >= 1, (name, got)
+
+
+def test_convolution_kernels_compile_with_every_integer_equal_to_one(compiled):
+    """One image of 1 x 1 pixels (every size, stride and N equal to 1, each compiled as a
+    constant as Triton's launch would): every convolution kernel form compiles for sm_90."""
+    assert len(compiled["conv_ones"]) == 8
+    for name, got in compiled["conv_ones"].items():
         assert isinstance(got, int) and got >= 1, (name, got)
 
 
