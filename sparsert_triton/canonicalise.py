@@ -101,6 +101,13 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # bench/results/conv_h100_pad_tune.jsonl, conv_h100_split_tune.jsonl). W @ X ignores
     # pad_input (like tap_segments); on another kernel, Plan names the conflict
     conv_rows = conv and row_kernel
+    block_n = s.block_n
+    if block_n == AUTO:
+        block_n = min(64 if conv_rows else 128, max(16, _next_pow2(N)))
+        if use_dot:
+            block_n = max(block_n, 16)
+    if s.block_n == AUTO and mode != "table":
+        block_n = min(block_n, 32)     # unrolled: a 32-column tile per warp
     # the one-row table kernel without the padded copy (each table entry an offset into the
     # unpadded X and its kernel tap's bit; masked loads, one loop per row): with this default
     # tile (64 columns, chunks of 8, the prefetched tail) faster than on the padded copy in
@@ -120,11 +127,10 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # layers, 11.6 vs 14.3 on the stride-2 128-channel one) or at most 8% slower (the three
     # 128-channel layers; H100, bench/results/conv_h100_b1_px_tune.jsonl,
     # conv_h100_fp16_tune.jsonl, conv_h100_bf16_tune.jsonl). Only with prefetch_x 'auto'
-    few_bn = min(64, max(16, _next_pow2(N))) if s.block_n == AUTO else int(s.block_n)
     few = (conv_rows and split == 1 and s.prefetch_x == AUTO and s.pack_nonzeros is not True
            and s.prefetch is not False and s.prefetch_tail is not False
            and s.tap_segments is not True
-           and weight.M * math.ceil(N / few_bn) <= FEW_PROGRAMS)
+           and weight.M * math.ceil(N / block_n) <= FEW_PROGRAMS)
     if s.tap_masks == AUTO:
         tap_masks = (conv_rows and tap_masks_fit and split == 1 and not few
                      and s.pad_input == AUTO and s.tap_segments is not True)
@@ -134,11 +140,6 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         pad = conv_rows and s.tap_segments is not True and not tap_masks
     else:
         pad = conv and bool(s.pad_input)
-    block_n = s.block_n
-    if block_n == AUTO:
-        block_n = min(64 if conv_rows else 128, max(16, _next_pow2(N)))
-        if use_dot:
-            block_n = max(block_n, 16)
     chunk = s.chunk
     if chunk == AUTO:
         chunk = (16 if use_dot or (few and (pad or tap_masks)) else
@@ -154,8 +155,6 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         # index load feeds a wider X load; more, smaller programs for the unrolled ones); a
         # split row runs one part per warp
         num_warps = split if row_kernel else 4 if use_dot else 1
-    if s.block_n == AUTO and mode != "table":
-        block_n = min(block_n, 32)     # unrolled: a 32-column tile per warp
     num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
     # packing measured +3% to -15% (run 4): the tuner tries it, the default leaves it off
     pack = False if s.pack_nonzeros == AUTO else s.pack_nonzeros
