@@ -4,8 +4,8 @@ depend on, as a function of the code's size and of how often a program runs it a
     python -m bench.icache_probe [--out bench/results/icache_probe_h100.csv]
 
 ncu found the 16-warp unrolled convolution kernels waiting on instruction fetch more than on
-anything else (``no_instruction``), and a program that ran its group's code (~4k
-instructions, ~66 KB) on two column tiles took twice as long as on one: the second pass
+anything else (``no_instruction``), and a program that ran its group's code (~4.8k
+instructions, ~77 KB) on two column tiles took twice as long as on one: the second pass
 was not served from an instruction cache. This probe measures that alone. Its kernel is
 ``n`` straight-line FMAs ``a[i % 16] += x[i % 4] * c_i`` (each one ``FFMA`` with an
 immediate, as in the unrolled code: 16 bytes of code per instruction), the whole block run

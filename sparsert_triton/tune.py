@@ -290,8 +290,8 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
                            row_order="nnz", num_warps=max(1, bn_main // 128),
                            prefetch=True, prefetch_tail=True))
-    # and the X rows a chunk ahead (half the chain of dependent X loads; not timed on a GPU
-    # yet, timed here like every candidate)
+    # and the X rows a chunk ahead (half the chain of dependent X loads; timed on
+    # convolutions, not on W @ X yet: timed here like every candidate)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
                            row_order="nnz", num_warps=max(1, bn_main // 128),
                            prefetch=True, prefetch_tail=True, prefetch_x=True))

@@ -72,8 +72,9 @@ def test_nan_reaches_exactly_the_outputs_that_read_it():
 
 
 def test_default_and_rejections():
-    """Auto: off (masked loads) until timed on a GPU; on when asked for in the unrolled modes
-    of a convolution; ignored by W @ X. Explicit conflicts are named."""
+    """Auto: off (masked loads; 5-11% slower than the padded copy at batch 8 on the H100); on
+    when asked for in the unrolled modes of a convolution; ignored by W @ X. Explicit
+    conflicts are named."""
     w, _ = conv_weight(torch.randn(4, 3, 3, 3))
     assert not plan_for(Schedule(mode="values"), w, 64, "float32", conv=True).tap_pointers
     on = plan_for(Schedule(mode="values", tap_pointers=True), w, 64, "float32", conv=True)
