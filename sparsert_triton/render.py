@@ -211,7 +211,7 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
         b(f"xp = X + offs_n * {st[1] if st else 'sxn'}")
         b("yo = offs_n * syn")
         return
-    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    (sh, sw), (dh, dw) = g.stride, g.dilation
     b("nb = offs_n // HWo")
     b("oy = (offs_n - nb * HWo) // Wo")
     b("ox = offs_n - nb * HWo - oy * Wo")
@@ -225,8 +225,7 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
         if low.plan.tap_masks:
             _tap_mask_bits(b, low)
         return
-    b(f"iy0 = oy * {sh} - {ph}")
-    b(f"ix0 = ox * {sw} - {pw}")
+    _input_origin(b, g)
     b(f"xp = X + nb * {sb} + iy0 * {sh_} + ix0 * {sw_}")
     b("yo = nb * syb + oy * syh + ox * syw")
     if taps:
@@ -243,13 +242,20 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
                   f"xp + {_tap_offset(low, dy, dx)}, ZB)")
 
 
+def _input_origin(b: Buffer, g):
+    """``iy0``, ``ix0``: each lane's input position of kernel tap (0, 0) (may lie in the
+    padding)."""
+    (sh, sw), (ph, pw) = g.stride, g.padding
+    b(f"iy0 = oy * {sh} - {ph}")
+    b(f"ix0 = ox * {sw} - {pw}")
+
+
 def _tap_mask_bits(b: Buffer, low: Lowered):
     """``tap_masks``: ``tm``, bit ``t`` set where kernel tap ``t`` reads inside the image
     (none for lanes past N)."""
     g = low.conv
-    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
-    b(f"iy0 = oy * {sh} - {ph}")
-    b(f"ix0 = ox * {sw} - {pw}")
+    dh, dw = g.dilation
+    _input_origin(b, g)
     b("tm = tl.zeros_like(offs_n)")
     for dy in range(g.kh):
         b(f"vy = {_in_image('y', dy * dh)}")
