@@ -2,7 +2,8 @@
 
     python -m bench.explore --dlmc DIR --out results.csv [--deadline-s 400]
 
-Prints one line per (matrix, schedule): cold compile seconds, CUDA-graph median microseconds,
+Prints one line per (matrix, schedule): cold compile seconds, CUDA-graph median microseconds
+(from run 8 over copies of X rotated past L2, as bench/timing.py; runs 1-7 with X in L2),
 speedup over dense fp32 (TF32 off), and relative error against float64.
 """
 from __future__ import annotations
@@ -21,22 +22,36 @@ from sparsert_triton.dlmc import read_smtx
 S = Schedule
 # (model, sparsity, name, N, [schedules])
 PLAN = [
-    # run 7: unrolled code with column slices (split_k: each row group's columns cut into
-    # slices, one program each, partial sums fixed up by the last slice) where a layer has few
-    # row groups and few column tiles, so one program per (group, tile) leaves SMs idle
-    (model, sp, name, N, [S(mode="table")] + [
-        S(mode="values", rows_per_program=16, block_n=64, num_warps=2, split_k=k,
-          max_statements_per_function=16384, max_functions_per_kernel=12)
-        for k in (1, 2, 4, 8)])
-    for model, sp, name, N in (
-        ("rn50", "0.9", "bottleneck_1_block_group2_1_1", 784),
-        ("rn50", "0.9", "bottleneck_1_block_group3_1_1", 196),
-        ("transformer", "0.95", "body_decoder_layer_0_self_attention_multihead_attention_q_fully_connected", 64),
+    # run 9: the W @ X few-programs default (chunks of 16, the prefetched tail, X rows a chunk
+    # ahead; from run 8, explore_h100_run8_prefetch_x.csv) against the previous default on
+    # every DLMC per-shape GEMM case at 90% whose plan it changes (14 of 38)
+    (model, "0.9", name, N, [S(), S(prefetch_x=False)])
+    for model, name, N in (
+        ("rn50", "bottleneck_1_block_group2_1_1", 784),
+        ("rn50", "bottleneck_1_block_group3_1_1", 196),
+        ("rn50", "bottleneck_1_block_group4_1_1", 49),
+        ("rn50", "bottleneck_1_block_group4_1_1", 392),
+        ("rn50", "bottleneck_1_block_group_projection_block_group3", 784),
+        ("rn50", "bottleneck_1_block_group_projection_block_group4", 196),
+        ("rn50", "bottleneck_3_block_group3_1_1", 196),
+        ("rn50", "bottleneck_3_block_group4_1_1", 49),
+        ("rn50", "bottleneck_projection_block_group_projection_block_group3", 196),
+        ("rn50", "bottleneck_projection_block_group_projection_block_group4", 49),
+        ("rn50", "final_dense", 1),
+        ("rn50", "final_dense", 8),
+        ("transformer",
+         "body_decoder_layer_0_encdec_attention_multihead_attention_k_fully_connected", 256),
+        ("transformer", "body_decoder_layer_0_ffn_conv2_fully_connected", 256),
     )
 ]
 
 
-def bench_us(fn):
+def bench_us(fn, X=None, nbytes=0):
+    """CUDA-graph median of ``fn(X)`` over copies of X rotated past L2 (bench/timing.py) when
+    ``X`` is given (run 8 on); of ``fn()`` with X left in L2 otherwise (runs 1-7)."""
+    if X is not None:
+        from bench.timing import time_system
+        return time_system(lambda x: (lambda: fn(x)), X, nbytes).median_us
     import triton.testing
     return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
 
@@ -47,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline-s", type=float, default=400)
     ap.add_argument("--only", default="", help="substring filter on the matrix name")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="W and X dtype (dense in the same dtype; fp32 with TF32 off)")
     a = ap.parse_args(argv)
     t_end = time.time() + a.deadline_s
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -57,12 +74,16 @@ def main(argv=None):
         for model, sp, name, N, scheds in PLAN:
             if a.only and a.only not in name:
                 continue
-            wt = read_smtx(find_matrix(a.dlmc, model, sp, name)).with_values(seed=0)
-            X = torch.randn(wt.K, N, device="cuda")
-            Wd = wt.to_dense(torch.float32).cuda()
-            dense = bench_us(lambda: torch.matmul(Wd, X))
+            dt = getattr(torch, a.dtype)
+            wt = read_smtx(find_matrix(a.dlmc, model, sp, name)).with_values(seed=0,
+                                                                              dtype=a.dtype)
+            X = torch.randn(wt.K, N, device="cuda").to(dt)
+            Wd = wt.to_dense(dt).cuda()
+            nbytes = X.element_size() * (X.numel() + wt.M * N + wt.nnz)
+            dense = bench_us(lambda x: torch.matmul(Wd, x), X, nbytes)
             ref = wt.to_dense().cuda() @ X.double()
-            print(f"== {model} {sp} {name} {wt.M}x{wt.K}x{N} nnz={wt.nnz} dense fp32 {dense:.1f} us", flush=True)
+            print(f"== {model} {sp} {name} {wt.M}x{wt.K}x{N} nnz={wt.nnz} dense {a.dtype} "
+                  f"{dense:.1f} us", flush=True)
             for s in scheds:
                 if time.time() > t_end:
                     print("deadline reached")
@@ -77,7 +98,7 @@ def main(argv=None):
                     continue
                 cs = time.time() - t0
                 err = ((Y.double() - ref).norm() / ref.norm()).item()
-                us = bench_us(lambda: k(X))
+                us = bench_us(lambda x: k(x), X, nbytes)
                 w.writerow([model, sp, name, wt.M, wt.K, N, wt.nnz, repr(s), f"{cs:.2f}",
                             f"{us:.2f}", f"{dense:.2f}", f"{dense / us:.3f}", f"{err:.2e}"])
                 f.flush()

@@ -24,8 +24,8 @@ row_order
     maximise reuse of loaded ``X`` rows).
 chunk
     Table mode: nonzero columns handled per loop step (the static unroll). Default: 16 with
-    ``use_dot`` and in the few-programs convolution default (see ``prefetch_x``), 4 in a
-    convolution's tap-segment kernel, 8 otherwise.
+    ``use_dot`` and in the few-programs defaults (see ``prefetch_x``), 4 in a convolution's
+    tap-segment kernel, 8 otherwise.
 use_dot
     Table mode: multiply each (rows_per_program x chunk) block of W with ``tl.dot`` (tensor
     cores; needs rows_per_program, chunk, block_n >= 16). Float32 inputs use exact ("ieee")
@@ -71,7 +71,8 @@ prefetch_tail
     loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
     step waits for its column before loading X. Default: on in a convolution's one-row kernel
     with ``pad_input`` or ``tap_masks`` (part of the measured convolution default; without
-    them it was slower), off elsewhere.
+    them it was slower) and in fp32 W @ X's few-programs default (see ``prefetch_x``), off
+    elsewhere.
 prefetch_x
     With ``prefetch_tail``: load the next chunk's X rows one loop step ahead too (the columns
     and values two steps ahead), so a step's FMAs consume loads issued a step earlier and a
@@ -81,7 +82,12 @@ prefetch_x
     of 16 and ``pad_input``, in a convolution's one-row table kernel of few programs (rows x
     column tiles <= ``canonicalise.FEW_PROGRAMS``, 1024: small images at batch 1), off
     elsewhere (H100, DLMC 3x3 layers at 90%, batch 1: 1.2-1.8x over tap masks on the 9 layers of <= 1024
-    programs; at batch 8 slower with tap masks, within 8% on the padded copy).
+    programs; at batch 8 slower with tap masks, within 8% on the padded copy). For fp32
+    W @ X: on, with chunks of 16 and ``prefetch_tail``, in the one-row table kernel of at
+    most ``canonicalise.FEW_PROGRAMS_MATMUL`` (2048) programs whose rows hold at least
+    ``FEW_MIN_ROW`` (16) nonzeros on average (H100, the 14 DLMC GEMM cases at 90% this
+    changes: 1.24x geomean, 12 up to 1.64x faster, 2 slower by 4-5%; in fp16 mixed, 0.65-
+    1.42x, so half precision keeps it off).
 tap_segments
     Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
     time (every load of a tap at one fixed shift of X, under one in-image mask set once per

@@ -53,6 +53,9 @@ def output_dtype(program: ir.Program, x_dtype: str) -> str:
 # a convolution's one-row kernel with at most this many programs (rows x column tiles) takes
 # the few-programs default of plan_for (measured on the 132-SM H100)
 FEW_PROGRAMS = 1024
+# the same for W @ X in fp32, whose rows of at least FEW_MIN_ROW nonzeros on average qualify
+FEW_PROGRAMS_MATMUL = 2048
+FEW_MIN_ROW = 16
 
 
 def _next_pow2(x: int) -> int:
@@ -127,10 +130,21 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # layers, 11.6 vs 14.3 on the stride-2 128-channel one) or at most 8% slower (the three
     # 128-channel layers; H100, bench/results/conv_h100_b1_px_tune.jsonl,
     # conv_h100_fp16_tune.jsonl, conv_h100_bf16_tune.jsonl). Only with prefetch_x 'auto'
-    few = (conv_rows and split == 1 and s.prefetch_x == AUTO and s.pack_nonzeros is not True
-           and s.prefetch is not False and s.prefetch_tail is not False
-           and s.tap_segments is not True
-           and weight.M * math.ceil(N / block_n) <= FEW_PROGRAMS)
+    chain_ok = (split == 1 and s.prefetch_x == AUTO and s.pack_nonzeros is not True
+                and s.prefetch is not False and s.prefetch_tail is not False)
+    programs = weight.M * math.ceil(N / block_n)
+    few = (conv_rows and chain_ok and s.tap_segments is not True and programs <= FEW_PROGRAMS)
+    # W @ X the same way (chunks of 16, the prefetched tail, X rows a chunk ahead) in fp32
+    # where the grid is small and rows are long enough to chain. H100, run 8 (the 16 ResNet-50
+    # 1x1/FC shapes at batch 1, 90%; bench/results/explore_h100_run8_prefetch_x.csv): of the
+    # 10 table-mode shapes with <= 2048 programs and >= 16 nonzeros per row, 8 ran 1.03-1.66x
+    # faster than with chunks of 8 and 2 at most 3% slower; grids of 3200-3584 programs ran
+    # 1.15-1.36x slower. Run 9 (every DLMC GEMM case at 90% whose plan this changes, 14 of
+    # 38; explore_h100_run9_default_*): fp32 1.24x geomean, 12 faster (up to 1.64x: 13.0 ->
+    # 7.95 us at 1000 x 2048 x 8, 25.6 -> 16.4 at 512 x 2048 x 256), 2 slower by 4-5%; fp16
+    # 0.97x geomean, from 1.54x faster to 1.42x slower, so half precision keeps chunks of 8
+    few_mm = (row_kernel and not conv and x_dtype == "float32" and chain_ok
+              and programs <= FEW_PROGRAMS_MATMUL and avg >= FEW_MIN_ROW)
     if s.tap_masks == AUTO:
         tap_masks = (conv_rows and tap_masks_fit and split == 1 and not few
                      and s.pad_input == AUTO and s.tap_segments is not True)
@@ -142,7 +156,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         pad = conv and bool(s.pad_input)
     chunk = s.chunk
     if chunk == AUTO:
-        chunk = (16 if use_dot or (few and (pad or tap_masks)) else
+        chunk = (16 if use_dot or (few and (pad or tap_masks)) or few_mm else
                  (8 if pad or tap_masks else 4) if conv_rows else
                  8 if mode == "table" else 4)
     row_order = s.row_order
@@ -164,7 +178,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # the prefetched tail: part of the padded convolution default above (without the padded
     # input it was slower: 0.78x at batch 8, conv_h100_pad_tune.jsonl)
     if s.prefetch_tail == AUTO:
-        tail = bool((pad or tap_masks) and row_kernel and prefetch and split == 1 and not pack)
+        tail = bool(((pad or tap_masks) or few_mm) and row_kernel and prefetch and split == 1
+                    and not pack)
     else:
         tail = bool(s.prefetch_tail)
     # without the padded input, a convolution's rows walked one kernel tap at a time: 1.28x
@@ -191,7 +206,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 # X rows one step ahead too: for few programs (above); at batch 8 slower
                 # with tap masks (+1% to +26%), -7% to +8% on the padded copy
                 # (H100, bench/results/conv_h100_prefetch_x_tune.jsonl)
-                prefetch_x=(few and tail and bool(pad or tap_masks)) if s.prefetch_x == AUTO
+                prefetch_x=((few and tail and bool(pad or tap_masks)) or (few_mm and tail))
+                if s.prefetch_x == AUTO
                 else s.prefetch_x is True,
                 bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
                 pad_input=bool(pad), split_k=split,

@@ -145,7 +145,7 @@ def test_emit_writes_a_parseable_kernel(capsys, tmp_path, mode, kernel):
 @pytest.mark.parametrize("prefetch,pack", [("on", "off"), ("off", "on")])
 def test_emit_table_loop_options(capsys, prefetch, pack):
     rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch", prefetch,
-                       "--pack-nonzeros", pack)
+                       "--pack-nonzeros", pack, "--prefetch-x", "off")
     assert rc == 0, err
     ast.parse(out)
     assert ("c_next0 = " in out or "nz_next0 = " in out) == (prefetch == "on")
@@ -262,7 +262,8 @@ def test_split_k_option_changes_the_kernel(capsys):
 
 
 def test_prefetch_tail_option_changes_the_kernel(capsys):
-    rc, on, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "on")
+    rc, on, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "on",
+                      "--prefetch-x", "off")
     assert rc == 0, err
     rc, off, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "off")
     assert rc == 0, err

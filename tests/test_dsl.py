@@ -200,7 +200,7 @@ def test_convolution_defaults():
     split = plan_for(Schedule(mode="table", split_k=4), w, 3136, "float32", conv=True)
     assert (split.num_warps, split.pad_input, split.prefetch_tail) == (4, True, False)
     assert not plan_for(Schedule(mode="table"), w, 3136, "float32").pad_input
-    mm = plan_for(Schedule(mode="table"), w, 3136, "float32")
+    mm = plan_for(Schedule(mode="table"), w, 8 * 3136, "float32")   # > 2048 programs
     assert (mm.block_n, mm.chunk) == (128, 8)
     own = plan_for(Schedule(mode="table", block_n=128, chunk=8), w, 3136, "float32", conv=True)
     assert (own.block_n, own.chunk) == (128, 8)

@@ -126,8 +126,10 @@ def test_few_programs_default_for_convolutions():
         assert not p.prefetch_x, s
     off = plan(64, prefetch_x=False)
     assert off.tap_masks and off.chunk == 8
-    # W @ X keeps its defaults
-    assert not plan_for(Schedule(mode="table"), w, 64, "float32").prefetch_x
+    # W @ X has its own rule (test_few_programs_default_for_matmuls): rows of < 16 nonzeros
+    # on average keep chunks of 8 there
+    short = as_sparse_weight(torch.randn(4, 27) * (torch.rand(4, 27) < 0.3))
+    assert not plan_for(Schedule(mode="table"), short, 64, "float32").prefetch_x
 
     g = torch.Generator().manual_seed(31)
     W4 = masked_conv_weight(g, 6, 5, 3, 3, 0.3)
@@ -137,3 +139,49 @@ def test_few_programs_default_for_convolutions():
     p = k._last.plan
     assert p.prefetch_x and p.pad_input and p.chunk == 16
     torch.testing.assert_close(Y.cpu().double(), k.reference(X), rtol=1e-5, atol=1e-5)
+
+
+def test_few_programs_default_for_matmuls():
+    """W @ X in fp32 with the one-row table kernel, at most FEW_PROGRAMS_MATMUL programs and
+    rows of at least FEW_MIN_ROW nonzeros on average, resolves 'auto' to chunks of 16, the
+    prefetched tail and prefetch_x; one program more, shorter rows, half precision, the
+    unrolled modes or an explicit choice that excludes it keep chunks of 8. The default
+    kernel of such a weight matches float64 matmul, empty and short rows included."""
+    from sparsert_triton.canonicalise import FEW_MIN_ROW, FEW_PROGRAMS_MATMUL
+    g = torch.Generator().manual_seed(5)
+    M, K = 8, 64
+    W = torch.randn(M, K, generator=g, dtype=torch.float64)
+    W[:, : K - 2 * FEW_MIN_ROW] = 0.0                # 2 * FEW_MIN_ROW nonzeros per row
+    w = as_sparse_weight(W.float())
+    edge = FEW_PROGRAMS_MATMUL // M * 128            # M rows x 256 tiles of 128 columns
+
+    def plan(N, dtype="float32", weight=w, **s):
+        return plan_for(Schedule(**{"mode": "table", **s}), weight, N, dtype)
+    few, many = plan(edge), plan(edge + 1)
+    assert few.prefetch_x and few.prefetch_tail and few.prefetch and few.chunk == 16
+    assert few.block_n == 128
+    assert not many.prefetch_x and not many.prefetch_tail and many.chunk == 8
+    for half in ("float16", "bfloat16"):
+        p = plan(64, half, use_dot=False)
+        assert not p.prefetch_x and p.chunk == 8, half
+    Ws = W.clone()
+    Ws[:, : K - FEW_MIN_ROW + 1] = 0.0               # FEW_MIN_ROW - 1 nonzeros per row
+    assert not plan(64, weight=as_sparse_weight(Ws.float())).prefetch_x
+    for s in (dict(prefetch_x=False), dict(split_k=2), dict(pack_nonzeros=True),
+              dict(prefetch=False), dict(prefetch_tail=False), dict(mode="values"),
+              dict(chunk=8)):
+        p = plan(64, **s)
+        assert not p.prefetch_x or s == dict(chunk=8), s
+    assert plan(64, chunk=8).prefetch_x and plan(64, chunk=8).chunk == 8   # chunk is kept
+    assert plan_for(Schedule(), w, 64, "float32").mode == "values"       # small: unrolled
+
+    # the default kernel (table mode asked for, rows long enough, a small grid)
+    W2 = _weight(g, 12, 80, 0.5, torch.float64)
+    W2[3] = 0.0
+    X = torch.randn(80, 37, generator=g, dtype=torch.float64)
+    k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="table")).specialize(
+        W2.float())
+    Y = k(X.float().to(DEV))
+    p = k.last_plan
+    assert p.prefetch_x and p.chunk == 16
+    torch.testing.assert_close(Y.cpu().double(), W2 @ X, rtol=1e-5, atol=1e-4)
