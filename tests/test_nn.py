@@ -1,5 +1,6 @@
 """SparseLinear and sparsify: against the dense masked nn.Linear, state, compile, fine-tuning."""
 import io
+import os
 
 import pytest
 import torch
@@ -11,6 +12,16 @@ from dsl import Schedule
 from sparsert_triton.nn import SparseLinear, sparsify
 
 IN, OUT = 24, 16
+
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _on_test_device():
+    """Tensors and modules a test makes land on the test device: CPU tensors under the
+    interpreter, CUDA ones in the GPU suite (SPARSERT_TEST_DEVICE=cuda)."""
+    with torch.device(DEV):
+        yield
 
 
 def pruned_linear(in_f=IN, out_f=OUT, sparsity=0.8, bias=True, seed=0):
@@ -99,10 +110,11 @@ def test_dtype_conversion_respecialises(dtype, tol):
 
 
 def test_plain_cpu_without_interpreter_raises(monkeypatch):
-    layer = SparseLinear.from_linear(pruned_linear())
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="sparse kernels run on CUDA"):
-        layer(torch.randn(2, IN))
+    with torch.device("cpu"):
+        layer = SparseLinear.from_linear(pruned_linear())
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="sparse kernels run on CUDA"):
+            layer(torch.randn(2, IN))
 
 
 class Net(nn.Module):
@@ -289,7 +301,8 @@ def test_backward_after_the_layer_is_freed():
 
 def test_internal_tensors_ignore_the_default_device():
     """Host-side index and value tensors are pinned to the CPU, so a default-device context
-    (``torch.set_default_device``; ``meta`` stands in for ``cuda`` here) changes nothing."""
+    (``torch.set_default_device``; ``meta`` stands in for another device here) changes
+    nothing: results land on the inputs' device."""
     from sparsert_triton import sparse_kernel
     lin = pruned_linear(seed=8)
     x = torch.randn(4, IN)
@@ -300,7 +313,8 @@ def test_internal_tensors_ignore_the_default_device():
         k = sparse_kernel(lambda W, X: W @ X).specialize(W)
         Y = k(X)
         ref_w = k.weight.to_dense()
-    assert y.device.type == "cpu" and Y.device.type == "cpu" and ref_w.device.type == "cpu"
+    dev = torch.device(DEV).type
+    assert y.device.type == dev and Y.device.type == dev and ref_w.device.type == "cpu"
     close(y, lin.double()(x.double()))
     close(Y, W.double() @ X.double())
 

@@ -2,6 +2,7 @@
 nn.Conv2d in float64; state, dtypes, gradients, fine-tuning, torch.compile."""
 import copy
 import io
+import os
 
 import pytest
 import torch
@@ -12,6 +13,16 @@ from torch import nn
 from dsl import Schedule
 from sparsert_triton import ops
 from sparsert_triton.nn import SparseConv2d, SparseLinear, sparsify
+
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _on_test_device():
+    """Tensors and modules a test makes land on the test device: CPU tensors under the
+    interpreter, CUDA ones in the GPU suite (SPARSERT_TEST_DEVICE=cuda)."""
+    with torch.device(DEV):
+        yield
 
 
 def pruned_conv(cin=3, cout=5, k=3, sparsity=0.7, seed=0, **kw):
@@ -330,8 +341,8 @@ def test_bench_resnet_gets_sparse_convolutions():
     convs = [r for r in report if r.kind == "Conv2d"]
     assert len(convs) == 1 + 4 * 4 and all(r.action == "sparse" for r in convs)
     assert not any(isinstance(m, nn.Conv2d) for m in model.modules())
-    with torch.no_grad():
-        close(model(x), net(x), tol=1e-4)
+    with torch.no_grad():     # reference in float64 (on a GPU, fp32 cuDNN may use TF32)
+        close(model(x), copy.deepcopy(net).double()(x.double()), tol=1e-4)
 
 
 def test_e2e_cli_without_gpu():
