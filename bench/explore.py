@@ -62,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline-s", type=float, default=400)
     ap.add_argument("--only", default="", help="substring filter on the matrix name")
+    ap.add_argument("--sparsity", default="",
+                    help="run the plan's matrices at this DLMC sparsity level instead (e.g. 0.8)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="W and X dtype (dense in the same dtype; fp32 with TF32 off)")
     a = ap.parse_args(argv)
@@ -74,6 +76,7 @@ def main(argv=None):
         for model, sp, name, N, scheds in PLAN:
             if a.only and a.only not in name:
                 continue
+            sp = a.sparsity or sp
             dt = getattr(torch, a.dtype)
             wt = read_smtx(find_matrix(a.dlmc, model, sp, name)).with_values(seed=0,
                                                                               dtype=a.dtype)

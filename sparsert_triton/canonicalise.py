@@ -141,8 +141,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # faster than with chunks of 8 and 2 at most 3% slower; grids of 3200-3584 programs ran
     # 1.15-1.36x slower. Run 9 (every DLMC GEMM case at 90% whose plan this changes, 14 of
     # 38; explore_h100_run9_default_*): fp32 1.24x geomean, 12 faster (up to 1.64x: 13.0 ->
-    # 7.95 us at 1000 x 2048 x 8, 25.6 -> 16.4 at 512 x 2048 x 256), 2 slower by 4-5%; fp16
-    # 0.97x geomean, from 1.54x faster to 1.42x slower, so half precision keeps chunks of 8
+    # 7.95 us at 1000 x 2048 x 8, 25.6 -> 16.4 at 512 x 2048 x 256), 2 slower by 4-5%; at
+    # 80% / 95% 1.26x / 1.22x (the 2048-program grids mixed, up to 10% slower); fp16 0.97x
+    # geomean, from 1.54x faster to 1.42x slower, so half precision keeps chunks of 8
     few_mm = (row_kernel and not conv and x_dtype == "float32" and chain_ok
               and programs <= FEW_PROGRAMS_MATMUL and avg >= FEW_MIN_ROW)
     if s.tap_masks == AUTO:
