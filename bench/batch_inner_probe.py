@@ -83,18 +83,23 @@ def transpose_pad_kernel(X, XT, C, H, W, Hp, Wp, B, BB: tl.constexpr, BW: tl.con
 
 
 @triton.jit
-def batch_inner_table_kernel(XT, STARTS, LENGTHS, COLS, VALS, Y, B, Wp, S, Wo, HWo, N,
-                             sym, syb, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    """acc[n] = sum_j VALS[j] * XT[4*COLS[j] + xoff[n]] over row m = program_id(0)."""
-    m = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    nmask = offs < N
+def _columns(t, B, Wp, S, Wo, N, BLOCK: tl.constexpr):
+    """Column tile ``t``: columns n = (oy, ox, b) -> (in range, pixel oy*Wo + ox, image b,
+    offset ((oy*S)*Wp + ox*S)*B + b into one channel of XT), the offsets in aligned runs of 4."""
+    offs = t * BLOCK + tl.arange(0, BLOCK)
     pix = offs // B
     b = offs - pix * B
     oy = pix // Wo
     ox = pix - oy * Wo
     xoff = (oy * S * Wp + ox * S) * B + b
-    xoff = tl.max_contiguous(tl.multiple_of(xoff, 4), 4)
+    return offs < N, pix, b, tl.max_contiguous(tl.multiple_of(xoff, 4), 4)
+
+
+@triton.jit
+def _row_tile(XT, STARTS, LENGTHS, COLS, VALS, Y, m, t, B, Wp, S, Wo, N, sym, syb,
+              BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """Y[m, tile t] = sum_j VALS[j] * XT[4*COLS[j] + xoff] over row m's (padded) list."""
+    nmask, pix, b, xoff = _columns(t, B, Wp, S, Wo, N, BLOCK)
     xp = XT + xoff
     start = tl.load(STARTS + m)
     end = start + tl.load(LENGTHS + m)
@@ -103,8 +108,15 @@ def batch_inner_table_kernel(XT, STARTS, LENGTHS, COLS, VALS, Y, B, Wp, S, Wo, H
         for u in tl.static_range(CHUNK):
             c = tl.load(COLS + j + u) * 4
             acc += tl.load(VALS + j + u) * tl.load(xp + c)
-    yo = b * syb + pix
-    tl.store(Y + m * sym + yo, acc, mask=nmask)
+    tl.store(Y + m * sym + b * syb + pix, acc, mask=nmask)
+
+
+@triton.jit
+def batch_inner_table_kernel(XT, STARTS, LENGTHS, COLS, VALS, Y, B, Wp, S, Wo, HWo, N,
+                             sym, syb, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """acc[n] = sum_j VALS[j] * XT[4*COLS[j] + xoff[n]] over row m = program_id(0)."""
+    _row_tile(XT, STARTS, LENGTHS, COLS, VALS, Y, tl.program_id(0), tl.program_id(1), B, Wp, S,
+              Wo, N, sym, syb, BLOCK, CHUNK)
 
 
 @triton.jit
@@ -112,14 +124,7 @@ def batch_inner_prefetch_kernel(XT, STARTS, LENGTHS, COLS, VALS, Y, B, Wp, S, Wo
                                 sym, syb, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """The same sum in chunks of 4 with the next chunk's COLS / VALS loaded a step ahead."""
     m = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    nmask = offs < N
-    pix = offs // B
-    b = offs - pix * B
-    oy = pix // Wo
-    ox = pix - oy * Wo
-    xoff = (oy * S * Wp + ox * S) * B + b
-    xoff = tl.max_contiguous(tl.multiple_of(xoff, 4), 4)
+    nmask, pix, b, xoff = _columns(tl.program_id(1), B, Wp, S, Wo, N, BLOCK)
     xp = XT + xoff
     start = tl.load(STARTS + m)
     end = start + tl.load(LENGTHS + m)
@@ -154,28 +159,6 @@ def batch_inner_prefetch_kernel(XT, STARTS, LENGTHS, COLS, VALS, Y, B, Wp, S, Wo
 
 
 @triton.jit
-def _row_tile(XT, STARTS, LENGTHS, COLS, VALS, Y, m, t, B, Wp, S, Wo, N, sym, syb,
-              BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    offs = t * BLOCK + tl.arange(0, BLOCK)
-    nmask = offs < N
-    pix = offs // B
-    b = offs - pix * B
-    oy = pix // Wo
-    ox = pix - oy * Wo
-    xoff = (oy * S * Wp + ox * S) * B + b
-    xoff = tl.max_contiguous(tl.multiple_of(xoff, 4), 4)
-    xp = XT + xoff
-    start = tl.load(STARTS + m)
-    end = start + tl.load(LENGTHS + m)
-    acc = tl.zeros([BLOCK], tl.float32)
-    for j in range(start, end, CHUNK):
-        for u in tl.static_range(CHUNK):
-            c = tl.load(COLS + j + u) * 4
-            acc += tl.load(VALS + j + u) * tl.load(xp + c)
-    tl.store(Y + m * sym + b * syb + pix, acc, mask=nmask)
-
-
-@triton.jit
 def batch_inner_affine_kernel(XT, ORDER, STARTS, LENGTHS, COLS, VALS, Y, CNT, T, R, NSM, B, Wp,
                               S, Wo, N, sym, syb, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """The same sum, each SM on one column tile: a program reads its SM's id (%smid), takes
@@ -204,14 +187,7 @@ def batch_inner_ksplit_kernel(XT, STARTS, LENGTHS, COLS, VALS, Y, B, Wp, S, Wo, 
     ``j % P``), summed across the warps at the end: each warp's chain of dependent loads is
     ``1/P`` of the row's (the longest rows set a one-wave grid's time)."""
     m = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    nmask = offs < N
-    pix = offs // B
-    b = offs - pix * B
-    oy = pix // Wo
-    ox = pix - oy * Wo
-    xoff = (oy * S * Wp + ox * S) * B + b
-    xoff = tl.max_contiguous(tl.multiple_of(xoff, 4), 4)
+    nmask, pix, b, xoff = _columns(tl.program_id(1), B, Wp, S, Wo, N, BLOCK)
     p = tl.arange(0, P)
     start = tl.load(STARTS + m)
     end = start + tl.load(LENGTHS + m)
@@ -235,14 +211,7 @@ def batch_inner_rows_kernel(XT, ORDER, STARTS, LENGTHS, COLS, VALS, Y, R, ZERO, 
     rid = tl.program_id(0) * P + tl.arange(0, P)
     live = rid < R
     m = tl.load(ORDER + rid, mask=live, other=0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    nmask = offs < N
-    pix = offs // B
-    b = offs - pix * B
-    oy = pix // Wo
-    ox = pix - oy * Wo
-    xoff = (oy * S * Wp + ox * S) * B + b
-    xoff = tl.max_contiguous(tl.multiple_of(xoff, 4), 4)
+    nmask, pix, b, xoff = _columns(tl.program_id(1), B, Wp, S, Wo, N, BLOCK)
     start = tl.load(STARTS + m)
     length = tl.where(live, tl.load(LENGTHS + m), 0)
     acc = tl.zeros([P, BLOCK], tl.float32)

@@ -27,6 +27,16 @@ def device():
     return DEVICE
 
 
+@pytest.fixture
+def on_test_device():
+    """Tensors and modules the test makes land on the test device (a default-device context):
+    CPU tensors under the interpreter, CUDA ones with SPARSERT_TEST_DEVICE=cuda. A test file
+    opts in with ``pytestmark = pytest.mark.usefixtures("on_test_device")``."""
+    import torch
+    with torch.device(DEVICE):
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
     has_gpu = DEVICE == "cuda" and torch.cuda.is_available()

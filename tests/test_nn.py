@@ -15,13 +15,7 @@ IN, OUT = 24, 16
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
-
-@pytest.fixture(autouse=True)
-def _on_test_device():
-    """Tensors and modules a test makes land on the test device: CPU tensors under the
-    interpreter, CUDA ones in the GPU suite (SPARSERT_TEST_DEVICE=cuda)."""
-    with torch.device(DEV):
-        yield
+pytestmark = pytest.mark.usefixtures("on_test_device")   # tensors on the test device
 
 
 def pruned_linear(in_f=IN, out_f=OUT, sparsity=0.8, bias=True, seed=0):

@@ -2,7 +2,6 @@
 nn.Conv2d in float64; state, dtypes, gradients, fine-tuning, torch.compile."""
 import copy
 import io
-import os
 
 import pytest
 import torch
@@ -14,15 +13,8 @@ from dsl import Schedule
 from sparsert_triton import ops
 from sparsert_triton.nn import SparseConv2d, SparseLinear, sparsify
 
-DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
-
-@pytest.fixture(autouse=True)
-def _on_test_device():
-    """Tensors and modules a test makes land on the test device: CPU tensors under the
-    interpreter, CUDA ones in the GPU suite (SPARSERT_TEST_DEVICE=cuda)."""
-    with torch.device(DEV):
-        yield
+pytestmark = pytest.mark.usefixtures("on_test_device")   # tensors on the test device
 
 
 def pruned_conv(cin=3, cout=5, k=3, sparsity=0.7, seed=0, **kw):
