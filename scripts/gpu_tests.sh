@@ -16,6 +16,6 @@ if [ "${PART:-1}" = 1 ]; then
 else
   t gpu_tests_conv ${TEST_S:-240} tests/test_conv.py tests/test_golden.py tests/test_direct.py \
       tests/test_tap_masks.py tests/test_tap_pointers.py tests/test_prefetch_x.py \
-      tests/test_batch_inner_probe.py tests/test_nn.py tests/test_nn_conv.py
+      tests/test_batch_inner_probe.py tests/test_nn.py tests/test_nn_conv.py tests/test_ops.py
   t gpu_tests_marked ${GPU_S:-240} -m gpu tests
 fi

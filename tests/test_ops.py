@@ -4,6 +4,7 @@ References are float64 torch on the masked dense weight.
 """
 import copy
 import gc
+import os
 
 import numpy as np
 import pytest
@@ -13,16 +14,20 @@ import torch
 from sparsert_triton import ops
 
 M, K, N = 12, 10, 5
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("on_test_device")   # tensors on the test device
 
 
-def make_pattern(seed=0, density=0.35, schedule=None, m=M, k=K):
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(m, k, generator=g)
-    W[torch.rand(m, k, generator=g) > density] = 0
-    mask = W != 0
-    indptr = np.concatenate([[0], np.cumsum(mask.sum(1).numpy())])
-    cols = mask.nonzero(as_tuple=True)[1].numpy()
-    return ops.SparsePattern(m, k, indptr, cols, schedule), W, mask
+def make_pattern(seed=0, density=0.35, schedule=None, m=M, k=K, device=DEV):
+    """A random pattern (drawn on the CPU) and its weight and mask on ``device``."""
+    with torch.device("cpu"):
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(m, k, generator=g)
+        W[torch.rand(m, k, generator=g) > density] = 0
+        mask = W != 0
+        indptr = np.concatenate([[0], np.cumsum(mask.sum(1).numpy())])
+        cols = mask.nonzero(as_tuple=True)[1].numpy()
+    return ops.SparsePattern(m, k, indptr, cols, schedule), W.to(device), mask.to(device)
 
 
 def dense_of(p, values):
@@ -155,10 +160,10 @@ def test_bad_arguments_are_named():
 
 
 def test_plain_cpu_without_interpreter_raises(monkeypatch):
-    p, W, mask = make_pattern(seed=10)
+    p, W, mask = make_pattern(seed=10, device="cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA tensors"):
-        ops.spmm(torch.randn(K, 3), W[mask], None, p.kernel_id)
+        ops.spmm(torch.randn(K, 3, device="cpu"), W[mask], None, p.kernel_id)
 
 
 def test_copied_pattern_outlives_original():
@@ -174,7 +179,7 @@ def test_copied_pattern_outlives_original():
 
 @pytest.mark.gpu
 def test_spmm_and_gradients_on_gpu():
-    p, W, mask = make_pattern(seed=12, m=256, k=192, density=0.1)
+    p, W, mask = make_pattern(seed=12, m=256, k=192, density=0.1, device="cpu")
     values = W[mask].cuda().requires_grad_()
     X = torch.randn(192, 64, device="cuda", requires_grad=True)
     Y = ops.spmm(X, values, None, p.kernel_id)
