@@ -86,8 +86,8 @@ prefetch_x
     W @ X: on, with chunks of 16 and ``prefetch_tail``, in the one-row table kernel of at
     most ``canonicalise.FEW_PROGRAMS_MATMUL`` (2048) programs whose rows hold at least
     ``FEW_MIN_ROW`` (16) nonzeros on average (H100, the 14 DLMC GEMM cases at 90% this
-    changes: 1.24x geomean, 12 up to 1.64x faster, 2 slower by 4-5%; in fp16 mixed, 0.65-
-    1.42x, so half precision keeps it off).
+    changes: 1.24x geomean, 12 up to 1.64x faster, 2 slower by 4-5%). Half precision takes
+    it only with N <= 64 (fp16 1.22x geomean on those cases; mixed above, 0.65-1.42x).
 tap_segments
     Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
     time (every load of a tap at one fixed shift of X, under one in-image mask set once per

@@ -53,7 +53,8 @@ def output_dtype(program: ir.Program, x_dtype: str) -> str:
 # a convolution's one-row kernel with at most this many programs (rows x column tiles) takes
 # the few-programs default of plan_for (measured on the 132-SM H100)
 FEW_PROGRAMS = 1024
-# the same for W @ X in fp32, whose rows of at least FEW_MIN_ROW nonzeros on average qualify
+# the same for W @ X (fp32; half precision with N <= 64), whose rows of at least FEW_MIN_ROW
+# nonzeros on average qualify
 FEW_PROGRAMS_MATMUL = 2048
 FEW_MIN_ROW = 16
 
@@ -142,10 +143,13 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # 1.15-1.36x slower. Run 9 (every DLMC GEMM case at 90% whose plan this changes, 14 of
     # 38; explore_h100_run9_default_*): fp32 1.24x geomean, 12 faster (up to 1.64x: 13.0 ->
     # 7.95 us at 1000 x 2048 x 8, 25.6 -> 16.4 at 512 x 2048 x 256), 2 slower by 4-5%; at
-    # 80% / 95% 1.26x / 1.22x (the 2048-program grids mixed, up to 10% slower); fp16 0.97x
-    # geomean, from 1.54x faster to 1.42x slower, so half precision keeps chunks of 8
-    few_mm = (row_kernel and not conv and x_dtype == "float32" and chain_ok
-              and programs <= FEW_PROGRAMS_MATMUL and avg >= FEW_MIN_ROW)
+    # 80% / 95% 1.26x / 1.22x (the 2048-program grids mixed, up to 10% slower). fp16: 0.97x
+    # geomean, from 1.54x faster to 1.42x slower, all losses at N >= 196; so half precision
+    # takes it only where N fits one 64-column tile: run 10 (explore_h100_run10_float16_*,
+    # the 5 such cases) 1.22x / 1.23x geomean at 90% / 95%, 0.99-0.70x the time (at 80%
+    # these weights are dense enough for tensor cores, use_dot, and keep that kernel)
+    few_mm = (row_kernel and not conv and chain_ok and programs <= FEW_PROGRAMS_MATMUL
+              and avg >= FEW_MIN_ROW and (x_dtype == "float32" or (half and N <= 64)))
     if s.tap_masks == AUTO:
         tap_masks = (conv_rows and tap_masks_fit and split == 1 and not few
                      and s.pad_input == AUTO and s.tap_segments is not True)

@@ -83,14 +83,17 @@ for name in ("values_split", "values_fp32_split", "table_bf16", "table_prefetch_
 # (chunks of 16, X rows a chunk ahead), e.g. a classifier layer at batch 1
 W = torch.randn(24, 40, dtype=torch.float64)
 W[:, 30:] *= (torch.rand(24, 10) < 0.5)
-k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="table")).specialize(W.float())
-sig = Signature("float32", "float32", "float32", ())
-v = k.variant(sig, 1, torch.device("cpu"))
-assert v.plan.prefetch_x and v.plan.chunk == 16, v.plan
-try:
-    ones["table_few_default"] = len(precompile_variant(v, sig, constants={"N": 1}))
-except Exception as e:
-    ones["table_few_default"] = f"{type(e).__name__}: {str(e)[:300]}"
+for name, dt, xd in (("table_few_default", torch.float32, "float32"),
+                     ("table_few_default_bf16", torch.bfloat16, "bfloat16")):
+    k = sparse_kernel(lambda W, X: W @ X,
+                      schedule=Schedule(mode="table", use_dot=False)).specialize(W.to(dt))
+    sig = Signature(xd, xd, xd, ())
+    v = k.variant(sig, 1, torch.device("cpu"))
+    assert v.plan.prefetch_x and v.plan.chunk == 16, v.plan
+    try:
+        ones[name] = len(precompile_variant(v, sig, constants={"N": 1}))
+    except Exception as e:
+        ones[name] = f"{type(e).__name__}: {str(e)[:300]}"
 out["n_one"] = ones
 
 from dsl import conv2d

@@ -144,8 +144,8 @@ def test_few_programs_default_for_convolutions():
 def test_few_programs_default_for_matmuls():
     """W @ X in fp32 with the one-row table kernel, at most FEW_PROGRAMS_MATMUL programs and
     rows of at least FEW_MIN_ROW nonzeros on average, resolves 'auto' to chunks of 16, the
-    prefetched tail and prefetch_x; one program more, shorter rows, half precision, the
-    unrolled modes or an explicit choice that excludes it keep chunks of 8. The default
+    prefetched tail and prefetch_x (half precision only with N <= 64); one program more,
+    shorter rows, the unrolled modes or an explicit choice that excludes it keep chunks of 8. The default
     kernel of such a weight matches float64 matmul, empty and short rows included."""
     from sparsert_triton.canonicalise import FEW_MIN_ROW, FEW_PROGRAMS_MATMUL
     g = torch.Generator().manual_seed(5)
@@ -161,9 +161,11 @@ def test_few_programs_default_for_matmuls():
     assert few.prefetch_x and few.prefetch_tail and few.prefetch and few.chunk == 16
     assert few.block_n == 128
     assert not many.prefetch_x and not many.prefetch_tail and many.chunk == 8
-    for half in ("float16", "bfloat16"):
-        p = plan(64, half, use_dot=False)
+    for half in ("float16", "bfloat16"):    # half precision: only where N fits one tile
+        p = plan(65, half, use_dot=False)
         assert not p.prefetch_x and p.chunk == 8, half
+        p = plan(64, half, use_dot=False)
+        assert p.prefetch_x and p.chunk == 16, half
     Ws = W.clone()
     Ws[:, : K - FEW_MIN_ROW + 1] = 0.0               # FEW_MIN_ROW - 1 nonzeros per row
     assert not plan(64, weight=as_sparse_weight(Ws.float())).prefetch_x
