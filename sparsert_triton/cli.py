@@ -228,10 +228,13 @@ ON_OFF_OPTIONS = [
     ("pack-nonzeros", "table mode, one row per program: read column and value as one 64-bit "
                       "word (auto: off)"),
     ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
-                      "masked loads of the prefetched columns (auto: on with pad-input or tap-masks)"),
+                      "masked loads of the prefetched columns (auto: on with pad-input or "
+                      "tap-masks, and with prefetch-x's W @ X default)"),
     ("prefetch-x", "with prefetch-tail: also load the next chunk's X rows a step ahead (two "
-                   "chunks per step on two register sets; auto: on, with pad-input and chunks "
-                   "of 16, in a convolution's one-row kernel of <= 1024 programs)"),
+                   "chunks per step on two register sets; auto: on, with chunks of 16, in a "
+                   "convolution's one-row kernel of <= 1024 programs (with pad-input) and in "
+                   "W @ X's of <= 2048 programs whose rows average >= 16 nonzeros (fp32; half "
+                   "precision with N <= 64))"),
     ("tap-segments", "table mode, one row per program, convolutions without pad-input: walk "
                      "each row one kernel tap at a time (auto: on there)"),
     ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
