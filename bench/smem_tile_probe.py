@@ -1,0 +1,334 @@
+"""Does an X tile in shared memory, read by many rows at once, beat the table kernel at batch 8?
+
+    python -m bench.smem_tile_probe --dlmc DIR [--batch 8] [--only g3] [--schedules "..."]
+        [--out FILE.csv]
+
+SparseRT's convolution keeps a tile of the input in shared memory and lets every output row
+read it. This probe is that kernel for a 3x3, stride-1, padding-1 convolution (NCHW), as a
+Gluon kernel (GPU only: the interpreter cannot run Gluon) beside the library's kernels.
+
+X is copied once per call, zero-padded, into ``XP[c, q]`` with ``q = (b*Hp + yp)*Wp + xp``
+(``Hp, Wp = H + 2, W + 2``; plane stride ``PS``). The output at ``q`` (top-left anchored,
+``y < H`` and ``x < W``; other ``q`` are computed and not stored) is
+
+    Y[b, m, y, x] = sum over row m's nonzeros (c, dy, dx, w) of  w * XP[c, q + dy*Wp + dx]
+
+A program takes ``Q`` consecutive positions ``q0 .. q0+Q`` and copies the window
+``XP[:, q0 : q0+Q+HP]`` (``HP >= 2*Wp + 2``) into shared memory, ``[C, LSP]`` floats. Its
+``NW`` warps then run ``NW`` rows side by side (heaviest rows first, one per warp, each
+row's list padded with zero weights to the longest of the ``NW``), ``SPG`` such steps per
+program. One table entry per nonzero and warp, 64 bits: the byte offset
+``(c*LSP + dy*Wp + dx) * 4`` and the weight's bits. Each lane holds ``P`` positions 32
+apart, so a warp's read of one nonzero is ``P`` conflict-free shared loads at immediate
+offsets (inline ``ld.shared``; Gluon's shared-memory views index only their leading
+dimension). A program's ``Q = 32 * P``.
+
+Bounds (H100): shared memory serves 128 B per clock per SM, i.e. 32 multiply-adds if each
+reads its own X element, about 7.4 T/s on 132 SMs: a 90%-sparse ResNet-50 3x3 layer at batch
+8 (~92 M multiply-adds) can take no less than ~12.5 us this way. The library's table kernel
+reads the same elements through L1 at ~8-9 TB/s (bench/NOTES.md, "Tenth session").
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+COLUMNS = ["layer", "batch", "system", "median_us", "rel_err"]
+#: (P positions per lane, NW warps = rows side by side, SPG steps per program, U unroll)
+VARIANTS = [(2, 16, 4, 4), (2, 16, 2, 4), (2, 8, 4, 4), (4, 16, 4, 4), (4, 8, 8, 4), (1, 16, 4, 4)]
+#: Shared memory per program the H100 allows (bytes).
+SMEM_LIMIT = 227 * 1024
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def geometry(C: int, H: int, W: int, B: int, P: int):
+    """(Q, HP, LSP, Npad, tiles, PS) of the padded layout and one program's window, or None
+    where the window of all C channels does not fit in shared memory."""
+    Hp, Wp = H + 2, W + 2
+    Q = 32 * P
+    HP = next_pow2(2 * Wp + 2)
+    LSP = next_pow2(Q + HP)
+    if C * LSP * 4 > SMEM_LIMIT:
+        return None
+    npad = B * Hp * Wp
+    tiles = math.ceil(npad / Q)
+    PS = tiles * Q + HP
+    return Q, HP, LSP, npad, tiles, PS
+
+
+def pad_input(X: torch.Tensor, XP: torch.Tensor, PS: int) -> torch.Tensor:
+    """Copy X (B, C, H, W) into the zero-bordered XP[c, (b*Hp + yp)*Wp + xp] (borders and
+    slack stay zero: written once, when XP is made)."""
+    B, C, H, W = X.shape
+    view = XP.view(C, PS)[:, :B * (H + 2) * (W + 2)].view(C, B, H + 2, W + 2)
+    view[:, :, 1:H + 1, 1:W + 1].copy_(X.transpose(0, 1))
+    return XP
+
+
+def build_tables(W4: np.ndarray, LSP: int, Wp: int, NW: int, SPG: int, U: int):
+    """Steps of ``NW`` rows (heaviest first) and their entries, warp-major within a step.
+
+    Returns (ROWS [steps*NW] int32 (``M`` for a missing row), STEP_BASE [steps] int32,
+    STEP_LEN [steps] int32, ENTRIES int64 (low word: byte offset ``(c*LSP + dy*Wp + dx)*4``,
+    high word: the float32 weight's bits), groups). The steps are padded to a multiple of
+    ``SPG`` with empty ones."""
+    M = W4.shape[0]
+    flat = W4.reshape(M, -1)
+    nnz = (flat != 0).sum(1)
+    order = np.argsort(-nnz, kind="stable")
+    steps = math.ceil(M / NW)
+    groups = math.ceil(steps / SPG)
+    rows = np.full(groups * SPG * NW, M, np.int64)
+    rows[:M] = order
+    base, length, entries, pos = [], [], [], 0
+    for s in range(groups * SPG):
+        rs = rows[s * NW:(s + 1) * NW]
+        lists = []
+        for m in rs:
+            if m == M:
+                lists.append((np.zeros(0, np.int64), np.zeros(0, np.float32)))
+                continue
+            k = np.nonzero(flat[m])[0]
+            c, t = np.divmod(k, 9)
+            dy, dx = np.divmod(t, 3)
+            lists.append(((c * LSP + dy * Wp + dx) * 4, flat[m, k].astype(np.float32)))
+        L = max(len(o) for o, _ in lists)
+        L = -(-L // U) * U
+        for o, w in lists:
+            oo = np.zeros(L, np.int64)
+            ww = np.zeros(L, np.float32)
+            oo[:len(o)] = o
+            ww[:len(w)] = w
+            entries.append(oo | (ww.view(np.uint32).astype(np.int64) << 32))
+        base.append(pos)
+        length.append(L)
+        pos += L * NW
+    ent = np.concatenate(entries) if entries else np.zeros(0, np.int64)
+    return (rows.astype(np.int32), np.array(base, np.int32), np.array(length, np.int32),
+            ent, groups)
+
+
+def emulate(XP: np.ndarray, tables, M: int, NW: int, Q: int, LSP: int, HP: int, tiles: int):
+    """What the kernel computes, in numpy: Y_flat[m, q] over every tile (tests check the
+    tables on the CPU with it)."""
+    rows, base, length, ent, groups = tables
+    C = XP.shape[0]
+    out = np.zeros((M, tiles * Q))
+    for t in range(tiles):
+        win = np.zeros((C, LSP))
+        win[:, :Q + HP] = XP[:, t * Q:t * Q + Q + HP]
+        flatwin = win.reshape(-1)
+        for s in range(len(base)):
+            L = length[s]
+            for w in range(NW):
+                m = rows[s * NW + w]
+                if m == M:
+                    continue
+                e = ent[base[s] + w * L: base[s] + (w + 1) * L]
+                off = (e & 0xFFFFFFFF).astype(np.int64) // 4
+                wt = (e >> 32).astype(np.uint32).view(np.float32).astype(np.float64)
+                acc = np.zeros(Q)
+                for o, v in zip(off, wt):
+                    acc += v * flatwin[o:o + Q]
+                out[m, t * Q:(t + 1) * Q] = acc
+    return out
+
+
+KERNEL_TEMPLATE = '''
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+barrier = getattr(gl, "thread_barrier", None) or gl.barrier   # renamed after triton 3.6
+
+@gluon.jit
+def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sym, syb,
+                     C: gl.constexpr, WP: gl.constexpr, LSP: gl.constexpr, HP: gl.constexpr,
+                     CS: gl.constexpr, NW: gl.constexpr, SPG: gl.constexpr, U: gl.constexpr):
+    g = gl.program_id(0)
+    q0 = gl.program_id(1) * {Q}
+    LS: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+    LA: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [NW, 1], [1, 0])
+    buf = gl.allocate_shared_memory(gl.float32, [C, LSP], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    cs = gl.arange(0, CS, gl.SliceLayout(1, LS))
+    S: gl.constexpr = {Q} if {Q} < HP else HP          # pieces at multiples of their size
+    ss = gl.arange(0, S, gl.SliceLayout(0, LS))
+    for c0 in gl.static_range(0, C, CS):
+        src = XP + (c0 + cs)[:, None] * PS + q0
+        for p in gl.static_range(0, {Q} + HP, S):
+            buf.slice(c0, CS, 0).slice(p, S, 1).store(gl.load(src + p + ss[None, :]))
+    barrier()
+    base = gl.inline_asm_elementwise("mov.u32 $0, global_smem;", "=r", [], dtype=gl.int32,
+                                     is_pure=True, pack=1)
+    ln = gl.arange(0, 32, gl.SliceLayout(0, LA))
+    lane = base + ln * 4
+    wv = gl.arange(0, NW, gl.SliceLayout(1, LA))
+{POSITIONS}
+    for st in range(g * SPG, g * SPG + SPG):
+        sb = gl.load(STEP_BASE + st)
+        L = gl.load(STEP_LEN + st)
+        m = gl.load(ROWS + st * NW + wv)
+        ep = ENT + sb + wv * L
+{ZEROS}
+        for j in range(0, L, U):
+            for u in gl.static_range(U):
+                e = gl.load(ep + j + u)
+                w = (e >> 32).to(gl.int32).to(gl.float32, bitcast=True)[:, None]
+                a = e.to(gl.int32)[:, None] + lane[None, :]
+{FMAS}
+        live = (m < M)[:, None]
+{STORES}
+'''
+
+
+def render_kernel(P: int) -> str:
+    """The Gluon source for ``P`` positions per lane (one accumulator and one load per
+    position, each load at its immediate offset ``128 * i`` from one address)."""
+    pos, zeros, fmas, stores = [], [], [], []
+    for i in range(P):
+        pos += [f"    qq{i} = q0 + {32 * i} + ln",
+                f"    b{i} = qq{i} // HWp",
+                f"    r{i} = qq{i} - b{i} * HWp",
+                f"    y{i} = r{i} // WP",
+                f"    x{i} = r{i} - y{i} * WP",
+                f"    ok{i} = ((y{i} < H) & (x{i} < W))[None, :]",
+                f"    yo{i} = (b{i} * syb + y{i} * W + x{i})[None, :]"]
+        zeros.append(f"        acc{i} = gl.zeros([NW, 32], gl.float32, LA)")
+        fmas.append(f'                acc{i} += w * gl.inline_asm_elementwise('
+                    f'"ld.shared.f32 $0, [$1+{128 * i}];", "=f,r", [a], dtype=gl.float32, '
+                    f'is_pure=False, pack=1)')
+        stores.append(f"        gl.store(Y + m[:, None] * sym + yo{i}, acc{i}, mask=live & ok{i})")
+    return KERNEL_TEMPLATE.format(Q=32 * P, POSITIONS="\n".join(pos), ZEROS="\n".join(zeros),
+                                  FMAS="\n".join(fmas), STORES="\n".join(stores))
+
+
+_KERNELS = {}
+
+
+def kernel_for(P: int):
+    """The generated kernel for ``P`` (written to a file: Triton reads kernel source with
+    ``inspect``)."""
+    if P not in _KERNELS:
+        path = Path(tempfile.mkdtemp(prefix="smem_tile_")) / f"smem_rows_p{P}.py"
+        path.write_text(render_kernel(P))
+        spec = importlib.util.spec_from_file_location(f"smem_rows_p{P}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _KERNELS[P] = mod.smem_rows_kernel
+    return _KERNELS[P]
+
+
+class SmemTileConv:
+    """3x3, stride 1, padding 1 convolution (float32, NCHW) by the shared-memory tile kernel."""
+
+    def __init__(self, W4: torch.Tensor, H: int, W: int, B: int, P: int, NW: int, SPG: int,
+                 U: int = 4, CS: int = 16):
+        self.M, self.C = W4.shape[:2]
+        if tuple(W4.shape[2:]) != (3, 3):
+            raise ValueError(f"W4 must be (C_out, C_in, 3, 3), got {tuple(W4.shape)}")
+        geo = geometry(self.C, H, W, B, P)
+        if geo is None:
+            raise ValueError(f"the window of {self.C} channels at P={P} does not fit in "
+                             f"{SMEM_LIMIT} bytes of shared memory")
+        self.Q, self.HP, self.LSP, self.npad, self.tiles, self.PS = geo
+        self.H, self.W, self.B, self.P, self.NW, self.SPG, self.U = H, W, B, P, NW, SPG, U
+        self.CS = min(CS, self.C)
+        dev = W4.device
+        t = build_tables(W4.detach().cpu().numpy(), self.LSP, W + 2, NW, SPG, U)
+        rows, base, length, ent, self.groups = t
+        self.tables = t
+        self.ROWS = torch.tensor(rows, device=dev)
+        self.STEP_BASE = torch.tensor(base, device=dev)
+        self.STEP_LEN = torch.tensor(length, device=dev)
+        self.ENT = torch.tensor(ent, device=dev)
+        self.XP = torch.zeros(self.C * self.PS, device=dev, dtype=torch.float32)
+        self.kernel = kernel_for(P)
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = X.shape
+        pad_input(X, self.XP, self.PS)
+        Y = torch.empty(B, self.M, H, W, device=X.device, dtype=X.dtype)
+        self.kernel[(self.groups, self.tiles)](
+            self.XP, self.ROWS, self.STEP_BASE, self.STEP_LEN, self.ENT, Y, self.M, self.PS,
+            (H + 2) * (W + 2), H, W, Y.stride(1), Y.stride(0), C=self.C, WP=W + 2,
+            LSP=self.LSP, HP=self.HP, CS=self.CS, NW=self.NW, SPG=self.SPG, U=self.U,
+            num_warps=self.NW)
+        return Y
+
+
+def rel_err(Y, ref):
+    return float((Y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dlmc", required=True, type=Path)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--only", default="", help="comma-separated layer-name substrings")
+    ap.add_argument("--schedules", default="",
+                    help="library schedules to time beside it, separated by ';'")
+    ap.add_argument("--variants", default="",
+                    help="P,NW,SPG,U tuples separated by ';' (default: VARIANTS)")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    from bench.conv_bench import layer_kernel, layers
+    from bench.timing import time_system
+    from dsl import Schedule  # noqa: F401  (eval of --schedules)
+    from sparsert_triton.conv import conv_weight
+    variants = ([tuple(int(v) for v in s.split(",")) for s in a.variants.split(";") if s.strip()]
+                or VARIANTS)
+    scheds = [eval(s) for s in a.schedules.split(";") if s.strip()]
+    f = open(a.out, "w", newline="") if a.out else None
+    wr = csv.DictWriter(f, COLUMNS) if f else None
+    if wr:
+        wr.writeheader()
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        print(row, flush=True)
+        if wr:
+            wr.writerow(row)
+            f.flush()
+    for name, p, C_in, C_out, H, stride in layers(a.dlmc, "0.9"):
+        if stride != 1 or (a.only and not any(o in name for o in a.only.split(","))):
+            continue
+        w = p.with_values(seed=0, dtype="float32")
+        W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(torch.float32)
+        W4 = W4.reshape(C_out, C_in, 3, 3).to("cuda")
+        X = torch.randn(a.batch, C_in, H, H, generator=torch.Generator().manual_seed(1)).to("cuda")
+        ref = F.conv2d(X.double(), W4.double(), stride=1, padding=1)
+        nbytes = X.numel() * 4 + ref.numel() * 4
+        for P, NW, SPG, U in variants:
+            try:
+                k = SmemTileConv(W4, H, H, a.batch, P, NW, SPG, U)
+            except ValueError as e:
+                print(f"{name} P={P}: {e}", flush=True)
+                continue
+            err = rel_err(k(X), ref)
+            t = time_system(lambda x: (lambda: k(x)), X, nbytes).median_us
+            emit(dict(layer=name, batch=a.batch, median_us=round(t, 2), rel_err=f"{err:.1e}",
+                      system=f"smem_tile P{P} NW{NW} SPG{SPG} U{U} grid{k.groups}x{k.tiles}"))
+        for s in scheds:
+            kern = layer_kernel(w, C_in, stride, s)
+            err = rel_err(kern(X), ref)
+            t = time_system(lambda x: (lambda: kern(x)), X, nbytes).median_us
+            emit(dict(layer=name, batch=a.batch, system=repr(s), median_us=round(t, 2),
+                      rel_err=f"{err:.1e}"))
+    if f:
+        f.close()
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""bench/smem_tile_probe.py: its tables compute the convolution (numpy emulation of the
+kernel's sum against F.conv2d in float64, on the CPU), its Gluon kernel compiles for sm_90
+(no GPU needed), and on a GPU the kernel itself matches F.conv2d."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.smem_tile_probe import (SmemTileConv, build_tables, emulate, geometry, pad_input,
+                                   rel_err, render_kernel)
+
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+def _case(C, M, H, B, seed, density=0.3):
+    g = torch.Generator().manual_seed(seed)
+    W4 = torch.randn(M, C, 3, 3, generator=g) * (torch.rand(M, C, 3, 3, generator=g) < density)
+    W4[1] = 0                                  # an empty row
+    X = torch.randn(B, C, H, H, generator=g)
+    return W4, X, F.conv2d(X.double(), W4.double(), padding=1)
+
+
+@pytest.mark.parametrize("C,M,H,B,P,NW,SPG,U", [(5, 13, 5, 2, 1, 4, 2, 4), (8, 9, 7, 3, 2, 2, 3, 2),
+                                               (3, 4, 6, 1, 1, 8, 1, 4)])
+def test_tables_compute_the_convolution(C, M, H, B, P, NW, SPG, U):
+    W4, X, ref = _case(C, M, H, B, seed=C * 7 + M)
+    Q, HP, LSP, npad, tiles, PS = geometry(C, H, H, B, P)
+    XP = pad_input(X, torch.zeros(C * PS), PS).view(C, PS).double().numpy()
+    t = build_tables(W4.numpy(), LSP, H + 2, NW, SPG, U)
+    rows, base, length, ent, groups = t
+    assert len(base) == groups * SPG and (length % U == 0).all()
+    assert sorted(rows[rows < M].tolist()) == list(range(M))     # every row once
+    flat = emulate(XP, t, M, NW, Q, LSP, HP, tiles)[:, :npad]
+    Y = flat.reshape(M, B, H + 2, H + 2)[:, :, :H, :H].transpose(1, 0, 2, 3)
+    assert rel_err(torch.from_numpy(np.ascontiguousarray(Y)), ref) < 1e-6
+
+
+def test_a_window_too_large_for_shared_memory_is_refused():
+    assert geometry(512, 7, 7, 8, 2) is None              # 512 x 128 floats: 256 KiB
+    assert geometry(512, 7, 7, 8, 1) is not None
+    with pytest.raises(ValueError, match="shared memory"):
+        SmemTileConv(torch.ones(2, 512, 3, 3), 7, 7, 8, P=2, NW=4, SPG=1)
+
+
+@pytest.mark.parametrize("P", [1, 2, 4])
+def test_kernel_compiles_for_sm90_with_shared_loads(P, tmp_path):
+    gl_runtime = pytest.importorskip("triton.experimental.gluon._runtime")
+    import importlib.util
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    path = tmp_path / f"k{P}.py"
+    path.write_text(render_kernel(P))
+    spec = importlib.util.spec_from_file_location(f"k{P}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    names = ["XP", "ROWS", "STEP_BASE", "STEP_LEN", "ENT", "Y", "M", "PS", "HWp", "H", "W",
+             "sym", "syb"]
+    types = ["*fp32", "*i32", "*i32", "*i32", "*i64", "*fp32"] + ["i32"] * 7
+    sig = dict(zip(names, types))
+    cx = dict(C=64, WP=30, LSP=geometry(64, 28, 28, 8, P)[2], HP=64, CS=16, NW=8, SPG=4, U=4)
+    sig.update({n: "constexpr" for n in cx})
+    k = triton.compile(gl_runtime.GluonASTSource(mod.smem_rows_kernel, sig, cx),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8))
+    ptx = k.asm["ptx"]
+    assert k.metadata.shared >= 64 * cx["LSP"] * 4           # the window is allocated
+    # one shared load per position and unrolled nonzero, at offsets 128 * i from one address
+    assert ptx.count("ld.shared.f32") == P * cx["U"]
+    assert all(f"+{128 * i}]" in ptx for i in range(P))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("P,NW,SPG", [(1, 4, 2), (2, 8, 1), (4, 4, 3)])
+def test_kernel_matches_conv2d_on_the_gpu(P, NW, SPG):
+    W4, X, ref = _case(24, 37, 9, 3, seed=P + NW)
+    k = SmemTileConv(W4.cuda(), 9, 9, 3, P=P, NW=NW, SPG=SPG)
+    assert rel_err(k(X.cuda()).cpu(), ref) < 1e-5
