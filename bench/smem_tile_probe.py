@@ -81,8 +81,9 @@ def build_tables(W4: np.ndarray, LSP: int, Wp: int, NW: int, SPG: int, U: int):
 
     Returns (ROWS [steps*NW] int32 (``M`` for a missing row), STEP_BASE [steps] int32,
     STEP_LEN [steps] int32, ENTRIES int64 (low word: byte offset ``(c*LSP + dy*Wp + dx)*4``,
-    high word: the float32 weight's bits), groups). The steps are padded to a multiple of
-    ``SPG`` with empty ones."""
+    high word: the float32 weight's bits; ``U`` more past the end, which the kernel's read-
+    ahead of the last block loads), groups). The steps are padded to a multiple of ``SPG``
+    with empty ones."""
     M = W4.shape[0]
     flat = W4.reshape(M, -1)
     nnz = (flat != 0).sum(1)
@@ -114,7 +115,8 @@ def build_tables(W4: np.ndarray, LSP: int, Wp: int, NW: int, SPG: int, U: int):
         base.append(pos)
         length.append(L)
         pos += L * NW
-    ent = np.concatenate(entries) if entries else np.zeros(0, np.int64)
+    entries.append(np.zeros(U, np.int64))          # the last block's read-ahead
+    ent = np.concatenate(entries)
     return (rows.astype(np.int32), np.array(base, np.int32), np.array(length, np.int32),
             ent, groups)
 
@@ -148,8 +150,12 @@ def emulate(XP: np.ndarray, tables, M: int, NW: int, Q: int, LSP: int, HP: int, 
 KERNEL_TEMPLATE = '''
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
-barrier = getattr(gl, "thread_barrier", None) or gl.barrier   # renamed after triton 3.6
+# renamed after triton 3.6
+barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+copy_to_shared = (async_copy.async_load if hasattr(async_copy, "async_load")
+                  else async_copy.async_copy_global_to_shared)
 
 @gluon.jit
 def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sym, syb,
@@ -164,9 +170,11 @@ def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sy
     S: gl.constexpr = {Q} if {Q} < HP else HP          # pieces at multiples of their size
     ss = gl.arange(0, S, gl.SliceLayout(0, LS))
     for c0 in gl.static_range(0, C, CS):
-        src = XP + (c0 + cs)[:, None] * PS + q0
+        src = gl.multiple_of(XP + (c0 + cs)[:, None] * PS + q0, [1, 4])
         for p in gl.static_range(0, {Q} + HP, S):
-            buf.slice(c0, CS, 0).slice(p, S, 1).store(gl.load(src + p + ss[None, :]))
+            copy_to_shared(buf.slice(c0, CS, 0).slice(p, S, 1), src + p + ss[None, :])
+    async_copy.commit_group()
+    async_copy.wait_group(0)
     barrier()
     base = gl.inline_asm_elementwise("mov.u32 $0, global_smem;", "=r", [], dtype=gl.int32,
                                      is_pure=True, pack=1)
@@ -180,21 +188,23 @@ def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sy
         m = gl.load(ROWS + st * NW + wv)
         ep = ENT + sb + wv * L
 {ZEROS}
+{PROLOGUE}
         for j in range(0, L, U):
-            for u in gl.static_range(U):
-                e = gl.load(ep + j + u)
-                w = (e >> 32).to(gl.int32).to(gl.float32, bitcast=True)[:, None]
-                a = e.to(gl.int32)[:, None] + lane[None, :]
-{FMAS}
+{NEXT}
+{BODY}
         live = (m < M)[:, None]
 {STORES}
 '''
 
 
-def render_kernel(P: int) -> str:
+def render_kernel(P: int, U: int) -> str:
     """The Gluon source for ``P`` positions per lane (one accumulator and one load per
-    position, each load at its immediate offset ``128 * i`` from one address)."""
+    position, each load at its immediate offset ``128 * i`` from one address), the nonzeros
+    in blocks of ``U`` whose table entries are loaded a block ahead."""
     pos, zeros, fmas, stores = [], [], [], []
+    prologue = [f"        e{u} = gl.load(ep + {u})" for u in range(U)]
+    nxt = [f"            n{u} = gl.load(ep + j + {U + u})" for u in range(U)]
+    body = []
     for i in range(P):
         pos += [f"    qq{i} = q0 + {32 * i} + ln",
                 f"    b{i} = qq{i} // HWp",
@@ -204,28 +214,34 @@ def render_kernel(P: int) -> str:
                 f"    ok{i} = ((y{i} < H) & (x{i} < W))[None, :]",
                 f"    yo{i} = (b{i} * syb + y{i} * W + x{i})[None, :]"]
         zeros.append(f"        acc{i} = gl.zeros([NW, 32], gl.float32, LA)")
-        fmas.append(f'                acc{i} += w * gl.inline_asm_elementwise('
+        fmas.append(f'            acc{i} += w * gl.inline_asm_elementwise('
                     f'"ld.shared.f32 $0, [$1+{128 * i}];", "=f,r", [a], dtype=gl.float32, '
                     f'is_pure=False, pack=1)')
         stores.append(f"        gl.store(Y + m[:, None] * sym + yo{i}, acc{i}, mask=live & ok{i})")
+    for u in range(U):
+        body += [f"            w = (e{u} >> 32).to(gl.int32).to(gl.float32, bitcast=True)[:, None]",
+                 f"            a = e{u}.to(gl.int32)[:, None] + lane[None, :]"] + fmas
+    body += [f"            e{u} = n{u}" for u in range(U)]
     return KERNEL_TEMPLATE.format(Q=32 * P, POSITIONS="\n".join(pos), ZEROS="\n".join(zeros),
-                                  FMAS="\n".join(fmas), STORES="\n".join(stores))
+                                  PROLOGUE="\n".join(prologue), NEXT="\n".join(nxt),
+                                  BODY="\n".join(body), STORES="\n".join(stores))
 
 
 _KERNELS = {}
 
 
-def kernel_for(P: int):
+def kernel_for(P: int, U: int):
     """The generated kernel for ``P`` (written to a file: Triton reads kernel source with
     ``inspect``)."""
-    if P not in _KERNELS:
-        path = Path(tempfile.mkdtemp(prefix="smem_tile_")) / f"smem_rows_p{P}.py"
-        path.write_text(render_kernel(P))
-        spec = importlib.util.spec_from_file_location(f"smem_rows_p{P}", path)
+    if (P, U) not in _KERNELS:
+        name = f"smem_rows_p{P}_u{U}"
+        path = Path(tempfile.mkdtemp(prefix="smem_tile_")) / f"{name}.py"
+        path.write_text(render_kernel(P, U))
+        spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        _KERNELS[P] = mod.smem_rows_kernel
-    return _KERNELS[P]
+        _KERNELS[P, U] = mod.smem_rows_kernel
+    return _KERNELS[P, U]
 
 
 class SmemTileConv:
@@ -236,6 +252,9 @@ class SmemTileConv:
         self.M, self.C = W4.shape[:2]
         if tuple(W4.shape[2:]) != (3, 3):
             raise ValueError(f"W4 must be (C_out, C_in, 3, 3), got {tuple(W4.shape)}")
+        if self.C & (self.C - 1):
+            raise ValueError(f"C_in must be a power of two (a Gluon shared-memory shape), "
+                             f"got {self.C}")
         geo = geometry(self.C, H, W, B, P)
         if geo is None:
             raise ValueError(f"the window of {self.C} channels at P={P} does not fit in "
@@ -252,7 +271,7 @@ class SmemTileConv:
         self.STEP_LEN = torch.tensor(length, device=dev)
         self.ENT = torch.tensor(ent, device=dev)
         self.XP = torch.zeros(self.C * self.PS, device=dev, dtype=torch.float32)
-        self.kernel = kernel_for(P)
+        self.kernel = kernel_for(P, U)
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         B, C, H, W = X.shape

@@ -31,6 +31,7 @@ def test_tables_compute_the_convolution(C, M, H, B, P, NW, SPG, U):
     t = build_tables(W4.numpy(), LSP, H + 2, NW, SPG, U)
     rows, base, length, ent, groups = t
     assert len(base) == groups * SPG and (length % U == 0).all()
+    assert len(ent) >= base[-1] + NW * length[-1] + U               # the read-ahead stays inside
     assert sorted(rows[rows < M].tolist()) == list(range(M))     # every row once
     flat = emulate(XP, t, M, NW, Q, LSP, HP, tiles)[:, :npad]
     Y = flat.reshape(M, B, H + 2, H + 2)[:, :, :H, :H].transpose(1, 0, 2, 3)
@@ -42,17 +43,19 @@ def test_a_window_too_large_for_shared_memory_is_refused():
     assert geometry(512, 7, 7, 8, 1) is not None
     with pytest.raises(ValueError, match="shared memory"):
         SmemTileConv(torch.ones(2, 512, 3, 3), 7, 7, 8, P=2, NW=4, SPG=1)
+    with pytest.raises(ValueError, match="C_in must be a power of two"):
+        SmemTileConv(torch.ones(2, 24, 3, 3), 7, 7, 8, P=1, NW=4, SPG=1)
 
 
-@pytest.mark.parametrize("P", [1, 2, 4])
-def test_kernel_compiles_for_sm90_with_shared_loads(P, tmp_path):
+@pytest.mark.parametrize("P,U", [(1, 4), (2, 8), (4, 4)])
+def test_kernel_compiles_for_sm90_with_shared_loads(P, U, tmp_path):
     gl_runtime = pytest.importorskip("triton.experimental.gluon._runtime")
     import importlib.util
 
     import triton
     from triton.backends.compiler import GPUTarget
     path = tmp_path / f"k{P}.py"
-    path.write_text(render_kernel(P))
+    path.write_text(render_kernel(P, U))
     spec = importlib.util.spec_from_file_location(f"k{P}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -60,7 +63,7 @@ def test_kernel_compiles_for_sm90_with_shared_loads(P, tmp_path):
              "sym", "syb"]
     types = ["*fp32", "*i32", "*i32", "*i32", "*i64", "*fp32"] + ["i32"] * 7
     sig = dict(zip(names, types))
-    cx = dict(C=64, WP=30, LSP=geometry(64, 28, 28, 8, P)[2], HP=64, CS=16, NW=8, SPG=4, U=4)
+    cx = dict(C=64, WP=30, LSP=geometry(64, 28, 28, 8, P)[2], HP=64, CS=16, NW=8, SPG=4, U=U)
     sig.update({n: "constexpr" for n in cx})
     k = triton.compile(gl_runtime.GluonASTSource(mod.smem_rows_kernel, sig, cx),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8))
@@ -69,11 +72,12 @@ def test_kernel_compiles_for_sm90_with_shared_loads(P, tmp_path):
     # one shared load per position and unrolled nonzero, at offsets 128 * i from one address
     assert ptx.count("ld.shared.f32") == P * cx["U"]
     assert all(f"+{128 * i}]" in ptx for i in range(P))
+    assert "cp.async" in ptx                                  # the window is copied asynchronously
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("P,NW,SPG", [(1, 4, 2), (2, 8, 1), (4, 4, 3)])
 def test_kernel_matches_conv2d_on_the_gpu(P, NW, SPG):
-    W4, X, ref = _case(24, 37, 9, 3, seed=P + NW)
+    W4, X, ref = _case(32, 37, 9, 3, seed=P + NW)
     k = SmemTileConv(W4.cuda(), 9, 9, 3, P=P, NW=NW, SPG=SPG)
     assert rel_err(k(X.cuda()).cpu(), ref) < 1e-5
