@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as F
 
 COLUMNS = ["layer", "batch", "system", "median_us", "rel_err"]
-#: (P positions per lane, NW warps = rows side by side, SPG steps per program, U unroll)
-VARIANTS = [(2, 16, 4, 4), (2, 16, 2, 4), (2, 8, 4, 4), (4, 16, 4, 4), (4, 8, 8, 4), (1, 16, 4, 4)]
+#: (P positions per lane, NW warps = rows side by side, SPG steps per program, U unroll,
+#: 1 if a warp's U table entries are one vector load per lane)
+VARIANTS = [(2, 16, 4, 8, 1), (4, 16, 4, 8, 1), (8, 16, 4, 8, 1), (1, 16, 4, 8, 1),
+            (2, 16, 4, 8, 0), (4, 16, 4, 8, 0)]
 #: Shared memory per program the H100 allows (bytes).
 SMEM_LIMIT = 227 * 1024
 
@@ -181,10 +183,13 @@ def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sy
     ln = gl.arange(0, 32, gl.SliceLayout(0, LA))
     lane = base + ln * 4
     wv = gl.arange(0, NW, gl.SliceLayout(1, LA))
+    LT: gl.constexpr = gl.BlockedLayout([1, U], [1, 32], [NW, 1], [1, 0])
+    cols = gl.arange(0, U, gl.SliceLayout(0, LT))[None, :]
+    wt = gl.arange(0, NW, gl.SliceLayout(1, LT))
 {POSITIONS}
     for st in range(g * SPG, g * SPG + SPG):
-        sb = gl.load(STEP_BASE + st)
-        L = gl.load(STEP_LEN + st)
+        sb = gl.multiple_of(gl.load(STEP_BASE + st), U)
+        L = gl.multiple_of(gl.load(STEP_LEN + st), U)
         m = gl.load(ROWS + st * NW + wv)
         ep = ENT + sb + wv * L
 {ZEROS}
@@ -197,14 +202,43 @@ def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sy
 '''
 
 
-def render_kernel(P: int, U: int) -> str:
+def split_columns(name: str, U: int) -> list:
+    """Source lines that take the ``U`` columns of the [NW, U] register tensor ``name`` (a
+    row held whole by each lane) as [NW] tensors ``e0 .. e{U-1}`` in the accumulators' row
+    layout, by halving the row with ``gl.split`` (no arithmetic, no shuffles)."""
+    lines, parts, k = [], [(name, list(range(U)))], 0
+    while len(parts[0][1]) > 1:
+        nxt = []
+        for var, idx in parts:
+            a, b = f"h{k}", f"h{k + 1}"
+            k += 2
+            lines.append(f"            {a}, {b} = gl.split(gl.reshape({var}, "
+                         f"[NW, {len(idx) // 2}, 2]))")
+            nxt += [(a, idx[0::2]), (b, idx[1::2])]
+        parts = nxt
+    for var, (u,) in parts:
+        lines.append(f"            e{u} = gl.convert_layout(gl.reshape({var}, [NW]), "
+                     f"gl.SliceLayout(1, LA))")
+    return lines
+
+
+def render_kernel(P: int, U: int, block: bool = False) -> str:
     """The Gluon source for ``P`` positions per lane (one accumulator and one load per
     position, each load at its immediate offset ``128 * i`` from one address), the nonzeros
     in blocks of ``U`` whose table entries are loaded a block ahead."""
     pos, zeros, fmas, stores = [], [], [], []
-    prologue = [f"        e{u} = gl.load(ep + {u})" for u in range(U)]
-    nxt = [f"            n{u} = gl.load(ep + j + {U + u})" for u in range(U)]
-    body = []
+    if block:       # a warp's next U entries as one vector load per lane (all lanes alike)
+        prologue = ["        ept = (ENT + sb + wt * L)[:, None] + cols",
+                    "        blk = gl.load(ept)"]
+        nxt = ["            nblk = gl.load(ept + (j + U))"]
+        take = split_columns("blk", U)
+        rotate = ["            blk = nblk"]
+    else:           # one load per entry, a block ahead
+        prologue = [f"        e{u} = gl.load(ep + {u})" for u in range(U)]
+        nxt = [f"            n{u} = gl.load(ep + j + {U + u})" for u in range(U)]
+        take = []
+        rotate = [f"            e{u} = n{u}" for u in range(U)]
+    body = list(take)
     for i in range(P):
         pos += [f"    qq{i} = q0 + {32 * i} + ln",
                 f"    b{i} = qq{i} // HWp",
@@ -221,7 +255,7 @@ def render_kernel(P: int, U: int) -> str:
     for u in range(U):
         body += [f"            w = (e{u} >> 32).to(gl.int32).to(gl.float32, bitcast=True)[:, None]",
                  f"            a = e{u}.to(gl.int32)[:, None] + lane[None, :]"] + fmas
-    body += [f"            e{u} = n{u}" for u in range(U)]
+    body += rotate
     return KERNEL_TEMPLATE.format(Q=32 * P, POSITIONS="\n".join(pos), ZEROS="\n".join(zeros),
                                   PROLOGUE="\n".join(prologue), NEXT="\n".join(nxt),
                                   BODY="\n".join(body), STORES="\n".join(stores))
@@ -230,25 +264,25 @@ def render_kernel(P: int, U: int) -> str:
 _KERNELS = {}
 
 
-def kernel_for(P: int, U: int):
+def kernel_for(P: int, U: int, block: bool = False):
     """The generated kernel for ``P`` (written to a file: Triton reads kernel source with
     ``inspect``)."""
-    if (P, U) not in _KERNELS:
-        name = f"smem_rows_p{P}_u{U}"
+    if (P, U, block) not in _KERNELS:
+        name = f"smem_rows_p{P}_u{U}" + ("_block" if block else "")
         path = Path(tempfile.mkdtemp(prefix="smem_tile_")) / f"{name}.py"
-        path.write_text(render_kernel(P, U))
+        path.write_text(render_kernel(P, U, block))
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        _KERNELS[P, U] = mod.smem_rows_kernel
-    return _KERNELS[P, U]
+        _KERNELS[P, U, block] = mod.smem_rows_kernel
+    return _KERNELS[P, U, block]
 
 
 class SmemTileConv:
     """3x3, stride 1, padding 1 convolution (float32, NCHW) by the shared-memory tile kernel."""
 
     def __init__(self, W4: torch.Tensor, H: int, W: int, B: int, P: int, NW: int, SPG: int,
-                 U: int = 4, CS: int = 16):
+                 U: int = 4, CS: int = 16, block: bool = False):
         self.M, self.C = W4.shape[:2]
         if tuple(W4.shape[2:]) != (3, 3):
             raise ValueError(f"W4 must be (C_out, C_in, 3, 3), got {tuple(W4.shape)}")
@@ -271,7 +305,7 @@ class SmemTileConv:
         self.STEP_LEN = torch.tensor(length, device=dev)
         self.ENT = torch.tensor(ent, device=dev)
         self.XP = torch.zeros(self.C * self.PS, device=dev, dtype=torch.float32)
-        self.kernel = kernel_for(P, U)
+        self.kernel = kernel_for(P, U, block)
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         B, C, H, W = X.shape
@@ -297,7 +331,7 @@ def main(argv=None):
     ap.add_argument("--schedules", default="",
                     help="library schedules to time beside it, separated by ';'")
     ap.add_argument("--variants", default="",
-                    help="P,NW,SPG,U tuples separated by ';' (default: VARIANTS)")
+                    help="P,NW,SPG,U[,block] tuples separated by ';' (default: VARIANTS)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     from bench.conv_bench import layer_kernel, layers
@@ -328,16 +362,19 @@ def main(argv=None):
         X = torch.randn(a.batch, C_in, H, H, generator=torch.Generator().manual_seed(1)).to("cuda")
         ref = F.conv2d(X.double(), W4.double(), stride=1, padding=1)
         nbytes = X.numel() * 4 + ref.numel() * 4
-        for P, NW, SPG, U in variants:
+        for v in variants:
+            P, NW, SPG, U = v[:4]
+            blk = bool(v[4]) if len(v) > 4 else False
             try:
-                k = SmemTileConv(W4, H, H, a.batch, P, NW, SPG, U)
+                k = SmemTileConv(W4, H, H, a.batch, P, NW, SPG, U, block=blk)
             except ValueError as e:
                 print(f"{name} P={P}: {e}", flush=True)
                 continue
             err = rel_err(k(X), ref)
             t = time_system(lambda x: (lambda: k(x)), X, nbytes).median_us
             emit(dict(layer=name, batch=a.batch, median_us=round(t, 2), rel_err=f"{err:.1e}",
-                      system=f"smem_tile P{P} NW{NW} SPG{SPG} U{U} grid{k.groups}x{k.tiles}"))
+                      system=f"smem_tile P{P} NW{NW} SPG{SPG} U{U}" + (" blk" if blk else "")
+                      + f" grid{k.groups}x{k.tiles}"))
         for s in scheds:
             kern = layer_kernel(w, C_in, stride, s)
             err = rel_err(kern(X), ref)

@@ -47,15 +47,15 @@ def test_a_window_too_large_for_shared_memory_is_refused():
         SmemTileConv(torch.ones(2, 24, 3, 3), 7, 7, 8, P=1, NW=4, SPG=1)
 
 
-@pytest.mark.parametrize("P,U", [(1, 4), (2, 8), (4, 4)])
-def test_kernel_compiles_for_sm90_with_shared_loads(P, U, tmp_path):
+@pytest.mark.parametrize("P,U,block", [(1, 4, False), (2, 8, False), (4, 4, True), (2, 8, True)])
+def test_kernel_compiles_for_sm90_with_shared_loads(P, U, block, tmp_path):
     gl_runtime = pytest.importorskip("triton.experimental.gluon._runtime")
     import importlib.util
 
     import triton
     from triton.backends.compiler import GPUTarget
     path = tmp_path / f"k{P}.py"
-    path.write_text(render_kernel(P, U))
+    path.write_text(render_kernel(P, U, block))
     spec = importlib.util.spec_from_file_location(f"k{P}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -65,7 +65,8 @@ def test_kernel_compiles_for_sm90_with_shared_loads(P, U, tmp_path):
     sig = dict(zip(names, types))
     cx = dict(C=64, WP=30, LSP=geometry(64, 28, 28, 8, P)[2], HP=64, CS=16, NW=8, SPG=4, U=U)
     sig.update({n: "constexpr" for n in cx})
-    k = triton.compile(gl_runtime.GluonASTSource(mod.smem_rows_kernel, sig, cx),
+    aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 4, 5, 7)}
+    k = triton.compile(gl_runtime.GluonASTSource(mod.smem_rows_kernel, sig, cx, attrs=aligned),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8))
     ptx = k.asm["ptx"]
     assert k.metadata.shared >= 64 * cx["LSP"] * 4           # the window is allocated
@@ -73,11 +74,14 @@ def test_kernel_compiles_for_sm90_with_shared_loads(P, U, tmp_path):
     assert ptx.count("ld.shared.f32") == P * cx["U"]
     assert all(f"+{128 * i}]" in ptx for i in range(P))
     assert "cp.async" in ptx                                  # the window is copied asynchronously
+    if block:               # a warp's U entries (8 bytes each) in 16-byte loads, not one by one
+        assert ptx.count("ld.global.v2.b64") + ptx.count("ld.global.v4.b32") >= U // 2
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("P,NW,SPG", [(1, 4, 2), (2, 8, 1), (4, 4, 3)])
-def test_kernel_matches_conv2d_on_the_gpu(P, NW, SPG):
+@pytest.mark.parametrize("P,NW,SPG,U,block", [(1, 4, 2, 4, False), (2, 8, 1, 8, False),
+                                              (4, 4, 3, 4, True), (2, 16, 2, 8, True)])
+def test_kernel_matches_conv2d_on_the_gpu(P, NW, SPG, U, block):
     W4, X, ref = _case(32, 37, 9, 3, seed=P + NW)
-    k = SmemTileConv(W4.cuda(), 9, 9, 3, P=P, NW=NW, SPG=SPG)
+    k = SmemTileConv(W4.cuda(), 9, 9, 3, P=P, NW=NW, SPG=SPG, U=U, block=block)
     assert rel_err(k(X.cuda()).cpu(), ref) < 1e-5
