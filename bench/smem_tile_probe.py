@@ -34,6 +34,7 @@ import argparse
 import csv
 import importlib.util
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 
 COLUMNS = ["layer", "batch", "system", "median_us", "rel_err"]
 #: (P positions per lane, NW warps = rows side by side, SPG steps per program, U unroll,
-#: 1 if a warp's U table entries are one vector load per lane)
+#: table mode: 0 entry, 1 block, 2 smem; see ``render_kernel``)
 VARIANTS = [(2, 16, 4, 8, 1), (4, 16, 4, 8, 1), (8, 16, 4, 8, 1), (1, 16, 4, 8, 1),
             (2, 16, 4, 8, 0), (4, 16, 4, 8, 0)]
 #: Shared memory per program the H100 allows (bytes).
@@ -162,12 +163,14 @@ copy_to_shared = (async_copy.async_load if hasattr(async_copy, "async_load")
 @gluon.jit
 def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sym, syb,
                      C: gl.constexpr, WP: gl.constexpr, LSP: gl.constexpr, HP: gl.constexpr,
-                     CS: gl.constexpr, NW: gl.constexpr, SPG: gl.constexpr, U: gl.constexpr):
+                     CS: gl.constexpr, NW: gl.constexpr, SPG: gl.constexpr, U: gl.constexpr,
+                     LT: gl.constexpr, WOFF: gl.constexpr):
     g = gl.program_id(0)
     q0 = gl.program_id(1) * {Q}
     LS: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
     LA: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [NW, 1], [1, 0])
     buf = gl.allocate_shared_memory(gl.float32, [C, LSP], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+{TABLE_ALLOC}
     cs = gl.arange(0, CS, gl.SliceLayout(1, LS))
     S: gl.constexpr = {Q} if {Q} < HP else HP          # pieces at multiples of their size
     ss = gl.arange(0, S, gl.SliceLayout(0, LS))
@@ -179,13 +182,13 @@ def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sy
     async_copy.wait_group(0)
     barrier()
     base = gl.inline_asm_elementwise("mov.u32 $0, global_smem;", "=r", [], dtype=gl.int32,
-                                     is_pure=True, pack=1)
+                                     is_pure=True, pack=1) + WOFF
     ln = gl.arange(0, 32, gl.SliceLayout(0, LA))
     lane = base + ln * 4
     wv = gl.arange(0, NW, gl.SliceLayout(1, LA))
-    LT: gl.constexpr = gl.BlockedLayout([1, U], [1, 32], [NW, 1], [1, 0])
-    cols = gl.arange(0, U, gl.SliceLayout(0, LT))[None, :]
-    wt = gl.arange(0, NW, gl.SliceLayout(1, LT))
+    LE: gl.constexpr = gl.BlockedLayout([1, U], [1, 32], [NW, 1], [1, 0])
+    cols = gl.arange(0, U, gl.SliceLayout(0, LE))[None, :]
+    wt = gl.arange(0, NW, gl.SliceLayout(1, LE))
 {POSITIONS}
     for st in range(g * SPG, g * SPG + SPG):
         sb = gl.multiple_of(gl.load(STEP_BASE + st), U)
@@ -193,6 +196,7 @@ def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sy
         m = gl.load(ROWS + st * NW + wv)
         ep = ENT + sb + wv * L
 {ZEROS}
+{STAGE}
 {PROLOGUE}
         for j in range(0, L, U):
 {NEXT}
@@ -222,18 +226,56 @@ def split_columns(name: str, U: int) -> list:
     return lines
 
 
-def render_kernel(P: int, U: int, block: bool = False) -> str:
+TABLE_MODES = ("entry", "block", "smem")
+
+
+def _reinterpret_name() -> str:
+    """Gluon's shared-memory view method: ``_reinterpret`` in triton 3.6, ``reinterpret`` later."""
+    from triton.experimental.gluon.language import shared_memory_descriptor
+    return "reinterpret" if hasattr(shared_memory_descriptor, "reinterpret") else "_reinterpret"
+
+
+def render_kernel(P: int, U: int, table: str = "entry") -> str:
     """The Gluon source for ``P`` positions per lane (one accumulator and one load per
     position, each load at its immediate offset ``128 * i`` from one address), the nonzeros
-    in blocks of ``U`` whose table entries are loaded a block ahead."""
+    in blocks of ``U``. ``table`` says how a warp gets its table entries: ``entry`` one load
+    each, a block ahead; ``block`` the next ``U`` as one vector load per lane (every lane of a
+    warp alike); ``smem`` the whole step's entries copied into shared memory first (``LT``
+    per warp, a second allocation), then read a block at a time from there."""
+    if table not in TABLE_MODES:
+        raise ValueError(f"table must be one of {TABLE_MODES}, got {table!r}")
     pos, zeros, fmas, stores = [], [], [], []
-    if block:       # a warp's next U entries as one vector load per lane (all lanes alike)
+    alloc, stage = [], []
+    if table == "block":
         prologue = ["        ept = (ENT + sb + wt * L)[:, None] + cols",
                     "        blk = gl.load(ept)"]
         nxt = ["            nblk = gl.load(ept + (j + U))"]
         take = split_columns("blk", U)
         rotate = ["            blk = nblk"]
-    else:           # one load per entry, a block ahead
+    elif table == "smem":
+        alloc = ["    tb = gl.allocate_shared_memory(gl.int64, [LT // U, NW, U],",
+                 "                                   gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))",
+                 "    tb2 = tb.reshape([LT // U * NW, U])",
+                 f"    tbr = tb.{_reinterpret_name()}(gl.int64, [LT // U, NW, U],",
+                 "                          gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))",
+                 "    LCP: gl.constexpr = gl.BlockedLayout([1, 2], [64 // U, U // 2], [NW, 1], [1, 0])",
+                 "    CR: gl.constexpr = 64 // U * NW",
+                 "    rr = gl.arange(0, CR, gl.SliceLayout(1, LCP))",
+                 "    cc = gl.arange(0, U, gl.SliceLayout(0, LCP))[None, :]"]
+        stage = ["        barrier()",
+                 "        for c in gl.static_range(0, LT // U * NW, CR):",
+                 "            r2 = c + rr",
+                 "            bk = r2 // NW",
+                 "            tsrc = (ENT + sb + (r2 - bk * NW) * L + bk * U)[:, None] + cc",
+                 "            copy_to_shared(tb2.slice(c, CR, 0), tsrc, mask=(bk * U < L)[:, None])",
+                 "        async_copy.commit_group()",
+                 "        async_copy.wait_group(0)",
+                 "        barrier()"]
+        prologue = ["        blk = tbr.index(0).load(LE)"]
+        nxt = ["            nblk = tbr.index(j // U + 1).load(LE)"]
+        take = split_columns("blk", U)
+        rotate = ["            blk = nblk"]
+    else:
         prologue = [f"        e{u} = gl.load(ep + {u})" for u in range(U)]
         nxt = [f"            n{u} = gl.load(ep + j + {U + u})" for u in range(U)]
         take = []
@@ -257,6 +299,7 @@ def render_kernel(P: int, U: int, block: bool = False) -> str:
                  f"            a = e{u}.to(gl.int32)[:, None] + lane[None, :]"] + fmas
     body += rotate
     return KERNEL_TEMPLATE.format(Q=32 * P, POSITIONS="\n".join(pos), ZEROS="\n".join(zeros),
+                                  TABLE_ALLOC="\n".join(alloc), STAGE="\n".join(stage),
                                   PROLOGUE="\n".join(prologue), NEXT="\n".join(nxt),
                                   BODY="\n".join(body), STORES="\n".join(stores))
 
@@ -264,25 +307,40 @@ def render_kernel(P: int, U: int, block: bool = False) -> str:
 _KERNELS = {}
 
 
-def kernel_for(P: int, U: int, block: bool = False):
+def kernel_for(P: int, U: int, table: str = "entry"):
     """The generated kernel for ``P`` (written to a file: Triton reads kernel source with
     ``inspect``)."""
-    if (P, U, block) not in _KERNELS:
-        name = f"smem_rows_p{P}_u{U}" + ("_block" if block else "")
+    if (P, U, table) not in _KERNELS:
+        name = f"smem_rows_p{P}_u{U}_{table}"
         path = Path(tempfile.mkdtemp(prefix="smem_tile_")) / f"{name}.py"
-        path.write_text(render_kernel(P, U, block))
+        path.write_text(render_kernel(P, U, table))
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        _KERNELS[P, U, block] = mod.smem_rows_kernel
-    return _KERNELS[P, U, block]
+        _KERNELS[P, U, table] = mod.smem_rows_kernel
+    return _KERNELS[P, U, table]
+
+
+def window_offset(llir: str, window_bytes: int, table_bytes: int) -> int:
+    """Byte offset in shared memory that Triton's allocator gave the window (the kernel's
+    inline loads address it from ``global_smem``), read from the kernel's LLVM IR: with no
+    second allocation it is 0; with the table beside it, one of the two buffers starts where
+    the other ends, which the IR shows as a constant offset from ``global_smem``."""
+    if not table_bytes:
+        return 0
+    offsets = {int(v) for v in re.findall(r"@global_smem, i(?:32|64) (\d+)", llir)}
+    if window_bytes in offsets:
+        return 0                        # the table after the window
+    if table_bytes in offsets:
+        return table_bytes              # the window after the table
+    raise RuntimeError(f"cannot tell where the window is in shared memory (offsets {offsets})")
 
 
 class SmemTileConv:
     """3x3, stride 1, padding 1 convolution (float32, NCHW) by the shared-memory tile kernel."""
 
     def __init__(self, W4: torch.Tensor, H: int, W: int, B: int, P: int, NW: int, SPG: int,
-                 U: int = 4, CS: int = 16, block: bool = False):
+                 U: int = 4, CS: int = 16, table: str = "entry"):
         self.M, self.C = W4.shape[:2]
         if tuple(W4.shape[2:]) != (3, 3):
             raise ValueError(f"W4 must be (C_out, C_in, 3, 3), got {tuple(W4.shape)}")
@@ -296,26 +354,46 @@ class SmemTileConv:
         self.Q, self.HP, self.LSP, self.npad, self.tiles, self.PS = geo
         self.H, self.W, self.B, self.P, self.NW, self.SPG, self.U = H, W, B, P, NW, SPG, U
         self.CS = min(CS, self.C)
+        self.table = table
         dev = W4.device
         t = build_tables(W4.detach().cpu().numpy(), self.LSP, W + 2, NW, SPG, U)
         rows, base, length, ent, self.groups = t
         self.tables = t
+        # the step's table in shared memory: room for the longest step and the read-ahead
+        self.LT = max(64, next_pow2(int(length.max()) + U)) if table == "smem" else 64
+        if table == "smem" and self.C * self.LSP * 4 + self.LT * NW * 8 > SMEM_LIMIT:
+            raise ValueError(f"the window and a step's table ({self.LT} entries x {NW} warps) "
+                             f"do not fit in {SMEM_LIMIT} bytes of shared memory")
         self.ROWS = torch.tensor(rows, device=dev)
         self.STEP_BASE = torch.tensor(base, device=dev)
         self.STEP_LEN = torch.tensor(length, device=dev)
         self.ENT = torch.tensor(ent, device=dev)
         self.XP = torch.zeros(self.C * self.PS, device=dev, dtype=torch.float32)
-        self.kernel = kernel_for(P, U, block)
+        self.kernel = kernel_for(P, U, table)
+        self.woff = None            # the window's shared-memory offset, read after compiling
+
+    def _launch(self, Y, H, W, woff):
+        return self.kernel[(self.groups, self.tiles)](
+            self.XP, self.ROWS, self.STEP_BASE, self.STEP_LEN, self.ENT, Y, self.M, self.PS,
+            (H + 2) * (W + 2), H, W, Y.stride(1), Y.stride(0), C=self.C, WP=W + 2,
+            LSP=self.LSP, HP=self.HP, CS=self.CS, NW=self.NW, SPG=self.SPG, U=self.U,
+            LT=self.LT, WOFF=woff, num_warps=self.NW)
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         B, C, H, W = X.shape
         pad_input(X, self.XP, self.PS)
         Y = torch.empty(B, self.M, H, W, device=X.device, dtype=X.dtype)
-        self.kernel[(self.groups, self.tiles)](
-            self.XP, self.ROWS, self.STEP_BASE, self.STEP_LEN, self.ENT, Y, self.M, self.PS,
-            (H + 2) * (W + 2), H, W, Y.stride(1), Y.stride(0), C=self.C, WP=W + 2,
-            LSP=self.LSP, HP=self.HP, CS=self.CS, NW=self.NW, SPG=self.SPG, U=self.U,
-            num_warps=self.NW)
+        if self.woff is None:       # compile, read where the window went, and if it is not
+            k = self._launch(Y, H, W, 0)                  # at 0, build with its offset
+            sizes = (self.C * self.LSP * 4, self.LT * self.NW * 8 if self.table == "smem" else 0)
+            self.woff = window_offset(k.asm["llir"], *sizes)
+            if self.woff == 0:
+                return Y
+            k = self._launch(Y, H, W, self.woff)
+            if window_offset(k.asm["llir"], *sizes) != self.woff:
+                raise RuntimeError("the window's shared-memory offset moved between builds")
+            return Y
+        self._launch(Y, H, W, self.woff)
         return Y
 
 
@@ -331,7 +409,8 @@ def main(argv=None):
     ap.add_argument("--schedules", default="",
                     help="library schedules to time beside it, separated by ';'")
     ap.add_argument("--variants", default="",
-                    help="P,NW,SPG,U[,block] tuples separated by ';' (default: VARIANTS)")
+                    help="P,NW,SPG,U[,table mode 0/1/2] tuples separated by ';' "
+                         "(default: VARIANTS)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     from bench.conv_bench import layer_kernel, layers
@@ -364,16 +443,16 @@ def main(argv=None):
         nbytes = X.numel() * 4 + ref.numel() * 4
         for v in variants:
             P, NW, SPG, U = v[:4]
-            blk = bool(v[4]) if len(v) > 4 else False
+            mode = TABLE_MODES[v[4]] if len(v) > 4 else "entry"
             try:
-                k = SmemTileConv(W4, H, H, a.batch, P, NW, SPG, U, block=blk)
+                k = SmemTileConv(W4, H, H, a.batch, P, NW, SPG, U, table=mode)
             except ValueError as e:
                 print(f"{name} P={P}: {e}", flush=True)
                 continue
             err = rel_err(k(X), ref)
             t = time_system(lambda x: (lambda: k(x)), X, nbytes).median_us
             emit(dict(layer=name, batch=a.batch, median_us=round(t, 2), rel_err=f"{err:.1e}",
-                      system=f"smem_tile P{P} NW{NW} SPG{SPG} U{U}" + (" blk" if blk else "")
+                      system=f"smem_tile P{P} NW{NW} SPG{SPG} U{U} {mode}"
                       + f" grid{k.groups}x{k.tiles}"))
         for s in scheds:
             kern = layer_kernel(w, C_in, stride, s)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.smem_tile_probe import (SmemTileConv, build_tables, emulate, geometry, pad_input,
-                                   rel_err, render_kernel)
+from bench.smem_tile_probe import (TABLE_MODES, SmemTileConv, build_tables, emulate, geometry,
+                                   pad_input, rel_err, render_kernel, window_offset)
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
@@ -47,15 +47,28 @@ def test_a_window_too_large_for_shared_memory_is_refused():
         SmemTileConv(torch.ones(2, 24, 3, 3), 7, 7, 8, P=1, NW=4, SPG=1)
 
 
-@pytest.mark.parametrize("P,U,block", [(1, 4, False), (2, 8, False), (4, 4, True), (2, 8, True)])
-def test_kernel_compiles_for_sm90_with_shared_loads(P, U, block, tmp_path):
+def test_window_offset_is_read_from_the_llvm_ir():
+    ir = "%5 = getelementptr inbounds nuw i8, ptr addrspace(3) @global_smem, i32 {}, !dbg !17"
+    assert window_offset("", 4096, 0) == 0                       # the window alone
+    assert window_offset(ir.format(4096), 4096, 1024) == 0       # the table after it
+    assert window_offset(ir.format(1024), 4096, 1024) == 1024    # the window after the table
+    with pytest.raises(RuntimeError, match="cannot tell"):
+        window_offset(ir.format(512), 4096, 1024)
+    with pytest.raises(ValueError, match="table must be one of"):
+        render_kernel(1, 4, "global")
+    assert set(TABLE_MODES) == {"entry", "block", "smem"}
+
+
+@pytest.mark.parametrize("P,U,table", [(1, 4, "entry"), (2, 8, "entry"), (4, 4, "block"),
+                                       (2, 8, "block"), (2, 8, "smem"), (1, 16, "smem")])
+def test_kernel_compiles_for_sm90_with_shared_loads(P, U, table, tmp_path):
     gl_runtime = pytest.importorskip("triton.experimental.gluon._runtime")
     import importlib.util
 
     import triton
     from triton.backends.compiler import GPUTarget
     path = tmp_path / f"k{P}.py"
-    path.write_text(render_kernel(P, U, block))
+    path.write_text(render_kernel(P, U, table))
     spec = importlib.util.spec_from_file_location(f"k{P}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -63,25 +76,31 @@ def test_kernel_compiles_for_sm90_with_shared_loads(P, U, block, tmp_path):
              "sym", "syb"]
     types = ["*fp32", "*i32", "*i32", "*i32", "*i64", "*fp32"] + ["i32"] * 7
     sig = dict(zip(names, types))
-    cx = dict(C=64, WP=30, LSP=geometry(64, 28, 28, 8, P)[2], HP=64, CS=16, NW=8, SPG=4, U=U)
+    cx = dict(C=64, WP=30, LSP=geometry(64, 28, 28, 8, P)[2], HP=64, CS=16, NW=8, SPG=4, U=U,
+              LT=128, WOFF=0)
     sig.update({n: "constexpr" for n in cx})
     aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 4, 5, 7)}
     k = triton.compile(gl_runtime.GluonASTSource(mod.smem_rows_kernel, sig, cx, attrs=aligned),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8))
     ptx = k.asm["ptx"]
-    assert k.metadata.shared >= 64 * cx["LSP"] * 4           # the window is allocated
+    window, tbl = 64 * cx["LSP"] * 4, (cx["LT"] * 8 * 8 if table == "smem" else 0)
+    assert k.metadata.shared == window + tbl                 # the window (and the table)
+    assert window_offset(k.asm["llir"], window, tbl) in (0, tbl)
     # one shared load per position and unrolled nonzero, at offsets 128 * i from one address
     assert ptx.count("ld.shared.f32") == P * cx["U"]
     assert all(f"+{128 * i}]" in ptx for i in range(P))
     assert "cp.async" in ptx                                  # the window is copied asynchronously
-    if block:               # a warp's U entries (8 bytes each) in 16-byte loads, not one by one
+    if table == "block":    # a warp's U entries (8 bytes each) in 16-byte loads, not one by one
         assert ptx.count("ld.global.v2.b64") + ptx.count("ld.global.v4.b32") >= U // 2
+    if table == "smem":     # ... or read from shared memory, 16 bytes at a time
+        assert ptx.count("ld.shared.v2.b64") + ptx.count("ld.shared.v4.b32") >= U // 2
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("P,NW,SPG,U,block", [(1, 4, 2, 4, False), (2, 8, 1, 8, False),
-                                              (4, 4, 3, 4, True), (2, 16, 2, 8, True)])
-def test_kernel_matches_conv2d_on_the_gpu(P, NW, SPG, U, block):
+@pytest.mark.parametrize("P,NW,SPG,U,table", [(1, 4, 2, 4, "entry"), (2, 8, 1, 8, "entry"),
+                                              (4, 4, 3, 4, "block"), (2, 16, 2, 8, "block"),
+                                              (2, 16, 2, 8, "smem"), (1, 8, 3, 16, "smem")])
+def test_kernel_matches_conv2d_on_the_gpu(P, NW, SPG, U, table):
     W4, X, ref = _case(32, 37, 9, 3, seed=P + NW)
-    k = SmemTileConv(W4.cuda(), 9, 9, 3, P=P, NW=NW, SPG=SPG, U=U, block=block)
+    k = SmemTileConv(W4.cuda(), 9, 9, 3, P=P, NW=NW, SPG=SPG, U=U, table=table)
     assert rel_err(k(X.cuda()).cpu(), ref) < 1e-5
