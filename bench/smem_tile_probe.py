@@ -264,10 +264,10 @@ def render_kernel(P: int, U: int, table: str = "entry") -> str:
                  "    cc = gl.arange(0, U, gl.SliceLayout(0, LCP))[None, :]"]
         stage = ["        barrier()",
                  "        for c in gl.static_range(0, LT // U * NW, CR):",
-                 "            r2 = c + rr",
-                 "            bk = r2 // NW",
-                 "            tsrc = (ENT + sb + (r2 - bk * NW) * L + bk * U)[:, None] + cc",
-                 "            copy_to_shared(tb2.slice(c, CR, 0), tsrc, mask=(bk * U < L)[:, None])",
+                 "            trow = c + rr",
+                 "            tblk = trow // NW",
+                 "            tsrc = (ENT + sb + (trow - tblk * NW) * L + tblk * U)[:, None] + cc",
+                 "            copy_to_shared(tb2.slice(c, CR, 0), tsrc, mask=(tblk * U < L)[:, None])",
                  "        async_copy.commit_group()",
                  "        async_copy.wait_group(0)",
                  "        barrier()"]

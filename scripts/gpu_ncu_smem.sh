@@ -2,7 +2,7 @@
 # One device call (~3 minutes): the GPU test of bench/smem_tile_probe.py, then ncu --set full
 # of its kernel on the 256-channel layer (14 x 14, batch 8, 90%; P=2) and the 64-channel
 # one (56 x 56; P=8), beside the library's tap-mask table kernel on the 256-channel layer.
-# NCU_ARGS replaces '--set full' (e.g. raw metrics). Results under $OUT. Carry .carry.
+# TABLE picks the probe's table mode (default smem). NCU_ARGS replaces '--set full' (e.g. raw metrics). Results under $OUT. Carry .carry.
 export PYTHONPATH=$PWD SPARSERT_CACHE_DIR=/tmp/sc PYTHONUNBUFFERED=1
 pip install -q --no-index --find-links .carry/wheels pytest hypothesis > /dev/null 2>&1
 SPARSERT_TEST_DEVICE=cuda timeout 120 python -m pytest -q -p no:cacheprovider \
@@ -11,6 +11,7 @@ tail -n 3 $OUT/smem_tile_tests.txt
 NCU_ARGS=${NCU_ARGS:---set full}
 timeout ${NCU_S:-300} ncu $NCU_ARGS -k regex:"smem_rows|sparse_table" -c 3 \
     python - > $OUT/ncu_smem.txt 2>&1 <<'PY'
+import os
 import torch
 from bench.smem_tile_probe import SmemTileConv
 from bench.conv_bench import layer_kernel, layers
@@ -24,7 +25,8 @@ for name, p, C_in, C_out, H, stride in layers(Path(".carry/dlmc"), "0.9"):
     W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(torch.float32)
     W4 = W4.reshape(C_out, C_in, 3, 3).cuda()
     X = torch.randn(8, C_in, H, H, device="cuda")
-    SmemTileConv(W4, H, H, 8, P=2 if C_in == 256 else 8, NW=16, SPG=4, U=8, block=True)(X)
+    SmemTileConv(W4, H, H, 8, P=2 if C_in == 256 else 8, NW=16, SPG=4, U=8,
+                 table=os.environ.get("TABLE", "smem"))(X)
     if C_in == 256:
         s = Schedule(mode="table", rows_per_program=1, num_warps=1, chunk=8, prefetch_tail=True,
                      tap_masks=True, block_n=64)

@@ -60,7 +60,8 @@ def test_window_offset_is_read_from_the_llvm_ir():
 
 
 @pytest.mark.parametrize("P,U,table", [(1, 4, "entry"), (2, 8, "entry"), (4, 4, "block"),
-                                       (2, 8, "block"), (2, 8, "smem"), (1, 16, "smem")])
+                                       (2, 8, "block"), (2, 8, "smem"), (1, 16, "smem"),
+                                       (4, 8, "smem")])
 def test_kernel_compiles_for_sm90_with_shared_loads(P, U, table, tmp_path):
     gl_runtime = pytest.importorskip("triton.experimental.gluon._runtime")
     import importlib.util
@@ -99,7 +100,8 @@ def test_kernel_compiles_for_sm90_with_shared_loads(P, U, table, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("P,NW,SPG,U,table", [(1, 4, 2, 4, "entry"), (2, 8, 1, 8, "entry"),
                                               (4, 4, 3, 4, "block"), (2, 16, 2, 8, "block"),
-                                              (2, 16, 2, 8, "smem"), (1, 8, 3, 16, "smem")])
+                                              (2, 16, 2, 8, "smem"), (1, 8, 3, 16, "smem"),
+                                              (4, 8, 2, 8, "smem")])
 def test_kernel_matches_conv2d_on_the_gpu(P, NW, SPG, U, table):
     W4, X, ref = _case(32, 37, 9, 3, seed=P + NW)
     k = SmemTileConv(W4.cuda(), 9, 9, 3, P=P, NW=NW, SPG=SPG, U=U, table=table)
