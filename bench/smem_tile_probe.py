@@ -27,6 +27,12 @@ Bounds (H100): shared memory serves 128 B per clock per SM, i.e. 32 multiply-add
 reads its own X element, about 7.4 T/s on 132 SMs: a 90%-sparse ResNet-50 3x3 layer at batch
 8 (~92 M multiply-adds) can take no less than ~12.5 us this way. The library's table kernel
 reads the same elements through L1 at ~8-9 TB/s (bench/NOTES.md, "Tenth session").
+
+Measured (H100, bench/NOTES.md "Eleventh session"): with the step's table in shared memory
+(``table="smem"``) it ties the table kernel on the 128/256-channel layers at batch 8 (41-47
+us against 44-48) and loses on the 64/512-channel ones; ncu finds it bound by the shared-
+memory pipe (0.61 wavefronts per clock per SM, mio throttle and short scoreboard stalls).
+A probe, not library code.
 """
 from __future__ import annotations
 
