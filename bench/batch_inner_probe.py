@@ -34,18 +34,14 @@ bench/NOTES.md, "Tenth session").
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-COLUMNS = ["layer", "batch", "system", "median_us", "rel_err"]
+from bench.probe_harness import ProbeRun, probe_args
 #: Variants per question, each (columns per program, warps, COLS/VALS a chunk ahead, programs
 #: per SM of the SM-affine grid or 0, warps sharing a row's nonzeros, chunk, rows side by
 #: side); the result files are bench/results/batch_inner_probe_h100_<set>.csv.
@@ -328,66 +324,21 @@ class BatchInnerConv:
         return Y
 
 
-def rel_err(Y, ref):
-    return float((Y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dlmc", required=True, type=Path)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--only", default="", help="comma-separated layer-name substrings")
-    ap.add_argument("--schedules", default="",
-                    help="library schedules to time beside it, separated by ';'")
-    ap.add_argument("--out", type=Path, default=None)
+    ap = probe_args(__doc__)
     ap.add_argument("--set", default="rows", choices=sorted(VARIANT_SETS),
                     help="which variants of the probe kernel to time")
     a = ap.parse_args(argv)
-    from bench.conv_bench import layer_kernel, layers
-    from bench.timing import time_system
-    from dsl import Schedule  # noqa: F401  (eval of --schedules)
-    from sparsert_triton.conv import conv_weight
-    dev = "cuda"
-    scheds = [eval(s) for s in a.schedules.split(";") if s.strip()]
-    rows = []
-    f = open(a.out, "w", newline="") if a.out else None
-    wr = csv.DictWriter(f, COLUMNS) if f else None
-    if wr:
-        wr.writeheader()
-
-    def emit(row):
-        rows.append(row)
-        print(row, flush=True)
-        if wr:
-            wr.writerow(row)
-            f.flush()
-    for name, p, C_in, C_out, H, stride in layers(a.dlmc, "0.9"):
-        if a.only and not any(o in name for o in a.only.split(",")):
-            continue
-        w = p.with_values(seed=0, dtype="float32")
-        W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(torch.float32)
-        W4 = W4.reshape(C_out, C_in, 3, 3).to(dev)
-        X = torch.randn(a.batch, C_in, H, H, generator=torch.Generator().manual_seed(1)).to(dev)
-        ref = F.conv2d(X.double(), W4.double(), stride=stride, padding=1)
-        nbytes = X.numel() * 4 + ref.numel() * 4
-        for block, warps, pf, aff, ks, ch, rw in VARIANT_SETS[a.set]:
-            k = BatchInnerConv(W4, stride, H, a.batch, block, warps, chunk=ch, prefetch=pf,
-                               affine=aff, ksplit=ks, rows=rw)
-            err = rel_err(k(X), ref)
-            t = time_system(lambda x: (lambda: k(x)), X, nbytes).median_us
-            emit(dict(layer=name, batch=a.batch, median_us=round(t, 2), rel_err=f"{err:.1e}",
-                      system=f"batch_inner b{block} w{warps}" + (" pf" if pf else "")
-                      + (f" affine{aff}" if aff else "") + (f" ksplit{ks}" if ks > 1 else "")
-                      + (f" rows{rw}" if rw > 1 else "") + f" c{ch}"))
-        for s in scheds:
-            kern = layer_kernel(w, C_in, stride, s)
-            err = rel_err(kern(X), ref)
-            t = time_system(lambda x: (lambda: kern(x)), X, nbytes).median_us
-            emit(dict(layer=name, batch=a.batch, system=repr(s), median_us=round(t, 2),
-                      rel_err=f"{err:.1e}"))
-    if f:
-        f.close()
-    return rows
+    with ProbeRun(a) as run:
+        for case in run.cases():
+            for block, warps, pf, aff, ks, ch, rw in VARIANT_SETS[a.set]:
+                k = BatchInnerConv(case.W4, case.stride, case.H, a.batch, block, warps, chunk=ch,
+                                   prefetch=pf, affine=aff, ksplit=ks, rows=rw)
+                run.time(case, f"batch_inner b{block} w{warps}" + (" pf" if pf else "")
+                         + (f" affine{aff}" if aff else "") + (f" ksplit{ks}" if ks > 1 else "")
+                         + (f" rows{rw}" if rw > 1 else "") + f" c{ch}", k)
+            run.time_schedules(case)
+    return run.rows
 
 
 if __name__ == "__main__":

@@ -36,8 +36,6 @@ A probe, not library code.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import importlib.util
 import math
 import re
@@ -46,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-COLUMNS = ["layer", "batch", "system", "median_us", "rel_err"]
+from bench.probe_harness import ProbeRun, probe_args
+
 #: (P positions per lane, NW warps = rows side by side, SPG steps per program, U unroll,
 #: table mode: 0 entry, 1 block, 2 smem; see ``render_kernel``)
 VARIANTS = [(2, 16, 4, 8, 1), (4, 16, 4, 8, 1), (8, 16, 4, 8, 1), (1, 16, 4, 8, 1),
@@ -403,72 +401,28 @@ class SmemTileConv:
         return Y
 
 
-def rel_err(Y, ref):
-    return float((Y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dlmc", required=True, type=Path)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--only", default="", help="comma-separated layer-name substrings")
-    ap.add_argument("--schedules", default="",
-                    help="library schedules to time beside it, separated by ';'")
+    ap = probe_args(__doc__)
     ap.add_argument("--variants", default="",
                     help="P,NW,SPG,U[,table mode 0/1/2] tuples separated by ';' "
                          "(default: VARIANTS)")
-    ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
-    from bench.conv_bench import layer_kernel, layers
-    from bench.timing import time_system
-    from dsl import Schedule  # noqa: F401  (eval of --schedules)
-    from sparsert_triton.conv import conv_weight
     variants = ([tuple(int(v) for v in s.split(",")) for s in a.variants.split(";") if s.strip()]
                 or VARIANTS)
-    scheds = [eval(s) for s in a.schedules.split(";") if s.strip()]
-    f = open(a.out, "w", newline="") if a.out else None
-    wr = csv.DictWriter(f, COLUMNS) if f else None
-    if wr:
-        wr.writeheader()
-    rows = []
-
-    def emit(row):
-        rows.append(row)
-        print(row, flush=True)
-        if wr:
-            wr.writerow(row)
-            f.flush()
-    for name, p, C_in, C_out, H, stride in layers(a.dlmc, "0.9"):
-        if stride != 1 or (a.only and not any(o in name for o in a.only.split(","))):
-            continue
-        w = p.with_values(seed=0, dtype="float32")
-        W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(torch.float32)
-        W4 = W4.reshape(C_out, C_in, 3, 3).to("cuda")
-        X = torch.randn(a.batch, C_in, H, H, generator=torch.Generator().manual_seed(1)).to("cuda")
-        ref = F.conv2d(X.double(), W4.double(), stride=1, padding=1)
-        nbytes = X.numel() * 4 + ref.numel() * 4
-        for v in variants:
-            P, NW, SPG, U = v[:4]
-            mode = TABLE_MODES[v[4]] if len(v) > 4 else "entry"
-            try:
-                k = SmemTileConv(W4, H, H, a.batch, P, NW, SPG, U, table=mode)
-            except ValueError as e:
-                print(f"{name} P={P}: {e}", flush=True)
-                continue
-            err = rel_err(k(X), ref)
-            t = time_system(lambda x: (lambda: k(x)), X, nbytes).median_us
-            emit(dict(layer=name, batch=a.batch, median_us=round(t, 2), rel_err=f"{err:.1e}",
-                      system=f"smem_tile P{P} NW{NW} SPG{SPG} U{U} {mode}"
-                      + f" grid{k.groups}x{k.tiles}"))
-        for s in scheds:
-            kern = layer_kernel(w, C_in, stride, s)
-            err = rel_err(kern(X), ref)
-            t = time_system(lambda x: (lambda: kern(x)), X, nbytes).median_us
-            emit(dict(layer=name, batch=a.batch, system=repr(s), median_us=round(t, 2),
-                      rel_err=f"{err:.1e}"))
-    if f:
-        f.close()
-    return rows
+    with ProbeRun(a) as run:
+        for case in run.cases(stride_one_only=True):
+            for v in variants:
+                P, NW, SPG, U = v[:4]
+                mode = TABLE_MODES[v[4]] if len(v) > 4 else "entry"
+                try:
+                    k = SmemTileConv(case.W4, case.H, case.H, a.batch, P, NW, SPG, U, table=mode)
+                except ValueError as e:
+                    print(f"{case.name} P={P}: {e}", flush=True)
+                    continue
+                run.time(case, f"smem_tile P{P} NW{NW} SPG{SPG} U{U} {mode} "
+                               f"grid{k.groups}x{k.tiles}", k)
+            run.time_schedules(case)
+    return run.rows
 
 
 if __name__ == "__main__":

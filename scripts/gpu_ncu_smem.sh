@@ -13,24 +13,18 @@ timeout ${NCU_S:-300} ncu $NCU_ARGS -k regex:"smem_rows|sparse_table" -c 3 \
     python - > $OUT/ncu_smem.txt 2>&1 <<'PY'
 import os
 import torch
+from bench.probe_harness import ProbeRun, probe_args
 from bench.smem_tile_probe import SmemTileConv
-from bench.conv_bench import layer_kernel, layers
+from bench.conv_bench import layer_kernel
 from dsl import Schedule
-from sparsert_triton.conv import conv_weight
-from pathlib import Path
-for name, p, C_in, C_out, H, stride in layers(Path(".carry/dlmc"), "0.9"):
-    if not (name.endswith("group3_1_1") or name.endswith("group1_1_1")):
-        continue
-    w = p.with_values(seed=0, dtype="float32")
-    W4 = conv_weight(w, (C_in, 3, 3), order="hwc")[0].to_dense(torch.float32)
-    W4 = W4.reshape(C_out, C_in, 3, 3).cuda()
-    X = torch.randn(8, C_in, H, H, device="cuda")
-    SmemTileConv(W4, H, H, 8, P=2 if C_in == 256 else 8, NW=16, SPG=4, U=8,
-                 table=os.environ.get("TABLE", "smem"))(X)
-    if C_in == 256:
+a = probe_args("ncu").parse_args(["--dlmc", ".carry/dlmc", "--only", "group3_1_1,group1_1_1"])
+for case in ProbeRun(a).cases():
+    SmemTileConv(case.W4, case.H, case.H, 8, P=2 if case.C_in == 256 else 8, NW=16, SPG=4, U=8,
+                 table=os.environ.get("TABLE", "smem"))(case.X)
+    if case.C_in == 256:
         s = Schedule(mode="table", rows_per_program=1, num_warps=1, chunk=8, prefetch_tail=True,
                      tap_masks=True, block_n=64)
-        layer_kernel(w, C_in, stride, s)(X)
+        layer_kernel(case.weights, case.C_in, case.stride, s)(case.X)
     torch.cuda.synchronize()
 PY
 grep -E "smem_rows|sparse_table|l1tex|smsp__|Duration|Throughput|Hit Rate|Achieved Occupancy|Issued Ipc|Stall|Warp Cycles Per Issued|One or More|Busy|Bandwidth|Block Limit|Registers Per|Bank" \

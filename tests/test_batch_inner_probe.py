@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.batch_inner_probe import VARIANT_SETS, BatchInnerConv, rel_err
+from bench.batch_inner_probe import VARIANT_SETS, BatchInnerConv
+from bench.probe_harness import rel_err
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.probe_harness import rel_err
 from bench.smem_tile_probe import (TABLE_MODES, SmemTileConv, build_tables, emulate, geometry,
-                                   pad_input, rel_err, render_kernel, window_offset)
+                                   pad_input, render_kernel, window_offset)
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
