@@ -329,15 +329,15 @@ def main(argv=None):
     ap.add_argument("--set", default="rows", choices=sorted(VARIANT_SETS),
                     help="which variants of the probe kernel to time")
     a = ap.parse_args(argv)
-    with ProbeRun(a) as run:
-        for case in run.cases():
-            for block, warps, pf, aff, ks, ch, rw in VARIANT_SETS[a.set]:
-                k = BatchInnerConv(case.W4, case.stride, case.H, a.batch, block, warps, chunk=ch,
-                                   prefetch=pf, affine=aff, ksplit=ks, rows=rw)
-                run.time(case, f"batch_inner b{block} w{warps}" + (" pf" if pf else "")
-                         + (f" affine{aff}" if aff else "") + (f" ksplit{ks}" if ks > 1 else "")
-                         + (f" rows{rw}" if rw > 1 else "") + f" c{ch}", k)
-            run.time_schedules(case)
+    run = ProbeRun(a)
+    for case in run.cases():
+        for block, warps, pf, aff, ks, ch, rw in VARIANT_SETS[a.set]:
+            k = BatchInnerConv(case.W4, case.stride, case.H, a.batch, block, warps, chunk=ch,
+                               prefetch=pf, affine=aff, ksplit=ks, rows=rw)
+            run.time(case, f"batch_inner b{block} w{warps}" + (" pf" if pf else "")
+                     + (f" affine{aff}" if aff else "") + (f" ksplit{ks}" if ks > 1 else "")
+                     + (f" rows{rw}" if rw > 1 else "") + f" c{ch}", k)
+        run.time_schedules(case)
     return run.rows
 
 

@@ -18,12 +18,13 @@ ones the streaming rate; ``reps = 1`` is what a program that runs its code once 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import tempfile
 from pathlib import Path
 
 import torch
+
+from sparsert_triton.compile import import_kernels
 
 COLUMNS = ["fmas", "code_kb", "num_warps", "reps", "programs", "median_us", "cycles_per_issue",
            "clock_mhz"]
@@ -71,10 +72,7 @@ def load_kernel(n: int, folder: Path):
     """The probe kernel of ``n`` FMAs, written as a real module (Triton reads its source)."""
     path = folder / f"icache_probe_{n}.py"
     path.write_text(probe_source(n))
-    spec = importlib.util.spec_from_file_location(f"icache_probe_{n}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.icache_kernel
+    return import_kernels(path, f"icache_probe_{n}").icache_kernel
 
 
 def run(kernel, X: torch.Tensor, programs: int, BN: int, warps: int, reps: int) -> torch.Tensor:

@@ -2,16 +2,14 @@
 cases (weights, input, float64 ``F.conv2d`` reference), timing one kernel against the
 reference, and the CSV they write (``layer,batch,system,median_us,rel_err``).
 
-    args = probe_args(__doc__).parse_args(argv)
-    with ProbeRun(args) as run:
-        for case in run.cases():
-            run.time(case, "my kernel", my_kernel)       # checked against case.ref, then timed
-            run.time_schedules(case)                     # the library's --schedules beside it
+    run = ProbeRun(probe_args(__doc__).parse_args(argv))
+    for case in run.cases():
+        run.time(case, "my kernel", my_kernel)       # checked against case.ref, then timed
+        run.time_schedules(case)                     # the library's --schedules beside it
 """
 from __future__ import annotations
 
 import argparse
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,26 +60,14 @@ class ProbeRun:
     def __init__(self, args):
         self.args = args
         self.rows = []
-        self._file = None
-        self._writer = None
-
-    def __enter__(self):
-        if self.args.out:
-            self._file = open(self.args.out, "w", newline="")
-            self._writer = csv.DictWriter(self._file, COLUMNS)
-            self._writer.writeheader()
-        return self
-
-    def __exit__(self, *exc):
-        if self._file:
-            self._file.close()
 
     def emit(self, row: dict) -> None:
+        """Print a row and write the CSV so far (``--out``): a call cut short keeps its rows."""
+        from bench.report import write_rows
         self.rows.append(row)
         print(row, flush=True)
-        if self._writer:
-            self._writer.writerow(row)
-            self._file.flush()
+        if self.args.out:
+            write_rows(self.args.out, COLUMNS, self.rows)
 
     def cases(self, stride_one_only: bool = False, device: str = "cuda"):
         """The DLMC 3x3 layers at 90% that ``--only`` names, as :class:`LayerCase` s."""

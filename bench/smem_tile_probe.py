@@ -36,7 +36,7 @@ A probe, not library code.
 """
 from __future__ import annotations
 
-import importlib.util
+import functools
 import math
 import re
 import tempfile
@@ -44,8 +44,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import triton
 
 from bench.probe_harness import ProbeRun, probe_args
+from sparsert_triton.compile import import_kernels
 
 #: (P positions per lane, NW warps = rows side by side, SPG steps per program, U unroll,
 #: table mode: 0 entry, 1 block, 2 smem; see ``render_kernel``)
@@ -55,17 +57,13 @@ VARIANTS = [(2, 16, 4, 8, 1), (4, 16, 4, 8, 1), (8, 16, 4, 8, 1), (1, 16, 4, 8, 
 SMEM_LIMIT = 227 * 1024
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
 def geometry(C: int, H: int, W: int, B: int, P: int):
     """(Q, HP, LSP, Npad, tiles, PS) of the padded layout and one program's window, or None
     where the window of all C channels does not fit in shared memory."""
     Hp, Wp = H + 2, W + 2
     Q = 32 * P
-    HP = next_pow2(2 * Wp + 2)
-    LSP = next_pow2(Q + HP)
+    HP = triton.next_power_of_2(2 * Wp + 2)
+    LSP = triton.next_power_of_2(Q + HP)
     if C * LSP * 4 > SMEM_LIMIT:
         return None
     npad = B * Hp * Wp
@@ -198,7 +196,6 @@ def smem_rows_kernel(XP, ROWS, STEP_BASE, STEP_LEN, ENT, Y, M, PS, HWp, H, W, sy
         sb = gl.multiple_of(gl.load(STEP_BASE + st), U)
         L = gl.multiple_of(gl.load(STEP_LEN + st), U)
         m = gl.load(ROWS + st * NW + wv)
-        ep = ENT + sb + wv * L
 {ZEROS}
 {STAGE}
 {PROLOGUE}
@@ -280,7 +277,8 @@ def render_kernel(P: int, U: int, table: str = "entry") -> str:
         take = split_columns("blk", U)
         rotate = ["            blk = nblk"]
     else:
-        prologue = [f"        e{u} = gl.load(ep + {u})" for u in range(U)]
+        prologue = ["        ep = ENT + sb + wv * L"] + [
+            f"        e{u} = gl.load(ep + {u})" for u in range(U)]
         nxt = [f"            n{u} = gl.load(ep + j + {U + u})" for u in range(U)]
         take = []
         rotate = [f"            e{u} = n{u}" for u in range(U)]
@@ -308,21 +306,14 @@ def render_kernel(P: int, U: int, table: str = "entry") -> str:
                                   BODY="\n".join(body), STORES="\n".join(stores))
 
 
-_KERNELS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def kernel_for(P: int, U: int, table: str = "entry"):
-    """The generated kernel for ``P`` (written to a file: Triton reads kernel source with
-    ``inspect``)."""
-    if (P, U, table) not in _KERNELS:
-        name = f"smem_rows_p{P}_u{U}_{table}"
-        path = Path(tempfile.mkdtemp(prefix="smem_tile_")) / f"{name}.py"
-        path.write_text(render_kernel(P, U, table))
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _KERNELS[P, U, table] = mod.smem_rows_kernel
-    return _KERNELS[P, U, table]
+    """The generated kernel, written to a file (Triton reads kernel source with ``inspect``)
+    and imported once per process."""
+    name = f"smem_rows_p{P}_u{U}_{table}"
+    path = Path(tempfile.mkdtemp(prefix="smem_tile_")) / f"{name}.py"
+    path.write_text(render_kernel(P, U, table))
+    return import_kernels(path, name).smem_rows_kernel
 
 
 def window_offset(llir: str, window_bytes: int, table_bytes: int) -> int:
@@ -364,7 +355,7 @@ class SmemTileConv:
         rows, base, length, ent, self.groups = t
         self.tables = t
         # the step's table in shared memory: room for the longest step and the read-ahead
-        self.LT = max(64, next_pow2(int(length.max()) + U)) if table == "smem" else 64
+        self.LT = max(64, triton.next_power_of_2(int(length.max()) + U)) if table == "smem" else 64
         if table == "smem" and self.C * self.LSP * 4 + self.LT * NW * 8 > SMEM_LIMIT:
             raise ValueError(f"the window and a step's table ({self.LT} entries x {NW} warps) "
                              f"do not fit in {SMEM_LIMIT} bytes of shared memory")
@@ -409,19 +400,19 @@ def main(argv=None):
     a = ap.parse_args(argv)
     variants = ([tuple(int(v) for v in s.split(",")) for s in a.variants.split(";") if s.strip()]
                 or VARIANTS)
-    with ProbeRun(a) as run:
-        for case in run.cases(stride_one_only=True):
-            for v in variants:
-                P, NW, SPG, U = v[:4]
-                mode = TABLE_MODES[v[4]] if len(v) > 4 else "entry"
-                try:
-                    k = SmemTileConv(case.W4, case.H, case.H, a.batch, P, NW, SPG, U, table=mode)
-                except ValueError as e:
-                    print(f"{case.name} P={P}: {e}", flush=True)
-                    continue
-                run.time(case, f"smem_tile P{P} NW{NW} SPG{SPG} U{U} {mode} "
-                               f"grid{k.groups}x{k.tiles}", k)
-            run.time_schedules(case)
+    run = ProbeRun(a)
+    for case in run.cases(stride_one_only=True):
+        for v in variants:
+            P, NW, SPG, U = v[:4]
+            mode = TABLE_MODES[v[4]] if len(v) > 4 else "entry"
+            try:
+                k = SmemTileConv(case.W4, case.H, case.H, a.batch, P, NW, SPG, U, table=mode)
+            except ValueError as e:
+                print(f"{case.name} P={P}: {e}", flush=True)
+                continue
+            run.time(case, f"smem_tile P{P} NW{NW} SPG{SPG} U{U} {mode} "
+                           f"grid{k.groups}x{k.tiles}", k)
+        run.time_schedules(case)
     return run.rows
 
 

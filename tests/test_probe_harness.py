@@ -26,8 +26,7 @@ def _args(tmp_path, *more):
 
 
 def test_cases_carry_the_weight_input_and_reference(tmp_path):
-    with ProbeRun(_args(tmp_path)) as run:
-        cases = list(run.cases(device="cpu"))
+    cases = list(ProbeRun(_args(tmp_path)).cases(device="cpu"))
     assert {c.name: c.stride for c in cases} == {
         "bottleneck_2_block_group2_1_1": 1, "bottleneck_2_block_group_projection_block_group2": 2}
     c = cases[0]
@@ -40,19 +39,20 @@ def test_cases_carry_the_weight_input_and_reference(tmp_path):
 
 
 def test_only_and_stride_filters(tmp_path):
-    with ProbeRun(_args(tmp_path, "--only", "projection")) as run:
-        assert [c.stride for c in run.cases(device="cpu")] == [2]
-        assert list(run.cases(stride_one_only=True, device="cpu")) == []
+    run = ProbeRun(_args(tmp_path, "--only", "projection"))
+    assert [c.stride for c in run.cases(device="cpu")] == [2]
+    assert list(run.cases(stride_one_only=True, device="cpu")) == []
 
 
 def test_rows_go_to_the_csv(tmp_path):
     row = dict(layer="l", batch=2, system="s", median_us=1.5, rel_err="1.0e-07")
-    with ProbeRun(_args(tmp_path)) as run:
-        run.emit(row)
-    assert run.rows == [row]
-    with open(tmp_path / "p.csv") as f:
+    run = ProbeRun(_args(tmp_path))
+    run.emit(row)
+    run.emit(dict(row, system="t"))
+    assert run.rows == [row, dict(row, system="t")]
+    with open(tmp_path / "p.csv") as f:                # every row so far, after each one
         got = list(csv.DictReader(f))
-    assert list(got[0]) == COLUMNS and got[0]["system"] == "s"
+    assert list(got[0]) == COLUMNS and [r["system"] for r in got] == ["s", "t"]
 
 
 def test_rel_err():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bench.probe_harness import rel_err
 from bench.smem_tile_probe import (TABLE_MODES, SmemTileConv, build_tables, emulate, geometry,
-                                   pad_input, render_kernel, window_offset)
+                                   kernel_for, pad_input, render_kernel, window_offset)
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
@@ -63,17 +63,11 @@ def test_window_offset_is_read_from_the_llvm_ir():
 @pytest.mark.parametrize("P,U,table", [(1, 4, "entry"), (2, 8, "entry"), (4, 4, "block"),
                                        (2, 8, "block"), (2, 8, "smem"), (1, 16, "smem"),
                                        (4, 8, "smem")])
-def test_kernel_compiles_for_sm90_with_shared_loads(P, U, table, tmp_path):
+def test_kernel_compiles_for_sm90_with_shared_loads(P, U, table):
     gl_runtime = pytest.importorskip("triton.experimental.gluon._runtime")
-    import importlib.util
-
     import triton
     from triton.backends.compiler import GPUTarget
-    path = tmp_path / f"k{P}.py"
-    path.write_text(render_kernel(P, U, table))
-    spec = importlib.util.spec_from_file_location(f"k{P}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    kernel = kernel_for(P, U, table)
     names = ["XP", "ROWS", "STEP_BASE", "STEP_LEN", "ENT", "Y", "M", "PS", "HWp", "H", "W",
              "sym", "syb"]
     types = ["*fp32", "*i32", "*i32", "*i32", "*i64", "*fp32"] + ["i32"] * 7
@@ -82,7 +76,7 @@ def test_kernel_compiles_for_sm90_with_shared_loads(P, U, table, tmp_path):
               LT=128, WOFF=0)
     sig.update({n: "constexpr" for n in cx})
     aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 4, 5, 7)}
-    k = triton.compile(gl_runtime.GluonASTSource(mod.smem_rows_kernel, sig, cx, attrs=aligned),
+    k = triton.compile(gl_runtime.GluonASTSource(kernel, sig, cx, attrs=aligned),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8))
     ptx = k.asm["ptx"]
     window, tbl = 64 * cx["LSP"] * 4, (cx["LT"] * 8 * 8 if table == "smem" else 0)
