@@ -375,6 +375,10 @@ class SmemTileConv:
             LT=self.LT, WOFF=woff, num_warps=self.NW)
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        if tuple(X.shape) != (self.B, self.C, self.H, self.W) or X.dtype != torch.float32:
+            raise ValueError(f"X must be float32 of shape {(self.B, self.C, self.H, self.W)} "
+                             f"(the shape this kernel was built for), got {X.dtype} "
+                             f"{tuple(X.shape)}")
         B, C, H, W = X.shape
         pad_input(X, self.XP, self.PS)
         Y = torch.empty(B, self.M, H, W, device=X.device, dtype=X.dtype)

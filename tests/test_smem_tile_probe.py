@@ -46,6 +46,10 @@ def test_a_window_too_large_for_shared_memory_is_refused():
         SmemTileConv(torch.ones(2, 512, 3, 3), 7, 7, 8, P=2, NW=4, SPG=1)
     with pytest.raises(ValueError, match="C_in must be a power of two"):
         SmemTileConv(torch.ones(2, 24, 3, 3), 7, 7, 8, P=1, NW=4, SPG=1)
+    k = SmemTileConv(torch.ones(2, 16, 3, 3), 7, 7, 8, P=1, NW=4, SPG=1)
+    for bad in (torch.ones(4, 16, 7, 7), torch.ones(8, 16, 7, 7, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="X must be float32 of shape"):
+            k(bad)
 
 
 def test_window_offset_is_read_from_the_llvm_ir():
