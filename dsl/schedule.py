@@ -156,7 +156,7 @@ from dataclasses import dataclass, fields
 from typing import Union
 
 AUTO = "auto"
-MODES = ("values", "indices", "table")
+MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]

@@ -31,6 +31,7 @@ from .padding import zero_pad
 from .plan import Plan, Signature
 from .reference import evaluate
 from .render import render
+from .blocks import Blocks
 from .specialise import Table, specialise
 from .weights import TORCH_DTYPES, SparseWeight, as_sparse_weight
 
@@ -42,6 +43,9 @@ def _capability(device: torch.device) -> str:
 
 
 def _layout_arrays(layout) -> dict:
+    if isinstance(layout, Blocks):
+        return {"rows": layout.rows, "base": layout.base, "steps": layout.steps,
+                "cols": layout.cols, "value_index": layout.value_index}
     if isinstance(layout, Table):
         return {"rows": layout.rows, "starts": layout.starts, "lengths": layout.lengths,
                 "cols": layout.cols, "value_index": layout.value_index,
@@ -60,7 +64,14 @@ class Variant:
         self.launcher.enabled = not interpreting()   # the interpreter has no compiled kernels
         self.module = import_kernels(path, key)
         self.table = plan.mode == "table"
-        if self.table:
+        if plan.mode == "blocks":
+            self.kernels = [(self.module.sparse_blocks_kernel, len(layout["base"]))]
+            vi = layout["value_index"]
+            vals = np.zeros(vi.shape, np.float64)
+            vals[vi >= 0] = weight.values[vi[vi >= 0]]
+            self._host = [layout["rows"], layout["base"], layout["steps"], layout["cols"], vals]
+            self.cols_dtype = str(layout["cols"].dtype)
+        elif self.table:
             self.kernels = [(self.module.sparse_table_kernel, int(layout["groups"]))]
             vi = layout["value_index"]
             vals = np.zeros(vi.shape, np.float64)

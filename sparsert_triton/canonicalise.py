@@ -83,6 +83,13 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     avg = weight.nnz / max(1, weight.M)
     mode = resolved_mode(s, weight.nnz)
     half = x_dtype in ("float16", "bfloat16")
+    if s.mode == AUTO and not conv and blocks_by_default(weight, N, x_dtype):
+        mode = "blocks"
+    if mode == "blocks":
+        if conv:
+            raise ValueError("schedule: blocks mode computes W @ X only; a convolution uses "
+                             "'table', 'values' or 'indices'")
+        return _blocks_plan(s, weight, N)
     use_dot = s.use_dot
     if use_dot == AUTO:
         fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.chunk, s.block_n))
@@ -219,6 +226,58 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
                 pdl=s.pdl is True,   # 'auto' is resolved per device: see with_device
                 tap_pointers=tap_pointers, tap_masks=tap_masks)
+
+
+#: Half-precision W @ X with at most this many columns defaults to the blocks mode ...
+BLOCKS_MAX_N = 4
+#: ... and with at most this many where the weight is at most BLOCKS_SPARSE_DENSITY dense
+BLOCKS_MAX_N_SPARSE = 16
+BLOCKS_SPARSE_DENSITY = 0.15
+
+
+def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
+    """Whether 'auto' picks the blocks mode: half-precision W @ X of few columns, where the
+    time is the weight's bytes. H100, Llama-2-7B MLP shapes (11008 x 4096, 4096 x 11008),
+    fp16, uniform masks (bench/NOTES.md, "Twelfth session"): at N = 1 it ran 0.6-0.8x /
+    1.1-1.25x / 2.4-2.9x of dense cuBLAS at 50% / 70% / 90% sparsity, at N = 4 0.64x / 1.0x /
+    2.2-2.4x, at N = 16 and 90% 1.0x, where the table kernel's default ran 0.24x-0.58x.
+    Larger weights only (more than 2048 nonzeros; small ones unroll)."""
+    if x_dtype not in ("float16", "bfloat16") or weight.nnz <= 2048:
+        return False
+    return N <= BLOCKS_MAX_N or (N <= BLOCKS_MAX_N_SPARSE
+                                 and weight.density <= BLOCKS_SPARSE_DENSITY)
+
+
+def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
+    """The blocks mode's plan. Defaults from the H100 sweep (see ``blocks_by_default``): 8
+    rows x 64 nonzeros per step for N <= 4, 4 x 32 up to N = 16, 8 x 16 above; the column
+    tile covers N up to 64; ``split_k`` 1 (the default) cuts each block's steps over enough
+    programs for ~4 per SM (``blocks.auto_split``)."""
+    from .blocks import auto_split
+    small = N <= 4
+    rpp = (8 if small or N > 16 else 4) if s.rows_per_program == AUTO else int(s.rows_per_program)
+    chunk = (64 if small else 32 if N <= 16 else 16) if s.chunk == AUTO else int(s.chunk)
+    block_n = min(64, _next_pow2(N)) if s.block_n == AUTO else int(s.block_n)
+    split = int(s.split_k)
+    if split == 1:
+        blocks = -(-weight.M // rpp)
+        longest = int(weight.row_nnz.max()) if weight.M else 0
+        split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
+    for name in ("use_dot", "parallel_rows", "column_programs", "pack_nonzeros", "prefetch",
+                 "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_pointers",
+                 "tap_masks", "bake_strides"):
+        v = getattr(s, name)
+        if v not in (AUTO, False, 0, 1) or (v is True):
+            raise ValueError(f"schedule: {name}={v!r} does not apply to blocks mode")
+    return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n,
+                row_order="given" if s.row_order == AUTO else s.row_order, chunk=chunk,
+                use_dot=False, allow_tf32=bool(s.allow_tf32),
+                max_statements_per_function=int(s.max_statements_per_function),
+                max_functions_per_kernel=int(s.max_functions_per_kernel),
+                num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
+                num_stages=2 if s.num_stages == AUTO else int(s.num_stages),
+                split_k=split, streams=1 if s.streams == AUTO else int(s.streams),
+                pdl=s.pdl is True)
 
 
 def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:

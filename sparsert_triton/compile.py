@@ -92,7 +92,7 @@ def triton_signature(sig) -> dict:
     types = {"X": f"*{x}", "V": f"*{w}", "VALS": f"*{w}", "Y": f"*{y}", "ROWS": "*i32",
              "STARTS": "*i32", "LENGTHS": "*i32", "COLS": "*i32", "NZ": "*i64", "N": "i32",
              "WS": "*fp64" if sig.acc_dtype == "float64" else "*fp32", "CNT": "*i32",
-             "ZB": f"*{x}"}
+             "ZB": f"*{x}", "BASE": "*i32", "STEPS": "*i32"}
     for s in ("sxk", "sxn", "sym", "syn", "sxb", "sxc", "sxh", "sxw", "IH", "IW", "syb", "syh",
               "syw", "Wo", "HWo"):
         types[s] = "i32"
@@ -111,7 +111,10 @@ def precompile_variant(variant, sig, target=None, fast: bool = True, constants: 
     opts = {"num_warps": variant.plan.num_warps, "num_stages": variant.plan.num_stages,
             "enable_fp_fusion": True}
     from .fastpasses import applies
-    return precompile(variant.path, variant.key, names, triton_signature(sig), target, opts,
+    types = triton_signature(sig)
+    if variant.plan.mode == "blocks":     # 16-bit column indices where K fits
+        types["COLS"] = "*i16" if variant.cols_dtype == "int16" else "*i32"
+    return precompile(variant.path, variant.key, names, types, target, opts,
                       fast=fast and applies(variant.plan), constants=constants)
 
 

@@ -156,6 +156,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     split = plan.column_slices
     if split > 1:
         bufs = [*bufs, *slice_buffers(variant, Y, N, nt, sig)]
+    if plan.mode == "blocks" and plan.split_k > 1:
+        bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
     if plan.tap_pointers:
         bufs = [*bufs, zero_buffer(X)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
@@ -164,7 +166,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
         if groups == 0:
             continue
         cols = min(nt, plan.column_programs) if plan.column_programs else nt
-        grid = (groups, nt) if variant.table else (cols, groups * split)
+        grid = ((groups, nt, plan.split_k) if plan.mode == "blocks" else
+                (groups, nt) if variant.table else (cols, groups * split))
         launches.append((fn, grid, args))
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
     spec = spec_key(args) if variant.launcher.enabled else None
@@ -192,6 +195,17 @@ def slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
     acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
     ws = torch.empty(max(1, M * variant.plan.split_k * N), dtype=acc, device=Y.device)
     return ws, torch.zeros(max(1, groups * nt), dtype=torch.int32, device=Y.device)
+
+
+def block_slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
+    """Per call, for the blocks mode's K slices (``split_k``): the workspace of partial sums,
+    ``split_k x M x N`` in the accumulator dtype, and one zeroed arrival counter per (row block,
+    column tile); the last slice resets its counter."""
+    M = Y.shape[0]
+    blocks = variant.kernels[0][1]
+    acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
+    ws = torch.empty(max(1, variant.plan.split_k * M * N), dtype=acc, device=Y.device)
+    return ws, torch.zeros(max(1, blocks * nt), dtype=torch.int32, device=Y.device)
 
 
 #: per (device, dtype), the largest zero buffer handed out so far (read only: never written)

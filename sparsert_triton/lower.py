@@ -14,7 +14,8 @@ slice, whose parts store partial sums (``PartialStore``) in a workspace; the sli
 arrives last on a column tile calls the group's ``FixFn`` (sum of the partials in slice
 order, the epilogue, the store).
 
-The table mode lowers to one fixed loop kernel (``TableKernel``).
+The table mode lowers to one fixed loop kernel (``TableKernel``), the blocks mode to one
+(``BlocksKernel``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Optional, Tuple, Union
 from dsl import ir
 
 from .plan import Plan, Signature
+from .blocks import Blocks
 from .specialise import Table, Unrolled
 
 
@@ -98,12 +100,19 @@ class TableKernel:
 
 
 @dataclass(frozen=True)
+class BlocksKernel:
+    """The ``blocks`` mode's one loop kernel over row blocks (``blocks.Blocks``)."""
+    name: str
+    M: int                        # output rows (the split workspace's slice height)
+
+
+@dataclass(frozen=True)
 class Lowered:
     """Everything the renderer needs: kernels plus the epilogue and call signature."""
     plan: Plan
     signature: Signature
     program: ir.Program
-    kernels: Tuple[Union[UnrolledKernel, TableKernel], ...]
+    kernels: Tuple[Union[UnrolledKernel, TableKernel, BlocksKernel], ...]
     conv: Optional[object] = None          # ConvGeometry of a convolution, None for W @ X
     x_strides: Optional[Tuple[int, ...]] = None   # X's strides when baked into the code
 
@@ -151,6 +160,10 @@ def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=No
     if isinstance(layout, Table):
         return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel"),), conv,
                        x_strides)
+    if isinstance(layout, Blocks):
+        M = int(layout.rows.max()) + 1 if layout.rows.size else 0
+        return Lowered(plan, signature, program, (BlocksKernel("sparse_blocks_kernel", M),),
+                       conv, x_strides)
     assert isinstance(layout, Unrolled)
     kernels = []
     for k, (start, stop) in enumerate(layout.kernels):

@@ -78,7 +78,21 @@ class Plan:
                 bad("split_k walks a row as one segment of plain column/value loads: it "
                     "excludes tap_segments (use pad_input for a convolution), pack_nonzeros "
                     "and prefetch_tail")
-        if self.mode != "table" and self.max_statements_per_function < self.rows_per_program + 1:
+        if self.mode == "blocks":
+            if not _pow2(self.rows_per_program) or self.rows_per_program > 64:
+                bad(f"blocks mode needs rows_per_program to be a power of two <= 64, "
+                    f"got {self.rows_per_program}")
+            if not _pow2(self.chunk) or self.chunk > 256:
+                bad(f"blocks mode needs chunk to be a power of two <= 256, got {self.chunk}")
+            if self.rows_per_program * self.chunk * self.block_n > 16384:
+                bad("blocks mode keeps a rows_per_program x chunk x block_n accumulator: at "
+                    f"most 16384 elements, got {self.rows_per_program} x {self.chunk} x "
+                    f"{self.block_n}")
+            for name in ("column_programs", "pad_input", "tap_pointers", "bake_strides"):
+                if getattr(self, name):
+                    bad(f"{name} does not apply to blocks mode")
+        if self.mode not in ("table", "blocks") and \
+                self.max_statements_per_function < self.rows_per_program + 1:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
             bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
@@ -134,7 +148,7 @@ class Plan:
         """Programs per row group along K: ``split_k`` in the unrolled modes (each a slice of
         the group's columns, fixed up by the last to finish), 1 in table mode (whose
         ``split_k`` splits rows across the warps of one program)."""
-        return 1 if self.mode == "table" else self.split_k
+        return 1 if self.mode in ("table", "blocks") else self.split_k
 
     def packs_nonzeros(self, sig: "Signature") -> bool:
         """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in

@@ -829,6 +829,11 @@ def render(low: Lowered, header: str = "") -> str:
         b("from triton.language.extra.cuda import gdc_wait")
     b()
     table = isinstance(low.kernels[0], TableKernel)
+    if low.plan.mode == "blocks":
+        from .render_blocks import render_blocks_kernel
+        render_helpers(b, low, True)
+        render_blocks_kernel(b, low.kernels[0], low)
+        return b.text()
     # the tile epilogue (rows x columns) for the kernels that compute several rows at once
     render_helpers(b, low, table and (low.plan.use_dot or low.plan.parallel_rows > 1))
     for k in low.kernels:

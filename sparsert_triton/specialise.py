@@ -285,4 +285,7 @@ def specialise(weight: SparseWeight, plan: Plan, taps: int = 1,
     (``pad_input``): each column's offset into the padded input, which the table then holds."""
     if plan.mode == "table":
         return specialise_table(weight, plan, taps, offsets)
+    if plan.mode == "blocks":
+        from .blocks import specialise_blocks
+        return specialise_blocks(weight, plan)
     return specialise_unrolled(weight, plan)
