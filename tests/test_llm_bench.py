@@ -1,0 +1,44 @@
+"""bench/llm_bench.py on the CPU: masks, L2 rotation, the geomean table and RESULTS.md section
+(the timing itself needs a GPU)."""
+import torch
+
+from bench import llm_bench as lb
+
+
+def test_masks_have_the_asked_sparsity():
+    W = lb.pruned_weight(64, 200, 0.7, "per_row", torch.float16, "cpu")
+    assert ((W != 0).sum(dim=1) == 60).all()
+    U = lb.pruned_weight(64, 200, 0.7, "uniform", torch.float32, "cpu")
+    assert abs((U == 0).float().mean().item() - 0.7) < 0.03
+
+
+def test_rotation_exceeds_l2_twice():
+    assert lb.copies(200e6) == 1
+    assert lb.copies(30e6) == 5 and lb.copies(1e3) == 8
+
+
+def _rows():
+    rows = []
+    for layer, us in (("a", 10.0), ("b", 40.0)):
+        for system, t in (("dense", us), ("sparsert_default", us / 2), ("table", us * 2)):
+            rows.append(dict(layer=layer, M=8, K=8, N=1, sparsity=0.9, mask="uniform",
+                             dtype="float16", system=system, median_us=t, compile_s=0.0,
+                             schedule=""))
+    return rows
+
+
+def test_speedups_and_section(tmp_path):
+    rows = _rows()
+    assert lb.speedups(rows, "sparsert_default") == {(1, 0.9, "float16"): 2.0}
+    assert lb.speedups(rows, "table")[(1, 0.9, "float16")] == 0.5
+    csv = tmp_path / "llm.csv"
+    lb.write_csv(csv, rows)
+    back = lb.read_csv(csv)
+    assert list(back[0]) == lb.COLUMNS and back[1]["median_us"] == 5.0
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nkept\n")
+    lb.write_marked_section(md, lb.markdown(back, csv.name, "p.png"))
+    lb.write_marked_section(md, lb.markdown(back, csv.name, "p.png"))   # rewritten, once
+    text = md.read_text()
+    assert text.count(lb.BEGIN) == 1 and "kept" in text
+    assert "| 1 | 90% | float16 | 2.00x | 0.50x |" in text
