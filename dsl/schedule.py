@@ -12,7 +12,12 @@ mode
     literals (SparseRT). ``"indices"``: column indices are literals, values are read from a
     packed buffer (new weights with the same mask reuse the compiled kernel). ``"table"``:
     nothing per nonzero is unrolled; the kernel loops over host-built index/value buffers,
-    so code size and compile time do not depend on nnz.
+    so code size and compile time do not depend on nnz. ``"blocks"`` (W @ X only): rows in
+    blocks of ``rows_per_program``, each row's nonzeros padded to its block's longest row and
+    walked ``chunk`` at a time, 16-bit column indices (4 bytes per fp16 nonzero), each block's
+    steps cut over ``split_k`` programs (``split_k`` 1, the default, lets the plan choose:
+    ~4 programs per SM); the default for half-precision W @ X of N <= 4 columns, or N <= 16
+    at <= 15% density (``canonicalise.blocks_by_default``).
 rows_per_program
     Output rows computed by one program. In the unrolled modes each needed row of ``X`` is
     loaded once per program and feeds every row of the group that uses it.
