@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,7 +46,7 @@ from dsl import Schedule
 
 from . import ops
 from .canonicalise import plan_for
-from .weights import WEIGHT_DTYPES
+from .weights import WEIGHT_DTYPES, check_csr
 
 SPEEDUP_CAP = 10.0
 
@@ -162,21 +163,66 @@ class _SparseLayer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        indptr, indices = state_dict.get(prefix + "indptr"), state_dict.get(prefix + "indices")
-        if indptr is not None and indices is not None:
-            if tuple(indptr.shape) != (self._rows + 1,) or indices.dim() != 1:
-                error_msgs.append(
-                    f"{prefix}indptr/indices: shapes {tuple(indptr.shape)}/"
-                    f"{tuple(indices.shape)} do not describe a ({self._rows}, "
-                    f"{self._cols}) mask")
-                return
-            if indices.shape != self.indices.shape:    # another mask: resize to take it
-                self._buffers["indices"] = self.indices.new_empty(indices.shape)
-                self.values = nn.Parameter(self.values.new_empty(indices.shape),
-                                           requires_grad=self.values.requires_grad)
+        """Load a sparse weight, possibly under another mask (the layer is resized to it).
+        Everything the layer would take from ``state_dict`` is checked before anything is
+        copied, so a load that fails leaves the layer exactly as it was."""
+        problem = self._state_problem(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(problem)
+            return
+        indices = state_dict.get(prefix + "indices")
+        if indices is not None and indices.shape != self.indices.shape:  # another mask: resize
+            self._buffers["indices"] = self.indices.new_empty(indices.shape)
+            self.values = nn.Parameter(self.values.new_empty(indices.shape),
+                                       requires_grad=self.values.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self._rebuild_pattern()
+
+    def _state_problem(self, state_dict, prefix) -> Optional[str]:
+        """Why this layer cannot load ``state_dict`` (a message), or None. The mask must be
+        canonical CSR (:func:`check_csr`: the stored ``values`` are the nonzeros in that
+        order), ``values`` must have one entry per nonzero, ``bias`` one per row, and a new
+        mask must come with its values. (Missing and unexpected keys are ``nn.Module``'s
+        business: a strict load reports them after loading the keys that are present, as for
+        any module; the layer's pattern then still matches its buffers.)"""
+        own = ["values", "bias", "indptr", "indices", "_extra_state"]
+        got = {n: state_dict[prefix + n] for n in own if prefix + n in state_dict}
+        for n, t in got.items():
+            if n != "_extra_state" and not isinstance(t, Tensor):
+                return f"{prefix}{n}: expected a tensor, got {type(t).__name__}"
+        indptr, indices = got.get("indptr"), got.get("indices")
+        nnz, new_mask = self.nnz, False
+        if (indptr is None) != (indices is None):
+            return (f"{prefix}indptr and {prefix}indices: a mask needs both, the state_dict "
+                    f"has only {prefix}{'indptr' if indices is None else 'indices'}")
+        if indptr is not None:
+            for n, t in (("indptr", indptr), ("indices", indices)):
+                if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                    return f"{prefix}{n}: must hold integer indices, got {t.dtype}"
+            try:
+                p, i = check_csr(self._rows, self._cols, indptr.detach().cpu().numpy(),
+                                 indices.detach().cpu().numpy(),
+                                 (prefix + "indptr", prefix + "indices"))
+            except ValueError as e:
+                return f"{e} (a ({self._rows}, {self._cols}) mask)"
+            nnz = int(i.shape[0])
+            new_mask = nnz != self.nnz or not (
+                np.array_equal(p, self.indptr.cpu().numpy())
+                and np.array_equal(i, self.indices.cpu().numpy()))
+        if new_mask and "values" not in got:
+            return (f"{prefix}values: missing, and {prefix}indptr/{prefix}indices describe "
+                    "another mask than the layer's: a new mask needs its values")
+        expected = {"values": (nnz,), "bias": (self._rows,) if self.bias is not None else None}
+        for n, shape in expected.items():
+            if shape is not None and n in got and tuple(got[n].shape) != shape:
+                return f"{prefix}{n}: shape {tuple(got[n].shape)}, expected {shape}"
+        if "_extra_state" in got:
+            try:
+                Schedule(**got["_extra_state"]["schedule"])
+            except Exception as e:
+                return f"{prefix}_extra_state: not a schedule ({type(e).__name__}: {e})"
+        return None
 
 
 class SparseLinear(_SparseLayer):

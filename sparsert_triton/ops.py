@@ -49,7 +49,7 @@ from dsl import Schedule
 from .api import SpecializedKernel, sparse_kernel
 from .compile import interpreting
 from .conv import ConvGeometry
-from .weights import SparseWeight, as_sparse_weight
+from .weights import SparseWeight, as_sparse_weight, check_csr
 
 
 @sparse_kernel
@@ -87,13 +87,11 @@ class SparsePattern:
     """
 
     def __init__(self, M: int, K: int, indptr, indices, schedule: Optional[Schedule] = None):
-        indptr = np.asarray(indptr, np.int64).copy()
-        indices = np.asarray(indices, np.int64).copy()
-        zeros = np.zeros(indices.shape[0], np.float32)
-        # the base weight validates the CSR arrays; its values are replaced per call
-        self.base = as_sparse_weight(sp.csr_array((zeros, indices, indptr), shape=(M, K)))
-        if not np.array_equal(self.base.indices, indices):
-            raise ValueError("indices must be sorted within each row (CSR order of the values)")
+        # canonical CSR (sorted, distinct columns per row) or ValueError; own copies
+        indptr, indices = check_csr(int(M), int(K), indptr, indices)
+        # the base weight's values are replaced per call
+        self.base = SparseWeight(int(M), int(K), indptr, indices,
+                                 np.zeros(indices.shape[0]), "float32")
         self.M, self.K, self.indptr, self.indices = int(M), int(K), indptr, indices
         self.schedule = schedule or Schedule()
         self._kernels = {}     # key -> (values tensor, version, SpecializedKernel)
