@@ -528,7 +528,11 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     ``nn.Conv2d`` modules are replaced: subclasses (e.g. the output projection inside
     ``nn.MultiheadAttention``, whose parent reads ``.weight`` directly) are reported and kept,
     and so are convolutions with ``groups > 1``, a ``padding_mode`` other than ``'zeros'`` or
-    asymmetric ``'same'`` padding. Returns ``(model, report)``.
+    asymmetric ``'same'`` padding. Sharing is kept: a module used in several places (twice in
+    an ``nn.Sequential``, under two attribute names) becomes one sparse layer used in all of
+    them (one report row, its first name); layers whose weight or bias Parameter another
+    module also holds (tied weights) stay dense, since a copy would break the tie. Returns
+    ``(model, report)``.
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
@@ -536,14 +540,18 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
         model = copy.deepcopy(model)
     report = SparsifyReport()
     shapes = _input_shapes(model, example_inputs) if tune and example_inputs is not None else {}
-    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n, shapes)
+    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n, shapes,
+            _shared_parameters(model))
     if isinstance(model, (nn.Linear, nn.Conv2d)):   # the model is one layer
         new, row = _consider("", model, *args)
         report.append(row)
         return new, report
     done = {}   # id(module) -> replacement (a module used twice is replaced once)
     for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
+        # every slot, not named_children(): that lists a module held twice by one parent once
+        for child_name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if id(child) in done:
                 if done[id(child)] is not child:
@@ -558,6 +566,16 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
                 setattr(parent, child_name, new)
             report.append(r)
     return model, report
+
+
+def _shared_parameters(model: nn.Module) -> set:
+    """ids of the Parameters that more than one module holds (tied weights)."""
+    owners = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), set()).add(id(m))
+    return {k for k, mods in owners.items() if len(mods) > 1}
 
 
 def _conv_ineligible(conv: nn.Conv2d) -> Optional[str]:
@@ -599,7 +617,7 @@ def _input_shapes(model: nn.Module, example_inputs) -> dict:
     return shapes
 
 
-def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, shapes):
+def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, shapes, shared):
     if isinstance(module, nn.Conv2d):
         kind, base, why = "Conv2d", nn.Conv2d, _conv_ineligible(module)
     elif isinstance(module, nn.Linear):
@@ -616,6 +634,9 @@ def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, s
         why = f"kept: {w.dtype} weights unsupported"
     elif why is None and s < min_sparsity:
         why = f"kept: sparsity < {min_sparsity:g}"
+    elif why is None and any(id(p) in shared for p in (module.weight, module.bias)
+                             if p is not None):
+        why = "kept: weight or bias shared with another module"
     if why is not None:
         return module, LayerRow(name, kind, shape, s, "dense", why, None)
     layer_schedule = _schedule_for(schedule, name, module)
