@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -467,9 +466,7 @@ def first_call(kernel: SpecializedKernel, X: torch.Tensor, *operands):
 # ------------------------------------------------------------------ persistence
 
 def tuned_dir():
-    d = cache.cache_dir() / "tuned"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return cache.subdir("tuned")
 
 
 def plan_key(program, weight: SparseWeight, N: int, sig, device: str,
@@ -483,15 +480,20 @@ def plan_key(program, weight: SparseWeight, N: int, sig, device: str,
 
 
 def load_tuned(key: str) -> Optional[dict]:
-    path = tuned_dir() / f"{key}.json"
-    if not path.exists():
+    found = [r / "tuned" / f"{key}.json" for r in cache.roots()]
+    found = [p for p in found if p.is_file()]
+    if not found:
         return None
+    path = found[0]
     try:
         rec = json.loads(path.read_text())
         rec["plan"] = Plan(**rec["plan"])
         return rec
     except Exception:           # unreadable or from an older layout: tune again
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:         # a read-only cache: the new plan goes to the fallback
+            pass
         return None
 
 
@@ -499,10 +501,7 @@ def store_tuned(key: str, parts: dict, best: TuneResult, results: Sequence[TuneR
     rec = {"key": parts, "plan": asdict(best.plan), "schedule": repr(best.schedule),
            "median_us": best.median_us, "compile_s": best.compile_s, "tuned_at": time.time(),
            "results": [r.row() for r in results]}
-    path = tuned_dir() / f"{key}.json"
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1, default=repr))
-    os.replace(tmp, path)
+    cache.write_file("tuned", f"{key}.json", json.dumps(rec, indent=1, default=repr).encode())
 
 
 # ------------------------------------------------------------------ the tuner
