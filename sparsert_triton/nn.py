@@ -57,7 +57,7 @@ def _csr_of_mask(mask: Tensor) -> Tuple[Tensor, Tensor]:
     rows, cols = mask.nonzero(as_tuple=True)
     indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device="cpu")
     torch.cumsum(torch.bincount(rows, minlength=mask.shape[0]), 0, out=indptr[1:])
-    return indptr, cols.to(torch.int64)
+    return indptr, cols.to(torch.int64).clone()     # its own storage, not half of nonzero()'s
 
 
 class _SparseLayer(nn.Module):
@@ -148,6 +148,11 @@ class _SparseLayer(nn.Module):
         return torch.is_grad_enabled() and (
             x.requires_grad or self.values.requires_grad
             or (self.bias is not None and self.bias.requires_grad))
+
+    def _mask_args(self):
+        """The custom ops' mask arguments: the CSR buffers and the pattern's key, so a traced
+        or exported graph carries the mask it needs (``torch.export`` lifts the buffers)."""
+        return self.indptr, self.indices, self._pattern.key
 
     def _use_custom_op(self, x: Tensor) -> bool:
         """The dispatcher path when compiling or when autograd needs it; else the same kernel
@@ -298,8 +303,10 @@ class SparseLinear(_SparseLayer):
             # would make every load a gather, so it is transposed once here; the output of a
             # sparse layer is already laid out so that the next sparse layer needs no copy
             Xt = Xt.contiguous()
-        spmm = ops.spmm if self._use_custom_op(x) else ops.spmm_direct
-        Yt = spmm(Xt, self.values, self.bias, self.kernel_id)      # (out, N)
+        if self._use_custom_op(x):
+            Yt = ops.spmm(Xt, self.values, self.bias, *self._mask_args())      # (out, N)
+        else:
+            Yt = ops.spmm_direct(Xt, self.values, self.bias, self.kernel_id)
         return Yt.t().reshape(*lead, self.out_features)   # view: Y^T stored, Y returned
 
     def extra_repr(self) -> str:
@@ -424,8 +431,10 @@ class SparseConv2d(_SparseLayer):
         if X.stride(3) != 1 and X.shape[3] > 1:
             # the kernel's column tiles run along W: channels-last input is made NCHW once
             X = X.contiguous()
-        conv = ops.sparse_conv2d if self._use_custom_op(x) else ops.sparse_conv2d_direct
-        Y = conv(X, self.values, self.bias, self.kernel_id)
+        if self._use_custom_op(x):
+            Y = ops.sparse_conv2d(X, self.values, self.bias, *self._mask_args())
+        else:
+            Y = ops.sparse_conv2d_direct(X, self.values, self.bias, self.kernel_id)
         return Y if x.dim() == 4 else Y.squeeze(0)
 
     def extra_repr(self) -> str:

@@ -41,11 +41,7 @@ class SparseWeight:
         return self.nnz / max(1, self.M * self.K)
 
     def mask_digest(self) -> str:
-        h = hashlib.sha256()
-        h.update(np.array([self.M, self.K], np.int64).tobytes())
-        h.update(self.indptr.astype(np.int64).tobytes())
-        h.update(self.indices.astype(np.int64).tobytes())
-        return h.hexdigest()
+        return csr_digest(self.M, self.K, self.indptr, self.indices)
 
     def values_digest(self) -> str:
         return hashlib.sha256(self.values.astype(np.float64).tobytes() + self.dtype.encode()).hexdigest()
@@ -65,6 +61,15 @@ class SparseWeight:
             raise ValueError(f"values has {v.numel()} entries but the mask has {self.nnz} nonzeros")
         return SparseWeight(self.M, self.K, self.indptr, self.indices, _check_values(v, "values"),
                             _dtype_name(v, "values"), self.device)
+
+
+def csr_digest(M: int, K: int, indptr: np.ndarray, indices: np.ndarray) -> str:
+    """sha256 of an (M x K) mask given as CSR arrays (its shape, row pointers, columns)."""
+    h = hashlib.sha256()
+    h.update(np.array([M, K], np.int64).tobytes())
+    h.update(np.asarray(indptr).astype(np.int64).tobytes())
+    h.update(np.asarray(indices).astype(np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
