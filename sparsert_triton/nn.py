@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,7 +46,7 @@ from dsl import Schedule
 
 from . import ops
 from .canonicalise import plan_for
-from .weights import WEIGHT_DTYPES
+from .weights import WEIGHT_DTYPES, check_csr
 
 SPEEDUP_CAP = 10.0
 
@@ -56,7 +57,7 @@ def _csr_of_mask(mask: Tensor) -> Tuple[Tensor, Tensor]:
     rows, cols = mask.nonzero(as_tuple=True)
     indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device="cpu")
     torch.cumsum(torch.bincount(rows, minlength=mask.shape[0]), 0, out=indptr[1:])
-    return indptr, cols.to(torch.int64)
+    return indptr, cols.to(torch.int64).clone()     # its own storage, not half of nonzero()'s
 
 
 class _SparseLayer(nn.Module):
@@ -148,6 +149,11 @@ class _SparseLayer(nn.Module):
             x.requires_grad or self.values.requires_grad
             or (self.bias is not None and self.bias.requires_grad))
 
+    def _mask_args(self):
+        """The custom ops' mask arguments: the CSR buffers and the pattern's key, so a traced
+        or exported graph carries the mask it needs (``torch.export`` lifts the buffers)."""
+        return self.indptr, self.indices, self._pattern.key
+
     def _use_custom_op(self, x: Tensor) -> bool:
         """The dispatcher path when compiling or when autograd needs it; else the same kernel
         called directly (no custom-op overhead)."""
@@ -162,21 +168,66 @@ class _SparseLayer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        indptr, indices = state_dict.get(prefix + "indptr"), state_dict.get(prefix + "indices")
-        if indptr is not None and indices is not None:
-            if tuple(indptr.shape) != (self._rows + 1,) or indices.dim() != 1:
-                error_msgs.append(
-                    f"{prefix}indptr/indices: shapes {tuple(indptr.shape)}/"
-                    f"{tuple(indices.shape)} do not describe a ({self._rows}, "
-                    f"{self._cols}) mask")
-                return
-            if indices.shape != self.indices.shape:    # another mask: resize to take it
-                self._buffers["indices"] = self.indices.new_empty(indices.shape)
-                self.values = nn.Parameter(self.values.new_empty(indices.shape),
-                                           requires_grad=self.values.requires_grad)
+        """Load a sparse weight, possibly under another mask (the layer is resized to it).
+        Everything the layer would take from ``state_dict`` is checked before anything is
+        copied, so a load that fails leaves the layer exactly as it was."""
+        problem = self._state_problem(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(problem)
+            return
+        indices = state_dict.get(prefix + "indices")
+        if indices is not None and indices.shape != self.indices.shape:  # another mask: resize
+            self._buffers["indices"] = self.indices.new_empty(indices.shape)
+            self.values = nn.Parameter(self.values.new_empty(indices.shape),
+                                       requires_grad=self.values.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self._rebuild_pattern()
+
+    def _state_problem(self, state_dict, prefix) -> Optional[str]:
+        """Why this layer cannot load ``state_dict`` (a message), or None. The mask must be
+        canonical CSR (:func:`check_csr`: the stored ``values`` are the nonzeros in that
+        order), ``values`` must have one entry per nonzero, ``bias`` one per row, and a new
+        mask must come with its values. (Missing and unexpected keys are ``nn.Module``'s
+        business: a strict load reports them after loading the keys that are present, as for
+        any module; the layer's pattern then still matches its buffers.)"""
+        own = ["values", "bias", "indptr", "indices", "_extra_state"]
+        got = {n: state_dict[prefix + n] for n in own if prefix + n in state_dict}
+        for n, t in got.items():
+            if n != "_extra_state" and not isinstance(t, Tensor):
+                return f"{prefix}{n}: expected a tensor, got {type(t).__name__}"
+        indptr, indices = got.get("indptr"), got.get("indices")
+        nnz, new_mask = self.nnz, False
+        if (indptr is None) != (indices is None):
+            return (f"{prefix}indptr and {prefix}indices: a mask needs both, the state_dict "
+                    f"has only {prefix}{'indptr' if indices is None else 'indices'}")
+        if indptr is not None:
+            for n, t in (("indptr", indptr), ("indices", indices)):
+                if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                    return f"{prefix}{n}: must hold integer indices, got {t.dtype}"
+            try:
+                p, i = check_csr(self._rows, self._cols, indptr.detach().cpu().numpy(),
+                                 indices.detach().cpu().numpy(),
+                                 (prefix + "indptr", prefix + "indices"))
+            except ValueError as e:
+                return f"{e} (a ({self._rows}, {self._cols}) mask)"
+            nnz = int(i.shape[0])
+            new_mask = nnz != self.nnz or not (
+                np.array_equal(p, self.indptr.cpu().numpy())
+                and np.array_equal(i, self.indices.cpu().numpy()))
+        if new_mask and "values" not in got:
+            return (f"{prefix}values: missing, and {prefix}indptr/{prefix}indices describe "
+                    "another mask than the layer's: a new mask needs its values")
+        expected = {"values": (nnz,), "bias": (self._rows,) if self.bias is not None else None}
+        for n, shape in expected.items():
+            if shape is not None and n in got and tuple(got[n].shape) != shape:
+                return f"{prefix}{n}: shape {tuple(got[n].shape)}, expected {shape}"
+        if "_extra_state" in got:
+            try:
+                Schedule(**got["_extra_state"]["schedule"])
+            except Exception as e:
+                return f"{prefix}_extra_state: not a schedule ({type(e).__name__}: {e})"
+        return None
 
 
 class SparseLinear(_SparseLayer):
@@ -252,8 +303,10 @@ class SparseLinear(_SparseLayer):
             # would make every load a gather, so it is transposed once here; the output of a
             # sparse layer is already laid out so that the next sparse layer needs no copy
             Xt = Xt.contiguous()
-        spmm = ops.spmm if self._use_custom_op(x) else ops.spmm_direct
-        Yt = spmm(Xt, self.values, self.bias, self.kernel_id)      # (out, N)
+        if self._use_custom_op(x):
+            Yt = ops.spmm(Xt, self.values, self.bias, *self._mask_args())      # (out, N)
+        else:
+            Yt = ops.spmm_direct(Xt, self.values, self.bias, self.kernel_id)
         return Yt.t().reshape(*lead, self.out_features)   # view: Y^T stored, Y returned
 
     def extra_repr(self) -> str:
@@ -378,8 +431,10 @@ class SparseConv2d(_SparseLayer):
         if X.stride(3) != 1 and X.shape[3] > 1:
             # the kernel's column tiles run along W: channels-last input is made NCHW once
             X = X.contiguous()
-        conv = ops.sparse_conv2d if self._use_custom_op(x) else ops.sparse_conv2d_direct
-        Y = conv(X, self.values, self.bias, self.kernel_id)
+        if self._use_custom_op(x):
+            Y = ops.sparse_conv2d(X, self.values, self.bias, *self._mask_args())
+        else:
+            Y = ops.sparse_conv2d_direct(X, self.values, self.bias, self.kernel_id)
         return Y if x.dim() == 4 else Y.squeeze(0)
 
     def extra_repr(self) -> str:
@@ -482,7 +537,11 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     ``nn.Conv2d`` modules are replaced: subclasses (e.g. the output projection inside
     ``nn.MultiheadAttention``, whose parent reads ``.weight`` directly) are reported and kept,
     and so are convolutions with ``groups > 1``, a ``padding_mode`` other than ``'zeros'`` or
-    asymmetric ``'same'`` padding. Returns ``(model, report)``.
+    asymmetric ``'same'`` padding. Sharing is kept: a module used in several places (twice in
+    an ``nn.Sequential``, under two attribute names) becomes one sparse layer used in all of
+    them (one report row, its first name); layers whose weight or bias Parameter another
+    module also holds (tied weights) stay dense, since a copy would break the tie. Returns
+    ``(model, report)``.
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
@@ -490,14 +549,18 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
         model = copy.deepcopy(model)
     report = SparsifyReport()
     shapes = _input_shapes(model, example_inputs) if tune and example_inputs is not None else {}
-    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n, shapes)
+    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n, shapes,
+            _shared_parameters(model))
     if isinstance(model, (nn.Linear, nn.Conv2d)):   # the model is one layer
         new, row = _consider("", model, *args)
         report.append(row)
         return new, report
     done = {}   # id(module) -> replacement (a module used twice is replaced once)
     for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
+        # every slot, not named_children(): that lists a module held twice by one parent once
+        for child_name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if id(child) in done:
                 if done[id(child)] is not child:
@@ -512,6 +575,16 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
                 setattr(parent, child_name, new)
             report.append(r)
     return model, report
+
+
+def _shared_parameters(model: nn.Module) -> set:
+    """ids of the Parameters that more than one module holds (tied weights)."""
+    owners = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), set()).add(id(m))
+    return {k for k, mods in owners.items() if len(mods) > 1}
 
 
 def _conv_ineligible(conv: nn.Conv2d) -> Optional[str]:
@@ -553,7 +626,7 @@ def _input_shapes(model: nn.Module, example_inputs) -> dict:
     return shapes
 
 
-def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, shapes):
+def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, shapes, shared):
     if isinstance(module, nn.Conv2d):
         kind, base, why = "Conv2d", nn.Conv2d, _conv_ineligible(module)
     elif isinstance(module, nn.Linear):
@@ -570,6 +643,9 @@ def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, s
         why = f"kept: {w.dtype} weights unsupported"
     elif why is None and s < min_sparsity:
         why = f"kept: sparsity < {min_sparsity:g}"
+    elif why is None and any(id(p) in shared for p in (module.weight, module.bias)
+                             if p is not None):
+        why = "kept: weight or bias shared with another module"
     if why is not None:
         return module, LayerRow(name, kind, shape, s, "dense", why, None)
     layer_schedule = _schedule_for(schedule, name, module)

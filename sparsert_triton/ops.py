@@ -1,18 +1,24 @@
 """PyTorch custom ops over specialised sparse kernels, visible to ``torch.compile`` and autograd.
 
-A fixed mask is registered once as a :class:`SparsePattern` under an integer id; the ops take
-tensors plus that id, so a compiled graph holds only a constant int and the kernels live here::
+A fixed mask is a :class:`SparsePattern`, registered in this process under an integer
+``kernel_id`` (for direct calls) and under a ``key``: a string that names the pattern and
+carries what rebuilds it (shape, schedule, convolution geometry, a digest of the mask). The
+ops take tensors, the mask's CSR buffers ``indptr``/``indices`` and that key, so a traced or
+exported graph holds its mask as tensors and the key as a constant string: a program saved
+with ``torch.export.save`` runs in another process (one that imports this module), which
+rebuilds the pattern from the buffers on first use, after checking them against the digest::
 
-    sparsert::spmm(X, values, bias?, id)        Y  = W @ X (+ bias[:, None])      (M, N)
-    sparsert::spmm_t(G, values, id)             GX = W^T @ G                       (K, N)
-    sparsert::spmm_grad_values(G, X, id)        GV = (G @ X^T)[mask]  (CSR order)  (nnz,)
+    sparsert::spmm(X, values, bias?, mask)        Y  = W @ X (+ bias[:, None])      (M, N)
+    sparsert::spmm_t(G, values, mask)             GX = W^T @ G                       (K, N)
+    sparsert::spmm_grad_values(G, X, mask)        GV = (G @ X^T)[mask]  (CSR order)  (nnz,)
 
+where ``mask`` stands for the three arguments ``indptr, indices, key`` (``pattern.op_args()``).
 Convolutions (a :class:`ConvPattern`: the flattened (C_out, C_in*kh*kw) mask plus stride,
 padding and dilation)::
 
-    sparsert::sparse_conv2d(X, values, bias?, id)             Y  = conv2d(X, W) (+ bias)
-    sparsert::sparse_conv2d_grad_input(G, values, H, W, id)   GX = conv2d_transpose(G, W)
-    sparsert::sparse_conv2d_grad_values(G, X, id)             GV = dL/dW at the mask
+    sparsert::sparse_conv2d(X, values, bias?, mask)             Y  = conv2d(X, W) (+ bias)
+    sparsert::sparse_conv2d_grad_input(G, values, H, W, mask)   GX = conv2d_transpose(G, W)
+    sparsert::sparse_conv2d_grad_values(G, X, mask)             GV = dL/dW at the mask
 
 Only the forward convolution is a sparse kernel; its two gradients are dense PyTorch
 convolutions on the masked dense weight.
@@ -34,8 +40,12 @@ code and only re-upload the values.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import json
+import threading
+import uuid
 import weakref
 from typing import Optional
 
@@ -49,7 +59,7 @@ from dsl import Schedule
 from .api import SpecializedKernel, sparse_kernel
 from .compile import interpreting
 from .conv import ConvGeometry
-from .weights import SparseWeight, as_sparse_weight
+from .weights import SparseWeight, as_sparse_weight, check_csr, csr_digest
 
 
 @sparse_kernel
@@ -66,6 +76,9 @@ def sparse_matmul_bias(W, X, bias):
 
 _ids = itertools.count(1)
 _PATTERNS: "weakref.WeakValueDictionary[int, SparsePattern]" = weakref.WeakValueDictionary()
+_BY_KEY: "weakref.WeakValueDictionary[str, SparsePattern]" = weakref.WeakValueDictionary()
+_ADOPTED = {}                  # key -> pattern rebuilt by an op from its inputs (no layer owns it)
+_adopt_lock = threading.Lock()
 
 
 def csr_transpose(M: int, K: int, indptr: np.ndarray, indices: np.ndarray):
@@ -83,17 +96,16 @@ class SparsePattern:
 
     Holds the kernels specialised to it: ``W @ X (+ bias)`` per (device, dtype, bias?) and, for
     the input gradient, ``W^T @ G`` on the transposed mask, each rebuilt when the values change.
-    A copy (``copy.deepcopy``, pickling) registers a new pattern with a new id.
+    A copy (``copy.deepcopy``, pickling) registers a new pattern with a new id and key.
     """
 
-    def __init__(self, M: int, K: int, indptr, indices, schedule: Optional[Schedule] = None):
-        indptr = np.asarray(indptr, np.int64).copy()
-        indices = np.asarray(indices, np.int64).copy()
-        zeros = np.zeros(indices.shape[0], np.float32)
-        # the base weight validates the CSR arrays; its values are replaced per call
-        self.base = as_sparse_weight(sp.csr_array((zeros, indices, indptr), shape=(M, K)))
-        if not np.array_equal(self.base.indices, indices):
-            raise ValueError("indices must be sorted within each row (CSR order of the values)")
+    def __init__(self, M: int, K: int, indptr, indices, schedule: Optional[Schedule] = None,
+                 key: Optional[str] = None):
+        # canonical CSR (sorted, distinct columns per row) or ValueError; own copies
+        indptr, indices = check_csr(int(M), int(K), indptr, indices)
+        # the base weight's values are replaced per call
+        self.base = SparseWeight(int(M), int(K), indptr, indices,
+                                 np.zeros(indices.shape[0]), "float32")
         self.M, self.K, self.indptr, self.indices = int(M), int(K), indptr, indices
         self.schedule = schedule or Schedule()
         self._kernels = {}     # key -> (values tensor, version, SpecializedKernel)
@@ -101,6 +113,24 @@ class SparsePattern:
         self._t = None         # (SparseWeight of W^T with zero values, perm)
         self.kernel_id = next(_ids)
         _PATTERNS[self.kernel_id] = self
+        self.key = key if key is not None else self._make_key()
+        _BY_KEY[self.key] = self
+
+    # ------------------------------------------------------------ the key (export)
+    def _key_fields(self) -> dict:
+        return {"M": self.M, "K": self.K, "nnz": self.nnz,
+                "schedule": dataclasses.asdict(self.schedule)}
+
+    def _make_key(self) -> str:
+        """JSON of what rebuilds this pattern from its CSR buffers, the mask's digest and a
+        unique id (two layers with one mask keep their own kernels)."""
+        return json.dumps({**self._key_fields(), "mask": self.base.mask_digest(),
+                           "id": uuid.uuid4().hex}, sort_keys=True)
+
+    def op_args(self, device=None):
+        """``(indptr, indices, key)``: the custom ops' mask arguments (int64 CSR tensors)."""
+        return (torch.from_numpy(self.indptr).to(device), torch.from_numpy(self.indices).to(device),
+                self.key)
 
     @property
     def nnz(self) -> int:
@@ -180,6 +210,62 @@ def refresh(kernel_id: int):
     pattern(kernel_id).refresh()
 
 
+@functools.lru_cache(maxsize=None)
+def _key_fields(key: str) -> dict:
+    try:
+        fields = json.loads(key)
+        for name in ("M", "K", "nnz", "schedule", "mask"):
+            fields[name]
+        return fields
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"not a sparse pattern key: {key[:80]!r}") from None
+
+
+class _KeyShape:
+    """A pattern's shapes as its key states them: what the fake kernels check and return
+    (no pattern, no mask data needed)."""
+
+    def __init__(self, key: str):
+        f = _key_fields(key)
+        self.M, self.K, self.nnz = int(f["M"]), int(f["K"]), int(f["nnz"])
+        self.conv = None
+        if "conv" in f:
+            C_in, kh, kw, stride, padding, dilation = f["conv"]
+            self.conv = ConvGeometry(C_in, kh, kw, tuple(stride), tuple(padding), tuple(dilation))
+
+    def output_shape(self, X_shape):
+        B, _, H, W = X_shape
+        return (B, self.M, *self.conv.output_size(H, W))
+
+
+def pattern_for(key: str, indptr: Tensor, indices: Tensor) -> "SparsePattern":
+    """The pattern named ``key``: the registered one, or (in a process that did not build it,
+    e.g. one running a loaded ``torch.export`` program) one rebuilt from the key and the CSR
+    tensors, which must match the key's mask digest."""
+    p = _BY_KEY.get(key)
+    if p is not None:
+        return p
+    with _adopt_lock:
+        p = _BY_KEY.get(key)
+        if p is None:
+            p = _ADOPTED[key] = _rebuild(key, indptr, indices)
+    return p
+
+
+def _rebuild(key: str, indptr: Tensor, indices: Tensor) -> "SparsePattern":
+    f = _key_fields(key)
+    ip, ix = check_csr(f["M"], f["K"], indptr.detach().cpu().numpy(),
+                       indices.detach().cpu().numpy())
+    if csr_digest(f["M"], f["K"], ip, ix) != f["mask"]:
+        raise ValueError("indptr/indices do not hold the mask the pattern key names (its digest "
+                         "differs): pass the layer's own mask buffers with its key")
+    schedule = Schedule(**f["schedule"])
+    if "conv" in f:
+        C_in, kh, kw, stride, padding, dilation = f["conv"]
+        return ConvPattern(f["M"], C_in, kh, kw, stride, padding, dilation, ip, ix, schedule, key)
+    return SparsePattern(f["M"], f["K"], ip, ix, schedule, key)
+
+
 # ---------------------------------------------------------------- checks
 
 def _check_device(t: Tensor, name: str):
@@ -232,22 +318,24 @@ def spmm_direct(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: in
 
 
 @torch.library.custom_op("sparsert::spmm", mutates_args=())
-def spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
-    """``W @ X (+ bias[:, None])`` for the pattern ``kernel_id`` with nonzeros ``values``."""
-    return spmm_direct(X, values, bias, kernel_id)
+def spmm(X: Tensor, values: Tensor, bias: Optional[Tensor], indptr: Tensor, indices: Tensor,
+         key: str) -> Tensor:
+    """``W @ X (+ bias[:, None])`` for the pattern ``key`` (mask ``indptr``/``indices``) with
+    nonzeros ``values``."""
+    return spmm_direct(X, values, bias, pattern_for(key, indptr, indices).kernel_id)
 
 
 @spmm.register_fake
-def _spmm_fake(X, values, bias, kernel_id):
-    p = pattern(kernel_id)
+def _spmm_fake(X, values, bias, indptr, indices, key):
+    p = _KeyShape(key)
     _check_spmm(X, values, bias, p)
     return X.new_empty((p.M, X.shape[1]))
 
 
 @torch.library.custom_op("sparsert::spmm_t", mutates_args=())
-def spmm_t(G: Tensor, values: Tensor, kernel_id: int) -> Tensor:
+def spmm_t(G: Tensor, values: Tensor, indptr: Tensor, indices: Tensor, key: str) -> Tensor:
     """``W^T @ G`` (K, N) for ``G`` of shape (M, N): the input gradient of :func:`spmm`."""
-    p = pattern(kernel_id)
+    p = pattern_for(key, indptr, indices)
     _check_spmm_t(G, values, p)
     return p.backward_kernel(values)(G)
 
@@ -262,42 +350,43 @@ def _check_spmm_t(G, values, p):
 
 
 @spmm_t.register_fake
-def _spmm_t_fake(G, values, kernel_id):
-    p = pattern(kernel_id)
+def _spmm_t_fake(G, values, indptr, indices, key):
+    p = _KeyShape(key)
     _check_spmm_t(G, values, p)
     return G.new_empty((p.K, G.shape[1]))
 
 
 @torch.library.custom_op("sparsert::spmm_grad_values", mutates_args=())
-def spmm_grad_values(G: Tensor, X: Tensor, kernel_id: int) -> Tensor:
+def spmm_grad_values(G: Tensor, X: Tensor, indptr: Tensor, indices: Tensor,
+                     key: str) -> Tensor:
     """``(G @ X^T)`` at the pattern's nonzeros, CSR order: the gradient of ``values``.
 
     Computed as a dense (M x K) product and a gather: the cost of ``nn.Linear``'s weight
     gradient. (A sampled product over the nonzeros only would be cheaper at high sparsity.)"""
-    p = pattern(kernel_id)
+    p = pattern_for(key, indptr, indices)
     dense = torch.matmul(G, X.t())
     return dense.reshape(-1).index_select(0, p.flat_index(G.device))
 
 
 @spmm_grad_values.register_fake
-def _spmm_grad_values_fake(G, X, kernel_id):
-    p = pattern(kernel_id)
-    return G.new_empty((p.nnz,))
+def _spmm_grad_values_fake(G, X, indptr, indices, key):
+    return G.new_empty((_KeyShape(key).nnz,))
 
 
 def _setup_context(ctx, inputs, output):
-    X, values, bias, kernel_id = inputs
-    ctx.kernel_id = kernel_id
-    ctx.pattern = pattern(kernel_id)   # the graph keeps the pattern alive until backward
-    ctx.save_for_backward(X, values)
+    X, values, bias, indptr, indices, key = inputs
+    ctx.key = key
+    ctx.pattern = _BY_KEY.get(key)   # the graph keeps the pattern alive until backward
+    ctx.save_for_backward(X, values, indptr, indices)
 
 
 def _backward(ctx, grad):
-    X, values = ctx.saved_tensors
-    gx = spmm_t(grad, values, ctx.kernel_id) if ctx.needs_input_grad[0] else None
-    gv = spmm_grad_values(grad, X, ctx.kernel_id) if ctx.needs_input_grad[1] else None
+    X, values, indptr, indices = ctx.saved_tensors
+    mask = (indptr, indices, ctx.key)
+    gx = spmm_t(grad, values, *mask) if ctx.needs_input_grad[0] else None
+    gv = spmm_grad_values(grad, X, *mask) if ctx.needs_input_grad[1] else None
     gb = grad.sum(dim=1) if ctx.needs_input_grad[2] else None
-    return gx, gv, gb, None
+    return gx, gv, gb, None, None, None
 
 
 spmm.register_autograd(_backward, setup_context=_setup_context)
@@ -336,10 +425,16 @@ class ConvPattern(SparsePattern):
     :class:`SparsePattern`. Its forward kernel is the direct sparse convolution."""
 
     def __init__(self, C_out: int, C_in: int, kh: int, kw: int, stride, padding, dilation,
-                 indptr, indices, schedule: Optional[Schedule] = None):
-        super().__init__(C_out, C_in * kh * kw, indptr, indices, schedule)
+                 indptr, indices, schedule: Optional[Schedule] = None,
+                 key: Optional[str] = None):
         self.conv = ConvGeometry(int(C_in), int(kh), int(kw), _pair(stride, "stride"),
                                  _pair(padding, "padding"), _pair(dilation, "dilation"))
+        super().__init__(C_out, C_in * kh * kw, indptr, indices, schedule, key)
+
+    def _key_fields(self) -> dict:
+        c = self.conv
+        return {**super()._key_fields(),
+                "conv": [c.C_in, c.kh, c.kw, list(c.stride), list(c.padding), list(c.dilation)]}
 
     @property
     def weight_shape(self):
@@ -414,66 +509,76 @@ def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
 
 
 @torch.library.custom_op("sparsert::sparse_conv2d", mutates_args=())
-def sparse_conv2d(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
-    """``conv2d(X, W) (+ bias per channel)`` for the pattern ``kernel_id``; X (B, C_in, H, W)
-    in any strides (NCHW or channels_last), the result (B, C_out, Ho, Wo) contiguous NCHW."""
-    return sparse_conv2d_direct(X, values, bias, kernel_id)
+def sparse_conv2d(X: Tensor, values: Tensor, bias: Optional[Tensor], indptr: Tensor,
+                  indices: Tensor, key: str) -> Tensor:
+    """``conv2d(X, W) (+ bias per channel)`` for the convolution pattern ``key`` (mask
+    ``indptr``/``indices``); X (B, C_in, H, W) in any strides (NCHW or channels_last), the
+    result (B, C_out, Ho, Wo) contiguous NCHW."""
+    return sparse_conv2d_direct(X, values, bias, pattern_for(key, indptr, indices).kernel_id)
+
+
+def _conv_key_shape(key: str) -> _KeyShape:
+    p = _KeyShape(key)
+    if p.conv is None:
+        raise TypeError("the pattern key names a matrix pattern, not a convolution")
+    return p
 
 
 @sparse_conv2d.register_fake
-def _sparse_conv2d_fake(X, values, bias, kernel_id):
-    p = conv_pattern(kernel_id)
+def _sparse_conv2d_fake(X, values, bias, indptr, indices, key):
+    p = _conv_key_shape(key)
     _check_conv(X, values, bias, p)
     return X.new_empty(p.output_shape(X.shape))
 
 
 @torch.library.custom_op("sparsert::sparse_conv2d_grad_input", mutates_args=())
-def sparse_conv2d_grad_input(G: Tensor, values: Tensor, H: int, W: int,
-                             kernel_id: int) -> Tensor:
+def sparse_conv2d_grad_input(G: Tensor, values: Tensor, H: int, W: int, indptr: Tensor,
+                             indices: Tensor, key: str) -> Tensor:
     """The input gradient: the transposed convolution of ``G`` (B, C_out, Ho, Wo) with the
     masked dense weight, for an input of spatial size (H, W) (dense PyTorch)."""
-    p = conv_pattern(kernel_id)
+    p = conv_pattern(pattern_for(key, indptr, indices).kernel_id)
     c = p.conv
     return torch.nn.grad.conv2d_input((G.shape[0], c.C_in, H, W), p.dense_weight(values), G,
                                       c.stride, c.padding, c.dilation)
 
 
 @sparse_conv2d_grad_input.register_fake
-def _sparse_conv2d_grad_input_fake(G, values, H, W, kernel_id):
-    p = conv_pattern(kernel_id)
-    return G.new_empty((G.shape[0], p.conv.C_in, H, W))
+def _sparse_conv2d_grad_input_fake(G, values, H, W, indptr, indices, key):
+    return G.new_empty((G.shape[0], _conv_key_shape(key).conv.C_in, H, W))
 
 
 @torch.library.custom_op("sparsert::sparse_conv2d_grad_values", mutates_args=())
-def sparse_conv2d_grad_values(G: Tensor, X: Tensor, kernel_id: int) -> Tensor:
+def sparse_conv2d_grad_values(G: Tensor, X: Tensor, indptr: Tensor, indices: Tensor,
+                              key: str) -> Tensor:
     """The gradient of ``values``: the dense weight gradient (``conv2d_weight``, the cost of
     ``nn.Conv2d``'s) gathered at the mask, CSR order."""
-    p = conv_pattern(kernel_id)
+    p = conv_pattern(pattern_for(key, indptr, indices).kernel_id)
     c = p.conv
     dense = torch.nn.grad.conv2d_weight(X, p.weight_shape, G, c.stride, c.padding, c.dilation)
     return dense.reshape(-1).index_select(0, p.flat_index(G.device))
 
 
 @sparse_conv2d_grad_values.register_fake
-def _sparse_conv2d_grad_values_fake(G, X, kernel_id):
-    return G.new_empty((conv_pattern(kernel_id).nnz,))
+def _sparse_conv2d_grad_values_fake(G, X, indptr, indices, key):
+    return G.new_empty((_conv_key_shape(key).nnz,))
 
 
 def _conv_setup_context(ctx, inputs, output):
-    X, values, bias, kernel_id = inputs
-    ctx.kernel_id = kernel_id
-    ctx.pattern = pattern(kernel_id)   # the graph keeps the pattern alive until backward
+    X, values, bias, indptr, indices, key = inputs
+    ctx.key = key
+    ctx.pattern = _BY_KEY.get(key)   # the graph keeps the pattern alive until backward
     ctx.input_hw = (X.shape[2], X.shape[3])
-    ctx.save_for_backward(X, values)
+    ctx.save_for_backward(X, values, indptr, indices)
 
 
 def _conv_backward(ctx, grad):
-    X, values = ctx.saved_tensors
-    gx = (sparse_conv2d_grad_input(grad, values, ctx.input_hw[0], ctx.input_hw[1], ctx.kernel_id)
+    X, values, indptr, indices = ctx.saved_tensors
+    mask = (indptr, indices, ctx.key)
+    gx = (sparse_conv2d_grad_input(grad, values, ctx.input_hw[0], ctx.input_hw[1], *mask)
           if ctx.needs_input_grad[0] else None)
-    gv = sparse_conv2d_grad_values(grad, X, ctx.kernel_id) if ctx.needs_input_grad[1] else None
+    gv = sparse_conv2d_grad_values(grad, X, *mask) if ctx.needs_input_grad[1] else None
     gb = grad.sum(dim=(0, 2, 3)) if ctx.needs_input_grad[2] else None
-    return gx, gv, gb, None
+    return gx, gv, gb, None, None, None
 
 
 sparse_conv2d.register_autograd(_conv_backward, setup_context=_conv_setup_context)

@@ -16,7 +16,11 @@ seconds each on one core (with ``SPARSERT_COMPILE_WORKERS``, a variant's kernels
 parallel and the estimate is its longest kernel or an even share of the whole, whichever is
 longer); builds already made in this process cost nothing. Candidates run in
 priority order while the time budget lasts; each one's first result is checked against the
-float64 reference, then it is timed (median of CUDA-graph replays). The winner is stored as
+float64 reference, then it is timed (median of CUDA-graph replays). The budget counts
+everything from the call on (weight conversion, pruning, the reference, every build, check and
+timing), and a candidate starts only if its predicted cost fits what is left: its compile
+estimate plus the most that earlier candidates of its mode took beyond theirs (host-side
+specialisation and cache writes grow with the nonzeros; the compile model does not see them). The winner is stored as
 JSON in ``<cache>/tuned/`` under a key of (mask digest, N bucket = next power of two, dtypes,
 operand kinds, epilogue, GPU name and capability, versions of triton/torch/sparsert), so the
 next call for the same problem returns at once without timing.
@@ -29,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -54,7 +57,8 @@ COMPILE_S_PER_STATEMENT = 2.5e-3
 COMPILE_S_FIXED = 0.5
 #: Seconds to compile a table-mode kernel (its code does not depend on the mask).
 TABLE_COMPILE_S = 1.5
-#: Seconds per candidate besides compiling (specialise, check, time).
+#: Seconds per candidate besides compiling (specialise, check, time) until one has been
+#: measured: the search then predicts each candidate from what earlier ones took.
 CANDIDATE_OVERHEAD_S = 0.3
 #: |Y - ref| <= tol * (1 + |W||X| + |ref|), by dtype (float32 accumulation, output rounding).
 TOLERANCE = {"float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
@@ -152,6 +156,10 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
     if plan.mode == "table":
         return TABLE_COMPILE_S
     workers = max(1, compile_workers() if workers is None else int(workers))
+    # nnz FMAs and M stores, without counting loads: free, and enough to skip most large layers
+    low = _seconds((weight.nnz + weight.M) / workers)
+    if low > exact_below:
+        return low
     low = _seconds(statements_lower_bound(weight, plan.rows_per_program, plan.row_order) / workers)
     if low > exact_below:
         return low
@@ -467,9 +475,7 @@ def first_call(kernel: SpecializedKernel, X: torch.Tensor, *operands):
 # ------------------------------------------------------------------ persistence
 
 def tuned_dir():
-    d = cache.cache_dir() / "tuned"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return cache.subdir("tuned")
 
 
 def plan_key(program, weight: SparseWeight, N: int, sig, device: str,
@@ -483,15 +489,20 @@ def plan_key(program, weight: SparseWeight, N: int, sig, device: str,
 
 
 def load_tuned(key: str) -> Optional[dict]:
-    path = tuned_dir() / f"{key}.json"
-    if not path.exists():
+    found = [r / "tuned" / f"{key}.json" for r in cache.roots()]
+    found = [p for p in found if p.is_file()]
+    if not found:
         return None
+    path = found[0]
     try:
         rec = json.loads(path.read_text())
         rec["plan"] = Plan(**rec["plan"])
         return rec
     except Exception:           # unreadable or from an older layout: tune again
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:         # a read-only cache: the new plan goes to the fallback
+            pass
         return None
 
 
@@ -499,10 +510,7 @@ def store_tuned(key: str, parts: dict, best: TuneResult, results: Sequence[TuneR
     rec = {"key": parts, "plan": asdict(best.plan), "schedule": repr(best.schedule),
            "median_us": best.median_us, "compile_s": best.compile_s, "tuned_at": time.time(),
            "results": [r.row() for r in results]}
-    path = tuned_dir() / f"{key}.json"
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1, default=repr))
-    os.replace(tmp, path)
+    cache.write_file("tuned", f"{key}.json", json.dumps(rec, indent=1, default=repr).encode())
 
 
 # ------------------------------------------------------------------ the tuner
@@ -520,16 +528,20 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
          max_compile_s: float = DEFAULT_MAX_COMPILE_S, progress: bool = True,
          timer: Optional[Callable[[Callable[[], object]], float]] = None, allow_cpu: bool = False,
          candidates: Optional[Sequence[Schedule]] = None, use_cache: bool = True,
-         reference: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[Schedule, List[TuneResult]]:
+         reference: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+         clock: Callable[[], float] = time.perf_counter) -> Tuple[Schedule, List[TuneResult]]:
     """Find the fastest correct schedule of ``kernel`` for ``weight`` and inputs like ``X``.
 
-    ``budget_s``: wall seconds for the whole search (the first candidate always runs);
+    ``budget_s``: wall seconds for the whole call, preparation included (candidates run until
+    one succeeds, even past it; after that none starts whose predicted cost does not fit);
     ``max_compile_s``: candidates estimated to build slower are not tried; ``timer(fn)``:
     microseconds per call (default: CUDA-graph median); ``candidates``: replace the search
     space; ``use_cache``: read and write the tuned-plan store; ``reference``: precomputed
-    ``(result, |W| @ |X|)`` in float64 for the plain product (default: computed here).
+    ``(result, |W| @ |X|)`` in float64 for the plain product (default: computed here);
+    ``clock``: seconds for the budget (tests pass a fake one).
     Returns ``(best schedule, results of every candidate)``.
     """
+    t_start = clock()
     program = _as_program(kernel)
     conv = kernel.conv if isinstance(kernel, SpecializedKernel) else None
     if isinstance(ir.product(program.out), ir.Conv2d) and conv is None:
@@ -590,19 +602,23 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
     tol = max(TOLERANCE[d], TOLERANCE[sig.out_dtype])
 
     from tqdm.auto import tqdm
-    t_start = time.perf_counter()
     results = list(skipped)
     best = None
+    beyond = {}     # plan mode -> the most seconds a candidate took beyond its compile estimate
     bar = tqdm(kept, desc=f"tune {w.M}x{w.K} nnz={w.nnz} N={N} {d}", disable=not progress,
                leave=False)
     for r in bar:
-        left = budget_s - (time.perf_counter() - t_start)
+        left = budget_s - (clock() - t_start)
         if known_build(program, w, r.plan, sig, X, N, conv):   # built meanwhile: costs nothing now
             r.est_compile_s = KNOWN_BUILD_S
-        if best is not None and r.est_compile_s + CANDIDATE_OVERHEAD_S > left:
-            r.status, r.detail = "skipped", f"budget: estimated {r.est_compile_s:.1f}s, {max(left, 0):.1f}s left"
+        predicted = r.est_compile_s + beyond.get(
+            r.plan.mode, max(beyond.values(), default=CANDIDATE_OVERHEAD_S))
+        if best is not None and predicted > left:
+            r.status, r.detail = "skipped", (f"budget: predicted {predicted:.1f}s, "
+                                             f"{max(left, 0):.1f}s left")
             results.append(r)
             continue
+        t_candidate = clock()
         try:
             k = SpecializedKernel(program, r.schedule, w, conv)
             Y, r.compile_s = first_call(k, X, *operands)
@@ -618,6 +634,8 @@ def tune(kernel, weight, X: torch.Tensor, *operands, budget_s: float = DEFAULT_B
                     bar.set_postfix(best_us=f"{best.median_us:.2f}")
         except Exception as e:          # a candidate that fails to build or launch
             r.status, r.detail = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        took = clock() - t_candidate - r.est_compile_s
+        beyond[r.plan.mode] = max(beyond.get(r.plan.mode, CANDIDATE_OVERHEAD_S), took)
         results.append(r)
     bar.close()
     if best is None:

@@ -41,11 +41,7 @@ class SparseWeight:
         return self.nnz / max(1, self.M * self.K)
 
     def mask_digest(self) -> str:
-        h = hashlib.sha256()
-        h.update(np.array([self.M, self.K], np.int64).tobytes())
-        h.update(self.indptr.astype(np.int64).tobytes())
-        h.update(self.indices.astype(np.int64).tobytes())
-        return h.hexdigest()
+        return csr_digest(self.M, self.K, self.indptr, self.indices)
 
     def values_digest(self) -> str:
         return hashlib.sha256(self.values.astype(np.float64).tobytes() + self.dtype.encode()).hexdigest()
@@ -65,6 +61,15 @@ class SparseWeight:
             raise ValueError(f"values has {v.numel()} entries but the mask has {self.nnz} nonzeros")
         return SparseWeight(self.M, self.K, self.indptr, self.indices, _check_values(v, "values"),
                             _dtype_name(v, "values"), self.device)
+
+
+def csr_digest(M: int, K: int, indptr: np.ndarray, indices: np.ndarray) -> str:
+    """sha256 of an (M x K) mask given as CSR arrays (its shape, row pointers, columns)."""
+    h = hashlib.sha256()
+    h.update(np.array([M, K], np.int64).tobytes())
+    h.update(np.asarray(indptr).astype(np.int64).tobytes())
+    h.update(np.asarray(indices).astype(np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -88,6 +93,44 @@ def _check_values(v: torch.Tensor, name: str) -> np.ndarray:
         raise ValueError(f"{name} has {bad} NaN/inf nonzero value(s); a sparse kernel bakes or "
                          "packs weights and does not propagate them. Clean the weight first.")
     return v.to(torch.float64).numpy().copy()
+
+
+def check_csr(M: int, K: int, indptr, indices, names=("indptr", "indices")):
+    """``(indptr, indices)`` as int64 copies after checking that they are the CSR mask of an
+    (M x K) matrix in canonical order: ``indptr`` (M + 1,) starts at 0, never decreases and
+    ends at ``len(indices)``; every column is in ``[0, K)``; columns strictly increase within a
+    row (sorted, no duplicates), the order the nonzero values are stored in. ``names``: what
+    the two arrays are called in the ValueError (e.g. state_dict keys)."""
+    p_name, i_name = names
+    indptr = np.array(indptr, np.int64, copy=True)
+    indices = np.array(indices, np.int64, copy=True)
+    if indices.ndim != 1:
+        raise ValueError(f"{i_name}: must be 1-D (one column per nonzero), got shape "
+                         f"{indices.shape}")
+    nnz = indices.shape[0]
+    if indptr.shape != (M + 1,):
+        raise ValueError(f"{p_name}: shape {indptr.shape}, expected ({M + 1},) for {M} rows")
+    if indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"{p_name}: row pointers must start at 0, never decrease and end at "
+                         f"{nnz} (the length of {i_name}); got {_brief(indptr)}")
+    if nnz:
+        bad = (indices < 0) | (indices >= K)
+        if bad.any():
+            raise ValueError(f"{i_name}: column index {indices[bad.argmax()]} out of range "
+                             f"[0, {K})")
+        row_start = np.zeros(nnz, bool)
+        row_start[indptr[:-1][np.diff(indptr) > 0]] = True
+        unsorted = (np.diff(indices) <= 0) & ~row_start[1:]
+        if unsorted.any():
+            row = int(np.searchsorted(indptr, unsorted.argmax() + 1, side="right") - 1)
+            raise ValueError(f"{i_name}: the columns of row {row} must be sorted and distinct "
+                             f"(the CSR order of the values), got "
+                             f"{_brief(indices[indptr[row]:indptr[row + 1]])}")
+    return indptr, indices
+
+
+def _brief(a: np.ndarray, n: int = 8) -> str:
+    return str(a.tolist()) if a.size <= n else f"{a[:n].tolist()} ... ({a.size} entries)"
 
 
 def from_csr_arrays(M, K, indptr, indices, values, dtype="float32",

@@ -1,15 +1,22 @@
 """Test setup: the CPU interpreter by default; ``SPARSERT_TEST_DEVICE=cuda`` runs on a GPU.
 
+The kernel cache is ``$SPARSERT_CACHE_DIR`` when set (kept), else a fresh temporary folder that
+the session removes when it ends.
+
 Hypothesis profiles: ``ci`` (default, a few minutes on 2 cores), ``dev``, ``gpu``; choose with
 ``HYPOTHESIS_PROFILE``.
 """
 import os
+import shutil
 import tempfile
 
 DEVICE = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"     # must precede the first import of triton
-os.environ.setdefault("SPARSERT_CACHE_DIR", tempfile.mkdtemp(prefix="sparsert-test-cache-"))
+_SESSION_CACHE_DIR = None      # the cache folder this session made (and removes at its end)
+if not os.environ.get("SPARSERT_CACHE_DIR"):
+    _SESSION_CACHE_DIR = tempfile.mkdtemp(prefix="sparsert-test-cache-")
+    os.environ["SPARSERT_CACHE_DIR"] = _SESSION_CACHE_DIR
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
@@ -20,6 +27,13 @@ settings.register_profile("ci", max_examples=25, derandomize=True, **_common)
 settings.register_profile("dev", max_examples=100, **_common)
 settings.register_profile("gpu", max_examples=40, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if DEVICE == "cuda" else "ci"))
+
+
+def pytest_unconfigure(config):
+    """Remove the session's own kernel cache (generated sources, Triton binaries, tuned
+    plans: megabytes per run); a folder the user named in SPARSERT_CACHE_DIR stays."""
+    if _SESSION_CACHE_DIR is not None:
+        shutil.rmtree(_SESSION_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

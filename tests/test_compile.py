@@ -125,7 +125,7 @@ for bake in (True, False):
                             "source": v.source}
 
 # programmatic dependent launch: the plan a Hopper GPU gets (no GPU here: the plan is set)
-import tempfile
+import os, tempfile
 from dataclasses import replace
 from pathlib import Path
 from sparsert_triton.canonicalise import plan_for
@@ -142,7 +142,7 @@ sig = Signature("float32", "float32", "float32", (("b", "row"),))
 for mode in ("values", "table"):
     plan = replace(plan_for(Schedule(mode=mode), W, 100, "float32"), pdl=True)
     src = render(lower(specialise(W, plan), plan, sig, k.program))
-    path = Path(tempfile.mkdtemp()) / "kernel.py"
+    path = Path(tempfile.mkdtemp(dir=os.environ["SPARSERT_CACHE_DIR"])) / "kernel.py"
     path.write_text(src)
     names = ["sparse_table_kernel"] if mode == "table" else ["sparse_kernel_0"]
     c = precompile(path, f"pdl_{mode}", names, triton_signature(sig),

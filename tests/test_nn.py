@@ -209,7 +209,7 @@ def test_layer_gradcheck_float64():
 
     def f(x, values, bias):
         layer.refresh()             # gradcheck perturbs through .data
-        y = torch.ops.sparsert.spmm(x.t(), values, bias, layer.kernel_id)
+        y = torch.ops.sparsert.spmm(x.t(), values, bias, *layer._mask_args())
         return y.t()
 
     assert torch.autograd.gradcheck(f, (x, layer.values, layer.bias), eps=1e-6, atol=1e-7)

@@ -237,7 +237,7 @@ def test_gradcheck_float64():
 
     def f(x, values, bias):
         layer.refresh()
-        return torch.ops.sparsert.sparse_conv2d(x, values, bias, layer.kernel_id)
+        return torch.ops.sparsert.sparse_conv2d(x, values, bias, *layer._mask_args())
 
     assert torch.autograd.gradcheck(f, (x, layer.values, layer.bias), eps=1e-6, atol=1e-7)
 
@@ -306,20 +306,22 @@ def test_opcheck_and_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     layer = SparseConv2d.from_conv2d(pruned_conv(2, 3, 3, 0.5, seed=16, stride=2, padding=1))
     args = (torch.randn(1, 2, 5, 5, requires_grad=True), layer.values.detach().clone()
-            .requires_grad_(), torch.randn(3, requires_grad=True), layer.kernel_id)
+            .requires_grad_(), torch.randn(3, requires_grad=True), *layer._mask_args())
     torch.library.opcheck(torch.ops.sparsert.sparse_conv2d.default, args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
     real = (torch.randn(2, 2, 7, 6), layer.values.detach())
     with FakeTensorMode() as mode:
-        X, v = (mode.from_tensor(t) for t in real)
-        Y = ops.sparse_conv2d(X, v, None, layer.kernel_id)
-        GX = ops.sparse_conv2d_grad_input(Y, v, 7, 6, layer.kernel_id)
-        GV = ops.sparse_conv2d_grad_values(Y, X, layer.kernel_id)
+        X, v, indptr, indices = (mode.from_tensor(t) for t in (*real, layer.indptr,
+                                                               layer.indices))
+        mask = (indptr, indices, layer._pattern.key)
+        Y = ops.sparse_conv2d(X, v, None, *mask)
+        GX = ops.sparse_conv2d_grad_input(Y, v, 7, 6, *mask)
+        GV = ops.sparse_conv2d_grad_values(Y, X, *mask)
     assert (Y.shape, GX.shape, GV.shape) == ((2, 3, 4, 3), (2, 2, 7, 6), (layer.nnz,))
     with pytest.raises(TypeError, match="not a ConvPattern"):
         lin = SparseLinear(4, 3)
-        ops.sparse_conv2d(torch.randn(1, 2, 5, 5), layer.values, None, lin.kernel_id)
+        ops.sparse_conv2d(torch.randn(1, 2, 5, 5), layer.values, None, *lin._mask_args())
 
 
 def test_bench_resnet_gets_sparse_convolutions():

@@ -53,7 +53,7 @@ def test_spmm_matches_dense_on_strided_input(with_bias):
     values = W[mask]
     bias = torch.randn(M) if with_bias else None
     Xrows = torch.randn(N, K)
-    Y = ops.spmm(Xrows.t(), values, bias, p.kernel_id)    # X^T: a transposed view
+    Y = ops.spmm(Xrows.t(), values, bias, *p.op_args())    # X^T: a transposed view
     ref = W.double() @ Xrows.double().t()
     if with_bias:
         ref = ref + bias.double()[:, None]
@@ -64,7 +64,7 @@ def test_spmm_matches_dense_on_strided_input(with_bias):
 def test_spmm_transposed_matches_dense():
     p, W, mask = make_pattern(seed=1)
     G = torch.randn(N, M).t()      # non-contiguous, as autograd hands it over
-    GX = ops.spmm_t(G, W[mask], p.kernel_id)
+    GX = ops.spmm_t(G, W[mask], *p.op_args())
     assert GX.shape == (K, N)
     torch.testing.assert_close(GX.double(), W.double().t() @ G.double(), rtol=1e-5, atol=1e-5)
 
@@ -76,7 +76,7 @@ def test_gradients_match_float64_dense_reference():
     bias = torch.randn(M, requires_grad=True)
     Xrows = torch.randn(N, K, requires_grad=True)
     G = torch.randn(M, N)
-    ops.spmm(Xrows.t(), values, bias, p.kernel_id).backward(G)
+    ops.spmm(Xrows.t(), values, bias, *p.op_args()).backward(G)
 
     v64 = values.detach().double().requires_grad_()
     b64 = bias.detach().double().requires_grad_()
@@ -90,7 +90,7 @@ def test_only_requested_gradients_are_computed():
     p, W, mask = make_pattern(seed=4)
     values = W[mask].clone()                       # frozen weights
     Xrows = torch.randn(N, K, requires_grad=True)
-    ops.spmm(Xrows.t(), values, None, p.kernel_id).sum().backward()
+    ops.spmm(Xrows.t(), values, None, *p.op_args()).sum().backward()
     assert values.grad is None
     torch.testing.assert_close(Xrows.grad.double(), W.double().sum(0).expand(N, K),
                                rtol=1e-5, atol=1e-5)
@@ -108,7 +108,7 @@ def test_gradcheck_float64():
 
     def f(X, values, bias):
         p.refresh()
-        return ops.spmm(X, values, bias, p.kernel_id)
+        return ops.spmm(X, values, bias, *p.op_args())
 
     assert torch.autograd.gradcheck(f, (X, values, bias), eps=1e-6, atol=1e-7)
 
@@ -117,10 +117,10 @@ def test_in_place_value_update_respecialises():
     p, W, mask = make_pattern(seed=6)
     values = W[mask].clone()
     X = torch.randn(K, N)
-    Y0 = ops.spmm(X, values, None, p.kernel_id)
+    Y0 = ops.spmm(X, values, None, *p.op_args())
     with torch.no_grad():
         values.mul_(-2.0)                          # bumps the version counter
-    Y1 = ops.spmm(X, values, None, p.kernel_id)
+    Y1 = ops.spmm(X, values, None, *p.op_args())
     torch.testing.assert_close(Y1, -2.0 * Y0, rtol=1e-5, atol=1e-5)
 
 
@@ -129,10 +129,11 @@ def test_fake_implementation_shapes():
     p, W, mask = make_pattern(seed=7)
     real = (torch.randn(K, 9), W[mask], torch.randn(M, 9))
     with FakeTensorMode() as mode:
-        X, v, G = (mode.from_tensor(t) for t in real)
-        Y = ops.spmm(X, v, None, p.kernel_id)
-        GX = ops.spmm_t(G, v, p.kernel_id)
-        GV = ops.spmm_grad_values(G, X, p.kernel_id)
+        X, v, G, indptr, indices = (mode.from_tensor(t) for t in (*real, *p.op_args()[:2]))
+        mask = (indptr, indices, p.key)
+        Y = ops.spmm(X, v, None, *mask)
+        GX = ops.spmm_t(G, v, *mask)
+        GV = ops.spmm_grad_values(G, X, *mask)
     assert (Y.shape, GX.shape, GV.shape) == ((M, 9), (K, 9), (p.nnz,))
     assert Y.dtype == GX.dtype == GV.dtype == torch.float32
 
@@ -141,7 +142,7 @@ def test_opcheck():
     """torch.library's own consistency checks: schema, fake kernel, autograd registration."""
     p, W, mask = make_pattern(seed=8)
     args = (torch.randn(N, K).t(), W[mask].clone().requires_grad_(),
-            torch.randn(M, requires_grad=True), p.kernel_id)
+            torch.randn(M, requires_grad=True), *p.op_args())
     torch.library.opcheck(torch.ops.sparsert.spmm.default, args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
@@ -150,20 +151,20 @@ def test_opcheck():
 def test_bad_arguments_are_named():
     p, W, mask = make_pattern(seed=9)
     with pytest.raises(ValueError, match="X must be"):
-        ops.spmm(torch.randn(K + 1, 3), W[mask], None, p.kernel_id)
+        ops.spmm(torch.randn(K + 1, 3), W[mask], None, *p.op_args())
     with pytest.raises(TypeError, match="values are torch.float16"):
-        ops.spmm(torch.randn(K, 3), W[mask].half(), None, p.kernel_id)
+        ops.spmm(torch.randn(K, 3), W[mask].half(), None, *p.op_args())
     with pytest.raises(ValueError, match="bias must have shape"):
-        ops.spmm(torch.randn(K, 3), W[mask], torch.randn(M + 1), p.kernel_id)
-    with pytest.raises(KeyError, match="kernel_id=0"):
-        ops.spmm(torch.randn(K, 3), W[mask], None, 0)
+        ops.spmm(torch.randn(K, 3), W[mask], torch.randn(M + 1), *p.op_args())
+    with pytest.raises(ValueError, match="not a sparse pattern key"):
+        ops.spmm(torch.randn(K, 3), W[mask], None, *p.op_args()[:2], "0")
 
 
 def test_plain_cpu_without_interpreter_raises(monkeypatch):
     p, W, mask = make_pattern(seed=10, device="cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA tensors"):
-        ops.spmm(torch.randn(K, 3, device="cpu"), W[mask], None, p.kernel_id)
+        ops.spmm(torch.randn(K, 3, device="cpu"), W[mask], None, *p.op_args())
 
 
 def test_copied_pattern_outlives_original():
@@ -173,7 +174,7 @@ def test_copied_pattern_outlives_original():
     del p
     gc.collect()
     X = torch.randn(K, 4)
-    Y = ops.spmm(X, W[mask], None, q.kernel_id)
+    Y = ops.spmm(X, W[mask], None, *q.op_args())
     torch.testing.assert_close(Y.double(), W.double() @ X.double(), rtol=1e-5, atol=1e-5)
 
 
@@ -182,7 +183,7 @@ def test_spmm_and_gradients_on_gpu():
     p, W, mask = make_pattern(seed=12, m=256, k=192, density=0.1, device="cpu")
     values = W[mask].cuda().requires_grad_()
     X = torch.randn(192, 64, device="cuda", requires_grad=True)
-    Y = ops.spmm(X, values, None, p.kernel_id)
+    Y = ops.spmm(X, values, None, *p.op_args())
     G = torch.randn_like(Y)
     Y.backward(G)
     Wd = W.cuda().double()

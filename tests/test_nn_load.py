@@ -1,0 +1,138 @@
+"""``load_state_dict`` of the sparse layers: the loaded matrix is the state_dict's, and a load
+that fails leaves the layer exactly as it was (nothing copied, the same pattern)."""
+import numpy as np
+import pytest
+import torch
+
+from sparsert_triton.nn import SparseConv2d, SparseLinear
+
+pytestmark = pytest.mark.usefixtures("on_test_device")
+
+
+def _snapshot(layer):
+    return ({k: v.clone() if torch.is_tensor(v) else v for k, v in layer.state_dict().items()},
+            layer.kernel_id, layer.values)
+
+
+def _assert_unchanged(layer, snap, x):
+    state, kernel_id, values = snap
+    now = layer.state_dict()
+    assert now.keys() == state.keys()
+    for k, v in state.items():
+        assert torch.equal(now[k], v) if torch.is_tensor(v) else now[k] == v, k
+    assert layer.kernel_id == kernel_id and layer.values is values
+    ref = x @ layer.dense_weight().t() + (layer.bias if layer.bias is not None else 0)
+    torch.testing.assert_close(layer(x), ref)       # forward uses the mask state_dict shows
+
+
+def _one_row(indices, values=(1.0, 2.0, 3.0, 4.0), indptr=None):
+    layer = SparseLinear(4, 1, bias=False)
+    sd = layer.state_dict()
+    sd.update(values=torch.tensor(values), indices=torch.tensor(indices),
+              indptr=torch.tensor([0, len(indices)] if indptr is None else indptr))
+    return layer, sd
+
+
+def test_unsorted_indices_are_refused_and_the_layer_kept():
+    # W = [4, 3, 2, 1] as (column 3: 1.0, column 2: 2.0, ...); x = [1, 2, 3, 4]
+    layer, sd = _one_row([3, 2, 1, 0])
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    snap = _snapshot(layer)
+    with pytest.raises(RuntimeError, match=r"indices: .*sorted"):
+        layer.load_state_dict(sd)
+    _assert_unchanged(layer, snap, x)
+
+
+def test_sorted_indices_load_the_state_dicts_matrix():
+    layer, sd = _one_row([0, 1, 2, 3], values=(4.0, 3.0, 2.0, 1.0))
+    layer.load_state_dict(sd)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert layer(x).item() == 20.0
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(indices=[0, 1, 2, 9]), r"indices: column index 9 out of range \[0, 4\)"),
+    (dict(indices=[0, 1, 1, 2]), r"indices: .*sorted"),
+    (dict(indices=[-1, 0, 1, 2]), r"indices: column index -1 out of range"),
+    (dict(indptr=[0, 5]), r"indptr: .*end at 4"),
+    (dict(indices=[[0, 1], [2, 3]]), r"indices: must be 1-D"),
+    (dict(indptr=[1, 4]), r"indptr: .*start at 0"),
+    (dict(values=(1.0, 2.0, 3.0)), r"values: shape \(3,\), expected \(4,\)"),
+])
+def test_a_bad_mask_or_values_changes_nothing(change, match):
+    layer = SparseLinear(4, 1, bias=False, mask=torch.tensor([[True, False, True, False]]))
+    sd = layer.state_dict()
+    sd.update(values=torch.tensor(change.get("values", (1.0, 2.0, 3.0, 4.0))),
+              indices=torch.tensor(change.get("indices", [0, 1, 2, 3])),
+              indptr=torch.tensor(change.get("indptr", [0, 4])))
+    snap = _snapshot(layer)
+    with pytest.raises(RuntimeError, match=match) as e:
+        layer.load_state_dict(sd)
+    assert "scipy" not in str(e.value)
+    _assert_unchanged(layer, snap, torch.randn(3, 4))
+
+
+def test_float_indices_a_lone_indptr_and_a_bad_bias_are_refused():
+    layer = SparseLinear(4, 2, mask=torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1]]))
+    good = {k: v.clone() for k, v in SparseLinear(4, 2).state_dict().items()
+            if torch.is_tensor(v)}
+    snap = _snapshot(layer)
+    for bad, match in ((dict(good, indices=good["indices"].float()), r"indices: .*integer"),
+                       ({"indptr": good["indptr"], "values": good["values"]},
+                        r"indptr.*indices.*both"),
+                       (dict(good, bias=torch.zeros(3)), r"bias: shape \(3,\), expected \(2,\)")):
+        with pytest.raises(RuntimeError, match=match):
+            layer.load_state_dict(bad, strict=False)
+        _assert_unchanged(layer, snap, torch.randn(3, 4))
+
+
+def test_strict_load_with_a_missing_key_keeps_the_pattern_and_buffers_in_step():
+    # nn.Module loads the keys that are present and then reports the missing one; the layer's
+    # kernel must compute the mask its state_dict now shows
+    layer = SparseLinear(4, 2, mask=torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1]]))
+    other = SparseLinear(4, 2).state_dict()
+    del other["bias"]
+    with pytest.raises(RuntimeError, match="Missing key.*bias"):
+        layer.load_state_dict(other)
+    assert layer.nnz == 8 and torch.equal(layer.values, other["values"])
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(layer(x), x @ layer.dense_weight().t() + layer.bias)
+
+
+def test_a_new_mask_without_values_is_refused():
+    layer = SparseLinear(4, 2, mask=torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1]]))
+    other = SparseLinear(4, 2).state_dict()
+    del other["values"]
+    snap = _snapshot(layer)
+    with pytest.raises(RuntimeError, match="values"):
+        layer.load_state_dict(other, strict=False)
+    _assert_unchanged(layer, snap, torch.randn(3, 4))
+
+
+def test_a_bad_schedule_changes_nothing():
+    layer = SparseLinear(4, 2, mask=torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1]]))
+    other = SparseLinear(4, 2).state_dict()
+    other["_extra_state"] = {"schedule": {"mode": "table", "no_such_field": 1}}
+    snap = _snapshot(layer)
+    with pytest.raises(RuntimeError, match="_extra_state"):
+        layer.load_state_dict(other)
+    _assert_unchanged(layer, snap, torch.randn(3, 4))
+
+
+def test_conv_layer_refuses_unsorted_indices_too():
+    layer = SparseConv2d(1, 1, (1, 3), bias=False)
+    sd = layer.state_dict()
+    sd["indices"] = torch.tensor([2, 1, 0])
+    indices_before = layer.indices.clone()
+    with pytest.raises(RuntimeError, match=r"indices: .*sorted"):
+        layer.load_state_dict(sd)
+    assert torch.equal(layer.indices, indices_before)
+
+
+def test_a_pattern_refuses_unsorted_indices_and_leaves_the_callers_arrays():
+    # the check once ran on an array scipy had sorted in place, so it always agreed
+    from sparsert_triton.ops import SparsePattern
+    indices = np.array([3, 2, 1, 0])
+    with pytest.raises(ValueError, match="sorted"):
+        SparsePattern(1, 4, np.array([0, 4]), indices)
+    assert indices.tolist() == [3, 2, 1, 0]
