@@ -3,6 +3,7 @@
 GPU timing is replaced by a fake; kernels run under the Triton interpreter.
 """
 import csv
+import json
 import math
 import os
 
@@ -256,6 +257,32 @@ def test_report_geomeans_targets_and_plots(tmp_path):
     # running again replaces the section instead of appending a second one
     report.main(["--csv", str(csv_path), "--results-dir", str(results), "--no-plots"])
     assert (results / "RESULTS.md").read_text().count(report.BEGIN) == 1
+
+
+def test_merge_shards_joins_rows_and_meta(tmp_path):
+    """A sharded suite (``scripts/gpu.sh suite``) becomes one CSV and one meta file: every
+    row once under one header, cases and wall time summed, both shards named."""
+    whole = tmp_path / "whole.csv"
+    _synthetic_csv(whole)
+    with open(whole, newline="") as f:
+        rows = list(csv.DictReader(f))
+    shards = [tmp_path / "s1.csv", tmp_path / "s2.csv"]
+    for i, (path, part) in enumerate(zip(shards, (rows[:5], rows[5:]))):
+        report.write_rows(path, dlmc_bench.COLUMNS, part)
+        path.with_suffix(".meta.json").write_text(json.dumps(
+            {"args": {"shard": f"{i + 1}/2", "tune_budget": 1.5}, "cases": 3 + i, "cases_run": 3,
+             "wall_s": 10.5, "rows": len(part), "started": f"t{i}", "finished": f"f{i}"}))
+    out = tmp_path / "merged.csv"
+    assert report.main(["--merge", *map(str, shards), "--csv", str(out), "--merge-only"]) == 0
+    with open(out, newline="") as f:
+        assert list(csv.DictReader(f)) == rows
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["args"] == {"shard": "1/2 + 2/2", "tune_budget": 1.5}
+    assert (meta["cases"], meta["cases_run"], meta["wall_s"], meta["rows"]) == (7, 6, 21.0, len(rows))
+    assert (meta["started"], meta["finished"], meta["error"]) == ("t0", "f1", None)
+    with pytest.raises(SystemExit):     # a missing shard is named, nothing is written
+        report.main(["--merge", str(tmp_path / "nope.csv"), "--csv", str(tmp_path / "x.csv")])
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_geomean_ignores_missing():
