@@ -77,6 +77,7 @@ def merge_shards(shards: Sequence[Path], out: Path) -> int:
                 merged[key] = round(sum(m[key] for m in metas), 1)
         merged["finished"] = metas[-1].get("finished")
         merged["error"] = "; ".join(m["error"] for m in metas if m.get("error")) or None
+        merged["unreadable"] = {k: v for m in metas for k, v in (m.get("unreadable") or {}).items()}
         Path(out).with_suffix(".meta.json").write_text(json.dumps(merged, indent=1))
     return len(rows)
 
@@ -264,6 +265,9 @@ def markdown(rows, cases, csv_path: Path, plot_paths: Sequence[Path], meta: Opti
             L.append(f"Arguments: subset {a.get('subset')}, sparsities {a.get('sparsities')}, dtypes "
                      f"{a.get('dtypes')}, tune budget {a.get('tune_budget')} s per case, "
                      f"max compile {a.get('max_compile_s')} s.")
+        if meta.get("unreadable"):
+            L.append("Skipped, unreadable: " + "; ".join(
+                f"`{Path(p).name}` ({why})" for p, why in sorted(meta["unreadable"].items())) + ".")
         L.append("")
     n_cases = sum(1 for v in cases.values() if SYSTEM in v and _timed(v[SYSTEM]))
     L += [f"Source: `{csv_path.name}` ({len(rows)} rows, {n_cases} cases timed). Times are CUDA-graph "
