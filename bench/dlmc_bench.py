@@ -26,7 +26,9 @@ load) and ``schedule`` (its ``repr``) are filled for the sparsert systems only. 
 check failed or that raised has empty times and ``FAILED: ...``/``ERROR: ...`` in ``schedule``.
 Beside the CSV: ``<stem>.meta.json`` (device, versions, arguments) and ``<stem>.tune.jsonl``
 (every tuning candidate's outcome). The run stops starting new work at ``--deadline-s``, so
-it always ends with a complete file; ``--resume`` skips cases already in the CSV.
+it always ends with a complete file; ``--resume`` skips cases already in the CSV. A matrix
+file that cannot be read (empty, truncated, a bad header) is skipped, named on stderr and in
+the meta's ``unreadable``, and the run goes on.
 """
 from __future__ import annotations
 
@@ -157,12 +159,34 @@ def read_batch_sizes(root) -> Dict[str, int]:
     return out
 
 
+class UnreadableMatrix(Exception):
+    """A matrix file that cannot be read (missing, truncated, not gzip, a bad header or
+    inconsistent contents): its cases are skipped, the run goes on."""
+
+    def __init__(self, path, cause: BaseException):
+        kind = type(cause).__name__ if type(cause).__module__ == "builtins" else \
+            f"{type(cause).__module__}.{type(cause).__name__}"      # zlib.error, gzip.BadGzipFile
+        self.path, self.reason = Path(path), f"{kind}: {_first_line(cause)}"
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def _read_errors():
+    import zlib
+    return (OSError, EOFError, ValueError, zlib.error)   # gzip: OSError, EOFError, zlib.error
+
+
 def smtx_shape(path: Path) -> tuple:
-    """(M, K, nnz) from a DLMC file's header line."""
+    """(M, K, nnz) from a DLMC file's header line; ``UnreadableMatrix`` if it has none."""
     import gzip
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as f:
-        return tuple(int(t) for t in f.readline().replace(",", " ").split())
+    try:
+        with opener(path, "rt") as f:
+            shape = tuple(int(t) for t in f.readline().replace(",", " ").split())
+        if len(shape) != 3:
+            raise ValueError(f"bad header: {len(shape)} numbers, expected 'M, K, nnz'")
+    except _read_errors() as ex:
+        raise UnreadableMatrix(path, ex) from ex
+    return shape
 
 
 def make_cases(matrices: Sequence[MatrixFile], batch_sizes: Dict[str, int], dtypes: Sequence[str],
@@ -179,7 +203,11 @@ def make_cases(matrices: Sequence[MatrixFile], batch_sizes: Dict[str, int], dtyp
         count = {}
         kept = []
         for m in sorted(chosen_all, key=lambda m: (m.model, m.sparsity, m.name)):
-            shape_key = (m.model, m.sparsity, smtx_shape(m.path)[:2])
+            try:
+                shape_key = (m.model, m.sparsity, smtx_shape(m.path)[:2])
+            except UnreadableMatrix as ex:
+                print(f"[dlmc] skipped {ex.path}: unreadable ({ex.reason})", file=sys.stderr)
+                continue
             count[shape_key] = count.get(shape_key, 0) + 1
             if count[shape_key] <= per_shape:
                 kept.append(m)
@@ -254,6 +282,7 @@ class Runner:
         self._patterns = {}
         self.rows_written = 0
         self.cases_run = 0
+        self.unreadable: Dict[str, str] = {}    # path -> why; its cases are skipped
 
     # -- output
     def _write(self, row: dict):
@@ -278,7 +307,11 @@ class Runner:
         from sparsert_triton.dlmc import read_smtx
         p = self._patterns.get(case.matrix.path)
         if p is None:
-            p = self._patterns[case.matrix.path] = read_smtx(case.matrix.path)
+            try:
+                p = read_smtx(case.matrix.path)
+            except _read_errors() as ex:
+                raise UnreadableMatrix(case.matrix.path, ex) from ex
+            self._patterns[case.matrix.path] = p
         weight = p.with_values(seed=self.opt.seed, dtype=case.dtype)
         g = torch.Generator().manual_seed(self.opt.seed * 1000003 + case.N)
         from .baselines import torch_dtype
@@ -378,7 +411,9 @@ class Runner:
         return medians
 
     def run(self, cases: Sequence[Case]) -> int:
-        """Run cases until done or the deadline; returns how many cases ran."""
+        """Run cases until done or the deadline; returns how many cases ran. The cases of a
+        matrix file that cannot be read are skipped (named once on stderr, listed in
+        ``unreadable``); the run goes on."""
         from tqdm.auto import tqdm
         done = 0
         bar = tqdm(cases, desc="dlmc", unit="case", disable=not self.progress, file=sys.stderr,
@@ -388,9 +423,17 @@ class Runner:
                 tqdm.write(f"[dlmc] deadline: stopping with {len(cases) - done} of {len(cases)} "
                            "cases not run", file=sys.stderr)
                 break
+            if str(case.matrix.path) in self.unreadable:
+                continue
             bar.set_postfix_str(f"{case.matrix.model}/{case.matrix.sparsity}/{case.matrix.name[:28]} "
                                 f"N={case.N} {case.dtype}")
-            med = self.run_case(case)
+            try:
+                med = self.run_case(case)
+            except UnreadableMatrix as ex:
+                self.unreadable[str(ex.path)] = ex.reason
+                tqdm.write(f"[dlmc] skipped {ex.path}: unreadable ({ex.reason}); going on",
+                           file=sys.stderr)
+                continue
             done += 1
             self.cases_run += 1
             tqdm.write(_summary(case, med), file=sys.stderr)
@@ -532,11 +575,14 @@ def main(argv=None):
         print(f"[dlmc] stopped: {error}", file=sys.stderr)
     write_meta(meta_path, args, started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
                finished=time.strftime("%Y-%m-%d %H:%M:%S"), cases=len(cases), cases_run=runner.cases_run,
-               wall_s=round(time.time() - t0, 1), rows=runner.rows_written, error=error)
+               wall_s=round(time.time() - t0, 1), rows=runner.rows_written, error=error,
+               unreadable=runner.unreadable)
     if error:
         return 1
     print(f"[dlmc] {runner.cases_run}/{len(cases)} cases, {runner.rows_written} rows -> {out} "
-          f"in {time.time() - t0:.0f}s", file=sys.stderr)
+          f"in {time.time() - t0:.0f}s"
+          + (f"; {len(runner.unreadable)} unreadable matrices skipped" if runner.unreadable else ""),
+          file=sys.stderr)
     return 0
 
 

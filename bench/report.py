@@ -48,6 +48,40 @@ def write_rows(path, columns: Sequence[str], rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
+def merge_shards(shards: Sequence[Path], out: Path) -> int:
+    """Concatenate the CSVs of a sharded run (``dlmc_bench --shard i/n``) into ``out``, one
+    header, rows in shard order, and their ``.meta.json`` into ``out``'s: the first shard's
+    device, versions and arguments (``shard`` naming every shard), its start, the last
+    finish, and cases, cases run, rows and wall time summed. Returns the number of rows."""
+    import csv
+    rows, columns, metas = [], None, []
+    for p in map(Path, shards):
+        if not p.exists():
+            raise FileNotFoundError(f"--merge {p}: no such file")
+        with open(p, newline="") as f:
+            reader = csv.DictReader(f)
+            if columns is not None and reader.fieldnames != columns:
+                raise ValueError(f"--merge {p}: columns differ from {shards[0]}'s")
+            columns = reader.fieldnames
+            rows += list(reader)
+        meta = p.with_suffix(".meta.json")
+        if meta.exists():
+            metas.append(json.loads(meta.read_text()))
+    write_rows(out, columns or [], rows)
+    if metas:
+        merged = dict(metas[0])
+        merged["args"] = dict(metas[0].get("args", {}),
+                              shard=" + ".join(str(m.get("args", {}).get("shard")) for m in metas))
+        for key in ("cases", "cases_run", "rows", "wall_s"):
+            if all(isinstance(m.get(key), (int, float)) for m in metas):
+                merged[key] = round(sum(m[key] for m in metas), 1)
+        merged["finished"] = metas[-1].get("finished")
+        merged["error"] = "; ".join(m["error"] for m in metas if m.get("error")) or None
+        merged["unreadable"] = {k: v for m in metas for k, v in (m.get("unreadable") or {}).items()}
+        Path(out).with_suffix(".meta.json").write_text(json.dumps(merged, indent=1))
+    return len(rows)
+
+
 def load(path) -> List[dict]:
     from sparsert_triton.viz import read_results
     rows = read_results(path)
@@ -231,6 +265,9 @@ def markdown(rows, cases, csv_path: Path, plot_paths: Sequence[Path], meta: Opti
             L.append(f"Arguments: subset {a.get('subset')}, sparsities {a.get('sparsities')}, dtypes "
                      f"{a.get('dtypes')}, tune budget {a.get('tune_budget')} s per case, "
                      f"max compile {a.get('max_compile_s')} s.")
+        if meta.get("unreadable"):
+            L.append("Skipped, unreadable: " + "; ".join(
+                f"`{Path(p).name}` ({why})" for p, why in sorted(meta["unreadable"].items())) + ".")
         L.append("")
     n_cases = sum(1 for v in cases.values() if SYSTEM in v and _timed(v[SYSTEM]))
     L += [f"Source: `{csv_path.name}` ({len(rows)} rows, {n_cases} cases timed). Times are CUDA-graph "
@@ -299,8 +336,19 @@ def main(argv=None):
     ap.add_argument("--results-dir", default="bench/results")
     ap.add_argument("--dlmc", help="DLMC folder, for rn50_batchsizes.txt (batch 1 vs batch 8)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="SHARD.csv",
+                    help="first write --csv (and its meta) from the CSVs of a sharded run")
+    ap.add_argument("--merge-only", action="store_true", help="with --merge: stop after it")
     a = ap.parse_args(argv)
     csv_path, out = Path(a.csv), Path(a.results_dir)
+    if a.merge:
+        try:
+            n = merge_shards(a.merge, csv_path)
+        except (FileNotFoundError, ValueError) as ex:
+            ap.error(str(ex))
+        print(f"[report] {n} rows from {len(a.merge)} shards -> {csv_path}")
+        if a.merge_only:
+            return 0
     if not csv_path.exists():
         ap.error(f"--csv {csv_path}: no such file")
     out.mkdir(parents=True, exist_ok=True)

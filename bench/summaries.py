@@ -1,10 +1,14 @@
-"""Summaries of the convolution and end-to-end benchmark CSVs for ``RESULTS.md``.
+"""Summaries of the convolution and end-to-end benchmark CSVs for ``RESULTS.md``, and the
+README's results block from the canonical CSVs.
 
     python -m bench.summaries --conv bench/results/conv_h100.csv \
         --e2e bench/results/e2e_h100.csv [--e2e ...] --results bench/results/RESULTS.md
+    python -m bench.summaries --readme README.md
 
 Each summary replaces its own marked section (``<!-- conv-bench:begin/end -->``,
-``<!-- e2e-bench:begin/end -->``). Speedup = baseline time / sparsert time, geometric mean.
+``<!-- e2e-bench:begin/end -->``, ``<!-- readme-results:begin/end -->``). Speedup = baseline
+time / sparsert time, geometric mean. The README block is computed from ``CANONICAL`` (the
+files RESULTS.md's tables come from); a test checks that the README holds that block.
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ from typing import Dict, List, Sequence
 from bench.report import geomean, write_marked
 
 CONV_BASELINES = ("cudnn", "cudnn_tf32", "im2col_sparsert")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The canonical results, the sources of RESULTS.md's tables and of the README's block.
+CANONICAL = {"dlmc": "dlmc_h100.csv", "conv": "conv_h100.csv",
+             "e2e": ("e2e_bert_h100.csv", "e2e_rn50_h100.csv")}
 
 
 def _rows(path) -> List[dict]:
@@ -89,11 +97,83 @@ def e2e_markdown(rows: Sequence[dict], sources: Sequence[str]) -> str:
     return "\n".join(L) + "\n"
 
 
+def _dlmc_lines(dlmc_csv: Path) -> List[str]:
+    """fp32 geomean speedups per sparsity (large layers, RN50 batch 1, all) and where half
+    precision beats tensor-core dense."""
+    from bench import report
+    rows = report.load(dlmc_csv)
+    report.n_groups(rows)
+    cases = report.by_case(rows)
+    large = lambda k: (k[0], k[1]) in (("transformer", "N=2048"), ("rn50", "batch8"))
+    b1 = lambda k: (k[0], k[1]) == ("rn50", "batch1")
+    anything = lambda k: True
+    n = sum(1 for k, v in cases.items() if report.SYSTEM in v)
+    L = [f"DLMC suite (`{dlmc_csv.name}`, {n} cases; RESULTS.md has every group): geometric-mean "
+         "speedup of the tuned kernel in fp32.", "",
+         "| sparsity | vs dense fp32 (large*) | vs dense fp32 (RN50 batch 1) | "
+         "vs dense TF32 (large*) | vs cuSPARSE (all) |", "|---|---|---|---|---|"]
+    for sp in sorted({k[2] for k in cases if k[3] == "float32"}):
+        def g(base, where):
+            return report._x(geomean(report.speedups(cases, base, where=lambda k: (
+                k[3] == "float32" and abs(k[2] - sp) < 1e-9 and where(k)))))
+        L.append(f"| {100 * sp:g}% | {g('dense', large)} | {g('dense', b1)} | "
+                 f"{g('dense_tf32', large)} | {g('cusparse', anything)} |")
+    # report.break_even: "- float16 rn50 batch1: sparsert beats dense from 98% sparsity (levels ...)"
+    half = [line[2:].split(" (levels")[0].replace(": sparsert beats dense", "")
+            for line in report.break_even(cases) if "beats dense" in line]
+    L += ["", "*large: Transformer N = 2048 and ResNet-50 batch 8. Against tensor-core dense in "
+          "half precision, sparse wins " + ("only in " + "; ".join(half) if half else "in no group")
+          + "."]
+    return L
+
+
+def _conv_line(conv_csv: Path) -> str:
+    cases = conv_cases(_rows(conv_csv))
+
+    def g(dtype, batch=None):
+        return geomean([v["cudnn"] / v["sparsert"] for (_, sp, b, d), v in cases.items()
+                        if d == dtype and abs(float(sp) - 0.9) < 1e-9 and batch in (None, b)
+                        and "cudnn" in v and "sparsert" in v])
+    half = [f"{g(d, 1):.2f}x / {g(d, 8):.2f}x ({d})" for d in ("float16", "bfloat16")
+            if any(k[3] == d for k in cases)]
+    return (f"Sparse 3x3 convolutions at 90% (`{conv_csv.name}`): {g('float32', 1):.2f}x (batch 1) "
+            f"and {g('float32', 8):.2f}x (batch 8) over cuDNN fp32, {g('float32'):.2f}x geomean "
+            "(SparseRT reports over 5x)" + ("; against cuDNN in half precision "
+                                           + ", ".join(half) + " at batch 1 / 8" if half else "")
+            + ".")
+
+
+def _e2e_line(e2e_csvs: Sequence[Path]) -> str:
+    rows = [r for p in e2e_csvs for r in _rows(p)]
+    parts = []
+    for model, name in (("bert", "BERT-base encoder layer"), ("resnet50", "ResNet-50")):
+        graph = [_num(r["speedup"]) for r in rows if r["model"] == model and r["timing"] == "graph"]
+        if graph:
+            parts.append(f"{name} {min(graph):.2f}-{max(graph):.2f}x")
+    launch = [_num(r["speedup"]) for r in rows if r["timing"] == "launch"]
+    return (f"End to end under CUDA graphs ({', '.join(f'`{p.name}`' for p in e2e_csvs)}): "
+            + ", ".join(parts) + " over the dense masked model (eager and torch.compile, batch 1 "
+            f"and 8); called eagerly from Python the sparse models run at {min(launch):.2f}-"
+            f"{max(launch):.2f}x of dense (the host path per sparse layer).")
+
+
+def readme_markdown(results_dir: Path = RESULTS_DIR) -> str:
+    """The README's results block, from the canonical CSVs in ``results_dir``."""
+    d = Path(results_dir)
+    L = ["<!-- readme-results:begin -->",
+         "<!-- written by `python -m bench.summaries --readme README.md` from bench/results/ -->", ""]
+    L += _dlmc_lines(d / CANONICAL["dlmc"])
+    L += ["", _conv_line(d / CANONICAL["conv"]), "",
+          _e2e_line([d / p for p in CANONICAL["e2e"]]), "<!-- readme-results:end -->"]
+    return "\n".join(L) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.summaries", description=__doc__.split("\n\n")[0])
     ap.add_argument("--conv", help="conv_bench CSV")
     ap.add_argument("--e2e", action="append", default=[], help="e2e CSV (repeatable)")
     ap.add_argument("--results", default="bench/results/RESULTS.md")
+    ap.add_argument("--readme", help="rewrite this README's results block from the canonical CSVs")
     a = ap.parse_args(argv)
     out = Path(a.results)
     if a.conv:
@@ -101,6 +181,8 @@ def main(argv=None):
     if a.e2e:
         rows = [r for p in a.e2e for r in _rows(p)]
         write_marked(out, e2e_markdown(rows, [Path(p).name for p in a.e2e]))
+    if a.readme:
+        write_marked(Path(a.readme), readme_markdown())
 
 
 if __name__ == "__main__":

@@ -263,6 +263,19 @@ class SpecializedKernel:
         return (f"<SpecializedKernel {self.program.name}: {w.M}x{w.K}, nnz={w.nnz} "
                 f"({100 * (1 - w.density):.1f}% sparse), {self.schedule!r}>")
 
+    def summary(self) -> str:
+        """A few lines for a reader: the program, the weight, the main plan fields and the
+        size of the generated source, of the last call (else of the default N = 128 one)."""
+        w, src = self.weight, self.source
+        p = self.last_plan or self.plan(128)
+        kernels = src.count("\ndef sparse_")
+        return "\n".join([
+            f"program  {self.program.name.rsplit('.', 1)[-1]}: {ir.to_source(self.program.out)}",
+            f"weight   {w.M} x {w.K}, nnz {w.nnz} ({100 * (1 - w.density):.1f}% sparse), {w.dtype}",
+            f"plan     mode={p.mode!r}: {p.rows_per_program} row(s) x {p.block_n} columns per "
+            f"program, {p.num_warps} warp(s), rows in {p.row_order!r} order (every field: k.plan(N))",
+            f"source   {len(src.splitlines())} lines, {kernels} kernel(s) (k.source)"])
+
 
 class SparseKernel:
     """What ``@sparse_kernel`` returns: a traced program waiting for a weight."""

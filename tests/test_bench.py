@@ -3,6 +3,7 @@
 GPU timing is replaced by a fake; kernels run under the Triton interpreter.
 """
 import csv
+import json
 import math
 import os
 
@@ -180,6 +181,43 @@ def test_runner_writes_checked_rows_and_resumes(dlmc_dir, tmp_path, monkeypatch,
     assert done == {c.key for c in cases}
 
 
+def test_runner_skips_unreadable_matrices_and_goes_on(dlmc_dir, tmp_path, monkeypatch, capsys,
+                                                     device):
+    """An empty file (no header) and a broken gzip among the matrices: their cases are
+    skipped, each file named once on stderr with why, and every other case still runs."""
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = dlmc_dir / "transformer" / "magnitude_pruning" / "0.9"
+    empty = folder / "body_encoder_layer_1_ffn_conv1_fully_connected.smtx"
+    empty.write_text("")
+    broken = folder / "body_encoder_layer_2_ffn_conv1_fully_connected.smtx.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    found = dlmc_bench.find_matrices(dlmc_dir, ["transformer"], ["0.9"])
+    assert len(found) == 3
+    good = next(m.path for m in found if "layer_0" in m.name)
+    # --per-shape reads every header first: the bad files are named and left out there
+    kept = dlmc_bench.make_cases(found, {}, ["float32"], per_shape=5)
+    assert {c.matrix.path for c in kept} == {good}
+    err = capsys.readouterr().err
+    assert f"skipped {empty}: unreadable" in err and f"skipped {broken}: unreadable" in err
+    # the runner meets them while running (two N per matrix)
+    cases = [dlmc_bench.Case(c.matrix, n, c.n_group, c.dtype)
+             for c, n in zip(dlmc_bench.make_cases(found, {}, ["float32"]), [8, 12] * 3)]
+    assert len(cases) == 6 and cases[0].matrix.path != cases[2].matrix.path
+    out = tmp_path / "o.csv"
+    runner = dlmc_bench.Runner(out, dlmc_bench.Options(systems=("triton_csr",)), device=device,
+                               time_fn=lambda m, X, b: timing.Timing(1.0, 2.0, 1, "fake"),
+                               progress=False)
+    assert runner.run(cases) == 2
+    assert set(runner.unreadable) == {str(empty), str(broken)}
+    assert "bad header ''" in runner.unreadable[str(empty)]
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [(r["matrix"], r["N"], r["median_us"]) for r in rows] == \
+        [("body_encoder_layer_0_ffn_conv1_fully_connected", n, "1") for n in ("8", "12")]
+    err = capsys.readouterr().err
+    assert err.count(f"skipped {empty}: unreadable (ValueError") == 1
+    assert err.count(f"skipped {broken}: unreadable") == 1 and "going on" in err
+
+
 def test_runner_records_failed_checks_without_timing(dlmc_dir, tmp_path, monkeypatch, device):
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path / "cache"))
     found = dlmc_bench.find_matrices(dlmc_dir, ["transformer"], ["0.9"])
@@ -256,6 +294,37 @@ def test_report_geomeans_targets_and_plots(tmp_path):
     # running again replaces the section instead of appending a second one
     report.main(["--csv", str(csv_path), "--results-dir", str(results), "--no-plots"])
     assert (results / "RESULTS.md").read_text().count(report.BEGIN) == 1
+
+
+def test_merge_shards_joins_rows_and_meta(tmp_path):
+    """A sharded suite (``scripts/gpu.sh suite``) becomes one CSV and one meta file: every
+    row once under one header, cases and wall time summed, both shards named."""
+    whole = tmp_path / "whole.csv"
+    _synthetic_csv(whole)
+    with open(whole, newline="") as f:
+        rows = list(csv.DictReader(f))
+    shards = [tmp_path / "s1.csv", tmp_path / "s2.csv"]
+    for i, (path, part) in enumerate(zip(shards, (rows[:5], rows[5:]))):
+        report.write_rows(path, dlmc_bench.COLUMNS, part)
+        path.with_suffix(".meta.json").write_text(json.dumps(
+            {"args": {"shard": f"{i + 1}/2", "tune_budget": 1.5}, "cases": 3 + i, "cases_run": 3,
+             "wall_s": 10.5, "rows": len(part), "started": f"t{i}", "finished": f"f{i}",
+             "unreadable": {f"/d/m{i}.smtx": "ValueError: bad header ''"}}))
+    out = tmp_path / "merged.csv"
+    assert report.main(["--merge", *map(str, shards), "--csv", str(out), "--merge-only"]) == 0
+    with open(out, newline="") as f:
+        assert list(csv.DictReader(f)) == rows
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["args"] == {"shard": "1/2 + 2/2", "tune_budget": 1.5}
+    assert (meta["cases"], meta["cases_run"], meta["wall_s"], meta["rows"]) == (7, 6, 21.0, len(rows))
+    assert (meta["started"], meta["finished"], meta["error"]) == ("t0", "f1", None)
+    assert set(meta["unreadable"]) == {"/d/m0.smtx", "/d/m1.smtx"}
+    report.main(["--csv", str(out), "--results-dir", str(tmp_path), "--no-plots"])
+    assert "Skipped, unreadable: `m0.smtx` (ValueError: bad header '')" in \
+        (tmp_path / "RESULTS.md").read_text()
+    with pytest.raises(SystemExit):     # a missing shard is named, nothing is written
+        report.main(["--merge", str(tmp_path / "nope.csv"), "--csv", str(tmp_path / "x.csv")])
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_geomean_ignores_missing():

@@ -101,29 +101,6 @@ def test_cudnn_flags_are_restored():
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == before
 
 
-def test_pad_cost_rows(tmp_path):
-    """bench/pad_cost.py's whole path on the CPU with a fake timer: every layer and batch gets
-    a row, after its copy was checked against F.pad and its plan was the padded kernel."""
-    from bench.pad_cost import COLUMNS, measure
-    times = iter(range(1, 100))
-    rows = measure(_dlmc(tmp_path), [1, 2], device=DEV,
-                   timer=lambda make_call, X, nbytes: (make_call(X)(), float(next(times)))[1])
-    assert len(rows) == 6 and all(set(r) == set(COLUMNS) for r in rows)
-    assert [(r["copy_us"], r["torch_pad_us"], r["sparse_us"]) for r in rows[:1]] == \
-        [("1.00", "2.00", "3.00")]
-    assert rows[0]["copy_share"] == "0.33"
-
-
-def test_streams_latency_rows():
-    """bench/streams_latency.py's path on the CPU (interpreter, a fake graph timer): one
-    checked row per setting, the variant cut into several kernels."""
-    from bench.streams_latency import COLUMNS, measure
-    rows = measure(M=24, K=20, N=9, density=0.3, streams=(1, 3), device=DEV, calls=2,
-                   graph_timer=lambda call: 1.0)
-    assert [r["streams"] for r in rows] == [1, 3]
-    assert all(set(r) == set(COLUMNS) and r["kernels"] > 1 for r in rows)
-
-
 def test_build_all_then_run_case_reports_the_parallel_build(tmp_path):
     """``--jobs``: the unrolled schedules of every layer are built in worker processes first
     (table schedules are not), and the timing run reports those build times."""

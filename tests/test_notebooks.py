@@ -3,6 +3,8 @@
 Needs nbformat, nbclient, ipykernel and matplotlib (the CI installs them).
 """
 import csv
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,20 @@ CELL_TIMEOUT_S = 240
 
 
 def execute(name: str):
-    """Run a notebook in a fresh kernel (cwd = notebooks/); return (all text, image count)."""
+    """Run a notebook in a fresh kernel (cwd = notebooks/, this checkout's packages first on
+    its path); return (all text, image count)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute()          # raises CellExecutionError, with the cell and traceback, on error
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(NOTEBOOKS.parent), path) if p)
+    try:
+        client.execute()      # raises CellExecutionError, with the cell and traceback, on error
+    finally:
+        if path is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = path
     text, images = [], 0
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -41,9 +52,31 @@ def _gpu() -> bool:
 def test_tour():
     text, images = execute("01_tour.ipynb")
     assert "max |Y - torch|" in text and "same kernel file: True" in text
-    assert "W[" in text and "tl.load" in text              # the side-by-side listing
+    check_listing(text)
     assert images >= 3
     assert ("skipped: timing needs a CUDA GPU" in text) != _gpu()
+
+
+def check_listing(text: str):
+    """The side-by-side listing of notebook 1: every load of X is annotated with its column,
+    and every product (``a = x * w`` or ``a = tl.fma(x, w, a)``) with the weight it multiplies,
+    ``W[row,col] = w``, whose value is the literal in the code."""
+    listing = [line.split("| ", 1) for line in text.splitlines()
+               if re.match(r"^(load X\[\d+, :\]|  W\[\d+,\d+\] = [+-][\d.]+)?\s*\| ", line)]
+    products = loads = 0
+    for left, right in listing:
+        left = left.strip()
+        if "tl.load(" in right:
+            loads += 1
+            assert left.startswith("load X["), right
+        product = re.search(r"= (?:x\d+ \* |tl\.fma\(x\d+, )(-?[\d.e+-]+)", right)
+        if product:
+            products += 1
+            m = re.fullmatch(r"W\[\d+,\d+\] = ([+-][\d.]+)", left)
+            assert m, f"product not annotated: {right.strip()}"
+            assert abs(float(m.group(1)) - float(product.group(1))) < 1e-4, (left, right)
+    assert loads >= 5 and products >= 10
+    assert any("tl.fma(" in right for _, right in listing)
 
 
 def test_schedule_space():

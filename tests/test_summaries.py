@@ -1,6 +1,9 @@
 """The conv and end-to-end summaries: geometric means, the target line, marked sections."""
 import csv
+import json
 import math
+import re
+from pathlib import Path
 
 from bench import summaries
 
@@ -45,3 +48,63 @@ def test_e2e_summary_lists_every_row(tmp_path):
     md = summaries.e2e_markdown(summaries._rows(path), ["e2e.csv"])
     assert "| bert | 1 | eager | graph | 0.200 | 0.100 | 2.00x | 1.0e-07 | 4 |" in md
     assert math.isclose(summaries._num("2.5"), 2.5) and summaries._num("") != summaries._num("")
+
+
+# ------------------------------------------------------------------ docs that cannot go stale
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def test_results_md_tables_are_the_ones_the_canonical_csvs_give():
+    """Every marked table of RESULTS.md is what report/summaries write from the CSVs kept in
+    bench/results (run them again after a new measurement)."""
+    from bench import report
+    text = (RESULTS / "RESULTS.md").read_text()
+    rows = report.load(RESULTS / summaries.CANONICAL["dlmc"])
+    report.n_groups(rows)
+    meta = json.loads((RESULTS / "dlmc_h100.meta.json").read_text())
+    plots = [RESULTS / f"{kind}_{dtype}.png" for dtype in ("float32", "float16")
+             for kind in ("speedup_vs_sparsity", "roofline")]
+    assert all(p.exists() for p in plots)
+    dlmc = report.markdown(rows, report.by_case(rows), RESULTS / summaries.CANONICAL["dlmc"],
+                           plots, meta)
+    conv = summaries.conv_markdown(summaries._rows(RESULTS / summaries.CANONICAL["conv"]),
+                                   summaries.CANONICAL["conv"])
+    e2e_files = summaries.CANONICAL["e2e"]
+    e2e = summaries.e2e_markdown([r for p in e2e_files for r in summaries._rows(RESULTS / p)],
+                                 list(e2e_files))
+    for section in (dlmc, conv, e2e):
+        assert section.rstrip("\n") in text, section.splitlines()[0]
+
+
+def test_readme_results_block_is_the_one_the_canonical_csvs_give():
+    """README.md's results block is written by `python -m bench.summaries --readme README.md`
+    from the same CSVs as RESULTS.md; a stale README fails here."""
+    readme = (ROOT / "README.md").read_text()
+    block = summaries.readme_markdown()
+    assert block.rstrip("\n") in readme, "stale: run python -m bench.summaries --readme README.md"
+    # the same figure in both documents: fp32 at 90% against cuSPARSE over all cases
+    target = next(line for line in (RESULTS / "RESULTS.md").read_text().splitlines()
+                  if line.startswith("| all, fp32, 0.9: vs cusparse |"))
+    row90 = next(line for line in block.splitlines() if line.startswith("| 90% |"))
+    assert target.split("|")[3].strip() == row90.split("|")[5].strip()
+
+
+def test_readme_block_follows_the_data(tmp_path):
+    """Halving every sparse convolution time doubles the README's convolution figures."""
+    import shutil
+    for name in (summaries.CANONICAL["dlmc"], summaries.CANONICAL["conv"], *summaries.CANONICAL["e2e"]):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    conv = tmp_path / summaries.CANONICAL["conv"]
+    rows = summaries._rows(conv)
+    for r in rows:
+        if r["system"] == "sparsert" and r["median_us"]:
+            r["median_us"] = str(float(r["median_us"]) / 2)
+    with open(conv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    before = re.search(r"([\d.]+)x geomean", summaries.readme_markdown()).group(1)
+    after = re.search(r"([\d.]+)x geomean", summaries.readme_markdown(tmp_path)).group(1)
+    assert abs(float(after) - 2 * float(before)) < 0.011
