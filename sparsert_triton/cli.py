@@ -184,11 +184,13 @@ def _positive_int(s: str) -> int:
 
 def _add_schedule_options(p):
     g = p.add_argument_group("schedule (every field defaults to 'auto': the heuristic plan)")
-    g.add_argument("--mode", choices=("auto", "values", "indices", "table"), default="auto",
+    g.add_argument("--mode", choices=("auto", "values", "indices", "table", "blocks"),
+                   default="auto",
                    help="values: weights and columns baked in as literals (SparseRT); indices: "
                         "columns baked in, values read from a buffer (new values reuse the "
                         "kernel); table: a loop over host-built buffers (code size independent "
-                        "of nnz)")
+                        "of nnz); blocks: row blocks of padded nonzero lists with 16-bit "
+                        "columns (W @ X of few columns)")
     g.add_argument("--rows-per-program", type=_int_or_auto, default="auto", metavar="R",
                    help="output rows computed by one program (each loaded X row feeds all R)")
     g.add_argument("--block-n", type=_int_or_auto, default="auto", metavar="B",

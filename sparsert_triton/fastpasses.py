@@ -111,4 +111,4 @@ def fast_pipeline(active: bool = True):
 def applies(plan) -> bool:
     """The trimmed pipeline is valid for unrolled kernels whose tile is one element per thread
     or fewer (no layout to coalesce)."""
-    return plan.mode != "table" and plan.block_n <= 32 * plan.num_warps
+    return plan.mode in ("values", "indices") and plan.block_n <= 32 * plan.num_warps

@@ -153,7 +153,7 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
     exactly (by specialising) unless the lower bound already exceeds ``exact_below``. With
     ``workers`` > 1 (default: ``SPARSERT_COMPILE_WORKERS``) a variant's kernels compile side by
     side, so the build takes the longer of its largest kernel and an even share of the whole."""
-    if plan.mode == "table":
+    if plan.mode in ("table", "blocks"):     # one loop kernel, whatever nnz
         return TABLE_COMPILE_S
     workers = max(1, compile_workers() if workers is None else int(workers))
     # nnz FMAs and M stores, without counting loads: free, and enough to skip most large layers
@@ -333,6 +333,17 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
             s = Schedule(mode="table", rows_per_program=R, chunk=U, block_n=bn, row_order="cluster",
                          use_dot=True, num_warps=warps)
             (first if i == 0 else second).append(s)
+
+    # the blocks mode (row blocks of padded nonzero lists, 16-bit columns) for the
+    # memory-bound products of few columns: 8 x 64 won at N <= 4, 4 x 32 at N = 16 and 8 x 16
+    # at N = 64 of these five on the Llama-2-7B MLP shapes (H100, fp16; bench/NOTES.md,
+    # twelfth session)
+    if N <= 64:
+        bn_b = min(64, next_pow2(N))
+        for i, (R, U) in enumerate(((8, 64), (4, 64), (4, 32), (16, 32), (8, 16))):
+            if R * U * bn_b <= 16384:
+                s = Schedule(mode="blocks", rows_per_program=R, chunk=U, block_n=bn_b)
+                (first if i == 0 and half else second).append(s)
 
     # unrolled modes around plan_for's rows per program (about 256 FMAs per group)
     base = plan_for(Schedule(mode="values"), w, N, d).rows_per_program

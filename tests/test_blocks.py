@@ -160,3 +160,14 @@ def test_convolution_refuses_blocks_mode():
         torch.ones(2, 2, 3, 3), Schedule(mode="blocks"))
     with pytest.raises(ValueError, match="blocks mode computes W @ X only"):
         k(torch.ones(1, 2, 4, 4))
+
+
+def test_the_tuner_searches_blocks_for_few_columns():
+    from sparsert_triton.tune import candidate_schedules
+    w = as_sparse_weight(_weight(256, 512, 0.1, torch.float16))
+    few = candidate_schedules(w, 4, "float16")
+    blocks = [s for s in few if s.mode == "blocks"]
+    assert few[0].mode == "blocks" and len(blocks) == 6      # the default and five more
+    for s in blocks:       # every candidate is a valid plan
+        assert plan_for(s, w, 4, "float16").mode == "blocks"
+    assert not any(s.mode == "blocks" for s in candidate_schedules(w, 256, "float16"))
