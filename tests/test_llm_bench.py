@@ -42,3 +42,16 @@ def test_speedups_and_section(tmp_path):
     text = md.read_text()
     assert text.count(lb.BEGIN) == 1 and "kept" in text
     assert "| 1 | 90% | float16 | 2.00x | 0.50x |" in text
+
+
+def test_run_checks_and_writes_every_system_on_the_cpu(tmp_path):
+    """The whole loop on the interpreter (tiny layer): every system checked against float64
+    and written with the CSV's columns (semi24 needs a GPU: skipped with a message)."""
+    out = tmp_path / "llm.csv"
+    said = []
+    rows = lb.run(["tiny"], [1, 5], [0.5], ["float16"], ["per_row"],
+                  list(lb.SYSTEMS), out, log=said.append, device="cpu")
+    assert [r["system"] for r in rows] == ["dense", "sparsert_default", "table"] * 2
+    modes = [r["schedule"].split("'")[1] for r in rows if r["system"] == "sparsert_default"]
+    assert modes == ["blocks", "table"]          # 2400 nonzeros: blocks at N <= 4 only
+    assert [list(r) for r in lb.read_csv(out)][0] == lb.COLUMNS
