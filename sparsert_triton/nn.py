@@ -143,15 +143,18 @@ class _SparseLayer(nn.Module):
             raise TypeError(f"{type(self).__name__} holds {self.values.dtype} values but the "
                             f"input is {x.dtype}; convert one of them (e.g. layer.half())")
 
-    def _needs_grad(self, x: Tensor) -> bool:
-        return torch.is_grad_enabled() and (
-            x.requires_grad or self.values.requires_grad
-            or (self.bias is not None and self.bias.requires_grad))
-
-    def _use_custom_op(self, x: Tensor) -> bool:
-        """The dispatcher path when compiling or when autograd needs it; else the same kernel
-        called directly (no custom-op overhead)."""
-        return torch.compiler.is_compiling() or self._needs_grad(x)
+    def _run(self, op, function, direct, x: Tensor, X: Tensor) -> Tensor:
+        """The layer's op on ``X``: through the dispatcher (``op``, the custom op) when
+        tracing, compiling or under a dispatch mode; else through ``function`` (the op's
+        autograd formula as an ``autograd.Function``) when a gradient is needed, or the kernel
+        alone (``direct``). See :func:`sparsert_triton.ops.route`."""
+        values, bias = self.values, self.bias
+        how = ops.route(x, values, bias)
+        if how is ops.DIRECT:
+            return direct(X, values, bias, self._pattern.kernel_id)
+        if how is ops.AUTOGRAD:
+            return function.apply(X, values, bias, self._pattern.kernel_id)
+        return op(X, values, bias, self._pattern.kernel_id)
 
     # ------------------------------------------------------------ state
     def get_extra_state(self):
@@ -187,6 +190,10 @@ class SparseLinear(_SparseLayer):
     ``nn.Linear``; use :meth:`from_linear` to convert a pruned layer.
     """
 
+    #: see :attr:`row_major_input`
+    ROW_MAJOR_INPUTS = ("transpose", "strided")
+    _transpose_input = True
+
     def __init__(self, in_features: int, out_features: int, mask: Optional[Tensor] = None,
                  bias: bool = True, schedule: Optional[Schedule] = None, device=None,
                  dtype=None):
@@ -214,6 +221,25 @@ class SparseLinear(_SparseLayer):
 
     def reset_parameters(self):
         self._reset_uniform(self.in_features)
+
+    @property
+    def row_major_input(self) -> str:
+        """How an input whose features are contiguous (``x.stride(-1) == 1``, e.g. a
+        LayerNorm's output) reaches the kernel, which reads ``X^T`` (in, N) in column tiles
+        along N: ``"transpose"`` (default) copies it once into a contiguous (in, N) tensor, so
+        the kernel's loads are unit-stride (one extra copy kernel per call); ``"strided"``
+        lets the kernel read it in place, each column tile a gather with stride ``in`` (no
+        copy, slower loads). Which is faster depends on the GPU and N:
+        ``bench/eager_bench.py`` measures both. Inputs laid out as (in, N) columns (the output
+        of a sparse layer) and single rows are read in place either way."""
+        return "transpose" if self._transpose_input else "strided"
+
+    @row_major_input.setter
+    def row_major_input(self, how: str):
+        if how not in self.ROW_MAJOR_INPUTS:
+            raise ValueError(f"row_major_input must be one of {self.ROW_MAJOR_INPUTS}, "
+                             f"got {how!r}")
+        self._transpose_input = how == "transpose"
 
     def _rebuild_pattern(self):
         self._pattern = ops.SparsePattern(self.out_features, self.in_features,
@@ -244,17 +270,18 @@ class SparseLinear(_SparseLayer):
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), "
                              f"got shape {tuple(x.shape)}")
         self._check_dtype(x)
-        lead = x.shape[:-1]
-        X = x.reshape(-1, self.in_features)            # (N, in): a view when x allows it
-        Xt = X.t()                                      # (in, N)
-        if Xt.stride(1) != 1 and Xt.shape[1] > 1:
+        flat = x.dim() == 2
+        X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
+        Xt = X.t()                                            # (in, N)
+        if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1:
             # the kernel's column tiles run along N: a row-major input (features contiguous)
-            # would make every load a gather, so it is transposed once here; the output of a
-            # sparse layer is already laid out so that the next sparse layer needs no copy
+            # would make every load a gather, so it is transposed once here (unless
+            # row_major_input="strided"); the output of a sparse layer is already laid out so
+            # that the next sparse layer needs no copy
             Xt = Xt.contiguous()
-        spmm = ops.spmm if self._use_custom_op(x) else ops.spmm_direct
-        Yt = spmm(Xt, self.values, self.bias, self.kernel_id)      # (out, N)
-        return Yt.t().reshape(*lead, self.out_features)   # view: Y^T stored, Y returned
+        Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt)   # (out, N)
+        Y = Yt.t()                                        # view: Y^T stored, Y returned
+        return Y if flat else Y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -378,8 +405,7 @@ class SparseConv2d(_SparseLayer):
         if X.stride(3) != 1 and X.shape[3] > 1:
             # the kernel's column tiles run along W: channels-last input is made NCHW once
             X = X.contiguous()
-        conv = ops.sparse_conv2d if self._use_custom_op(x) else ops.sparse_conv2d_direct
-        Y = conv(X, self.values, self.bias, self.kernel_id)
+        Y = self._run(ops.sparse_conv2d, ops.Conv2dFunction, ops.sparse_conv2d_direct, x, X)
         return Y if x.dim() == 4 else Y.squeeze(0)
 
     def extra_repr(self) -> str:

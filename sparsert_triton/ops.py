@@ -131,6 +131,12 @@ class SparsePattern:
         return self._cached(("fwd", values.device, values.dtype, with_bias), values,
                             lambda v: program.specialize(self.base.with_values(v), self.schedule))
 
+    def spmm(self, X: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs)."""
+        _check_spmm(X, values, bias, self)
+        k = self.forward_kernel(values, bias is not None)
+        return k(X, bias) if bias is not None else k(X)
+
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:
             indptr_t, indices_t, perm = csr_transpose(self.M, self.K, self.indptr, self.indices)
@@ -225,10 +231,7 @@ def _check_values_bias(X: Tensor, values: Tensor, bias: Optional[Tensor], p):
 def spmm_direct(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
     """What :func:`spmm` runs, called without the dispatcher: for eager calls that need no
     autograd (it saves the custom op's per-call overhead; invisible to ``torch.compile``)."""
-    p = pattern(kernel_id)
-    _check_spmm(X, values, bias, p)
-    k = p.forward_kernel(values, bias is not None)
-    return k(X, bias) if bias is not None else k(X)
+    return pattern(kernel_id).spmm(X, values, bias)
 
 
 @torch.library.custom_op("sparsert::spmm", mutates_args=())
@@ -301,6 +304,44 @@ def _backward(ctx, grad):
 
 
 spmm.register_autograd(_backward, setup_context=_setup_context)
+
+
+class SpmmFunction(torch.autograd.Function):
+    """:func:`spmm` with its autograd formula, outside the dispatcher: for eager calls that
+    need gradients (:func:`route`). Same forward, same saved tensors, same backward."""
+
+    @staticmethod
+    def forward(X, values, bias, kernel_id):
+        return spmm_direct(X, values, bias, kernel_id)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+# ---------------------------------------------------------------- routing an eager call
+
+#: the ways a layer runs its op
+DISPATCH, AUTOGRAD, DIRECT = "dispatch", "autograd", "direct"
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def route(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> str:
+    """How a layer's call runs: through the custom op (``DISPATCH``) whenever something may
+    look at it (``torch.compile`` / ``torch.export`` tracing, ``torch.jit.trace``, a
+    ``TorchDispatchMode`` such as fake tensors or FlopCounterMode, a functorch transform, a
+    tensor subclass); otherwise the same computation without the dispatcher's per-call cost:
+    ``AUTOGRAD`` (:class:`SpmmFunction` / :class:`Conv2dFunction`, the op's own autograd
+    formula) when a gradient is needed, else ``DIRECT`` (the kernel call alone)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()
+            or torch._C._get_tracing_state() is not None
+            or type(x) not in _PLAIN or type(values) not in _PLAIN
+            or (bias is not None and type(bias) not in _PLAIN)):
+        return DISPATCH
+    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return AUTOGRAD
+    return DIRECT
 
 
 # ---------------------------------------------------------------- convolutions
@@ -413,6 +454,15 @@ def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
     return k(X, bias) if bias is not None else k(X)
 
 
+class Conv2dFunction(torch.autograd.Function):
+    """:func:`sparse_conv2d` with its autograd formula, outside the dispatcher (see
+    :func:`route`)."""
+
+    @staticmethod
+    def forward(X, values, bias, kernel_id):
+        return sparse_conv2d_direct(X, values, bias, kernel_id)
+
+
 @torch.library.custom_op("sparsert::sparse_conv2d", mutates_args=())
 def sparse_conv2d(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
     """``conv2d(X, W) (+ bias per channel)`` for the pattern ``kernel_id``; X (B, C_in, H, W)
@@ -477,3 +527,5 @@ def _conv_backward(ctx, grad):
 
 
 sparse_conv2d.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+Conv2dFunction.setup_context = staticmethod(_conv_setup_context)
+Conv2dFunction.backward = staticmethod(_conv_backward)
