@@ -71,18 +71,24 @@ class CallPlan:
     def __init__(self, variant, sig, X: torch.Tensor, Y: torch.Tensor, operands):
         self.variant, self.sig = variant, sig
         self.shape, self.dtype, self.device = tuple(Y.shape), Y.dtype, X.device
-        self.conv = X.dim() == 4
         self.sizes = tuple(size_args(X, Y))      # Y is allocated contiguous on every call
-        self.N = self.sizes[-1]
         self.numbers = [i for i, v in enumerate(operands) if not isinstance(v, torch.Tensor)]
         self.tensors = [i for i, v in enumerate(operands) if isinstance(v, torch.Tensor)]
+        # the operands' launch arguments: their strides are fixed by the layout; the tensors
+        # and the numbers' values are filled in per call
+        conv = X.dim() == 4
+        self.op_args, self.op_fill = [], []     # (position, operand index, is a number)
+        for i, (kind, v) in enumerate(zip(sig.operand_kinds, operands)):
+            self.op_fill.append((len(self.op_args), i, kind[1] == "number"))
+            self.op_args += operand_args(_One(kind), (v,), conv)   # the value comes first
         plan = variant.plan
         # the variants whose launch needs only X, the variant's buffers, Y and the operands
         self.direct = not (plan.pad_input or plan.tap_masks or plan.tap_pointers
                            or plan.column_slices > 1
                            or (plan.streams > 1 and X.is_cuda))
-        self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.N)]
-        self.compiled = {}       # alignment pattern of the tensor arguments -> launches
+        self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
+        self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
+        self.buffers = None      # the variant's device buffers (made once per device)
 
     def check_numbers(self, operands):
         for i in self.numbers:
@@ -97,27 +103,37 @@ class CallPlan:
         if self.numbers:
             self.check_numbers(operands)
         Y = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        if self.N == 0:
-            return Y
         v = self.variant
         if not (self.direct and v.launcher.enabled):
             run(v, prepare(X, v.plan), Y, operands, self.sig)
             return Y
-        args = (X, *v.buffers(self.device), Y, *operand_args(self.sig, operands, self.conv),
-                *self.sizes)
+        ops = self.op_args
+        if self.op_fill:
+            ops = list(ops)
+            for pos, i, number in self.op_fill:
+                ops[pos] = float(operands[i]) if number else operands[i]
         # the variant's buffers are allocated once per device: only these pointers can move
         aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0,
                    *[operands[i].data_ptr() % 16 == 0 for i in self.tensors])
         launches = self.compiled.get(aligned)
         if launches is not None:
-            run_compiled(launches, args, v.launcher.stream_of(self.device))
+            run_compiled(launches, (X, *self.buffers, Y, *ops, *self.sizes),
+                         v.launcher.stream_of(self.device))
             return Y
         args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
         spec = spec_key(args)
         found = [(v.launcher.compiled(fn, self.device, spec), g) for fn, g in self.grids]
         if all(k is not None for k, _ in found):
+            self.buffers = v.buffers(self.device)
             self.compiled[aligned] = found
         return Y
+
+
+class _One:
+    """A signature of one operand, for :func:`operand_args`."""
+
+    def __init__(self, kind):
+        self.operand_kinds = (kind,)
 
 
 def _grid3(grid) -> tuple:

@@ -47,6 +47,7 @@ from torch import Tensor
 from dsl import Schedule
 
 from .api import SpecializedKernel, sparse_kernel
+from .callplan import MAX_PLANS, call_key, tensor_layout
 from .compile import interpreting
 from .conv import ConvGeometry
 from .weights import SparseWeight, as_sparse_weight
@@ -97,6 +98,7 @@ class SparsePattern:
         self.M, self.K, self.indptr, self.indices = int(M), int(K), indptr, indices
         self.schedule = schedule or Schedule()
         self._kernels = {}     # key -> (values tensor, version, SpecializedKernel)
+        self._planned = {}     # call layout -> (values, version, address, kernel, CallPlan)
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)
         self.kernel_id = next(_ids)
@@ -133,9 +135,28 @@ class SparsePattern:
 
     def spmm(self, X: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
         """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs)."""
-        _check_spmm(X, values, bias, self)
+        return self._forward(X, values, bias, _check_spmm)
+
+    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor], check) -> Tensor:
+        """The forward kernel on X. The first call of a layout (X's, the values' and the
+        bias' shape, strides, dtype and device) is checked (``check``), finds its kernel and
+        plans the call; later calls of that layout with the same values (the same tensor, at
+        the same address, at the same version) run the planned call directly."""
+        operands = (bias,) if bias is not None else ()
+        key = _forward_key(X, values, bias)
+        hit = self._planned.get(key) if key is not None else None
+        if hit is not None and hit[0] is values and hit[1] == _version(values) \
+                and hit[2] == values.data_ptr():
+            return hit[4](X, operands, hit[3]._kernel_input)
+        check(X, values, bias, self)
         k = self.forward_kernel(values, bias is not None)
-        return k(X, bias) if bias is not None else k(X)
+        Y = k(X, *operands)
+        plan = k._calls.get(call_key(X, operands)) if key is not None else None
+        if plan is not None:
+            if len(self._planned) >= MAX_PLANS:
+                self._planned.clear()
+            self._planned[key] = (values, _version(values), values.data_ptr(), k, plan)
+        return Y
 
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:
@@ -166,6 +187,22 @@ class SparsePattern:
     def refresh(self):
         """Forget the specialised kernels (after writing values through ``.data``)."""
         self._kernels.clear()
+        self._planned.clear()
+
+
+def _forward_key(X: Tensor, values: Tensor, bias: Optional[Tensor]):
+    """What a forward call's checks and kernel depend on besides the values' identity: the
+    layouts of X, values and bias (and the interpreter flag for CPU tensors); None for
+    tensors the fast path does not describe."""
+    x, v = tensor_layout(X), tensor_layout(values)
+    if x is None or v is None:
+        return None
+    b = None
+    if bias is not None:
+        b = tensor_layout(bias)
+        if b is None:
+            return None
+    return (x, v, b, interpreting() if x[3].type != "cuda" else None)
 
 
 def _version(t: Tensor) -> int:
@@ -448,10 +485,7 @@ def _check_conv(X: Tensor, values: Tensor, bias: Optional[Tensor], p: ConvPatter
 def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
                          kernel_id: int) -> Tensor:
     """What :func:`sparse_conv2d` runs, without the dispatcher (eager calls without autograd)."""
-    p = conv_pattern(kernel_id)
-    _check_conv(X, values, bias, p)
-    k = p.forward_kernel(values, bias is not None)
-    return k(X, bias) if bias is not None else k(X)
+    return conv_pattern(kernel_id)._forward(X, values, bias, _check_conv)
 
 
 class Conv2dFunction(torch.autograd.Function):

@@ -129,19 +129,19 @@ class _Kernel:
     function = packed_metadata = None
 
     def __init__(self):
-        self.xs = []
+        self.xs, self.args = [], []
 
     def launch_metadata(self, grid, stream, *args):
         return None
 
     def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
         self.xs.append(args[0].data_ptr())
+        self.args.append(args)
 
 
-def test_compiled_kernels_are_reused_only_for_the_same_alignment(monkeypatch):
-    """As on a GPU (the launcher on, compiled kernels kept per specialisation key): the planned
-    call launches the kernel compiled for its pointers' alignment, and a call whose X is not
-    16-byte aligned gets the kernel of that specialisation."""
+def as_on_a_gpu(monkeypatch) -> dict:
+    """The launcher on, keeping one recording kernel per specialisation key (returned: key ->
+    kernel), as Triton's compiled kernels are kept on a GPU."""
     compiled = {}
 
     def launcher_call(self, fn, grid, args, opts, device, spec=None):
@@ -150,6 +150,30 @@ def test_compiled_kernels_are_reused_only_for_the_same_alignment(monkeypatch):
         kernel = self.kernels.setdefault(key, compiled.setdefault(key[2], _Kernel()))
         direct.run_compiled(((kernel, (1, 1, 1)),), args, 0)
     monkeypatch.setattr(direct.Launcher, "__call__", launcher_call)
+    return compiled
+
+
+def test_planned_launches_take_each_calls_tensors_and_numbers(monkeypatch):
+    compiled = as_on_a_gpu(monkeypatch)
+    k = sparse_kernel(lambda W, X, b, a: (W @ X + b) * a).specialize(weight(8))
+    X, b = torch.randn(K, 8), torch.randn(M)
+    for i in range(4):
+        k(X, b, 2.0 + i)
+    (kernel,) = compiled.values()
+    assert len(kernel.args) == 4 and len(k._calls) == 1
+    last = kernel.args[-1]
+    floats = [a for a in last if type(a) is float]
+    assert last[0] is X and any(a is b for a in last) and floats == [5.0]
+    b2 = torch.randn(M)
+    k(X, b2, 1.0)
+    assert any(a is b2 for a in kernel.args[-1]) and not any(a is b for a in kernel.args[-1])
+
+
+def test_compiled_kernels_are_reused_only_for_the_same_alignment(monkeypatch):
+    """As on a GPU (the launcher on, compiled kernels kept per specialisation key): the planned
+    call launches the kernel compiled for its pointers' alignment, and a call whose X is not
+    16-byte aligned gets the kernel of that specialisation."""
+    compiled = as_on_a_gpu(monkeypatch)
     k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="table")).specialize(weight(7))
     base = torch.randn(K * 64 + 1)
     aligned = base[:K * 64].view(K, 64)

@@ -148,3 +148,26 @@ def test_top_level_imports():
     assert {"SparseConv2d", "SparseLinear", "sparsify"} <= set(sparsert_triton.__all__)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         sparsert_triton.no_such_name
+
+
+def test_planned_calls_follow_new_values_and_bias():
+    """A layer call of a planned layout runs the kernel of the values it is given: after an
+    in-place update, a new Parameter, a new bias or a dtype conversion the result follows."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=4))
+    x = torch.randn(6, IN)
+    with torch.no_grad():
+        for _ in range(2):
+            close(layer(x), layer.to_linear()(x))
+        layer.values.mul_(-1.5)                                  # version bump
+        close(layer(x), layer.to_linear()(x))
+        layer.values = nn.Parameter(torch.randn_like(layer.values))   # another tensor
+        close(layer(x), layer.to_linear()(x))
+        layer.bias = nn.Parameter(torch.randn_like(layer.bias))
+        close(layer(x), layer.to_linear()(x))
+        layer.load_state_dict({k: v * 2 if torch.is_tensor(v) and v.is_floating_point() else v
+                               for k, v in layer.state_dict().items()})
+        close(layer(x), layer.to_linear()(x))
+        layer.double()
+        y = layer(x.double())
+        assert y.dtype == torch.float64
+        close(y, layer.to_linear()(x.double()))
