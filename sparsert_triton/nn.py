@@ -5,13 +5,23 @@
 
 * ``x`` of shape (..., in) is flattened to ``X`` (N, in) (a view for contiguous inputs). The
   kernel's column tiles run along N, so it wants ``X^T`` with unit stride along N: a row-major
-  input (features contiguous, e.g. after a LayerNorm) is transposed once into a contiguous
-  (in, N) copy, since reading it in place would make every load a gather. The kernel writes
-  ``Y^T`` (out, N) contiguous and the layer returns ``Y^T.t()`` reshaped to (..., out), a view
-  with strides (…, 1, N): a following ``SparseLinear`` reads it in place, with no copy.
+  input (features contiguous, e.g. after a LayerNorm) is by default transposed once into a
+  contiguous (in, N) copy, since reading it in place makes every load a gather;
+  ``layer.row_major_input = "strided"`` has the kernel read it in place instead (no copy
+  kernel; which is faster depends on the GPU and N, ``bench/eager_bench.py`` measures both).
+  The kernel writes ``Y^T`` (out, N) contiguous and the layer returns ``Y^T.t()`` reshaped to
+  (..., out), a view with strides (…, 1, N): a following ``SparseLinear`` reads it in place,
+  with no copy.
 * Copies: that transpose of a row-major input; ``reshape`` of an input whose leading dims
   cannot be merged into one stride; downstream ops that need a contiguous last dim copy the
   transposed output.
+* Eager calls: the custom op (and its dispatcher cost) only where something may look at the
+  call (``torch.compile`` / ``torch.export`` tracing, ``torch.jit.trace``, dispatch modes,
+  functorch transforms, tensor subclasses); otherwise the op's autograd formula as an
+  ``autograd.Function`` when a gradient is needed, else the kernel alone
+  (:func:`sparsert_triton.ops.route`). A call of a layout seen before (the input's shape,
+  strides, dtype and device) skips the checks and lookups it passed then
+  (:mod:`sparsert_triton.callplan`).
 
 ``SparseConv2d`` is ``nn.Conv2d`` (groups=1, zero padding) over the direct sparse convolution
 ``sparsert::sparse_conv2d``: input (B, C_in, H, W) in any strides (channels_last inputs are
@@ -138,17 +148,17 @@ class _SparseLayer(nn.Module):
         flat = self.values.new_zeros(self._rows * self._cols)
         return flat.index_put((self._pattern.flat_index(self.values.device),), self.values)
 
-    def _check_dtype(self, x: Tensor):
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"{type(self).__name__} holds {self.values.dtype} values but the "
+    def _check_dtype(self, x: Tensor, values: Tensor):
+        if x.dtype != values.dtype:
+            raise TypeError(f"{type(self).__name__} holds {values.dtype} values but the "
                             f"input is {x.dtype}; convert one of them (e.g. layer.half())")
 
-    def _run(self, op, function, direct, x: Tensor, X: Tensor) -> Tensor:
+    def _run(self, op, function, direct, x: Tensor, X: Tensor, values: Tensor,
+             bias: Optional[Tensor]) -> Tensor:
         """The layer's op on ``X``: through the dispatcher (``op``, the custom op) when
         tracing, compiling or under a dispatch mode; else through ``function`` (the op's
         autograd formula as an ``autograd.Function``) when a gradient is needed, or the kernel
         alone (``direct``). See :func:`sparsert_triton.ops.route`."""
-        values, bias = self.values, self.bias
         how = ops.route(x, values, bias)
         if how is ops.DIRECT:
             return direct(X, values, bias, self._pattern.kernel_id)
@@ -266,11 +276,12 @@ class SparseLinear(_SparseLayer):
 
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
+        values, bias, shape = self.values, self.bias, x.shape
+        if len(shape) < 1 or shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), "
-                             f"got shape {tuple(x.shape)}")
-        self._check_dtype(x)
-        flat = x.dim() == 2
+                             f"got shape {tuple(shape)}")
+        self._check_dtype(x, values)
+        flat = len(shape) == 2
         X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
         Xt = X.t()                                            # (in, N)
         if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1:
@@ -279,9 +290,9 @@ class SparseLinear(_SparseLayer):
             # row_major_input="strided"); the output of a sparse layer is already laid out so
             # that the next sparse layer needs no copy
             Xt = Xt.contiguous()
-        Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt)   # (out, N)
-        Y = Yt.t()                                        # view: Y^T stored, Y returned
-        return Y if flat else Y.reshape(*x.shape[:-1], self.out_features)
+        Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias)
+        Y = Yt.t()                                # (N, out) view: Y^T stored, Y returned
+        return Y if flat else Y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -400,12 +411,14 @@ class SparseConv2d(_SparseLayer):
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"SparseConv2d expects input (B, {self.in_channels}, H, W) or "
                              f"({self.in_channels}, H, W), got shape {tuple(x.shape)}")
-        self._check_dtype(x)
+        values, bias = self.values, self.bias
+        self._check_dtype(x, values)
         X = x if x.dim() == 4 else x.unsqueeze(0)
         if X.stride(3) != 1 and X.shape[3] > 1:
             # the kernel's column tiles run along W: channels-last input is made NCHW once
             X = X.contiguous()
-        Y = self._run(ops.sparse_conv2d, ops.Conv2dFunction, ops.sparse_conv2d_direct, x, X)
+        Y = self._run(ops.sparse_conv2d, ops.Conv2dFunction, ops.sparse_conv2d_direct, x, X,
+                      values, bias)
         return Y if x.dim() == 4 else Y.squeeze(0)
 
     def extra_repr(self) -> str:
