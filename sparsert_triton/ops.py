@@ -345,13 +345,16 @@ spmm.register_autograd(_backward, setup_context=_setup_context)
 
 class SpmmFunction(torch.autograd.Function):
     """:func:`spmm` with its autograd formula, outside the dispatcher: for eager calls that
-    need gradients (:func:`route`). Same forward, same saved tensors, same backward."""
+    need gradients (:func:`route`). Same forward, same saved tensors, same backward. (The
+    forward takes ``ctx``: ``Function.apply`` binds the arguments with ``inspect`` on every
+    call when a separate ``setup_context`` is defined.)"""
 
     @staticmethod
-    def forward(X, values, bias, kernel_id):
-        return spmm_direct(X, values, bias, kernel_id)
+    def forward(ctx, X, values, bias, kernel_id):
+        Y = spmm_direct(X, values, bias, kernel_id)
+        _setup_context(ctx, (X, values, bias, kernel_id), Y)
+        return Y
 
-    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
 
 
@@ -490,11 +493,13 @@ def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
 
 class Conv2dFunction(torch.autograd.Function):
     """:func:`sparse_conv2d` with its autograd formula, outside the dispatcher (see
-    :func:`route`)."""
+    :func:`route` and :class:`SpmmFunction`)."""
 
     @staticmethod
-    def forward(X, values, bias, kernel_id):
-        return sparse_conv2d_direct(X, values, bias, kernel_id)
+    def forward(ctx, X, values, bias, kernel_id):
+        Y = sparse_conv2d_direct(X, values, bias, kernel_id)
+        _conv_setup_context(ctx, (X, values, bias, kernel_id), Y)
+        return Y
 
 
 @torch.library.custom_op("sparsert::sparse_conv2d", mutates_args=())
@@ -561,5 +566,4 @@ def _conv_backward(ctx, grad):
 
 
 sparse_conv2d.register_autograd(_conv_backward, setup_context=_conv_setup_context)
-Conv2dFunction.setup_context = staticmethod(_conv_setup_context)
 Conv2dFunction.backward = staticmethod(_conv_backward)
