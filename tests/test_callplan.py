@@ -185,3 +185,32 @@ def test_compiled_kernels_are_reused_only_for_the_same_alignment(monkeypatch):
     by_alignment = {ks[0][1]: kern for ks, kern in compiled.items()}   # X's alignment fact
     assert by_alignment[True].xs == [aligned.data_ptr()] * 3
     assert by_alignment[False].xs == [shifted.data_ptr()] * 2
+
+
+@pytest.mark.gpu
+def test_planned_calls_on_the_gpu_launch_compiled_kernels_directly():
+    """On a GPU the planned calls launch the compiled kernels themselves, for each pointer
+    alignment, and the same plan is captured by a CUDA graph."""
+    W = weight(9)
+    for schedule in (Schedule(mode="table"), Schedule(mode="values", rows_per_program=4)):
+        k = sparse_kernel(lambda W, X, b: W @ X + b, schedule=schedule).specialize(W)
+        base, b = torch.randn(K * 300 + 4, device="cuda"), torch.randn(M, device="cuda")
+        for X in (base[:K * 300].view(K, 300), base[1:K * 300 + 1].view(K, 300),
+                  base[:K * 300].view(300, K).t()):
+            for _ in range(3):
+                Y = k(X, b)
+            close(Y, reference(W, X) + b.double()[:, None])
+        assert len(k._calls) == 2 and all(p.compiled for p in k._calls.values())
+        X = base[:K * 300].view(K, 300)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            k(X, b)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            Yg = k(X, b)
+        X.copy_(torch.randn_like(X))
+        graph.replay()
+        torch.cuda.synchronize()
+        close(Yg, reference(W, X) + b.double()[:, None])
