@@ -22,6 +22,7 @@ from dsl import Schedule, ir, trace
 
 from . import cache
 from .canonicalise import canonicalise_program, plan_for, with_device
+from .callplan import MAX_PLANS, CallPlan, call_key
 from .compile import import_kernels, interpreting
 from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
@@ -118,6 +119,7 @@ class SpecializedKernel:
         self.program, self.schedule, self.weight, self.conv = program, schedule, weight, conv
         self._variants = {}
         self._by_call = {}
+        self._calls = {}         # call_key -> CallPlan
         self._last: Optional[Variant] = None
 
     # -------------------------------------------------------------- building
@@ -203,7 +205,26 @@ class SpecializedKernel:
     # -------------------------------------------------------------- running
     def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None):
         """``epilogue(W @ X)`` for ``X`` of shape (K, N); for a convolution, ``epilogue(conv2d(X,
-        W))`` for ``X`` of shape (B, C_in, H, W)."""
+        W))`` for ``X`` of shape (B, C_in, H, W).
+
+        The first call of each layout (X's shape, strides, dtype and device, the operands'
+        kinds and layouts) is checked in full and leaves a :class:`CallPlan` that later calls
+        of that layout run without repeating the checks (see :mod:`sparsert_triton.callplan`);
+        calls with ``out=`` are checked every time."""
+        key = call_key(X, operands) if out is None else None
+        if key is not None:
+            plan = self._calls.get(key)
+            if plan is not None:
+                return plan(X, operands, self._kernel_input)
+        Y, plan = self._checked_call(X, operands, out)
+        if key is not None and plan is not None:
+            if len(self._calls) >= MAX_PLANS:
+                self._calls.clear()
+            self._calls[key] = plan
+        return Y
+
+    def _checked_call(self, X, operands, out):
+        """The call with every check; returns (Y, its CallPlan or None if N == 0)."""
         if self.conv is None:
             sig = signature_for(self.program, self.weight, X, operands, out)
             shape = (self.weight.M, X.shape[1])
@@ -214,13 +235,19 @@ class SpecializedKernel:
         Y = out if out is not None else torch.empty(shape, dtype=TORCH_DTYPES[sig.out_dtype],
                                                     device=X.device)
         if N == 0:
-            return Y
+            return Y, None
         spatial = tuple(X.shape[2:]) if self.conv is not None else None
         v = self.variant(sig, N, X.device, X.stride(), spatial)
         self._last = v
-        run(v, self._padded(X, v.plan.pdl) if v.plan.pad_input else
-            self._contiguous(X) if v.plan.tap_masks else X, Y, operands, sig)
-        return Y
+        run(v, self._kernel_input(X, v.plan), Y, operands, sig)
+        return Y, (CallPlan(v, sig, X, Y, operands) if out is None else None)
+
+    def _kernel_input(self, X: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """The X the kernels read: a zero-padded copy (``pad_input``), a contiguous one
+        (``tap_masks``), else X itself."""
+        if plan.pad_input:
+            return self._padded(X, plan.pdl)
+        return self._contiguous(X) if plan.tap_masks else X
 
     @staticmethod
     def _contiguous(X: torch.Tensor) -> torch.Tensor:

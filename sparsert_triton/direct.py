@@ -42,7 +42,12 @@ class Launcher:
     def __init__(self, stream_of=None):
         self.kernels = {}
         self.enabled = True
-        self.stream_of = stream_of or (lambda device: torch.cuda.current_stream(device).cuda_stream)
+        self.stream_of = stream_of or current_stream
+
+    def compiled(self, fn, device: torch.device, spec):
+        """The compiled kernel this launcher keeps for ``fn`` on ``device`` under ``spec``
+        (a :func:`spec_key`), or None (not launched with those facts yet, or disabled)."""
+        return self.kernels.get((fn, device, spec)) if self.enabled else None
 
     def __call__(self, fn, grid, args, opts, device: torch.device, spec=None):
         """Launch ``fn`` on ``grid``; ``spec``: ``spec_key(args)`` if the caller has it (one
@@ -54,9 +59,36 @@ class Launcher:
             if self.enabled and _launchable(kernel):
                 self.kernels[key] = kernel
             return
-        from triton import knobs
-        stream = self.stream_of(device)
         g = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        run_compiled(((kernel, g),), args, self.stream_of(device))
+
+
+def current_stream(device: torch.device) -> int:
+    """The raw handle of ``device``'s current CUDA stream (what Triton's own launch uses)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None and device.index is not None:
+        return raw(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def run_compiled(launches, args, stream: int):
+    """Launch compiled kernels on ``stream``: ``launches`` are (kernel, (gx, gy, gz)) pairs
+    sharing the arguments ``args`` (what ``fn[grid](*args)`` does once it has found the
+    kernel, with Triton's launch hooks)."""
+    hooks = _runtime()
+    enter, exit_ = hooks.launch_enter_hook, hooks.launch_exit_hook
+    for kernel, g in launches:
         kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata,
-                   kernel.launch_metadata(g, stream, *args), knobs.runtime.launch_enter_hook,
-                   knobs.runtime.launch_exit_hook, *args)
+                   kernel.launch_metadata(g, stream, *args), enter, exit_, *args)
+
+
+def _runtime():
+    """``triton.knobs.runtime`` (imported on first use)."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        from triton import knobs
+        _RUNTIME = knobs.runtime
+    return _RUNTIME
+
+
+_RUNTIME = None

@@ -135,40 +135,56 @@ def operand_args(sig: Signature, operands, conv: bool = False) -> list:
     return args
 
 
-def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
-    """Launch every kernel of a variant: Y = epilogue(W @ X)."""
-    plan = variant.plan
-    bufs = variant.buffers(X.device)
+def size_args(X: torch.Tensor, Y: torch.Tensor) -> list:
+    """The integer arguments of a launch after the operands: X's and Y's strides and sizes."""
     if X.dim() == 4:     # convolution: N = B * Ho * Wo output positions
         B, _, Ho, Wo = Y.shape
-        N = B * Ho * Wo
-        strides = [*X.stride(), X.shape[2], X.shape[3], Y.stride(1), Y.stride(0), Y.stride(2),
-                   Y.stride(3), Wo, Ho * Wo, N]
-    else:
-        N = X.shape[1]
-        strides = [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), N]
+        return [*X.stride(), X.shape[2], X.shape[3], Y.stride(1), Y.stride(0), Y.stride(2),
+                Y.stride(3), Wo, Ho * Wo, B * Ho * Wo]
+    return [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), X.shape[1]]
+
+
+def grids(variant, N: int) -> list:
+    """(kernel, grid) of every kernel of a variant that has work, for N output columns."""
+    plan = variant.plan
     nt = -(-N // plan.block_n)
-    ops = operand_args(sig, operands, X.dim() == 4)
+    split = plan.column_slices
+    out = []
+    for fn, groups in variant.kernels:
+        if groups == 0:
+            continue
+        cols = min(nt, plan.column_programs) if plan.column_programs else nt
+        out.append((fn, (groups, nt, plan.split_k) if plan.mode == "blocks" else
+                    (groups, nt) if variant.table else (cols, groups * split)))
+    return out
+
+
+def launch_options(plan) -> dict:
     opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
     if plan.pdl:
         opts["launch_pdl"] = True
+    return opts
+
+
+def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
+    """Launch every kernel of a variant: Y = epilogue(W @ X). Returns the launch arguments
+    (the same for every kernel of the variant)."""
+    plan = variant.plan
+    bufs = variant.buffers(X.device)
+    strides = size_args(X, Y)
+    N = strides[-1]
+    nt = -(-N // plan.block_n)
+    ops = operand_args(sig, operands, X.dim() == 4)
+    opts = launch_options(plan)
     first = not variant.launched
-    split = plan.column_slices
-    if split > 1:
+    if plan.column_slices > 1:
         bufs = [*bufs, *slice_buffers(variant, Y, N, nt, sig)]
     if plan.mode == "blocks" and plan.split_k > 1:
         bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
     if plan.tap_pointers:
         bufs = [*bufs, zero_buffer(X)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
-    launches = []
-    for fn, groups in variant.kernels:
-        if groups == 0:
-            continue
-        cols = min(nt, plan.column_programs) if plan.column_programs else nt
-        grid = ((groups, nt, plan.split_k) if plan.mode == "blocks" else
-                (groups, nt) if variant.table else (cols, groups * split))
-        launches.append((fn, grid, args))
+    launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
     spec = spec_key(args) if variant.launcher.enabled else None
     fast = fastpasses.applies(plan)
@@ -183,6 +199,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
             for call in calls:
                 call()
     variant.launched = True
+    return args
 
 
 def slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):

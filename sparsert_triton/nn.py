@@ -5,13 +5,23 @@
 
 * ``x`` of shape (..., in) is flattened to ``X`` (N, in) (a view for contiguous inputs). The
   kernel's column tiles run along N, so it wants ``X^T`` with unit stride along N: a row-major
-  input (features contiguous, e.g. after a LayerNorm) is transposed once into a contiguous
-  (in, N) copy, since reading it in place would make every load a gather. The kernel writes
-  ``Y^T`` (out, N) contiguous and the layer returns ``Y^T.t()`` reshaped to (..., out), a view
-  with strides (…, 1, N): a following ``SparseLinear`` reads it in place, with no copy.
+  input (features contiguous, e.g. after a LayerNorm) is by default transposed once into a
+  contiguous (in, N) copy, since reading it in place makes every load a gather;
+  ``layer.row_major_input = "strided"`` has the kernel read it in place instead (no copy
+  kernel; which is faster depends on the GPU and N, ``bench/eager_bench.py`` measures both).
+  The kernel writes ``Y^T`` (out, N) contiguous and the layer returns ``Y^T.t()`` reshaped to
+  (..., out), a view with strides (…, 1, N): a following ``SparseLinear`` reads it in place,
+  with no copy.
 * Copies: that transpose of a row-major input; ``reshape`` of an input whose leading dims
   cannot be merged into one stride; downstream ops that need a contiguous last dim copy the
   transposed output.
+* Eager calls: the custom op (and its dispatcher cost) only where something may look at the
+  call (``torch.compile`` / ``torch.export`` tracing, ``torch.jit.trace``, dispatch modes,
+  functorch transforms, tensor subclasses); otherwise the op's autograd formula as an
+  ``autograd.Function`` when a gradient is needed, else the kernel alone
+  (:func:`sparsert_triton.ops.route`). A call of a layout seen before (the input's shape,
+  strides, dtype and device) skips the checks and lookups it passed then
+  (:mod:`sparsert_triton.callplan`).
 
 ``SparseConv2d`` is ``nn.Conv2d`` (groups=1, zero padding) over the direct sparse convolution
 ``sparsert::sparse_conv2d``: input (B, C_in, H, W) in any strides (channels_last inputs are
@@ -139,25 +149,28 @@ class _SparseLayer(nn.Module):
         flat = self.values.new_zeros(self._rows * self._cols)
         return flat.index_put((self._pattern.flat_index(self.values.device),), self.values)
 
-    def _check_dtype(self, x: Tensor):
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"{type(self).__name__} holds {self.values.dtype} values but the "
+    def _check_dtype(self, x: Tensor, values: Tensor):
+        if x.dtype != values.dtype:
+            raise TypeError(f"{type(self).__name__} holds {values.dtype} values but the "
                             f"input is {x.dtype}; convert one of them (e.g. layer.half())")
-
-    def _needs_grad(self, x: Tensor) -> bool:
-        return torch.is_grad_enabled() and (
-            x.requires_grad or self.values.requires_grad
-            or (self.bias is not None and self.bias.requires_grad))
 
     def _mask_args(self):
         """The custom ops' mask arguments: the CSR buffers and the pattern's key, so a traced
         or exported graph carries the mask it needs (``torch.export`` lifts the buffers)."""
         return self.indptr, self.indices, self._pattern.key
 
-    def _use_custom_op(self, x: Tensor) -> bool:
-        """The dispatcher path when compiling or when autograd needs it; else the same kernel
-        called directly (no custom-op overhead)."""
-        return torch.compiler.is_compiling() or self._needs_grad(x)
+    def _run(self, op, function, direct, x: Tensor, X: Tensor, values: Tensor,
+             bias: Optional[Tensor]) -> Tensor:
+        """The layer's op on ``X``: through the dispatcher (``op``, the custom op) when
+        tracing, compiling or under a dispatch mode; else through ``function`` (the op's
+        autograd formula as an ``autograd.Function``) when a gradient is needed, or the kernel
+        alone (``direct``). See :func:`sparsert_triton.ops.route`."""
+        how = ops.route(x, values, bias)
+        if how is ops.DIRECT:
+            return direct(X, values, bias, self._pattern.kernel_id)
+        if how is ops.AUTOGRAD:
+            return function.apply(X, values, bias, *self._mask_args())
+        return op(X, values, bias, *self._mask_args())
 
     # ------------------------------------------------------------ state
     def get_extra_state(self):
@@ -238,6 +251,10 @@ class SparseLinear(_SparseLayer):
     ``nn.Linear``; use :meth:`from_linear` to convert a pruned layer.
     """
 
+    #: see :attr:`row_major_input`
+    ROW_MAJOR_INPUTS = ("transpose", "strided")
+    _transpose_input = True
+
     def __init__(self, in_features: int, out_features: int, mask: Optional[Tensor] = None,
                  bias: bool = True, schedule: Optional[Schedule] = None, device=None,
                  dtype=None):
@@ -266,6 +283,25 @@ class SparseLinear(_SparseLayer):
     def reset_parameters(self):
         self._reset_uniform(self.in_features)
 
+    @property
+    def row_major_input(self) -> str:
+        """How an input whose features are contiguous (``x.stride(-1) == 1``, e.g. a
+        LayerNorm's output) reaches the kernel, which reads ``X^T`` (in, N) in column tiles
+        along N: ``"transpose"`` (default) copies it once into a contiguous (in, N) tensor, so
+        the kernel's loads are unit-stride (one extra copy kernel per call); ``"strided"``
+        lets the kernel read it in place, each column tile a gather with stride ``in`` (no
+        copy, slower loads). Which is faster depends on the GPU and N:
+        ``bench/eager_bench.py`` measures both. Inputs laid out as (in, N) columns (the output
+        of a sparse layer) and single rows are read in place either way."""
+        return "transpose" if self._transpose_input else "strided"
+
+    @row_major_input.setter
+    def row_major_input(self, how: str):
+        if how not in self.ROW_MAJOR_INPUTS:
+            raise ValueError(f"row_major_input must be one of {self.ROW_MAJOR_INPUTS}, "
+                             f"got {how!r}")
+        self._transpose_input = how == "transpose"
+
     def _rebuild_pattern(self):
         self._pattern = ops.SparsePattern(self.out_features, self.in_features,
                                           self.indptr.cpu().numpy(), self.indices.cpu().numpy(),
@@ -291,23 +327,23 @@ class SparseLinear(_SparseLayer):
 
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
+        values, bias, shape = self.values, self.bias, x.shape
+        if len(shape) < 1 or shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), "
-                             f"got shape {tuple(x.shape)}")
-        self._check_dtype(x)
-        lead = x.shape[:-1]
-        X = x.reshape(-1, self.in_features)            # (N, in): a view when x allows it
-        Xt = X.t()                                      # (in, N)
-        if Xt.stride(1) != 1 and Xt.shape[1] > 1:
+                             f"got shape {tuple(shape)}")
+        self._check_dtype(x, values)
+        flat = len(shape) == 2
+        X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
+        Xt = X.t()                                            # (in, N)
+        if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1:
             # the kernel's column tiles run along N: a row-major input (features contiguous)
-            # would make every load a gather, so it is transposed once here; the output of a
-            # sparse layer is already laid out so that the next sparse layer needs no copy
+            # would make every load a gather, so it is transposed once here (unless
+            # row_major_input="strided"); the output of a sparse layer is already laid out so
+            # that the next sparse layer needs no copy
             Xt = Xt.contiguous()
-        if self._use_custom_op(x):
-            Yt = ops.spmm(Xt, self.values, self.bias, *self._mask_args())      # (out, N)
-        else:
-            Yt = ops.spmm_direct(Xt, self.values, self.bias, self.kernel_id)
-        return Yt.t().reshape(*lead, self.out_features)   # view: Y^T stored, Y returned
+        Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias)
+        Y = Yt.t()                                # (N, out) view: Y^T stored, Y returned
+        return Y if flat else Y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -426,15 +462,14 @@ class SparseConv2d(_SparseLayer):
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"SparseConv2d expects input (B, {self.in_channels}, H, W) or "
                              f"({self.in_channels}, H, W), got shape {tuple(x.shape)}")
-        self._check_dtype(x)
+        values, bias = self.values, self.bias
+        self._check_dtype(x, values)
         X = x if x.dim() == 4 else x.unsqueeze(0)
         if X.stride(3) != 1 and X.shape[3] > 1:
             # the kernel's column tiles run along W: channels-last input is made NCHW once
             X = X.contiguous()
-        if self._use_custom_op(x):
-            Y = ops.sparse_conv2d(X, self.values, self.bias, *self._mask_args())
-        else:
-            Y = ops.sparse_conv2d_direct(X, self.values, self.bias, self.kernel_id)
+        Y = self._run(ops.sparse_conv2d, ops.Conv2dFunction, ops.sparse_conv2d_direct, x, X,
+                      values, bias)
         return Y if x.dim() == 4 else Y.squeeze(0)
 
     def extra_repr(self) -> str:

@@ -57,6 +57,7 @@ from torch import Tensor
 from dsl import Schedule
 
 from .api import SpecializedKernel, sparse_kernel
+from .callplan import MAX_PLANS, call_key, tensor_layout
 from .compile import interpreting
 from .conv import ConvGeometry
 from .weights import SparseWeight, as_sparse_weight, check_csr, csr_digest
@@ -109,6 +110,7 @@ class SparsePattern:
         self.M, self.K, self.indptr, self.indices = int(M), int(K), indptr, indices
         self.schedule = schedule or Schedule()
         self._kernels = {}     # key -> (values tensor, version, SpecializedKernel)
+        self._planned = {}     # call layout -> (values, version, address, kernel, CallPlan)
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)
         self.kernel_id = next(_ids)
@@ -161,6 +163,31 @@ class SparsePattern:
         return self._cached(("fwd", values.device, values.dtype, with_bias), values,
                             lambda v: program.specialize(self.base.with_values(v), self.schedule))
 
+    def spmm(self, X: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs)."""
+        return self._forward(X, values, bias, _check_spmm)
+
+    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor], check) -> Tensor:
+        """The forward kernel on X. The first call of a layout (X's, the values' and the
+        bias' shape, strides, dtype and device) is checked (``check``), finds its kernel and
+        plans the call; later calls of that layout with the same values (the same tensor, at
+        the same address, at the same version) run the planned call directly."""
+        operands = (bias,) if bias is not None else ()
+        key = _forward_key(X, values, bias)
+        hit = self._planned.get(key) if key is not None else None
+        if hit is not None and hit[0] is values and hit[1] == _version(values) \
+                and hit[2] == values.data_ptr():
+            return hit[4](X, operands, hit[3]._kernel_input)
+        check(X, values, bias, self)
+        k = self.forward_kernel(values, bias is not None)
+        Y = k(X, *operands)
+        plan = k._calls.get(call_key(X, operands)) if key is not None else None
+        if plan is not None:
+            if len(self._planned) >= MAX_PLANS:
+                self._planned.clear()
+            self._planned[key] = (values, _version(values), values.data_ptr(), k, plan)
+        return Y
+
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:
             indptr_t, indices_t, perm = csr_transpose(self.M, self.K, self.indptr, self.indices)
@@ -190,6 +217,22 @@ class SparsePattern:
     def refresh(self):
         """Forget the specialised kernels (after writing values through ``.data``)."""
         self._kernels.clear()
+        self._planned.clear()
+
+
+def _forward_key(X: Tensor, values: Tensor, bias: Optional[Tensor]):
+    """What a forward call's checks and kernel depend on besides the values' identity: the
+    layouts of X, values and bias (and the interpreter flag for CPU tensors); None for
+    tensors the fast path does not describe."""
+    x, v = tensor_layout(X), tensor_layout(values)
+    if x is None or v is None:
+        return None
+    b = None
+    if bias is not None:
+        b = tensor_layout(bias)
+        if b is None:
+            return None
+    return (x, v, b, interpreting() if x[3].type != "cuda" else None)
 
 
 def _version(t: Tensor) -> int:
@@ -311,10 +354,7 @@ def _check_values_bias(X: Tensor, values: Tensor, bias: Optional[Tensor], p):
 def spmm_direct(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
     """What :func:`spmm` runs, called without the dispatcher: for eager calls that need no
     autograd (it saves the custom op's per-call overhead; invisible to ``torch.compile``)."""
-    p = pattern(kernel_id)
-    _check_spmm(X, values, bias, p)
-    k = p.forward_kernel(values, bias is not None)
-    return k(X, bias) if bias is not None else k(X)
+    return pattern(kernel_id).spmm(X, values, bias)
 
 
 @torch.library.custom_op("sparsert::spmm", mutates_args=())
@@ -390,6 +430,47 @@ def _backward(ctx, grad):
 
 
 spmm.register_autograd(_backward, setup_context=_setup_context)
+
+
+class SpmmFunction(torch.autograd.Function):
+    """:func:`spmm` with its autograd formula, outside the dispatcher: for eager calls that
+    need gradients (:func:`route`). Same forward, same saved tensors, same backward. (The
+    forward takes ``ctx``: ``Function.apply`` binds the arguments with ``inspect`` on every
+    call when a separate ``setup_context`` is defined.)"""
+
+    @staticmethod
+    def forward(ctx, X, values, bias, indptr, indices, key):
+        Y = pattern_for(key, indptr, indices).spmm(X, values, bias)
+        _setup_context(ctx, (X, values, bias, indptr, indices, key), Y)
+        return Y
+
+    backward = staticmethod(_backward)
+
+
+# ---------------------------------------------------------------- routing an eager call
+
+#: the ways a layer runs its op
+DISPATCH, AUTOGRAD, DIRECT = "dispatch", "autograd", "direct"
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def route(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> str:
+    """How a layer's call runs: through the custom op (``DISPATCH``) whenever something may
+    look at it (``torch.compile`` / ``torch.export`` tracing, ``torch.jit.trace``, a
+    ``TorchDispatchMode`` such as fake tensors or FlopCounterMode, a functorch transform, a
+    tensor subclass); otherwise the same computation without the dispatcher's per-call cost:
+    ``AUTOGRAD`` (:class:`SpmmFunction` / :class:`Conv2dFunction`, the op's own autograd
+    formula) when a gradient is needed, else ``DIRECT`` (the kernel call alone)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()
+            or torch._C._get_tracing_state() is not None
+            or type(x) not in _PLAIN or type(values) not in _PLAIN
+            or (bias is not None and type(bias) not in _PLAIN)):
+        return DISPATCH
+    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return AUTOGRAD
+    return DIRECT
 
 
 # ---------------------------------------------------------------- convolutions
@@ -502,10 +583,18 @@ def _check_conv(X: Tensor, values: Tensor, bias: Optional[Tensor], p: ConvPatter
 def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
                          kernel_id: int) -> Tensor:
     """What :func:`sparse_conv2d` runs, without the dispatcher (eager calls without autograd)."""
-    p = conv_pattern(kernel_id)
-    _check_conv(X, values, bias, p)
-    k = p.forward_kernel(values, bias is not None)
-    return k(X, bias) if bias is not None else k(X)
+    return conv_pattern(kernel_id)._forward(X, values, bias, _check_conv)
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """:func:`sparse_conv2d` with its autograd formula, outside the dispatcher (see
+    :func:`route` and :class:`SpmmFunction`)."""
+
+    @staticmethod
+    def forward(ctx, X, values, bias, indptr, indices, key):
+        Y = sparse_conv2d_direct(X, values, bias, pattern_for(key, indptr, indices).kernel_id)
+        _conv_setup_context(ctx, (X, values, bias, indptr, indices, key), Y)
+        return Y
 
 
 @torch.library.custom_op("sparsert::sparse_conv2d", mutates_args=())
@@ -582,3 +671,4 @@ def _conv_backward(ctx, grad):
 
 
 sparse_conv2d.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+Conv2dFunction.backward = staticmethod(_conv_backward)

@@ -1,0 +1,404 @@
+"""Eager (no CUDA graph) cost of a sparse layer and of a sparse BERT, against the dense ones.
+
+    python -m bench.eager_bench [--out bench/results/eager_h100.csv] [--results-md PATH]
+    python -m bench.eager_bench --smoke --out /tmp/eager.csv    # CPU, interpreter, tiny shapes
+    python -m bench.eager_bench --host-profile                  # CPU: host path, launch stubbed
+
+CSV columns: ``model,layer,dtype,N,system,eager_us,graph_us``; ``system`` is ``dense`` (the
+pruned ``nn.Linear`` / model run as is) or ``sparse`` (after ``sparsify``); ``N`` is the
+number of tokens (rows of the Linear's input: batch x sequence); ``layer`` is empty for
+whole-model rows.
+
+* ``eager_us``: host wall clock per call over many back-to-back eager calls followed by one
+  ``torch.cuda.synchronize`` (median of a few windows): what eager PyTorch code sees, host
+  path and GPU time together.
+* ``graph_us``: the same call captured in a CUDA graph, per replay (GPU time, no host path).
+
+Rows on the GPU (fp16 and fp32):
+
+* ``model=bert-base, layer=768x3072``: ``nn.Linear(768, 3072)`` magnitude-pruned to 90% and its
+  ``SparseLinear``, for a row-major (N, 768) input (a LayerNorm's output) at N = 1, 128, 1024.
+  ``layer=768x3072/x-in-place`` is the same sparse layer with ``row_major_input="strided"``:
+  the kernel reads the row-major input in place instead of after one transposing copy (see
+  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice.
+* ``model=bert-base`` (and ``bert-base/x-in-place``), empty layer: transformers'
+  ``BertModel`` (bert-base config, no pooler, random init, seq 128, every Linear pruned to
+  90%, ``sparsify()`` with the default schedule) at batch 1 and 8, under ``torch.no_grad()``;
+  skipped when transformers is not importable.
+
+Every sparse output is checked against the dense one first (exit status 1 on a mismatch).
+
+``--smoke`` runs the same code on the CPU under the Triton interpreter with tiny shapes (a
+16 -> 32 layer, a tiny BertModel, or a 2-layer MLP without transformers): outputs checked,
+times from the host clock (interpreted kernels: not a measurement), ``graph_us`` empty. ``--host-profile`` measures the host path of one ``SparseLinear``
+call on the CPU with the final Triton launch replaced by a no-op (:func:`stubbed_launches`):
+the Python work this project adds per call, without Triton's own launcher or any kernel.
+:func:`write_results_section` writes the CSV as a marked section of ``RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+
+try:
+    from bench.models import magnitude_prune_
+    from bench.report import write_rows
+except ImportError:      # run as a script: python bench/eager_bench.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.models import magnitude_prune_
+    from bench.report import write_rows
+
+COLUMNS = ("model", "layer", "dtype", "N", "system", "eager_us", "graph_us")
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: max |sparse - dense| / max |dense| accepted (different accumulation orders)
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+BEGIN, END = "<!-- eager-bench:begin -->", "<!-- eager-bench:end -->"
+SPARSITY = 0.9
+IN_PLACE = "x-in-place"
+
+
+# ---------------------------------------------------------------- timing
+
+def host_us(fn: Callable, calls: int, windows: int = 5) -> float:
+    """Host microseconds per call on the CPU: the calling thread's CPU time (time spent
+    descheduled by other processes does not count) over ``calls`` back-to-back calls, the
+    fastest of ``windows`` windows."""
+    fn()
+    best = math.inf
+    for _ in range(windows):
+        t0 = time.thread_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.thread_time() - t0)
+    return best * 1e6 / calls
+
+
+def gpu_times(fn: Callable) -> tuple:
+    """(eager_us, graph_us) of ``fn`` on the GPU; graph_us is NaN if capture fails."""
+    from sparsert_triton.timing import eager_us, graph_median_us
+    eager = eager_us(fn, target_s=0.05)
+    try:
+        graph = graph_median_us([fn])
+    except Exception as e:  # report the eager figure anyway
+        print(f"  (CUDA graph capture failed: {type(e).__name__}: {e})", file=sys.stderr)
+        torch.cuda.synchronize()
+        graph = math.nan
+    return eager, graph
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+# ---------------------------------------------------------------- cases
+
+def pruned_linear(in_f: int, out_f: int, dtype, device, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_f, out_f)
+    magnitude_prune_(lin, SPARSITY)
+    return lin.to(device=device, dtype=dtype).eval()
+
+
+def set_input_layout(model: nn.Module, layout: str) -> nn.Module:
+    """``row_major_input`` of every SparseLinear in ``model``."""
+    from sparsert_triton.nn import SparseLinear
+    for m in model.modules():
+        if isinstance(m, SparseLinear):
+            m.row_major_input = layout
+    return model
+
+
+def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
+    """(model, layer, dtype, N, system, fn, output-of-fn) for the single-layer rows."""
+    from sparsert_triton.nn import SparseLinear
+    name = f"{in_f}x{out_f}"
+    for dname in dtypes:
+        dense = pruned_linear(in_f, out_f, DTYPES[dname], device)
+        sparse = SparseLinear.from_linear(dense).eval()
+        in_place = set_input_layout(copy.deepcopy(sparse), "strided")
+        for N in tokens:
+            x = torch.randn(N, in_f, device=device, dtype=DTYPES[dname])
+            yield ("bert-base", name, dname, N, "dense", lambda m=dense, x=x: m(x))
+            yield ("bert-base", name, dname, N, "sparse", lambda m=sparse, x=x: m(x))
+            yield ("bert-base", f"{name}/{IN_PLACE}", dname, N, "sparse",
+                   lambda m=in_place, x=x: m(x))
+
+
+def bert_model(config_kwargs: dict, dtype, device):
+    """transformers' BertModel (no pooler), random init, every Linear pruned, eval mode."""
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(**config_kwargs), add_pooling_layer=False)
+    magnitude_prune_(model, SPARSITY, kinds=(nn.Linear,))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
+    """The whole-model rows: BertModel when transformers is importable, else a 2-layer MLP
+    (only in the smoke run; the GPU run skips the model rows without transformers)."""
+    from sparsert_triton import sparsify
+    try:
+        import transformers  # noqa: F401
+        have_bert = True
+    except ImportError:
+        have_bert = False
+    for dname in dtypes:
+        dt = DTYPES[dname]
+        if have_bert:
+            dense, label = bert_model(config_kwargs, dt, device), "bert-base"
+            vocab = config_kwargs.get("vocab_size", 30522)
+        elif config_kwargs.get("mlp_fallback"):
+            torch.manual_seed(0)
+            h = config_kwargs["hidden_size"]
+            dense = nn.Sequential(nn.Linear(h, 4 * h), nn.GELU(), nn.Linear(4 * h, h))
+            dense = magnitude_prune_(dense, SPARSITY).to(device=device, dtype=dt).eval()
+            label, vocab = "mlp", None
+        else:
+            print("transformers is not importable: no whole-model rows", file=sys.stderr)
+            return
+        sparse, report = sparsify(copy.deepcopy(dense), min_sparsity=0.5)
+        in_place = set_input_layout(copy.deepcopy(sparse), "strided")
+        print(f"{label} {dname}: {len(report.replaced)} of {len(report)} Linears sparse",
+              file=sys.stderr)
+        for b in batches:
+            g = torch.Generator(device="cpu").manual_seed(b)
+            if vocab is None:
+                inp = torch.randn(b, seq, config_kwargs["hidden_size"], generator=g).to(device, dt)
+                call = (lambda m, i=inp: m(i))
+            else:
+                inp = torch.randint(0, vocab, (b, seq), generator=g).to(device)
+                call = (lambda m, i=inp: m(input_ids=i).last_hidden_state)
+            for system, model, tag in (("dense", dense, label), ("sparse", sparse, label),
+                                       ("sparse", in_place, f"{label}/{IN_PLACE}")):
+                yield (tag, "", dname, b * seq, system, lambda m=model, c=call: c(m))
+
+
+def measure(cases, on_gpu: bool, calls: int, rows: List[dict]) -> bool:
+    """Time every case (sparse ones checked against the dense case before them; on the CPU
+    ``calls`` calls in one window); append to ``rows``; False if an output mismatched."""
+    ok, ref = True, {}
+    for model, layer, dname, N, system, fn in cases:
+        with torch.no_grad():
+            y = fn()
+            key = (model.split("/")[0], layer.split("/")[0], dname, N)
+            if system == "dense":
+                ref[key] = y
+            else:
+                err = rel_err(y, ref[key])
+                if not err <= TOLERANCE[dname]:
+                    print(f"MISMATCH {model} {layer} {dname} N={N}: rel err {err:.2e}",
+                          file=sys.stderr)
+                    ok = False
+            eager, graph = gpu_times(fn) if on_gpu else (host_us(fn, calls, 1), math.nan)
+        rows.append(dict(model=model, layer=layer, dtype=dname, N=N, system=system,
+                         eager_us=f"{eager:.2f}",
+                         graph_us="" if math.isnan(graph) else f"{graph:.2f}"))
+        print(f"{model:22s} {layer:22s} {dname:8s} N={N:<5d} {system:6s} eager {eager:9.2f} us"
+              + ("" if math.isnan(graph) else f"  graph {graph:9.2f} us"), file=sys.stderr)
+    return ok
+
+
+# ---------------------------------------------------------------- RESULTS.md
+
+def results_section(rows: List[dict], source: str) -> str:
+    """A Markdown table of the CSV rows: dense and sparse side by side, and their ratio."""
+    pairs = {}
+    for r in rows:
+        key = (r["model"].split("/")[0], r["layer"].split("/")[0], r["dtype"], int(r["N"]))
+        pairs.setdefault(key, {})[(r["system"], r["model"] + "|" + r["layer"])] = r
+    lines = [BEGIN, "## Eager host path: SparseLinear and a sparse BERT-base against dense", "",
+             f"Source: `{source}` (`python -m bench.eager_bench`). `eager us`: wall clock per "
+             "call of back-to-back eager calls and one synchronize (host path and GPU time); "
+             "`graph us`: CUDA-graph replay (GPU time). `dense/sparse` > 1 means the sparse "
+             "layer or model is faster. `x-in-place`: the kernel reads a row-major input "
+             "without the transposing copy.", "",
+             "| model | layer | dtype | N | dense eager us | sparse eager us | dense/sparse eager "
+             "| dense graph us | sparse graph us |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def num(v):
+        return float(v) if v not in ("", None) else math.nan
+
+    for key in sorted(pairs, key=lambda k: (k[0], k[1], k[2], k[3])):
+        group = pairs[key]
+        dense = next((r for (s, _), r in group.items() if s == "dense"), None)
+        for (s, name), r in sorted(group.items(), key=lambda e: (IN_PLACE in e[0][1], e[0])):
+            if s != "sparse":
+                continue
+            de, se = num(dense["eager_us"]) if dense else math.nan, num(r["eager_us"])
+            dg, sg = num(dense["graph_us"]) if dense else math.nan, num(r["graph_us"])
+            ratio = de / se if se > 0 else math.nan
+            cells = [r["model"], r["layer"] or "(model)", r["dtype"], str(r["N"]),
+                     f"{de:.1f}", f"{se:.1f}", f"{ratio:.2f}x",
+                     "-" if math.isnan(dg) else f"{dg:.1f}", "-" if math.isnan(sg) else f"{sg:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_results_section(csv_path, md_path) -> str:
+    """Write the CSV's table into ``md_path`` between the eager-bench markers (replacing an
+    earlier one; appended if absent; the rest of the file is kept). Returns the section."""
+    import csv
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    section = results_section(rows, Path(csv_path).name)
+    md = Path(md_path)
+    text = md.read_text() if md.exists() else "# Results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    md.write_text(text)
+    return section
+
+
+# ---------------------------------------------------------------- host profile (CPU)
+
+class _NoKernel:
+    """Stands in for a compiled Triton kernel: its launch does nothing."""
+    function = packed_metadata = None
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    def run(self, *args):
+        return None
+
+
+@contextlib.contextmanager
+def stubbed_launches():
+    """Every kernel launch through :class:`sparsert_triton.direct.Launcher` becomes a no-op
+    (the launcher behaves as on a GPU, with a compiled kernel cached per specialisation key,
+    whose ``run`` does nothing): what remains is the Python host path. CPU (interpreter)
+    only: on exit the launchers it touched are switched back off, as the interpreter has
+    them, so later calls run the kernels again."""
+    from sparsert_triton import direct
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise RuntimeError("stubbed_launches is for the CPU under TRITON_INTERPRET=1")
+    original = direct.Launcher.__call__
+    touched = {}
+
+    def call(self, fn, grid, args, opts, device, spec=None):
+        touched.setdefault(id(self), (self, self.enabled, self.stream_of))
+        self.enabled, self.stream_of = True, (lambda device: 0)
+        key = (fn, device, direct.spec_key(args) if spec is None else spec)
+        self.kernels.setdefault(key, _NoKernel())
+        return original(self, fn, grid, args, opts, device, spec)
+
+    direct.Launcher.__call__ = call
+    try:
+        yield
+    finally:
+        direct.Launcher.__call__ = original
+        for launcher, enabled, stream_of in touched.values():
+            launcher.enabled, launcher.stream_of = enabled, stream_of
+            for key in [k for k, v in launcher.kernels.items() if isinstance(v, _NoKernel)]:
+                del launcher.kernels[key]
+
+
+def host_profile(calls: int, cprofile: bool = False) -> List[str]:
+    """Per-call host microseconds of ``SparseLinear(768 -> 3072)`` at 90% on the CPU, the
+    launch stubbed, for a row-major input (the transposing copy included: on the CPU a
+    real copy, unlike on a GPU where it is one kernel launch) and for an input already laid
+    out as (in, N) columns (the output of another sparse layer: no copy)."""
+    from sparsert_triton.nn import SparseLinear
+    lines = []
+    torch.set_num_threads(1)       # the copies on one thread, all of it timed
+    with stubbed_launches():
+        for dname in ("float32", "float16"):
+            lin = pruned_linear(768, 3072, DTYPES[dname], "cpu")
+            layer = SparseLinear.from_linear(lin)
+            for grad in (False, True):
+                for N in (1, 128, 1024):
+                    row_major = torch.randn(N, 768, dtype=DTYPES[dname])
+                    columns = torch.randn(768, N, dtype=DTYPES[dname]).t()
+                    with torch.set_grad_enabled(grad):
+                        a = host_us(lambda: layer(row_major), calls)
+                        b = host_us(lambda: layer(columns), calls)
+                    lines.append(f"{dname} N={N:<5d} {'grad   ' if grad else 'no_grad'} "
+                                 f"row-major input {a:7.1f} us   (in, N) input {b:7.1f} us")
+                    print(lines[-1])
+        if cprofile:
+            import cProfile
+            import pstats
+            x = torch.randn(128, 768).t().contiguous().t()
+            layer = SparseLinear.from_linear(pruned_linear(768, 3072, torch.float32, "cpu"))
+            with torch.no_grad():
+                layer(x)
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(calls):
+                    layer(x)
+                prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return lines
+
+
+# ---------------------------------------------------------------- main
+
+def run(out, results_md: Optional[str], smoke: bool, calls: int) -> bool:
+    on_gpu = not smoke
+    if smoke:
+        device, tokens, dtypes, batches, seq = "cpu", (1, 3), ("float32", "float16"), (1, 2), 3
+        layer = (16, 32)
+        config = dict(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=8, mlp_fallback=True)
+    else:
+        from bench.timing import require_cuda
+        require_cuda()
+        torch.backends.cuda.matmul.allow_tf32 = False     # fp32 dense is true fp32, like ours
+        device, tokens, dtypes, batches, seq = "cuda", (1, 128, 1024), ("float16", "float32"), (1, 8), 128
+        layer, config = (768, 3072), {}
+    rows: List[dict] = []
+    ok = measure(layer_cases(*layer, tokens, dtypes, device), on_gpu, calls, rows)
+    ok = measure(model_cases(config, seq, batches, dtypes, device), on_gpu, calls, rows) and ok
+    write_rows(out, COLUMNS, rows)
+    print(f"wrote {out} ({len(rows)} rows)", file=sys.stderr)
+    if results_md:
+        write_results_section(out, results_md)
+        print(f"wrote the eager-bench section of {results_md}", file=sys.stderr)
+    return ok
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench/results/eager_h100.csv")
+    ap.add_argument("--results-md", default=None,
+                    help="write the table into this RESULTS.md (default: "
+                         "bench/results/RESULTS.md on the GPU, none with --smoke)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU, Triton interpreter, tiny shapes (a check, not a measurement)")
+    ap.add_argument("--host-profile", action="store_true",
+                    help="CPU: per-call host time of SparseLinear with the launch stubbed")
+    ap.add_argument("--cprofile", action="store_true", help="with --host-profile: cProfile")
+    ap.add_argument("--calls", type=int, default=None)
+    a = ap.parse_args(argv)
+    if (a.smoke or a.host_profile) and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        if "triton" in sys.modules:
+            raise SystemExit("--smoke and --host-profile run on the CPU under the Triton "
+                             "interpreter: set TRITON_INTERPRET=1 before triton is imported")
+        os.environ["TRITON_INTERPRET"] = "1"
+    if a.host_profile:
+        host_profile(a.calls or 2000, a.cprofile)
+        return 0
+    md = a.results_md if a.results_md is not None else (
+        None if a.smoke else "bench/results/RESULTS.md")
+    return 0 if run(a.out, md, a.smoke, a.calls or 1) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The per-call fast path of a specialised kernel: everything decided once per call layout.
+
+A call ``k(X, *operands)`` is validated, given a :class:`~sparsert_triton.plan.Signature`,
+matched to a compiled variant and turned into launch arguments. All of that is a function of
+the call's *layout*: X's type, shape, strides, dtype and device, each operand's kind (a
+number, or a tensor's shape, strides, dtype and device) and, for CPU tensors, whether the
+Triton interpreter is on. :func:`call_key` is that layout; a :class:`CallPlan` holds what was
+decided for it, so a later call with the same key skips the checks and the lookups:
+
+* it re-checks only what the key does not fix: that number operands are finite, and the
+  16-byte alignment of every pointer (Triton specialises compiled kernels on it: the
+  compiled kernels are kept per alignment pattern);
+* it allocates Y, assembles the arguments and launches the compiled kernels directly
+  (:func:`sparsert_triton.direct.run_compiled`); kernels it has not seen launched with these
+  facts, variants with per-call buffers (``split_k`` workspaces, ``tap_pointers``), inputs
+  that are copied first (``pad_input``, ``tap_masks``), several streams and the interpreter go
+  through :func:`sparsert_triton.launch.run`, the general path.
+
+Calls with ``out=`` are not planned (the output's address is checked against X's on every
+call), and neither are tensors of other types (subclasses, sparse layouts): those take the
+checked path each time.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+from .compile import interpreting
+from .direct import run_compiled, spec_key
+from .launch import block_slice_buffers, grids, operand_args, run, size_args
+
+#: tensor types whose calls are planned (a subclass may change what the checks see)
+PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: planned layouts kept per kernel before the oldest half is dropped (N varies in some loops)
+MAX_PLANS = 64
+
+
+def tensor_layout(t: torch.Tensor) -> Optional[tuple]:
+    """(shape, strides, dtype, device) of a plain strided tensor, else None."""
+    if type(t) not in PLAIN or t.layout is not torch.strided:
+        return None
+    return (t.shape, t.stride(), t.dtype, t.device)
+
+
+def call_key(X, operands) -> Optional[tuple]:
+    """The layout of a call (what its checks, signature, variant and launch arguments depend
+    on), or None if the call must take the checked path every time."""
+    x = tensor_layout(X) if isinstance(X, torch.Tensor) else None
+    if x is None:
+        return None
+    parts = [x, interpreting() if x[3].type != "cuda" else None]
+    for v in operands:
+        if isinstance(v, torch.Tensor):
+            t = tensor_layout(v)
+            if t is None:
+                return None
+            parts.append(t)
+        elif isinstance(v, numbers.Real) and not isinstance(v, bool):
+            parts.append(type(v))      # passed by value: checked per call
+        else:
+            return None
+    return tuple(parts)
+
+
+class CallPlan:
+    """What a call of one layout runs, decided by a checked call of that layout."""
+
+    def __init__(self, variant, sig, X: torch.Tensor, Y: torch.Tensor, operands):
+        self.variant, self.sig = variant, sig
+        self.shape, self.dtype, self.device = tuple(Y.shape), Y.dtype, X.device
+        self.sizes = tuple(size_args(X, Y))      # Y is allocated contiguous on every call
+        self.numbers = [i for i, v in enumerate(operands) if not isinstance(v, torch.Tensor)]
+        self.tensors = [i for i, v in enumerate(operands) if isinstance(v, torch.Tensor)]
+        # the operands' launch arguments: their strides are fixed by the layout; the tensors
+        # and the numbers' values are filled in per call
+        conv = X.dim() == 4
+        self.op_args, self.op_fill = [], []     # (position, operand index, is a number)
+        for i, (kind, v) in enumerate(zip(sig.operand_kinds, operands)):
+            self.op_fill.append((len(self.op_args), i, kind[1] == "number"))
+            self.op_args += operand_args(_One(kind), (v,), conv)   # the value comes first
+        plan = variant.plan
+        # the variants whose launch needs only X, the variant's buffers, Y and the operands
+        self.direct = not (plan.pad_input or plan.tap_masks or plan.tap_pointers
+                           or plan.column_slices > 1
+                           or (plan.streams > 1 and X.is_cuda))
+        self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
+        # the blocks mode's K slices: a workspace and zeroed counters per call, after the
+        # variant's buffers
+        self.slices = plan.mode == "blocks" and plan.split_k > 1
+        self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
+        self.buffers = None      # the variant's device buffers (made once per device)
+
+    def check_numbers(self, operands):
+        for i in self.numbers:
+            v = operands[i]
+            if not math.isfinite(v):
+                name = self.sig.operand_kinds[i][0]
+                raise ValueError(f"{name} must be finite, got {v}")
+
+    def __call__(self, X: torch.Tensor, operands, prepare) -> torch.Tensor:
+        """Run the call; ``prepare(X, plan)`` gives the X the kernels read (a padded or
+        contiguous copy for the variants that need one) on the general path."""
+        if self.numbers:
+            self.check_numbers(operands)
+        Y = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        v = self.variant
+        if not (self.direct and v.launcher.enabled):
+            run(v, prepare(X, v.plan), Y, operands, self.sig)
+            return Y
+        ops = self.op_args
+        if self.op_fill:
+            ops = list(ops)
+            for pos, i, number in self.op_fill:
+                ops[pos] = float(operands[i]) if number else operands[i]
+        # the variant's buffers are allocated once per device: only these pointers can move
+        aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0,
+                   *[operands[i].data_ptr() % 16 == 0 for i in self.tensors])
+        launches = self.compiled.get(aligned)
+        if launches is not None:
+            bufs = self.buffers
+            if self.slices:
+                N = self.sizes[-1]
+                bufs = (*bufs, *block_slice_buffers(v, Y, N, -(-N // v.plan.block_n), self.sig))
+            run_compiled(launches, (X, *bufs, Y, *ops, *self.sizes),
+                         v.launcher.stream_of(self.device))
+            return Y
+        args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
+        spec = spec_key(args)
+        found = [(v.launcher.compiled(fn, self.device, spec), g) for fn, g in self.grids]
+        if all(k is not None for k, _ in found):
+            self.buffers = v.buffers(self.device)
+            self.compiled[aligned] = found
+        return Y
+
+
+class _One:
+    """A signature of one operand, for :func:`operand_args`."""
+
+    def __init__(self, kind):
+        self.operand_kinds = (kind,)
+
+
+def _grid3(grid) -> tuple:
+    return (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)

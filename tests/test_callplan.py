@@ -1,0 +1,216 @@
+"""The per-call fast path (CallPlan): a call of a new layout is checked and planned; a call of
+a planned layout never runs with another layout's decisions."""
+import os
+
+import pytest
+import torch
+
+from dsl import Schedule
+from sparsert_triton import direct, sparse_kernel
+from sparsert_triton.callplan import call_key
+
+M, K = 20, 16
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("on_test_device")   # tensors on the test device
+
+
+def weight(seed=0, density=0.3):
+    with torch.device("cpu"):
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(M, K, generator=g)
+        return W * (torch.rand(M, K, generator=g) < density)
+
+
+def reference(W, X):
+    return W.double().to(X.device) @ X.double()
+
+
+def close(Y, ref, tol=1e-5):
+    torch.testing.assert_close(Y.double(), ref, rtol=tol, atol=tol)
+
+
+def test_strides_change_takes_a_new_plan():
+    """X's strides are baked into the unrolled code: a call with the same shape and other
+    strides must get its own variant, not the planned one."""
+    W = weight()
+    k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="values")).specialize(W)
+    X = torch.randn(K, 9)
+    Xt = torch.randn(9, K).t()                 # same shape, strides (1, K)
+    for _ in range(2):
+        close(k(X), reference(W, X))
+        close(k(Xt), reference(W, Xt))
+        close(k(X[:, ::2]), reference(W, X[:, ::2]))
+    assert len(k._calls) == 3
+
+
+def test_dtype_change_takes_a_new_plan():
+    W = weight(1)
+    k = sparse_kernel(lambda W, X: W @ X).specialize(W)
+    X = torch.randn(K, 6)
+    close(k(X), reference(W, X))
+    Y64 = k(X.double())
+    assert Y64.dtype == torch.float64                   # output dtype follows X
+    close(Y64, reference(W, X))
+    assert k(X).dtype == torch.float32
+    with pytest.raises(TypeError, match="X must be float32"):
+        k(X.to(torch.int32))
+
+
+def test_device_change_is_checked_again():
+    """A planned CPU layout does not let a tensor of another device through."""
+    W = weight(2)
+    k = sparse_kernel(lambda W, X: W @ X).specialize(W)
+    X = torch.randn(K, 4)
+    k(X)
+    k(X)
+    with pytest.raises(ValueError, match="X is on meta"):
+        k(X.to("meta"))
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="the interpreter runs on the CPU")
+def test_interpreter_switched_off_is_checked_again(monkeypatch):
+    W = weight(3)
+    k = sparse_kernel(lambda W, X: W @ X).specialize(W)
+    X = torch.randn(K, 4)
+    k(X)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="sparse kernels run on CUDA"):
+        k(X)
+
+
+def test_numbers_are_read_and_checked_on_every_call():
+    W = weight(4)
+    k = sparse_kernel(lambda W, X, a: W @ X * a).specialize(W)
+    X = torch.randn(K, 5)
+    close(k(X, 2.0), 2.0 * reference(W, X))
+    close(k(X, -3.0), -3.0 * reference(W, X))           # same plan, the new value
+    assert len(k._calls) == 1
+    with pytest.raises(ValueError, match="a must be finite"):
+        k(X, float("nan"))
+
+
+def test_operand_layout_change_takes_a_new_plan():
+    W = weight(5)
+    k = sparse_kernel(lambda W, X, b: W @ X + b).specialize(W)
+    X = torch.randn(K, 7)
+    row, full = torch.randn(M), torch.randn(M, 7)
+    close(k(X, row), reference(W, X) + row.double()[:, None])
+    close(k(X, full), reference(W, X) + full.double())
+    close(k(X, full.t().contiguous().t()), reference(W, X) + full.double())
+    with pytest.raises(ValueError, match="b has shape"):
+        k(X, torch.randn(M + 1))
+    assert len(k._calls) == 3
+
+
+def test_out_calls_are_checked_every_time():
+    W = weight(6)
+    k = sparse_kernel(lambda W, X: W @ X).specialize(W)
+    X = torch.randn(K, 3)
+    out = torch.empty(M, 3)
+    k(X, out=out)
+    close(out, reference(W, X))
+    assert len(k._calls) == 0
+    with pytest.raises(TypeError, match="out must be torch.float32"):
+        k(X, out=torch.empty(M, 3, dtype=torch.float64))
+
+
+def test_key_refuses_what_it_cannot_describe():
+    X = torch.randn(K, 3)
+    assert call_key(X, ()) is not None
+    assert call_key(X.to_sparse(), ()) is None
+    assert call_key(X, (object(),)) is None
+    assert call_key(X, (True,)) is None
+    assert call_key(X, (1.5,)) == call_key(X, (2.5,))
+    assert call_key(X, ()) != call_key(X.t().contiguous().t(), ())
+
+
+class _Kernel:
+    """A compiled kernel stand-in: records the X of every launch."""
+    function = packed_metadata = None
+
+    def __init__(self):
+        self.xs, self.args = [], []
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
+        self.xs.append(args[0].data_ptr())
+        self.args.append(args)
+
+
+def as_on_a_gpu(monkeypatch) -> dict:
+    """The launcher on, keeping one recording kernel per specialisation key (returned: key ->
+    kernel), as Triton's compiled kernels are kept on a GPU."""
+    compiled = {}
+
+    def launcher_call(self, fn, grid, args, opts, device, spec=None):
+        self.enabled, self.stream_of = True, (lambda device: 0)
+        key = (fn, device, direct.spec_key(args) if spec is None else spec)
+        kernel = self.kernels.setdefault(key, compiled.setdefault(key[2], _Kernel()))
+        direct.run_compiled(((kernel, (1, 1, 1)),), args, 0)
+    monkeypatch.setattr(direct.Launcher, "__call__", launcher_call)
+    return compiled
+
+
+def test_planned_launches_take_each_calls_tensors_and_numbers(monkeypatch):
+    compiled = as_on_a_gpu(monkeypatch)
+    k = sparse_kernel(lambda W, X, b, a: (W @ X + b) * a).specialize(weight(8))
+    X, b = torch.randn(K, 8), torch.randn(M)
+    for i in range(4):
+        k(X, b, 2.0 + i)
+    (kernel,) = compiled.values()
+    assert len(kernel.args) == 4 and len(k._calls) == 1
+    last = kernel.args[-1]
+    floats = [a for a in last if type(a) is float]
+    assert last[0] is X and any(a is b for a in last) and floats == [5.0]
+    b2 = torch.randn(M)
+    k(X, b2, 1.0)
+    assert any(a is b2 for a in kernel.args[-1]) and not any(a is b for a in kernel.args[-1])
+
+
+def test_compiled_kernels_are_reused_only_for_the_same_alignment(monkeypatch):
+    """As on a GPU (the launcher on, compiled kernels kept per specialisation key): the planned
+    call launches the kernel compiled for its pointers' alignment, and a call whose X is not
+    16-byte aligned gets the kernel of that specialisation."""
+    compiled = as_on_a_gpu(monkeypatch)
+    k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="table")).specialize(weight(7))
+    base = torch.randn(K * 64 + 1)
+    aligned = base[:K * 64].view(K, 64)
+    shifted = base[1:].view(K, 64)                     # same layout, 4 bytes off
+    assert aligned.data_ptr() % 16 == 0 and shifted.data_ptr() % 16 != 0
+    for X in (aligned, aligned, shifted, aligned, shifted):
+        k(X)
+    assert len(compiled) == 2 and len(k._calls) == 1
+    by_alignment = {ks[0][1]: kern for ks, kern in compiled.items()}   # X's alignment fact
+    assert by_alignment[True].xs == [aligned.data_ptr()] * 3
+    assert by_alignment[False].xs == [shifted.data_ptr()] * 2
+
+
+@pytest.mark.gpu
+def test_planned_calls_on_the_gpu_launch_compiled_kernels_directly():
+    """On a GPU the planned calls launch the compiled kernels themselves, for each pointer
+    alignment, and the same plan is captured by a CUDA graph."""
+    W = weight(9)
+    for schedule in (Schedule(mode="table"), Schedule(mode="values", rows_per_program=4)):
+        k = sparse_kernel(lambda W, X, b: W @ X + b, schedule=schedule).specialize(W)
+        base, b = torch.randn(K * 300 + 4, device="cuda"), torch.randn(M, device="cuda")
+        for X in (base[:K * 300].view(K, 300), base[1:K * 300 + 1].view(K, 300),
+                  base[:K * 300].view(300, K).t()):
+            for _ in range(3):
+                Y = k(X, b)
+            close(Y, reference(W, X) + b.double()[:, None])
+        assert len(k._calls) == 2 and all(p.compiled for p in k._calls.values())
+        X = base[:K * 300].view(K, 300)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            k(X, b)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            Yg = k(X, b)
+        X.copy_(torch.randn_like(X))
+        graph.replay()
+        torch.cuda.synchronize()
+        close(Yg, reference(W, X) + b.double()[:, None])

@@ -1,0 +1,173 @@
+"""How a sparse layer's eager call runs: through the custom op whenever something may look at
+it, else without the dispatcher (autograd.Function when a gradient is needed, the kernel
+alone otherwise); the input layout choice; the top-level imports."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sparsert_triton import ops
+from sparsert_triton.nn import SparseConv2d, SparseLinear
+
+IN, OUT = 24, 16
+pytestmark = pytest.mark.usefixtures("on_test_device")   # tensors on the test device
+
+
+def pruned(module, sparsity=0.8, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        w = module.weight.view(-1)
+        w[w.abs().argsort()[:int(round(sparsity * w.numel()))]] = 0
+    return module
+
+
+def close(a, b, tol=1e-5):
+    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol)
+
+
+class Recording(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_dispatch_modes_see_the_op_even_without_grad():
+    """A TorchDispatchMode (a profiler, FlopCounterMode, fake tensors) sees sparsert::spmm:
+    the call goes through the dispatcher while one is active."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT)))
+    x = torch.randn(3, IN)
+    with torch.no_grad(), Recording() as mode:
+        y = layer(x)
+    assert torch.ops.sparsert.spmm.default in mode.ops
+    close(y, layer.to_linear()(x))
+
+
+def test_fake_tensors_take_the_ops_fake_implementation():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT)))
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        y = layer(torch.empty(2, 5, IN))
+    assert y.shape == (2, 5, OUT)
+
+
+def test_routes():
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT)))
+    x, v, b = torch.randn(3, IN), layer.values, layer.bias
+    assert ops.route(x, v, b) == ops.AUTOGRAD                   # parameters need gradients
+    with torch.no_grad():
+        assert ops.route(x, v, b) == ops.DIRECT
+    with torch.inference_mode():
+        assert ops.route(x, v, b) == ops.DIRECT
+    v.requires_grad_(False)
+    b.requires_grad_(False)
+    assert ops.route(x, v, b) == ops.DIRECT
+    assert ops.route(x.requires_grad_(), v, b) == ops.AUTOGRAD
+    with Recording():
+        assert ops.route(x, v, b) == ops.DISPATCH
+
+
+def _spmm_nodes(t):
+    """Names of the autograd nodes reachable from ``t``."""
+    seen, todo = [], [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.append(fn)
+            todo += [f for f, _ in fn.next_functions]
+    return [type(f).__name__ for f in seen]
+
+
+def test_eager_gradients_match_the_custom_ops():
+    """With gradients, eager calls use SpmmFunction (the op's own formula, outside the
+    dispatcher): the same values and gradients as the custom op."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=1))
+    x = torch.randn(2, 3, IN, requires_grad=True)
+    y = layer(x)
+    assert any("SpmmFunction" in n for n in _spmm_nodes(y))
+    y.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, layer.values, layer.bias)]
+    for t in (x, layer.values, layer.bias):
+        t.grad = None
+    Xt = x.reshape(-1, IN).t().contiguous()
+    y_op = torch.ops.sparsert.spmm(Xt, layer.values, layer.bias, *layer._mask_args())
+    y_op.t().reshape(2, 3, OUT).square().sum().backward()
+    torch.testing.assert_close(y, y_op.t().reshape(2, 3, OUT))
+    for g, t in zip(grads, (x, layer.values, layer.bias)):
+        torch.testing.assert_close(g, t.grad)
+
+
+def test_conv_eager_gradients_take_the_function():
+    conv = pruned(nn.Conv2d(3, 4, 3, padding=1), seed=2)
+    layer = SparseConv2d.from_conv2d(conv)
+    x = torch.randn(1, 3, 5, 5, requires_grad=True)
+    y = layer(x)
+    assert any("Conv2dFunction" in n for n in _spmm_nodes(y))
+    y.sum().backward()
+    ref_x = x.detach().clone().requires_grad_()
+    conv(ref_x).sum().backward()
+    close(x.grad, ref_x.grad)
+    close(layer.values.grad, conv.weight.grad[conv.weight != 0])
+
+
+def test_row_major_input_choice(monkeypatch):
+    """"transpose" (default) hands the kernel a unit-stride copy of a row-major input,
+    "strided" the input itself; the results agree."""
+    seen = []
+    real = ops.spmm_direct
+
+    def spy(X, *a):
+        seen.append(X.stride())
+        return real(X, *a)
+    monkeypatch.setattr(ops, "spmm_direct", spy)
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=3))
+    assert layer.row_major_input == "transpose"
+    in_place = copy.deepcopy(layer)
+    in_place.row_major_input = "strided"
+    x = torch.randn(2, 5, IN)
+    with torch.no_grad():
+        y, y_in_place = layer(x), in_place(x)
+    assert seen == [(10, 1), (1, IN)]
+    close(y, y_in_place)
+    close(y, layer.to_linear()(x))
+    with pytest.raises(ValueError, match="row_major_input must be one of"):
+        layer.row_major_input = "columns"
+
+
+def test_top_level_imports():
+    import sparsert_triton
+    from sparsert_triton import SparseConv2d as C, SparseLinear as L, sparsify
+    from sparsert_triton import nn as sparse_nn
+    assert (C, L, sparsify) == (sparse_nn.SparseConv2d, sparse_nn.SparseLinear,
+                                sparse_nn.sparsify)
+    assert {"SparseConv2d", "SparseLinear", "sparsify"} <= set(sparsert_triton.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        sparsert_triton.no_such_name
+
+
+def test_planned_calls_follow_new_values_and_bias():
+    """A layer call of a planned layout runs the kernel of the values it is given: after an
+    in-place update, a new Parameter, a new bias or a dtype conversion the result follows."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=4))
+    x = torch.randn(6, IN)
+    with torch.no_grad():
+        for _ in range(2):
+            close(layer(x), layer.to_linear()(x))
+        layer.values.mul_(-1.5)                                  # version bump
+        close(layer(x), layer.to_linear()(x))
+        layer.values = nn.Parameter(torch.randn_like(layer.values))   # another tensor
+        close(layer(x), layer.to_linear()(x))
+        layer.bias = nn.Parameter(torch.randn_like(layer.bias))
+        close(layer(x), layer.to_linear()(x))
+        layer.load_state_dict({k: v * 2 if torch.is_tensor(v) and v.is_floating_point() else v
+                               for k, v in layer.state_dict().items()})
+        close(layer(x), layer.to_linear()(x))
+        layer.double()
+        y = layer(x.double())
+        assert y.dtype == torch.float64
+        close(y, layer.to_linear()(x.double()))
