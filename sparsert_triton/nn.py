@@ -56,9 +56,8 @@ from dsl import Schedule
 
 from . import ops
 from .canonicalise import plan_for
+from .estimate import predicted_speedup
 from .weights import WEIGHT_DTYPES, check_csr
-
-SPEEDUP_CAP = 10.0
 
 
 def _csr_of_mask(mask: Tensor) -> Tuple[Tensor, Tensor]:
@@ -490,34 +489,63 @@ class LayerRow:
     sparsity: float
     action: str               # "sparse" or "dense"
     mode: str                 # the kernel mode chosen, or why the layer stays dense
-    est_speedup: Optional[float]   # estimate 1 / density, capped; None when kept dense
+    #: predicted t_dense / t_sparse on an H100 (:func:`sparsert_triton.estimate.
+    #: predicted_speedup`); None where no sparse kernel was considered
+    est_speedup: Optional[float]
+    est_source: Optional[str] = None   # the measurement the estimate is read from
+    n: Optional[int] = None            # the N it is estimated at (Linear: input rows;
+                                       # Conv2d: batch x output positions)
+    n_assumed: bool = False            # N is a default, not from example_inputs
 
 
 class SparsifyReport(List[LayerRow]):
-    """The rows of :func:`sparsify`; ``str(report)`` is a table."""
+    """The rows of :func:`sparsify`; ``str(report)`` is a table, then the sources of its
+    estimates (each listed once, rows refer to them as [k])."""
 
     @property
     def replaced(self) -> List[LayerRow]:
         return [r for r in self if r.action == "sparse"]
 
     def __str__(self) -> str:
-        head = ("layer", "type", "shape", "sparsity", "action", "mode",
-                f"est. speedup (1/density, cap {SPEEDUP_CAP:g}x; not measured)")
+        sources: List[str] = []
+        for r in self:
+            if r.est_source is not None and r.est_source not in sources:
+                sources.append(r.est_source)
+
+        def est(r: LayerRow) -> str:
+            if r.est_speedup is None:
+                return "-"
+            return f"{r.est_speedup:.2f}x [{sources.index(r.est_source) + 1}]"
+
+        assumed = any(r.n_assumed for r in self)
+        head = ("layer", "type", "shape", "sparsity", "N (* assumed)" if assumed else "N",
+                "action", "mode", "est. speedup (H100, measured model)")
         body = [(r.layer, r.kind, "x".join(map(str, r.shape)), f"{100 * r.sparsity:.1f}%",
-                 r.action, r.mode, "-" if r.est_speedup is None else f"{r.est_speedup:.2f}x")
+                 "-" if r.n is None else f"{r.n}{'*' if r.n_assumed else ''}",
+                 r.action, r.mode, est(r))
                 for r in self]
         widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
         fmt = "  ".join("{:<%d}" % w for w in widths)
-        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines = []
+        if assumed:
+            lines.append(f"assumed N (*): no example_inputs reached the layer, so a Linear is "
+                         f"estimated at tune_n input rows and a Conv2d at {DEFAULT_CONV_N} "
+                         "output positions")
+        lines += [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*row) for row in body]
         n = len(self.replaced)
         lines.append(f"{n} of {len(self)} listed layers replaced by sparse kernels")
+        if sources:
+            lines.append("est. speedup: predicted dense time / sparse kernel time on an H100, "
+                         "read from measured ratios (sparsert_triton.estimate):")
+            lines += [f"  [{i}] {src}" for i, src in enumerate(sources, 1)]
         return "\n".join(lines)
 
 
-def estimated_speedup(sparsity: float) -> float:
-    """A naive model: time proportional to the nonzeros, capped at ``SPEEDUP_CAP``."""
-    return min(SPEEDUP_CAP, 1.0 / max(1e-9, 1.0 - sparsity))
+#: the N a Conv2d's estimate assumes when no example_inputs reach it: 56 x 56 output
+#: positions at batch 1 (the largest DLMC ResNet-50 layers at batch 1), in the N range whose
+#: measured ratios are the lowest in every dtype (bench/results/conv_h100.csv)
+DEFAULT_CONV_N = 3136
 
 
 ScheduleArg = Union[None, Schedule, Callable[[str, nn.Module], Optional[Schedule]]]
@@ -554,8 +582,8 @@ def _tuned_schedule(layer, shape, tune_kwargs: dict) -> Schedule:
 
 def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg = None,
              tune: bool = False, inplace: bool = True, tune_kwargs: Optional[dict] = None,
-             tune_n: int = 128, example_inputs: Optional[tuple] = None
-             ) -> Tuple[nn.Module, SparsifyReport]:
+             tune_n: int = 128, example_inputs: Optional[tuple] = None,
+             only_if_faster: bool = False) -> Tuple[nn.Module, SparsifyReport]:
     """Replace every ``nn.Linear`` / ``nn.Conv2d`` whose weight is at least ``min_sparsity``
     zeros by a :class:`SparseLinear` / :class:`SparseConv2d` (the zeros become the mask);
     leave everything else.
@@ -577,15 +605,27 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.5, schedule: ScheduleArg 
     them (one report row, its first name); layers whose weight or bias Parameter another
     module also holds (tied weights) stay dense, since a copy would break the tie. Returns
     ``(model, report)``.
+
+    The report's ``est_speedup`` per layer is a prediction, ``t_dense / t_sparse`` on an
+    H100, read from measured ratios (:func:`sparsert_triton.estimate.predicted_speedup`) for
+    the layer's planned kernel mode, dtype, density and N: a Linear's rows of input (batch x
+    sequence) and a Conv2d's batch x output positions as ``example_inputs`` gives them, else
+    ``tune_n`` rows for a Linear and ``DEFAULT_CONV_N`` positions for a Conv2d (marked
+    "assumed"). float32 layers are compared with dense float32 as PyTorch would run it: on
+    TF32 tensor cores where ``torch.backends.cudnn.allow_tf32`` (convolutions, on by
+    default) or ``torch.backends.cuda.matmul.allow_tf32`` (Linear, off by default) is set.
+    ``only_if_faster=True`` keeps a layer dense where that prediction is below 1.0x; its row
+    says "kept: predicted 0.62x" with the estimate's source.
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     if not inplace:
         model = copy.deepcopy(model)
     report = SparsifyReport()
-    shapes = _input_shapes(model, example_inputs) if tune and example_inputs is not None else {}
-    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n, shapes,
-            _shared_parameters(model))
+    shapes, columns = ((_record_shapes(model, example_inputs)) if example_inputs is not None
+                       else ({}, {}))
+    args = (min_sparsity, schedule, tune, tune_kwargs or {}, tune_n, shapes, columns,
+            _shared_parameters(model), only_if_faster)
     if isinstance(model, (nn.Linear, nn.Conv2d)):   # the model is one layer
         new, row = _consider("", model, *args)
         report.append(row)
@@ -635,33 +675,43 @@ def _conv_ineligible(conv: nn.Conv2d) -> Optional[str]:
     return None
 
 
-def _input_shapes(model: nn.Module, example_inputs) -> dict:
-    """id(layer) -> the shape of its first input in one forward pass of ``example_inputs``,
-    for every exact nn.Linear / nn.Conv2d (an unbatched convolution input gets batch 1)."""
+def _record_shapes(model: nn.Module, example_inputs) -> Tuple[dict, dict]:
+    """One forward pass of ``example_inputs``; for every exact nn.Linear / nn.Conv2d it
+    reaches, id(layer) -> the shape of its first input (an unbatched convolution input gets
+    batch 1), and id(layer) -> its N: the columns of its product (a Linear's rows of input,
+    prod(shape[:-1]); a Conv2d's batch x output positions)."""
     if not isinstance(example_inputs, tuple):
         raise TypeError("example_inputs must be a tuple of forward arguments, got "
                         f"{type(example_inputs).__name__}")
-    shapes, hooks = {}, []
+    shapes, columns, hooks = {}, {}, []
 
-    def record(module, inputs):
+    def record(module, inputs, output):
         x = inputs[0] if inputs else None
-        if isinstance(x, Tensor) and id(module) not in shapes:
-            shape = tuple(x.shape)
-            shapes[id(module)] = (1, *shape) if type(module) is nn.Conv2d and len(shape) == 3 else shape
+        if not isinstance(x, Tensor) or id(module) in shapes:
+            return
+        shape = tuple(x.shape)
+        if type(module) is nn.Conv2d:
+            shapes[id(module)] = (1, *shape) if len(shape) == 3 else shape
+            if isinstance(output, Tensor):
+                columns[id(module)] = output.numel() // max(1, module.out_channels)
+        else:
+            shapes[id(module)] = shape
+            columns[id(module)] = math.prod(shape[:-1])
 
     for m in model.modules():
         if type(m) in (nn.Linear, nn.Conv2d):
-            hooks.append(m.register_forward_pre_hook(record))
+            hooks.append(m.register_forward_hook(record))
     try:
         with torch.no_grad():
             model(*example_inputs)
     finally:
         for h in hooks:
             h.remove()
-    return shapes
+    return shapes, columns
 
 
-def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, shapes, shared):
+def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, shapes, columns,
+              shared, only_if_faster):
     if isinstance(module, nn.Conv2d):
         kind, base, why = "Conv2d", nn.Conv2d, _conv_ineligible(module)
     elif isinstance(module, nn.Linear):
@@ -697,6 +747,20 @@ def _consider(name, module, min_sparsity, schedule, tune, tune_kwargs, tune_n, s
         elif tune:
             note = (" (not tuned: no example_inputs)" if not shapes else
                     " (not tuned: example_inputs did not reach it)")
-    plan = plan_for(layer.schedule, layer._pattern.base, 128, WEIGHT_DTYPES[w.dtype],
-                    conv=kind == "Conv2d")
-    return layer, LayerRow(name, kind, shape, s, "sparse", plan.mode + note, estimated_speedup(s))
+    conv = kind == "Conv2d"
+    assumed = id(module) not in columns
+    N = max(1, DEFAULT_CONV_N if conv and assumed else tune_n if assumed else columns[id(module)])
+    base, dtype = layer._pattern.base, WEIGHT_DTYPES[w.dtype]
+    plan = plan_for(layer.schedule, base, N, dtype, conv=conv)
+    est = None
+    if base.M > 0 and base.K > 0:
+        dense_tf32 = (torch.backends.cudnn.allow_tf32 if conv
+                      else torch.backends.cuda.matmul.allow_tf32)
+        est = predicted_speedup("conv" if conv else "matmul", base.M, base.K, N, base.density,
+                                dtype, plan.mode, dense_tf32=bool(dense_tf32))
+    ratio, source = (est.ratio, est.source) if est is not None else (None, None)
+    if only_if_faster and est is not None and est.ratio < 1.0:
+        return module, LayerRow(name, kind, shape, s, "dense", f"kept: predicted {ratio:.2f}x",
+                                ratio, source, N, assumed)
+    return layer, LayerRow(name, kind, shape, s, "sparse", plan.mode + note, ratio, source, N,
+                           assumed)

@@ -11,7 +11,8 @@ from torch import nn
 
 from dsl import Schedule
 from sparsert_triton import ops
-from sparsert_triton.nn import SparseConv2d, SparseLinear, sparsify
+from sparsert_triton.estimate import predicted_speedup
+from sparsert_triton.nn import DEFAULT_CONV_N, SparseConv2d, SparseLinear, sparsify
 
 
 pytestmark = pytest.mark.usefixtures("on_test_device")   # tensors on the test device
@@ -150,11 +151,17 @@ def test_sparsify_replaces_convolutions_and_linears():
     assert rows["conv1"].kind == "Conv2d" and rows["conv1"].shape == (8, 3, 3, 3)
     assert rows["conv1"].sparsity == pytest.approx(0.8, abs=0.01)
     assert rows["conv1"].mode in ("values", "indices", "table")
-    assert rows["conv2"].est_speedup == pytest.approx(1 / (1 - rows["conv2"].sparsity))
+    # no example_inputs: a convolution is estimated at the assumed DEFAULT_CONV_N columns
+    assert rows["conv2"].n == DEFAULT_CONV_N and rows["conv2"].n_assumed
+    assert rows["conv2"].est_speedup == pytest.approx(predicted_speedup(
+        "conv", 8, 8 * 9, DEFAULT_CONV_N, 1 - rows["conv2"].sparsity, "float32",
+        rows["conv2"].mode, dense_tf32=torch.backends.cudnn.allow_tf32).ratio)
+    assert "conv_h100.csv" in rows["conv2"].est_source
     assert rows["depthwise"].mode.startswith("kept: groups=8")
     assert rows["dense"].action == "dense" and rows["dense"].est_speedup is None
     text = str(report)
-    assert "8x3x3x3" in text and "not measured" in text and "3 of 5 listed layers" in text
+    assert "8x3x3x3" in text and "conv_h100.csv" in text and "3 of 5 listed layers" in text
+    assert "1/density" not in text
     close(model(x), ref)
     assert model.conv2.bias is None
 
