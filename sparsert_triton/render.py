@@ -37,9 +37,14 @@ class Buffer:
 
 
 def lit(v: float) -> str:
-    """A float literal that round-trips to the same float64 (so also to float32)."""
-    r = repr(float(v))
-    return r if ("." in r or "e" in r or "n" in r) else r + ".0"
+    """A float literal that round-trips to the same float64 (so also to float32); infinities
+    and NaN as ``float("inf")``, ``float("-inf")``, ``float("nan")`` (Python's ``repr`` writes
+    ``inf``/``nan``, names that do not exist in the kernel)."""
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        return f'float("{v!r}")'
+    r = repr(v)
+    return r if ("." in r or "e" in r) else r + ".0"
 
 
 # ---------------------------------------------------------------- operands and epilogue

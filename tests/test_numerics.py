@@ -1,0 +1,43 @@
+"""Numerics of the generated kernels: constants, dtypes and casts that once went wrong."""
+import os
+
+import pytest
+import torch
+
+from dsl import Schedule, clamp, relu
+from sparsert_triton import sparse_kernel
+
+MODES = ["values", "indices", "table"]
+DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
+
+
+def _mm(W, X):
+    return W @ X
+
+
+def _clamp_low_inf(W, X):
+    return clamp(W @ X, float("-inf"), 1.0)
+
+
+def _plus_inf(W, X):
+    return W @ X + float("inf")
+
+
+def _times_nan(W, X):
+    return relu(W @ X) * float("nan")
+
+
+def _clamp_high_nan(W, X):
+    return clamp(W @ X, None, float("nan"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fn", [_clamp_low_inf, _plus_inf, _times_nan, _clamp_high_nan])
+def test_nonfinite_constants_render_as_valid_code(mode, fn):
+    """inf/nan written in the function are valid Triton (``float("inf")``), with torch's
+    result (NaN where torch gives NaN)."""
+    W = torch.tensor([[1.0, 0.0, -2.0], [0.0, 3.0, 0.0]])
+    k = sparse_kernel(fn, schedule=Schedule(mode=mode)).specialize(W)
+    X = torch.randn(3, 5).to(DEV)
+    Y = k(X).cpu().double()
+    torch.testing.assert_close(Y, k.reference(X), equal_nan=True)
