@@ -49,14 +49,26 @@ def lit(v: float) -> str:
 
 # ---------------------------------------------------------------- operands and epilogue
 
+#: the families of an operand's kernel parameters, by kind: its pointer (or value), then its
+#: strides (``s``: per row; ``sm``/``sn``: per row and column; a convolution's ``sm``/``sb``/
+#: ``sh``/``sw``: per channel, image, y and x)
+OPERAND_FAMILIES = {"number": ("op",), "scalar": ("op",), "row": ("op", "s"),
+                    "full": ("op", "sm", "sn")}
+CONV_FULL_FAMILIES = ("op", "sm", "sb", "sh", "sw")
+
+
+def operand_names(name: str, kind: str, conv: bool = False) -> list:
+    """The kernel parameters of operand ``name``: ``<family>_<name>``. Families have no
+    underscore, so the first one in a parameter names its family and the rest the operand:
+    two parameters are the same only for the same family and operand, whatever the operands
+    are called, and no other generated name starts with a family and an underscore."""
+    fams = CONV_FULL_FAMILIES if conv and kind == "full" else OPERAND_FAMILIES[kind]
+    return [f"{f}_{name}" for f in fams]
+
+
 def operand_params(sig, conv: bool = False) -> list:
     """Kernel parameters that carry the epilogue operands, in call order."""
-    out = []
-    for name, kind in sig.operand_kinds:
-        p = f"op_{name}"
-        full = [p, p + "_sm", p + "_sb", p + "_sh", p + "_sw"] if conv else [p, p + "_sm", p + "_sn"]
-        out += {"number": [p], "scalar": [p], "row": [p, p + "_s"], "full": full}[kind]
-    return out
+    return [p for name, kind in sig.operand_kinds for p in operand_names(name, kind, conv)]
 
 
 def geom_params(low) -> list:
@@ -72,17 +84,17 @@ def n_args(low) -> list:
 
 
 def _leaf(name: str, kind: str, table: bool, acc: str, conv: bool = False) -> str:
-    p = f"op_{name}"
+    p, *st = operand_names(name, kind, conv)
     if kind == "number":
         return p
     if kind == "scalar":
         return f"tl.load({p}).to({acc})"
     if kind == "row":
         m = ", mask=rmask, other=0.0" if table else ""
-        return f"tl.load({p} + row * {p}_s{m}).to({acc})"
+        return f"tl.load({p} + row * {st[0]}{m}).to({acc})"
     m = "rmask & nmask" if table else "nmask"
-    n = (f"nb * {p}_sb + oy * {p}_sh + ox * {p}_sw" if conv else f"offs_n * {p}_sn")
-    return f"tl.load({p} + row * {p}_sm + {n}, mask={m}, other=0.0).to({acc})"
+    n = (f"nb * {st[1]} + oy * {st[2]} + ox * {st[3]}" if conv else f"offs_n * {st[1]}")
+    return f"tl.load({p} + row * {st[0]} + {n}, mask={m}, other=0.0).to({acc})"
 
 
 def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:

@@ -41,3 +41,25 @@ def test_nonfinite_constants_render_as_valid_code(mode, fn):
     X = torch.randn(3, 5).to(DEV)
     Y = k(X).cpu().double()
     torch.testing.assert_close(Y, k.reference(X), equal_nan=True)
+
+
+def _names_like_generated(W, X, b, b_s, a_sm, a, a_sn, op_a, s_b, acc, row, nmask):
+    return (W @ X + b + b_s) * a_sm + a + a_sn - op_a + s_b * acc + row - nmask
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_operand_names_never_collide_with_generated_ones(mode):
+    """Operands named like the parameters generated for other operands (``b`` and ``b_s``,
+    ``a`` and ``a_sm``) or like the kernel's own names get distinct parameters."""
+    W = torch.tensor([[1.0, 0.0, -2.0], [0.0, 3.0, 0.0]])
+    k = sparse_kernel(_names_like_generated, schedule=Schedule(mode=mode)).specialize(W)
+    X = torch.randn(3, 5).to(DEV)
+    g = torch.Generator().manual_seed(0)
+    # every kind: rows, full (M x N), scalars and numbers
+    ops = [torch.randn(2, generator=g), torch.randn(2, 5, generator=g), 0.5,
+           torch.randn(2, 5, generator=g), torch.randn(1, generator=g), torch.randn(2, generator=g),
+           torch.randn(2, 5, generator=g).t().contiguous().t(), -1.5, torch.randn(2, generator=g),
+           torch.randn(2, 5, generator=g)]
+    ops = [o.to(DEV) if isinstance(o, torch.Tensor) else o for o in ops]
+    Y = k(X, *ops).cpu().double()
+    torch.testing.assert_close(Y, k.reference(X, *ops), rtol=1e-5, atol=1e-5)
