@@ -100,7 +100,8 @@ def triton_signature(sig) -> dict:
     for name, kind in sig.operand_kinds:
         for conv in (False, True):      # (a convolution's full operands: two more strides)
             p, *strides = operand_names(name, kind, conv)
-            types[p] = "fp32" if kind == "number" else f"*{x}"
+            types[p] = (("fp64" if sig.acc_dtype == "float64" else "fp32") if kind == "number"
+                        else f"*{x}")
             types.update((s, "i32") for s in strides)
     return types
 

@@ -101,6 +101,12 @@ def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
     """The epilogue expression over ``acc`` (in the accumulator type)."""
     acc_t = TL_DTYPES[sig.acc_dtype]
 
+    def bound(v):
+        # a clamp bound in the accumulator type: triton 3.6's tl.maximum/tl.minimum make a
+        # Python float an fp32 tensor before promoting it (a float64 kernel clamped at
+        # fp32(-2.015)); + - * keep a Python float exact in either version
+        return f"tl.full((), {lit(v)}, tl.float64)" if sig.acc_dtype == "float64" else lit(v)
+
     def go(n):
         if isinstance(n, ir.MatMul):
             return "acc"
@@ -119,9 +125,9 @@ def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
         if isinstance(n, ir.Clamp):
             x = go(n.x)
             if n.lo is not None:
-                x = f"tl.maximum({x}, {lit(n.lo)}, propagate_nan=tl.PropagateNan.ALL)"
+                x = f"tl.maximum({x}, {bound(n.lo)}, propagate_nan=tl.PropagateNan.ALL)"
             if n.hi is not None:
-                x = f"tl.minimum({x}, {lit(n.hi)}, propagate_nan=tl.PropagateNan.ALL)"
+                x = f"tl.minimum({x}, {bound(n.hi)}, propagate_nan=tl.PropagateNan.ALL)"
             return x
         if isinstance(n, ir.Cast):   # an inner cast rounds; the outer one is the store's
             return f"{go(n.x)}.to({TL_DTYPES[n.dtype]}).to({acc_t})"
@@ -324,8 +330,13 @@ def render_partial_store(b: Buffer, s: PartialStore):
 
 
 def _kernel_params(low: Lowered, buffers) -> str:
-    return ", ".join(["X", *buffers, "Y"] + operand_params(low.signature, low.conv is not None)
-                     + geom_params(low) + ["N"])
+    """A kernel's parameters. A float64 kernel's number operands are annotated ``"fp64"``:
+    Triton passes a Python float as fp32 unless the parameter says otherwise."""
+    sig, conv = low.signature, low.conv is not None
+    f64 = {operand_names(n, k)[0] for n, k in sig.operand_kinds
+           if k == "number" and sig.acc_dtype == "float64"}
+    ops = [f'{p}: "fp64"' if p in f64 else p for p in operand_params(sig, conv)]
+    return ", ".join(["X", *buffers, "Y"] + ops + geom_params(low) + ["N"])
 
 
 def render_part(b: Buffer, fn: PartFn, low: Lowered):

@@ -63,3 +63,28 @@ def test_operand_names_never_collide_with_generated_ones(mode):
     ops = [o.to(DEV) if isinstance(o, torch.Tensor) else o for o in ops]
     Y = k(X, *ops).cpu().double()
     torch.testing.assert_close(Y, k.reference(X, *ops), rtol=1e-5, atol=1e-5)
+
+
+def _clamped_scaled(W, X, s):
+    return -(-clamp(W @ X, -2.015, 0.027)) * s
+
+
+@pytest.mark.parametrize("schedule", [
+    Schedule(mode="values"), Schedule(mode="indices"), Schedule(mode="table"),
+    Schedule(mode="table", rows_per_program=16, parallel_rows=4, block_n=2, chunk=16,
+             prefetch=False),
+    Schedule(mode="table", pack_nonzeros=True, chunk=32, block_n=4, prefetch=False)])
+def test_float64_clamp_bounds_and_numbers_stay_float64(schedule):
+    """Clamp bounds and number operands of a float64 kernel are float64 values (triton 3.6
+    rounded both to float32 on the GPU; tests/test_compile_regressions.py checks the compiled
+    code). Here: the interpreter's result, exact to float64 rounding."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(28, 18, generator=g, dtype=torch.float64)
+    W *= torch.rand(28, 18, generator=g) < 0.2
+    k = sparse_kernel(_clamped_scaled, schedule=schedule).specialize(W)
+    X = torch.randn(18, 1, generator=g, dtype=torch.float64).expand(18, 82).to(DEV)
+    out = torch.empty(82, 28, dtype=torch.float64, device=DEV).t()
+    Y = k(X, 0.1, out=out)
+    ref = k.reference(X, 0.1)
+    assert (ref.abs() == 0.0027).any() and (ref.abs() == 0.2015).any()   # both bounds hit
+    torch.testing.assert_close(Y.cpu(), ref, rtol=1e-15, atol=1e-15)

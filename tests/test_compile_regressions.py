@@ -1,0 +1,71 @@
+"""Compiled code (sm_90, on the CPU) of kernels that the interpreter runs correctly but a GPU
+did not: float64 kernels computing in float32, and a build that did not finish.
+
+Runs in a subprocess without TRITON_INTERPRET (the interpreter patches triton.language).
+``bash scripts/compat_triton36.sh`` runs it with triton 3.6, the GPU machine's version.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton.backends.nvidia")
+
+SCRIPT = r'''
+import inspect, json, time
+import torch
+from dsl import Schedule, clamp, relu, silu
+from sparsert_triton import sparse_kernel
+from sparsert_triton.compile import _import_compilable, precompile_variant
+from sparsert_triton.plan import Signature
+
+out = {}
+
+def clamped_scaled(W, X, s):
+    return -(-clamp(W @ X, -2.015, 0.027)) * s
+
+# float64: clamp bounds and number operands (triton 3.6 made both float32)
+f64 = {}
+g = torch.Generator().manual_seed(1)
+W = torch.randn(28, 18, generator=g, dtype=torch.float64) * (torch.rand(28, 18, generator=g) < 0.2)
+sig = Signature("float64", "float64", "float64", (("s", "number"),))
+for name, s in (("values", Schedule(mode="values")),
+                ("table", Schedule(mode="table")),
+                ("table_parallel", Schedule(mode="table", rows_per_program=16, parallel_rows=4,
+                                            block_n=2, chunk=16, prefetch=False)),
+                ("table_pack", Schedule(mode="table", pack_nonzeros=True, chunk=32, block_n=4,
+                                        prefetch=False))):
+    v = sparse_kernel(clamped_scaled, schedule=s).specialize(W).variant(sig, 82,
+                                                                       torch.device("cpu"))
+    ttir = "".join(c.asm["ttir"] for c in precompile_variant(v, sig))
+    mod = _import_compilable(v.path, v.key)
+    fn = getattr(mod, v.kernels[0][0].fn.__name__ if hasattr(v.kernels[0][0], "fn")
+                 else v.kernels[0][0].__name__)
+    f64[name] = {"f32": [l.strip()[:160] for l in ttir.splitlines() if "f32" in l],
+                 "annotation": str(inspect.signature(fn.fn).parameters["op_s"].annotation)}
+out["f64"] = f64
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["SPARSERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("aot-cache"))
+    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["values", "table", "table_parallel", "table_pack"])
+def test_float64_kernels_hold_no_float32(compiled, name):
+    """A float64 kernel's compiled code has no float32 value: clamp bounds are float64
+    constants (triton 3.6's tl.maximum made a Python float an fp32 tensor, so the clamp was
+    at fp32(-2.015)) and a number operand is an fp64 parameter (Triton passes a Python
+    float as fp32 unless the parameter is annotated)."""
+    c = compiled["f64"][name]
+    assert c["f32"] == []
+    assert c["annotation"] == "fp64"
