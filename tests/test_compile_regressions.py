@@ -46,6 +46,26 @@ for name, s in (("values", Schedule(mode="values")),
     f64[name] = {"f32": [l.strip()[:160] for l in ttir.splitlines() if "f32" in l],
                  "annotation": str(inspect.signature(fn.fn).parameters["op_s"].annotation)}
 out["f64"] = f64
+
+# fp16 X, bf16 weight, 32 rows per program of the one-row table kernel (chunks of 16,
+# prefetched): N = 1, then N = 42 with a transposed X (a GPU build that did not finish)
+def relu_silu(W, X):
+    return relu(silu(W @ X) - 1.482)
+
+W = torch.randn(3, 9, generator=g).to(torch.bfloat16)
+sig = Signature("float16", "bfloat16", "float16", ())
+rows = {}
+for R in (1, 32):
+    k = sparse_kernel(relu_silu, schedule=Schedule(
+        mode="table", rows_per_program=R, chunk=16, block_n=32, use_dot=False,
+        row_order="given")).specialize(W)
+    for N, strides, ones in ((1, (1, 1), ("N", "sxk", "sxn", "sym", "syn")),
+                             (42, (1, 9), ("sxk", "syn"))):
+        v = k.variant(sig, N, torch.device("cpu"), strides)
+        t = time.time()
+        c = precompile_variant(v, sig, constants={p: 1 for p in ones})[0]
+        rows[f"{R}_{N}"] = {"seconds": time.time() - t, "loads": c.asm["ttir"].count("tt.load")}
+out["rows"] = rows
 print(json.dumps(out))
 '''
 
@@ -69,3 +89,13 @@ def test_float64_kernels_hold_no_float32(compiled, name):
     c = compiled["f64"][name]
     assert c["f32"] == []
     assert c["annotation"] == "fp64"
+
+
+def test_many_rows_per_program_compile_in_seconds(compiled):
+    """The one-row table kernel with 32 rows per program compiles to one copy of the row's
+    loop, as with one row: it used to unroll all 32 (``tl.static_range``), about 100 s per
+    compile on the CPU for sm_90, so a GPU call at N = 1 and then N = 42 ran past 180 s."""
+    c = compiled["rows"]
+    for N in (1, 42):
+        assert c[f"32_{N}"]["loads"] == c[f"1_{N}"]["loads"] > 0
+        assert c[f"32_{N}"]["seconds"] < 60
