@@ -97,6 +97,22 @@ def _leaf(name: str, kind: str, table: bool, acc: str, conv: bool = False) -> st
     return f"tl.load({p} + row * {st[0]} + {n}, mask={m}, other=0.0).to({acc})"
 
 
+def rounded_to(dtype: str, sig) -> str:
+    """``.to(dtype)`` of an accumulator-typed value; float64 goes to bfloat16 through float32
+    (the interpreter converts float64 to bfloat16 wrongly: 3.0 became 2.8e-40). The double
+    rounding is at most one bfloat16 unit in the last place off a direct one, and only where
+    the float32 value lies on a bfloat16 tie."""
+    via = ".to(tl.float32)" if sig.acc_dtype == "float64" and dtype == "bfloat16" else ""
+    return f"{via}.to({TL_DTYPES[dtype]})"
+
+
+def to_output(sig) -> str:
+    """The store's conversion of the epilogue's value to Y's dtype."""
+    if sig.acc_dtype == "float64" and sig.out_dtype == "bfloat16":
+        return rounded_to(sig.out_dtype, sig)
+    return ".to(Y.dtype.element_ty)"
+
+
 def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
     """The epilogue expression over ``acc`` (in the accumulator type)."""
     acc_t = TL_DTYPES[sig.acc_dtype]
@@ -130,7 +146,7 @@ def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
                 x = f"tl.minimum({x}, {bound(n.hi)}, propagate_nan=tl.PropagateNan.ALL)"
             return x
         if isinstance(n, ir.Cast):   # an inner cast rounds; the outer one is the store's
-            return f"{go(n.x)}.to({TL_DTYPES[n.dtype]}).to({acc_t})"
+            return f"{go(n.x)}{rounded_to(n.dtype, sig)}.to({acc_t})"
         raise TypeError(n)
     root = node.x if isinstance(node, ir.Cast) else node
     return go(root)
@@ -298,7 +314,7 @@ def render_store(b: Buffer, s: Store, low: Lowered):
     args = ", ".join([acc, str(s.row), "0"] + n_args(low) + ["nmask"]
                      + operand_params(low.signature, low.conv is not None))
     b(f"tl.store(Y + {s.row} * sym + yo, "
-      f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
+      f"_epilogue({args}){to_output(low.signature)}, mask=nmask)")
 
 
 def _split(low: Lowered) -> bool:
@@ -739,7 +755,7 @@ def _store_row(b: Buffer, low: Lowered, ops):
     row -1, store nothing)."""
     with b.indent("if row >= 0:"):
         args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
-        b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
+        b(f"tl.store(Y + row * sym + yo, _epilogue({args}){to_output(low.signature)}, "
           "mask=nmask)")
 
 
@@ -799,7 +815,7 @@ def _store_tile(b: Buffer, low: Lowered, ops):
     args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
                      + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
     b(f"out = _epilogue({args})")
-    b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
+    b(f"tl.store(Y + rows[:, None] * sym + yo[None, :], out{to_output(low.signature)}, "
       "mask=(rows >= 0)[:, None] & nmask[None, :])")
 
 

@@ -88,3 +88,41 @@ def test_float64_clamp_bounds_and_numbers_stay_float64(schedule):
     ref = k.reference(X, 0.1)
     assert (ref.abs() == 0.0027).any() and (ref.abs() == 0.2015).any()   # both bounds hit
     torch.testing.assert_close(Y.cpu(), ref, rtol=1e-15, atol=1e-15)
+
+
+def _cast_bf16(W, X):
+    return (W @ X).to("bfloat16")
+
+
+def _inner_cast(W, X, b):
+    return (W @ X + b).to("bfloat16") * 2.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fn, x_dtype, w_dtype", [
+    (_cast_bf16, torch.float64, torch.float64),      # float64 accumulator, bfloat16 out
+    (_mm, torch.bfloat16, torch.float64),            # out in X's dtype, bfloat16
+    (_inner_cast, torch.float64, torch.float64),     # an inner cast to bfloat16
+    (_cast_bf16, torch.float16, torch.float64),
+    (_mm, torch.float16, torch.float64)])
+def test_float64_accumulator_to_half_outputs(mode, fn, x_dtype, w_dtype):
+    """A float64 accumulator cast to bfloat16 (or float16) gives the rounded sum (the
+    interpreter's direct float64 -> bfloat16 conversion gave 2.8e-40 for 3.0)."""
+    g = torch.Generator().manual_seed(2)
+    W = (torch.randn(6, 9, generator=g, dtype=torch.float64)
+         * (torch.rand(6, 9, generator=g) < 0.5)).to(w_dtype)
+    W[0] = 1.0
+    k = sparse_kernel(fn, schedule=Schedule(mode=mode)).specialize(W)
+    X = torch.randn(9, 7, generator=g).to(x_dtype)
+    X[:, 0] = 1.0
+    ops = [torch.randn(6, generator=g, dtype=torch.float64)] if k.program.operands else []
+    Y = k(X.to(DEV), *ops).cpu()
+    ref = k.reference(X, *ops)
+    assert Y.dtype == (torch.bfloat16 if fn is _cast_bf16 else x_dtype)
+    if fn is _cast_bf16:
+        assert Y[0, 0] == 9.0
+    # the reference rounds to bfloat16 (or the output's dtype) the same way: at most one
+    # unit in the last place apart (a double rounding's tie)
+    ulp = 2.0 ** -7 if torch.bfloat16 in (Y.dtype, x_dtype) or fn is _inner_cast else 2.0 ** -10
+    err = (Y.double() - ref.to(Y.dtype).double()).abs()
+    assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) * 2 + 1e-30).all(), err.max()
