@@ -21,7 +21,7 @@ import torch
 from dsl import Schedule, ir, trace
 
 from . import cache
-from .canonicalise import canonicalise_program, plan_for, with_device
+from .canonicalise import canonicalise_program, check_call, plan_for, with_device
 from .compile import import_kernels, interpreting
 from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
@@ -134,8 +134,7 @@ class SpecializedKernel:
                        spatial=None) -> Variant:
         cap = _capability(device)
         plan = with_device(self.plan(N, sig.x_dtype, spatial), self.schedule, cap)
-        if plan.use_dot and sig.acc_dtype == "float64":
-            raise ValueError("schedule: use_dot does not support float64 inputs")
+        check_call(plan, sig, cap)
         offsets = None
         if plan.pad_input or plan.tap_masks:
             if spatial is None:

@@ -126,3 +126,28 @@ def test_float64_accumulator_to_half_outputs(mode, fn, x_dtype, w_dtype):
     ulp = 2.0 ** -7 if torch.bfloat16 in (Y.dtype, x_dtype) or fn is _inner_cast else 2.0 ** -10
     err = (Y.double() - ref.to(Y.dtype).double()).abs()
     assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) * 2 + 1e-30).all(), err.max()
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="the interpreter's bfloat16 tl.dot")
+def test_bfloat16_default_plan_avoids_the_interpreters_dot():
+    """bfloat16 in table mode (and the default mode past 2048 nonzeros): the default plan
+    takes tensor cores (use_dot) on a GPU only; the interpreter computes bfloat16 tl.dot
+    wrongly (792723456.0 for 3.0). Asking for use_dot there is a clear error."""
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.weights import as_sparse_weight
+    W = torch.ones(2, 3, dtype=torch.bfloat16)
+    for s in (Schedule(mode="table"), Schedule()):
+        Y = sparse_kernel(_mm, schedule=s).specialize(W)(torch.ones(3, 4, dtype=torch.bfloat16))
+        assert torch.equal(Y, torch.full((2, 4), 3.0, dtype=torch.bfloat16))
+    big = torch.ones(64, 64, dtype=torch.bfloat16)        # 4096 nonzeros: table mode
+    k = sparse_kernel(_mm).specialize(big)
+    X = torch.randn(64, 16).to(torch.bfloat16)
+    Y = k(X)
+    assert not k.last_plan.use_dot and k.last_plan.mode == "table"
+    torch.testing.assert_close(Y.double(), k.reference(X), rtol=2e-2, atol=2e-2)
+    w = as_sparse_weight(big)
+    assert plan_for(Schedule(mode="table"), w, 16, "bfloat16", interpreter=False).use_dot
+    assert plan_for(Schedule(mode="table"), w, 16, "float16", interpreter=True).use_dot
+    dot = Schedule(mode="table", use_dot=True, rows_per_program=16, chunk=16, block_n=16)
+    with pytest.raises(ValueError, match="use_dot with bfloat16 X .*interpreter"):
+        sparse_kernel(_mm, schedule=dot).specialize(big)(X)
