@@ -62,6 +62,15 @@ def test_bad_weights(bad, exc, msg):
         _fc("values").specialize(bad)
 
 
+def test_meta_weight_is_a_clear_error():
+    """A weight on the meta device (a model built without data) has no nonzeros to
+    specialise to: an error naming the weight, not torch's copy error."""
+    with pytest.raises(ValueError, match="weight is on the meta device"):
+        _fc("values").specialize(torch.ones(2, 3, device="meta"))
+    with pytest.raises(ValueError, match="values is on the meta device"):
+        _fc("values").specialize((torch.ones(2, 3), torch.ones(2, 3, device="meta")))
+
+
 def test_zero_sized_weight():
     with pytest.raises(ValueError, match="at least one row"):
         _fc("values").specialize(torch.zeros(0, 4))
