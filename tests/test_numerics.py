@@ -151,3 +151,53 @@ def test_bfloat16_default_plan_avoids_the_interpreters_dot():
     dot = Schedule(mode="table", use_dot=True, rows_per_program=16, chunk=16, block_n=16)
     with pytest.raises(ValueError, match="use_dot with bfloat16 X .*interpreter"):
         sparse_kernel(_mm, schedule=dot).specialize(big)(X)
+
+
+@pytest.mark.parametrize("schedule, dtype", [
+    (Schedule(mode="values", rows_per_program=4), torch.float32),
+    (Schedule(mode="indices", rows_per_program=4, split_k=2), torch.float32),
+    (Schedule(mode="table"), torch.float32),
+    (Schedule(mode="table", rows_per_program=4, parallel_rows=2), torch.float16),
+    (Schedule(mode="table", split_k=2), torch.float32),
+    (Schedule(mode="table", chunk=16, prefetch_tail=True, prefetch_x=True), torch.float32),
+    (Schedule(mode="table"), torch.float16),       # the fp16 default: use_dot
+    (Schedule(mode="table", use_dot=True, rows_per_program=16, chunk=16, block_n=16),
+     torch.float32)])
+def test_nonfinite_x_follows_each_kernels_documented_rule(schedule, dtype):
+    """README, Numerics: a NaN/inf in X[k, n] reaches the rows with a nonzero in column k;
+    with use_dot, every row of a row group whose column union holds k (here: W = ones with
+    W[1:, 0] = 0, X[0, 0] = NaN gives NaN in all 16 rows of column 0, one group)."""
+    from sparsert_triton.testing import documented_product
+    W = torch.ones(16, 16)
+    W[1:, 0] = 0
+    X = torch.ones(16, 16)
+    X[0, 0] = float("nan")
+    X[3, 5] = float("inf")
+    X[7, 9] = float("-inf")
+    k = sparse_kernel(_mm, schedule=schedule).specialize(W.to(dtype))
+    Y = k(X.to(dtype).to(DEV)).cpu().double()
+    ref = documented_product(k, X.to(dtype))
+    torch.testing.assert_close(Y, ref, equal_nan=True, rtol=1e-3, atol=1e-3)
+    nan_rows = torch.isnan(Y[:, 0]).nonzero().flatten().tolist()
+    assert nan_rows == (list(range(16)) if k.last_plan.use_dot else [0])
+    assert torch.isfinite(Y[:, 1:5]).all()
+
+
+def _clamp_unbounded(W, X):
+    return clamp(W @ X)
+
+
+def _to_float64(W, X):
+    return (W @ X * 0.5).to("float64")
+
+
+@pytest.mark.parametrize("fn", [_clamp_unbounded, _to_float64])
+def test_reference_evaluates_every_dsl_form(fn):
+    """The float64 reference takes what the DSL takes: a clamp without bounds, a cast to
+    float64 (it raised where the kernel ran)."""
+    W = torch.tensor([[1.0, 0.0, -2.0], [0.0, 3.0, 0.0]])
+    k = sparse_kernel(fn).specialize(W)
+    X = torch.randn(3, 5).to(DEV)
+    Y = k(X).cpu()
+    assert Y.dtype == (torch.float64 if fn is _to_float64 else torch.float32)
+    torch.testing.assert_close(Y.double(), k.reference(X), rtol=1e-6, atol=1e-6)
