@@ -135,7 +135,7 @@ class SpecializedKernel:
                        spatial=None) -> Variant:
         cap = _capability(device)
         plan = with_device(self.plan(N, sig.x_dtype, spatial), self.schedule, cap)
-        check_call(plan, sig, cap)
+        check_call(plan, sig)
         offsets = None
         if plan.pad_input or plan.tap_masks:
             if spatial is None:

@@ -247,13 +247,16 @@ def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:
     return plan
 
 
-def check_call(plan: Plan, sig: Signature, capability: str):
-    """Refuse a plan that cannot compute a call's dtypes on ``capability`` (a clear error
-    instead of a wrong result): ``use_dot`` with float64, or with bfloat16 X in Triton's
-    interpreter."""
+def check_call(plan: Plan, sig: Signature, interpreter: Optional[bool] = None):
+    """Refuse a plan that cannot compute a call's dtypes (a clear error instead of a wrong
+    result): ``use_dot`` with float64, or with bfloat16 X where the kernels run in Triton's
+    interpreter (``interpreter``, by default whether ``TRITON_INTERPRET`` is set; building a
+    variant on the CPU to read or AOT-compile its source is not running it)."""
+    if interpreter is None:
+        interpreter = interpreting()
     if plan.use_dot and sig.acc_dtype == "float64":
         raise ValueError("schedule: use_dot does not support float64 inputs")
-    if plan.use_dot and not dot_works(sig.x_dtype, capability == "interpreter"):
+    if plan.use_dot and not dot_works(sig.x_dtype, interpreter):
         raise ValueError(f"schedule: use_dot with {sig.x_dtype} X is not supported in Triton's "
                          "interpreter (TRITON_INTERPRET=1 computes bfloat16 tl.dot wrongly, "
                          "triton #11584): use use_dot=False, or run on a GPU")

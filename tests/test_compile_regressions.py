@@ -66,6 +66,15 @@ for R in (1, 32):
         c = precompile_variant(v, sig, constants={p: 1 for p in ones})[0]
         rows[f"{R}_{N}"] = {"seconds": time.time() - t, "loads": c.asm["ttir"].count("tt.load")}
 out["rows"] = rows
+
+# bfloat16 tensor cores: refused only where kernels run in the interpreter, not when a
+# variant is built on the CPU to read or compile its source
+W = torch.randn(32, 32, generator=g).to(torch.bfloat16)
+k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(
+    mode="table", use_dot=True, rows_per_program=16, chunk=16, block_n=16)).specialize(W)
+sig = Signature("bfloat16", "bfloat16", "bfloat16", ())
+v = k.variant(sig, 64, torch.device("cpu"))
+out["bf16_dot_ptx"] = "".join(c.asm["ptx"] for c in precompile_variant(v, sig))
 print(json.dumps(out))
 '''
 
@@ -99,3 +108,7 @@ def test_many_rows_per_program_compile_in_seconds(compiled):
     for N in (1, 42):
         assert c[f"32_{N}"]["loads"] == c[f"1_{N}"]["loads"] > 0
         assert c[f"32_{N}"]["seconds"] < 60
+
+
+def test_bfloat16_dot_compiles_outside_the_interpreter(compiled):
+    assert "mma" in compiled["bf16_dot_ptx"]
