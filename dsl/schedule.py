@@ -1,9 +1,12 @@
 """The user-facing schedule: *how* ``W @ X`` is computed.
 
-A :class:`Schedule` is lenient: any field may be left at ``"auto"`` and strings such as
-``"values"`` or ``"nnz"`` are accepted; ``sparsert_triton.canonicalise.plan_for`` turns it,
-with the matrix and the problem size, into a frozen, validated ``Plan``. ``repr(schedule)``
-is valid DSL code that rebuilds the same schedule.
+A :class:`Schedule` is lenient where it is safe: most fields may be left at ``"auto"``, an
+integer may be written as a string (``"64"``) or an integral float, and ``as_schedule``
+takes a mode name or a dict of fields for a whole schedule; a value that is not what a field
+holds (``block_n=64.9``, ``rows_per_program=True``, ``allow_tf32="x"``) is an error naming
+the field. ``sparsert_triton.canonicalise.plan_for`` turns it, with the matrix and the
+problem size, into a frozen, validated ``Plan``. ``repr(schedule)`` is valid DSL code that
+rebuilds the same schedule.
 
 Fields
 ------
@@ -157,6 +160,8 @@ num_warps, num_stages
 """
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Union
 
@@ -165,6 +170,69 @@ MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]
+INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
+              "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
+              "split_k", "streams")
+BOOL_FIELDS = ("allow_tf32", "bake_strides", "pack_nonzeros", "prefetch", "tap_segments",
+               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers",
+               "tap_masks")
+
+
+def _is_bool(v) -> bool:
+    """A Python or numpy bool."""
+    return isinstance(v, bool) or (type(v).__module__ == "numpy"
+                                   and type(v).__name__ in ("bool", "bool_"))
+
+
+def _as_int(name: str, v, auto: bool = True):
+    """An integer field: an int (or numpy integer), a float with an integral value or a
+    string of digits; 'auto' where the field has a heuristic. Anything else (64.9, True, 'x')
+    is an error naming the field."""
+    if auto and v == AUTO:
+        return AUTO
+    if _is_bool(v):
+        ok = False
+    elif isinstance(v, numbers.Integral):
+        return int(v)
+    elif isinstance(v, numbers.Real):
+        ok = float(v).is_integer()
+    elif isinstance(v, str):
+        ok = v.strip().lstrip("+-").isdigit()
+    else:
+        ok = False
+    if not ok:
+        either = " or 'auto'" if auto else ""
+        raise ValueError(f"Schedule.{name} must be an int{either}, got {v!r}")
+    return int(float(v)) if isinstance(v, numbers.Real) else int(v)
+
+
+def _as_bool(name: str, v, auto: bool = True):
+    """A switch: True or False (a numpy bool too), or 'auto' where it has a heuristic."""
+    if auto and v == AUTO:
+        return AUTO
+    if _is_bool(v):
+        return bool(v)
+    either = " or 'auto'" if auto else ""
+    raise ValueError(f"Schedule.{name} must be True or False{either}, got {v!r}")
+
+
+def as_schedule(schedule) -> "Schedule":
+    """A schedule from what a user may pass: a :class:`Schedule`, None (the default), a mode
+    name (``"values"``: ``Schedule(mode="values")``) or a dict of fields (``Schedule(**d)``)."""
+    if schedule is None:
+        return Schedule()
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, str):
+        return Schedule(mode=schedule)
+    if isinstance(schedule, Mapping):
+        unknown = sorted(set(schedule) - {f.name for f in fields(Schedule)})
+        if unknown:
+            raise ValueError(f"schedule: unknown field(s) {unknown}; the fields are "
+                             f"{[f.name for f in fields(Schedule)]}")
+        return Schedule(**schedule)
+    raise TypeError(f"schedule must be a Schedule, a mode name ({MODES}) or a dict of "
+                    f"Schedule fields, got {type(schedule).__name__}")
 
 
 @dataclass
@@ -201,29 +269,19 @@ class Schedule:
         if self.row_order not in ROW_ORDERS + (AUTO,):
             raise ValueError(f"Schedule.row_order must be one of {ROW_ORDERS} or 'auto', "
                              f"got {self.row_order!r}")
-        for name in ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
-                     "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
-                     "split_k", "streams"):
-            v = getattr(self, name)
-            if v == AUTO:
-                continue
-            if isinstance(v, bool) or not isinstance(v, int):
-                try:
-                    v = int(v)
-                except (TypeError, ValueError):
-                    raise ValueError(f"Schedule.{name} must be an int or 'auto', got {v!r}") from None
-                setattr(self, name, v)
-            if v < 1:
+        for name in INT_FIELDS:
+            v = _as_int(name, getattr(self, name), auto=name not in (
+                "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
+                "split_k"))
+            if v != AUTO and v < 1:
                 raise ValueError(f"Schedule.{name} must be >= 1, got {v}")
-        if isinstance(self.column_programs, bool) or not isinstance(self.column_programs, int) \
-                or self.column_programs < 0:
+            setattr(self, name, v)
+        self.column_programs = _as_int("column_programs", self.column_programs, auto=False)
+        if self.column_programs < 0:
             raise ValueError(f"Schedule.column_programs must be an int >= 0, "
                              f"got {self.column_programs!r}")
-        for name in ("bake_strides", "pack_nonzeros", "prefetch", "tap_segments", "prefetch_tail",
-                     "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers", "tap_masks"):
-            v = getattr(self, name)
-            if v not in (True, False, AUTO):
-                raise ValueError(f"Schedule.{name} must be True, False or 'auto', got {v!r}")
+        for name in BOOL_FIELDS:
+            setattr(self, name, _as_bool(name, getattr(self, name), auto=name != "allow_tf32"))
 
     def __repr__(self) -> str:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)

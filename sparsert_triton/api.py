@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from dsl import Schedule, ir, trace
+from dsl.schedule import as_schedule
 
 from . import cache
-from .canonicalise import canonicalise_program, plan_for, with_device
+from .canonicalise import canonicalise_program, check_call, plan_for, with_device
 from .callplan import MAX_PLANS, CallPlan, call_key
 from .compile import import_kernels, interpreting
 from .direct import Launcher
@@ -147,8 +148,7 @@ class SpecializedKernel:
                        spatial=None) -> Variant:
         cap = _capability(device)
         plan = with_device(self.plan(N, sig.x_dtype, spatial), self.schedule, cap)
-        if plan.use_dot and sig.acc_dtype == "float64":
-            raise ValueError("schedule: use_dot does not support float64 inputs")
+        check_call(plan, sig)
         offsets = None
         if plan.pad_input or plan.tap_masks:
             if spatial is None:
@@ -309,14 +309,15 @@ class SparseKernel:
 
     def __init__(self, fn, schedule: Optional[Schedule] = None):
         self.fn = fn
-        self.schedule = schedule or Schedule()
+        self.schedule = as_schedule(schedule)
         self.program = canonicalise_program(trace(fn))
         functools.update_wrapper(self, fn)
 
     def specialize(self, weight, schedule: Optional[Schedule] = None, kernel_size=None,
                    order: str = "chw") -> SpecializedKernel:
         """Specialise to a weight: a dense tensor with zeros, torch sparse CSR/COO, a scipy
-        sparse matrix, or ``(mask, values)``. For ``conv2d`` programs the weight is 4-D
+        sparse matrix, or ``(mask, values)``; ``schedule`` (default: the decorator's) a
+        Schedule, a mode name or a dict of Schedule fields. For ``conv2d`` programs the weight is 4-D
         (C_out, C_in, kh, kw), or a 2-D matrix with ``kernel_size=(C_in, kh, kw)`` and its
         column ``order`` ("chw": PyTorch's flattening; "hwc": DLMC's)."""
         node = ir.product(self.program.out)
@@ -330,7 +331,8 @@ class SparseKernel:
             w = as_sparse_weight(weight)
         if w.M == 0 or w.K == 0:
             raise ValueError(f"weight must have at least one row and column, got {w.M}x{w.K}")
-        return SpecializedKernel(self.program, schedule or self.schedule, w, conv)
+        return SpecializedKernel(self.program, self.schedule if schedule is None
+                                 else as_schedule(schedule), w, conv)
 
     specialise = specialize
 
@@ -342,7 +344,8 @@ class SparseKernel:
 
 
 def sparse_kernel(fn=None, *, schedule: Optional[Schedule] = None):
-    """Decorator: ``@sparse_kernel`` or ``@sparse_kernel(schedule=Schedule(...))``."""
+    """Decorator: ``@sparse_kernel`` or ``@sparse_kernel(schedule=Schedule(...))`` (or a mode
+    name, ``schedule="values"``, or a dict of Schedule fields)."""
     if fn is None:
         return lambda f: SparseKernel(f, schedule)
     return SparseKernel(fn, schedule)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Optional
 
 from dsl import ir
 from dsl.schedule import AUTO, Schedule
 
-from .plan import Plan
+from .compile import interpreting
+from .plan import Plan, Signature
 from .weights import SparseWeight
 
 
@@ -73,13 +75,24 @@ def resolved_mode(schedule: Schedule, nnz: int) -> str:
     return "values" if nnz <= 2048 else "table"
 
 
+def dot_works(x_dtype: str, interpreter: bool) -> bool:
+    """Whether ``tl.dot`` computes in ``x_dtype`` (the dot's operands are in X's dtype):
+    Triton's interpreter computes bfloat16 ``tl.dot`` wrongly (triton #11584), float64 has
+    no tensor-core path here."""
+    return x_dtype != "float64" and not (interpreter and x_dtype == "bfloat16")
+
+
 def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
-             conv: bool = False, tap_masks_fit: bool = False) -> Plan:
+             conv: bool = False, tap_masks_fit: bool = False,
+             interpreter: Optional[bool] = None) -> Plan:
     """Resolve every 'auto' field from the matrix statistics and the problem size (``conv``:
     the weight is a convolution's, whose table kernel walks short per-tap segments;
     ``tap_masks_fit``: its input's spatial size is known and ``tap_masks`` serves it, see
-    ``ConvGeometry.masks_fit``)."""
+    ``ConvGeometry.masks_fit``; ``interpreter``: the kernels run in Triton's interpreter,
+    by default whether ``TRITON_INTERPRET`` is set)."""
     s = schedule
+    if interpreter is None:
+        interpreter = interpreting()
     avg = weight.nnz / max(1, weight.M)
     mode = resolved_mode(s, weight.nnz)
     half = x_dtype in ("float16", "bfloat16")
@@ -94,7 +107,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     if use_dot == AUTO:
         fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.chunk, s.block_n))
         use_dot = (mode == "table" and half and fits and weight.density >= 0.15
-                   and weight.dtype != "float64")
+                   and weight.dtype != "float64" and dot_works(x_dtype, interpreter))
     rpp = s.rows_per_program
     if rpp == AUTO:
         if mode == "table":
@@ -291,3 +304,18 @@ def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:
         raise ValueError(f"schedule: pdl=True (programmatic dependent launch) needs a CUDA GPU "
                          f"of compute capability 9.0 or newer; this call runs on {capability}")
     return plan
+
+
+def check_call(plan: Plan, sig: Signature, interpreter: Optional[bool] = None):
+    """Refuse a plan that cannot compute a call's dtypes (a clear error instead of a wrong
+    result): ``use_dot`` with float64, or with bfloat16 X where the kernels run in Triton's
+    interpreter (``interpreter``, by default whether ``TRITON_INTERPRET`` is set; building a
+    variant on the CPU to read or AOT-compile its source is not running it)."""
+    if interpreter is None:
+        interpreter = interpreting()
+    if plan.use_dot and sig.acc_dtype == "float64":
+        raise ValueError("schedule: use_dot does not support float64 inputs")
+    if plan.use_dot and not dot_works(sig.x_dtype, interpreter):
+        raise ValueError(f"schedule: use_dot with {sig.x_dtype} X is not supported in Triton's "
+                         "interpreter (TRITON_INTERPRET=1 computes bfloat16 tl.dot wrongly, "
+                         "triton #11584): use use_dot=False, or run on a GPU")

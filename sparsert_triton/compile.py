@@ -96,11 +96,13 @@ def triton_signature(sig) -> dict:
     for s in ("sxk", "sxn", "sym", "syn", "sxb", "sxc", "sxh", "sxw", "IH", "IW", "syb", "syh",
               "syw", "Wo", "HWo"):
         types[s] = "i32"
+    from .render import operand_names
     for name, kind in sig.operand_kinds:
-        p = f"op_{name}"
-        types[p] = "fp32" if kind == "number" else f"*{x}"
-        for suffix in ("_s", "_sm", "_sn", "_sb", "_sh", "_sw"):
-            types[p + suffix] = "i32"
+        for conv in (False, True):      # (a convolution's full operands: two more strides)
+            p, *strides = operand_names(name, kind, conv)
+            types[p] = (("fp64" if sig.acc_dtype == "float64" else "fp32") if kind == "number"
+                        else f"*{x}")
+            types.update((s, "i32") for s in strides)
     return types
 
 

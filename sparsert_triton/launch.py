@@ -48,10 +48,12 @@ def operand_kind(name: str, v, M: int, full_shape: tuple, device) -> str:
     if v.numel() == 1 and v.dim() <= 2:   # broadcast; for M == 1 the same as a row value
         return "scalar"
     row_shape = (M,) + (1,) * (len(full_shape) - 2 if len(full_shape) > 2 else 1)
-    if v.dim() == 1 and v.shape[0] == M or tuple(v.shape) == row_shape:
-        return "row"
-    if tuple(v.shape) == tuple(full_shape):
-        return "full"
+    kind = ("row" if v.dim() == 1 and v.shape[0] == M or tuple(v.shape) == row_shape else
+            "full" if tuple(v.shape) == tuple(full_shape) else None)
+    if kind is not None:
+        if _span(v) > INT32_MAX:     # (once per call) the kernels' offsets are 32-bit
+            raise ValueError(f"{name} spans more than 2**31 elements")
+        return kind
     raise ValueError(f"{name} has shape {tuple(v.shape)}; expected a number, a one-element "
                      f"tensor, a per-row vector ({M},) or {row_shape}, or a full "
                      f"{tuple(full_shape)} tensor")
@@ -64,7 +66,7 @@ def signature_for(program: ir.Program, weight: SparseWeight, X, operands, out=No
         raise ValueError(f"X has {X.shape[0]} rows but the weight has K={weight.K} columns")
     shape = (weight.M, X.shape[1])
     kinds = _operand_kinds(program, weight.M, shape, X, operands)
-    return _finish_signature(program, weight, X, kinds, out, shape)
+    return _finish_signature(program, weight, X, kinds, out, shape, operands)
 
 
 def _operand_kinds(program, M, shape, X, operands):
@@ -86,7 +88,7 @@ def conv_signature_for(program: ir.Program, weight: SparseWeight, geom, X, opera
                          f"{geom.kh}x{geom.kw} (dilation {geom.dilation}, padding {geom.padding})")
     shape = (X.shape[0], weight.M, Ho, Wo)
     kinds = _operand_kinds(program, weight.M, shape, X, operands)
-    return _finish_signature(program, weight, X, kinds, out, shape), shape
+    return _finish_signature(program, weight, X, kinds, out, shape, operands), shape
 
 
 def _check_x(X, dims: int, what: str):
@@ -104,7 +106,7 @@ def _check_x(X, dims: int, what: str):
         raise ValueError("X spans more than 2**31 elements; split N into smaller calls")
 
 
-def _finish_signature(program, weight, X, kinds, out, shape) -> Signature:
+def _finish_signature(program, weight, X, kinds, out, shape, operands=()) -> Signature:
     xd = WEIGHT_DTYPES[X.dtype]
     sig = Signature(xd, weight.dtype, output_dtype(program, xd), kinds)
     if out is not None:
@@ -116,7 +118,75 @@ def _finish_signature(program, weight, X, kinds, out, shape) -> Signature:
             raise ValueError(f"out is on {out.device} but X is on {X.device}")
         if _span(out) > INT32_MAX:
             raise ValueError("out spans more than 2**31 elements")
+        _check_out_memory(out, X, operands, program.operands)
+    elif _numel(shape) - 1 > INT32_MAX:     # (once per call) the output the call allocates
+        raise ValueError(f"the output {tuple(shape)} spans more than 2**31 elements (32-bit "
+                         "offsets); split N into smaller calls")
     return sig
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+# ---- out= memory checks (once per call with out=; the kernels write out while they read X
+# and the operands, and each element of out must be written once)
+
+def _overlaps_itself(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (a zero stride, or strides that interleave).
+    Dimensions sorted by stride: none may step less than the span of the smaller ones; a
+    layout that fails this yet has distinct offsets (rare) is checked element by element."""
+    span = 0
+    for st, n in sorted((abs(st), n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if st <= span:
+            break
+        span += (n - 1) * st
+    else:
+        return False
+    if t.numel() > 1 << 24:
+        return True
+    offsets = torch.zeros((), dtype=torch.int64)
+    for n, st in zip(t.shape, t.stride()):
+        offsets = offsets[..., None] + torch.arange(n, dtype=torch.int64) * st
+    return torch.unique(offsets).numel() < t.numel()
+
+
+def _byte_range(t: torch.Tensor):
+    lo = t.data_ptr()
+    return lo, lo + (_span(t) + 1) * t.element_size()
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory ranges of ``a`` and ``b`` intersect (conservative: interleaved
+    views of one buffer count as sharing)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
+    return a0 < b1 and b0 < a1
+
+
+def _check_out_memory(out: torch.Tensor, X: torch.Tensor, operands, names):
+    """``out`` must not overlap itself, X or an operand, except an operand that is exactly
+    ``out`` (same memory and strides: each element is read by the program that then writes
+    it, as in ``k(X, r, out=r)``)."""
+    if out.numel() > 1 and _overlaps_itself(out):
+        raise ValueError(f"out has elements that share memory (shape {tuple(out.shape)}, "
+                         f"strides {out.stride()}, e.g. an expanded tensor): each output "
+                         "element needs its own memory")
+    if _shares_memory(out, X):
+        raise ValueError("out overlaps X in memory: the kernels would overwrite X while they "
+                         "read it; pass a separate out")
+    for name, v in zip(names, operands):
+        if not isinstance(v, torch.Tensor) or not _shares_memory(out, v):
+            continue
+        same = (v.data_ptr() == out.data_ptr() and v.shape == out.shape
+                and v.stride() == out.stride())
+        if not same:
+            raise ValueError(f"out overlaps {name} in memory (other than as the same tensor): "
+                             f"the kernels would overwrite {name} while they read it")
 
 
 def operand_args(sig: Signature, operands, conv: bool = False) -> list:

@@ -5,16 +5,19 @@ import torch
 
 from dsl import ir
 
-_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
 
 
 def evaluate(program: ir.Program, W: torch.Tensor, X: torch.Tensor, *operands,
-             dtype=torch.float64, conv=None) -> torch.Tensor:
+             dtype=torch.float64, conv=None, acc=None) -> torch.Tensor:
     """``epilogue(W @ X)`` with ``W`` the masked dense weight (M x K); operands as at call
-    time. With ``conv`` (a ConvGeometry) the product is ``conv2d(X, W.reshape(M, C_in, kh, kw))``."""
+    time. With ``conv`` (a ConvGeometry) the product is ``conv2d(X, W.reshape(M, C_in, kh, kw))``.
+    ``acc``: the product itself where the caller computed it (e.g. the NaN/inf rule of
+    ``sparsert_triton.testing.documented_product``)."""
     W, X = W.to("cpu", dtype), X.to("cpu", dtype)
     if conv is None:
-        acc = torch.matmul(W, X)
+        acc = torch.matmul(W, X) if acc is None else acc.to("cpu", dtype)
         row_shape = (-1, 1)
     else:
         acc = torch.nn.functional.conv2d(X, W.reshape(W.shape[0], conv.C_in, conv.kh, conv.kw),
@@ -49,7 +52,8 @@ def evaluate(program: ir.Program, W: torch.Tensor, X: torch.Tensor, *operands,
             a, b = go(n.a), go(n.b)
             return {"add": a + b, "sub": a - b, "mul": a * b}[n.op]
         if isinstance(n, ir.Clamp):
-            return torch.clamp(go(n.x), n.lo, n.hi)
+            x = go(n.x)
+            return x if n.lo is None and n.hi is None else torch.clamp(x, n.lo, n.hi)
         if isinstance(n, ir.Cast):
             return go(n.x).to(_TORCH[n.dtype]).to(dtype)
         raise TypeError(n)

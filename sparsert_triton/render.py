@@ -37,21 +37,38 @@ class Buffer:
 
 
 def lit(v: float) -> str:
-    """A float literal that round-trips to the same float64 (so also to float32)."""
-    r = repr(float(v))
-    return r if ("." in r or "e" in r or "n" in r) else r + ".0"
+    """A float literal that round-trips to the same float64 (so also to float32); infinities
+    and NaN as ``float("inf")``, ``float("-inf")``, ``float("nan")`` (Python's ``repr`` writes
+    ``inf``/``nan``, names that do not exist in the kernel)."""
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        return f'float("{v!r}")'
+    r = repr(v)
+    return r if ("." in r or "e" in r) else r + ".0"
 
 
 # ---------------------------------------------------------------- operands and epilogue
 
+#: the families of an operand's kernel parameters, by kind: its pointer (or value), then its
+#: strides (``s``: per row; ``sm``/``sn``: per row and column; a convolution's ``sm``/``sb``/
+#: ``sh``/``sw``: per channel, image, y and x)
+OPERAND_FAMILIES = {"number": ("op",), "scalar": ("op",), "row": ("op", "s"),
+                    "full": ("op", "sm", "sn")}
+CONV_FULL_FAMILIES = ("op", "sm", "sb", "sh", "sw")
+
+
+def operand_names(name: str, kind: str, conv: bool = False) -> list:
+    """The kernel parameters of operand ``name``: ``<family>_<name>``. Families have no
+    underscore, so the first one in a parameter names its family and the rest the operand:
+    two parameters are the same only for the same family and operand, whatever the operands
+    are called, and no other generated name starts with a family and an underscore."""
+    fams = CONV_FULL_FAMILIES if conv and kind == "full" else OPERAND_FAMILIES[kind]
+    return [f"{f}_{name}" for f in fams]
+
+
 def operand_params(sig, conv: bool = False) -> list:
     """Kernel parameters that carry the epilogue operands, in call order."""
-    out = []
-    for name, kind in sig.operand_kinds:
-        p = f"op_{name}"
-        full = [p, p + "_sm", p + "_sb", p + "_sh", p + "_sw"] if conv else [p, p + "_sm", p + "_sn"]
-        out += {"number": [p], "scalar": [p], "row": [p, p + "_s"], "full": full}[kind]
-    return out
+    return [p for name, kind in sig.operand_kinds for p in operand_names(name, kind, conv)]
 
 
 def geom_params(low) -> list:
@@ -67,22 +84,44 @@ def n_args(low) -> list:
 
 
 def _leaf(name: str, kind: str, table: bool, acc: str, conv: bool = False) -> str:
-    p = f"op_{name}"
+    p, *st = operand_names(name, kind, conv)
     if kind == "number":
         return p
     if kind == "scalar":
         return f"tl.load({p}).to({acc})"
     if kind == "row":
         m = ", mask=rmask, other=0.0" if table else ""
-        return f"tl.load({p} + row * {p}_s{m}).to({acc})"
+        return f"tl.load({p} + row * {st[0]}{m}).to({acc})"
     m = "rmask & nmask" if table else "nmask"
-    n = (f"nb * {p}_sb + oy * {p}_sh + ox * {p}_sw" if conv else f"offs_n * {p}_sn")
-    return f"tl.load({p} + row * {p}_sm + {n}, mask={m}, other=0.0).to({acc})"
+    n = (f"nb * {st[1]} + oy * {st[2]} + ox * {st[3]}" if conv else f"offs_n * {st[1]}")
+    return f"tl.load({p} + row * {st[0]} + {n}, mask={m}, other=0.0).to({acc})"
+
+
+def rounded_to(dtype: str, sig) -> str:
+    """``.to(dtype)`` of an accumulator-typed value; float64 goes to bfloat16 through float32
+    (the interpreter converts float64 to bfloat16 wrongly: 3.0 became 2.8e-40). The double
+    rounding is at most one bfloat16 unit in the last place off a direct one, and only where
+    the float32 value lies on a bfloat16 tie."""
+    via = ".to(tl.float32)" if sig.acc_dtype == "float64" and dtype == "bfloat16" else ""
+    return f"{via}.to({TL_DTYPES[dtype]})"
+
+
+def to_output(sig) -> str:
+    """The store's conversion of the epilogue's value to Y's dtype."""
+    if sig.acc_dtype == "float64" and sig.out_dtype == "bfloat16":
+        return rounded_to(sig.out_dtype, sig)
+    return ".to(Y.dtype.element_ty)"
 
 
 def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
     """The epilogue expression over ``acc`` (in the accumulator type)."""
     acc_t = TL_DTYPES[sig.acc_dtype]
+
+    def bound(v):
+        # a clamp bound in the accumulator type: triton 3.6's tl.maximum/tl.minimum make a
+        # Python float an fp32 tensor before promoting it (a float64 kernel clamped at
+        # fp32(-2.015)); + - * keep a Python float exact in either version
+        return f"tl.full((), {lit(v)}, tl.float64)" if sig.acc_dtype == "float64" else lit(v)
 
     def go(n):
         if isinstance(n, ir.MatMul):
@@ -102,12 +141,12 @@ def expr(node: ir.Node, sig, table: bool, conv: bool = False) -> str:
         if isinstance(n, ir.Clamp):
             x = go(n.x)
             if n.lo is not None:
-                x = f"tl.maximum({x}, {lit(n.lo)}, propagate_nan=tl.PropagateNan.ALL)"
+                x = f"tl.maximum({x}, {bound(n.lo)}, propagate_nan=tl.PropagateNan.ALL)"
             if n.hi is not None:
-                x = f"tl.minimum({x}, {lit(n.hi)}, propagate_nan=tl.PropagateNan.ALL)"
+                x = f"tl.minimum({x}, {bound(n.hi)}, propagate_nan=tl.PropagateNan.ALL)"
             return x
         if isinstance(n, ir.Cast):   # an inner cast rounds; the outer one is the store's
-            return f"{go(n.x)}.to({TL_DTYPES[n.dtype]}).to({acc_t})"
+            return f"{go(n.x)}{rounded_to(n.dtype, sig)}.to({acc_t})"
         raise TypeError(n)
     root = node.x if isinstance(node, ir.Cast) else node
     return go(root)
@@ -275,7 +314,7 @@ def render_store(b: Buffer, s: Store, low: Lowered):
     args = ", ".join([acc, str(s.row), "0"] + n_args(low) + ["nmask"]
                      + operand_params(low.signature, low.conv is not None))
     b(f"tl.store(Y + {s.row} * sym + yo, "
-      f"_epilogue({args}).to(Y.dtype.element_ty), mask=nmask)")
+      f"_epilogue({args}){to_output(low.signature)}, mask=nmask)")
 
 
 def _split(low: Lowered) -> bool:
@@ -307,8 +346,13 @@ def render_partial_store(b: Buffer, s: PartialStore):
 
 
 def _kernel_params(low: Lowered, buffers) -> str:
-    return ", ".join(["X", *buffers, "Y"] + operand_params(low.signature, low.conv is not None)
-                     + geom_params(low) + ["N"])
+    """A kernel's parameters. A float64 kernel's number operands are annotated ``"fp64"``:
+    Triton passes a Python float as fp32 unless the parameter says otherwise."""
+    sig, conv = low.signature, low.conv is not None
+    f64 = {operand_names(n, k)[0] for n, k in sig.operand_kinds
+           if k == "number" and sig.acc_dtype == "float64"}
+    ops = [f'{p}: "fp64"' if p in f64 else p for p in operand_params(sig, conv)]
+    return ", ".join(["X", *buffers, "Y"] + ops + geom_params(low) + ["N"])
 
 
 def render_part(b: Buffer, fn: PartFn, low: Lowered):
@@ -659,6 +703,18 @@ def _conv_tap(b: Buffer, low: Lowered, tap: int):
     b(f"acc_t = tl.zeros([{low.plan.block_n}], {TL_DTYPES[low.signature.acc_dtype]})")
 
 
+#: the most rows of a program that the one-row table kernels unroll (``tl.static_range``);
+#: more run in a loop. Each unrolled row repeats its whole hot loop in the kernel, and
+#: Triton's compile time grows faster than linearly with it (sm_90, chunks of 16 prefetched:
+#: 5 s for 8 rows, 16 s for 16, 100 s for 32 on the CPU; the loop: under 1 s for 32)
+UNROLLED_ROWS = 2
+
+
+def _rows_loop(R: int) -> str:
+    """The loop over a program's ``R`` rows: unrolled for a few, a loop beyond."""
+    return f"for r in tl.static_range({R}):" if R <= UNROLLED_ROWS else f"for r in range({R}):"
+
+
 def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     p, sig, g = low.plan, low.signature, low.conv
     R, BN = p.rows_per_program, p.block_n
@@ -679,7 +735,7 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
         doc += (f" Convolution: one segment per kernel tap ({g.kh}x{g.kw}), COLS holding the "
                 "input channel, X read at the tap's shift under the tap's in-image mask.")
     with _table_kernel(b, k, low, doc, taps=taps):
-        with b.indent(f"for r in tl.static_range({R}):"):
+        with b.indent(_rows_loop(R)):
             b(f"slot = g * {R} + r")
             b("row = tl.load(ROWS + slot)")
             b(f"acc = tl.zeros([{BN}], {acc_t})")
@@ -699,7 +755,7 @@ def _store_row(b: Buffer, low: Lowered, ops):
     row -1, store nothing)."""
     with b.indent("if row >= 0:"):
         args = ", ".join(["acc", "row", "0"] + n_args(low) + ["nmask"] + ops)
-        b(f"tl.store(Y + row * sym + yo, _epilogue({args}).to(Y.dtype.element_ty), "
+        b(f"tl.store(Y + row * sym + yo, _epilogue({args}){to_output(low.signature)}, "
           "mask=nmask)")
 
 
@@ -732,7 +788,7 @@ def _render_table_split(b: Buffer, k: TableKernel, low: Lowered):
         doc += " Convolution: COLS holds each nonzero's offset into the zero-padded X."
     with _table_kernel(b, k, low, doc):
         b(f"sk = tl.arange(0, {S})")
-        with b.indent(f"for r in tl.static_range({R}):"):
+        with b.indent(_rows_loop(R)):
             b(f"slot = g * {R} + r")
             b("row = tl.load(ROWS + slot)")
             b("start = tl.load(STARTS + slot)")
@@ -759,7 +815,7 @@ def _store_tile(b: Buffer, low: Lowered, ops):
     args = ", ".join(["acc", "rows[:, None]", "(rows >= 0)[:, None]"]
                      + [f"{a}[None, :]" for a in n_args(low)] + ["nmask[None, :]"] + ops)
     b(f"out = _epilogue({args})")
-    b("tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), "
+    b(f"tl.store(Y + rows[:, None] * sym + yo[None, :], out{to_output(low.signature)}, "
       "mask=(rows >= 0)[:, None] & nmask[None, :])")
 
 

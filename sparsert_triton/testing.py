@@ -308,3 +308,291 @@ def assert_nan_reaches_exactly_its_readers(kernel, device="cpu"):
     assert nan[0, 0, 0, 0] and nan[0, 1, 1, 1] and nan.sum() == 2, nan.nonzero().tolist()
     ref = torch.nn.functional.conv2d(torch.nan_to_num(X, nan=0.0), NAN_WEIGHT, padding=1)
     assert torch.allclose(Y[~nan], ref[~nan])
+
+
+# ---------------------------------------------------------------- wide cases
+# What the ``cases`` above leave out (an outside generator found bugs there): weight and
+# activation dtypes drawn apart, float64 with half outputs, random epilogue trees (constants
+# inf/nan included), NaN/inf in X checked against each kernel's documented rule, strided,
+# in-place and aliased ``out=``, operand names like the generated ones, a second call.
+
+#: operand names that look like what the renderer generates (parameters, locals, helpers)
+GENERATED_LOOKING = ("b", "b_s", "a", "a_sm", "a_sn", "op_a", "s_b", "sm_a", "sn_a", "op_op_s",
+                     "acc", "row", "rmask", "nmask", "offs_n", "N", "X", "Y", "V", "W", "tl",
+                     "triton", "sxk", "sym", "pid_n", "k", "c", "x", "w", "j", "g", "r", "t",
+                     "slot", "start", "end", "full", "xp", "yo", "ROWS", "COLS", "VALS", "NZ",
+                     "WS", "CNT", "ZB", "_epilogue", "_gelu", "_silu", "_g0", "_g0_p0",
+                     "gdc_wait", "sparse_kernel_0", "sparse_table_kernel", "float", "inf")
+SPECIAL_CONSTANTS = (0.0, 1.0, -1.0, 0.5, float("inf"), float("-inf"), float("nan"))
+
+
+@dataclass
+class WideCase:
+    M: int
+    K: int
+    N: int
+    density: float
+    x_dtype: str
+    w_dtype: str
+    out: object            # the epilogue, an ``ir`` expression of ``W @ X``
+    operands: Tuple[Tuple[str, str], ...]   # (name, kind)
+    schedule: Schedule
+    seed: int
+    x_layout: str = "contiguous"   # contiguous, transposed, expanded (stride 0 along N), strided
+    out_layout: str = "new"        # new, strided, transposed, residual (in place), aliased
+    nonfinite: int = 0             # NaN/inf entries put in X
+    second_n: int = 0              # a second call at this N (0: none)
+
+    def __repr__(self):
+        from dsl import ir
+        return (f"WideCase(M={self.M}, K={self.K}, N={self.N}, density={self.density:.3f}, "
+                f"x_dtype={self.x_dtype!r}, w_dtype={self.w_dtype!r}, "
+                f"out={ir.to_source(self.out)!r}, operands={self.operands!r}, "
+                f"schedule={self.schedule!r}, seed={self.seed}, x_layout={self.x_layout!r}, "
+                f"out_layout={self.out_layout!r}, nonfinite={self.nonfinite}, "
+                f"second_n={self.second_n})")
+
+
+@st.composite
+def epilogue_trees(draw, names, max_depth=4):
+    """An epilogue of ``W @ X``: the product wrapped ``max_depth`` times at most in unary ops,
+    ``+ - *`` with an operand or a constant (either side), clamps and inner casts; then an
+    outer cast (the output dtype) or none. Returns (expression, operands it uses)."""
+    from dsl import ir
+    const = st.one_of(st.floats(-3, 3, allow_nan=False), st.sampled_from(SPECIAL_CONSTANTS))
+    node, used = ir.MatMul(), []
+    for _ in range(draw(st.integers(0, max_depth))):
+        op = draw(st.sampled_from(["unary", "binary", "binary", "clamp", "cast"]))
+        if op == "unary":
+            node = ir.Unary(draw(st.sampled_from(ir.UNARY_OPS)), node)
+        elif op == "binary":
+            if names and len(used) < len(names) and draw(st.booleans()):
+                other = ir.Operand(names[len(used)])
+                used.append(names[len(used)])
+            else:
+                other = ir.Const(draw(const))
+            a, b = (other, node) if draw(st.booleans()) else (node, other)
+            node = ir.Binary(draw(st.sampled_from(ir.BINARY_OPS)), a, b)
+        elif op == "clamp":
+            lo, hi = draw(st.one_of(st.none(), const)), draw(st.one_of(st.none(), const))
+            if lo is not None and hi is not None and lo > hi:
+                lo, hi = hi, lo
+            node = ir.Clamp(node, lo, hi)
+        else:
+            node = ir.Cast(node, draw(st.sampled_from(ir.DTYPES)))
+    if draw(st.booleans()):
+        node = ir.Cast(node, draw(st.sampled_from(ir.DTYPES)))
+    return node, used
+
+
+@st.composite
+def wide_cases(draw, modes=None, dtypes=None, max_m=24, max_k=24, max_n=40) -> WideCase:
+    """Cases past ``cases``: see the section comment. ``dtypes``: X's dtype (the weight's is
+    drawn from all four)."""
+    x_dtype = draw(st.sampled_from(dtypes or list(DTYPES)))
+    w_dtype = draw(st.sampled_from(list(DTYPES)))
+    mode = draw(st.sampled_from(modes)) if modes else None
+    names = draw(st.lists(st.sampled_from(GENERATED_LOOKING), max_size=4, unique=True))
+    tree, used = draw(epilogue_trees(names))
+    kinds = tuple((n, draw(st.sampled_from(["number", "scalar", "row", "full"]))) for n in used)
+    # use_dot computes in X's dtype: never float64, nor bfloat16 in the interpreter
+    dot_dtype = "float64" if "float64" in (x_dtype, w_dtype) else x_dtype
+    N = draw(st.integers(1, max_n))
+    return WideCase(
+        M=draw(st.integers(1, max_m)), K=draw(st.integers(1, max_k)), N=N,
+        density=draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))),
+        x_dtype=x_dtype, w_dtype=w_dtype, out=tree, operands=kinds,
+        schedule=draw(schedules(mode, dot_dtype)), seed=draw(st.integers(0, 2**31 - 1)),
+        x_layout=draw(st.sampled_from(["contiguous", "transposed", "expanded", "strided"])),
+        out_layout=draw(st.sampled_from(["new", "new", "strided", "transposed", "residual",
+                                         "aliased"])),
+        nonfinite=draw(st.sampled_from([0, 0, 1, 3])),
+        second_n=draw(st.sampled_from([0, 0, 0, 1, 42])))
+
+
+def documented_product(kernel, X: torch.Tensor) -> torch.Tensor:
+    """``W @ X`` in float64 as the README documents it for NaN/inf in X: a non-finite
+    ``X[k, n]`` reaches the outputs ``(m, n)`` of the rows ``m`` with a nonzero in column ``k``
+    (pruned positions are skipped); with ``use_dot`` (the kernel's last plan), every row of
+    each row group whose column union holds ``k`` (the group's dense block multiplies it:
+    ``0 * inf = nan``). Every other output is the product of the finite entries."""
+    from .specialise import specialise
+    W = kernel.weight.to_dense()
+    Xd = X.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(Xd)
+    acc = W @ torch.where(finite, Xd, 0.0)
+    reach = W != 0                                  # reach[m, k]: column k reaches row m
+    plan = kernel.last_plan
+    if plan is not None and plan.use_dot:
+        t = specialise(kernel.weight, plan)
+        rows = torch.from_numpy(t.rows.astype("int64")).reshape(t.groups, -1)
+        reach = torch.zeros_like(reach)
+        for g in range(t.groups):
+            cols = torch.from_numpy(t.cols[t.starts[g]:t.starts[g] + t.lengths[g]].astype("int64"))
+            r = rows[g][rows[g] >= 0]
+            reach[r[:, None], cols[None, :]] = True
+    for k, n in (~finite).nonzero().tolist():
+        m = reach[:, k]
+        acc[m, n] += W[m, k] * Xd[k, n]
+    return acc
+
+
+def _magnitude(node, acc_mag, env_mag) -> torch.Tensor:
+    """A bound on the size of every intermediate of the epilogue (its rounding errors scale
+    with it): sums and products of the operands' magnitudes."""
+    from dsl import ir
+    if isinstance(node, ir.MatMul):
+        return acc_mag
+    if isinstance(node, ir.Operand):
+        return env_mag[node.name]
+    if isinstance(node, ir.Const):
+        v = abs(node.value)
+        return torch.tensor(v if v == v and v != float("inf") else 0.0, dtype=torch.float64)
+    if isinstance(node, ir.Binary):
+        a, b = _magnitude(node.a, acc_mag, env_mag), _magnitude(node.b, acc_mag, env_mag)
+        return a * b if node.op == "mul" else a + b
+    x = _magnitude(ir.children(node)[0], acc_mag, env_mag)
+    if isinstance(node, ir.Unary) and node.op == "sigmoid":
+        return torch.ones_like(x)
+    return x + 1.0 if isinstance(node, ir.Unary) else x
+
+
+def _wide_operand(kind, M, N, g, device, dtype):
+    if kind == "number":
+        return float(torch.randn((), generator=g))
+    shape = {"scalar": (1,), "row": (M,), "full": (M, N)}[kind]
+    return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+
+def _wide_x(case: WideCase, N: int, g, device, dt, layout: str):
+    K = case.K
+    if layout == "transposed":
+        X = torch.randn(N, K, generator=g).to(device=device, dtype=dt).t()
+    elif layout == "expanded":
+        X = torch.randn(K, 1, generator=g).to(device=device, dtype=dt).expand(K, N)
+    elif layout == "strided":
+        X = torch.randn(K + 3, 2 * N, generator=g).to(device=device, dtype=dt)[1:K + 1, ::2]
+    else:
+        X = torch.randn(K, N, generator=g).to(device=device, dtype=dt)
+    if case.nonfinite:
+        if layout == "expanded":       # (an expanded tensor has one element per row)
+            X = X.contiguous()
+        idx = torch.randint(0, K * N, (case.nonfinite,), generator=g)
+        vals = torch.tensor([float("nan"), float("inf"), float("-inf")])[
+            torch.randint(0, 3, (case.nonfinite,), generator=g)]
+        for i, v in zip(idx.tolist(), vals.tolist()):
+            X[i // N, i % N] = v
+    return X
+
+
+def check_wide_case(case: WideCase, device="cpu"):
+    """Run a wide case and compare with the float64 reference of its documented semantics:
+    the NaN/inf rule of :func:`documented_product`, non-finite outputs exactly where the
+    reference has them (same sign for inf), finite ones within a tolerance that follows the
+    epilogue's sensitivity to the accumulator and the size of its intermediates."""
+    from dsl import ir
+    from .api import SpecializedKernel
+    from .canonicalise import canonicalise_program, output_dtype
+    from .reference import evaluate
+    from .weights import as_sparse_weight
+    g = torch.Generator().manual_seed(case.seed)
+    xt, wt = DTYPES[case.x_dtype], DTYPES[case.w_dtype]
+    mask = torch.rand(case.M, case.K, generator=g) < case.density
+    W = (torch.randn(case.M, case.K, generator=g, dtype=torch.float64) * mask).to(wt)
+    program = canonicalise_program(ir.Program("wide", "W", "X", tuple(n for n, _ in case.operands),
+                                              case.out))
+    kern = SpecializedKernel(program, case.schedule, as_sparse_weight((mask, W)))
+    out_dt = DTYPES[output_dtype(program, case.x_dtype)]
+    for call, N in enumerate([case.N] + ([case.second_n] if case.second_n else [])):
+        X = _wide_x(case, N, g, device, xt, case.x_layout if call == 0 else "transposed")
+        ops = [_wide_operand(k, case.M, N, g, device, xt) for _, k in case.operands]
+        host = [o.detach().cpu().clone() if isinstance(o, torch.Tensor) else o for o in ops]
+        out, expect = _wide_out(case, call, X, ops, out_dt, device)
+        if expect is not None:         # refused, naming the problem; then without out=
+            try:
+                kern(X, *ops, out=out)
+                raised = None
+            except ValueError as e:
+                raised = str(e)
+            assert raised is not None and expect in raised, (raised, case)
+            out = None
+        Y = kern(X, *ops, out=out)
+        if out is not None:
+            assert Y is out
+        assert Y.dtype == out_dt and Y.shape == (case.M, N)
+        acc = documented_product(kern, X)
+        ref = evaluate(program, kern.weight.to_dense(), X, *host, acc=acc)
+        _assert_wide_close(case, program, kern, X, host, acc, ref, Y, out_dt)
+    return Y
+
+
+def _wide_out(case, call, X, ops, out_dt, device):
+    """(out=, the error it must raise or None) for the case's output layout."""
+    M, N = case.M, X.shape[1]
+    lay = case.out_layout if call == 0 else "new"
+    if lay == "strided":
+        return torch.empty(M, 2 * N, dtype=out_dt, device=device)[:, ::2], None
+    if lay == "transposed":
+        return torch.empty(N, M, dtype=out_dt, device=device).t(), None
+    if lay == "residual":     # in place on a full operand of the output's dtype and layout
+        for (_, kind), o in zip(case.operands, ops):
+            if kind == "full" and o.dtype == out_dt:
+                return o, None
+    if lay == "aliased":
+        if M == X.shape[0] and X.dtype == out_dt and case.x_layout != "expanded":
+            return X, "out overlaps X"
+        if N > 1:
+            return torch.empty(M, 1, dtype=out_dt, device=device).expand(M, N), "share memory"
+    return None, None
+
+
+def _assert_wide_close(case, program, kern, X, ops, acc, ref, Y, out_dt):
+    """Y against ``ref`` (float64, the documented product ``acc`` through the epilogue). The
+    kernel's accumulator may be off by ``tol * (1 + |W| |X|)``: the reference is evaluated
+    with ``acc`` moved by that much both ways, and an output whose NaN/inf-ness changes
+    within it (an overflow threshold, an inf - inf) is not judged; elsewhere NaN and inf
+    must be exactly where the reference has them (inf with its sign), and finite outputs
+    within the spread plus ``tol`` times the size of the epilogue's intermediates."""
+    from dsl import ir
+    from .reference import evaluate
+    dtypes = [case.x_dtype, case.w_dtype, *[n.dtype for n in ir.walk(program.out)
+                                            if isinstance(n, ir.Cast)]]
+    tol = max(TOLERANCE[d] for d in dtypes + [str(out_dt).replace("torch.", "")])
+    Wd = kern.weight.to_dense()
+    Xd = X.detach().to("cpu", torch.float64)
+    mag = Wd.abs() @ torch.where(torch.isfinite(Xd), Xd, 0.0).abs()
+    delta, host = tol * (1 + mag), ops
+    spread, unstable = torch.zeros_like(ref), torch.zeros_like(ref, dtype=torch.bool)
+
+    def flips(v):       # where v is NaN/inf and ref is not, or the other way round
+        return (torch.isnan(v) != torch.isnan(ref)) | (torch.isinf(v) != torch.isinf(ref))
+    for t in (-1.0, -0.5, 0.5, 1.0):
+        moved = evaluate(program, Wd, X, *host, acc=acc + t * delta)
+        unstable |= flips(moved)
+        d = (moved - ref).abs()
+        spread = torch.maximum(spread, torch.where(torch.isfinite(d), d, 0.0))
+    # the epilogue runs in the accumulator's dtype: in float32 a constant may underflow to 0
+    # or gelu(-20) be 0 exactly, where float64 keeps inf * tiny = inf
+    acc_dt = torch.float64 if "float64" in (case.x_dtype, case.w_dtype) else torch.float32
+    unstable |= flips(evaluate(program, Wd, X, *host, acc=acc, dtype=acc_dt).double())
+    env = {n: (torch.tensor(abs(float(o)), dtype=torch.float64)
+               if not isinstance(o, torch.Tensor) else
+               o.detach().cpu().double().abs().reshape(
+                   () if o.numel() == 1 else (-1, 1) if o.dim() == 1 else o.shape))
+           for (n, _), o in zip(case.operands, ops)}
+    finite = lambda t: torch.where(torch.isfinite(t), t, 0.0)   # noqa: E731
+    inter = _magnitude(program.out, finite(acc).abs() + mag, env)
+    bound = spread + tol * (1 + finite(inter) + finite(ref).abs())
+    Yd, judged = Y.detach().to("cpu", torch.float64), ~unstable
+    nan_r, nan_y = torch.isnan(ref) & judged, torch.isnan(Yd) & judged
+    assert torch.equal(nan_r, nan_y), (
+        f"NaN at {(nan_r != nan_y).nonzero().tolist()[:5]} (reference NaN: "
+        f"{nan_r[nan_r != nan_y].tolist()[:5]}): {case!r}")
+    inf_r, inf_y = torch.isinf(ref) & judged, torch.isinf(Yd) & judged
+    assert torch.equal(inf_r, inf_y) and torch.equal(ref[inf_r], Yd[inf_r]), (
+        f"inf at {(inf_r != inf_y).nonzero().tolist()[:5]}: {case!r}")
+    ok = torch.isfinite(ref) & judged
+    err = (Yd - ref).abs()
+    worst = (err[ok] / bound[ok]).max().item() if ok.any() else 0.0
+    assert worst <= 1.0, (f"max error ratio {worst:.2f} (error {err[ok].max().item():.3g}): "
+                          f"{case!r}")

@@ -74,6 +74,10 @@ def csr_digest(M: int, K: int, indptr: np.ndarray, indices: np.ndarray) -> str:
 
 def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
+        if x.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (shapes without data): the kernel "
+                             "is specialised to the weight's nonzeros; load or materialise "
+                             "the weight first")
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(x)

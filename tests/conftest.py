@@ -3,8 +3,10 @@
 The kernel cache is ``$SPARSERT_CACHE_DIR`` when set (kept), else a fresh temporary folder that
 the session removes when it ends.
 
-Hypothesis profiles: ``ci`` (default, a few minutes on 2 cores), ``dev``, ``gpu``; choose with
-``HYPOTHESIS_PROFILE``.
+Hypothesis profiles: ``ci`` (default, a few minutes on 2 cores), ``dev``, ``gpu``, ``slow`` (not
+in CI: 10,000 cases per property test, i.e. per (mode, dtype) of the wide cases; hours on the
+CPU); choose with ``HYPOTHESIS_PROFILE``. The chosen name is left in
+``SPARSERT_HYPOTHESIS_PROFILE`` for tests that scale their own budget in ``ci``.
 """
 import os
 import shutil
@@ -26,7 +28,10 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
 settings.register_profile("ci", max_examples=25, derandomize=True, **_common)
 settings.register_profile("dev", max_examples=100, **_common)
 settings.register_profile("gpu", max_examples=40, **_common)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if DEVICE == "cuda" else "ci"))
+settings.register_profile("slow", max_examples=10_000, **_common)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "gpu" if DEVICE == "cuda" else "ci")
+os.environ["SPARSERT_HYPOTHESIS_PROFILE"] = PROFILE
+settings.load_profile(PROFILE)
 
 
 def pytest_unconfigure(config):

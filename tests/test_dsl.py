@@ -109,10 +109,43 @@ def test_schedule_repr_round_trips():
     (dict(mode="dense"), "mode"), (dict(row_order="random"), "row_order"),
     (dict(block_n=0), "block_n"), (dict(block_n="wide"), "block_n"),
     (dict(use_dot="yes"), "use_dot"),
+    # non-integers and non-booleans, never truncated or taken as true
+    (dict(block_n=64.9), "block_n must be an int"),
+    (dict(rows_per_program=2.7), "rows_per_program must be an int"),
+    (dict(rows_per_program=True), "rows_per_program must be an int"),
+    (dict(chunk=None), "chunk must be an int"), (dict(split_k="auto"), "split_k must be an int"),
+    (dict(column_programs=1.5), "column_programs"),
+    (dict(allow_tf32="x"), "allow_tf32 must be True or False"),
+    (dict(allow_tf32="auto"), "allow_tf32"), (dict(prefetch=1), "prefetch must be True"),
 ])
 def test_schedule_rejects_bad_fields(kw, msg):
     with pytest.raises(ValueError, match=msg):
         Schedule(**kw)
+
+
+def test_schedule_takes_mode_names_dicts_and_integral_numbers():
+    """A whole schedule may be a mode name or a dict of fields (in ``sparse_kernel`` and
+    ``specialize``); integer fields take ints written as strings, integral floats and numpy
+    integers; unknown fields and other types are errors naming them."""
+    import numpy as np
+    from dsl.schedule import as_schedule
+    from sparsert_triton import sparse_kernel
+    assert Schedule(block_n="64", chunk=16.0, rows_per_program=np.int64(4),
+                    use_dot=np.bool_(False)) == Schedule(block_n=64, chunk=16,
+                                                         rows_per_program=4, use_dot=False)
+    assert as_schedule("values") == Schedule(mode="values")
+    assert as_schedule({"mode": "table", "chunk": 4}) == Schedule(mode="table", chunk=4)
+    with pytest.raises(ValueError, match="unknown field.*'modes'"):
+        as_schedule({"modes": "table"})
+    with pytest.raises(TypeError, match="schedule must be a Schedule"):
+        as_schedule(3)
+
+    def mm(W, X):
+        return W @ X
+    assert sparse_kernel(mm, schedule="values").schedule == Schedule(mode="values")
+    k = sparse_kernel(mm).specialize(torch.eye(3), {"mode": "table", "chunk": 2})
+    assert k.schedule == Schedule(mode="table", chunk=2)
+    assert torch.equal(k(torch.ones(3, 2)), torch.ones(3, 2))
 
 
 def _plan(**kw):

@@ -62,6 +62,15 @@ def test_bad_weights(bad, exc, msg):
         _fc("values").specialize(bad)
 
 
+def test_meta_weight_is_a_clear_error():
+    """A weight on the meta device (a model built without data) has no nonzeros to
+    specialise to: an error naming the weight, not torch's copy error."""
+    with pytest.raises(ValueError, match="weight is on the meta device"):
+        _fc("values").specialize(torch.ones(2, 3, device="meta"))
+    with pytest.raises(ValueError, match="values is on the meta device"):
+        _fc("values").specialize((torch.ones(2, 3), torch.ones(2, 3, device="meta")))
+
+
 def test_zero_sized_weight():
     with pytest.raises(ValueError, match="at least one row"):
         _fc("values").specialize(torch.zeros(0, 4))
@@ -167,3 +176,49 @@ def test_with_values_reuses_the_mask():
         assert_matches(Y2, k2.reference(X, b), W2, X, "float32")
         with pytest.raises(ValueError, match="nonzeros"):
             k.with_values(torch.ones(3))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_out_that_overlaps_is_refused(mode):
+    """out= must have its own memory: not X (a square W would read X while overwriting it),
+    not an expanded tensor (every column one element), not part of an operand; the residual
+    itself may be out (each element is read, then written, by one program)."""
+    W = _weight(6, 6, density=0.6)
+
+    @sparse_kernel(schedule=Schedule(mode=mode, block_n=16, rows_per_program=2))
+    def res(W, X, bias, r):
+        return W @ X + bias + r
+    k = res.specialize(W)
+    X, b, r0 = r(6, 4), r(6), r(6, 4)
+    with pytest.raises(ValueError, match="out overlaps X"):
+        k(X, b, r0, out=X)
+    with pytest.raises(ValueError, match="out overlaps X"):
+        big = r(12, 4)
+        k(big[:6], b, r0, out=big[3:9])
+    with pytest.raises(ValueError, match="share memory"):
+        k(X, b, r0, out=e(6, 1).expand(6, 4))
+    with pytest.raises(ValueError, match="share memory"):
+        k(X, b, r0, out=e(30).as_strided((6, 4), (3, 2)))
+    buf = r(6, 5)
+    with pytest.raises(ValueError, match="out overlaps bias"):
+        k(X, buf[:, 0], r0, out=buf[:, 1:])
+    ref = k.reference(X, b, r0)
+    Y = k(X, b, r0.clone(), out=r0)              # in place on the residual
+    assert Y is r0
+    assert_matches(Y, ref, W, X, "float32")
+    # interleaved strides whose elements are all distinct: accepted
+    out = e(42).as_strided((6, 4), (4, 7))
+    assert_matches(k(X, b, r0, out=out), k.reference(X, b, r0), W, X, "float32")
+
+
+def test_outputs_beyond_32_bit_offsets_are_refused():
+    """An output of more than 2**31 elements cannot be addressed by the kernels' 32-bit
+    offsets, whether out= is passed or the call allocates it (an X expanded along N)."""
+    k = _fc("table").specialize(_weight(3, 4))
+    X = r(4, 1).expand(4, 2**31 + 64)
+    with pytest.raises(ValueError, match="output .* spans more than 2\\*\\*31"):
+        k(X, r(3))
+    from sparsert_triton.testing import conv_kernel
+    kc = conv_kernel(torch.ones(1, 1, 1, 1), Schedule(mode="table"), padding=0)
+    with pytest.raises(ValueError, match="output .* spans more than 2\\*\\*31"):
+        kc(r(1, 1, 1, 1).expand(2**16, 1, 2**8, 2**8))

@@ -7,12 +7,12 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _epilogue(acc, row, rmask, offs_n, nmask, op_bias, op_bias_s):
+def _epilogue(acc, row, rmask, offs_n, nmask, op_bias, s_bias):
     """relu((W @ X + bias)) (in float32)"""
-    return tl.maximum((acc + tl.load(op_bias + row * op_bias_s, mask=rmask, other=0.0).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.maximum((acc + tl.load(op_bias + row * s_bias, mask=rmask, other=0.0).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 @triton.jit
-def sparse_blocks_kernel(X, ROWS, BASE, STEPS, COLS, VALS, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, N):
+def sparse_blocks_kernel(X, ROWS, BASE, STEPS, COLS, VALS, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N):
     """acc[r, n] = sum_(s, u) VALS[s, r, u] * X[COLS[s, r, u], n] over a block of 2 rows, 2 nonzeros per row and step (16-bit columns where K fits; pad slots -1), its steps cut into 2 slices."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -48,7 +48,7 @@ def sparse_blocks_kernel(X, ROWS, BASE, STEPS, COLS, VALS, WS, CNT, Y, op_bias, 
         acc = tl.load(WS + (rows[:, None]).to(tl.int64) * N + offs_n[None, :], mask=live, other=0.0, cache_modifier=".cg")
         for t in tl.static_range(1, 2):
             acc += tl.load(wsp + (t - pid_s) * 3 * tl.cast(N, tl.int64), mask=live, other=0.0, cache_modifier=".cg")
-        out = _epilogue(acc, rows[:, None], (rows >= 0)[:, None], offs_n[None, :], nmask[None, :], op_bias, op_bias_s)
+        out = _epilogue(acc, rows[:, None], (rows >= 0)[:, None], offs_n[None, :], nmask[None, :], op_bias, s_bias)
         tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), mask=(rows >= 0)[:, None] & nmask[None, :])
         tl.atomic_xchg(CNT + tile, 0)   # the counter is ready for the next call
 

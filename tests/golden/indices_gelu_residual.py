@@ -11,12 +11,12 @@ def _gelu(x):
     return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
 
 @triton.jit
-def _epilogue(acc, row, _unused, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn):
+def _epilogue(acc, row, _unused, offs_n, nmask, op_residual, sm_residual, sn_residual):
     """(gelu(W @ X) + residual) (in float32)"""
-    return (_gelu(acc) + tl.load(op_residual + row * op_residual_sm + offs_n * op_residual_sn, mask=nmask, other=0.0).to(tl.float32))
+    return (_gelu(acc) + tl.load(op_residual + row * sm_residual + offs_n * sn_residual, mask=nmask, other=0.0).to(tl.float32))
 
 @triton.jit(noinline=True)
-def _g0_p0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, syn, pid_n, N):
+def _g0_p0(X, V, Y, op_residual, sm_residual, sn_residual, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 16 + tl.arange(0, 16)
     nmask = offs_n < N
     xp = X + offs_n * 1
@@ -27,17 +27,17 @@ def _g0_p0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, 
     a0 = x1 * tl.load(V + 1)
     x2 = tl.load(xp + 128, mask=nmask, other=0.0)
     a1 = tl.fma(x2, tl.load(V + 2), a1)
-    tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn).to(Y.dtype.element_ty), mask=nmask)
-    tl.store(Y + 1 * sym + yo, _epilogue(a1, 1, 0, offs_n, nmask, op_residual, op_residual_sm, op_residual_sn).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_residual, sm_residual, sn_residual).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 1 * sym + yo, _epilogue(a1, 1, 0, offs_n, nmask, op_residual, sm_residual, sn_residual).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
-def _g0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, syn, pid_n, N):
-    _g0_p0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, syn, pid_n, N)
+def _g0(X, V, Y, op_residual, sm_residual, sn_residual, sxk, sxn, sym, syn, pid_n, N):
+    _g0_p0(X, V, Y, op_residual, sm_residual, sn_residual, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit
-def sparse_kernel_0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, syn, N):
+def sparse_kernel_0(X, V, Y, op_residual, sm_residual, sn_residual, sxk, sxn, sym, syn, N):
     """Row groups 0..0: one per program_id(1)."""
     pid = tl.program_id(1)
     pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache
-    _g0(X, V, Y, op_residual, op_residual_sm, op_residual_sn, sxk, sxn, sym, syn, pid_n, N)
+    _g0(X, V, Y, op_residual, sm_residual, sn_residual, sxk, sxn, sym, syn, pid_n, N)
 

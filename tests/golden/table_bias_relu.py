@@ -7,12 +7,12 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, op_bias_s):
+def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, s_bias):
     """relu((W @ X + bias)) (in float32)"""
-    return tl.maximum((acc + tl.load(op_bias + row * op_bias_s).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.maximum((acc + tl.load(op_bias + row * s_bias).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 @triton.jit
-def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, N):
+def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, s_bias, sxk, sxn, sym, syn, N):
     """acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's segment; the program's 2 row(s) run in turn, so X rows they share are re-read from L1."""
     g = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -70,5 +70,5 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, op_bia
             x = tl.load(xp + c * sxk, mask=nmask, other=0.0)
             acc += w * x
         if row >= 0:
-            tl.store(Y + row * sym + yo, _epilogue(acc, row, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+            tl.store(Y + row * sym + yo, _epilogue(acc, row, 0, offs_n, nmask, op_bias, s_bias).to(Y.dtype.element_ty), mask=nmask)
 

@@ -7,12 +7,12 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, op_bias_s):
+def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, s_bias):
     """relu((W @ X + bias)) (in float32)"""
-    return tl.maximum((acc + tl.load(op_bias + row * op_bias_s).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.maximum((acc + tl.load(op_bias + row * s_bias).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 @triton.jit(noinline=True)
-def _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g0_p0(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
@@ -21,18 +21,18 @@ def _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     a0 = x0 * 0.5
     x1 = tl.load(xp + 128, mask=nmask, other=0.0)
     a0 = tl.fma(x1, -1.25, a0)
-    tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 0 * sym + yo, _epilogue(a0, 0, 0, offs_n, nmask, op_bias, s_bias).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
-def _g0_p1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g0_p1(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
     yo = offs_n * syn
-    tl.store(Y + 1 * sym + yo, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 1 * sym + yo, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, s_bias).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
-def _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g1_p0(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
@@ -43,24 +43,24 @@ def _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
     a0 = tl.fma(x1, 0.75, a0)
     x2 = tl.load(xp + 192, mask=nmask, other=0.0)
     a0 = tl.fma(x2, 3.0, a0)
-    tl.store(Y + 2 * sym + yo, _epilogue(a0, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 2 * sym + yo, _epilogue(a0, 2, 0, offs_n, nmask, op_bias, s_bias).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
-def _g0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
-    _g0_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
-    _g0_p1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+def _g0(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
+    _g0_p0(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
+    _g0_p1(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit(noinline=True)
-def _g1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
-    _g1_p0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+def _g1(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
+    _g1_p0(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit
-def sparse_kernel_0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, N):
+def sparse_kernel_0(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, N):
     """Row groups 0..1: one per program_id(1)."""
     pid = tl.program_id(1)
     pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache
     if pid < 1:
-        _g0(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+        _g0(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
     else:
-        _g1(X, V, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+        _g1(X, V, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 

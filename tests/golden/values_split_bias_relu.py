@@ -7,12 +7,12 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, op_bias_s):
+def _epilogue(acc, row, _unused, offs_n, nmask, op_bias, s_bias):
     """relu((W @ X + bias)) (in float32)"""
-    return tl.maximum((acc + tl.load(op_bias + row * op_bias_s).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.maximum((acc + tl.load(op_bias + row * s_bias).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 @triton.jit(noinline=True)
-def _g0_s1_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g0_s1_p0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
@@ -24,7 +24,7 @@ def _g0_s1_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N
     tl.store(WS + tl.cast(N, tl.int64) * 1 + offs_n, a0, mask=nmask)
 
 @triton.jit(noinline=True)
-def _g1_s0_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g1_s0_p0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
@@ -34,7 +34,7 @@ def _g1_s0_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N
     tl.store(WS + tl.cast(N, tl.int64) * 4 + offs_n, a0, mask=nmask)
 
 @triton.jit(noinline=True)
-def _g1_s1_p1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g1_s1_p1(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
@@ -46,69 +46,69 @@ def _g1_s1_p1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N
     tl.store(WS + tl.cast(N, tl.int64) * 5 + offs_n, a0, mask=nmask)
 
 @triton.jit(noinline=True)
-def _g0_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g0_fix(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
     yo = offs_n * syn
     t = tl.load(WS + tl.cast(N, tl.int64) * 1 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
-    tl.store(Y + 0 * sym + yo, _epilogue(t, 0, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
-    tl.store(Y + 1 * sym + yo, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 0 * sym + yo, _epilogue(t, 0, 0, offs_n, nmask, op_bias, s_bias).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 1 * sym + yo, _epilogue(tl.zeros([32], tl.float32), 1, 0, offs_n, nmask, op_bias, s_bias).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
-def _g1_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g1_fix(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     offs_n = pid_n * 32 + tl.arange(0, 32)
     nmask = offs_n < N
     xp = X + offs_n * 1
     yo = offs_n * syn
     t = tl.load(WS + tl.cast(N, tl.int64) * 4 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
     t += tl.load(WS + tl.cast(N, tl.int64) * 5 + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
-    tl.store(Y + 2 * sym + yo, _epilogue(t, 2, 0, offs_n, nmask, op_bias, op_bias_s).to(Y.dtype.element_ty), mask=nmask)
+    tl.store(Y + 2 * sym + yo, _epilogue(t, 2, 0, offs_n, nmask, op_bias, s_bias).to(Y.dtype.element_ty), mask=nmask)
 
 @triton.jit(noinline=True)
-def _g0_s0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
+def _g0_s0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
     tl.debug_barrier()   # every thread's partial sums are stored before it counts
     done = tl.atomic_add(CNT + (0 * tl.cdiv(N, 32) + pid_n), 1, sem="acq_rel", scope="gpu")
     if done == 1:   # the group's last slice on this tile
-        _g0_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+        _g0_fix(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit(noinline=True)
-def _g0_s1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
-    _g0_s1_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+def _g0_s1(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
+    _g0_s1_p0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
     tl.debug_barrier()   # every thread's partial sums are stored before it counts
     done = tl.atomic_add(CNT + (0 * tl.cdiv(N, 32) + pid_n), 1, sem="acq_rel", scope="gpu")
     if done == 1:   # the group's last slice on this tile
-        _g0_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+        _g0_fix(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit(noinline=True)
-def _g1_s0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
-    _g1_s0_p0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+def _g1_s0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
+    _g1_s0_p0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
     tl.debug_barrier()   # every thread's partial sums are stored before it counts
     done = tl.atomic_add(CNT + (1 * tl.cdiv(N, 32) + pid_n), 1, sem="acq_rel", scope="gpu")
     if done == 1:   # the group's last slice on this tile
-        _g1_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+        _g1_fix(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit(noinline=True)
-def _g1_s1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N):
-    _g1_s1_p1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+def _g1_s1(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N):
+    _g1_s1_p1(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
     tl.debug_barrier()   # every thread's partial sums are stored before it counts
     done = tl.atomic_add(CNT + (1 * tl.cdiv(N, 32) + pid_n), 1, sem="acq_rel", scope="gpu")
     if done == 1:   # the group's last slice on this tile
-        _g1_fix(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+        _g1_fix(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 
 @triton.jit
-def sparse_kernel_0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, N):
+def sparse_kernel_0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N):
     """Row groups 0..1, 2 column slices each: one slice per program_id(1)."""
     pid = tl.program_id(1)
     pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache
     if pid < 2:
         if pid < 1:
-            _g0_s0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+            _g0_s0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
         else:
-            _g0_s1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+            _g0_s1(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
     else:
         if pid < 3:
-            _g1_s0(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+            _g1_s0(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
         else:
-            _g1_s1(X, V, WS, CNT, Y, op_bias, op_bias_s, sxk, sxn, sym, syn, pid_n, N)
+            _g1_s1(X, V, WS, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, pid_n, N)
 
