@@ -91,11 +91,17 @@ def _pow2(lo, hi):
 
 @st.composite
 def schedules(draw, mode=None, dtype="float32") -> Schedule:
-    """Schedules of every mode; table-mode dot is left out under the interpreter for bf16
-    (triton's interpreter computes bf16 ``tl.dot`` wrongly)."""
+    """Schedules of every mode (``blocks`` only when asked for: it computes W @ X only);
+    table-mode dot is left out under the interpreter for bf16 (triton's interpreter computes
+    bf16 ``tl.dot`` wrongly)."""
     mode = mode or draw(st.sampled_from(["values", "indices", "table"]))
     order = draw(st.sampled_from(["given", "nnz", "cluster"]))
     block_n = draw(_pow2(4, 6))
+    if mode == "blocks":       # row blocks of padded nonzero lists, K slices (W @ X only)
+        # (tiles of at least 2 rows x 8 columns: the interpreter's time is per program)
+        return Schedule(mode=mode, rows_per_program=draw(_pow2(1, 3)), chunk=draw(_pow2(0, 4)),
+                        block_n=draw(_pow2(3, 5)), row_order=draw(st.sampled_from(["given", "nnz"])),
+                        split_k=draw(st.sampled_from([1, 1, 2, 3])))
     if mode == "table":
         interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
         dot_ok = not (interp and dtype == "bfloat16") and dtype != "float64"

@@ -10,7 +10,7 @@ from dsl import Schedule, relu
 from sparsert_triton import as_sparse_weight, sparse_kernel
 from sparsert_triton.testing import assert_matches
 
-MODES = ["values", "indices", "table"]
+MODES = ["values", "indices", "table", "blocks"]
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
 
