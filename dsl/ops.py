@@ -40,6 +40,10 @@ def clamp(x, min=None, max=None):
     for name, b in (("min", min), ("max", max)):
         if b is not None and not isinstance(b, (int, float)):
             _fail(f"clamp `{name}` must be a number written in the function")
+        if b is not None and b != b:
+            # torch.clamp gives NaN everywhere; compiled GPU code folds min/max with a NaN
+            # constant to the other operand (H100, triton 3.6): refused rather than ambiguous
+            _fail(f"clamp `{name}` is NaN: write the bound you mean (None for no bound)")
     if isinstance(x, Sym):
         return Sym(ir.Clamp(x.node, None if min is None else float(min),
                             None if max is None else float(max)))

@@ -85,7 +85,7 @@ class CallPlan:
         # the variants whose launch needs only X, the variant's buffers, Y and the operands
         self.direct = not (plan.pad_input or plan.tap_masks or plan.tap_pointers
                            or plan.column_slices > 1
-                           or (plan.streams > 1 and X.is_cuda))
+                           or (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda))
         self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
         # the blocks mode's K slices: a workspace and zeroed counters per call, after the
         # variant's buffers

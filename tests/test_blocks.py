@@ -19,11 +19,13 @@ TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.f
 
 
 def _weight(M, K, density, dtype, seed=0, empty_rows=()):
+    """A random weight drawn on the CPU (the same on every device), on the test device."""
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(M, K, generator=g) * (torch.rand(M, K, generator=g) < density)
+    W = (torch.randn(M, K, generator=g, device="cpu")
+         * (torch.rand(M, K, generator=g, device="cpu") < density))
     for r in empty_rows:
         W[r] = 0
-    return W.to(dtype)
+    return W.to(dtype).to(torch.get_default_device())
 
 
 def _rel(Y, ref):
@@ -54,7 +56,7 @@ def test_layout_holds_every_nonzero_once():
             hit = L.value_index[e] >= 0
             assert (rows[hit] >= 0).all() and (L.cols[e][~hit] == -1).all()
             np.add.at(D, (rows[hit], L.cols[e][hit]), w.values[L.value_index[e][hit]])
-        assert np.array_equal(D, W.double().numpy())
+        assert np.array_equal(D, W.double().cpu().numpy())
         assert L.cols.dtype == np.int16
 
 
