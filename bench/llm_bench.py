@@ -97,8 +97,12 @@ def _sparse_kernels(w, schedule, nbytes: float):
     """A kernel specialised to ``w`` and copies with their own device buffers (the same
     compiled code), enough that one pass over them exceeds the L2 twice."""
     from sparsert_triton import sparse_kernel
+    import torch
+    from sparsert_triton.weights import TORCH_DTYPES
     k = sparse_kernel(lambda W, X: W @ X).specialize(w, schedule)
-    return [k] + [k.with_values(w.values) for _ in range(copies(nbytes) - 1)]
+    # the copies' values in the weight's own dtype (float64 values would make float64 kernels)
+    values = torch.from_numpy(w.values).to(TORCH_DTYPES[w.dtype])
+    return [k] + [k.with_values(values) for _ in range(copies(nbytes) - 1)]
 
 
 def _sparse_system(ks, X, ref, tol):

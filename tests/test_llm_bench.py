@@ -55,3 +55,14 @@ def test_run_checks_and_writes_every_system_on_the_cpu(tmp_path):
     modes = [r["schedule"].split("'")[1] for r in rows if r["system"] == "sparsert_default"]
     assert modes == ["blocks", "table"]          # 2400 nonzeros: blocks at N <= 4 only
     assert [list(r) for r in lb.read_csv(out)][0] == lb.COLUMNS
+
+
+def test_rotated_copies_keep_the_weights_dtype():
+    """Every copy is the same kernel on the same dtype (copies made from the float64 CSR values
+    became float64 kernels: 4x the value bytes, float64 arithmetic, a slower average)."""
+    from dsl import Schedule
+    from sparsert_triton.weights import as_sparse_weight
+    w = as_sparse_weight(lb.pruned_weight(16, 64, 0.5, "uniform", torch.bfloat16, "cpu"))
+    ks = lb._sparse_kernels(w, Schedule(mode="blocks"), 1e3)
+    assert len(ks) == 8 and {k.weight.dtype for k in ks} == {"bfloat16"}
+    assert all((k.weight.values == w.values).all() for k in ks)
