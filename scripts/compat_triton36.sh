@@ -7,4 +7,4 @@ venv="${SPARSERT_COMPAT_VENV:-/tmp/sparsert-triton36}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0 "triton==3.6.0" "numpy<2.4" scipy tqdm pytest hypothesis
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e .
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_compile.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_compile.py tests/test_compile_regressions.py
