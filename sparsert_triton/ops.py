@@ -113,6 +113,8 @@ class SparsePattern:
         self._planned = {}     # call layout -> (values, version, address, kernel, CallPlan)
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)
+        # forward calls that ran a planned call / went through the checks (and planned one)
+        self.planned_calls = self.checked_calls = 0
         self.kernel_id = next(_ids)
         _PATTERNS[self.kernel_id] = self
         self.key = key if key is not None else self._make_key()
@@ -177,7 +179,9 @@ class SparsePattern:
         hit = self._planned.get(key) if key is not None else None
         if hit is not None and hit[0] is values and hit[1] == _version(values) \
                 and hit[2] == values.data_ptr():
+            self.planned_calls += 1
             return hit[4](X, operands, hit[3]._kernel_input)
+        self.checked_calls += 1
         check(X, values, bias, self)
         k = self.forward_kernel(values, bias is not None)
         Y = k(X, *operands)
