@@ -387,7 +387,7 @@ def aten_ops(fn) -> "collections.Counter":
 
 def model_host_profile(forwards: int, layers: int = 2, seq: int = 128, batch: int = 1,
                        dtype=torch.float32, sizes: Optional[dict] = None,
-                       cprofile: bool = False) -> dict:
+                       output_layout: str = "columns", cprofile: bool = False) -> dict:
     """Host time of each ``SparseLinear`` call inside a small BERT (bert-base's layer shapes,
     ``layers`` layers, ``batch`` x ``seq`` tokens) on the CPU with the launches stubbed
     (:func:`stubbed_launches`), against the same layer called alone on an input of the same
@@ -395,19 +395,25 @@ def model_host_profile(forwards: int, layers: int = 2, seq: int = 128, batch: in
     transposing copies one forward makes and shares; and the ``aten::`` ops one sparse
     forward runs beyond the dense model's (copies, the attention's fallback path: each one a
     kernel launch on a GPU). The per-call times include the CPU's own copies (on a GPU one
-    launch each). Prints a report; returns its figures."""
+    launch each). ``output_layout``: every sparse layer's
+    :attr:`~sparsert_triton.nn.SparseLinear.output_layout`. Prints a report; returns its
+    figures."""
     from sparsert_triton import nn as snn
     threads = torch.get_num_threads()
     torch.set_num_threads(1)       # the CPU's copies on one thread, all of it timed
     try:
-        return _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, cprofile)
+        return _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes,
+                                   output_layout, cprofile)
     finally:
         torch.set_num_threads(threads)
 
 
-def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, cprofile) -> dict:
+def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, output_layout,
+                        cprofile) -> dict:
     dense, sparse = tiny_bert(layers, seq, dtype=dtype, **(sizes or {}))
     names = {m: n for n, m in sparse.named_modules() if isinstance(m, snn.SparseLinear)}
+    for m in names:
+        m.output_layout = output_layout
     ids = torch.randint(0, 64, (batch, seq), generator=torch.Generator().manual_seed(0))
     spent = {m: 0 for m in names}
     inputs = {}
@@ -427,14 +433,25 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, cprofil
             sparse(input_ids=ids)                       # checks, plans, stub kernels
         start = {m: (m._pattern.planned_calls, m._pattern.checked_calls) for m in names}
         made, shared = snn._columns.copies, snn._columns.reuses
+        copying = [0]
+        transpose = snn._columns.of
+
+        def timed_copy(x, Xt):
+            t0 = time.thread_time_ns()
+            out = transpose(x, Xt)
+            copying[0] += time.thread_time_ns() - t0
+            return out
+        snn._columns.of = timed_copy
         for m in names:
             m.forward = timed(m, m.forward)
         try:
             for _ in range(forwards):
                 sparse(input_ids=ids)
         finally:
+            del snn._columns.of
             for m in names:
                 del m.forward
+        report["copy_us_per_forward"] = copying[0] / 1e3 / forwards
         report["copies_per_forward"] = (snn._columns.copies - made) / forwards
         report["shared_per_forward"] = (snn._columns.reuses - shared) / forwards
         for m, name in names.items():
@@ -461,7 +478,7 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, cprofil
     n = len(names)
     rows = report["layers"]
     print(f"BertModel {layers} layer(s), {batch}x{seq} tokens, {str(dtype)[6:]}, {n} sparse "
-          "layers, launches stubbed (CPU host time per call)")
+          f"layers, output_layout={output_layout!r}, launches stubbed (CPU host time per call)")
     for name, r in rows.items():
         print(f"  {name:44s} {r['input']:7s} input  in model {r['in_model_us']:7.1f} us  "
               f"alone {r['alone_us']:7.1f} us  planned {r['planned']}/{forwards} "
@@ -475,7 +492,9 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, cprofil
     print(f"  mean per sparse layer: in model {report['in_model_us']:.1f} us, alone "
           f"{report['alone_us']:.1f} us")
     print(f"  transposing copies per forward: {report['copies_per_forward']:.0f} made, "
-          f"{report['shared_per_forward']:.0f} shared")
+          f"{report['shared_per_forward']:.0f} shared, {report['copy_us_per_forward']:.0f} us "
+          "(the CPU's copies; one launch each on a GPU); per sparse layer without them: "
+          f"{report['in_model_us'] - report['copy_us_per_forward'] / n:.1f} us in model")
     print(f"  aten ops per forward: dense {report['aten_dense']}, sparse {report['aten_sparse']} "
           f"({(report['aten_sparse'] - report['aten_dense']) / n:+.1f} per sparse layer)")
     for op, d in sorted(extra.items(), key=lambda e: (-abs(e[1]), e[0])):
@@ -540,8 +559,9 @@ def main(argv=None) -> int:
         host_profile(a.calls or 2000, a.cprofile)
     if a.model_host_profile:
         for dname in ("float32", "float16"):
-            model_host_profile(a.calls or 20, a.layers, a.seq, a.batch, DTYPES[dname],
-                               cprofile=a.cprofile)
+            for layout in ("columns", "rows"):
+                model_host_profile(a.calls or 20, a.layers, a.seq, a.batch, DTYPES[dname],
+                                   output_layout=layout, cprofile=a.cprofile)
     if profile:
         return 0
     md = a.results_md if a.results_md is not None else (

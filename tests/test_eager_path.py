@@ -258,3 +258,55 @@ def test_layers_reading_one_input_share_its_transposed_copy(monkeypatch):
     (dense.k(hd) + dense.v(hd)).sum().backward()
     close(hg.grad, hd.grad)
     close(block.k.values.grad, dense.k.weight.grad[dense.k.weight != 0])
+
+
+def test_row_major_output_is_written_by_the_kernel():
+    """output_layout="rows": the layer returns nn.Linear's row-major layout (no copy: the
+    kernel writes it), planned after the first call, with the same values and gradients;
+    "columns" (default) returns the transposed view."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=7))
+    assert layer.output_layout == "columns"
+    rows = copy.deepcopy(layer)
+    rows.output_layout = "rows"
+    x = torch.randn(2, 5, IN)
+    with torch.no_grad():
+        for _ in range(3):
+            y, yr = layer(x), rows(x)
+            assert y.stride() == (5, 1, 10) and yr.is_contiguous()
+            close(yr, y)
+    assert (rows._pattern.checked_calls, rows._pattern.planned_calls) == (1, 2)
+    ref = layer.to_linear()
+    xg = torch.randn(6, IN, requires_grad=True)
+    rows(xg).pow(2).sum().backward()
+    xd = xg.detach().clone().requires_grad_()
+    ref(xd).pow(2).sum().backward()
+    close(xg.grad, xd.grad)
+    close(rows.values.grad, ref.weight.grad[ref.weight != 0])
+    with pytest.raises(ValueError, match="output_layout must be one of"):
+        rows.output_layout = "transposed"
+
+
+def test_row_major_outputs_keep_attention_fused_and_layernorm_copy_free():
+    """In a transformer block, "columns" outputs make the attention take the unfused math
+    path and the LayerNorms copy; "rows" outputs run the same ops as the dense block plus the
+    transposing copies of the inputs (one for query, key and value together)."""
+    from torch.profiler import ProfilerActivity, profile
+    from sparsert_triton import sparsify
+    dense = _Block(h=32, heads=2).eval()
+    block, _ = sparsify(copy.deepcopy(dense))
+
+    def ops_of(m, x):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            m(x)
+        return [e.name for e in prof.events()]
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        block(x)
+        columns = ops_of(block, x)
+        for m in _layers(block):
+            m.output_layout = "rows"
+        close(block(x), dense(x))
+        rows = ops_of(block, x)
+    math = "aten::_scaled_dot_product_attention_math"
+    assert math in columns and math not in rows
+    assert rows.count("aten::clone") == 4 < columns.count("aten::clone")
