@@ -21,8 +21,9 @@ Rows on the GPU (fp16 and fp32):
   ``SparseLinear``, for a row-major (N, 768) input (a LayerNorm's output) at N = 1, 128, 1024.
   ``layer=768x3072/x-in-place`` is the same sparse layer with ``row_major_input="strided"``:
   the kernel reads the row-major input in place instead of after one transposing copy (see
-  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice.
-* ``model=bert-base`` (and ``bert-base/x-in-place``), empty layer: transformers'
+  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice;
+  ``/y-rows`` has the kernel write a row-major output (``output_layout="rows"``).
+* ``model=bert-base`` (and ``bert-base/x-in-place``, ``bert-base/y-rows``), empty layer: transformers'
   ``BertModel`` (bert-base config, no pooler, random init, seq 128, every Linear pruned to
   90%, ``sparsify()`` with the default schedule) at batch 1 and 8, under ``torch.no_grad()``;
   skipped when transformers is not importable.
@@ -70,6 +71,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
 BEGIN, END = "<!-- eager-bench:begin -->", "<!-- eager-bench:end -->"
 SPARSITY = 0.9
 IN_PLACE = "x-in-place"
+ROWS_OUT = "y-rows"
 
 
 # ---------------------------------------------------------------- timing
@@ -124,6 +126,15 @@ def set_input_layout(model: nn.Module, layout: str) -> nn.Module:
     return model
 
 
+def set_output_layout(model: nn.Module, layout: str) -> nn.Module:
+    """``output_layout`` of every SparseLinear in ``model``."""
+    from sparsert_triton.nn import SparseLinear
+    for m in model.modules():
+        if isinstance(m, SparseLinear):
+            m.output_layout = layout
+    return model
+
+
 def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
     """(model, layer, dtype, N, system, fn, output-of-fn) for the single-layer rows."""
     from sparsert_triton.nn import SparseLinear
@@ -132,6 +143,7 @@ def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
         dense = pruned_linear(in_f, out_f, DTYPES[dname], device)
         sparse = SparseLinear.from_linear(dense).eval()
         in_place = set_input_layout(copy.deepcopy(sparse), "strided")
+        rows_out = set_output_layout(copy.deepcopy(sparse), "rows")
         for N in tokens:
             x = torch.randn(N, in_f, device=device, dtype=DTYPES[dname])
             # a new tensor object per call (a view of x), as a model's activations are: a
@@ -142,6 +154,8 @@ def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
                    lambda m=sparse, x=x: m(x.view(x.shape)))
             yield ("bert-base", f"{name}/{IN_PLACE}", dname, N, "sparse",
                    lambda m=in_place, x=x: m(x.view(x.shape)))
+            yield ("bert-base", f"{name}/{ROWS_OUT}", dname, N, "sparse",
+                   lambda m=rows_out, x=x: m(x.view(x.shape)))
 
 
 def bert_model(config_kwargs: dict, dtype, device):
@@ -178,6 +192,7 @@ def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
             return
         sparse, report = sparsify(copy.deepcopy(dense), min_sparsity=0.5)
         in_place = set_input_layout(copy.deepcopy(sparse), "strided")
+        rows_out = set_output_layout(copy.deepcopy(sparse), "rows")
         print(f"{label} {dname}: {len(report.replaced)} of {len(report)} Linears sparse",
               file=sys.stderr)
         for b in batches:
@@ -189,7 +204,8 @@ def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
                 inp = torch.randint(0, vocab, (b, seq), generator=g).to(device)
                 call = (lambda m, i=inp: m(input_ids=i).last_hidden_state)
             for system, model, tag in (("dense", dense, label), ("sparse", sparse, label),
-                                       ("sparse", in_place, f"{label}/{IN_PLACE}")):
+                                       ("sparse", in_place, f"{label}/{IN_PLACE}"),
+                                       ("sparse", rows_out, f"{label}/{ROWS_OUT}")):
                 yield (tag, "", dname, b * seq, system, lambda m=model, c=call: c(m))
 
 

@@ -29,7 +29,9 @@ def test_smoke_run_writes_checked_rows(tmp_path):
     layer_rows = [r for r in rows if r["layer"]]
     model_rows = [r for r in rows if not r["layer"]]
     assert {int(r["N"]) for r in layer_rows} == {1, 3}
-    assert {r["layer"] for r in layer_rows} == {"16x32", "16x32/x-in-place"}
+    assert {r["layer"] for r in layer_rows} == {"16x32", "16x32/x-in-place", "16x32/y-rows"}
+    assert {r["model"] for r in model_rows} >= {"bert-base/y-rows"} or \
+        {r["model"] for r in model_rows} >= {"mlp/y-rows"}
     assert model_rows and {int(r["N"]) for r in model_rows} == {3, 6}   # batch 1, 2 x seq 3
     assert all(float(r["eager_us"]) > 0 and r["graph_us"] == "" for r in rows)
     text = md.read_text()
