@@ -335,6 +335,31 @@ def stubbed_launches():
                 del launcher.kernels[key]
 
 
+def cold_cache_line(calls: int) -> str:
+    """The host time of one planned ``SparseLinear(3072 -> 768)`` call (an (in, N) input: no
+    copy), back to back and with a 16 MB memcpy between calls that evicts the CPU caches, as
+    a model's other layers do: the gap is what the same Python path costs inside a model.
+    (Call under :func:`stubbed_launches`.)"""
+    from sparsert_triton.nn import SparseLinear
+    layer = SparseLinear.from_linear(pruned_linear(3072, 768, torch.float32, "cpu"))
+    x = torch.randn(3072, 128).t()          # (N, in) with unit stride along N
+    big = torch.randn(2**22)
+    dst = torch.empty_like(big)
+    hot = cold = 0
+    with torch.no_grad():
+        layer(x)
+        for _ in range(calls):
+            t0 = time.thread_time_ns()
+            layer(x)
+            hot += time.thread_time_ns() - t0
+            dst.copy_(big)
+            t0 = time.thread_time_ns()
+            layer(x)
+            cold += time.thread_time_ns() - t0
+    return (f"float32 N=128   no_grad (in, N) input: {hot / 1e3 / calls:7.1f} us back to back, "
+            f"{cold / 1e3 / calls:7.1f} us after a cache-evicting 16 MB copy")
+
+
 def host_profile(calls: int, cprofile: bool = False) -> List[str]:
     """Per-call host microseconds of ``SparseLinear(768 -> 3072)`` at 90% on the CPU, the
     launch stubbed, for a row-major input (the transposing copy included: on the CPU a
@@ -358,6 +383,8 @@ def host_profile(calls: int, cprofile: bool = False) -> List[str]:
                     lines.append(f"{dname} N={N:<5d} {'grad   ' if grad else 'no_grad'} "
                                  f"row-major input {a:7.1f} us   (in, N) input {b:7.1f} us")
                     print(lines[-1])
+        lines.append(cold_cache_line(calls))
+        print(lines[-1])
         if cprofile:
             import cProfile
             import pstats
