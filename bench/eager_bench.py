@@ -3,6 +3,7 @@
     python -m bench.eager_bench [--out bench/results/eager_h100.csv] [--results-md PATH]
     python -m bench.eager_bench --smoke --out /tmp/eager.csv    # CPU, interpreter, tiny shapes
     python -m bench.eager_bench --host-profile                  # CPU: host path, launch stubbed
+    python -m bench.eager_bench --model-host-profile            # CPU: the same inside a BERT
 
 CSV columns: ``model,layer,dtype,N,system,eager_us,graph_us``; ``system`` is ``dense`` (the
 pruned ``nn.Linear`` / model run as is) or ``sparse`` (after ``sparsify``); ``N`` is the
@@ -20,8 +21,9 @@ Rows on the GPU (fp16 and fp32):
   ``SparseLinear``, for a row-major (N, 768) input (a LayerNorm's output) at N = 1, 128, 1024.
   ``layer=768x3072/x-in-place`` is the same sparse layer with ``row_major_input="strided"``:
   the kernel reads the row-major input in place instead of after one transposing copy (see
-  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice.
-* ``model=bert-base`` (and ``bert-base/x-in-place``), empty layer: transformers'
+  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice;
+  ``/y-rows`` has the kernel write a row-major output (``output_layout="rows"``).
+* ``model=bert-base`` (and ``bert-base/x-in-place``, ``bert-base/y-rows``), empty layer: transformers'
   ``BertModel`` (bert-base config, no pooler, random init, seq 128, every Linear pruned to
   90%, ``sparsify()`` with the default schedule) at batch 1 and 8, under ``torch.no_grad()``;
   skipped when transformers is not importable.
@@ -33,6 +35,10 @@ Every sparse output is checked against the dense one first (exit status 1 on a m
 times from the host clock (interpreted kernels: not a measurement), ``graph_us`` empty. ``--host-profile`` measures the host path of one ``SparseLinear``
 call on the CPU with the final Triton launch replaced by a no-op (:func:`stubbed_launches`):
 the Python work this project adds per call, without Triton's own launcher or any kernel.
+``--model-host-profile`` does the same for every ``SparseLinear`` inside a small BertModel
+(bert-base's layer shapes, ``--layers`` layers, ``--batch`` x ``--seq`` tokens) against each
+layer called alone, and counts the planned calls, the transposing copies made and shared, and
+the ``aten`` ops the sparse forward runs beyond the dense one (:func:`model_host_profile`).
 :func:`write_results_section` writes the CSV as a marked section of ``RESULTS.md``.
 """
 from __future__ import annotations
@@ -65,6 +71,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
 BEGIN, END = "<!-- eager-bench:begin -->", "<!-- eager-bench:end -->"
 SPARSITY = 0.9
 IN_PLACE = "x-in-place"
+ROWS_OUT = "y-rows"
 
 
 # ---------------------------------------------------------------- timing
@@ -119,6 +126,15 @@ def set_input_layout(model: nn.Module, layout: str) -> nn.Module:
     return model
 
 
+def set_output_layout(model: nn.Module, layout: str) -> nn.Module:
+    """``output_layout`` of every SparseLinear in ``model``."""
+    from sparsert_triton.nn import SparseLinear
+    for m in model.modules():
+        if isinstance(m, SparseLinear):
+            m.output_layout = layout
+    return model
+
+
 def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
     """(model, layer, dtype, N, system, fn, output-of-fn) for the single-layer rows."""
     from sparsert_triton.nn import SparseLinear
@@ -127,12 +143,19 @@ def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
         dense = pruned_linear(in_f, out_f, DTYPES[dname], device)
         sparse = SparseLinear.from_linear(dense).eval()
         in_place = set_input_layout(copy.deepcopy(sparse), "strided")
+        rows_out = set_output_layout(copy.deepcopy(sparse), "rows")
         for N in tokens:
             x = torch.randn(N, in_f, device=device, dtype=DTYPES[dname])
-            yield ("bert-base", name, dname, N, "dense", lambda m=dense, x=x: m(x))
-            yield ("bert-base", name, dname, N, "sparse", lambda m=sparse, x=x: m(x))
+            # a new tensor object per call (a view of x), as a model's activations are: a
+            # sparse layer shares its transposing copy only among calls on one tensor
+            yield ("bert-base", name, dname, N, "dense",
+                   lambda m=dense, x=x: m(x.view(x.shape)))
+            yield ("bert-base", name, dname, N, "sparse",
+                   lambda m=sparse, x=x: m(x.view(x.shape)))
             yield ("bert-base", f"{name}/{IN_PLACE}", dname, N, "sparse",
-                   lambda m=in_place, x=x: m(x))
+                   lambda m=in_place, x=x: m(x.view(x.shape)))
+            yield ("bert-base", f"{name}/{ROWS_OUT}", dname, N, "sparse",
+                   lambda m=rows_out, x=x: m(x.view(x.shape)))
 
 
 def bert_model(config_kwargs: dict, dtype, device):
@@ -169,6 +192,7 @@ def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
             return
         sparse, report = sparsify(copy.deepcopy(dense), min_sparsity=0.5)
         in_place = set_input_layout(copy.deepcopy(sparse), "strided")
+        rows_out = set_output_layout(copy.deepcopy(sparse), "rows")
         print(f"{label} {dname}: {len(report.replaced)} of {len(report)} Linears sparse",
               file=sys.stderr)
         for b in batches:
@@ -180,7 +204,8 @@ def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
                 inp = torch.randint(0, vocab, (b, seq), generator=g).to(device)
                 call = (lambda m, i=inp: m(input_ids=i).last_hidden_state)
             for system, model, tag in (("dense", dense, label), ("sparse", sparse, label),
-                                       ("sparse", in_place, f"{label}/{IN_PLACE}")):
+                                       ("sparse", in_place, f"{label}/{IN_PLACE}"),
+                                       ("sparse", rows_out, f"{label}/{ROWS_OUT}")):
                 yield (tag, "", dname, b * seq, system, lambda m=model, c=call: c(m))
 
 
@@ -310,6 +335,31 @@ def stubbed_launches():
                 del launcher.kernels[key]
 
 
+def cold_cache_line(calls: int) -> str:
+    """The host time of one planned ``SparseLinear(3072 -> 768)`` call (an (in, N) input: no
+    copy), back to back and with a 16 MB memcpy between calls that evicts the CPU caches, as
+    a model's other layers do: the gap is what the same Python path costs inside a model.
+    (Call under :func:`stubbed_launches`.)"""
+    from sparsert_triton.nn import SparseLinear
+    layer = SparseLinear.from_linear(pruned_linear(3072, 768, torch.float32, "cpu"))
+    x = torch.randn(3072, 128).t()          # (N, in) with unit stride along N
+    big = torch.randn(2**22)
+    dst = torch.empty_like(big)
+    hot = cold = 0
+    with torch.no_grad():
+        layer(x)
+        for _ in range(calls):
+            t0 = time.thread_time_ns()
+            layer(x)
+            hot += time.thread_time_ns() - t0
+            dst.copy_(big)
+            t0 = time.thread_time_ns()
+            layer(x)
+            cold += time.thread_time_ns() - t0
+    return (f"float32 N=128   no_grad (in, N) input: {hot / 1e3 / calls:7.1f} us back to back, "
+            f"{cold / 1e3 / calls:7.1f} us after a cache-evicting 16 MB copy")
+
+
 def host_profile(calls: int, cprofile: bool = False) -> List[str]:
     """Per-call host microseconds of ``SparseLinear(768 -> 3072)`` at 90% on the CPU, the
     launch stubbed, for a row-major input (the transposing copy included: on the CPU a
@@ -327,11 +377,14 @@ def host_profile(calls: int, cprofile: bool = False) -> List[str]:
                     row_major = torch.randn(N, 768, dtype=DTYPES[dname])
                     columns = torch.randn(768, N, dtype=DTYPES[dname]).t()
                     with torch.set_grad_enabled(grad):
-                        a = host_us(lambda: layer(row_major), calls)
+                        # a new tensor per call (a view): the transposing copy is made
+                        a = host_us(lambda: layer(row_major.view(row_major.shape)), calls)
                         b = host_us(lambda: layer(columns), calls)
                     lines.append(f"{dname} N={N:<5d} {'grad   ' if grad else 'no_grad'} "
                                  f"row-major input {a:7.1f} us   (in, N) input {b:7.1f} us")
                     print(lines[-1])
+        lines.append(cold_cache_line(calls))
+        print(lines[-1])
         if cprofile:
             import cProfile
             import pstats
@@ -346,6 +399,150 @@ def host_profile(calls: int, cprofile: bool = False) -> List[str]:
                 prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     return lines
+
+
+def tiny_bert(layers: int, seq: int, hidden: int = 768, heads: int = 12,
+              intermediate: int = 3072, dtype=torch.float32):
+    """(dense, sparse) transformers BertModel on the CPU: bert-base's layer shapes, ``layers``
+    layers, a 64-token vocabulary, every Linear pruned to 90%, eval mode; ``sparse`` is
+    ``sparsify`` of a copy."""
+    from transformers import BertConfig, BertModel
+    from sparsert_triton import sparsify
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate,
+                        max_position_embeddings=max(seq, 8))
+    dense = BertModel(config, add_pooling_layer=False)
+    magnitude_prune_(dense, SPARSITY, kinds=(nn.Linear,))
+    dense = dense.to(dtype=dtype).eval()
+    sparse, _ = sparsify(copy.deepcopy(dense), min_sparsity=0.5)
+    return dense, sparse
+
+
+def aten_ops(fn) -> "collections.Counter":
+    """How many times each ``aten::`` op runs in one call of ``fn`` (torch.profiler, CPU)."""
+    import collections
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+
+
+def model_host_profile(forwards: int, layers: int = 2, seq: int = 128, batch: int = 1,
+                       dtype=torch.float32, sizes: Optional[dict] = None,
+                       output_layout: str = "columns", cprofile: bool = False) -> dict:
+    """Host time of each ``SparseLinear`` call inside a small BERT (bert-base's layer shapes,
+    ``layers`` layers, ``batch`` x ``seq`` tokens) on the CPU with the launches stubbed
+    (:func:`stubbed_launches`), against the same layer called alone on an input of the same
+    layout (a new tensor per call); whether every in-model call ran planned; how many
+    transposing copies one forward makes and shares; and the ``aten::`` ops one sparse
+    forward runs beyond the dense model's (copies, the attention's fallback path: each one a
+    kernel launch on a GPU). The per-call times include the CPU's own copies (on a GPU one
+    launch each). ``output_layout``: every sparse layer's
+    :attr:`~sparsert_triton.nn.SparseLinear.output_layout`. Prints a report; returns its
+    figures."""
+    from sparsert_triton import nn as snn
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)       # the CPU's copies on one thread, all of it timed
+    try:
+        return _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes,
+                                   output_layout, cprofile)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, output_layout,
+                        cprofile) -> dict:
+    dense, sparse = tiny_bert(layers, seq, dtype=dtype, **(sizes or {}))
+    names = {m: n for n, m in sparse.named_modules() if isinstance(m, snn.SparseLinear)}
+    for m in names:
+        m.output_layout = output_layout
+    ids = torch.randint(0, 64, (batch, seq), generator=torch.Generator().manual_seed(0))
+    spent = {m: 0 for m in names}
+    inputs = {}
+
+    def timed(m, forward):
+        def call(x):
+            t0 = time.thread_time_ns()
+            y = forward(x)
+            spent[m] += time.thread_time_ns() - t0
+            inputs[m] = x
+            return y
+        return call
+
+    report = {"layers": {}}
+    with stubbed_launches(), torch.no_grad():
+        for _ in range(2):
+            sparse(input_ids=ids)                       # checks, plans, stub kernels
+        start = {m: (m._pattern.planned_calls, m._pattern.checked_calls) for m in names}
+        made, shared = snn._columns.copies, snn._columns.reuses
+        copying = [0]
+        transpose = snn._columns.of
+
+        def timed_copy(x, Xt):
+            t0 = time.thread_time_ns()
+            out = transpose(x, Xt)
+            copying[0] += time.thread_time_ns() - t0
+            return out
+        snn._columns.of = timed_copy
+        for m in names:
+            m.forward = timed(m, m.forward)
+        try:
+            for _ in range(forwards):
+                sparse(input_ids=ids)
+        finally:
+            del snn._columns.of
+            for m in names:
+                del m.forward
+        report["copy_us_per_forward"] = copying[0] / 1e3 / forwards
+        report["copies_per_forward"] = (snn._columns.copies - made) / forwards
+        report["shared_per_forward"] = (snn._columns.reuses - shared) / forwards
+        for m, name in names.items():
+            planned = m._pattern.planned_calls - start[m][0]
+            checked = m._pattern.checked_calls - start[m][1]
+            x = inputs[m]
+            x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype).copy_(x)
+            alone = host_us(lambda: m(x.view(x.shape)), max(50, 10 * forwards))
+            layout = "rows" if x.stride(-1) == 1 else "columns"
+            report["layers"][name] = dict(in_model_us=spent[m] / 1e3 / forwards, alone_us=alone,
+                                          planned=planned, checked=checked, input=layout)
+        snn._columns.clear()
+        dense_ops = aten_ops(lambda: dense(input_ids=ids))
+        sparse_ops = aten_ops(lambda: sparse(input_ids=ids))
+        if cprofile:
+            import cProfile
+            import pstats
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(forwards):
+                sparse(input_ids=ids)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    n = len(names)
+    rows = report["layers"]
+    print(f"BertModel {layers} layer(s), {batch}x{seq} tokens, {str(dtype)[6:]}, {n} sparse "
+          f"layers, output_layout={output_layout!r}, launches stubbed (CPU host time per call)")
+    for name, r in rows.items():
+        print(f"  {name:44s} {r['input']:7s} input  in model {r['in_model_us']:7.1f} us  "
+              f"alone {r['alone_us']:7.1f} us  planned {r['planned']}/{forwards} "
+              f"(checked {r['checked']})")
+    mean = lambda k: sum(r[k] for r in rows.values()) / n   # noqa: E731
+    report["in_model_us"], report["alone_us"] = mean("in_model_us"), mean("alone_us")
+    extra = {op: sparse_ops[op] - dense_ops[op] for op in set(dense_ops) | set(sparse_ops)
+             if sparse_ops[op] != dense_ops[op]}
+    report["aten_dense"], report["aten_sparse"] = sum(dense_ops.values()), sum(sparse_ops.values())
+    report["extra_aten_ops"] = extra
+    print(f"  mean per sparse layer: in model {report['in_model_us']:.1f} us, alone "
+          f"{report['alone_us']:.1f} us")
+    print(f"  transposing copies per forward: {report['copies_per_forward']:.0f} made, "
+          f"{report['shared_per_forward']:.0f} shared, {report['copy_us_per_forward']:.0f} us "
+          "(the CPU's copies; one launch each on a GPU); per sparse layer without them: "
+          f"{report['in_model_us'] - report['copy_us_per_forward'] / n:.1f} us in model")
+    print(f"  aten ops per forward: dense {report['aten_dense']}, sparse {report['aten_sparse']} "
+          f"({(report['aten_sparse'] - report['aten_dense']) / n:+.1f} per sparse layer)")
+    for op, d in sorted(extra.items(), key=lambda e: (-abs(e[1]), e[0])):
+        print(f"    {op:44s} {d:+d}")
+    return report
 
 
 # ---------------------------------------------------------------- main
@@ -384,16 +581,31 @@ def main(argv=None) -> int:
                     help="CPU, Triton interpreter, tiny shapes (a check, not a measurement)")
     ap.add_argument("--host-profile", action="store_true",
                     help="CPU: per-call host time of SparseLinear with the launch stubbed")
-    ap.add_argument("--cprofile", action="store_true", help="with --host-profile: cProfile")
+    ap.add_argument("--model-host-profile", action="store_true",
+                    help="CPU: host time per SparseLinear call inside a small BERT (launches "
+                         "stubbed) against the layer alone, planned calls, shared copies and "
+                         "the aten ops the sparse model adds")
+    ap.add_argument("--layers", type=int, default=2, help="with --model-host-profile")
+    ap.add_argument("--seq", type=int, default=128, help="with --model-host-profile")
+    ap.add_argument("--batch", type=int, default=1, help="with --model-host-profile")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="with --host-profile / --model-host-profile: cProfile")
     ap.add_argument("--calls", type=int, default=None)
     a = ap.parse_args(argv)
-    if (a.smoke or a.host_profile) and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    profile = a.host_profile or a.model_host_profile
+    if (a.smoke or profile) and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         if "triton" in sys.modules:
             raise SystemExit("--smoke and --host-profile run on the CPU under the Triton "
                              "interpreter: set TRITON_INTERPRET=1 before triton is imported")
         os.environ["TRITON_INTERPRET"] = "1"
     if a.host_profile:
         host_profile(a.calls or 2000, a.cprofile)
+    if a.model_host_profile:
+        for dname in ("float32", "float16"):
+            for layout in ("columns", "rows"):
+                model_host_profile(a.calls or 20, a.layers, a.seq, a.batch, DTYPES[dname],
+                                   output_layout=layout, cprofile=a.cprofile)
+    if profile:
         return 0
     md = a.results_md if a.results_md is not None else (
         None if a.smoke else "bench/results/RESULTS.md")

@@ -203,28 +203,35 @@ class SpecializedKernel:
         return zero_pad(X, ph, pw, pdl) if ph or pw else X.contiguous()
 
     # -------------------------------------------------------------- running
-    def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None):
+    def __call__(self, X: torch.Tensor, *operands, out: Optional[torch.Tensor] = None,
+                 rows_out: bool = False):
         """``epilogue(W @ X)`` for ``X`` of shape (K, N); for a convolution, ``epilogue(conv2d(X,
         W))`` for ``X`` of shape (B, C_in, H, W).
 
         The first call of each layout (X's shape, strides, dtype and device, the operands'
         kinds and layouts) is checked in full and leaves a :class:`CallPlan` that later calls
         of that layout run without repeating the checks (see :mod:`sparsert_triton.callplan`);
-        calls with ``out=`` are checked every time."""
+        calls with ``out=`` are checked every time. ``rows_out=True`` (matrix kernels) allocates
+        Y as the transpose of a contiguous (N, M) tensor, so ``Y.t()`` is row-major (the
+        kernel's stores then step by M along N)."""
         key = call_key(X, operands) if out is None else None
         if key is not None:
+            if rows_out:
+                key = (*key, "rows")
             plan = self._calls.get(key)
             if plan is not None:
                 return plan(X, operands, self._kernel_input)
-        Y, plan = self._checked_call(X, operands, out)
+        Y, plan = self._checked_call(X, operands, out, rows_out)
         if key is not None and plan is not None:
             if len(self._calls) >= MAX_PLANS:
                 self._calls.clear()
             self._calls[key] = plan
         return Y
 
-    def _checked_call(self, X, operands, out):
+    def _checked_call(self, X, operands, out, rows_out=False):
         """The call with every check; returns (Y, its CallPlan or None if N == 0)."""
+        if rows_out and (self.conv is not None or out is not None):
+            raise ValueError("rows_out=True is for matrix kernels called without out=")
         if self.conv is None:
             sig = signature_for(self.program, self.weight, X, operands, out)
             shape = (self.weight.M, X.shape[1])
@@ -232,8 +239,12 @@ class SpecializedKernel:
         else:
             sig, shape = conv_signature_for(self.program, self.weight, self.conv, X, operands, out)
             N = shape[0] * shape[2] * shape[3]
-        Y = out if out is not None else torch.empty(shape, dtype=TORCH_DTYPES[sig.out_dtype],
-                                                    device=X.device)
+        if out is not None:
+            Y = out
+        elif rows_out:
+            Y = torch.empty(shape[::-1], dtype=TORCH_DTYPES[sig.out_dtype], device=X.device).t()
+        else:
+            Y = torch.empty(shape, dtype=TORCH_DTYPES[sig.out_dtype], device=X.device)
         if N == 0:
             return Y, None
         spatial = tuple(X.shape[2:]) if self.conv is not None else None

@@ -71,7 +71,13 @@ class CallPlan:
     def __init__(self, variant, sig, X: torch.Tensor, Y: torch.Tensor, operands):
         self.variant, self.sig = variant, sig
         self.shape, self.dtype, self.device = tuple(Y.shape), Y.dtype, X.device
-        self.sizes = tuple(size_args(X, Y))      # Y is allocated contiguous on every call
+        # Y is allocated contiguous on every call, or as the transpose of a contiguous
+        # tensor (a matrix kernel's ``rows_out``)
+        self.rows_out = Y.dim() == 2 and Y.shape[0] > 1 and Y.stride(0) == 1 \
+            and Y.stride(1) == Y.shape[0]
+        if self.rows_out:
+            self.shape = self.shape[::-1]
+        self.sizes = tuple(size_args(X, Y))
         self.numbers = [i for i, v in enumerate(operands) if not isinstance(v, torch.Tensor)]
         self.tensors = [i for i, v in enumerate(operands) if isinstance(v, torch.Tensor)]
         # the operands' launch arguments: their strides are fixed by the layout; the tensors
@@ -106,6 +112,8 @@ class CallPlan:
         if self.numbers:
             self.check_numbers(operands)
         Y = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        if self.rows_out:
+            Y = Y.t()
         v = self.variant
         if not (self.direct and v.launcher.enabled):
             run(v, prepare(X, v.plan), Y, operands, self.sig)

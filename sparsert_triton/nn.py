@@ -11,7 +11,10 @@
   kernel; which is faster depends on the GPU and N, ``bench/eager_bench.py`` measures both).
   The kernel writes ``Y^T`` (out, N) contiguous and the layer returns ``Y^T.t()`` reshaped to
   (..., out), a view with strides (…, 1, N): a following ``SparseLinear`` reads it in place,
-  with no copy.
+  with no copy. ``layer.output_layout = "rows"`` has the kernel write a row-major output
+  instead, as ``nn.Linear`` returns (for LayerNorm and attention consumers).
+* Layers reading the same row-major input (a transformer's query, key and value
+  projections) share one transposing copy of it.
 * Copies: that transpose of a row-major input; ``reshape`` of an input whose leading dims
   cannot be merged into one stride; downstream ops that need a contiguous last dim copy the
   transposed output.
@@ -45,6 +48,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -159,16 +163,18 @@ class _SparseLayer(nn.Module):
         return self.indptr, self.indices, self._pattern.key
 
     def _run(self, op, function, direct, x: Tensor, X: Tensor, values: Tensor,
-             bias: Optional[Tensor]) -> Tensor:
+             bias: Optional[Tensor], how: Optional[str] = None, *extra) -> Tensor:
         """The layer's op on ``X``: through the dispatcher (``op``, the custom op) when
         tracing, compiling or under a dispatch mode; else through ``function`` (the op's
         autograd formula as an ``autograd.Function``) when a gradient is needed, or the kernel
-        alone (``direct``). See :func:`sparsert_triton.ops.route`."""
-        how = ops.route(x, values, bias)
+        alone (``direct``). See :func:`sparsert_triton.ops.route` (``how``: its answer, if the
+        caller has it). ``extra``: arguments of ``direct`` and ``function`` the op lacks."""
+        if how is None:
+            how = ops.route(x, values, bias)
         if how is ops.DIRECT:
-            return direct(X, values, bias, self._pattern.kernel_id)
+            return direct(X, values, bias, self._pattern.kernel_id, *extra)
         if how is ops.AUTOGRAD:
-            return function.apply(X, values, bias, *self._mask_args())
+            return function.apply(X, values, bias, *self._mask_args(), *extra)
         return op(X, values, bias, *self._mask_args())
 
     # ------------------------------------------------------------ state
@@ -242,6 +248,57 @@ class _SparseLayer(nn.Module):
         return None
 
 
+class _SharedColumns:
+    """The contiguous ``X^T`` (in, N) made for the last row-major input, kept while that input
+    lives, so that the layers reading one tensor (a transformer block's query, key and value
+    projections all read the LayerNorm's output) share one transposing copy instead of
+    making one each.
+
+    The copy is reused only for the same tensor object at the same storage address, shape,
+    strides and version counter (an in-place write to the input bumps it) and the same grad
+    mode (a copy made without autograd history is not handed to a call that records one);
+    never for inference tensors, which have no version counter. At most one copy is held
+    (the last one made; dropped when its input is freed). Eager calls only: traced,
+    compiled and dispatch-mode calls copy every time (see :func:`sparsert_triton.ops.route`).
+    Writes through ``.data`` bypass the version counter, as for the values (see
+    :func:`sparsert_triton.ops.refresh`).
+    """
+
+    def __init__(self):
+        self.entry = None      # (weakref to the input, version, address, strides, grad, copy)
+        self.copies = self.reuses = 0
+
+    def of(self, x: Tensor, Xt: Tensor) -> Tensor:
+        """``Xt.contiguous()`` for ``Xt``, a transposed view of the input ``x``."""
+        if x.is_inference():
+            self.copies += 1
+            return Xt.contiguous()
+        version, grad = x._version, torch.is_grad_enabled()
+        e = self.entry          # one read: a tuple another thread cannot change under us
+        if (e is not None and e[0]() is x and e[1] == version and e[2] == x.data_ptr()
+                and e[3] == x.stride() and e[4] == grad and e[5].shape == Xt.shape
+                and e[5].dtype == Xt.dtype and e[5].device == Xt.device):
+            self.reuses += 1
+            return e[5]
+        copy_ = Xt.contiguous()
+        self.copies += 1
+        self.entry = (weakref.ref(x, self._forget), version, x.data_ptr(), x.stride(), grad,
+                      copy_)
+        return copy_
+
+    def _forget(self, ref):
+        e = self.entry
+        if e is not None and e[0] is ref:
+            self.entry = None
+
+    def clear(self):
+        self.entry = None
+
+
+#: the transposing copy shared by consecutive layers that read one input
+_columns = _SharedColumns()
+
+
 class SparseLinear(_SparseLayer):
     """``y = x W^T + b`` with ``W`` (out x in) sparse under a frozen mask.
 
@@ -253,6 +310,9 @@ class SparseLinear(_SparseLayer):
     #: see :attr:`row_major_input`
     ROW_MAJOR_INPUTS = ("transpose", "strided")
     _transpose_input = True
+    #: see :attr:`output_layout`
+    OUTPUT_LAYOUTS = ("columns", "rows")
+    _rows_out = False
 
     def __init__(self, in_features: int, out_features: int, mask: Optional[Tensor] = None,
                  bias: bool = True, schedule: Optional[Schedule] = None, device=None,
@@ -301,6 +361,26 @@ class SparseLinear(_SparseLayer):
                              f"got {how!r}")
         self._transpose_input = how == "transpose"
 
+    @property
+    def output_layout(self) -> str:
+        """How the output ``y`` (..., out) is laid out in eager calls: ``"columns"``
+        (default) the kernel writes ``Y^T`` (out, N) contiguous and ``y`` is its transposed
+        view (strides (..., 1, N)): the next ``SparseLinear`` reads it with no copy, but ops
+        that want a contiguous last dim copy it (LayerNorm) or take a slower path (the fused
+        ``scaled_dot_product_attention`` kernels need a unit last-dim stride, so a transposed
+        query / key / value falls back to the unfused math path); ``"rows"``: ``y`` is
+        row-major like ``nn.Linear``'s, written by the kernel itself (its stores step by
+        ``out`` along N; no copy). Which is faster in a model depends on what reads ``y`` and
+        on the GPU: ``bench/eager_bench.py`` measures both. Calls through the custom op
+        (``torch.compile``, dispatch modes) return the op's ``"columns"`` layout."""
+        return "rows" if self._rows_out else "columns"
+
+    @output_layout.setter
+    def output_layout(self, how: str):
+        if how not in self.OUTPUT_LAYOUTS:
+            raise ValueError(f"output_layout must be one of {self.OUTPUT_LAYOUTS}, got {how!r}")
+        self._rows_out = how == "rows"
+
     def _rebuild_pattern(self):
         self._pattern = ops.SparsePattern(self.out_features, self.in_features,
                                           self.indptr.cpu().numpy(), self.indices.cpu().numpy(),
@@ -334,14 +414,17 @@ class SparseLinear(_SparseLayer):
         flat = len(shape) == 2
         X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
         Xt = X.t()                                            # (in, N)
+        how = ops.route(x, values, bias)
         if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1:
             # the kernel's column tiles run along N: a row-major input (features contiguous)
             # would make every load a gather, so it is transposed once here (unless
-            # row_major_input="strided"); the output of a sparse layer is already laid out so
-            # that the next sparse layer needs no copy
-            Xt = Xt.contiguous()
-        Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias)
-        Y = Yt.t()                                # (N, out) view: Y^T stored, Y returned
+            # row_major_input="strided"), once for all the layers that read the same input
+            # (a transformer's query, key and value projections); the output of a sparse
+            # layer is already laid out so that the next sparse layer needs no copy
+            Xt = Xt.contiguous() if how is ops.DISPATCH else _columns.of(x, Xt)
+        Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias, how,
+                       *((True,) if self._rows_out else ()))
+        Y = Yt.t()         # (N, out): a view of the Y^T stored, row-major for output_layout 'rows'
         return Y if flat else Y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

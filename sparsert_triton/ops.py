@@ -113,6 +113,8 @@ class SparsePattern:
         self._planned = {}     # call layout -> (values, version, address, kernel, CallPlan)
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)
+        # forward calls that ran a planned call / went through the checks (and planned one)
+        self.planned_calls = self.checked_calls = 0
         self.kernel_id = next(_ids)
         _PATTERNS[self.kernel_id] = self
         self.key = key if key is not None else self._make_key()
@@ -163,25 +165,37 @@ class SparsePattern:
         return self._cached(("fwd", values.device, values.dtype, with_bias), values,
                             lambda v: program.specialize(self.base.with_values(v), self.schedule))
 
-    def spmm(self, X: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs)."""
-        return self._forward(X, values, bias, _check_spmm)
+    def spmm(self, X: Tensor, values: Tensor, bias: Optional[Tensor],
+             rows_out: bool = False) -> Tensor:
+        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs);
+        ``rows_out``: Y (M, N) is the transpose of a contiguous (N, M) tensor."""
+        return self._forward(X, values, bias, _check_spmm, rows_out)
 
-    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor], check) -> Tensor:
+    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor], check,
+                 rows_out: bool = False) -> Tensor:
         """The forward kernel on X. The first call of a layout (X's, the values' and the
-        bias' shape, strides, dtype and device) is checked (``check``), finds its kernel and
-        plans the call; later calls of that layout with the same values (the same tensor, at
-        the same address, at the same version) run the planned call directly."""
+        bias' shape, strides, dtype and device, and the output's layout) is checked
+        (``check``), finds its kernel and plans the call; later calls of that layout with the
+        same values (the same tensor, at the same address, at the same version) run the
+        planned call directly."""
         operands = (bias,) if bias is not None else ()
         key = _forward_key(X, values, bias)
+        if rows_out and key is not None:
+            key = (*key, "rows")
         hit = self._planned.get(key) if key is not None else None
         if hit is not None and hit[0] is values and hit[1] == _version(values) \
                 and hit[2] == values.data_ptr():
+            self.planned_calls += 1
             return hit[4](X, operands, hit[3]._kernel_input)
+        self.checked_calls += 1
         check(X, values, bias, self)
         k = self.forward_kernel(values, bias is not None)
-        Y = k(X, *operands)
-        plan = k._calls.get(call_key(X, operands)) if key is not None else None
+        if rows_out:
+            Y = k(X, *operands, rows_out=True)
+            plan = k._calls.get((*call_key(X, operands), "rows")) if key is not None else None
+        else:
+            Y = k(X, *operands)
+            plan = k._calls.get(call_key(X, operands)) if key is not None else None
         if plan is not None:
             if len(self._planned) >= MAX_PLANS:
                 self._planned.clear()
@@ -351,10 +365,12 @@ def _check_values_bias(X: Tensor, values: Tensor, bias: Optional[Tensor], p):
 
 # ---------------------------------------------------------------- the ops
 
-def spmm_direct(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int) -> Tensor:
+def spmm_direct(X: Tensor, values: Tensor, bias: Optional[Tensor], kernel_id: int,
+                rows_out: bool = False) -> Tensor:
     """What :func:`spmm` runs, called without the dispatcher: for eager calls that need no
-    autograd (it saves the custom op's per-call overhead; invisible to ``torch.compile``)."""
-    return pattern(kernel_id).spmm(X, values, bias)
+    autograd (it saves the custom op's per-call overhead; invisible to ``torch.compile``).
+    ``rows_out``: Y's transpose is row-major (see :meth:`SparsePattern.spmm`)."""
+    return pattern(kernel_id).spmm(X, values, bias, rows_out)
 
 
 @torch.library.custom_op("sparsert::spmm", mutates_args=())
@@ -439,12 +455,14 @@ class SpmmFunction(torch.autograd.Function):
     call when a separate ``setup_context`` is defined.)"""
 
     @staticmethod
-    def forward(ctx, X, values, bias, indptr, indices, key):
-        Y = pattern_for(key, indptr, indices).spmm(X, values, bias)
+    def forward(ctx, X, values, bias, indptr, indices, key, rows_out=False):
+        Y = pattern_for(key, indptr, indices).spmm(X, values, bias, rows_out)
         _setup_context(ctx, (X, values, bias, indptr, indices, key), Y)
         return Y
 
-    backward = staticmethod(_backward)
+    @staticmethod
+    def backward(ctx, grad):
+        return (*_backward(ctx, grad), None)
 
 
 # ---------------------------------------------------------------- routing an eager call

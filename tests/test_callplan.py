@@ -214,3 +214,21 @@ def test_planned_calls_on_the_gpu_launch_compiled_kernels_directly():
         graph.replay()
         torch.cuda.synchronize()
         close(Yg, reference(W, X) + b.double()[:, None])
+
+
+@pytest.mark.parametrize("mode", ["values", "table", "blocks"])
+def test_rows_out_calls_are_planned_apart_and_write_row_major_outputs(mode):
+    """``rows_out=True`` gives Y (M, N) whose transpose is contiguous, in its own plan: a
+    plain call of the same layout still gets a contiguous Y; both right, on every call."""
+    W = weight(seed=5)
+    k = sparse_kernel(lambda W, X, b: W @ X + b, schedule=Schedule(mode=mode)).specialize(W)
+    X, b = torch.randn(K, 7), torch.randn(M)
+    ref = reference(W, X) + b.double()[:, None]
+    for _ in range(3):
+        Yr, Y = k(X, b, rows_out=True), k(X, b)
+        assert Yr.t().is_contiguous() and Y.is_contiguous()
+        close(Yr, ref)
+        close(Y, ref)
+    assert len(k._calls) == 2
+    with pytest.raises(ValueError, match="rows_out=True is for matrix kernels"):
+        k(X, b, out=torch.empty(M, 7), rows_out=True)

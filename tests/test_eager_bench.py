@@ -29,7 +29,9 @@ def test_smoke_run_writes_checked_rows(tmp_path):
     layer_rows = [r for r in rows if r["layer"]]
     model_rows = [r for r in rows if not r["layer"]]
     assert {int(r["N"]) for r in layer_rows} == {1, 3}
-    assert {r["layer"] for r in layer_rows} == {"16x32", "16x32/x-in-place"}
+    assert {r["layer"] for r in layer_rows} == {"16x32", "16x32/x-in-place", "16x32/y-rows"}
+    assert {r["model"] for r in model_rows} >= {"bert-base/y-rows"} or \
+        {r["model"] for r in model_rows} >= {"mlp/y-rows"}
     assert model_rows and {int(r["N"]) for r in model_rows} == {3, 6}   # batch 1, 2 x seq 3
     assert all(float(r["eager_us"]) > 0 and r["graph_us"] == "" for r in rows)
     text = md.read_text()
@@ -88,3 +90,18 @@ def test_stubbed_launches_leave_the_host_path_only(monkeypatch):
     assert direct.Launcher.__call__ is original
     assert all(torch.isnan(y).all() for y in stubbed)
     torch.testing.assert_close(after, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_model_host_profile_reports_every_layer_planned():
+    """The in-model profile (a tiny BertModel, launches stubbed): every sparse layer's calls
+    after the warm-up run planned, the query/key/value projections share one transposing
+    copy per block, and the extra aten ops are counted."""
+    pytest.importorskip("transformers")
+    sizes = dict(hidden=32, heads=2, intermediate=64)
+    r = eager_bench.model_host_profile(3, layers=2, seq=8, batch=2, sizes=sizes)
+    assert len(r["layers"]) == 12
+    assert all(v["planned"] == 3 and v["checked"] == 0 for v in r["layers"].values())
+    assert [v["input"] for v in r["layers"].values()][:6] == ["rows"] * 5 + ["columns"]
+    # per block: one copy for query/key/value (two shared), attention output, intermediate
+    assert (r["copies_per_forward"], r["shared_per_forward"]) == (6, 4)
+    assert r["aten_sparse"] > r["aten_dense"] and r["in_model_us"] > 0 and r["alone_us"] > 0

@@ -171,3 +171,142 @@ def test_planned_calls_follow_new_values_and_bias():
         y = layer(x.double())
         assert y.dtype == torch.float64
         close(y, layer.to_linear()(x.double()))
+
+
+class _Block(nn.Module):
+    """The call sequence of a transformer block: three projections of one LayerNorm output,
+    attention, an output projection and a residual LayerNorm, then an MLP whose second
+    layer reads the first one's (transposed) output through a GELU."""
+
+    def __init__(self, h=IN, heads=2):
+        super().__init__()
+        self.ln1, self.ln2, self.heads = nn.LayerNorm(h), nn.LayerNorm(h), heads
+        self.q, self.k, self.v, self.o = (pruned(nn.Linear(h, h), seed=s) for s in range(4))
+        self.up, self.down = pruned(nn.Linear(h, 2 * h), seed=5), pruned(nn.Linear(2 * h, h), 6)
+
+    def forward(self, x):
+        B, S, H = x.shape
+        h = self.ln1(x)
+        q, k, v = (f(h).view(B, S, self.heads, -1).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        x = self.ln2(x + self.o(a.transpose(1, 2).reshape(B, S, H)))
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, SparseLinear)]
+
+
+def test_a_models_calls_run_planned_after_the_first_forward():
+    """In a model-shaped sequence of calls every sparse layer is checked once (its first
+    call) and planned afterwards, whatever layouts its neighbours hand it."""
+    from sparsert_triton import sparsify
+    dense = nn.Sequential(_Block(), _Block()).eval()
+    model, _ = sparsify(copy.deepcopy(dense))
+    layers = _layers(model)
+    assert len(layers) == 12
+    with torch.no_grad():
+        for i in range(3):
+            x = torch.randn(2, 5, IN)            # a new input (new addresses) every forward
+            close(model(x), dense(x))
+            assert [m._pattern.checked_calls for m in layers] == [1] * 12
+            assert [m._pattern.planned_calls for m in layers] == [i] * 12
+
+
+def test_layers_reading_one_input_share_its_transposed_copy(monkeypatch):
+    """The query, key and value projections of one LayerNorm output transpose it once; a
+    new input, an in-place write to it, or another grad mode makes a new copy; results
+    and gradients match nn.Linear's."""
+    from sparsert_triton import nn as snn
+    from sparsert_triton import sparsify
+    copies = []
+    real = snn._SharedColumns.of
+
+    def spy(self, x, Xt):
+        before = self.copies
+        out = real(self, x, Xt)
+        copies.append(self.copies - before)
+        return out
+    monkeypatch.setattr(snn._SharedColumns, "of", spy)
+    dense = _Block().eval()
+    block, _ = sparsify(copy.deepcopy(dense))
+    q, k, v = block.q, block.k, block.v
+    h = torch.randn(2, 5, IN)
+    with torch.no_grad():
+        ys = [f(h) for f in (q, k, v)]
+        assert copies == [1, 0, 0]
+        for y, f in zip(ys, (dense.q, dense.k, dense.v)):
+            close(y, f(h))
+        h.mul_(-2.0)                                    # in place: the version moves on
+        close(k(h), dense.k(h))
+        close(k(h.clone()), dense.k(h))                 # another tensor, same values
+        assert copies[3:] == [1, 1]
+        with torch.inference_mode():                    # no version counter: always copied
+            hi = torch.randn(2, 5, IN)
+            close(q(hi), dense.q(hi))
+            close(k(hi), dense.k(hi))
+        assert copies[5:] == [1, 1]
+    # a copy made without autograd history is not reused by a call that records one
+    hg = torch.randn(2, 5, IN, requires_grad=True)
+    with torch.no_grad():
+        q(hg)
+    y = k(hg) + v(hg)
+    assert copies[-2:] == [1, 0]
+    y.sum().backward()
+    hd = hg.detach().clone().requires_grad_()
+    (dense.k(hd) + dense.v(hd)).sum().backward()
+    close(hg.grad, hd.grad)
+    close(block.k.values.grad, dense.k.weight.grad[dense.k.weight != 0])
+
+
+def test_row_major_output_is_written_by_the_kernel():
+    """output_layout="rows": the layer returns nn.Linear's row-major layout (no copy: the
+    kernel writes it), planned after the first call, with the same values and gradients;
+    "columns" (default) returns the transposed view."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=7))
+    assert layer.output_layout == "columns"
+    rows = copy.deepcopy(layer)
+    rows.output_layout = "rows"
+    x = torch.randn(2, 5, IN)
+    with torch.no_grad():
+        for _ in range(3):
+            y, yr = layer(x), rows(x)
+            assert y.stride() == (5, 1, 10) and yr.is_contiguous()
+            close(yr, y)
+    assert (rows._pattern.checked_calls, rows._pattern.planned_calls) == (1, 2)
+    ref = layer.to_linear()
+    xg = torch.randn(6, IN, requires_grad=True)
+    rows(xg).pow(2).sum().backward()
+    xd = xg.detach().clone().requires_grad_()
+    ref(xd).pow(2).sum().backward()
+    close(xg.grad, xd.grad)
+    close(rows.values.grad, ref.weight.grad[ref.weight != 0])
+    with pytest.raises(ValueError, match="output_layout must be one of"):
+        rows.output_layout = "transposed"
+
+
+def test_row_major_outputs_keep_attention_fused_and_layernorm_copy_free():
+    """In a transformer block, "columns" outputs make the attention take the unfused math
+    path and the LayerNorms copy; "rows" outputs run the same ops as the dense block plus the
+    transposing copies of the inputs (one for query, key and value together)."""
+    from torch.profiler import ProfilerActivity, profile
+    from sparsert_triton import sparsify
+    dense = _Block(h=32, heads=2).eval()
+    block, _ = sparsify(copy.deepcopy(dense))
+
+    def ops_of(m, x):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            m(x)
+        return [e.name for e in prof.events()]
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        block(x)
+        columns = ops_of(block, x)
+        for m in _layers(block):
+            m.output_layout = "rows"
+        close(block(x), dense(x))
+        rows = ops_of(block, x)
+    math = "aten::_scaled_dot_product_attention_math"
+    assert math in columns and math not in rows
+    assert rows.count("aten::clone") == 4 < columns.count("aten::clone")
