@@ -48,11 +48,6 @@ bake_strides
     Write the strides of ``X`` into the code as constants (each load then addresses ``X`` with
     an immediate offset instead of computing it); the kernel is specialised to those strides.
     Default: on for the unrolled modes.
-parallel_rows
-    Table mode: rows of a program computed side by side, as a (parallel_rows x block_n) tile
-    whose X rows are gathered in one load per step; the program walks its rows_per_program
-    rows in blocks of this size, so one program keeps one column tile of X hot in L1 across
-    many rows. 1 (the default) runs the rows one after another.
 split_k
     Table mode, one row at a time: each row's nonzeros cut into ``split_k`` contiguous parts
     walked side by side (a ``(split_k x block_n)`` tile, one part per warp with the default
@@ -151,10 +146,6 @@ pdl
     access: the launch latency between dependent kernels is hidden, nothing else changes.
     Default: on for GPUs of compute capability 9.0 or newer, off in the interpreter (which
     cannot run it; ``True`` there is an error).
-column_programs
-    Unrolled modes: programs per row group along N, each looping over its share of the
-    column tiles (so a group's straight-line code is re-executed from the instruction cache).
-    0 (the default) means one program per column tile.
 num_warps, num_stages
     Passed to Triton.
 """
@@ -166,13 +157,16 @@ from dataclasses import dataclass, fields
 from typing import Union
 
 AUTO = "auto"
+#: Fields of earlier versions that no default or tuner candidate chose (bench/NOTES.md,
+#: "Schedule fields removed"), with the value that meant "off": a dict of fields (a saved
+#: schedule) may still hold one at that value; any other value is an error
+REMOVED_FIELDS = {"parallel_rows": 1, "column_programs": 0}
 MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]
 INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
-              "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
-              "split_k", "streams")
+              "max_statements_per_function", "max_functions_per_kernel", "split_k", "streams")
 BOOL_FIELDS = ("allow_tf32", "bake_strides", "pack_nonzeros", "prefetch", "tap_segments",
                "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers",
                "tap_masks")
@@ -226,6 +220,12 @@ def as_schedule(schedule) -> "Schedule":
     if isinstance(schedule, str):
         return Schedule(mode=schedule)
     if isinstance(schedule, Mapping):
+        for name, off in REMOVED_FIELDS.items():
+            if name in schedule and schedule[name] != off:
+                raise ValueError(f"schedule: {name}={schedule[name]!r} is no longer a field "
+                                 f"(removed: measured slower, see bench/NOTES.md); only "
+                                 f"{name}={off!r} is accepted in a saved schedule")
+        schedule = {k: v for k, v in schedule.items() if k not in REMOVED_FIELDS}
         unknown = sorted(set(schedule) - {f.name for f in fields(Schedule)})
         if unknown:
             raise ValueError(f"schedule: unknown field(s) {unknown}; the fields are "
@@ -248,8 +248,6 @@ class Schedule:
     max_functions_per_kernel: int = 16
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
-    column_programs: int = 0
-    parallel_rows: int = 1
     split_k: int = 1
     pack_nonzeros: Union[bool, str] = AUTO
     prefetch: Union[bool, str] = AUTO
@@ -271,15 +269,10 @@ class Schedule:
                              f"got {self.row_order!r}")
         for name in INT_FIELDS:
             v = _as_int(name, getattr(self, name), auto=name not in (
-                "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
-                "split_k"))
+                "max_statements_per_function", "max_functions_per_kernel", "split_k"))
             if v != AUTO and v < 1:
                 raise ValueError(f"Schedule.{name} must be >= 1, got {v}")
             setattr(self, name, v)
-        self.column_programs = _as_int("column_programs", self.column_programs, auto=False)
-        if self.column_programs < 0:
-            raise ValueError(f"Schedule.column_programs must be an int >= 0, "
-                             f"got {self.column_programs!r}")
         for name in BOOL_FIELDS:
             setattr(self, name, _as_bool(name, getattr(self, name), auto=name != "allow_tf32"))
 

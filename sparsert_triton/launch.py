@@ -223,9 +223,8 @@ def grids(variant, N: int) -> list:
     for fn, groups in variant.kernels:
         if groups == 0:
             continue
-        cols = min(nt, plan.column_programs) if plan.column_programs else nt
         out.append((fn, (groups, nt, plan.split_k) if plan.mode == "blocks" else
-                    (groups, nt) if variant.table else (cols, groups * split)))
+                    (groups, nt) if variant.table else (nt, groups * split)))
     return out
 
 

@@ -29,8 +29,6 @@ class Plan:
     max_functions_per_kernel: int
     num_warps: int
     num_stages: int
-    column_programs: int = 0
-    parallel_rows: int = 1
     pack_nonzeros: bool = False
     prefetch: bool = False
     tap_segments: bool = False
@@ -88,7 +86,7 @@ class Plan:
                 bad("blocks mode keeps a rows_per_program x chunk x block_n accumulator: at "
                     f"most 16384 elements, got {self.rows_per_program} x {self.chunk} x "
                     f"{self.block_n}")
-            for name in ("column_programs", "pad_input", "tap_pointers", "bake_strides"):
+            for name in ("pad_input", "tap_pointers", "bake_strides"):
                 if getattr(self, name):
                     bad(f"{name} does not apply to blocks mode")
         if self.mode not in ("table", "blocks") and \
@@ -96,16 +94,6 @@ class Plan:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
             bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
-        if self.column_programs < 0:
-            bad(f"column_programs must be >= 0, got {self.column_programs}")
-        if self.column_programs and self.mode == "table":
-            bad("column_programs applies to the unrolled modes only")
-        if self.parallel_rows != 1:
-            if self.mode != "table" or self.use_dot:
-                bad("parallel_rows applies to the table mode without use_dot only")
-            if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
-                bad(f"parallel_rows must be a power of two dividing rows_per_program "
-                    f"({self.rows_per_program}), got {self.parallel_rows}")
         for name in ("pack_nonzeros", "prefetch", "tap_segments"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
@@ -141,7 +129,7 @@ class Plan:
     def row_kernel(self) -> bool:
         """Whether this is the one-row table kernel (a scalar-FMA loop over each row's own
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
-        return self.mode == "table" and not self.use_dot and self.parallel_rows == 1
+        return self.mode == "table" and not self.use_dot
 
     @property
     def column_slices(self) -> int:

@@ -440,15 +440,8 @@ def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
               'program_id(1)."""')
         _wait_for_the_kernel_before(b, low)
         b("pid = tl.program_id(1)")
-        if low.plan.column_programs:
-            # each program loops over its share of the column tiles: its group's code is
-            # re-executed from the instruction cache
-            with b.indent(f"for pid_n in range(tl.program_id(0), tl.cdiv(N, {low.plan.block_n}), "
-                          "tl.num_programs(0)):"):
-                _dispatch(b, list(enumerate(k.groups)), _fn_params(low))
-        else:
-            b("pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache")
-            _dispatch(b, list(enumerate(k.groups)), _fn_params(low))
+        b("pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache")
+        _dispatch(b, list(enumerate(k.groups)), _fn_params(low))
     b()
 
 
@@ -639,7 +632,6 @@ def _table_x_tile(b: Buffer, low: Lowered):
 def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
     p = low.plan
     rule = (_render_table_union if p.use_dot else
-            _render_table_parallel if p.parallel_rows > 1 else
             _render_table_split if p.split_k > 1 else _render_table_rows)
     rule(b, k, low)
 
@@ -819,32 +811,6 @@ def _store_tile(b: Buffer, low: Lowered, ops):
       "mask=(rows >= 0)[:, None] & nmask[None, :])")
 
 
-def _render_table_parallel(b: Buffer, k: TableKernel, low: Lowered):
-    p, sig = low.plan, low.signature
-    R, P, U, BN = p.rows_per_program, p.parallel_rows, p.chunk, p.block_n
-    ops = operand_params(sig, low.conv is not None)
-    acc_t = TL_DTYPES[sig.acc_dtype]
-    with _table_kernel(b, k, low, f"acc[r, n] = sum_j VALS[j] * X[COLS[j], n] over each row's "
-                       f"segment, {P} rows side by side (one gathered load of X per step); the "
-                       f"program walks its {R} rows in blocks of {P}, so its column tile of X "
-                       "stays in L1."):
-        b(f"p = tl.arange(0, {P})")
-        with b.indent(f"for blk in range(0, {R}, {P}):"):
-            b(f"slot = g * {R} + blk + p")
-            b("rows = tl.load(ROWS + slot)")
-            b("first = tl.load(STARTS + slot)")
-            b("length = tl.load(LENGTHS + slot)")
-            b("stop = first + length")
-            b(f"acc = tl.zeros([{P}, {BN}], {acc_t})")
-            # rows of a block have similar lengths (row_order "nnz"): the loop runs to the
-            # longest, shorter rows are masked for their last steps
-            with b.indent(f"for j in range(0, tl.max(length, axis=0), {U}):"):
-                with b.indent(f"for t in tl.static_range({U}):"):
-                    _tile_index(b, low, "j + t")
-                    _tile_fma(b, low)
-            _store_tile(b, low, ops)
-
-
 def _render_table_union(b: Buffer, k: TableKernel, low: Lowered):
     p, sig = low.plan, low.signature
     R, U, BN = p.rows_per_program, p.chunk, p.block_n
@@ -890,8 +856,8 @@ def render(low: Lowered, header: str = "") -> str:
         render_helpers(b, low, True)
         render_blocks_kernel(b, low.kernels[0], low)
         return b.text()
-    # the tile epilogue (rows x columns) for the kernels that compute several rows at once
-    render_helpers(b, low, table and (low.plan.use_dot or low.plan.parallel_rows > 1))
+    # the tile epilogue (rows x columns) for the kernel that computes several rows at once
+    render_helpers(b, low, table and low.plan.use_dot)
     for k in low.kernels:
         (render_table_kernel if table else render_unrolled_kernel)(b, k, low)
     return b.text()

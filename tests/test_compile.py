@@ -37,11 +37,7 @@ CASES = {
     "table_prefetch_packed": ("table", torch.float32, bias_relu,
                               dict(chunk=4, prefetch=True, pack_nonzeros=True, num_warps=1,
                                    prefetch_tail=True)),
-    "table_parallel_fp16": ("table", torch.float16, gelu_cast,
-                            dict(rows_per_program=8, parallel_rows=4, block_n=32)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
-    "values_column_loop": ("values", torch.float32, bias_relu,
-                           dict(rows_per_program=8, column_programs=2)),
     "values_split": ("values", torch.float32, bias_relu, dict(rows_per_program=8, split_k=2)),
 }
 out = {}
@@ -67,8 +63,7 @@ for name, (mode, dtype, fn, sched) in CASES.items():
         out[name]["ptx_full"] = [c.asm["ptx"] for c in full]
 # N == 1: Triton's launch compiles an integer argument equal to 1 as a constant
 ones = {}
-for name in ("values_split", "values_fp32_split", "table_bf16", "table_prefetch_packed",
-             "values_column_loop"):
+for name in ("values_split", "values_fp32_split", "table_bf16", "table_prefetch_packed"):
     mode, dtype, fn, sched = CASES[name]
     W = (torch.randn(24, 40, dtype=torch.float64) * (torch.rand(24, 40) < 0.2)).to(dtype)
     k = sparse_kernel(fn, schedule=Schedule(mode=mode, **sched)).specialize(W)
@@ -98,8 +93,8 @@ out["n_one"] = ones
 
 from dsl import conv2d
 for name, mode, sched in (("conv_values", "values", dict(rows_per_program=4)),
-                          ("conv_table_parallel", "table", dict(rows_per_program=8,
-                                                                parallel_rows=4, block_n=64)),
+                          ("conv_table_rows", "table", dict(rows_per_program=8, block_n=64,
+                                                            pad_input=False, tap_masks=False)),
                           ("conv_table_dot", "table", dict(rows_per_program=16, chunk=16,
                                                            use_dot=True))):
     def cfn(W, X, b):
@@ -238,10 +233,10 @@ def compiled(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
-                                  "table_dot_fp16", "values_fp64", "values_column_loop", "values_split",
+                                  "table_dot_fp16", "values_fp64", "values_split",
                                   "pdl_values", "pdl_table",
-                                  "conv_values", "conv_table_dot", "table_parallel_fp16",
-                                  "table_prefetch_packed", "conv_table_parallel"])
+                                  "conv_values", "conv_table_dot",
+                                  "table_prefetch_packed", "conv_table_rows"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1
@@ -269,8 +264,6 @@ def test_compiles_for_sm90(compiled, name):
         ptx = "".join(c["ptx"])
         assert "bar.sync" in ptx and "ld.global.cg" in ptx
         assert re.search(r"atom\.[.\w]*acq_rel[.\w]*add", ptx)
-    if name == "values_column_loop":
-        assert "%nctaid.x" in "".join(c["ptx"])     # the loop strides by the programs along N
 
 
 def test_kernels_compile_with_n_equal_to_one(compiled):
