@@ -55,12 +55,6 @@ split_k
     chains and more warps per SM (one-warp programs fill at most half of an H100 SM's warp
     slots). 1 (the default) walks each row in one part. Convolutions need ``pad_input``
     (a row is one segment there).
-    Unrolled modes: each row group's columns are cut into ``split_k`` contiguous slices of
-    about equal work, each slice its own program (``split_k`` times the programs: more
-    resident warps to hide latency where a layer has few row groups or columns). A slice
-    stores its partial sums in a workspace; the last slice of a (group, column tile) to
-    finish adds them in slice order (the result does not depend on which finishes last),
-    applies the epilogue and stores ``Y``.
 pack_nonzeros
     Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
     the float32 value's bits) instead of two loads (float32 accumulation). Default: off

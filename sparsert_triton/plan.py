@@ -64,12 +64,14 @@ class Plan:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
         elif self.use_dot:
             bad("use_dot applies to table mode only")
-        if self.split_k != 1 and self.mode != "table":
+        if self.split_k != 1 and self.mode == "blocks":
             if not 1 <= self.split_k <= 16:
-                bad(f"split_k must be in 1..16 in the unrolled modes, got {self.split_k}")
+                bad(f"split_k must be in 1..16 in blocks mode, got {self.split_k}")
         elif self.split_k != 1:
             if not self.row_kernel:
-                bad("split_k applies to the one-row table kernel and the unrolled modes only")
+                bad("split_k applies to the one-row table kernel and the blocks mode only (the "
+                    "unrolled modes' column slices were never faster than the table kernel: "
+                    "removed, see bench/NOTES.md)")
             if not _pow2(self.split_k) or self.split_k > 32:
                 bad(f"split_k must be a power of two <= 32, got {self.split_k}")
             if self.tap_segments or self.pack_nonzeros or self.prefetch_tail:
@@ -130,13 +132,6 @@ class Plan:
         """Whether this is the one-row table kernel (a scalar-FMA loop over each row's own
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
         return self.mode == "table" and not self.use_dot
-
-    @property
-    def column_slices(self) -> int:
-        """Programs per row group along K: ``split_k`` in the unrolled modes (each a slice of
-        the group's columns, fixed up by the last to finish), 1 in table mode (whose
-        ``split_k`` splits rows across the warps of one program)."""
-        return 1 if self.mode in ("table", "blocks") else self.split_k
 
     def packs_nonzeros(self, sig: "Signature") -> bool:
         """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in

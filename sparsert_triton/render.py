@@ -11,8 +11,7 @@ from contextlib import contextmanager
 from dsl import Schedule, ir
 
 from . import __version__
-from .lower import (FixFn, Fma, GroupFn, LoadX, Lowered, PartFn, PartialStore, Store,
-                    TableKernel, UnrolledKernel)
+from .lower import Fma, GroupFn, LoadX, Lowered, PartFn, Store, TableKernel, UnrolledKernel
 
 TL_DTYPES = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16",
              "float64": "tl.float64"}
@@ -317,32 +316,16 @@ def render_store(b: Buffer, s: Store, low: Lowered):
       f"_epilogue({args}){to_output(low.signature)}, mask=nmask)")
 
 
-def _split(low: Lowered) -> bool:
-    """Unrolled code with column slices (``split_k``): a workspace and arrival counters."""
-    return low.plan.column_slices > 1
-
-
-def _ws(slot: int) -> str:
-    """The tile's pointers into workspace row ``slot`` ((M * split_k) x N, int64 rows)."""
-    return f"WS + tl.cast(N, tl.int64) * {slot} + offs_n"
-
-
 def _unrolled_buffers(low: Lowered) -> list:
-    """The unrolled kernels' buffers after X: the values, the column slices' workspace and
-    counters, the zero buffer of ``tap_pointers`` (launch.py passes them in this order)."""
-    return (["V"] + (["WS", "CNT"] if _split(low) else [])
-            + (["ZB"] if low.plan.tap_pointers else []))
+    """The unrolled kernels' buffers after X: the values, the zero buffer of ``tap_pointers``
+    (launch.py passes them in this order)."""
+    return ["V"] + (["ZB"] if low.plan.tap_pointers else [])
 
 
 def _fn_params(low: Lowered) -> str:
     return ", ".join(["X", *_unrolled_buffers(low), "Y"]
                      + operand_params(low.signature, low.conv is not None)
                      + geom_params(low) + ["pid_n", "N"])
-
-
-def render_partial_store(b: Buffer, s: PartialStore):
-    """``WS[slot, tile] = acc``."""
-    b(f"tl.store({_ws(s.slot)}, {s.acc}, mask=nmask)")
 
 
 def _kernel_params(low: Lowered, buffers) -> str:
@@ -363,8 +346,6 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
         for s in fn.body:
             if isinstance(s, Store):
                 render_store(b, s, low)
-            elif isinstance(s, PartialStore):
-                render_partial_store(b, s)
             elif isinstance(s, LoadX):
                 render_load(b, s, cvt(sig.x_dtype, sig), low.conv, low.x_strides,
                             low.plan.pad_input, low.plan.tap_pointers)
@@ -373,33 +354,12 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
     b()
 
 
-def render_fix(b: Buffer, fn: FixFn, low: Lowered):
-    """The last slice on a tile: each row's partial sums added in slice order (read past L1:
-    other SMs wrote them), the epilogue, the store."""
-    b("@triton.jit(noinline=True)")
-    with b.indent(f"def {fn.name}({_fn_params(low)}):"):
-        _tile(b, low)
-        for r in fn.rows:
-            for i, slot in enumerate(r.slots):
-                load = f'tl.load({_ws(slot)}, mask=nmask, other=0.0, cache_modifier=".cg")'
-                b(f"t = {load}" if i == 0 else f"t += {load}")
-            render_store(b, Store("t" if r.slots else None, r.row), low)
-    b()
-
-
 def render_group(b: Buffer, fn: GroupFn, low: Lowered):
     b("@triton.jit(noinline=True)")
     with b.indent(f"def {fn.name}({_fn_params(low)}):"):
         for name in fn.calls:
             b(f"{name}({_fn_params(low)})")
-        if fn.arrive is not None:
-            g, S, fix = fn.arrive
-            b("tl.debug_barrier()   # every thread's partial sums are stored before it counts")
-            b(f"done = tl.atomic_add(CNT + ({g} * tl.cdiv(N, {low.plan.block_n}) + pid_n), 1, "
-              'sem="acq_rel", scope="gpu")')
-            with b.indent(f"if done == {S - 1}:   # the group's last slice on this tile"):
-                b(f"{fix}({_fn_params(low)})")
-        elif not fn.calls:
+        if not fn.calls:
             b("pass")
     b()
 
@@ -425,19 +385,12 @@ def _wait_for_the_kernel_before(b: Buffer, low: Lowered):
 def render_unrolled_kernel(b: Buffer, k: UnrolledKernel, low: Lowered):
     for fn in k.parts:
         render_part(b, fn, low)
-    for fn in k.fixes:
-        render_fix(b, fn, low)
     for fn in k.groups:
         render_group(b, fn, low)
     b(_kernel_decorator(low))
     with b.indent(f"def {k.name}({_kernel_params(low, _unrolled_buffers(low))}):"):
-        if _split(low):
-            first, last = k.groups[0].arrive[0], k.groups[-1].arrive[0]
-            b(f'"""Row groups {first}..{last}, {low.plan.split_k} column slices each: one slice '
-              'per program_id(1)."""')
-        else:
-            b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per '
-              'program_id(1)."""')
+        b(f'"""Row groups {k.groups[0].name[2:]}..{k.groups[-1].name[2:]}: one per '
+          'program_id(1)."""')
         _wait_for_the_kernel_before(b, low)
         b("pid = tl.program_id(1)")
         b("pid_n = tl.program_id(0)   # n-tiles of one group run together: shared code in cache")

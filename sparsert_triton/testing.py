@@ -133,7 +133,6 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
-                    split_k=draw(st.sampled_from([1, 1, 2, 3])),
                     streams=draw(st.sampled_from([1, 3])),
                     bake_strides=draw(st.booleans()), pad_input=pad,
                     # convolutions without the padded copy: tap pointers or masked loads

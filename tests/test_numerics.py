@@ -161,7 +161,7 @@ def test_bfloat16_default_plan_avoids_the_interpreters_dot():
 
 @pytest.mark.parametrize("schedule, dtype", [
     (Schedule(mode="values", rows_per_program=4), torch.float32),
-    (Schedule(mode="indices", rows_per_program=4, split_k=2), torch.float32),
+    (Schedule(mode="indices", rows_per_program=4), torch.float32),
     (Schedule(mode="table"), torch.float32),
     (Schedule(mode="table", rows_per_program=4, use_dot=False), torch.float16),
     (Schedule(mode="table", split_k=2), torch.float32),
