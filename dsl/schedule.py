@@ -161,6 +161,9 @@ ROW_ORDERS = ("given", "nnz", "cluster")
 IntOrAuto = Union[int, str]
 INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
               "max_statements_per_function", "max_functions_per_kernel", "split_k", "streams")
+#: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
+#: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
+CONV_FIELDS = ("tap_segments", "pad_input", "tap_pointers", "tap_masks")
 BOOL_FIELDS = ("allow_tf32", "bake_strides", "pack_nonzeros", "prefetch", "tap_segments",
                "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers",
                "tap_masks")
@@ -274,6 +277,13 @@ class Schedule:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
                  if getattr(self, f.name) != f.default]
         return f"Schedule({', '.join(parts)})"
+
+    def for_kind(self, conv: bool) -> "Schedule":
+        """This schedule as it applies to one kind of kernel: for a matrix product
+        (``conv=False``) the :data:`CONV_FIELDS` are reset to 'auto', so ``repr`` prints only
+        the fields that shape a ``W @ X`` kernel (the plan resolves them the same way);
+        a convolution's schedule is returned unchanged."""
+        return self if conv else self.replace(**{name: AUTO for name in CONV_FIELDS})
 
     def replace(self, **changes) -> "Schedule":
         d = {f.name: getattr(self, f.name) for f in fields(self)}

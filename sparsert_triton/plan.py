@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 from dsl.schedule import MODES, ROW_ORDERS, Schedule
 
@@ -139,8 +139,12 @@ class Plan:
         of two, where the L1 pipeline is the kernel's busiest unit (ncu, H100)."""
         return self.pack_nonzeros and sig.acc_dtype == "float32"
 
-    def to_schedule(self) -> Schedule:
-        return Schedule(**asdict(self))
+    def to_schedule(self, conv: Optional[bool] = None) -> Schedule:
+        """The plan as a schedule (every field concrete). ``conv``: the kind of kernel it
+        computes, where known: a matrix product's leaves the convolution-only fields 'auto'
+        (:meth:`Schedule.for_kind`), for display; ``None`` keeps every field."""
+        s = Schedule(**asdict(self))
+        return s if conv is None else s.for_kind(conv)
 
     def code_fields(self) -> dict:
         """The fields that shape the generated code (the plan's share of the cache key and

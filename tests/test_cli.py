@@ -53,6 +53,15 @@ def test_inspect_bundled_dlmc_matrix(capsys, tmp_path):
     assert "sparsity 90.00%" in out
     assert histogram_total(out) == 64                # every row lands in one bin
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # the default plan of a matrix product names no convolution-only field (its one-row
+    # table kernel's plan holds tap_segments=True, which W @ X ignores)
+    default = next(line for line in out.splitlines() if line.startswith("default"))
+    assert "mode='table'" in default
+    from dsl.schedule import CONV_FIELDS
+    assert not any(f in default for f in CONV_FIELDS), default
+    # ... and so does emit's summary
+    rc, out, err = run(capsys, "emit", DATA, "-o", str(tmp_path / "k.py"))
+    assert rc == 0 and "mode=" in err and not any(f in err for f in CONV_FIELDS), err
 
 
 def test_inspect_npy_dense_and_bool(capsys, tmp_path):

@@ -250,3 +250,23 @@ def test_removed_schedule_fields_are_refused_by_name():
             as_schedule({"mode": "table", name: v})
         with pytest.raises(TypeError, match=name):
             Schedule(**{name: v})
+
+
+def test_a_plans_schedule_for_its_kind_names_only_the_fields_that_apply():
+    """``Plan.to_schedule(conv=False)`` leaves the convolution-only fields 'auto': its repr
+    names none of them, and the plan it resolves to is the same; a convolution's keeps them."""
+    from dsl.schedule import CONV_FIELDS
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.weights import as_sparse_weight
+    g = torch.Generator().manual_seed(0)
+    w = as_sparse_weight(torch.randn(32, 64, generator=g) * (torch.rand(32, 64, generator=g) < 0.3))
+    for s in (Schedule(mode="table"), Schedule(mode="values"), Schedule(mode="table", split_k=2)):
+        plan = plan_for(s, w, 64, "float32")
+        shown = plan.to_schedule(conv=False)
+        assert not any(f"{f}=" in repr(shown) for f in CONV_FIELDS), repr(shown)
+        assert plan_for(shown, w, 64, "float32") == plan
+        assert plan.to_schedule() == Schedule(**{f: getattr(plan, f) for f in
+                                                  Schedule.__dataclass_fields__})
+    assert plan_for(Schedule(mode="table"), w, 64, "float32").tap_segments   # what is hidden
+    conv = plan_for(Schedule(mode="table"), w, 64, "float32", conv=True, tap_masks_fit=True)
+    assert all(f"{f}=" in repr(conv.to_schedule(conv=True)) for f in CONV_FIELDS)
