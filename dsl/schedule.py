@@ -54,11 +54,14 @@ split_k
     ``num_warps = split_k``), summed once per row before the epilogue. Shorter dependent load
     chains and more warps per SM (one-warp programs fill at most half of an H100 SM's warp
     slots). 1 (the default) walks each row in one part. Convolutions need ``pad_input``
-    (a row is one segment there).
+    (a row is one segment there). Searched by the tuner where few programs leave SMs idle
+    (H100: 1.29x / 1.08x over the one-row default at N = 49 / 196, explore run 6; 4 parts
+    for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
 pack_nonzeros
     Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
     the float32 value's bits) instead of two loads (float32 accumulation). Default: off
-    (H100: +3% to -15% on W @ X, slower in 15 of 16 convolution pairs).
+    (H100: +3% to -15% on W @ X, slower in 15 of 16 convolution pairs); a W @ X candidate
+    of the tuner, which keeps it where it wins.
 prefetch
     Table mode, one row at a time: load the next chunk's columns and values one loop step
     ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
@@ -111,8 +114,10 @@ tap_pointers
     with ``pad_input`` but without the padded copy of X (sm_90 SASS: the padded code's loads
     and FMAs and a few hundred set-up instructions; masked loads instead add a zero fill and
     predicates per load, +28% instructions on a 128-channel layer; but its off-image lanes
-    read the zero buffer where masked loads read nothing). Default: off (H100: 5-11% slower
-    than ``pad_input`` at batch 8, within 3% at batch 1). Ignored by ``W @ X``.
+    read the zero buffer where masked loads read nothing). Searched by the tuner (its 16-warp
+    32-row convolution candidate: 11.6 vs 11.9 us at batch 1 on the H100, conv_h100_warps32).
+    Default: off (H100: 5-11% slower than ``pad_input`` at batch 8, within 3% at batch 1).
+    Ignored by ``W @ X``.
 tap_masks
     Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
     entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to
