@@ -48,28 +48,20 @@ bake_strides
     Write the strides of ``X`` into the code as constants (each load then addresses ``X`` with
     an immediate offset instead of computing it); the kernel is specialised to those strides.
     Default: on for the unrolled modes.
-parallel_rows
-    Table mode: rows of a program computed side by side, as a (parallel_rows x block_n) tile
-    whose X rows are gathered in one load per step; the program walks its rows_per_program
-    rows in blocks of this size, so one program keeps one column tile of X hot in L1 across
-    many rows. 1 (the default) runs the rows one after another.
 split_k
     Table mode, one row at a time: each row's nonzeros cut into ``split_k`` contiguous parts
     walked side by side (a ``(split_k x block_n)`` tile, one part per warp with the default
     ``num_warps = split_k``), summed once per row before the epilogue. Shorter dependent load
     chains and more warps per SM (one-warp programs fill at most half of an H100 SM's warp
     slots). 1 (the default) walks each row in one part. Convolutions need ``pad_input``
-    (a row is one segment there).
-    Unrolled modes: each row group's columns are cut into ``split_k`` contiguous slices of
-    about equal work, each slice its own program (``split_k`` times the programs: more
-    resident warps to hide latency where a layer has few row groups or columns). A slice
-    stores its partial sums in a workspace; the last slice of a (group, column tile) to
-    finish adds them in slice order (the result does not depend on which finishes last),
-    applies the epilogue and stores ``Y``.
+    (a row is one segment there). Searched by the tuner where few programs leave SMs idle
+    (H100: 1.29x / 1.08x over the one-row default at N = 49 / 196, explore run 6; 4 parts
+    for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
 pack_nonzeros
     Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
     the float32 value's bits) instead of two loads (float32 accumulation). Default: off
-    (H100: +3% to -15% on W @ X, slower in 15 of 16 convolution pairs).
+    (H100: +3% to -15% on W @ X, slower in 15 of 16 convolution pairs); a W @ X candidate
+    of the tuner, which keeps it where it wins.
 prefetch
     Table mode, one row at a time: load the next chunk's columns and values one loop step
     ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
@@ -122,8 +114,10 @@ tap_pointers
     with ``pad_input`` but without the padded copy of X (sm_90 SASS: the padded code's loads
     and FMAs and a few hundred set-up instructions; masked loads instead add a zero fill and
     predicates per load, +28% instructions on a 128-channel layer; but its off-image lanes
-    read the zero buffer where masked loads read nothing). Default: off (H100: 5-11% slower
-    than ``pad_input`` at batch 8, within 3% at batch 1). Ignored by ``W @ X``.
+    read the zero buffer where masked loads read nothing). Searched by the tuner (its 16-warp
+    32-row convolution candidate: 11.6 vs 11.9 us at batch 1 on the H100, conv_h100_warps32).
+    Default: off (H100: 5-11% slower than ``pad_input`` at batch 8, within 3% at batch 1).
+    Ignored by ``W @ X``.
 tap_masks
     Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
     entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to
@@ -151,10 +145,6 @@ pdl
     access: the launch latency between dependent kernels is hidden, nothing else changes.
     Default: on for GPUs of compute capability 9.0 or newer, off in the interpreter (which
     cannot run it; ``True`` there is an error).
-column_programs
-    Unrolled modes: programs per row group along N, each looping over its share of the
-    column tiles (so a group's straight-line code is re-executed from the instruction cache).
-    0 (the default) means one program per column tile.
 num_warps, num_stages
     Passed to Triton.
 """
@@ -166,13 +156,19 @@ from dataclasses import dataclass, fields
 from typing import Union
 
 AUTO = "auto"
+#: Fields of earlier versions that no default or tuner candidate chose (bench/NOTES.md,
+#: "Schedule fields removed"), with the value that meant "off": a dict of fields (a saved
+#: schedule) may still hold one at that value; any other value is an error
+REMOVED_FIELDS = {"parallel_rows": 1, "column_programs": 0}
 MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]
 INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
-              "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
-              "split_k", "streams")
+              "max_statements_per_function", "max_functions_per_kernel", "split_k", "streams")
+#: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
+#: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
+CONV_FIELDS = ("tap_segments", "pad_input", "tap_pointers", "tap_masks")
 BOOL_FIELDS = ("allow_tf32", "bake_strides", "pack_nonzeros", "prefetch", "tap_segments",
                "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers",
                "tap_masks")
@@ -226,6 +222,12 @@ def as_schedule(schedule) -> "Schedule":
     if isinstance(schedule, str):
         return Schedule(mode=schedule)
     if isinstance(schedule, Mapping):
+        for name, off in REMOVED_FIELDS.items():
+            if name in schedule and schedule[name] != off:
+                raise ValueError(f"schedule: {name}={schedule[name]!r} is no longer a field "
+                                 f"(removed: measured slower, see bench/NOTES.md); only "
+                                 f"{name}={off!r} is accepted in a saved schedule")
+        schedule = {k: v for k, v in schedule.items() if k not in REMOVED_FIELDS}
         unknown = sorted(set(schedule) - {f.name for f in fields(Schedule)})
         if unknown:
             raise ValueError(f"schedule: unknown field(s) {unknown}; the fields are "
@@ -248,8 +250,6 @@ class Schedule:
     max_functions_per_kernel: int = 16
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
-    column_programs: int = 0
-    parallel_rows: int = 1
     split_k: int = 1
     pack_nonzeros: Union[bool, str] = AUTO
     prefetch: Union[bool, str] = AUTO
@@ -271,15 +271,10 @@ class Schedule:
                              f"got {self.row_order!r}")
         for name in INT_FIELDS:
             v = _as_int(name, getattr(self, name), auto=name not in (
-                "max_statements_per_function", "max_functions_per_kernel", "parallel_rows",
-                "split_k"))
+                "max_statements_per_function", "max_functions_per_kernel", "split_k"))
             if v != AUTO and v < 1:
                 raise ValueError(f"Schedule.{name} must be >= 1, got {v}")
             setattr(self, name, v)
-        self.column_programs = _as_int("column_programs", self.column_programs, auto=False)
-        if self.column_programs < 0:
-            raise ValueError(f"Schedule.column_programs must be an int >= 0, "
-                             f"got {self.column_programs!r}")
         for name in BOOL_FIELDS:
             setattr(self, name, _as_bool(name, getattr(self, name), auto=name != "allow_tf32"))
 
@@ -287,6 +282,13 @@ class Schedule:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
                  if getattr(self, f.name) != f.default]
         return f"Schedule({', '.join(parts)})"
+
+    def for_kind(self, conv: bool) -> "Schedule":
+        """This schedule as it applies to one kind of kernel: for a matrix product
+        (``conv=False``) the :data:`CONV_FIELDS` are reset to 'auto', so ``repr`` prints only
+        the fields that shape a ``W @ X`` kernel (the plan resolves them the same way);
+        a convolution's schedule is returned unchanged."""
+        return self if conv else self.replace(**{name: AUTO for name in CONV_FIELDS})
 
     def replace(self, **changes) -> "Schedule":
         d = {f.name: getattr(self, f.name) for f in fields(self)}

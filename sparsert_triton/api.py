@@ -9,9 +9,6 @@ The pipeline, one module per stage, each a pure function of its inputs::
 from __future__ import annotations
 
 import functools
-import json
-import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -21,20 +18,16 @@ import torch
 from dsl import Schedule, ir, trace
 from dsl.schedule import as_schedule
 
-from . import cache
-from .canonicalise import canonicalise_program, check_call, plan_for, with_device
+from . import pipeline
+from .canonicalise import canonicalise_program, plan_for
 from .callplan import MAX_PLANS, CallPlan, call_key
 from .compile import import_kernels, interpreting
 from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
 from .launch import INT32_MAX, conv_signature_for, run, signature_for
-from .lower import lower
 from .padding import zero_pad
 from .plan import Plan, Signature
 from .reference import evaluate
-from .render import render
-from .blocks import Blocks
-from .specialise import Table, specialise
 from .weights import TORCH_DTYPES, SparseWeight, as_sparse_weight
 
 
@@ -42,18 +35,6 @@ def _capability(device: torch.device) -> str:
     if interpreting() or device.type != "cuda":
         return "interpreter"
     return "sm_%d%d" % torch.cuda.get_device_capability(device)
-
-
-def _layout_arrays(layout) -> dict:
-    if isinstance(layout, Blocks):
-        return {"rows": layout.rows, "base": layout.base, "steps": layout.steps,
-                "cols": layout.cols, "value_index": layout.value_index}
-    if isinstance(layout, Table):
-        return {"rows": layout.rows, "starts": layout.starts, "lengths": layout.lengths,
-                "cols": layout.cols, "value_index": layout.value_index,
-                "groups": np.asarray(layout.groups, np.int64)}
-    return {"pack_order": layout.pack_order,
-            "kernel_groups": np.asarray([b - a for a, b in layout.kernels], np.int64)}
 
 
 class Variant:
@@ -146,48 +127,17 @@ class SpecializedKernel:
 
     def _build_variant(self, sig: Signature, N: int, device: torch.device, x_strides,
                        spatial=None) -> Variant:
-        cap = _capability(device)
-        plan = with_device(self.plan(N, sig.x_dtype, spatial), self.schedule, cap)
-        check_call(plan, sig)
-        offsets = None
-        if plan.pad_input or plan.tap_masks:
-            if spatial is None:
-                raise ValueError(f"a {'pad_input' if plan.pad_input else 'tap_masks'} "
-                                 "convolution kernel is specialised to its input's spatial "
-                                 "size: call it (or pass spatial=(H, W))")
-            g = self.conv
-            spatial = (int(spatial[0]), int(spatial[1]))
-            if plan.pad_input:
-                H, W = g.padded_size(*spatial)          # strides of the padded copy
-                offsets = g.padded_offsets(*spatial)
-            else:
-                H, W = spatial                          # X made contiguous NCHW
-                offsets = g.masked_offsets(H, W)
-            x_strides = (g.C_in * H * W, H * W, W, 1)
-        else:
-            spatial = None
-        baked = tuple(int(v) for v in x_strides) if plan.bake_strides and x_strides else None
-        vkey = (plan, sig, cap, baked, spatial)
+        """The compiler pipeline (``pipeline.py``): the plan for this call, then the cache
+        entry (specialise -> lower -> render -> store on a miss), imported as a Variant."""
+        target = pipeline.resolve(self.schedule, self.weight, self.conv, sig, N,
+                                  _capability(device), x_strides, spatial)
+        vkey = target.variant_key(sig)
         v = self._variants.get(vkey)
         if v is not None:
             return v
-        key = cache.make_key(
-            mask=self.weight.mask_digest(),
-            values=self.weight.values_digest() if plan.mode == "values" else None,
-            plan=plan.code_fields(), signature=repr(sig), program=repr(self.program.out),
-            conv=repr(self.conv), x_strides=baked, device=cap, spatial=spatial)
-        hit = cache.load(key)
-        if hit is None:
-            layout = specialise(self.weight, plan,
-                                self.conv.kh * self.conv.kw if self.conv else 1,   # taps
-                                offsets)
-            lowered = lower(layout, plan, sig, self.program, self.conv, baked)
-            source = render(lowered, header=f"weight: {self.weight.M}x{self.weight.K}, "
-                                            f"nnz {self.weight.nnz}, mask {self.weight.mask_digest()[:16]}")
-            arrays = _layout_arrays(layout)
-            hit = (cache.store(key, source, arrays) / "kernel.py", arrays)
-            _dump(key, self.program, plan, sig, layout, lowered, source)
-        v = Variant(key, hit[0], hit[1], plan, self.weight, plan.packs_nonzeros(sig))
+        key, path, arrays = pipeline.build(self.program, self.weight, self.conv, sig, target)
+        v = Variant(key, path, arrays, target.plan, self.weight,
+                    target.plan.packs_nonzeros(sig))
         self._variants[vkey] = v
         return v
 
@@ -361,21 +311,3 @@ def sparse_kernel(fn=None, *, schedule: Optional[Schedule] = None):
         return lambda f: SparseKernel(f, schedule)
     return SparseKernel(fn, schedule)
 
-
-def _dump(key, program, plan, sig, layout, lowered, source):
-    d = os.environ.get("SPARSERT_DUMP")
-    if not d:
-        return
-    out = Path(d) / key
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "1_trace.txt").write_text(repr(program) + "\n")
-    (out / "2_canonical.txt").write_text(ir.to_source(program.out) + "\n"
-                                        + json.dumps(asdict(plan), indent=1) + "\n" + repr(sig) + "\n")
-    if isinstance(layout, Table):
-        spec = f"table: {layout.groups} groups, {layout.cols.shape[0]} padded columns\n"
-    else:
-        spec = "".join(f"group {i}: rows {g.rows}, parts {[p.statements for p in g.parts]}\n"
-                       for i, g in enumerate(layout.groups))
-    (out / "3_specialised.txt").write_text(spec)
-    (out / "4_lowered.txt").write_text("\n".join(repr(k) for k in lowered.kernels) + "\n")
-    (out / "5_kernel.py").write_text(source)

@@ -15,7 +15,7 @@ have a nonzero in its column) and value 0.
     acc[r, n] = sum over steps s, slots u of VALS[s, r, u] * X[COLS[s, r, u], n]
 
 A block's steps may be cut into ``split_k`` ranges, each its own program (see
-``render_blocks``).
+``render/blocks.py``).
 """
 from __future__ import annotations
 

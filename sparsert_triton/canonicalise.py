@@ -116,7 +116,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
             # about 1024 FMAs per program: each loaded X row feeds many rows (H100: 32-64 rows
             # per program beat 8-16 on a 64 x 256 layer), while keeping enough programs
             rpp = int(min(64, max(8, _next_pow2(int(1024 / max(avg, 1.0))))))
-    row_kernel = mode == "table" and not use_dot and int(s.parallel_rows) == 1   # Plan.row_kernel
+    row_kernel = mode == "table" and not use_dot   # Plan.row_kernel
     split = int(s.split_k)
     # a convolution's one-row kernel reads a zero-padded copy of X, each nonzero one offset
     # into it (one loop of unmasked loads per row), with 64-column tiles, chunks of 8 and the
@@ -225,7 +225,6 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
                 num_warps=int(num_warps), num_stages=int(num_stages),
-                column_programs=int(s.column_programs), parallel_rows=int(s.parallel_rows),
                 pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
                 # X rows one step ahead too: for few programs (above); at batch 8 slower
@@ -276,7 +275,7 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         blocks = -(-weight.M // rpp)
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
-    for name in ("use_dot", "parallel_rows", "column_programs", "pack_nonzeros", "prefetch",
+    for name in ("use_dot", "pack_nonzeros", "prefetch",
                  "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_pointers",
                  "tap_masks", "bake_strides"):
         v = getattr(s, name)

@@ -103,7 +103,7 @@ def describe(m: Matrix, n: int = 128) -> list:
         f"empty       {int((L == 0).sum())} rows, {int((~col_used).sum())} columns",
     ]
     plan = plan_for(Schedule(), w, n, w.dtype)
-    lines.append(f"default     for N={n}: {plan.to_schedule()!r}")
+    lines.append(f"default     for N={n}: {plan.to_schedule(conv=False)!r}")
     lines.append("nonzeros per row:")
     lines += text_histogram(L)
     return lines
@@ -202,8 +202,8 @@ def _add_schedule_options(p):
                    help="table mode: nonzero columns per loop step (a power of two)")
     g.add_argument("--split-k", type=_positive_int, default=1, metavar="S",
                    help="table mode, one row per program: walk each row in S parts side by "
-                        "side, one warp each, summed at the end; unrolled modes: each row "
-                        "group's columns in S slices, one program each (default 1)")
+                        "side, one warp each, summed at the end; blocks mode: each block's "
+                        "steps over S programs (default 1)")
     for flag, help_text in ON_OFF_OPTIONS:
         g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
@@ -295,7 +295,7 @@ def cmd_emit(args) -> int:
         except OSError as e:
             raise CliError(f"-o {args.output}: cannot write: {e.strerror or e}") from None
         print(f"wrote {args.output}: {source.count(chr(10))} lines, {len(variant.kernels)} "
-              f"kernel(s), {variant.plan.to_schedule()!r}", file=sys.stderr)
+              f"kernel(s), {variant.plan.to_schedule(conv=False)!r}", file=sys.stderr)
     else:
         sys.stdout.write(source)
     return 0
@@ -378,7 +378,7 @@ def cmd_bench(args) -> int:
     flops = 2.0 * w.nnz * N
     print(f"matrix   {m.path}: {w.M} x {w.K}, nnz {w.nnz} ({100 * (1 - w.density):.1f}% sparse), "
           f"N = {N}, {args.dtype}, {torch.cuda.get_device_name()}")
-    print(f"plan     {plan.to_schedule()!r}")
+    print(f"plan     {plan.to_schedule(conv=False)!r}")
     print(f"compile  {compile_s:.2f} s (first call, including the kernel cache lookup)")
     print("times    GPU: median per call over CUDA-graph replays; eager: do_bench median of "
           "single calls from Python (launch overhead and a cold L2 included)")
@@ -422,7 +422,7 @@ def _append_csv(path: Path, m: Matrix, N: int, dtype: str, results: dict, compil
                               "system": name, "median_us": f"{us:.3f}" if us is not None else "",
                               "eager_us": f"{eager:.3f}",
                               "compile_s": f"{compile_s:.3f}" if ours else "",
-                              "schedule": repr(plan.to_schedule()) if ours else ""})
+                              "schedule": repr(plan.to_schedule(conv=False)) if ours else ""})
     except OSError as e:
         raise CliError(f"--csv {path}: cannot write: {e.strerror or e}") from None
 

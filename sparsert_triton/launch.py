@@ -218,14 +218,12 @@ def grids(variant, N: int) -> list:
     """(kernel, grid) of every kernel of a variant that has work, for N output columns."""
     plan = variant.plan
     nt = -(-N // plan.block_n)
-    split = plan.column_slices
     out = []
     for fn, groups in variant.kernels:
         if groups == 0:
             continue
-        cols = min(nt, plan.column_programs) if plan.column_programs else nt
         out.append((fn, (groups, nt, plan.split_k) if plan.mode == "blocks" else
-                    (groups, nt) if variant.table else (cols, groups * split)))
+                    (groups, nt) if variant.table else (nt, groups)))
     return out
 
 
@@ -247,8 +245,6 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = launch_options(plan)
     first = not variant.launched
-    if plan.column_slices > 1:
-        bufs = [*bufs, *slice_buffers(variant, Y, N, nt, sig)]
     if plan.mode == "blocks" and plan.split_k > 1:
         bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
     if plan.tap_pointers:
@@ -270,18 +266,6 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
                 call()
     variant.launched = True
     return args
-
-
-def slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
-    """Per call, for unrolled code with column slices (``split_k``): the workspace of partial
-    sums, ``(M * split_k) x N`` in the accumulator dtype, and one zeroed arrival counter per
-    (row group, column tile). Allocated per call (stream-ordered by torch's allocator), so
-    calls on different streams never share them."""
-    M = Y.shape[1] if Y.dim() == 4 else Y.shape[0]
-    groups = sum(g for _, g in variant.kernels)
-    acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
-    ws = torch.empty(max(1, M * variant.plan.split_k * N), dtype=acc, device=Y.device)
-    return ws, torch.zeros(max(1, groups * nt), dtype=torch.int32, device=Y.device)
 
 
 def block_slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):

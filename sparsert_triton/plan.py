@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 from dsl.schedule import MODES, ROW_ORDERS, Schedule
 
@@ -29,8 +29,6 @@ class Plan:
     max_functions_per_kernel: int
     num_warps: int
     num_stages: int
-    column_programs: int = 0
-    parallel_rows: int = 1
     pack_nonzeros: bool = False
     prefetch: bool = False
     tap_segments: bool = False
@@ -66,12 +64,14 @@ class Plan:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
         elif self.use_dot:
             bad("use_dot applies to table mode only")
-        if self.split_k != 1 and self.mode != "table":
+        if self.split_k != 1 and self.mode == "blocks":
             if not 1 <= self.split_k <= 16:
-                bad(f"split_k must be in 1..16 in the unrolled modes, got {self.split_k}")
+                bad(f"split_k must be in 1..16 in blocks mode, got {self.split_k}")
         elif self.split_k != 1:
             if not self.row_kernel:
-                bad("split_k applies to the one-row table kernel and the unrolled modes only")
+                bad("split_k applies to the one-row table kernel and the blocks mode only (the "
+                    "unrolled modes' column slices were never faster than the table kernel: "
+                    "removed, see bench/NOTES.md)")
             if not _pow2(self.split_k) or self.split_k > 32:
                 bad(f"split_k must be a power of two <= 32, got {self.split_k}")
             if self.tap_segments or self.pack_nonzeros or self.prefetch_tail:
@@ -88,7 +88,7 @@ class Plan:
                 bad("blocks mode keeps a rows_per_program x chunk x block_n accumulator: at "
                     f"most 16384 elements, got {self.rows_per_program} x {self.chunk} x "
                     f"{self.block_n}")
-            for name in ("column_programs", "pad_input", "tap_pointers", "bake_strides"):
+            for name in ("pad_input", "tap_pointers", "bake_strides"):
                 if getattr(self, name):
                     bad(f"{name} does not apply to blocks mode")
         if self.mode not in ("table", "blocks") and \
@@ -96,16 +96,6 @@ class Plan:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
             bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
-        if self.column_programs < 0:
-            bad(f"column_programs must be >= 0, got {self.column_programs}")
-        if self.column_programs and self.mode == "table":
-            bad("column_programs applies to the unrolled modes only")
-        if self.parallel_rows != 1:
-            if self.mode != "table" or self.use_dot:
-                bad("parallel_rows applies to the table mode without use_dot only")
-            if not _pow2(self.parallel_rows) or self.rows_per_program % self.parallel_rows:
-                bad(f"parallel_rows must be a power of two dividing rows_per_program "
-                    f"({self.rows_per_program}), got {self.parallel_rows}")
         for name in ("pack_nonzeros", "prefetch", "tap_segments"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
@@ -141,14 +131,7 @@ class Plan:
     def row_kernel(self) -> bool:
         """Whether this is the one-row table kernel (a scalar-FMA loop over each row's own
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
-        return self.mode == "table" and not self.use_dot and self.parallel_rows == 1
-
-    @property
-    def column_slices(self) -> int:
-        """Programs per row group along K: ``split_k`` in the unrolled modes (each a slice of
-        the group's columns, fixed up by the last to finish), 1 in table mode (whose
-        ``split_k`` splits rows across the warps of one program)."""
-        return 1 if self.mode in ("table", "blocks") else self.split_k
+        return self.mode == "table" and not self.use_dot
 
     def packs_nonzeros(self, sig: "Signature") -> bool:
         """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in
@@ -156,8 +139,12 @@ class Plan:
         of two, where the L1 pipeline is the kernel's busiest unit (ncu, H100)."""
         return self.pack_nonzeros and sig.acc_dtype == "float32"
 
-    def to_schedule(self) -> Schedule:
-        return Schedule(**asdict(self))
+    def to_schedule(self, conv: Optional[bool] = None) -> Schedule:
+        """The plan as a schedule (every field concrete). ``conv``: the kind of kernel it
+        computes, where known: a matrix product's leaves the convolution-only fields 'auto'
+        (:meth:`Schedule.for_kind`), for display; ``None`` keeps every field."""
+        s = Schedule(**asdict(self))
+        return s if conv is None else s.for_kind(conv)
 
     def code_fields(self) -> dict:
         """The fields that shape the generated code (the plan's share of the cache key and

@@ -31,7 +31,6 @@ class Part:
     over the union of those rows' columns, in column order."""
     rows: Tuple[int, ...]
     columns: Tuple[Tuple[int, Tuple[Tuple[int, int], ...]], ...]
-    slice: int = 0                 # which column slice of its group (``split_k``)
 
     @property
     def statements(self) -> int:
@@ -42,7 +41,6 @@ class Part:
 class Group:
     rows: Tuple[int, ...]          # global output rows, in local order
     parts: Tuple[Part, ...]
-    split: int = 1                 # column slices, one program each (``split_k``)
 
 
 @dataclass(frozen=True)
@@ -144,56 +142,31 @@ def _split_rows(weight: SparseWeight, entries, cap: int):
     return parts
 
 
-def _slice_bounds(weight: SparseWeight, rows, split: int) -> np.ndarray:
-    """Column bounds ``[b_0 = 0, ..., b_split = K]`` cutting the union of ``rows``' columns
-    into ``split`` contiguous slices of about equal work (a load per column, an FMA per
-    nonzero)."""
-    cols = np.concatenate([weight.indices[weight.indptr[r]:weight.indptr[r + 1]] for r in rows]
-                          + [np.zeros(0, np.int64)])
-    uniq, count = np.unique(cols, return_counts=True)
-    work = np.cumsum(count + 1)
-    bounds = [0]
-    for s in range(1, split):
-        j = int(np.searchsorted(work, work[-1] * s / split)) if len(work) else 0
-        bounds.append(max(bounds[-1], int(uniq[j]) if j < len(uniq) else weight.K))
-    return np.asarray(bounds + [weight.K], np.int64)
-
-
 def specialise_unrolled(weight: SparseWeight, plan: Plan) -> Unrolled:
     groups, pack = [], []
-    split = plan.split_k
     for rows in _group_rows(weight, plan):
-        bounds = _slice_bounds(weight, rows, split) if split > 1 else None
         parts = []
-        for s in range(split):
-            entries = []
-            for r_local, row in enumerate(rows):
-                idx = np.arange(weight.indptr[row], weight.indptr[row + 1])
-                if bounds is not None:     # this slice's nonzeros; rows without any skip it
-                    c = weight.indices[idx]
-                    idx = idx[(c >= bounds[s]) & (c < bounds[s + 1])]
-                    if not len(idx):
-                        continue
-                entries.append((r_local, idx))
-            for sub in _split_rows(weight, entries, plan.max_statements_per_function):
-                by_col = {}   # column -> [(local_row, csr_index)]
-                for r_local, idx in sub:
-                    for i in idx:
-                        by_col.setdefault(int(weight.indices[i]), []).append((r_local, int(i)))
-                columns = []
-                for col in sorted(by_col):
-                    packed = []
-                    for r_local, i in by_col[col]:
-                        packed.append((r_local, len(pack)))
-                        pack.append(i)
-                    columns.append((col, tuple(packed)))
-                parts.append(Part(tuple(r for r, _ in sub), tuple(columns), s))
-        groups.append(Group(tuple(int(r) for r in rows), tuple(parts), split))
+        entries = [(r_local, np.arange(weight.indptr[row], weight.indptr[row + 1]))
+                   for r_local, row in enumerate(rows)]
+        for sub in _split_rows(weight, entries, plan.max_statements_per_function):
+            by_col = {}   # column -> [(local_row, csr_index)]
+            for r_local, idx in sub:
+                for i in idx:
+                    by_col.setdefault(int(weight.indices[i]), []).append((r_local, int(i)))
+            columns = []
+            for col in sorted(by_col):
+                packed = []
+                for r_local, i in by_col[col]:
+                    packed.append((r_local, len(pack)))
+                    pack.append(i)
+                columns.append((col, tuple(packed)))
+            parts.append(Part(tuple(r for r, _ in sub), tuple(columns)))
+        groups.append(Group(tuple(int(r) for r in rows), tuple(parts)))
     if plan.row_order != "given":   # heavy groups first: a shorter tail of the launch
         groups.sort(key=lambda g: -sum(p.statements for p in g.parts))
     kernels, start, funcs = [], 0, 0
     for i, g in enumerate(groups):
-        cost = len(g.parts) + g.split + (g.split > 1)    # parts, group (slice) functions, fix
+        cost = len(g.parts) + 1    # part functions and the group function
         if i > start and funcs + cost > plan.max_functions_per_kernel:
             kernels.append((start, i))
             start, funcs = i, 0

@@ -110,22 +110,21 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
             return Schedule(mode=mode, rows_per_program=16, chunk=16, block_n=max(16, block_n),
                             row_order=order, use_dot=True)
         R = draw(_pow2(0, 3))
-        P = draw(st.sampled_from([p for p in (1, 2, 4, 8) if p <= R]))
-        pre = "auto" if P > 1 else draw(st.booleans())
-        pad = False if P > 1 else draw(st.booleans())   # replaces tap segments (convolutions)
-        split = 1 if P > 1 else draw(st.sampled_from([1, 1, 2, 4]))
-        plain = P > 1 or split > 1      # no packing, tail or tap segments
+        pre = draw(st.booleans())
+        pad = draw(st.booleans())   # replaces tap segments (convolutions)
+        split = draw(st.sampled_from([1, 1, 2, 4]))
+        plain = split > 1      # no packing, tail or tap segments
         # convolutions without the padded copy: masked loads, one loop per row (tap_masks)
-        masks = not pad and P == 1 and draw(st.booleans())
+        masks = not pad and draw(st.booleans())
         pack = False if plain else draw(st.sampled_from(["auto", True]))
         tail = draw(st.booleans()) if pre is True and not plain else False
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
-                        block_n=block_n, row_order=order, use_dot=False, parallel_rows=P,
+                        block_n=block_n, row_order=order, use_dot=False,
                         split_k=split, tap_masks=masks, pack_nonzeros=pack, prefetch=pre,
                         prefetch_tail=tail,
                         # X rows a chunk ahead too
                         prefetch_x=tail and pack is not True and draw(st.booleans()),
-                        tap_segments=("auto" if P > 1 or pad or masks else False if split > 1
+                        tap_segments=("auto" if pad or masks else False if split > 1
                                       else draw(st.booleans())),
                         pad_input=pad,
                         bake_strides=draw(st.sampled_from(["auto", True])))
@@ -134,8 +133,6 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
-                    column_programs=draw(st.sampled_from([0, 1, 2])),
-                    split_k=draw(st.sampled_from([1, 1, 2, 3])),
                     streams=draw(st.sampled_from([1, 3])),
                     bake_strides=draw(st.booleans()), pad_input=pad,
                     # convolutions without the padded copy: tap pointers or masked loads

@@ -283,7 +283,7 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
 
     # table mode, scalar FMAs, one row per program. H100 (bench/results/explore_h100_run2.csv,
     # explore_h100_run3_parallel_rows.csv): more rows per program, run in turn or side by
-    # side (parallel_rows), or clustered by shared columns, ran 1.2-20x slower on every DLMC
+    # side (the removed parallel_rows), or clustered by shared columns, ran 1.2-20x slower on every DLMC
     # layer tried, so they are not searched. block_n below 32 * num_warps idles threads (block_n
     # 64 with 4 warps ran 2x slower than 128), so small tiles get fewer warps.
     for i, U in enumerate((4, 8, 2)):
@@ -356,8 +356,8 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     for bn in bns:
         if bn != bn_main:
             unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn, row_order="cluster"))
-    # (programs looping over several column tiles, column_programs, ran 2-5x slower on the
-    # H100: not searched)
+    # (programs looping over several column tiles, the removed column_programs, ran 2-5x
+    # slower on the H100)
     # another compile-unit size (noinline functions per program)
     unrolled.append(Schedule(mode="values", rows_per_program=base, block_n=bn_main, row_order="cluster",
                              max_statements_per_function=1024))

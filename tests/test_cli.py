@@ -53,6 +53,15 @@ def test_inspect_bundled_dlmc_matrix(capsys, tmp_path):
     assert "sparsity 90.00%" in out
     assert histogram_total(out) == 64                # every row lands in one bin
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # the default plan of a matrix product names no convolution-only field (its one-row
+    # table kernel's plan holds tap_segments=True, which W @ X ignores)
+    default = next(line for line in out.splitlines() if line.startswith("default"))
+    assert "mode='table'" in default
+    from dsl.schedule import CONV_FIELDS
+    assert not any(f in default for f in CONV_FIELDS), default
+    # ... and so does emit's summary
+    rc, out, err = run(capsys, "emit", DATA, "-o", str(tmp_path / "k.py"))
+    assert rc == 0 and "mode=" in err and not any(f in err for f in CONV_FIELDS), err
 
 
 def test_inspect_npy_dense_and_bool(capsys, tmp_path):
@@ -286,9 +295,9 @@ def test_streams_option_reaches_the_schedule(capsys):
     assert rc != 0 and "positive integer" in err
 
 
-def test_pdl_and_unrolled_split_options_reach_the_schedule(capsys):
+def test_pdl_and_split_options_reach_the_schedule(capsys):
     from sparsert_triton.cli import build_parser, schedule_from_args
-    args = build_parser().parse_args(["emit", str(DATA), "--mode", "values", "--split-k", "2",
+    args = build_parser().parse_args(["emit", str(DATA), "--mode", "table", "--split-k", "2",
                                       "--pdl", "off", "--tap-pointers", "off"])
     s = schedule_from_args(args)
     assert s.split_k == 2 and s.pdl is False and s.tap_pointers is False
@@ -300,9 +309,12 @@ def test_pdl_and_unrolled_split_options_reach_the_schedule(capsys):
                        "--prefetch-x", "on")
     assert rc == 0, err
     assert "full2 = " in out and "xb0 = " in out         # two chunks per step, X ahead
-    rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--split-k", "2")
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "blocks", "--split-k", "2")
     assert rc == 0, err
-    assert "atomic_add(CNT" in out and "_fix(" in out      # column slices and their fix-up
+    assert "atomic_add(CNT" in out          # K slices and the last one's sum
+    # the unrolled modes' column slices were removed: refused by name
+    rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--split-k", "2")
+    assert rc != 0 and "split_k applies to" in err
     # emit renders for the interpreter/CPU: an explicit pdl there is refused, by name
     rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--pdl", "on")
     assert rc != 0 and "pdl" in err

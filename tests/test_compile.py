@@ -37,12 +37,7 @@ CASES = {
     "table_prefetch_packed": ("table", torch.float32, bias_relu,
                               dict(chunk=4, prefetch=True, pack_nonzeros=True, num_warps=1,
                                    prefetch_tail=True)),
-    "table_parallel_fp16": ("table", torch.float16, gelu_cast,
-                            dict(rows_per_program=8, parallel_rows=4, block_n=32)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
-    "values_column_loop": ("values", torch.float32, bias_relu,
-                           dict(rows_per_program=8, column_programs=2)),
-    "values_split": ("values", torch.float32, bias_relu, dict(rows_per_program=8, split_k=2)),
 }
 out = {}
 for name, (mode, dtype, fn, sched) in CASES.items():
@@ -67,8 +62,7 @@ for name, (mode, dtype, fn, sched) in CASES.items():
         out[name]["ptx_full"] = [c.asm["ptx"] for c in full]
 # N == 1: Triton's launch compiles an integer argument equal to 1 as a constant
 ones = {}
-for name in ("values_split", "values_fp32_split", "table_bf16", "table_prefetch_packed",
-             "values_column_loop"):
+for name in ("values_fp32_split", "table_bf16", "table_prefetch_packed"):
     mode, dtype, fn, sched = CASES[name]
     W = (torch.randn(24, 40, dtype=torch.float64) * (torch.rand(24, 40) < 0.2)).to(dtype)
     k = sparse_kernel(fn, schedule=Schedule(mode=mode, **sched)).specialize(W)
@@ -98,8 +92,8 @@ out["n_one"] = ones
 
 from dsl import conv2d
 for name, mode, sched in (("conv_values", "values", dict(rows_per_program=4)),
-                          ("conv_table_parallel", "table", dict(rows_per_program=8,
-                                                                parallel_rows=4, block_n=64)),
+                          ("conv_table_rows", "table", dict(rows_per_program=8, block_n=64,
+                                                            pad_input=False, tap_masks=False)),
                           ("conv_table_dot", "table", dict(rows_per_program=16, chunk=16,
                                                            use_dot=True))):
     def cfn(W, X, b):
@@ -190,9 +184,7 @@ for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch
                     ("values_pad", dict(mode="values", rows_per_program=8, pad_input=True)),
                     ("values_pointers", dict(mode="values", rows_per_program=8,
                                              tap_pointers=True)),
-                    ("values_masked", dict(mode="values", rows_per_program=8)),
-                    ("values_slices", dict(mode="values", rows_per_program=8, split_k=2,
-                                           pad_input=True))):
+                    ("values_masked", dict(mode="values", rows_per_program=8))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(**extra)).specialize(W4)
     v = k.variant(sig, 1, torch.device("cpu"), (8, 1, 1, 1), spatial=(1, 1))
@@ -238,10 +230,10 @@ def compiled(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
-                                  "table_dot_fp16", "values_fp64", "values_column_loop", "values_split",
+                                  "table_dot_fp16", "values_fp64",
                                   "pdl_values", "pdl_table",
-                                  "conv_values", "conv_table_dot", "table_parallel_fp16",
-                                  "table_prefetch_packed", "conv_table_parallel"])
+                                  "conv_values", "conv_table_dot",
+                                  "table_prefetch_packed", "conv_table_rows"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1
@@ -265,17 +257,11 @@ def test_compiles_for_sm90(compiled, name):
     if name.startswith("pdl_"):     # every kernel waits for the one before it first
         assert all("griddepcontrol.wait" in ptx for ptx in c["ptx"])
         assert c["source"].count("gdc_wait()") == 1
-    if name == "values_split":     # arrival: barrier, then one acq_rel atomic; .cg re-reads
-        ptx = "".join(c["ptx"])
-        assert "bar.sync" in ptx and "ld.global.cg" in ptx
-        assert re.search(r"atom\.[.\w]*acq_rel[.\w]*add", ptx)
-    if name == "values_column_loop":
-        assert "%nctaid.x" in "".join(c["ptx"])     # the loop strides by the programs along N
 
 
 def test_kernels_compile_with_n_equal_to_one(compiled):
     """A launch with N == 1 compiles N as a constant (Triton specialises integers equal to
-    1): the generated code must not use N as a tensor there (the column slices' workspace
+    1): the generated code must not use N as a tensor there (the removed column slices' workspace
     offset once called ``N.to``, which a constant lacks: a CompilationError on the GPU)."""
     for name, got in compiled["n_one"].items():
         assert isinstance(got, int) and got >= 1, (name, got)
@@ -284,7 +270,7 @@ def test_kernels_compile_with_n_equal_to_one(compiled):
 def test_convolution_kernels_compile_with_every_integer_equal_to_one(compiled):
     """One image of 1 x 1 pixels (every size, stride and N equal to 1, each compiled as a
     constant as Triton's launch would): every convolution kernel form compiles for sm_90."""
-    assert len(compiled["conv_ones"]) == 8
+    assert len(compiled["conv_ones"]) == 7
     for name, got in compiled["conv_ones"].items():
         assert isinstance(got, int) and got >= 1, (name, got)
 

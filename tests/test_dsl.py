@@ -114,7 +114,6 @@ def test_schedule_repr_round_trips():
     (dict(rows_per_program=2.7), "rows_per_program must be an int"),
     (dict(rows_per_program=True), "rows_per_program must be an int"),
     (dict(chunk=None), "chunk must be an int"), (dict(split_k="auto"), "split_k must be an int"),
-    (dict(column_programs=1.5), "column_programs"),
     (dict(allow_tf32="x"), "allow_tf32 must be True or False"),
     (dict(allow_tf32="auto"), "allow_tf32"), (dict(prefetch=1), "prefetch must be True"),
 ])
@@ -179,20 +178,19 @@ def test_table_kernel_options_are_validated():
     from sparsert_triton.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight(torch.eye(8))
-    for bad, msg in [(dict(mode="values", parallel_rows=2), "parallel_rows"),
-                     (dict(mode="table", rows_per_program=4, parallel_rows=8), "parallel_rows"),
-                     (dict(mode="table", rows_per_program=6, parallel_rows=4), "power of two"),
+    for bad, msg in [(dict(mode="table", rows_per_program=6), "power of two"),
                      (dict(mode="values", pack_nonzeros=True), "pack_nonzeros"),
-                     (dict(mode="table", rows_per_program=4, parallel_rows=2,
+                     (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
                            pack_nonzeros=True), "pack_nonzeros"),
                      (dict(mode="indices", prefetch=True), "prefetch"),
                      (dict(mode="values", tap_segments=True), "tap_segments"),
                      (dict(mode="table", prefetch=False, prefetch_tail=True), "prefetch_tail"),
-                     (dict(mode="values", split_k=17), "split_k"),
+                     (dict(mode="values", split_k=2), "split_k applies to"),
+                     (dict(mode="blocks", split_k=17), "split_k"),
                      (dict(mode="table", split_k=3), "split_k"),
                      (dict(mode="table", split_k=2, pack_nonzeros=True), "split_k"),
                      (dict(mode="table", split_k=2, tap_segments=True), "split_k"),
-                     (dict(mode="table", rows_per_program=2, parallel_rows=2,
+                     (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
                            tap_segments=True), "tap_segments"),
                      (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
                            prefetch=True), "prefetch")]:
@@ -203,8 +201,8 @@ def test_table_kernel_options_are_validated():
     with pytest.raises(ValueError, match="prefetch"):
         Schedule(prefetch="yes")
     assert plan_for(Schedule(mode="table"), w, 16, "float32").prefetch
-    assert not plan_for(Schedule(mode="table", rows_per_program=2, parallel_rows=2), w, 16,
-                        "float32").prefetch
+    assert not plan_for(Schedule(mode="table", rows_per_program=16, chunk=16, use_dot=True),
+                        w, 16, "float32").prefetch
     # packing is opt-in (measured mixed); a float64 call never packs, even when asked
     assert not plan_for(Schedule(mode="table"), w, 16, "float32").pack_nonzeros
     from sparsert_triton.plan import Signature
@@ -238,3 +236,37 @@ def test_convolution_defaults():
     own = plan_for(Schedule(mode="table", block_n=128, chunk=8), w, 3136, "float32", conv=True)
     assert (own.block_n, own.chunk) == (128, 8)
     assert plan_for(Schedule(mode="table"), w, 20, "float32", conv=True).block_n == 32
+
+
+def test_removed_schedule_fields_are_refused_by_name():
+    """``parallel_rows`` and ``column_programs`` are no longer fields (bench/NOTES.md,
+    "Schedule fields removed"): a saved dict may hold them at their old 'off' value, any
+    other value is an error naming the field."""
+    from dsl.schedule import as_schedule
+    assert as_schedule({"mode": "table", "parallel_rows": 1, "column_programs": 0}) == \
+        Schedule(mode="table")
+    for name, v in (("parallel_rows", 4), ("column_programs", 2)):
+        with pytest.raises(ValueError, match=name):
+            as_schedule({"mode": "table", name: v})
+        with pytest.raises(TypeError, match=name):
+            Schedule(**{name: v})
+
+
+def test_a_plans_schedule_for_its_kind_names_only_the_fields_that_apply():
+    """``Plan.to_schedule(conv=False)`` leaves the convolution-only fields 'auto': its repr
+    names none of them, and the plan it resolves to is the same; a convolution's keeps them."""
+    from dsl.schedule import CONV_FIELDS
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.weights import as_sparse_weight
+    g = torch.Generator().manual_seed(0)
+    w = as_sparse_weight(torch.randn(32, 64, generator=g) * (torch.rand(32, 64, generator=g) < 0.3))
+    for s in (Schedule(mode="table"), Schedule(mode="values"), Schedule(mode="table", split_k=2)):
+        plan = plan_for(s, w, 64, "float32")
+        shown = plan.to_schedule(conv=False)
+        assert not any(f"{f}=" in repr(shown) for f in CONV_FIELDS), repr(shown)
+        assert plan_for(shown, w, 64, "float32") == plan
+        assert plan.to_schedule() == Schedule(**{f: getattr(plan, f) for f in
+                                                  Schedule.__dataclass_fields__})
+    assert plan_for(Schedule(mode="table"), w, 64, "float32").tap_segments   # what is hidden
+    conv = plan_for(Schedule(mode="table"), w, 64, "float32", conv=True, tap_masks_fit=True)
+    assert all(f"{f}=" in repr(conv.to_schedule(conv=True)) for f in CONV_FIELDS)

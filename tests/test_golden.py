@@ -56,10 +56,6 @@ CASES = {
                                                      prefetch_x=False), ()),
     "table_conv_split": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                    split_k=2), ()),
-    # column slices of unrolled code: partial stores, the arrival count, the fix-up
-    "values_split_bias_relu": (W_A, _bias_relu, Schedule(mode="values", rows_per_program=2,
-                                                         block_n=32, split_k=2),
-                               (("bias", "row"),)),
     # the one-row table kernel without the padded copy: offset << taps | tap bit per entry,
     # in-image bits per lane (tap_masks)
     "table_conv_tap_masks": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,

@@ -78,8 +78,7 @@ def _clamped_scaled(W, X, s):
 
 @pytest.mark.parametrize("schedule", [
     Schedule(mode="values"), Schedule(mode="indices"), Schedule(mode="table"),
-    Schedule(mode="table", rows_per_program=16, parallel_rows=4, block_n=2, chunk=16,
-             prefetch=False),
+    Schedule(mode="table", rows_per_program=16, block_n=2, chunk=16, prefetch=False),
     Schedule(mode="table", pack_nonzeros=True, chunk=32, block_n=4, prefetch=False)])
 def test_float64_clamp_bounds_and_numbers_stay_float64(schedule):
     """Clamp bounds and number operands of a float64 kernel are float64 values (triton 3.6
@@ -162,9 +161,9 @@ def test_bfloat16_default_plan_avoids_the_interpreters_dot():
 
 @pytest.mark.parametrize("schedule, dtype", [
     (Schedule(mode="values", rows_per_program=4), torch.float32),
-    (Schedule(mode="indices", rows_per_program=4, split_k=2), torch.float32),
+    (Schedule(mode="indices", rows_per_program=4), torch.float32),
     (Schedule(mode="table"), torch.float32),
-    (Schedule(mode="table", rows_per_program=4, parallel_rows=2), torch.float16),
+    (Schedule(mode="table", rows_per_program=4, use_dot=False), torch.float16),
     (Schedule(mode="table", split_k=2), torch.float32),
     (Schedule(mode="table", chunk=16, prefetch_tail=True, prefetch_x=True), torch.float32),
     (Schedule(mode="table"), torch.float16),       # the fp16 default: use_dot

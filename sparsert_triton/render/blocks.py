@@ -6,7 +6,7 @@ step). With ``split_k`` > 1 the programs of a tile store partial sums in a works
 last to arrive adds them in slice order (deterministic), then applies the epilogue."""
 from __future__ import annotations
 
-from .render import (TL_DTYPES, Buffer, _kernel_params, _store_tile, _tile,
+from .common import (TL_DTYPES, Buffer, _kernel_params, _store_tile, _tile,
                      _wait_for_the_kernel_before, cvt, operand_params)
 
 BUFFERS = ["ROWS", "BASE", "STEPS", "COLS", "VALS"]

@@ -1,0 +1,55 @@
+"""pipeline.py: the stages of one variant in order; a cache hit skips them; SPARSERT_DUMP
+writes every stage's output."""
+import pytest
+import torch
+
+from dsl import Schedule, relu
+from sparsert_triton import pipeline, sparse_kernel
+
+
+def _bias_relu(W, X, b):
+    return relu(W @ X + b)
+
+
+def _weight(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.3)
+
+
+@pytest.mark.parametrize("mode", ["values", "table", "blocks"])
+def test_build_runs_each_stage_once_and_dumps_it(mode, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSERT_DUMP", str(tmp_path))
+    calls = []
+    for stage in ("specialise", "lower", "render"):
+        real = getattr(pipeline, stage)
+        monkeypatch.setattr(pipeline, stage,
+                            lambda *a, _real=real, _name=stage, **k: calls.append(_name)
+                            or _real(*a, **k))
+    # a weight no other test uses: the first build misses the kernel cache
+    W = _weight(1000 + ["values", "table", "blocks"].index(mode))
+    X, b = torch.randn(40, 8), torch.randn(24)
+    k = sparse_kernel(_bias_relu, schedule=Schedule(mode=mode)).specialize(W)
+    torch.testing.assert_close(k(X, b), torch.relu(W @ X + b[:, None]), rtol=1e-5, atol=1e-5)
+    assert calls == ["specialise", "lower", "render"]
+    dumps = list(tmp_path.iterdir())
+    assert len(dumps) == 1
+    assert sorted(p.name for p in dumps[0].iterdir()) == [
+        "1_trace.txt", "2_canonical.txt", "3_specialised.txt", "4_lowered.txt", "5_kernel.py"]
+    assert (dumps[0] / "5_kernel.py").read_text() == k.source
+    # the same weight again, in a new kernel: the stored entry, no stage runs
+    k2 = sparse_kernel(_bias_relu, schedule=Schedule(mode=mode)).specialize(W)
+    torch.testing.assert_close(k2(X, b), k(X, b))
+    assert calls == ["specialise", "lower", "render"]
+
+
+def test_resolve_refuses_a_padded_convolution_without_its_input_size():
+    from dsl import conv2d
+    from sparsert_triton.plan import Signature
+    W4 = torch.randn(4, 3, 3, 3)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
+                      schedule=Schedule(mode="table", pad_input=True)).specialize(W4)
+    sig = Signature("float32", "float32", "float32", ())
+    with pytest.raises(ValueError, match="spatial"):
+        pipeline.resolve(k.schedule, k.weight, k.conv, sig, 16, "interpreter")
+    t = pipeline.resolve(k.schedule, k.weight, k.conv, sig, 16, "interpreter", spatial=(4, 4))
+    assert t.plan.pad_input and t.spatial == (4, 4) and t.offsets is not None
