@@ -54,6 +54,8 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from dsl.schedule import as_schedule
 from torch import Tensor, nn
 
 from dsl import Schedule
@@ -182,7 +184,7 @@ class _SparseLayer(nn.Module):
         return {"schedule": dataclasses.asdict(self._schedule)}
 
     def set_extra_state(self, state):
-        self._schedule = Schedule(**state["schedule"])
+        self._schedule = as_schedule(state["schedule"])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -242,7 +244,7 @@ class _SparseLayer(nn.Module):
                 return f"{prefix}{n}: shape {tuple(got[n].shape)}, expected {shape}"
         if "_extra_state" in got:
             try:
-                Schedule(**got["_extra_state"]["schedule"])
+                as_schedule(got["_extra_state"]["schedule"])
             except Exception as e:
                 return f"{prefix}_extra_state: not a schedule ({type(e).__name__}: {e})"
         return None

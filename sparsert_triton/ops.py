@@ -52,6 +52,8 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from dsl.schedule import as_schedule
 from torch import Tensor
 
 from dsl import Schedule
@@ -316,7 +318,7 @@ def _rebuild(key: str, indptr: Tensor, indices: Tensor) -> "SparsePattern":
     if csr_digest(f["M"], f["K"], ip, ix) != f["mask"]:
         raise ValueError("indptr/indices do not hold the mask the pattern key names (its digest "
                          "differs): pass the layer's own mask buffers with its key")
-    schedule = Schedule(**f["schedule"])
+    schedule = as_schedule(f["schedule"])
     if "conv" in f:
         C_in, kh, kw, stride, padding, dilation = f["conv"]
         return ConvPattern(f["M"], C_in, kh, kw, stride, padding, dilation, ip, ix, schedule, key)

@@ -136,3 +136,24 @@ def test_a_pattern_refuses_unsorted_indices_and_leaves_the_callers_arrays():
     with pytest.raises(ValueError, match="sorted"):
         SparsePattern(1, 4, np.array([0, 4]), indices)
     assert indices.tolist() == [3, 2, 1, 0]
+
+
+def test_a_state_saved_with_removed_schedule_fields_at_their_old_defaults_loads():
+    """Schedules saved before parallel_rows / column_programs were removed held them at 1 / 0:
+    such a state loads; another value is refused naming the field."""
+    import torch
+    from sparsert_triton.nn import SparseLinear
+    lin = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(4, 8) < 0.5)
+    layer = SparseLinear.from_linear(lin)
+    state = layer.state_dict()
+    state["_extra_state"]["schedule"].update(parallel_rows=1, column_programs=0)
+    fresh = SparseLinear.from_linear(lin)
+    fresh.load_state_dict(state)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(fresh(x), layer(x))
+    state["_extra_state"]["schedule"]["parallel_rows"] = 4
+    import pytest
+    with pytest.raises(RuntimeError, match="parallel_rows=4 is no longer a field"):
+        SparseLinear.from_linear(lin).load_state_dict(state)
