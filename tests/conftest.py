@@ -63,3 +63,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def run_aot_script(tmp_path_factory):
+    """``run(script, timeout)``: a compile script (sm_90 AOT compiles) run in a fresh Python
+    without the interpreter (a compile inside this process, which has TRITON_INTERPRET=1,
+    fails at random), with its own kernel cache; returns the JSON of its last output line."""
+    import json
+    import subprocess
+    import sys
+
+    def run(script: str, timeout: float):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["SPARSERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("aot-cache"))
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=timeout)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    return run

@@ -2,11 +2,7 @@
 
 Runs in a subprocess without TRITON_INTERPRET: the interpreter patches triton.language.
 """
-import json
 import re
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -213,6 +209,19 @@ for name, extra in (("table_pad", dict(pad_input=True)), ("table_masks", dict(ta
     loads[name] = {"ld": len(re.findall(r"ld\.global", ptx)), "source": v.source}
 out["conv_loads"] = loads
 
+# the blocks mode (16-bit columns, K slices with the in-order fix-up), half precision
+from sparsert_triton.plan import Signature
+blocks = {}
+Wb = (torch.randn(512, 1024, generator=g) * (torch.rand(512, 1024, generator=g) < 0.2)).half()
+kb = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=Schedule(mode="blocks")).specialize(Wb)
+for N in (1, 16):
+    for dt in ("float16", "bfloat16"):
+        sig = Signature(dt, "float16", dt, (("b", "row"),))
+        v = kb.variant(sig, N, torch.device("cpu"))
+        ptx = "".join(c.asm["ptx"] for c in precompile_variant(v, sig))
+        blocks[f"{dt}_{N}"] = {"split": v.plan.split_k, "atomics": ptx.count("atom.")}
+out["blocks"] = blocks
+
 from sparsert_triton import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
@@ -220,13 +229,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["SPARSERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("aot-cache"))
-    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def compiled(run_aot_script):
+    return run_aot_script(SCRIPT, timeout=900)
 
 
 @pytest.mark.parametrize("name", ["values_fp32_split", "indices_fp16", "table_bf16",
@@ -352,3 +356,12 @@ def test_float64_weights_keep_their_precision_in_the_unrolled_code(mode):
     k32 = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode=mode)).specialize(W.float())
     k32(X.float())
     assert "tl.fma" in k32.source          # float32 accumulation: one fused op per nonzero
+
+
+def test_blocks_kernels_compile_for_sm90(compiled):
+    """The blocks kernel for fp16/bf16 at N = 1 and 16, with its K slices' arrival counter
+    (an atomic add and exchange) where the plan splits."""
+    b = compiled["blocks"]
+    assert set(b) == {"float16_1", "bfloat16_1", "float16_16", "bfloat16_16"}
+    for v in b.values():
+        assert v["split"] > 1 and v["atomics"] >= 2

@@ -4,10 +4,6 @@ did not: float64 kernels computing in float32, and a build that did not finish.
 Runs in a subprocess without TRITON_INTERPRET (the interpreter patches triton.language).
 ``bash scripts/compat_triton36.sh`` runs it with triton 3.6, the GPU machine's version.
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -80,13 +76,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["SPARSERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("aot-cache"))
-    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def compiled(run_aot_script):
+    return run_aot_script(SCRIPT, timeout=600)
 
 
 @pytest.mark.parametrize("name", ["values", "table", "table_rows", "table_pack"])
