@@ -55,10 +55,15 @@ class SparseWeight:
         return out
 
     def with_values(self, values) -> "SparseWeight":
-        """Same mask, new nonzero values (1-D, in CSR order)."""
+        """Same mask, new nonzero values (1-D, in CSR order). A torch tensor brings its dtype
+        (the kernel follows it); a numpy array keeps this weight's dtype (so
+        ``w.with_values(w.values)``, the float64 CSR values, stays an fp16 weight rather than
+        silently making float64 kernels), its values rounded to that dtype."""
         v = _as_tensor(values, "values").reshape(-1)
         if v.numel() != self.nnz:
             raise ValueError(f"values has {v.numel()} entries but the mask has {self.nnz} nonzeros")
+        if not isinstance(values, torch.Tensor):
+            v = v.to(TORCH_DTYPES[self.dtype])
         return SparseWeight(self.M, self.K, self.indptr, self.indices, _check_values(v, "values"),
                             _dtype_name(v, "values"), self.device)
 

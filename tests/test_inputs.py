@@ -222,3 +222,16 @@ def test_outputs_beyond_32_bit_offsets_are_refused():
     kc = conv_kernel(torch.ones(1, 1, 1, 1), Schedule(mode="table"), padding=0)
     with pytest.raises(ValueError, match="output .* spans more than 2\\*\\*31"):
         kc(r(1, 1, 1, 1).expand(2**16, 1, 2**8, 2**8))
+
+
+def test_with_values_from_numpy_keeps_the_weights_dtype():
+    """A numpy array of new values (e.g. the float64 CSR values ``w.values``) keeps the
+    weight's dtype, rounded to it; a torch tensor brings its own dtype."""
+    import numpy as np
+    from sparsert_triton.weights import as_sparse_weight
+    w = as_sparse_weight((torch.randn(6, 9) * (torch.rand(6, 9) < 0.5)).half())
+    again = w.with_values(w.values * 3.0)
+    assert again.dtype == "float16"
+    assert np.array_equal(again.values, torch.from_numpy(w.values * 3.0).half().double().numpy())
+    assert w.with_values(torch.from_numpy(w.values)).dtype == "float64"
+    assert w.with_values(torch.from_numpy(w.values).bfloat16()).dtype == "bfloat16"
