@@ -241,8 +241,9 @@ class SpecializedKernel:
         return None if self._last is None else self._last.plan
 
     def with_values(self, values) -> "SpecializedKernel":
-        """The same kernel for new nonzero values (same mask; CSR order). In ``indices`` and
-        ``table`` modes the compiled code is reused; ``values`` mode recompiles."""
+        """The same kernel for new nonzero values (same mask; CSR order). In ``indices``,
+        ``table`` and ``blocks`` modes the compiled code is reused; ``values`` mode recompiles.
+        A torch tensor's dtype becomes the weight's; numpy values keep the current one."""
         return SpecializedKernel(self.program, self.schedule, self.weight.with_values(values),
                                  self.conv)
 
