@@ -63,11 +63,14 @@ class Launcher:
         run_compiled(((kernel, g),), args, self.stream_of(device))
 
 
+#: the current stream's raw handle by device index (looked up once; absent in CPU builds)
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def current_stream(device: torch.device) -> int:
     """The raw handle of ``device``'s current CUDA stream (what Triton's own launch uses)."""
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if raw is not None and device.index is not None:
-        return raw(device.index)
+    if _RAW_STREAM is not None and device.index is not None:
+        return _RAW_STREAM(device.index)
     return torch.cuda.current_stream(device).cuda_stream
 
 
