@@ -121,7 +121,8 @@ class CallPlan:
         if self.rows_out:
             Y = Y.t()
         v = self.variant
-        if not (self.direct and v.launcher.enabled):
+        launcher = v.launcher
+        if not (self.direct and launcher.enabled):
             run(v, prepare(X, v.plan), Y, operands, self.sig)
             return Y
         # the variant's buffers are allocated once per device: only these pointers can move
@@ -143,7 +144,7 @@ class CallPlan:
                 bufs = (*bufs, *block_slice_buffers(v, Y, N, -(-N // v.plan.block_n), self.sig))
             elif one is not None:
                 run_compiled(launches, (X, *bufs, Y, *one[1], operands[one[0]], *one[2]),
-                             v.launcher.stream_of(self.device))
+                             launcher.stream_of(self.device))
                 return Y
             ops = self.op_args
             if self.op_fill:
@@ -151,7 +152,7 @@ class CallPlan:
                 for pos, i, number in self.op_fill:
                     ops[pos] = float(operands[i]) if number else operands[i]
             run_compiled(launches, (X, *bufs, Y, *ops, *self.sizes),
-                         v.launcher.stream_of(self.device))
+                         launcher.stream_of(self.device))
             return Y
         args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
         spec = spec_key(args)

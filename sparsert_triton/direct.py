@@ -78,7 +78,7 @@ def run_compiled(launches, args, stream: int):
     """Launch compiled kernels on ``stream``: ``launches`` are (kernel, (gx, gy, gz)) pairs
     sharing the arguments ``args`` (what ``fn[grid](*args)`` does once it has found the
     kernel, with Triton's launch hooks)."""
-    hooks = _runtime()
+    hooks = _RUNTIME or _runtime()
     enter, exit_ = hooks.launch_enter_hook, hooks.launch_exit_hook
     for kernel, g in launches:
         kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata,

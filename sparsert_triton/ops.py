@@ -169,17 +169,14 @@ class SparsePattern:
         return self._cached(("fwd", values.device, values.dtype, with_bias), values,
                             lambda v: program.specialize(self.base.with_values(v), self.schedule))
 
-    def spmm(self, X: Tensor, values: Tensor, bias: Optional[Tensor],
-             rows_out: bool = False) -> Tensor:
-        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs);
-        ``rows_out``: Y (M, N) is the transpose of a contiguous (N, M) tensor."""
-        return self._forward(X, values, bias, _check_spmm, rows_out)
+    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor],
+                 rows_out: bool = False, check=None) -> Tensor:
+        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs;
+        :meth:`spmm`); ``rows_out``: Y (M, N) is the transpose of a contiguous (N, M) tensor.
 
-    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor], check,
-                 rows_out: bool = False) -> Tensor:
-        """The forward kernel on X. The first call of a layout (X's, the values' and the
-        bias' shape, strides, dtype and device, and the output's layout) is checked
-        (``check``), finds its kernel and plans the call; later calls of that layout with the
+        The first call of a layout (X's, the values' and the bias' shape, strides, dtype and
+        device, and the output's layout) is checked (``check``, default the matrix op's
+        checks), finds its kernel and plans the call; later calls of that layout with the
         same values (the same tensor, at the same address, at the same version) run the
         planned call directly."""
         operands = (bias,) if bias is not None else ()
@@ -190,7 +187,7 @@ class SparsePattern:
             self.planned_calls += 1
             return hit[3](X, operands, hit[4])
         self.checked_calls += 1
-        check(X, values, bias, self)
+        (check or _check_spmm)(X, values, bias, self)
         k = self.forward_kernel(values, bias is not None)
         if rows_out:
             Y = k(X, *operands, rows_out=True)
@@ -205,6 +202,9 @@ class SparsePattern:
             self._planned[key] = (values, _version(values), values.data_ptr(), plan,
                                   k._kernel_input)
         return Y
+
+    #: the matrix op's forward (one frame less on the eager path than a wrapper)
+    spmm = _forward
 
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:
@@ -614,7 +614,7 @@ def _check_conv(X: Tensor, values: Tensor, bias: Optional[Tensor], p: ConvPatter
 def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
                          kernel_id: int) -> Tensor:
     """What :func:`sparse_conv2d` runs, without the dispatcher (eager calls without autograd)."""
-    return conv_pattern(kernel_id)._forward(X, values, bias, _check_conv)
+    return conv_pattern(kernel_id)._forward(X, values, bias, check=_check_conv)
 
 
 class Conv2dFunction(torch.autograd.Function):
