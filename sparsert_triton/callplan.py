@@ -87,6 +87,13 @@ class CallPlan:
         for i, (kind, v) in enumerate(zip(sig.operand_kinds, operands)):
             self.op_fill.append((len(self.op_args), i, kind[1] == "number"))
             self.op_args += operand_args(_One(kind), (v,), conv)   # the value comes first
+        # one operand tensor (a bias): its launch arguments are the tensor between fixed
+        # ones, and those after it joined with the sizes once here
+        self.one_tensor = None
+        if len(self.op_fill) == 1 and not self.op_fill[0][2]:
+            pos, i = self.op_fill[0][0], self.op_fill[0][1]
+            self.one_tensor = (i, tuple(self.op_args[:pos]),
+                               (*self.op_args[pos + 1:], *self.sizes))
         plan = variant.plan
         # the variants whose launch needs only X, the variant's buffers, Y and the operands
         self.direct = not (plan.pad_input or plan.tap_masks or plan.tap_pointers
@@ -114,25 +121,38 @@ class CallPlan:
         if self.rows_out:
             Y = Y.t()
         v = self.variant
-        if not (self.direct and v.launcher.enabled):
+        launcher = v.launcher
+        if not (self.direct and launcher.enabled):
             run(v, prepare(X, v.plan), Y, operands, self.sig)
             return Y
-        ops = self.op_args
-        if self.op_fill:
-            ops = list(ops)
-            for pos, i, number in self.op_fill:
-                ops[pos] = float(operands[i]) if number else operands[i]
         # the variant's buffers are allocated once per device: only these pointers can move
-        aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0,
-                   *[operands[i].data_ptr() % 16 == 0 for i in self.tensors])
+        tensors = self.tensors
+        if not tensors:
+            aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0)
+        elif len(tensors) == 1:
+            aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0,
+                       operands[tensors[0]].data_ptr() % 16 == 0)
+        else:
+            aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0,
+                       *[operands[i].data_ptr() % 16 == 0 for i in tensors])
         launches = self.compiled.get(aligned)
         if launches is not None:
             bufs = self.buffers
+            one = self.one_tensor
             if self.slices:
                 N = self.sizes[-1]
                 bufs = (*bufs, *block_slice_buffers(v, Y, N, -(-N // v.plan.block_n), self.sig))
+            elif one is not None:
+                run_compiled(launches, (X, *bufs, Y, *one[1], operands[one[0]], *one[2]),
+                             launcher.stream_of(self.device))
+                return Y
+            ops = self.op_args
+            if self.op_fill:
+                ops = list(ops)
+                for pos, i, number in self.op_fill:
+                    ops[pos] = float(operands[i]) if number else operands[i]
             run_compiled(launches, (X, *bufs, Y, *ops, *self.sizes),
-                         v.launcher.stream_of(self.device))
+                         launcher.stream_of(self.device))
             return Y
         args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
         spec = spec_key(args)

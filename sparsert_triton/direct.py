@@ -63,11 +63,14 @@ class Launcher:
         run_compiled(((kernel, g),), args, self.stream_of(device))
 
 
+#: the current stream's raw handle by device index (looked up once; absent in CPU builds)
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def current_stream(device: torch.device) -> int:
     """The raw handle of ``device``'s current CUDA stream (what Triton's own launch uses)."""
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if raw is not None and device.index is not None:
-        return raw(device.index)
+    if _RAW_STREAM is not None and device.index is not None:
+        return _RAW_STREAM(device.index)
     return torch.cuda.current_stream(device).cuda_stream
 
 
@@ -75,7 +78,7 @@ def run_compiled(launches, args, stream: int):
     """Launch compiled kernels on ``stream``: ``launches`` are (kernel, (gx, gy, gz)) pairs
     sharing the arguments ``args`` (what ``fn[grid](*args)`` does once it has found the
     kernel, with Triton's launch hooks)."""
-    hooks = _runtime()
+    hooks = _RUNTIME or _runtime()
     enter, exit_ = hooks.launch_enter_hook, hooks.launch_exit_hook
     for kernel, g in launches:
         kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata,

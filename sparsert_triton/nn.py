@@ -408,11 +408,17 @@ class SparseLinear(_SparseLayer):
 
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
-        values, bias, shape = self.values, self.bias, x.shape
+        # the parameters straight from their dict (not through Module.__getattr__); a value
+        # assigned outside it (a plain tensor set as ``bias`` where there was none) is read
+        # as an attribute
+        params, shape = self._parameters, x.shape
+        values = params["values"] if "values" in params else self.values
+        bias = params["bias"] if "bias" in params else self.bias
         if len(shape) < 1 or shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), "
                              f"got shape {tuple(shape)}")
-        self._check_dtype(x, values)
+        if x.dtype != values.dtype:
+            self._check_dtype(x, values)
         flat = len(shape) == 2
         X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
         Xt = X.t()                                            # (in, N)
@@ -424,8 +430,12 @@ class SparseLinear(_SparseLayer):
             # (a transformer's query, key and value projections); the output of a sparse
             # layer is already laid out so that the next sparse layer needs no copy
             Xt = Xt.contiguous() if how is ops.DISPATCH else _columns.of(x, Xt)
-        Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias, how,
-                       *((True,) if self._rows_out else ()))
+        if how is ops.DIRECT:
+            # the layer's own pattern (what ops.spmm_direct finds under its kernel_id)
+            Yt = self._pattern.spmm(Xt, values, bias, self._rows_out)
+        else:
+            Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias,
+                           how, *((True,) if self._rows_out else ()))
         Y = Yt.t()         # (N, out): a view of the Y^T stored, row-major for output_layout 'rows'
         return Y if flat else Y.reshape(*shape[:-1], self.out_features)
 

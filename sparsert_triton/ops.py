@@ -59,10 +59,12 @@ from torch import Tensor
 from dsl import Schedule
 
 from .api import SpecializedKernel, sparse_kernel
-from .callplan import MAX_PLANS, call_key, tensor_layout
+from .callplan import MAX_PLANS, call_key
 from .compile import interpreting
 from .conv import ConvGeometry
 from .weights import SparseWeight, as_sparse_weight, check_csr, csr_digest
+
+_STRIDED = torch.strided
 
 
 @sparse_kernel
@@ -167,30 +169,25 @@ class SparsePattern:
         return self._cached(("fwd", values.device, values.dtype, with_bias), values,
                             lambda v: program.specialize(self.base.with_values(v), self.schedule))
 
-    def spmm(self, X: Tensor, values: Tensor, bias: Optional[Tensor],
-             rows_out: bool = False) -> Tensor:
-        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs);
-        ``rows_out``: Y (M, N) is the transpose of a contiguous (N, M) tensor."""
-        return self._forward(X, values, bias, _check_spmm, rows_out)
+    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor],
+                 rows_out: bool = False, check=None) -> Tensor:
+        """``W @ X (+ bias[:, None])``, checked, without the dispatcher (what the op runs;
+        :meth:`spmm`); ``rows_out``: Y (M, N) is the transpose of a contiguous (N, M) tensor.
 
-    def _forward(self, X: Tensor, values: Tensor, bias: Optional[Tensor], check,
-                 rows_out: bool = False) -> Tensor:
-        """The forward kernel on X. The first call of a layout (X's, the values' and the
-        bias' shape, strides, dtype and device, and the output's layout) is checked
-        (``check``), finds its kernel and plans the call; later calls of that layout with the
+        The first call of a layout (X's, the values' and the bias' shape, strides, dtype and
+        device, and the output's layout) is checked (``check``, default the matrix op's
+        checks), finds its kernel and plans the call; later calls of that layout with the
         same values (the same tensor, at the same address, at the same version) run the
         planned call directly."""
         operands = (bias,) if bias is not None else ()
-        key = _forward_key(X, values, bias)
-        if rows_out and key is not None:
-            key = (*key, "rows")
+        key = _forward_key(X, values, bias, rows_out)
         hit = self._planned.get(key) if key is not None else None
-        if hit is not None and hit[0] is values and hit[1] == _version(values) \
-                and hit[2] == values.data_ptr():
+        if hit is not None and hit[0] is values and hit[2] == values.data_ptr() \
+                and hit[1] == (-1 if values.is_inference() else values._version):
             self.planned_calls += 1
-            return hit[4](X, operands, hit[3]._kernel_input)
+            return hit[3](X, operands, hit[4])
         self.checked_calls += 1
-        check(X, values, bias, self)
+        (check or _check_spmm)(X, values, bias, self)
         k = self.forward_kernel(values, bias is not None)
         if rows_out:
             Y = k(X, *operands, rows_out=True)
@@ -201,8 +198,13 @@ class SparsePattern:
         if plan is not None:
             if len(self._planned) >= MAX_PLANS:
                 self._planned.clear()
-            self._planned[key] = (values, _version(values), values.data_ptr(), k, plan)
+            # the plan and the kernel's input preparation, bound once
+            self._planned[key] = (values, _version(values), values.data_ptr(), plan,
+                                  k._kernel_input)
         return Y
+
+    #: the matrix op's forward (one frame less on the eager path than a wrapper)
+    spmm = _forward
 
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:
@@ -236,19 +238,23 @@ class SparsePattern:
         self._planned.clear()
 
 
-def _forward_key(X: Tensor, values: Tensor, bias: Optional[Tensor]):
+def _forward_key(X: Tensor, values: Tensor, bias: Optional[Tensor], rows_out: bool = False):
     """What a forward call's checks and kernel depend on besides the values' identity: the
-    layouts of X, values and bias (and the interpreter flag for CPU tensors); None for
-    tensors the fast path does not describe."""
-    x, v = tensor_layout(X), tensor_layout(values)
-    if x is None or v is None:
+    layouts (type, shape, strides, dtype, device) of X, values and bias, the interpreter
+    flag for CPU tensors and the output's layout (``rows_out``); None for tensors the fast path does not describe (subclasses,
+    non-strided layouts). One flat tuple, built inline: this runs on every eager call."""
+    if type(X) not in _PLAIN or type(values) not in _PLAIN or X.layout is not _STRIDED \
+            or values.layout is not _STRIDED:
         return None
-    b = None
-    if bias is not None:
-        b = tensor_layout(bias)
-        if b is None:
-            return None
-    return (x, v, b, interpreting() if x[3].type != "cuda" else None)
+    device = X.device
+    if bias is None:
+        b = None
+    elif type(bias) in _PLAIN and bias.layout is _STRIDED:
+        b = (bias.shape, bias.stride(), bias.dtype, bias.device)
+    else:
+        return None
+    return (X.shape, X.stride(), X.dtype, device, values.shape, values.stride(), values.dtype,
+            values.device, b, interpreting() if device.type != "cuda" else None, rows_out)
 
 
 def _version(t: Tensor) -> int:
@@ -472,6 +478,12 @@ class SpmmFunction(torch.autograd.Function):
 #: the ways a layer runs its op
 DISPATCH, AUTOGRAD, DIRECT = "dispatch", "autograd", "direct"
 _PLAIN = (Tensor, torch.nn.Parameter)
+# what route() asks on every call, looked up once (each is read afresh per call)
+_is_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_active = torch._C._are_functorch_transforms_active
+_tracing_state = torch._C._get_tracing_state
+_grad_enabled = torch.is_grad_enabled
 
 
 def route(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> str:
@@ -481,14 +493,13 @@ def route(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> str:
     tensor subclass); otherwise the same computation without the dispatcher's per-call cost:
     ``AUTOGRAD`` (:class:`SpmmFunction` / :class:`Conv2dFunction`, the op's own autograd
     formula) when a gradient is needed, else ``DIRECT`` (the kernel call alone)."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._are_functorch_transforms_active()
-            or torch._C._get_tracing_state() is not None
-            or type(x) not in _PLAIN or type(values) not in _PLAIN
-            or (bias is not None and type(bias) not in _PLAIN)):
+    if (type(x) not in _PLAIN or type(values) not in _PLAIN
+            or (bias is not None and type(bias) not in _PLAIN)
+            or _is_compiling() or _dispatch_modes() or _functorch_active()
+            or _tracing_state() is not None):
         return DISPATCH
-    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if _grad_enabled() and (x.requires_grad or values.requires_grad
+                            or (bias is not None and bias.requires_grad)):
         return AUTOGRAD
     return DIRECT
 
@@ -603,7 +614,7 @@ def _check_conv(X: Tensor, values: Tensor, bias: Optional[Tensor], p: ConvPatter
 def sparse_conv2d_direct(X: Tensor, values: Tensor, bias: Optional[Tensor],
                          kernel_id: int) -> Tensor:
     """What :func:`sparse_conv2d` runs, without the dispatcher (eager calls without autograd)."""
-    return conv_pattern(kernel_id)._forward(X, values, bias, _check_conv)
+    return conv_pattern(kernel_id)._forward(X, values, bias, check=_check_conv)
 
 
 class Conv2dFunction(torch.autograd.Function):

@@ -119,12 +119,12 @@ def test_row_major_input_choice(monkeypatch):
     """"transpose" (default) hands the kernel a unit-stride copy of a row-major input,
     "strided" the input itself; the results agree."""
     seen = []
-    real = ops.spmm_direct
+    real = ops.SparsePattern.spmm
 
-    def spy(X, *a):
+    def spy(self, X, *a):
         seen.append(X.stride())
-        return real(X, *a)
-    monkeypatch.setattr(ops, "spmm_direct", spy)
+        return real(self, X, *a)
+    monkeypatch.setattr(ops.SparsePattern, "spmm", spy)
     layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=3))
     assert layer.row_major_input == "transpose"
     in_place = copy.deepcopy(layer)
@@ -310,3 +310,16 @@ def test_row_major_outputs_keep_attention_fused_and_layernorm_copy_free():
     math = "aten::_scaled_dot_product_attention_math"
     assert math in columns and math not in rows
     assert rows.count("aten::clone") == 4 < columns.count("aten::clone")
+
+
+def test_forward_reads_a_bias_assigned_outside_the_parameters():
+    """The forward reads its parameters from the module's parameter dict; a plain tensor set
+    as ``bias`` on a layer built without one lives outside it and is still added."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT, bias=False)))
+    x = torch.randn(3, IN)
+    with torch.no_grad():
+        y0 = layer(x)
+        layer.bias = torch.randn(OUT)
+        close(layer(x), y0 + layer.bias)
+        layer.bias = None
+        close(layer(x), y0)

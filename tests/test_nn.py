@@ -269,12 +269,12 @@ def test_kernel_reads_unit_stride_columns(monkeypatch):
     sparse layer's output feeds the next sparse layer without a copy."""
     from sparsert_triton import ops as ops_module
     seen = []
-    real = ops_module.spmm_direct
+    real = ops_module.SparsePattern.spmm
 
-    def spy(X, *a):
+    def spy(self, X, *a):
         seen.append((X.stride(1), X.data_ptr()))
-        return real(X, *a)
-    monkeypatch.setattr(ops_module, "spmm_direct", spy)
+        return real(self, X, *a)
+    monkeypatch.setattr(ops_module.SparsePattern, "spmm", spy)
     first = SparseLinear.from_linear(pruned_linear(seed=21))
     second = SparseLinear.from_linear(nn.Linear(first.out_features, 5))
     x = torch.randn(7, IN)
