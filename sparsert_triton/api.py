@@ -37,6 +37,14 @@ def _capability(device: torch.device) -> str:
     return "sm_%d%d" % torch.cuda.get_device_capability(device)
 
 
+def _values_at(weight: SparseWeight, value_index: np.ndarray) -> np.ndarray:
+    """The weight's values at a layout's entries (CSR positions; -1: a pad entry, value 0)."""
+    vals = np.zeros(value_index.shape, np.float64)
+    hit = value_index >= 0
+    vals[hit] = weight.values[value_index[hit]]
+    return vals
+
+
 class Variant:
     """One compiled form of a specialised kernel: for one plan and one call signature."""
 
@@ -49,16 +57,12 @@ class Variant:
         self.table = plan.mode == "table"
         if plan.mode == "blocks":
             self.kernels = [(self.module.sparse_blocks_kernel, len(layout["base"]))]
-            vi = layout["value_index"]
-            vals = np.zeros(vi.shape, np.float64)
-            vals[vi >= 0] = weight.values[vi[vi >= 0]]
+            vals = _values_at(weight, layout["value_index"])
             self._host = [layout["rows"], layout["base"], layout["steps"], layout["cols"], vals]
             self.cols_dtype = str(layout["cols"].dtype)
         elif self.table:
             self.kernels = [(self.module.sparse_table_kernel, int(layout["groups"]))]
-            vi = layout["value_index"]
-            vals = np.zeros(vi.shape, np.float64)
-            vals[vi >= 0] = weight.values[vi[vi >= 0]]
+            vals = _values_at(weight, layout["value_index"])
             if packed:   # int64 words: column | float32 bits of the value << 32
                 bits = torch.from_numpy(vals).to(TORCH_DTYPES[weight.dtype]).float().numpy()
                 hi = bits.view(np.uint32).astype(np.int64) << 32

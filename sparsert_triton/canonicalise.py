@@ -278,9 +278,8 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
     for name in ("use_dot", "pack_nonzeros", "prefetch",
                  "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_pointers",
                  "tap_masks", "bake_strides"):
-        v = getattr(s, name)
-        if v not in (AUTO, False, 0, 1) or (v is True):
-            raise ValueError(f"schedule: {name}={v!r} does not apply to blocks mode")
+        if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
+            raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n,
                 row_order="given" if s.row_order == AUTO else s.row_order, chunk=chunk,
                 use_dot=False, allow_tf32=bool(s.allow_tf32),
