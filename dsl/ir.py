@@ -57,9 +57,17 @@ class Binary:
 
 @dataclass(frozen=True)
 class Clamp:
+    """min(max(x, lo), hi); a bound is a number or None, never NaN (torch would give NaN
+    everywhere, compiled GPU code folds min/max with a NaN constant away: ambiguous)."""
     x: "Node"
     lo: Optional[float]
     hi: Optional[float]
+
+    def __post_init__(self):
+        for name, b in (("min", self.lo), ("max", self.hi)):
+            if b is not None and b != b:
+                raise ValueError(f"clamp `{name}` is NaN: write the bound you mean "
+                                 "(None for no bound)")
 
 
 @dataclass(frozen=True)

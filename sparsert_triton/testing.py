@@ -363,6 +363,8 @@ def epilogue_trees(draw, names, max_depth=4):
     outer cast (the output dtype) or none. Returns (expression, operands it uses)."""
     from dsl import ir
     const = st.one_of(st.floats(-3, 3, allow_nan=False), st.sampled_from(SPECIAL_CONSTANTS))
+    bound = st.one_of(st.floats(-3, 3, allow_nan=False),
+                      st.sampled_from([c for c in SPECIAL_CONSTANTS if c == c]))
     node, used = ir.MatMul(), []
     for _ in range(draw(st.integers(0, max_depth))):
         op = draw(st.sampled_from(["unary", "binary", "binary", "clamp", "cast"]))
@@ -376,8 +378,8 @@ def epilogue_trees(draw, names, max_depth=4):
                 other = ir.Const(draw(const))
             a, b = (other, node) if draw(st.booleans()) else (node, other)
             node = ir.Binary(draw(st.sampled_from(ir.BINARY_OPS)), a, b)
-        elif op == "clamp":
-            lo, hi = draw(st.one_of(st.none(), const)), draw(st.one_of(st.none(), const))
+        elif op == "clamp":     # NaN bounds are refused (ir.Clamp): inf ones are drawn
+            lo, hi = draw(st.one_of(st.none(), bound)), draw(st.one_of(st.none(), bound))
             if lo is not None and hi is not None and lo > hi:
                 lo, hi = hi, lo
             node = ir.Clamp(node, lo, hi)

@@ -50,6 +50,14 @@ def test_nan_clamp_bound_is_refused_naming_it():
         sparse_kernel(_clamp_high_nan)
 
 
+def test_nan_clamp_bound_is_refused_by_the_ir_too():
+    """Programs built as IR (the wide fuzz builds its epilogue trees so) meet the same rule."""
+    from dsl import ir
+    with pytest.raises(ValueError, match="clamp `max` is NaN"):
+        ir.Clamp(ir.MatMul(), None, float("nan"))
+    assert ir.Clamp(ir.MatMul(), float("-inf"), None).lo == float("-inf")
+
+
 def _names_like_generated(W, X, b, b_s, a_sm, a, a_sn, op_a, s_b, acc, row, nmask):
     return (W @ X + b + b_s) * a_sm + a + a_sn - op_a + s_b * acc + row - nmask
 
