@@ -260,15 +260,31 @@ def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
                                  and weight.density <= BLOCKS_SPARSE_DENSITY)
 
 
+def blocks_shape(weight: SparseWeight, N: int) -> tuple:
+    """The blocks mode's default ``(rows_per_program, chunk)``: rows of a block x nonzeros per
+    row and step. H100, fp16, Llama-2-7B MLP shapes at 50-90% (bench/NOTES.md, "Thirteenth
+    session"): for N <= 4, 128-nonzero steps of 4 rows where rows hold >= 512 nonzeros (less
+    padding per row than 8 x 64 blocks on 4096 x 11008: 3.0x vs 2.0x of dense at 90%), else
+    64-nonzero steps of 16 rows where that leaves >= 640 blocks (11008 x 4096 at 90%: 3.3x
+    vs 3.0x for 8 x 64), of 4 rows otherwise (no K slices needed); 2 x 64 up to N = 16
+    (1.03-1.16x at 90%, where 4 x 32 ran 0.76-0.80x); 8 x 16 above."""
+    if N > 16:
+        return 8, 16
+    if N > 4:
+        return 2, 64
+    if weight.nnz >= 512 * weight.M:
+        return 4, 128
+    return (16 if weight.M >= 16 * 640 else 4), 64
+
+
 def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
-    """The blocks mode's plan. Defaults from the H100 sweep (see ``blocks_by_default``): 8
-    rows x 64 nonzeros per step for N <= 4, 4 x 32 up to N = 16, 8 x 16 above; the column
-    tile covers N up to 64; ``split_k`` 1 (the default) cuts each block's steps over enough
-    programs for ~4 per SM (``blocks.auto_split``)."""
+    """The blocks mode's plan: rows and nonzeros per step from :func:`blocks_shape`; the
+    column tile covers N up to 64; ``split_k`` 1 (the default) cuts each block's steps over
+    enough programs for ~4 per SM (``blocks.auto_split``)."""
     from .blocks import auto_split
-    small = N <= 4
-    rpp = (8 if small or N > 16 else 4) if s.rows_per_program == AUTO else int(s.rows_per_program)
-    chunk = (64 if small else 32 if N <= 16 else 16) if s.chunk == AUTO else int(s.chunk)
+    R, U = blocks_shape(weight, N)
+    rpp = R if s.rows_per_program == AUTO else int(s.rows_per_program)
+    chunk = U if s.chunk == AUTO else int(s.chunk)
     block_n = min(64, _next_pow2(N)) if s.block_n == AUTO else int(s.block_n)
     split = int(s.split_k)
     if split == 1:

@@ -335,12 +335,17 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
             (first if i == 0 else second).append(s)
 
     # the blocks mode (row blocks of padded nonzero lists, 16-bit columns) for the
-    # memory-bound products of few columns: 8 x 64 won at N <= 4, 4 x 32 at N = 16 and 8 x 16
-    # at N = 64 of these five on the Llama-2-7B MLP shapes (H100, fp16; bench/NOTES.md,
-    # twelfth session)
+    # memory-bound products of few columns: the default's shape first (canonicalise.
+    # blocks_shape), then the shapes that won somewhere on the Llama-2-7B MLP shapes (H100,
+    # fp16; bench/NOTES.md, twelfth and thirteenth sessions): 16 x 64 and 4 x 128 at N = 1,
+    # 2 x 64 at N = 16, 8 x 16 at N = 64, 8 x 64 the old N <= 4 default
     if N <= 64:
+        from .canonicalise import blocks_shape
         bn_b = min(64, next_pow2(N))
-        for i, (R, U) in enumerate(((8, 64), (4, 64), (4, 32), (16, 32), (8, 16))):
+        shapes = [blocks_shape(w, N)]
+        shapes += [rs_ for rs_ in ((16, 64), (4, 128), (2, 64), (8, 64), (4, 64), (8, 16))
+                   if rs_ not in shapes]
+        for i, (R, U) in enumerate(shapes):
             if R * U * bn_b <= 16384:
                 s = Schedule(mode="blocks", rows_per_program=R, chunk=U, block_n=bn_b)
                 (first if i == 0 and half else second).append(s)

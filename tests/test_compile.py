@@ -221,6 +221,12 @@ for N in (1, 16):
         ptx = "".join(c.asm["ptx"] for c in precompile_variant(v, sig))
         blocks[f"{dt}_{N}"] = {"split": v.plan.split_k, "atomics": ptx.count("atom.")}
 out["blocks"] = blocks
+# a block starts at whole steps (tl.multiple_of): its column and value loads are vectors
+kv = sparse_kernel(lambda W, X: W @ X,
+                   schedule=Schedule(mode="blocks", rows_per_program=4, chunk=128)).specialize(Wb)
+sig = Signature("float16", "float16", "float16", ())
+ptx = "".join(c.asm["ptx"] for c in precompile_variant(kv.variant(sig, 1, torch.device("cpu")), sig))
+out["blocks_vector_loads"] = len(re.findall(r"ld\.global(\.\w+)*\.v[24]\.", ptx))
 
 from sparsert_triton import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
@@ -365,3 +371,6 @@ def test_blocks_kernels_compile_for_sm90(compiled):
     assert set(b) == {"float16_1", "bfloat16_1", "float16_16", "bfloat16_16"}
     for v in b.values():
         assert v["split"] > 1 and v["atomics"] >= 2
+    # 4 x 128 entries a step over 128 threads: 8-byte loads of 16-bit columns and of values
+    # (one scalar 16-bit load per entry before the start of a block was hinted)
+    assert compiled["blocks_vector_loads"] >= 2

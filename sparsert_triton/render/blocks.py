@@ -90,7 +90,8 @@ def render_blocks_kernel(b: Buffer, k, low):
         b(f"r = tl.arange(0, {R})")
         b(f"u = tl.arange(0, {U})")
         b(f"rows = tl.load(ROWS + pid_m * {R} + r)")
-        b("base = tl.load(BASE + pid_m)")
+        # a block starts at whole steps: the column and value loads vectorise
+        b(f"base = tl.multiple_of(tl.load(BASE + pid_m), {R * U})")
         _steps(b, S)
         _loop(b, low)
         if S > 1:

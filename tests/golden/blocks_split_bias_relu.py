@@ -24,7 +24,7 @@ def sparse_blocks_kernel(X, ROWS, BASE, STEPS, COLS, VALS, WS, CNT, Y, op_bias, 
     r = tl.arange(0, 2)
     u = tl.arange(0, 2)
     rows = tl.load(ROWS + pid_m * 2 + r)
-    base = tl.load(BASE + pid_m)
+    base = tl.multiple_of(tl.load(BASE + pid_m), 4)
     steps = tl.load(STEPS + pid_m)
     per = (steps + 1) // 2
     first = pid_s * per
