@@ -11,8 +11,10 @@ number of tokens (rows of the Linear's input: batch x sequence); ``layer`` is em
 whole-model rows.
 
 * ``eager_us``: host wall clock per call over many back-to-back eager calls followed by one
-  ``torch.cuda.synchronize`` (median of a few windows): what eager PyTorch code sees, host
-  path and GPU time together.
+  ``torch.cuda.synchronize``: what eager PyTorch code sees, host path and GPU time together.
+  The cases of one comparison (dense and its sparse variants at one dtype and N) are timed
+  in 7 interleaved rounds of ~10 ms each, the median round per case
+  (:func:`interleaved_times`), so a slow spell of the machine cannot land on one row alone.
 * ``graph_us``: the same call captured in a CUDA graph, per replay (GPU time, no host path).
 
 Rows on the GPU (fp16 and fp32):
@@ -21,24 +23,30 @@ Rows on the GPU (fp16 and fp32):
   ``SparseLinear``, for a row-major (N, 768) input (a LayerNorm's output) at N = 1, 128, 1024.
   ``layer=768x3072/x-in-place`` is the same sparse layer with ``row_major_input="strided"``:
   the kernel reads the row-major input in place instead of after one transposing copy (see
-  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice;
-  ``/y-rows`` has the kernel write a row-major output (``output_layout="rows"``).
-* ``model=bert-base`` (and ``bert-base/x-in-place``, ``bert-base/y-rows``), empty layer: transformers'
-  ``BertModel`` (bert-base config, no pooler, random init, seq 128, every Linear pruned to
-  90%, ``sparsify()`` with the default schedule) at batch 1 and 8, under ``torch.no_grad()``;
-  skipped when transformers is not importable.
+  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice. The plain
+  ``sparse`` row has SparseLinear's default output layout (``output_layout="rows"``: the
+  kernel writes nn.Linear's row-major output); ``/y-columns`` the other one (the kernel
+  writes ``Y^T`` (out, N) and the layer returns its transposed view; the default before
+  ``rows``, whose rows were labelled ``y-rows`` then).
+* ``model=bert-base`` (and ``bert-base/x-in-place``, ``bert-base/y-columns``), empty layer:
+  transformers' ``BertModel`` (bert-base config, no pooler, random init, seq 128, every
+  Linear pruned to 90%, ``sparsify()`` with the default schedule and output layout) at
+  batch 1 and 8, under ``torch.no_grad()``; skipped when transformers is not importable.
 
 Every sparse output is checked against the dense one first (exit status 1 on a mismatch).
 
 ``--smoke`` runs the same code on the CPU under the Triton interpreter with tiny shapes (a
 16 -> 32 layer, a tiny BertModel, or a 2-layer MLP without transformers): outputs checked,
-times from the host clock (interpreted kernels: not a measurement), ``graph_us`` empty. ``--host-profile`` measures the host path of one ``SparseLinear``
-call on the CPU with the final Triton launch replaced by a no-op (:func:`stubbed_launches`):
-the Python work this project adds per call, without Triton's own launcher or any kernel.
-``--model-host-profile`` does the same for every ``SparseLinear`` inside a small BertModel
-(bert-base's layer shapes, ``--layers`` layers, ``--batch`` x ``--seq`` tokens) against each
-layer called alone, and counts the planned calls, the transposing copies made and shared, and
-the ``aten`` ops the sparse forward runs beyond the dense one (:func:`model_host_profile`).
+times from the host clock (interpreted kernels: not a measurement), ``graph_us`` empty.
+``--host-profile`` measures the host path of one ``SparseLinear`` call on the CPU, for both
+output layouts, with the final Triton launch replaced by a no-op (:func:`stubbed_launches`):
+the Python work this project adds per call, without Triton's own launcher or any kernel,
+and how many of the calls ran planned. ``--model-host-profile`` does the same for every
+``SparseLinear`` inside a small BertModel (bert-base's layer shapes, ``--layers`` layers,
+``--batch`` x ``--seq`` tokens), for both output layouts, against each layer called alone,
+and counts the planned calls, the transposing copies made and shared, the ``aten`` ops the
+sparse forward runs beyond the dense one, and among them the kernel ops (those that launch
+work on a GPU, :func:`kernel_op`) and the attention's path (:func:`model_host_profile`).
 :func:`write_results_section` writes the CSV as a marked section of ``RESULTS.md``.
 """
 from __future__ import annotations
@@ -46,8 +54,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,7 +81,8 @@ TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
 BEGIN, END = "<!-- eager-bench:begin -->", "<!-- eager-bench:end -->"
 SPARSITY = 0.9
 IN_PLACE = "x-in-place"
-ROWS_OUT = "y-rows"
+#: rounds of interleaved eager timing per comparison on the GPU
+ROUNDS = 7
 
 
 # ---------------------------------------------------------------- timing
@@ -90,17 +101,15 @@ def host_us(fn: Callable, calls: int, windows: int = 5) -> float:
     return best * 1e6 / calls
 
 
-def gpu_times(fn: Callable) -> tuple:
-    """(eager_us, graph_us) of ``fn`` on the GPU; graph_us is NaN if capture fails."""
-    from sparsert_triton.timing import eager_us, graph_median_us
-    eager = eager_us(fn, target_s=0.05)
+def graph_us(fn: Callable) -> float:
+    """GPU microseconds per call of ``fn`` replayed in a CUDA graph; NaN if capture fails."""
+    from sparsert_triton.timing import graph_median_us
     try:
-        graph = graph_median_us([fn])
+        return graph_median_us([fn])
     except Exception as e:  # report the eager figure anyway
         print(f"  (CUDA graph capture failed: {type(e).__name__}: {e})", file=sys.stderr)
         torch.cuda.synchronize()
-        graph = math.nan
-    return eager, graph
+        return math.nan
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -135,15 +144,25 @@ def set_output_layout(model: nn.Module, layout: str) -> nn.Module:
     return model
 
 
+def other_output_layout() -> tuple:
+    """(layout, tag): the SparseLinear output layout that is not the default, and the suffix
+    of its rows (``y-columns`` while the default is ``rows``)."""
+    from sparsert_triton.nn import SparseLinear
+    other = next(o for o in SparseLinear.OUTPUT_LAYOUTS
+                 if o != SparseLinear.DEFAULT_OUTPUT_LAYOUT)
+    return other, f"y-{other}"
+
+
 def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
     """(model, layer, dtype, N, system, fn, output-of-fn) for the single-layer rows."""
     from sparsert_triton.nn import SparseLinear
     name = f"{in_f}x{out_f}"
+    other, other_tag = other_output_layout()
     for dname in dtypes:
         dense = pruned_linear(in_f, out_f, DTYPES[dname], device)
         sparse = SparseLinear.from_linear(dense).eval()
         in_place = set_input_layout(copy.deepcopy(sparse), "strided")
-        rows_out = set_output_layout(copy.deepcopy(sparse), "rows")
+        other_out = set_output_layout(copy.deepcopy(sparse), other)
         for N in tokens:
             x = torch.randn(N, in_f, device=device, dtype=DTYPES[dname])
             # a new tensor object per call (a view of x), as a model's activations are: a
@@ -154,8 +173,8 @@ def layer_cases(in_f: int, out_f: int, tokens, dtypes, device):
                    lambda m=sparse, x=x: m(x.view(x.shape)))
             yield ("bert-base", f"{name}/{IN_PLACE}", dname, N, "sparse",
                    lambda m=in_place, x=x: m(x.view(x.shape)))
-            yield ("bert-base", f"{name}/{ROWS_OUT}", dname, N, "sparse",
-                   lambda m=rows_out, x=x: m(x.view(x.shape)))
+            yield ("bert-base", f"{name}/{other_tag}", dname, N, "sparse",
+                   lambda m=other_out, x=x: m(x.view(x.shape)))
 
 
 def bert_model(config_kwargs: dict, dtype, device):
@@ -192,7 +211,8 @@ def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
             return
         sparse, report = sparsify(copy.deepcopy(dense), min_sparsity=0.5)
         in_place = set_input_layout(copy.deepcopy(sparse), "strided")
-        rows_out = set_output_layout(copy.deepcopy(sparse), "rows")
+        other, other_tag = other_output_layout()
+        other_out = set_output_layout(copy.deepcopy(sparse), other)
         print(f"{label} {dname}: {len(report.replaced)} of {len(report)} Linears sparse",
               file=sys.stderr)
         for b in batches:
@@ -205,33 +225,69 @@ def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
                 call = (lambda m, i=inp: m(input_ids=i).last_hidden_state)
             for system, model, tag in (("dense", dense, label), ("sparse", sparse, label),
                                        ("sparse", in_place, f"{label}/{IN_PLACE}"),
-                                       ("sparse", rows_out, f"{label}/{ROWS_OUT}")):
+                                       ("sparse", other_out, f"{label}/{other_tag}")):
                 yield (tag, "", dname, b * seq, system, lambda m=model, c=call: c(m))
 
 
-def measure(cases, on_gpu: bool, calls: int, rows: List[dict]) -> bool:
-    """Time every case (sparse ones checked against the dense case before them; on the CPU
-    ``calls`` calls in one window); append to ``rows``; False if an output mismatched."""
-    ok, ref = True, {}
-    for model, layer, dname, N, system, fn in cases:
+def interleaved_times(fns, timer: Callable, rounds: int) -> List[float]:
+    """``timer(fn)`` of every function, ``rounds`` times round-robin (each round times every
+    function once, in order); the median of each function's rounds. A slow spell of the
+    machine (another process, clock changes) then falls on the rounds of every function
+    alike instead of on the one being timed. Timed one after the other, one H100 row stood
+    at twice its neighbours' eager time (768x3072 y-rows fp16 N=1: 51.6 us against 27.9)
+    with the same GPU time and, on the CPU with launches stubbed, the same planned host path;
+    the N=1 rows of the run before moved by as much between runs (fp32 sparse 47.9 -> 25.9
+    us, dense fp16 32.0 -> 19.0 us)."""
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, t in zip(fns, times):
+            t.append(timer(fn))
+    return [statistics.median(t) for t in times]
+
+
+def measure(cases, on_gpu: bool, calls: int, rows: List[dict], rounds: int = ROUNDS) -> bool:
+    """Time every case; append to ``rows``; False if an output mismatched. Cases of one
+    comparison (the same model, layer, dtype and N: dense and its sparse variants, in a
+    row) are checked (each sparse output against the dense one) and then timed together:
+    their eager times interleaved over ``rounds`` rounds (:func:`interleaved_times`; on
+    the CPU one round of ``calls`` calls), then each one's CUDA-graph time."""
+    ok = True
+    for _, group in itertools.groupby(cases, key=lambda c: _comparison(*c[:4])):
+        group = list(group)
+        ref = None
         with torch.no_grad():
-            y = fn()
-            key = (model.split("/")[0], layer.split("/")[0], dname, N)
-            if system == "dense":
-                ref[key] = y
-            else:
-                err = rel_err(y, ref[key])
+            for model, layer, dname, N, system, fn in group:
+                y = fn()
+                if system == "dense":
+                    ref = y
+                    continue
+                err = rel_err(y, ref) if ref is not None else math.nan
                 if not err <= TOLERANCE[dname]:
-                    print(f"MISMATCH {model} {layer} {dname} N={N}: rel err {err:.2e}",
+                    print(f"MISMATCH {model} {layer} {dname} N={N}: rel err {err:.2e}"
+                          + (" (no dense case before it)" if ref is None else ""),
                           file=sys.stderr)
                     ok = False
-            eager, graph = gpu_times(fn) if on_gpu else (host_us(fn, calls, 1), math.nan)
-        rows.append(dict(model=model, layer=layer, dtype=dname, N=N, system=system,
-                         eager_us=f"{eager:.2f}",
-                         graph_us="" if math.isnan(graph) else f"{graph:.2f}"))
-        print(f"{model:22s} {layer:22s} {dname:8s} N={N:<5d} {system:6s} eager {eager:9.2f} us"
-              + ("" if math.isnan(graph) else f"  graph {graph:9.2f} us"), file=sys.stderr)
+            del ref, y
+            fns = [c[5] for c in group]
+            if on_gpu:
+                from sparsert_triton.timing import eager_us
+                eager = interleaved_times(fns, lambda f: eager_us(f, target_s=0.01, repeats=1),
+                                          rounds)
+                graph = [graph_us(f) for f in fns]
+            else:
+                eager = interleaved_times(fns, lambda f: host_us(f, calls, 1), 1)
+                graph = [math.nan] * len(fns)
+        for (model, layer, dname, N, system, _), e, g in zip(group, eager, graph):
+            rows.append(dict(model=model, layer=layer, dtype=dname, N=N, system=system,
+                             eager_us=f"{e:.2f}", graph_us="" if math.isnan(g) else f"{g:.2f}"))
+            print(f"{model:22s} {layer:22s} {dname:8s} N={N:<5d} {system:6s} eager {e:9.2f} us"
+                  + ("" if math.isnan(g) else f"  graph {g:9.2f} us"), file=sys.stderr)
     return ok
+
+
+def _comparison(model: str, layer: str, dname: str, N: int) -> tuple:
+    """The cases compared with one another: the model and layer without a variant suffix."""
+    return (model.split("/")[0], layer.split("/")[0], dname, N)
 
 
 # ---------------------------------------------------------------- RESULTS.md
@@ -247,7 +303,10 @@ def results_section(rows: List[dict], source: str) -> str:
              "call of back-to-back eager calls and one synchronize (host path and GPU time); "
              "`graph us`: CUDA-graph replay (GPU time). `dense/sparse` > 1 means the sparse "
              "layer or model is faster. `x-in-place`: the kernel reads a row-major input "
-             "without the transposing copy.", "",
+             "without the transposing copy. Plain sparse rows: SparseLinear's default output "
+             "layout (`rows`, nn.Linear's row-major output); `y-columns`: "
+             "`output_layout=\"columns\"` (the transposed view of the kernel's (out, N) "
+             "result).", "",
              "| model | layer | dtype | N | dense eager us | sparse eager us | dense/sparse eager "
              "| dense graph us | sparse graph us |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -362,42 +421,54 @@ def cold_cache_line(calls: int) -> str:
 
 def host_profile(calls: int, cprofile: bool = False) -> List[str]:
     """Per-call host microseconds of ``SparseLinear(768 -> 3072)`` at 90% on the CPU, the
-    launch stubbed, for a row-major input (the transposing copy included: on the CPU a
-    real copy, unlike on a GPU where it is one kernel launch) and for an input already laid
-    out as (in, N) columns (the output of another sparse layer: no copy)."""
+    launch stubbed, for each output layout, for a row-major input (the transposing copy
+    included: on the CPU a real copy, unlike on a GPU where it is one kernel launch) and for
+    an input already laid out as (in, N) columns (the output of another sparse layer: no
+    copy); with how many of the calls ran planned (all but the first of each input layout,
+    else the fast path was missed). ``cprofile``: both layouts at float16, N = 1."""
     from sparsert_triton.nn import SparseLinear
     lines = []
     torch.set_num_threads(1)       # the copies on one thread, all of it timed
     with stubbed_launches():
         for dname in ("float32", "float16"):
             lin = pruned_linear(768, 3072, DTYPES[dname], "cpu")
-            layer = SparseLinear.from_linear(lin)
-            for grad in (False, True):
-                for N in (1, 128, 1024):
-                    row_major = torch.randn(N, 768, dtype=DTYPES[dname])
-                    columns = torch.randn(768, N, dtype=DTYPES[dname]).t()
-                    with torch.set_grad_enabled(grad):
-                        # a new tensor per call (a view): the transposing copy is made
-                        a = host_us(lambda: layer(row_major.view(row_major.shape)), calls)
-                        b = host_us(lambda: layer(columns), calls)
-                    lines.append(f"{dname} N={N:<5d} {'grad   ' if grad else 'no_grad'} "
-                                 f"row-major input {a:7.1f} us   (in, N) input {b:7.1f} us")
-                    print(lines[-1])
+            for layout in SparseLinear.OUTPUT_LAYOUTS:
+                layer = SparseLinear.from_linear(lin, output_layout=layout)
+                pattern = layer._pattern
+                for grad in (False, True):
+                    for N in (1, 128, 1024):
+                        row_major = torch.randn(N, 768, dtype=DTYPES[dname])
+                        columns = torch.randn(768, N, dtype=DTYPES[dname]).t()
+                        before = pattern.planned_calls + pattern.checked_calls
+                        planned = pattern.planned_calls
+                        with torch.set_grad_enabled(grad):
+                            # a new tensor per call (a view): the transposing copy is made
+                            a = host_us(lambda: layer(row_major.view(row_major.shape)), calls)
+                            b = host_us(lambda: layer(columns), calls)
+                        total = pattern.planned_calls + pattern.checked_calls - before
+                        lines.append(
+                            f"{dname} {layout:7s} N={N:<5d} {'grad   ' if grad else 'no_grad'} "
+                            f"row-major input {a:7.1f} us   (in, N) input {b:7.1f} us   "
+                            f"planned {pattern.planned_calls - planned}/{total}")
+                        print(lines[-1])
         lines.append(cold_cache_line(calls))
         print(lines[-1])
         if cprofile:
             import cProfile
             import pstats
-            x = torch.randn(128, 768).t().contiguous().t()
-            layer = SparseLinear.from_linear(pruned_linear(768, 3072, torch.float32, "cpu"))
-            with torch.no_grad():
-                layer(x)
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(calls):
+            lin = pruned_linear(768, 3072, torch.float16, "cpu")
+            for layout in SparseLinear.OUTPUT_LAYOUTS:
+                layer = SparseLinear.from_linear(lin, output_layout=layout)
+                x = torch.randn(1, 768, dtype=torch.float16)
+                with torch.no_grad():
                     layer(x)
-                prof.disable()
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    for _ in range(calls):
+                        layer(x.view(x.shape))
+                    prof.disable()
+                print(f"float16 N=1 output_layout={layout!r}, {calls} calls:")
+                pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     return lines
 
 
@@ -419,18 +490,57 @@ def tiny_bert(layers: int, seq: int, hidden: int = 768, heads: int = 12,
     return dense, sparse
 
 
+#: aten ops that only make or describe tensors (no kernel on a GPU): views, allocations,
+#: and the wrappers that copy only through a child op (contiguous, to)
+METADATA_OPS = frozenset("aten::" + n for n in (
+    "empty", "empty_like", "empty_strided", "view", "_unsafe_view", "reshape",
+    "_reshape_alias", "t", "transpose", "as_strided", "expand", "permute", "unsqueeze",
+    "squeeze", "select", "slice", "alias", "detach", "resolve_conj", "resolve_neg",
+    "contiguous", "to", "_to_copy", "lift_fresh", "split", "chunk", "unbind", "narrow",
+    "scalar_tensor", "clone", "dropout"))
+#: ops that run a product themselves whatever they call below them (on the CPU addmm copies
+#: the bias into its output through a copy_ first)
+PRODUCT_OPS = frozenset(("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm",
+                         "aten::addmv", "aten::mv"))
+
+
 def aten_ops(fn) -> "collections.Counter":
     """How many times each ``aten::`` op runs in one call of ``fn`` (torch.profiler, CPU)."""
+    return profile_ops(fn)[0]
+
+
+def profile_ops(fn) -> tuple:
+    """(all ``aten::`` ops, :func:`kernel_ops`) of one call of ``fn``, each a Counter."""
     import collections
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    return (collections.Counter(e.name for e in events),
+            collections.Counter(e.name for e in events if kernel_op(e)))
+
+
+def kernel_op(event) -> bool:
+    """Whether a profiled ``aten::`` op launches work of its own on a GPU: a product
+    (:data:`PRODUCT_OPS`), or an op outside :data:`METADATA_OPS` that calls no such op below
+    it (a copy_ counts once, not again as the clone or contiguous around it). An
+    approximation from the CPU's op tree (on the CPU ``addmm`` with a bias also counts its
+    bias copy)."""
+    if event.name in PRODUCT_OPS:
+        return True
+    if event.name in METADATA_OPS:
+        return False
+    return not any(c.name.startswith("aten::") and c.name not in METADATA_OPS
+                   for c in event.cpu_children)
+
+
+#: the unfused attention that scaled_dot_product_attention falls back to
+ATTENTION_MATH = "aten::_scaled_dot_product_attention_math"
 
 
 def model_host_profile(forwards: int, layers: int = 2, seq: int = 128, batch: int = 1,
                        dtype=torch.float32, sizes: Optional[dict] = None,
-                       output_layout: str = "columns", cprofile: bool = False) -> dict:
+                       output_layout: Optional[str] = None, cprofile: bool = False) -> dict:
     """Host time of each ``SparseLinear`` call inside a small BERT (bert-base's layer shapes,
     ``layers`` layers, ``batch`` x ``seq`` tokens) on the CPU with the launches stubbed
     (:func:`stubbed_launches`), against the same layer called alone on an input of the same
@@ -439,8 +549,12 @@ def model_host_profile(forwards: int, layers: int = 2, seq: int = 128, batch: in
     forward runs beyond the dense model's (copies, the attention's fallback path: each one a
     kernel launch on a GPU). The per-call times include the CPU's own copies (on a GPU one
     launch each). ``output_layout``: every sparse layer's
-    :attr:`~sparsert_triton.nn.SparseLinear.output_layout`. Prints a report; returns its
-    figures."""
+    :attr:`~sparsert_triton.nn.SparseLinear.output_layout` (None: as ``sparsify`` leaves
+    it). Also counted: the kernel ops (:func:`kernel_op`) of each forward, those the sparse
+    one runs beyond the dense one (``extra_kernel_ops``; a sparse layer's own kernel is a
+    Triton launch, not an aten op, and the dense ``addmm`` it replaces leaves) and whether
+    the attention fell back to its math path (``attention_math``: calls per forward).
+    Prints a report; returns its figures."""
     from sparsert_triton import nn as snn
     threads = torch.get_num_threads()
     torch.set_num_threads(1)       # the CPU's copies on one thread, all of it timed
@@ -456,7 +570,9 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, output_
     dense, sparse = tiny_bert(layers, seq, dtype=dtype, **(sizes or {}))
     names = {m: n for n, m in sparse.named_modules() if isinstance(m, snn.SparseLinear)}
     for m in names:
-        m.output_layout = output_layout
+        if output_layout is not None:
+            m.output_layout = output_layout
+    output_layout = next(iter(names)).output_layout if names else output_layout
     ids = torch.randint(0, 64, (batch, seq), generator=torch.Generator().manual_seed(0))
     spent = {m: 0 for m in names}
     inputs = {}
@@ -507,8 +623,8 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, output_
             report["layers"][name] = dict(in_model_us=spent[m] / 1e3 / forwards, alone_us=alone,
                                           planned=planned, checked=checked, input=layout)
         snn._columns.clear()
-        dense_ops = aten_ops(lambda: dense(input_ids=ids))
-        sparse_ops = aten_ops(lambda: sparse(input_ids=ids))
+        dense_ops, dense_kernels = profile_ops(lambda: dense(input_ids=ids))
+        sparse_ops, sparse_kernels = profile_ops(lambda: sparse(input_ids=ids))
         if cprofile:
             import cProfile
             import pstats
@@ -532,6 +648,13 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, output_
              if sparse_ops[op] != dense_ops[op]}
     report["aten_dense"], report["aten_sparse"] = sum(dense_ops.values()), sum(sparse_ops.values())
     report["extra_aten_ops"] = extra
+    report["output_layout"] = output_layout
+    report["kernel_ops_dense"] = sum(dense_kernels.values())
+    report["kernel_ops_sparse"] = sum(sparse_kernels.values())
+    report["extra_kernel_ops"] = {op: sparse_kernels[op] - dense_kernels[op]
+                                  for op in set(dense_kernels) | set(sparse_kernels)
+                                  if sparse_kernels[op] != dense_kernels[op]}
+    report["attention_math"] = sparse_ops[ATTENTION_MATH]
     print(f"  mean per sparse layer: in model {report['in_model_us']:.1f} us, alone "
           f"{report['alone_us']:.1f} us")
     print(f"  transposing copies per forward: {report['copies_per_forward']:.0f} made, "
@@ -541,6 +664,11 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, output_
     print(f"  aten ops per forward: dense {report['aten_dense']}, sparse {report['aten_sparse']} "
           f"({(report['aten_sparse'] - report['aten_dense']) / n:+.1f} per sparse layer)")
     for op, d in sorted(extra.items(), key=lambda e: (-abs(e[1]), e[0])):
+        print(f"    {op:44s} {d:+d}")
+    kd, ks = report["kernel_ops_dense"], report["kernel_ops_sparse"]
+    print(f"  kernel ops per forward (launches on a GPU; sparse kernels not counted): dense "
+          f"{kd}, sparse {ks}; attention's math path {report['attention_math']}x")
+    for op, d in sorted(report["extra_kernel_ops"].items(), key=lambda e: (-abs(e[1]), e[0])):
         print(f"    {op:44s} {d:+d}")
     return report
 
@@ -601,8 +729,9 @@ def main(argv=None) -> int:
     if a.host_profile:
         host_profile(a.calls or 2000, a.cprofile)
     if a.model_host_profile:
+        from sparsert_triton.nn import SparseLinear
         for dname in ("float32", "float16"):
-            for layout in ("columns", "rows"):
+            for layout in SparseLinear.OUTPUT_LAYOUTS:
                 model_host_profile(a.calls or 20, a.layers, a.seq, a.batch, DTYPES[dname],
                                    output_layout=layout, cprofile=a.cprofile)
     if profile:

@@ -72,11 +72,12 @@ class CallPlan:
         self.variant, self.sig = variant, sig
         self.shape, self.dtype, self.device = tuple(Y.shape), Y.dtype, X.device
         # Y is allocated contiguous on every call, or as the transpose of a contiguous
-        # tensor (a matrix kernel's ``rows_out``)
-        self.rows_out = Y.dim() == 2 and Y.shape[0] > 1 and Y.stride(0) == 1 \
+        # tensor (a matrix kernel's ``rows_out``): then with its strides in one op
+        # (empty_strided, not empty(...).t(): a planned rows_out call runs as many aten ops
+        # as a plain one)
+        rows_out = Y.dim() == 2 and Y.shape[0] > 1 and Y.stride(0) == 1 \
             and Y.stride(1) == Y.shape[0]
-        if self.rows_out:
-            self.shape = self.shape[::-1]
+        self.strides = tuple(Y.stride()) if rows_out else None
         self.sizes = tuple(size_args(X, Y))
         self.numbers = [i for i, v in enumerate(operands) if not isinstance(v, torch.Tensor)]
         self.tensors = [i for i, v in enumerate(operands) if isinstance(v, torch.Tensor)]
@@ -117,9 +118,11 @@ class CallPlan:
         contiguous copy for the variants that need one) on the general path."""
         if self.numbers:
             self.check_numbers(operands)
-        Y = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        if self.rows_out:
-            Y = Y.t()
+        if self.strides is None:
+            Y = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        else:
+            Y = torch.empty_strided(self.shape, self.strides, dtype=self.dtype,
+                                    device=self.device)
         v = self.variant
         launcher = v.launcher
         if not (self.direct and launcher.enabled):

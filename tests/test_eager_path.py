@@ -261,10 +261,11 @@ def test_layers_reading_one_input_share_its_transposed_copy(monkeypatch):
 
 
 def test_row_major_output_is_written_by_the_kernel():
-    """output_layout="rows": the layer returns nn.Linear's row-major layout (no copy: the
-    kernel writes it), planned after the first call, with the same values and gradients;
-    "columns" (default) returns the transposed view."""
-    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=7))
+    """output_layout="rows" (default): the layer returns nn.Linear's row-major layout (no
+    copy: the kernel writes it), planned after the first call, with the same values and
+    gradients as "columns", which returns the transposed view."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=7),
+                                     output_layout="columns")
     assert layer.output_layout == "columns"
     rows = copy.deepcopy(layer)
     rows.output_layout = "rows"
@@ -293,7 +294,7 @@ def test_row_major_outputs_keep_attention_fused_and_layernorm_copy_free():
     from torch.profiler import ProfilerActivity, profile
     from sparsert_triton import sparsify
     dense = _Block(h=32, heads=2).eval()
-    block, _ = sparsify(copy.deepcopy(dense))
+    block, _ = sparsify(copy.deepcopy(dense), output_layout="columns")
 
     def ops_of(m, x):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -323,3 +324,58 @@ def test_forward_reads_a_bias_assigned_outside_the_parameters():
         close(layer(x), y0 + layer.bias)
         layer.bias = None
         close(layer(x), y0)
+
+
+def test_default_output_layout_is_rows():
+    """SparseLinear and sparsify return nn.Linear's row-major layout unless told otherwise;
+    sparsify takes one layout or a function of (name, module); a bad one is refused by name."""
+    from sparsert_triton import sparsify
+    lin = pruned(nn.Linear(IN, OUT), seed=8)
+    assert SparseLinear(IN, OUT).output_layout == "rows"
+    assert SparseLinear.from_linear(lin).output_layout == "rows"
+    assert SparseLinear(IN, OUT, output_layout="columns").output_layout == "columns"
+    assert SparseLinear.from_linear(lin, output_layout="columns").output_layout == "columns"
+    model = nn.Sequential(copy.deepcopy(lin), nn.ReLU(), pruned(nn.Linear(OUT, IN), seed=9))
+    layouts = lambda m: [l.output_layout for l in _layers(m)]     # noqa: E731
+    assert layouts(sparsify(copy.deepcopy(model))[0]) == ["rows", "rows"]
+    assert layouts(sparsify(copy.deepcopy(model), output_layout="columns")[0]) == \
+        ["columns", "columns"]
+    # the first layer feeds only the second through a ReLU: its columns need no copy there
+    chosen = sparsify(copy.deepcopy(model),
+                      output_layout=lambda name, m: "columns" if name == "0" else "rows")[0]
+    assert layouts(chosen) == ["columns", "rows"]
+    x = torch.randn(3, 4, IN)
+    with torch.no_grad():
+        y = chosen(x)
+        assert y.is_contiguous()
+        close(y, model(x))
+    with pytest.raises(ValueError, match="output_layout must be one of"):
+        sparsify(copy.deepcopy(model), output_layout="transposed")
+    with pytest.raises(ValueError, match="output_layout must be one of"):
+        SparseLinear(IN, OUT, output_layout="row")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_output_layouts_give_equal_results(dtype, bias):
+    """"rows" and "columns" run the same kernel and differ only in where it stores: equal
+    outputs (one token, several, a batch of sequences, an unbatched vector; with and
+    without gradients) and equal gradients, and "rows" is row-major throughout."""
+    lin = pruned(nn.Linear(IN, OUT, bias=bias), seed=10).to(dtype)
+    rows = SparseLinear.from_linear(lin)
+    columns = SparseLinear.from_linear(lin, output_layout="columns")
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    for shape in [(1, IN), (7, IN), (2, 3, IN), (IN,)]:
+        x = torch.randn(*shape).to(dtype)
+        with torch.no_grad():
+            for _ in range(2):                      # the checked call, then the planned one
+                yr, yc = rows(x), columns(x)
+                assert torch.equal(yr, yc) and yr.is_contiguous()
+        close(yr, lin.float()(x.float()).to(dtype), tol)
+    xg = torch.randn(2, 3, IN).to(dtype).requires_grad_()
+    xc = xg.detach().clone().requires_grad_()
+    w = torch.randn(2, 3, OUT).to(dtype)
+    (rows(xg) * w).sum().backward()
+    (columns(xc) * w).sum().backward()
+    assert torch.equal(xg.grad, xc.grad)
+    assert torch.equal(rows.values.grad, columns.values.grad)

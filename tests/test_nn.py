@@ -45,8 +45,12 @@ def test_matches_dense_masked_linear(shape, bias):
     close(y, lin.double()(x.double()))
     with torch.no_grad():               # the direct path (no custom-op dispatch): same result
         assert torch.equal(layer(x), y)
-    if len(shape) > 1:   # the kernel's (out, N) result, returned as a view: no copy
-        assert y.stride()[-1] == y.shape[:-1].numel() and y._base is not None
+    if len(shape) > 1:   # the kernel's (N, out) result: row-major as nn.Linear's, no copy
+        assert y.is_contiguous()
+        layer.output_layout = "columns"     # the kernel's (out, N) result, returned as a view
+        yc = layer(x)
+        close(yc, y)
+        assert yc.stride()[-1] == yc.shape[:-1].numel() and yc._base is not None
 
 
 def test_explicit_mask_keeps_zero_valued_entries():
@@ -60,7 +64,7 @@ def test_explicit_mask_keeps_zero_valued_entries():
 
 
 def test_chained_layers_read_a_contiguous_transposed_input():
-    a = SparseLinear.from_linear(pruned_linear(seed=1))
+    a = SparseLinear.from_linear(pruned_linear(seed=1), output_layout="columns")
     b = SparseLinear.from_linear(pruned_linear(OUT, 8, seed=2))
     x = torch.randn(2, 3, IN)
     h = a(x)
@@ -266,7 +270,7 @@ def test_sparsify_with_tune_takes_the_fastest_schedule():
 
 def test_kernel_reads_unit_stride_columns(monkeypatch):
     """Row-major inputs are transposed once so the kernel's column tiles are contiguous; a
-    sparse layer's output feeds the next sparse layer without a copy."""
+    sparse layer's "columns" output feeds the next sparse layer without a copy."""
     from sparsert_triton import ops as ops_module
     seen = []
     real = ops_module.SparsePattern.spmm
@@ -275,7 +279,7 @@ def test_kernel_reads_unit_stride_columns(monkeypatch):
         seen.append((X.stride(1), X.data_ptr()))
         return real(self, X, *a)
     monkeypatch.setattr(ops_module.SparsePattern, "spmm", spy)
-    first = SparseLinear.from_linear(pruned_linear(seed=21))
+    first = SparseLinear.from_linear(pruned_linear(seed=21), output_layout="columns")
     second = SparseLinear.from_linear(nn.Linear(first.out_features, 5))
     x = torch.randn(7, IN)
     with torch.no_grad():
