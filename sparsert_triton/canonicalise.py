@@ -240,24 +240,22 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 tap_pointers=tap_pointers, tap_masks=tap_masks)
 
 
-#: Half-precision W @ X with at most this many columns defaults to the blocks mode ...
-BLOCKS_MAX_N = 4
-#: ... and with at most this many where the weight is at most BLOCKS_SPARSE_DENSITY dense
-BLOCKS_MAX_N_SPARSE = 16
-BLOCKS_SPARSE_DENSITY = 0.15
+#: Half-precision W @ X with at most this many columns defaults to the blocks mode
+BLOCKS_MAX_N = 64
 
 
 def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
-    """Whether 'auto' picks the blocks mode: half-precision W @ X of few columns, where the
-    time is the weight's bytes. H100, Llama-2-7B MLP shapes (11008 x 4096, 4096 x 11008),
-    fp16, uniform masks (bench/NOTES.md, "Twelfth session"): at N = 1 it ran 0.6-0.8x /
-    1.1-1.25x / 2.4-2.9x of dense cuBLAS at 50% / 70% / 90% sparsity, at N = 4 0.64x / 1.0x /
-    2.2-2.4x, at N = 16 and 90% 1.0x, where the table kernel's default ran 0.24x-0.58x.
-    Larger weights only (more than 2048 nonzeros; small ones unroll)."""
+    """Whether 'auto' picks the blocks mode: half-precision W @ X of at most 64 columns.
+    H100 / H200, Llama-2-7B shapes, fp16, uniform masks (bench/NOTES.md, twelfth and
+    thirteenth sessions): at N = 1 it ran 0.9x / 1.4x / 3.0-3.3x of dense cuBLAS at 50% /
+    70% / 90% sparsity (H100), at N = 16 0.34x / 0.52x / 1.03-1.16x, at N = 64 and 90%
+    0.37-0.45x; the table kernel's default ran 0.05-0.12x at N = 16-64 and 50-70% (H200) and
+    0.24-0.58x in the issue's H100 measurements. Losing to dense is left to
+    ``sparsify(only_if_faster=True)`` (``estimate.py``). Larger weights only (more than 2048
+    nonzeros; small ones unroll)."""
     if x_dtype not in ("float16", "bfloat16") or weight.nnz <= 2048:
         return False
-    return N <= BLOCKS_MAX_N or (N <= BLOCKS_MAX_N_SPARSE
-                                 and weight.density <= BLOCKS_SPARSE_DENSITY)
+    return N <= BLOCKS_MAX_N
 
 
 def blocks_shape(weight: SparseWeight, N: int) -> tuple:

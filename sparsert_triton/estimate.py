@@ -50,6 +50,8 @@ CONV = "bench/results/conv_h100.csv, DLMC ResNet-50 3x3 convolutions, best of a 
 #: mean of the two shapes' ratios. To replace them with bench/llm_bench.py's figures, edit
 #: BLOCKS_SOURCE and BLOCKS_ROWS only.
 BLOCKS_SOURCE = "bench/NOTES.md, twelfth session, blocks mode on Llama-2-7B MLP shapes"
+BLOCKS_SOURCE_13 = ("bench/NOTES.md, thirteenth session, the blocks mode's default shapes on "
+                    "Llama-2-7B MLP shapes (H100)")
 
 Row = Tuple[str, str, str, int, Optional[int], float, float, str]
 
@@ -130,13 +132,14 @@ CONV_ROWS: List[Row] = [
 # Blocks rows (see BLOCKS_SOURCE): N = 1, 4, 16, 64 as measured, each standing for the range
 # up to it; ratio sqrt(r(11008 x 4096) * r(4096 x 11008)) of the notes' table.
 BLOCKS_ROWS: List[Row] = [
-    ("matmul", "float16", "blocks", 1, 1, 0.50, 0.73, BLOCKS_SOURCE),
-    ("matmul", "float16", "blocks", 1, 1, 0.70, 1.16, BLOCKS_SOURCE),
-    ("matmul", "float16", "blocks", 1, 1, 0.90, 2.62, BLOCKS_SOURCE),
+    ("matmul", "float16", "blocks", 1, 1, 0.50, 0.89, BLOCKS_SOURCE_13),
+    ("matmul", "float16", "blocks", 1, 1, 0.70, 1.38, BLOCKS_SOURCE_13),
+    ("matmul", "float16", "blocks", 1, 1, 0.90, 3.16, BLOCKS_SOURCE_13),
     ("matmul", "float16", "blocks", 2, 4, 0.70, 1.00, BLOCKS_SOURCE),
     ("matmul", "float16", "blocks", 2, 4, 0.90, 2.28, BLOCKS_SOURCE),
-    ("matmul", "float16", "blocks", 5, 16, 0.50, 0.25, BLOCKS_SOURCE),
-    ("matmul", "float16", "blocks", 5, 16, 0.90, 0.99, BLOCKS_SOURCE),
+    ("matmul", "float16", "blocks", 5, 16, 0.50, 0.34, BLOCKS_SOURCE_13),
+    ("matmul", "float16", "blocks", 5, 16, 0.70, 0.52, BLOCKS_SOURCE_13),
+    ("matmul", "float16", "blocks", 5, 16, 0.90, 1.10, BLOCKS_SOURCE_13),
     ("matmul", "float16", "blocks", 17, 64, 0.90, 0.41, BLOCKS_SOURCE),
 ]
 

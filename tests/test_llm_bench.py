@@ -49,11 +49,11 @@ def test_run_checks_and_writes_every_system_on_the_cpu(tmp_path):
     and written with the CSV's columns (semi24 needs a GPU: skipped with a message)."""
     out = tmp_path / "llm.csv"
     said = []
-    rows = lb.run(["tiny"], [1, 5], [0.5], ["float16"], ["per_row"],
+    rows = lb.run(["tiny"], [1, 65], [0.5], ["float16"], ["per_row"],
                   list(lb.SYSTEMS), out, log=said.append, device="cpu")
     assert [r["system"] for r in rows] == ["dense", "sparsert_default", "table"] * 2
     modes = [r["schedule"].split("'")[1] for r in rows if r["system"] == "sparsert_default"]
-    assert modes == ["blocks", "table"]          # 2400 nonzeros: blocks at N <= 4 only
+    assert modes == ["blocks", "table"]          # 2400 nonzeros: blocks at N <= 64 only
     assert [list(r) for r in lb.read_csv(out)][0] == lb.COLUMNS
 
 
