@@ -236,13 +236,25 @@ def speedups(rows: Sequence[dict], system: str) -> Dict[tuple, float]:
     return {k: geomean(v) for k, v in sorted(groups.items())}
 
 
-def markdown(rows: Sequence[dict], csv_name: str, plot_name: str) -> str:
+def device_line(meta: dict) -> str:
+    """'Device: <name> (sm_XY), torch A, triton B, <date>.' from a run's meta file."""
+    d, v = meta.get("device") or {}, meta.get("versions") or {}
+    parts = [f"Device: {d.get('name', 'not recorded')}"
+             + (f" ({d['capability']})" if d.get("capability") else "")]
+    parts += [f"{k} {v[k]}" for k in ("torch", "triton") if k in v]
+    if meta.get("started"):
+        parts.append(meta["started"][:10])
+    return ", ".join(parts) + "." + (f" Note: {meta['note']}." if meta.get("note") else "")
+
+
+def markdown(rows: Sequence[dict], csv_name: str, plot_name: str, meta: dict = None) -> str:
     systems = [s for s in SYSTEMS[1:] if any(r["system"] == s for r in rows)]
     table = {s: speedups(rows, s) for s in systems}
     keys = sorted({k for t in table.values() for k in t})
     lines = [BEGIN, "## LLM layer shapes (`bench/llm_bench.py`)", "",
              f"Geomean speedup over dense `torch.matmul` (cuBLAS) per (N, sparsity, dtype), over "
-             f"the layers and masks measured; from `{csv_name}`. Plot: `{plot_name}`.", "",
+             f"the layers and masks measured; from `{csv_name}`. Plot: `{plot_name}`. "
+             + device_line(meta or {}), "",
              "| N | sparsity | dtype | " + " | ".join(systems) + " |",
              "|---|---|---|" + "---|" * len(systems)]
     for k in keys:
@@ -273,10 +285,14 @@ def plot(rows: Sequence[dict], path: Path):
 
 
 def report(csv_path: Path, results_dir: Path = RESULTS):
+    import json
     rows = read_csv(csv_path)
+    meta_path = Path(csv_path).with_suffix(".meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     png = results_dir / "llm_speedup_vs_sparsity.png"
     plot(rows, png)
-    write_marked_section(results_dir / "RESULTS.md", markdown(rows, csv_path.name, png.name))
+    write_marked_section(results_dir / "RESULTS.md",
+                         markdown(rows, csv_path.name, png.name, meta))
 
 
 def write_marked_section(path: Path, section: str):
@@ -311,9 +327,12 @@ def main(argv=None):
     for m in layers:
         if m not in LAYERS:
             raise SystemExit(f"--layers: unknown model {m!r}; choose from {', '.join(LAYERS)}")
+    from bench.dlmc_bench import write_meta
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     run(layers, [int(x) for x in a.n.split(",")], [float(x) for x in a.sparsity.split(",")],
         a.dtype.split(","), a.mask.split(","), a.systems.split(","), out,
         log=lambda s: print(s, flush=True))
+    write_meta(out.with_suffix(".meta.json"), vars(a), started=started)
 
 
 if __name__ == "__main__":

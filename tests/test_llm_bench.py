@@ -66,3 +66,18 @@ def test_rotated_copies_keep_the_weights_dtype():
     ks = lb._sparse_kernels(w, Schedule(mode="blocks"), 1e3)
     assert len(ks) == 8 and {k.weight.dtype for k in ks} == {"bfloat16"}
     assert all((k.weight.values == w.values).all() for k in ks)
+
+
+def test_the_section_names_the_device_of_the_run(tmp_path):
+    """A run's meta file (written beside the CSV) gives the section its device and versions;
+    without one the section says the device was not recorded."""
+    import json
+    csv = tmp_path / "llm.csv"
+    lb.write_csv(csv, _rows())
+    csv.with_suffix(".meta.json").write_text(json.dumps({
+        "device": {"name": "NVIDIA H200", "capability": "sm_90"},
+        "versions": {"torch": "2.11.0", "triton": "3.6.0"}, "started": "2026-12-05 20:00:00"}))
+    lb.report(csv, tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "Device: NVIDIA H200 (sm_90), torch 2.11.0, triton 3.6.0, 2026-12-05." in text
+    assert "Device: not recorded." in lb.markdown(_rows(), "x.csv", "p.png")
