@@ -105,19 +105,6 @@ pad_input
     the input's spatial size. Default: the one-row table kernel's where ``tap_masks`` does not
     serve the input (or ``split_k`` > 1) and for few programs (see ``prefetch_x``); off in
     the unrolled modes. Ignored by ``W @ X``.
-tap_pointers
-    Convolutions in the unrolled modes, without ``pad_input``: each lane's X pointer shifted
-    once per kernel tap (dy, dx) to that tap, or, where the tap falls outside the image (or
-    the lane past N), pointed into a zero buffer kept per device and dtype (one image's
-    channels: at least (C_in - 1) * X.stride(1) + 1 elements), so every load of the unrolled
-    code is unmasked at an immediate offset ``c_in * X.stride(1)`` from its tap's pointer, as
-    with ``pad_input`` but without the padded copy of X (sm_90 SASS: the padded code's loads
-    and FMAs and a few hundred set-up instructions; masked loads instead add a zero fill and
-    predicates per load, +28% instructions on a 128-channel layer; but its off-image lanes
-    read the zero buffer where masked loads read nothing). Searched by the tuner (its 16-warp
-    32-row convolution candidate: 11.6 vs 11.9 us at batch 1 on the H100, conv_h100_warps32).
-    Default: off (H100: 5-11% slower than ``pad_input`` at batch 8, within 3% at batch 1).
-    Ignored by ``W @ X``.
 tap_masks
     Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
     entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to
@@ -157,9 +144,11 @@ from typing import Union
 
 AUTO = "auto"
 #: Fields of earlier versions that no default or tuner candidate chose (bench/NOTES.md,
-#: "Schedule fields removed"), with the value that meant "off": a dict of fields (a saved
-#: schedule) may still hold one at that value; any other value is an error
-REMOVED_FIELDS = {"parallel_rows": 1, "column_programs": 0}
+#: "Schedule fields removed"), with the values a dict of fields (a saved schedule) may still
+#: hold: those that ask for what the code does now (a removed path's "off" or "auto"); they
+#: are ignored. Any other value is an error naming the field
+REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
+                  "tap_pointers": (AUTO, False)}
 MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
@@ -168,10 +157,9 @@ INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
               "max_statements_per_function", "max_functions_per_kernel", "split_k", "streams")
 #: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
 #: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
-CONV_FIELDS = ("tap_segments", "pad_input", "tap_pointers", "tap_masks")
+CONV_FIELDS = ("tap_segments", "pad_input", "tap_masks")
 BOOL_FIELDS = ("allow_tf32", "bake_strides", "pack_nonzeros", "prefetch", "tap_segments",
-               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers",
-               "tap_masks")
+               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_masks")
 
 
 def _is_bool(v) -> bool:
@@ -212,6 +200,12 @@ def _as_bool(name: str, v, auto: bool = True):
     raise ValueError(f"Schedule.{name} must be True or False{either}, got {v!r}")
 
 
+def _same(v, accepted) -> bool:
+    """Whether a saved value is ``accepted``: equal, and a switch only to a switch (1 is not
+    True)."""
+    return v == accepted and _is_bool(v) == _is_bool(accepted)
+
+
 def as_schedule(schedule) -> "Schedule":
     """A schedule from what a user may pass: a :class:`Schedule`, None (the default), a mode
     name (``"values"``: ``Schedule(mode="values")``) or a dict of fields (``Schedule(**d)``)."""
@@ -222,11 +216,12 @@ def as_schedule(schedule) -> "Schedule":
     if isinstance(schedule, str):
         return Schedule(mode=schedule)
     if isinstance(schedule, Mapping):
-        for name, off in REMOVED_FIELDS.items():
-            if name in schedule and schedule[name] != off:
+        for name, accepted in REMOVED_FIELDS.items():
+            if name in schedule and not any(_same(schedule[name], v) for v in accepted):
+                either = " or ".join(f"{name}={v!r}" for v in accepted)
                 raise ValueError(f"schedule: {name}={schedule[name]!r} is no longer a field "
                                  f"(removed: measured slower, see bench/NOTES.md); only "
-                                 f"{name}={off!r} is accepted in a saved schedule")
+                                 f"{either} is accepted in a saved schedule")
         schedule = {k: v for k, v in schedule.items() if k not in REMOVED_FIELDS}
         unknown = sorted(set(schedule) - {f.name for f in fields(Schedule)})
         if unknown:
@@ -260,7 +255,6 @@ class Schedule:
     pad_input: Union[bool, str] = AUTO
     streams: IntOrAuto = AUTO
     pdl: Union[bool, str] = AUTO
-    tap_pointers: Union[bool, str] = AUTO
     tap_masks: Union[bool, str] = AUTO
 
     def __post_init__(self):

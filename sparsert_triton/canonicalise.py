@@ -212,14 +212,6 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # (H100, bench/results/conv_h100_before_taps.csv)
     taps = ((row_kernel and not pad and not tap_masks and split == 1) if s.tap_segments == AUTO
             else s.tap_segments)
-    # unrolled convolution code without the padded copy: per kernel tap one pointer per lane
-    # (into the image or a zero buffer), every load unmasked at an immediate offset. Its
-    # sm_90 SASS has the padded code's loads and FMAs plus ~300 set-up instructions, where
-    # the masked loads add ~5.5k (zero fills, predicates: 128-channel layer, 16 warps x 512
-    # columns). Off unless asked for: 5-11% slower than the padded copy at batch 8, within 3%
-    # at batch 1 (its off-image lanes read a zero buffer where masked loads read nothing;
-    # H100, bench/results/conv_h100_warps32_tune.jsonl). W @ X ignores it (like pad_input)
-    tap_pointers = conv and s.tap_pointers is True
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
@@ -237,7 +229,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 pad_input=bool(pad), split_k=split,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
                 pdl=s.pdl is True,   # 'auto' is resolved per device: see with_device
-                tap_pointers=tap_pointers, tap_masks=tap_masks)
+                tap_masks=tap_masks)
 
 
 #: Half-precision W @ X with at most this many columns defaults to the blocks mode ...
@@ -276,8 +268,8 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
     for name in ("use_dot", "pack_nonzeros", "prefetch",
-                 "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_pointers",
-                 "tap_masks", "bake_strides"):
+                 "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_masks",
+                 "bake_strides"):
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
             raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n,

@@ -242,9 +242,6 @@ ON_OFF_OPTIONS = [
     ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
                   "of X, each nonzero one offset into it (auto: on for the table kernel where "
                   "tap-masks does not serve the input or with few programs)"),
-    ("tap-pointers", "convolutions in the unrolled modes without pad-input: per kernel tap "
-                     "one X pointer per lane, into the image or a zero buffer (unmasked "
-                     "loads, no padded copy; auto: off)"),
     ("tap-masks", "convolutions in the one-row table kernel without pad-input: each entry "
                   "an offset into the unpadded X and its tap's bit, loads masked by each "
                   "lane's in-image bits (no padded copy; auto: on where it serves the input, "

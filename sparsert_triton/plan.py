@@ -39,7 +39,6 @@ class Plan:
     split_k: int = 1
     streams: int = 1
     pdl: bool = False
-    tap_pointers: bool = False
     tap_masks: bool = False
 
     def __post_init__(self):
@@ -88,7 +87,7 @@ class Plan:
                 bad("blocks mode keeps a rows_per_program x chunk x block_n accumulator: at "
                     f"most 16384 elements, got {self.rows_per_program} x {self.chunk} x "
                     f"{self.block_n}")
-            for name in ("pad_input", "tap_pointers", "bake_strides"):
+            for name in ("pad_input", "bake_strides"):
                 if getattr(self, name):
                     bad(f"{name} does not apply to blocks mode")
         if self.mode not in ("table", "blocks") and \
@@ -104,15 +103,9 @@ class Plan:
         if self.pad_input and self.tap_segments:
             bad("pad_input replaces tap_segments (every nonzero is one offset into the padded "
                 "input): set tap_segments=False")
-        if self.tap_pointers and self.mode == "table":
-            bad("tap_pointers applies to the unrolled modes only (the table kernels use "
-                "pad_input or tap_segments)")
-        if self.tap_pointers and self.pad_input:
-            bad("tap_pointers replaces pad_input (unmasked loads from the unpadded X): set "
-                "pad_input=False")
         if self.tap_masks and not self.row_kernel:
             bad("tap_masks applies to the one-row table kernel only (the unrolled modes use "
-                "tap_pointers)")
+                "pad_input or masked loads)")
         if self.tap_masks and (self.pad_input or self.tap_segments):
             bad("tap_masks replaces pad_input and tap_segments (one loop of masked loads from "
                 "the unpadded X): set both False")

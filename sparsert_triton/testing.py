@@ -134,9 +134,7 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
                     streams=draw(st.sampled_from([1, 3])),
-                    bake_strides=draw(st.booleans()), pad_input=pad,
-                    # convolutions without the padded copy: tap pointers or masked loads
-                    tap_pointers="auto" if pad else draw(st.sampled_from(["auto", True])))
+                    bake_strides=draw(st.booleans()), pad_input=pad)
 
 
 @st.composite

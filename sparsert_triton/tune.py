@@ -227,13 +227,7 @@ CONV_CANDIDATES = [
     # 256/512-channel layers), never at batch 8; the default for few programs (plan_for).
     # With tap masks instead it won none (H100, conv_h100_b1_px_tune.jsonl,
     # conv_h100_prefetch_x_tune.jsonl)
-    _conv_row(64, 16, prefetch_tail=True, prefetch_x=True),
-    # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel):
-    # 17.9 vs 17.1 and 29.4 vs 26.5 us at batch 8 (its border lanes read the zero buffer),
-    # 11.6 vs 11.9 and 22.0 vs 21.8 at batch 1 (conv_h100_warps32_tune.jsonl): opt-in
-    Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=False,
-             tap_pointers=True)]
+    _conv_row(64, 16, prefetch_tail=True, prefetch_x=True)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32",

@@ -298,13 +298,13 @@ def test_streams_option_reaches_the_schedule(capsys):
 def test_pdl_and_split_options_reach_the_schedule(capsys):
     from sparsert_triton.cli import build_parser, schedule_from_args
     args = build_parser().parse_args(["emit", str(DATA), "--mode", "table", "--split-k", "2",
-                                      "--pdl", "off", "--tap-pointers", "off"])
+                                      "--pdl", "off"])
     s = schedule_from_args(args)
-    assert s.split_k == 2 and s.pdl is False and s.tap_pointers is False
-    args = build_parser().parse_args(["emit", str(DATA), "--tap-pointers", "on",
-                                      "--tap-masks", "on", "--prefetch-x", "on"])
+    assert s.split_k == 2 and s.pdl is False
+    args = build_parser().parse_args(["emit", str(DATA), "--tap-masks", "on",
+                                      "--prefetch-x", "on"])
     s = schedule_from_args(args)
-    assert s.tap_pointers is True and s.tap_masks is True and s.prefetch_x is True
+    assert s.tap_masks is True and s.prefetch_x is True
     rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "on",
                        "--prefetch-x", "on")
     assert rc == 0, err

@@ -178,8 +178,6 @@ for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch
                     ("table_taps", dict(mode="table", tap_segments=True)),
                     ("table_split", dict(mode="table", pad_input=True, split_k=2)),
                     ("values_pad", dict(mode="values", rows_per_program=8, pad_input=True)),
-                    ("values_pointers", dict(mode="values", rows_per_program=8,
-                                             tap_pointers=True)),
                     ("values_masked", dict(mode="values", rows_per_program=8))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(**extra)).specialize(W4)
@@ -190,10 +188,9 @@ for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch
         conv_ones[name] = f"{type(e).__name__}: {str(e)[:300]}"
 out["conv_ones"] = conv_ones
 
-# unrolled convolution loads: padded copy, tap pointers, masked (same weight, 2 x 8 x 6 x 6)
+# unrolled convolution loads: padded copy, masked (same weight, 2 x 8 x 6 x 6)
 loads = {}
-for name, extra in (("pad", dict(pad_input=True)), ("tap_pointers", dict(tap_pointers=True)),
-                    ("masked", dict(tap_pointers=False))):
+for name, extra in (("pad", dict(pad_input=True)), ("masked", dict(pad_input=False))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(mode="values", rows_per_program=8, **extra)).specialize(W4)
     v = k.variant(sig, 2 * 36, torch.device("cpu"), (288, 36, 6, 1), spatial=(6, 6))
@@ -274,7 +271,7 @@ def test_kernels_compile_with_n_equal_to_one(compiled):
 def test_convolution_kernels_compile_with_every_integer_equal_to_one(compiled):
     """One image of 1 x 1 pixels (every size, stride and N equal to 1, each compiled as a
     constant as Triton's launch would): every convolution kernel form compiles for sm_90."""
-    assert len(compiled["conv_ones"]) == 7
+    assert len(compiled["conv_ones"]) == 6
     for name, got in compiled["conv_ones"].items():
         assert isinstance(got, int) and got >= 1, (name, got)
 
@@ -289,13 +286,12 @@ def test_convolution_kernels_do_not_specialise_on_n(compiled):
     assert c["matmul"]["unspecialised"] == []
 
 
-def test_tap_pointers_load_like_the_padded_copy(compiled):
-    """sm_90 PTX of one unrolled convolution three ways: with tap pointers the X loads are
-    those of the padded copy (the same count, none predicated), where the masked form
-    predicates every one (a zero fill each: +28% SASS instructions on a 128-channel layer)."""
+def test_unpadded_convolution_loads_are_masked_and_padded_ones_are_not(compiled):
+    """sm_90 PTX of one unrolled convolution two ways: on the padded copy no X load is
+    predicated, on the unpadded X every one is (a zero fill each: +28% SASS instructions on
+    a 128-channel layer)."""
     c = compiled["conv_loads"]
-    assert c["tap_pointers"]["ld"] == c["pad"]["ld"] <= c["pad"]["nnz"]
-    assert c["tap_pointers"]["predicated"] == c["pad"]["predicated"] == 0
+    assert c["pad"]["predicated"] == 0 < c["pad"]["ld"] <= c["pad"]["nnz"]
     assert c["masked"]["predicated"] == c["masked"]["ld"] > 0
     # the table kernel without the copy: the padded kernel's loads, each masked by tap bits
     assert c["table_masks"]["ld"] == c["table_pad"]["ld"] > 0

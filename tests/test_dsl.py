@@ -239,13 +239,16 @@ def test_convolution_defaults():
 
 
 def test_removed_schedule_fields_are_refused_by_name():
-    """``parallel_rows`` and ``column_programs`` are no longer fields (bench/NOTES.md,
-    "Schedule fields removed"): a saved dict may hold them at their old 'off' value, any
-    other value is an error naming the field."""
+    """``parallel_rows``, ``column_programs`` and ``tap_pointers`` are no longer fields
+    (bench/NOTES.md, "Schedule fields removed"): a saved dict may hold them at their old
+    'off' value, any other value is an error naming the field."""
     from dsl.schedule import as_schedule
     assert as_schedule({"mode": "table", "parallel_rows": 1, "column_programs": 0}) == \
         Schedule(mode="table")
-    for name, v in (("parallel_rows", 4), ("column_programs", 2)):
+    for off in ("auto", False):
+        assert as_schedule({"mode": "values", "tap_pointers": off}) == Schedule(mode="values")
+    for name, v in (("parallel_rows", 4), ("column_programs", 2), ("tap_pointers", True),
+                    ("tap_pointers", 0)):
         with pytest.raises(ValueError, match=name):
             as_schedule({"mode": "table", name: v})
         with pytest.raises(TypeError, match=name):
