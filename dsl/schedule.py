@@ -57,11 +57,6 @@ split_k
     (a row is one segment there). Searched by the tuner where few programs leave SMs idle
     (H100: 1.29x / 1.08x over the one-row default at N = 49 / 196, explore run 6; 4 parts
     for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
-pack_nonzeros
-    Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
-    the float32 value's bits) instead of two loads (float32 accumulation). Default: off
-    (H100: +3% to -15% on W @ X, slower in 15 of 16 convolution pairs); a W @ X candidate
-    of the tuner, which keeps it where it wins.
 prefetch
     Table mode, one row at a time: load the next chunk's columns and values one loop step
     ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
@@ -148,7 +143,7 @@ AUTO = "auto"
 #: hold: those that ask for what the code does now (a removed path's "off" or "auto"); they
 #: are ignored. Any other value is an error naming the field
 REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
-                  "tap_pointers": (AUTO, False)}
+                  "tap_pointers": (AUTO, False), "pack_nonzeros": (AUTO, False)}
 MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
@@ -158,7 +153,7 @@ INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
 #: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
 #: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
 CONV_FIELDS = ("tap_segments", "pad_input", "tap_masks")
-BOOL_FIELDS = ("allow_tf32", "bake_strides", "pack_nonzeros", "prefetch", "tap_segments",
+BOOL_FIELDS = ("allow_tf32", "bake_strides", "prefetch", "tap_segments",
                "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_masks")
 
 
@@ -246,7 +241,6 @@ class Schedule:
     num_warps: IntOrAuto = AUTO
     num_stages: IntOrAuto = AUTO
     split_k: int = 1
-    pack_nonzeros: Union[bool, str] = AUTO
     prefetch: Union[bool, str] = AUTO
     tap_segments: Union[bool, str] = AUTO
     prefetch_tail: Union[bool, str] = AUTO

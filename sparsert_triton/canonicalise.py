@@ -151,8 +151,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # layers, 11.6 vs 14.3 on the stride-2 128-channel one) or at most 8% slower (the three
     # 128-channel layers; H100, bench/results/conv_h100_b1_px_tune.jsonl,
     # conv_h100_fp16_tune.jsonl, conv_h100_bf16_tune.jsonl). Only with prefetch_x 'auto'
-    chain_ok = (split == 1 and s.prefetch_x == AUTO and s.pack_nonzeros is not True
-                and s.prefetch is not False and s.prefetch_tail is not False)
+    chain_ok = (split == 1 and s.prefetch_x == AUTO and s.prefetch is not False
+                and s.prefetch_tail is not False)
     programs = weight.M * math.ceil(N / block_n)
     few = (conv_rows and chain_ok and s.tap_segments is not True and programs <= FEW_PROGRAMS)
     # W @ X the same way (chunks of 16, the prefetched tail, X rows a chunk ahead) in fp32
@@ -195,16 +195,13 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         # split row runs one part per warp
         num_warps = split if row_kernel else 4 if use_dot else 1
     num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
-    # packing measured +3% to -15% (run 4): the tuner tries it, the default leaves it off
-    pack = False if s.pack_nonzeros == AUTO else s.pack_nonzeros
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
     # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
     prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
     # the prefetched tail: part of the padded convolution default above (without the padded
     # input it was slower: 0.78x at batch 8, conv_h100_pad_tune.jsonl)
     if s.prefetch_tail == AUTO:
-        tail = bool(((pad or tap_masks) or few_mm) and row_kernel and prefetch and split == 1
-                    and not pack)
+        tail = bool(((pad or tap_masks) or few_mm) and row_kernel and prefetch and split == 1)
     else:
         tail = bool(s.prefetch_tail)
     # without the padded input, a convolution's rows walked one kernel tap at a time: 1.28x
@@ -217,7 +214,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
                 num_warps=int(num_warps), num_stages=int(num_stages),
-                pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
+                prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
                 # X rows one step ahead too: for few programs (above); at batch 8 slower
                 # with tap masks (+1% to +26%), -7% to +8% on the padded copy
@@ -267,7 +264,7 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         blocks = -(-weight.M // rpp)
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
-    for name in ("use_dot", "pack_nonzeros", "prefetch",
+    for name in ("use_dot", "prefetch",
                  "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_masks",
                  "bake_strides"):
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'

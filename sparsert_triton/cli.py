@@ -227,8 +227,6 @@ ON_OFF_OPTIONS = [
     ("use-dot", "table mode: multiply blocks with tl.dot (tensor cores; R, chunk, block-n >= 16)"),
     ("prefetch", "table mode, one row per program: load the next chunk's columns and values one "
                  "step ahead (auto: on)"),
-    ("pack-nonzeros", "table mode, one row per program: read column and value as one 64-bit "
-                      "word (auto: off)"),
     ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
                       "masked loads of the prefetched columns (auto: on with pad-input or "
                       "tap-masks, and with prefetch-x's W @ X default)"),

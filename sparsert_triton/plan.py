@@ -29,7 +29,6 @@ class Plan:
     max_functions_per_kernel: int
     num_warps: int
     num_stages: int
-    pack_nonzeros: bool = False
     prefetch: bool = False
     tap_segments: bool = False
     prefetch_tail: bool = False
@@ -73,10 +72,10 @@ class Plan:
                     "removed, see bench/NOTES.md)")
             if not _pow2(self.split_k) or self.split_k > 32:
                 bad(f"split_k must be a power of two <= 32, got {self.split_k}")
-            if self.tap_segments or self.pack_nonzeros or self.prefetch_tail:
+            if self.tap_segments or self.prefetch_tail:
                 bad("split_k walks a row as one segment of plain column/value loads: it "
-                    "excludes tap_segments (use pad_input for a convolution), pack_nonzeros "
-                    "and prefetch_tail")
+                    "excludes tap_segments (use pad_input for a convolution) and "
+                    "prefetch_tail")
         if self.mode == "blocks":
             if not _pow2(self.rows_per_program) or self.rows_per_program > 64:
                 bad(f"blocks mode needs rows_per_program to be a power of two <= 64, "
@@ -95,7 +94,7 @@ class Plan:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
             bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
-        for name in ("pack_nonzeros", "prefetch", "tap_segments"):
+        for name in ("prefetch", "tap_segments"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
         if self.pad_input and not (self.row_kernel or self.mode != "table"):
@@ -111,10 +110,9 @@ class Plan:
                 "the unpadded X): set both False")
         if self.prefetch_tail and not self.prefetch:
             bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
-        if self.prefetch_x and not (self.prefetch_tail and self.split_k == 1
-                                    and not self.pack_nonzeros):
-            bad("prefetch_x needs prefetch_tail (the tail consumes the prefetched X rows), "
-                "split_k 1 and no pack_nonzeros")
+        if self.prefetch_x and not (self.prefetch_tail and self.split_k == 1):
+            bad("prefetch_x needs prefetch_tail (the tail consumes the prefetched X rows) "
+                "and split_k 1")
         if not 1 <= self.streams <= 32:
             bad(f"streams must be in 1..32, got {self.streams}")
         if not 1 <= self.num_stages <= 8:
@@ -125,12 +123,6 @@ class Plan:
         """Whether this is the one-row table kernel (a scalar-FMA loop over each row's own
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
         return self.mode == "table" and not self.use_dot
-
-    def packs_nonzeros(self, sig: "Signature") -> bool:
-        """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in
-        the low half, the float32 value's bits in the high half): one load per nonzero instead
-        of two, where the L1 pipeline is the kernel's busiest unit (ncu, H100)."""
-        return self.pack_nonzeros and sig.acc_dtype == "float32"
 
     def to_schedule(self, conv: Optional[bool] = None) -> Schedule:
         """The plan as a schedule (every field concrete). ``conv``: the kind of kernel it

@@ -113,17 +113,16 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         pre = draw(st.booleans())
         pad = draw(st.booleans())   # replaces tap segments (convolutions)
         split = draw(st.sampled_from([1, 1, 2, 4]))
-        plain = split > 1      # no packing, tail or tap segments
+        plain = split > 1      # no tail or tap segments
         # convolutions without the padded copy: masked loads, one loop per row (tap_masks)
         masks = not pad and draw(st.booleans())
-        pack = False if plain else draw(st.sampled_from(["auto", True]))
         tail = draw(st.booleans()) if pre is True and not plain else False
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False,
-                        split_k=split, tap_masks=masks, pack_nonzeros=pack, prefetch=pre,
+                        split_k=split, tap_masks=masks, prefetch=pre,
                         prefetch_tail=tail,
                         # X rows a chunk ahead too
-                        prefetch_x=tail and pack is not True and draw(st.booleans()),
+                        prefetch_x=tail and draw(st.booleans()),
                         tap_segments=("auto" if pad or masks else False if split > 1
                                       else draw(st.booleans())),
                         pad_input=pad,

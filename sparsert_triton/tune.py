@@ -301,12 +301,11 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
                                row_order="nnz", num_warps=max(1, bn_main // 128),
                                prefetch=True, prefetch_tail=True, prefetch_x=True))
     # fewer warps, several columns per thread: one index load serves a wider vector load
-    # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit); packed nonzeros
+    # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit)
     for bn in [b for b in bns if b >= 64]:
-        for U, pack, pre in ((8, False, True), (8, True, True), (4, False, True),
-                             (8, False, False)):
+        for U, pre in ((8, True), (4, True), (8, False)):
             s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
-                         num_warps=max(1, bn // 128), pack_nonzeros=pack, prefetch=pre)
+                         num_warps=max(1, bn // 128), prefetch=pre)
             (first if bn == bn_main and U == 8 else second).append(s)
 
     # rows split over warps (split_k), where few programs leave SMs idle: 1.29x and 1.08x over

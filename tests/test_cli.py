@@ -151,15 +151,14 @@ def test_emit_writes_a_parseable_kernel(capsys, tmp_path, mode, kernel):
     assert "wrote" in err
 
 
-@pytest.mark.parametrize("prefetch,pack", [("on", "off"), ("off", "on")])
-def test_emit_table_loop_options(capsys, prefetch, pack):
+@pytest.mark.parametrize("prefetch", ["on", "off"])
+def test_emit_table_loop_options(capsys, prefetch):
     rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch", prefetch,
-                       "--pack-nonzeros", pack, "--prefetch-x", "off")
+                       "--prefetch-x", "off")
     assert rc == 0, err
     ast.parse(out)
-    assert ("c_next0 = " in out or "nz_next0 = " in out) == (prefetch == "on")
-    assert ("NZ + " in out) == (pack == "on")
-    assert f"pack_nonzeros={pack == 'on'}, prefetch={prefetch == 'on'}" in out
+    assert ("c_next0 = " in out) == (prefetch == "on")
+    assert f"prefetch={prefetch == 'on'}" in out
 
 
 def test_emit_to_stdout_for_a_dlmc_pattern(capsys):

@@ -30,9 +30,8 @@ CASES = {
     "table_bf16": ("table", torch.bfloat16, bias_relu, dict(rows_per_program=4, chunk=8)),
     "table_dot_fp16": ("table", torch.float16, gelu_cast,
                        dict(rows_per_program=16, chunk=16, use_dot=True)),
-    "table_prefetch_packed": ("table", torch.float32, bias_relu,
-                              dict(chunk=4, prefetch=True, pack_nonzeros=True, num_warps=1,
-                                   prefetch_tail=True)),
+    "table_prefetch_tail": ("table", torch.float32, bias_relu,
+                            dict(chunk=4, prefetch=True, num_warps=1, prefetch_tail=True)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
 }
 out = {}
@@ -58,7 +57,7 @@ for name, (mode, dtype, fn, sched) in CASES.items():
         out[name]["ptx_full"] = [c.asm["ptx"] for c in full]
 # N == 1: Triton's launch compiles an integer argument equal to 1 as a constant
 ones = {}
-for name in ("values_fp32_split", "table_bf16", "table_prefetch_packed"):
+for name in ("values_fp32_split", "table_bf16", "table_prefetch_tail"):
     mode, dtype, fn, sched = CASES[name]
     W = (torch.randn(24, 40, dtype=torch.float64) * (torch.rand(24, 40) < 0.2)).to(dtype)
     k = sparse_kernel(fn, schedule=Schedule(mode=mode, **sched)).specialize(W)
@@ -234,7 +233,7 @@ def compiled(run_aot_script):
                                   "table_dot_fp16", "values_fp64",
                                   "pdl_values", "pdl_table",
                                   "conv_values", "conv_table_dot",
-                                  "table_prefetch_packed", "conv_table_rows"])
+                                  "table_prefetch_tail", "conv_table_rows"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1

@@ -179,16 +179,12 @@ def test_table_kernel_options_are_validated():
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight(torch.eye(8))
     for bad, msg in [(dict(mode="table", rows_per_program=6), "power of two"),
-                     (dict(mode="values", pack_nonzeros=True), "pack_nonzeros"),
-                     (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
-                           pack_nonzeros=True), "pack_nonzeros"),
                      (dict(mode="indices", prefetch=True), "prefetch"),
                      (dict(mode="values", tap_segments=True), "tap_segments"),
                      (dict(mode="table", prefetch=False, prefetch_tail=True), "prefetch_tail"),
                      (dict(mode="values", split_k=2), "split_k applies to"),
                      (dict(mode="blocks", split_k=17), "split_k"),
                      (dict(mode="table", split_k=3), "split_k"),
-                     (dict(mode="table", split_k=2, pack_nonzeros=True), "split_k"),
                      (dict(mode="table", split_k=2, tap_segments=True), "split_k"),
                      (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
                            tap_segments=True), "tap_segments"),
@@ -196,19 +192,11 @@ def test_table_kernel_options_are_validated():
                            prefetch=True), "prefetch")]:
         with pytest.raises(ValueError, match=msg):
             plan_for(Schedule(**bad), w, 16, "float32")
-    with pytest.raises(ValueError, match="pack_nonzeros"):
-        Schedule(pack_nonzeros="yes")
     with pytest.raises(ValueError, match="prefetch"):
         Schedule(prefetch="yes")
     assert plan_for(Schedule(mode="table"), w, 16, "float32").prefetch
     assert not plan_for(Schedule(mode="table", rows_per_program=16, chunk=16, use_dot=True),
                         w, 16, "float32").prefetch
-    # packing is opt-in (measured mixed); a float64 call never packs, even when asked
-    assert not plan_for(Schedule(mode="table"), w, 16, "float32").pack_nonzeros
-    from sparsert_triton.plan import Signature
-    p = plan_for(Schedule(mode="table", pack_nonzeros=True), w, 16, "float64")
-    assert p.pack_nonzeros and not p.packs_nonzeros(Signature("float64", "float64", "float64", ()))
-    assert p.packs_nonzeros(Signature("float16", "float16", "float16", ()))
 
 
 def test_convolution_defaults():
@@ -239,16 +227,18 @@ def test_convolution_defaults():
 
 
 def test_removed_schedule_fields_are_refused_by_name():
-    """``parallel_rows``, ``column_programs`` and ``tap_pointers`` are no longer fields
+    """``parallel_rows``, ``column_programs``, ``tap_pointers`` and ``pack_nonzeros`` are no
+    longer fields
     (bench/NOTES.md, "Schedule fields removed"): a saved dict may hold them at their old
     'off' value, any other value is an error naming the field."""
     from dsl.schedule import as_schedule
     assert as_schedule({"mode": "table", "parallel_rows": 1, "column_programs": 0}) == \
         Schedule(mode="table")
     for off in ("auto", False):
-        assert as_schedule({"mode": "values", "tap_pointers": off}) == Schedule(mode="values")
+        assert as_schedule({"mode": "values", "tap_pointers": off,
+                            "pack_nonzeros": off}) == Schedule(mode="values")
     for name, v in (("parallel_rows", 4), ("column_programs", 2), ("tap_pointers", True),
-                    ("tap_pointers", 0)):
+                    ("tap_pointers", 0), ("pack_nonzeros", True)):
         with pytest.raises(ValueError, match=name):
             as_schedule({"mode": "table", name: v})
         with pytest.raises(TypeError, match=name):

@@ -87,7 +87,7 @@ def test_resolution_rejections_and_table_padding():
     on = plan_for(Schedule(**TABLE, chunk=4), w, 64, "float32")
     assert on.prefetch_x and on.prefetch and on.prefetch_tail
     for bad in (dict(prefetch_tail=False), dict(split_k=2, prefetch_tail=False),
-                dict(pack_nonzeros=True), dict(prefetch=False)):
+                dict(prefetch=False)):
         with pytest.raises(ValueError, match="prefetch"):
             plan_for(Schedule(**{**TABLE, **bad}), w, 64, "float32")
     with pytest.raises(ValueError, match="prefetch_x"):
@@ -120,7 +120,7 @@ def test_few_programs_default_for_convolutions():
     assert masks.tap_masks and masks.prefetch_x and masks.chunk == 16
     assert not plan(edge // 2 + 1, block_n=32).prefetch_x      # 4 x 129 x 2 tiles of 32
     assert plan(edge // 2, block_n=32).prefetch_x
-    for s in (dict(prefetch_x=False), dict(split_k=2), dict(pack_nonzeros=True),
+    for s in (dict(prefetch_x=False), dict(split_k=2),
               dict(tap_segments=True), dict(prefetch_tail=False)):
         p = plan(64, **s)
         assert not p.prefetch_x, s
@@ -169,7 +169,7 @@ def test_few_programs_default_for_matmuls():
     Ws = W.clone()
     Ws[:, : K - FEW_MIN_ROW + 1] = 0.0               # FEW_MIN_ROW - 1 nonzeros per row
     assert not plan(64, weight=as_sparse_weight(Ws.float())).prefetch_x
-    for s in (dict(prefetch_x=False), dict(split_k=2), dict(pack_nonzeros=True),
+    for s in (dict(prefetch_x=False), dict(split_k=2),
               dict(prefetch=False), dict(prefetch_tail=False), dict(mode="values")):
         assert not plan(64, **s).prefetch_x, s
     assert plan(64, chunk=8).prefetch_x and plan(64, chunk=8).chunk == 8   # chunk is kept

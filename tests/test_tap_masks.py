@@ -49,13 +49,13 @@ def test_masked_offsets_address_the_unfolded_input():
 
 def test_tap_masks_across_geometries_layouts_and_schedules():
     """Strides, paddings, dilation, 2x2 and 3x3 kernels, odd sizes, batch, channels-last and
-    sliced X (copied to contiguous NCHW), chunk sizes, the prefetched tail, packed nonzeros
-    (float32), rows split over warps; float32, float64 and float16."""
+    sliced X (copied to contiguous NCHW), chunk sizes, the prefetched tail, rows split
+    over warps; float32, float64 and float16."""
     g = torch.Generator().manual_seed(22)
     geoms = [((1, 1), 1, 1, (3, 3), (2, 5, 7, 9)), ((2, 2), 1, 1, (3, 3), (1, 4, 8, 5)),
              ((1, 2), 2, (2, 1), (3, 2), (3, 3, 9, 7)), ((1, 1), "same", 2, (3, 3), (1, 3, 6, 6)),
              ((1, 1), 0, 1, (2, 2), (2, 5, 4, 3))]
-    scheds = [dict(chunk=2), dict(chunk=8, prefetch_tail=True), dict(chunk=4, pack_nonzeros=True),
+    scheds = [dict(chunk=2), dict(chunk=8, prefetch_tail=True), dict(chunk=4),
               dict(chunk=2, split_k=2, num_warps=2), dict(chunk=1, prefetch=False)]
     for (stride, padding, dilation, (kh, kw), shape), extra in zip(geoms * 2, scheds * 2):
         W4 = masked_conv_weight(g, 7, shape[1], kh, kw, 0.4)

@@ -59,10 +59,7 @@ def _table_acc(low: Lowered) -> str:
 
 
 def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
-    """Load nonzero ``k``'s column and value (``c{s}``, ``w{s}``; packed: the word ``nz{s}``)."""
-    if low.plan.packs_nonzeros(low.signature):
-        b(f"nz{s} = tl.load(NZ + {k})")
-        return
+    """Load nonzero ``k``'s column and value (``c{s}``, ``w{s}``)."""
     _table_col(b, k, f"c{s}")
     _table_val(b, low, k, f"w{s}")
 
@@ -71,11 +68,6 @@ def _table_fma(b: Buffer, low: Lowered, s: str = "", valid: str = ""):
     """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)`` (into the
     tap's ``acc_t`` in a convolution)."""
     acc = _table_acc(low)
-    if low.plan.packs_nonzeros(low.signature):
-        b(f"c = (nz{s} & 0xFFFFFFFF).to(tl.int32)")
-        _table_x_load(b, low, valid)
-        b(f"{acc} += (nz{s} >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
-        return
     if s:
         b(f"c = c{s}")
     _table_x_load(b, low, valid)
@@ -110,7 +102,7 @@ def _table_chunks_prefetched(b: Buffer, low: Lowered, U: int):
     prefetch stays in bounds)."""
     _prefetched(b, U, f"for j in range(start, full, {U}):", "start + ",
                 lambda at, s: _table_index(b, low, at, s), lambda s: _table_fma(b, low, s),
-                ["nz"] if low.plan.packs_nonzeros(low.signature) else ["c", "w"])
+                ["c", "w"])
 
 
 def _table_chunks_prefetched_x(b: Buffer, low: Lowered, U: int):
@@ -206,8 +198,7 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
 def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str, taps: bool = False):
     """The table kernels' definition, docstring, program ids and column tile."""
     b(_kernel_decorator(low))
-    nz = ["NZ"] if low.plan.packs_nonzeros(low.signature) else ["COLS", "VALS"]
-    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS'] + nz)}):"):
+    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
         b(f'"""{doc}"""')
         _wait_for_the_kernel_before(b, low)
         b("g = tl.program_id(0)")
@@ -278,9 +269,7 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     R, BN = p.rows_per_program, p.block_n
     ops = operand_params(sig, g is not None)
     acc_t = TL_DTYPES[sig.acc_dtype]
-    nz = ("value(NZ[j]) * X[column(NZ[j]), n]" if p.packs_nonzeros(sig)
-          else "VALS[j] * X[COLS[j], n]")
-    doc = (f"acc[n] = sum_j {nz} over each row's segment; the program's {R} row(s) run in "
+    doc = (f"acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's segment; the program's {R} row(s) run in "
            "turn, so X rows they share are re-read from L1.")
     taps = g is not None and p.tap_segments
     if g is not None and p.pad_input:
