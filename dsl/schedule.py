@@ -44,10 +44,6 @@ max_statements_per_function, max_functions_per_kernel
     Compile-unit bounds of the unrolled modes: a row group is split into ``noinline``
     functions of at most this many statements, and the groups into kernels of at most this
     many functions (compiled in parallel). Compile time grows linearly in nnz.
-bake_strides
-    Write the strides of ``X`` into the code as constants (each load then addresses ``X`` with
-    an immediate offset instead of computing it); the kernel is specialised to those strides.
-    Default: on for the unrolled modes.
 split_k
     Table mode, one row at a time: each row's nonzeros cut into ``split_k`` contiguous parts
     walked side by side (a ``(split_k x block_n)`` tile, one part per warp with the default
@@ -120,15 +116,16 @@ streams
     layers and a 16-kernel matmul, ``bench/results/conv_h100_unrolled_streams_tune.jsonl``,
     ``streams_latency_h100.txt``; in eager calls ~30 us more host time per kernel); a table
     variant is one kernel. The result does not depend on it.
-pdl
-    Programmatic dependent launch (Hopper and newer GPUs): each kernel of the call (and the
-    ``pad_input`` copy) is launched so that the GPU may start it while the kernel before it
-    in the stream finishes, and waits (``griddepcontrol.wait``) before its first memory
-    access: the launch latency between dependent kernels is hidden, nothing else changes.
-    Default: on for GPUs of compute capability 9.0 or newer, off in the interpreter (which
-    cannot run it; ``True`` there is an error).
-num_warps, num_stages
-    Passed to Triton.
+num_warps
+    Passed to Triton. Default: one warp per program for the scalar-FMA kernels (H100, run 4:
+    one warp with several columns per thread beat four by 1.1-1.8x), ``split_k`` warps for
+    a split row, 4 for ``use_dot`` and the blocks mode; the 16-warp unrolled convolution
+    candidates of the tuner won the 64/128-channel layers at batch 8 (seventh session).
+
+The plan also sets, without a Schedule field (no measured case needed a user to change
+them; bench/NOTES.md, "Schedule fields removed"): ``bake_strides`` (the unrolled modes
+write X's strides into the code), ``pdl`` (programmatic dependent launch on compute
+capability 9.0+) and ``num_stages`` (2 for the table and blocks loops, 1 for unrolled code).
 """
 from __future__ import annotations
 
@@ -143,18 +140,21 @@ AUTO = "auto"
 #: hold: those that ask for what the code does now (a removed path's "off" or "auto"); they
 #: are ignored. Any other value is an error naming the field
 REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
-                  "tap_pointers": (AUTO, False), "pack_nonzeros": (AUTO, False)}
+                  "tap_pointers": (AUTO, False), "pack_nonzeros": (AUTO, False),
+                  # derived by the plan now: whatever a saved schedule held is ignored
+                  "bake_strides": (AUTO, True, False), "pdl": (AUTO, True, False),
+                  "num_stages": (AUTO,) + tuple(range(1, 9))}
 MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]
-INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
+INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps",
               "max_statements_per_function", "max_functions_per_kernel", "split_k", "streams")
 #: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
 #: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
 CONV_FIELDS = ("tap_segments", "pad_input", "tap_masks")
-BOOL_FIELDS = ("allow_tf32", "bake_strides", "prefetch", "tap_segments",
-               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_masks")
+BOOL_FIELDS = ("allow_tf32", "prefetch", "tap_segments",
+               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "tap_masks")
 
 
 def _is_bool(v) -> bool:
@@ -239,16 +239,13 @@ class Schedule:
     max_statements_per_function: int = 2048
     max_functions_per_kernel: int = 16
     num_warps: IntOrAuto = AUTO
-    num_stages: IntOrAuto = AUTO
     split_k: int = 1
     prefetch: Union[bool, str] = AUTO
     tap_segments: Union[bool, str] = AUTO
     prefetch_tail: Union[bool, str] = AUTO
     prefetch_x: Union[bool, str] = AUTO
-    bake_strides: Union[bool, str] = AUTO
     pad_input: Union[bool, str] = AUTO
     streams: IntOrAuto = AUTO
-    pdl: Union[bool, str] = AUTO
     tap_masks: Union[bool, str] = AUTO
 
     def __post_init__(self):

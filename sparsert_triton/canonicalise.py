@@ -194,7 +194,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         # index load feeds a wider X load; more, smaller programs for the unrolled ones); a
         # split row runs one part per warp
         num_warps = split if row_kernel else 4 if use_dot else 1
-    num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
+    # Triton's software pipelining of the table loop (num_stages 3 won none of the 199 DLMC
+    # cases the tuner timed it on, run 2); straight-line unrolled code has no loop to pipeline
+    num_stages = 2 if mode == "table" else 1
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
     # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
     prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
@@ -222,10 +224,13 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 prefetch_x=((few and tail and bool(pad or tap_masks)) or (few_mm and tail))
                 if s.prefetch_x == AUTO
                 else s.prefetch_x is True,
-                bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
+                # X's strides as constants in the unrolled code (one immediate offset per
+                # load: 4,384 -> 2,856 SASS instructions, 80 -> 56 registers on a 64 x 256
+                # layer; bench/NOTES.md, "Code size"); a table kernel's loads are few
+                bake_strides=mode != "table",
                 pad_input=bool(pad), split_k=split,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
-                pdl=s.pdl is True,   # 'auto' is resolved per device: see with_device
+                pdl=False,   # resolved per device: see with_device
                 tap_masks=tap_masks)
 
 
@@ -265,8 +270,7 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
     for name in ("use_dot", "prefetch",
-                 "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_masks",
-                 "bake_strides"):
+                 "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_masks"):
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
             raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n,
@@ -275,22 +279,19 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=int(s.max_functions_per_kernel),
                 num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
-                num_stages=2 if s.num_stages == AUTO else int(s.num_stages),
-                split_k=split, streams=1 if s.streams == AUTO else int(s.streams),
-                pdl=s.pdl is True)
+                num_stages=2,
+                split_k=split, streams=1 if s.streams == AUTO else int(s.streams))
 
 
-def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:
+def with_device(plan: Plan, capability: str) -> Plan:
     """The plan for one device (``capability``: ``"sm_90"``..., or ``"interpreter"``):
-    ``pdl`` 'auto' becomes on for compute capability 9.0 and newer; an explicit ``pdl=True``
-    elsewhere is an error."""
+    programmatic dependent launch (``pdl``) on compute capability 9.0 and newer, where each
+    kernel of a call (and the padded copy) may start while the one before it finishes and
+    waits for it before touching memory (H100: faster in all 10 pairs measured, 1-11%, sixth
+    session, ``conv_h100_pdl_onoff_tune.jsonl``); off elsewhere (the interpreter cannot run
+    it)."""
     hopper = capability.startswith("sm_") and int(capability[3:]) >= 90
-    if schedule.pdl == AUTO:
-        return replace(plan, pdl=hopper) if plan.pdl != hopper else plan
-    if plan.pdl and not hopper:
-        raise ValueError(f"schedule: pdl=True (programmatic dependent launch) needs a CUDA GPU "
-                         f"of compute capability 9.0 or newer; this call runs on {capability}")
-    return plan
+    return replace(plan, pdl=hopper) if plan.pdl != hopper else plan
 
 
 def check_call(plan: Plan, sig: Signature, interpreter: Optional[bool] = None):

@@ -208,7 +208,6 @@ def _add_schedule_options(p):
         g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
     g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
-    g.add_argument("--num-stages", type=_int_or_auto, default="auto", help="Triton num_stages")
     from dsl import Schedule
     g.add_argument("--max-statements", type=_positive_int, default=None, metavar="S",
                    help="unrolled modes: statements per generated function (default "
@@ -244,8 +243,6 @@ ON_OFF_OPTIONS = [
                   "an offset into the unpadded X and its tap's bit, loads masked by each "
                   "lane's in-image bits (no padded copy; auto: on where it serves the input, "
                   "over 1024 programs)"),
-    ("pdl", "programmatic dependent launch: each kernel may start while the one before it "
-            "finishes (auto: on for compute capability 9.0+, off in the interpreter)"),
 ]
 
 
@@ -263,7 +260,7 @@ def schedule_from_args(args):
                     row_order=args.row_order, chunk=args.chunk, split_k=args.split_k,
                     streams=args.streams,
                     allow_tf32=args.allow_tf32,
-                    num_warps=args.num_warps, num_stages=args.num_stages, **switches, **bounds)
+                    num_warps=args.num_warps, **switches, **bounds)
 
 
 def _kernel(m: Matrix, args):

@@ -9,6 +9,9 @@ from dsl.schedule import MODES, ROW_ORDERS, Schedule
 OPERAND_KINDS = ("number", "scalar", "row", "full")
 #: Plan fields that only say how the kernels are launched, not what code they are
 LAUNCH_ONLY = ("streams",)
+#: Plan fields the plan derives itself, with no Schedule field (bench/NOTES.md, "Schedule
+#: fields removed": no measured case needed a user to set them)
+DERIVED = ("num_stages", "bake_strides", "pdl")
 
 
 def _pow2(x: int) -> bool:
@@ -128,12 +131,17 @@ class Plan:
         """The plan as a schedule (every field concrete). ``conv``: the kind of kernel it
         computes, where known: a matrix product's leaves the convolution-only fields 'auto'
         (:meth:`Schedule.for_kind`), for display; ``None`` keeps every field."""
-        s = Schedule(**asdict(self))
+        s = Schedule(**self.schedule_fields())
         return s if conv is None else s.for_kind(conv)
+
+    def schedule_fields(self) -> dict:
+        """The fields a :class:`Schedule` holds (all but :data:`DERIVED`)."""
+        return {k: v for k, v in asdict(self).items() if k not in DERIVED}
 
     def code_fields(self) -> dict:
         """The fields that shape the generated code (the plan's share of the cache key and
-        of the source header): all but :data:`LAUNCH_ONLY`."""
+        of the source header, the :data:`DERIVED` ones on a line of their own): all but
+        :data:`LAUNCH_ONLY`."""
         return {k: v for k, v in asdict(self).items() if k not in LAUNCH_ONLY}
 
 

@@ -125,15 +125,14 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
                         prefetch_x=tail and draw(st.booleans()),
                         tap_segments=("auto" if pad or masks else False if split > 1
                                       else draw(st.booleans())),
-                        pad_input=pad,
-                        bake_strides=draw(st.sampled_from(["auto", True])))
+                        pad_input=pad)
     pad = draw(st.booleans())
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
                     max_functions_per_kernel=draw(st.sampled_from([3, 64])),
                     streams=draw(st.sampled_from([1, 3])),
-                    bake_strides=draw(st.booleans()), pad_input=pad)
+                    pad_input=pad)
 
 
 @st.composite

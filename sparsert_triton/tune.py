@@ -6,7 +6,7 @@
 
 The search space (:func:`candidate_schedules`) spans the three modes, rows per program, the
 column tile ``block_n``, row ordering, the table-mode ``chunk``, ``use_dot`` (half dtypes),
-``num_warps``, ``num_stages`` and the unrolled compile-unit size. Candidates are pruned before
+``num_warps`` and the unrolled compile-unit size. Candidates are pruned before
 anything is built (:func:`prune`): invalid plans, duplicates (two schedules resolving to one
 plan), and unrolled schedules whose estimated compile time exceeds ``max_compile_s``. Compile
 time of the unrolled modes is linear in the straight-line statements of the layout (one FMA per
@@ -285,8 +285,6 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
             s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
                          num_warps=max(1, min(4, bn // 32)))
             (first if i == 0 and bn == bn_main else second).append(s)
-    second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
-                           row_order="nnz", num_warps=4, num_stages=3))
     # the prefetched tail (measured on convolutions only, where it helps with the padded
     # input; on W @ X timed here like every candidate)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,

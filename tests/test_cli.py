@@ -294,12 +294,11 @@ def test_streams_option_reaches_the_schedule(capsys):
     assert rc != 0 and "positive integer" in err
 
 
-def test_pdl_and_split_options_reach_the_schedule(capsys):
+def test_split_and_switch_options_reach_the_schedule(capsys):
     from sparsert_triton.cli import build_parser, schedule_from_args
-    args = build_parser().parse_args(["emit", str(DATA), "--mode", "table", "--split-k", "2",
-                                      "--pdl", "off"])
+    args = build_parser().parse_args(["emit", str(DATA), "--mode", "table", "--split-k", "2"])
     s = schedule_from_args(args)
-    assert s.split_k == 2 and s.pdl is False
+    assert s.split_k == 2
     args = build_parser().parse_args(["emit", str(DATA), "--tap-masks", "on",
                                       "--prefetch-x", "on"])
     s = schedule_from_args(args)
@@ -314,6 +313,7 @@ def test_pdl_and_split_options_reach_the_schedule(capsys):
     # the unrolled modes' column slices were removed: refused by name
     rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--split-k", "2")
     assert rc != 0 and "split_k applies to" in err
-    # emit renders for the interpreter/CPU: an explicit pdl there is refused, by name
-    rc, out, err = run(capsys, "emit", DATA, "--mode", "values", "--pdl", "on")
-    assert rc != 0 and "pdl" in err
+    # the plan sets pdl, num_stages and bake_strides: no flags for them
+    for flag in ("--pdl", "--num-stages", "--bake-strides"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["emit", str(DATA), flag, "on"])
