@@ -53,11 +53,9 @@ split_k
     (a row is one segment there). Searched by the tuner where few programs leave SMs idle
     (H100: 1.29x / 1.08x over the one-row default at N = 49 / 196, explore run 6; 4 parts
     for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
-prefetch
-    Table mode, one row at a time: load the next chunk's columns and values one loop step
-    ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
 prefetch_tail
-    With ``prefetch``: a row's (or a kernel tap's) last ``len % chunk`` nonzeros use the
+    In the one-row table kernel, whose loop loads the next chunk's columns and values one
+    step ahead (``prefetch``, set by the plan): a row's (or a kernel tap's) last ``len % chunk`` nonzeros use the
     columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
     loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
     step waits for its column before loading X. Default: on in a convolution's one-row kernel
@@ -79,13 +77,6 @@ prefetch_x
     ``FEW_MIN_ROW`` (16) nonzeros on average (H100, the 14 DLMC GEMM cases at 90% this
     changes: 1.24x geomean, 12 up to 1.64x faster, 2 slower by 4-5%). Half precision takes
     it only with N <= 64 (fp16 1.22x geomean on those cases; mixed above, 0.65-1.42x).
-tap_segments
-    Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
-    time (every load of a tap at one fixed shift of X, under one in-image mask set once per
-    tap), instead of in (c_in, tap) order with the shift and mask worked out per nonzero.
-    Fewer instructions per nonzero; the (c_in, tap) order re-reads a channel's X lines for
-    its next tap while they are still in L1. Default: on where the one-row kernel reads the
-    unpadded X without tap masks (both asked off). Ignored by ``W @ X``.
 pad_input
     Convolutions, in the one-row table kernel and the unrolled modes: copy X once per call into
     a buffer zero-padded by the convolution's padding (one copy kernel; none for padding 0 and
@@ -123,9 +114,13 @@ num_warps
     candidates of the tuner won the 64/128-channel layers at batch 8 (seventh session).
 
 The plan also sets, without a Schedule field (no measured case needed a user to change
-them; bench/NOTES.md, "Schedule fields removed"): ``bake_strides`` (the unrolled modes
-write X's strides into the code), ``pdl`` (programmatic dependent launch on compute
-capability 9.0+) and ``num_stages`` (2 for the table and blocks loops, 1 for unrolled code).
+them; bench/NOTES.md, "Schedule fields removed"): ``prefetch`` (the one-row table kernel
+loads the next chunk's columns and values a loop step ahead: 1.1-1.5x on every layer of
+explore run 5), ``tap_segments`` (that kernel walks a convolution's row one kernel tap at a
+time where it reads the unpadded X without tap masks: 1.28x over the (c_in, tap) order),
+``bake_strides`` (the unrolled modes write X's strides into the code), ``pdl``
+(programmatic dependent launch on compute capability 9.0+) and ``num_stages`` (2 for the
+table and blocks loops, 1 for unrolled code).
 """
 from __future__ import annotations
 
@@ -143,6 +138,7 @@ REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
                   "tap_pointers": (AUTO, False), "pack_nonzeros": (AUTO, False),
                   # derived by the plan now: whatever a saved schedule held is ignored
                   "bake_strides": (AUTO, True, False), "pdl": (AUTO, True, False),
+                  "prefetch": (AUTO, True, False), "tap_segments": (AUTO, True, False),
                   "num_stages": (AUTO,) + tuple(range(1, 9))}
 MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
@@ -152,8 +148,8 @@ INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps",
               "max_statements_per_function", "max_functions_per_kernel", "split_k", "streams")
 #: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
 #: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
-CONV_FIELDS = ("tap_segments", "pad_input", "tap_masks")
-BOOL_FIELDS = ("allow_tf32", "prefetch", "tap_segments",
+CONV_FIELDS = ("pad_input", "tap_masks")
+BOOL_FIELDS = ("allow_tf32",
                "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "tap_masks")
 
 
@@ -240,8 +236,6 @@ class Schedule:
     max_functions_per_kernel: int = 16
     num_warps: IntOrAuto = AUTO
     split_k: int = 1
-    prefetch: Union[bool, str] = AUTO
-    tap_segments: Union[bool, str] = AUTO
     prefetch_tail: Union[bool, str] = AUTO
     prefetch_x: Union[bool, str] = AUTO
     pad_input: Union[bool, str] = AUTO

@@ -151,10 +151,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # layers, 11.6 vs 14.3 on the stride-2 128-channel one) or at most 8% slower (the three
     # 128-channel layers; H100, bench/results/conv_h100_b1_px_tune.jsonl,
     # conv_h100_fp16_tune.jsonl, conv_h100_bf16_tune.jsonl). Only with prefetch_x 'auto'
-    chain_ok = (split == 1 and s.prefetch_x == AUTO and s.prefetch is not False
-                and s.prefetch_tail is not False)
+    chain_ok = split == 1 and s.prefetch_x == AUTO and s.prefetch_tail is not False
     programs = weight.M * math.ceil(N / block_n)
-    few = (conv_rows and chain_ok and s.tap_segments is not True and programs <= FEW_PROGRAMS)
+    few = conv_rows and chain_ok and programs <= FEW_PROGRAMS
     # W @ X the same way (chunks of 16, the prefetched tail, X rows a chunk ahead) in fp32
     # where the grid is small and rows are long enough to chain. H100, run 8 (the 16 ResNet-50
     # 1x1/FC shapes at batch 1, 90%; bench/results/explore_h100_run8_prefetch_x.csv): of the
@@ -172,11 +171,11 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
               and avg >= FEW_MIN_ROW and (x_dtype == "float32" or (half and N <= 64)))
     if s.tap_masks == AUTO:
         tap_masks = (conv_rows and tap_masks_fit and split == 1 and not few
-                     and s.pad_input == AUTO and s.tap_segments is not True)
+                     and s.pad_input == AUTO)
     else:
         tap_masks = conv and s.tap_masks is True
     if s.pad_input == AUTO:
-        pad = conv_rows and s.tap_segments is not True and not tap_masks
+        pad = conv_rows and not tap_masks
     else:
         pad = conv and bool(s.pad_input)
     chunk = s.chunk
@@ -198,8 +197,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # cases the tuner timed it on, run 2); straight-line unrolled code has no loop to pipeline
     num_stages = 2 if mode == "table" else 1
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
-    # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
-    prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
+    # (bench/results/explore_h100_run5_prefetch.csv): always, in the one-row kernel
+    prefetch = row_kernel
     # the prefetched tail: part of the padded convolution default above (without the padded
     # input it was slower: 0.78x at batch 8, conv_h100_pad_tune.jsonl)
     if s.prefetch_tail == AUTO:
@@ -208,9 +207,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         tail = bool(s.prefetch_tail)
     # without the padded input, a convolution's rows walked one kernel tap at a time: 1.28x
     # (geomean, 0.71-1.55x) over the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90%
-    # (H100, bench/results/conv_h100_before_taps.csv)
-    taps = ((row_kernel and not pad and not tap_masks and split == 1) if s.tap_segments == AUTO
-            else s.tap_segments)
+    # (H100, bench/results/conv_h100_before_taps.csv); that order, won by no case since the
+    # padded input, is left to the split kernel's plain loads
+    taps = row_kernel and not pad and not tap_masks and split == 1
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
@@ -269,8 +268,7 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         blocks = -(-weight.M // rpp)
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
-    for name in ("use_dot", "prefetch",
-                 "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_masks"):
+    for name in ("use_dot", "prefetch_tail", "prefetch_x", "pad_input", "tap_masks"):
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
             raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n,

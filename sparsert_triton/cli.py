@@ -224,8 +224,6 @@ def _add_schedule_options(p):
 #: underscore form
 ON_OFF_OPTIONS = [
     ("use-dot", "table mode: multiply blocks with tl.dot (tensor cores; R, chunk, block-n >= 16)"),
-    ("prefetch", "table mode, one row per program: load the next chunk's columns and values one "
-                 "step ahead (auto: on)"),
     ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
                       "masked loads of the prefetched columns (auto: on with pad-input or "
                       "tap-masks, and with prefetch-x's W @ X default)"),
@@ -234,8 +232,6 @@ ON_OFF_OPTIONS = [
                    "convolution's one-row kernel of <= 1024 programs (with pad-input) and in "
                    "W @ X's of <= 2048 programs whose rows average >= 16 nonzeros (fp32; half "
                    "precision with N <= 64))"),
-    ("tap-segments", "table mode, one row per program, convolutions without pad-input: walk "
-                     "each row one kernel tap at a time (auto: on there)"),
     ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
                   "of X, each nonzero one offset into it (auto: on for the table kernel where "
                   "tap-masks does not serve the input or with few programs)"),

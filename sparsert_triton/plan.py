@@ -11,7 +11,7 @@ OPERAND_KINDS = ("number", "scalar", "row", "full")
 LAUNCH_ONLY = ("streams",)
 #: Plan fields the plan derives itself, with no Schedule field (bench/NOTES.md, "Schedule
 #: fields removed": no measured case needed a user to set them)
-DERIVED = ("num_stages", "bake_strides", "pdl")
+DERIVED = ("num_stages", "prefetch", "tap_segments", "bake_strides", "pdl")
 
 
 def _pow2(x: int) -> bool:
@@ -112,7 +112,8 @@ class Plan:
             bad("tap_masks replaces pad_input and tap_segments (one loop of masked loads from "
                 "the unpadded X): set both False")
         if self.prefetch_tail and not self.prefetch:
-            bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
+            bad("prefetch_tail applies to the one-row table kernel only (it reuses the columns "
+                "and values its loop prefetched)")
         if self.prefetch_x and not (self.prefetch_tail and self.split_k == 1):
             bad("prefetch_x needs prefetch_tail (the tail consumes the prefetched X rows) "
                 "and split_k 1")

@@ -110,21 +110,18 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
             return Schedule(mode=mode, rows_per_program=16, chunk=16, block_n=max(16, block_n),
                             row_order=order, use_dot=True)
         R = draw(_pow2(0, 3))
-        pre = draw(st.booleans())
         pad = draw(st.booleans())   # replaces tap segments (convolutions)
         split = draw(st.sampled_from([1, 1, 2, 4]))
         plain = split > 1      # no tail or tap segments
-        # convolutions without the padded copy: masked loads, one loop per row (tap_masks)
+        # convolutions without the padded copy: masked loads, one loop per row (tap_masks),
+        # else (both off) one kernel tap at a time, or the split kernel's (c_in, tap) order
         masks = not pad and draw(st.booleans())
-        tail = draw(st.booleans()) if pre is True and not plain else False
+        tail = draw(st.booleans()) if not plain else False
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False,
-                        split_k=split, tap_masks=masks, prefetch=pre,
-                        prefetch_tail=tail,
+                        split_k=split, tap_masks=masks, prefetch_tail=tail,
                         # X rows a chunk ahead too
                         prefetch_x=tail and draw(st.booleans()),
-                        tap_segments=("auto" if pad or masks else False if split > 1
-                                      else draw(st.booleans())),
                         pad_input=pad)
     pad = draw(st.booleans())
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,

@@ -289,7 +289,7 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     # input; on W @ X timed here like every candidate)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
                            row_order="nnz", num_warps=max(1, bn_main // 128),
-                           prefetch=True, prefetch_tail=True))
+                           prefetch_tail=True))
     # and the X rows a chunk ahead (half the chain of dependent X loads), in chunks of 8 and
     # 16: the fp32 default for small grids of long rows (plan_for); in fp16 it ran from 1.54x
     # faster to 1.42x slower than chunks of 8 on the DLMC GEMMs it would change (H100,
@@ -297,13 +297,13 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     for U in (8, 16):
         second.append(Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn_main,
                                row_order="nnz", num_warps=max(1, bn_main // 128),
-                               prefetch=True, prefetch_tail=True, prefetch_x=True))
+                               prefetch_tail=True, prefetch_x=True))
     # fewer warps, several columns per thread: one index load serves a wider vector load
     # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit)
     for bn in [b for b in bns if b >= 64]:
-        for U, pre in ((8, True), (4, True), (8, False)):
+        for U in (8, 4):
             s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
-                         num_warps=max(1, bn // 128), prefetch=pre)
+                         num_warps=max(1, bn // 128))
             (first if bn == bn_main and U == 8 else second).append(s)
 
     # rows split over warps (split_k), where few programs leave SMs idle: 1.29x and 1.08x over

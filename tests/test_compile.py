@@ -31,7 +31,7 @@ CASES = {
     "table_dot_fp16": ("table", torch.float16, gelu_cast,
                        dict(rows_per_program=16, chunk=16, use_dot=True)),
     "table_prefetch_tail": ("table", torch.float32, bias_relu,
-                            dict(chunk=4, prefetch=True, num_warps=1, prefetch_tail=True)),
+                            dict(chunk=4, num_warps=1, prefetch_tail=True)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
 }
 out = {}
@@ -176,7 +176,7 @@ ints = [p for p, t in triton_signature(sig).items() if t == "i32"]
 for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch_x=True,
                                           prefetch_tail=True)),
                     ("table_masks", dict(mode="table", tap_masks=True)),
-                    ("table_taps", dict(mode="table", tap_segments=True)),
+                    ("table_taps", dict(mode="table", pad_input=False, tap_masks=False)),
                     ("table_split", dict(mode="table", pad_input=True, split_k=2)),
                     ("values_pad", dict(mode="values", rows_per_program=8, pad_input=True)),
                     ("values_masked", dict(mode="values", rows_per_program=8))):

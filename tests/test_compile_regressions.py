@@ -29,9 +29,8 @@ W = torch.randn(28, 18, generator=g, dtype=torch.float64) * (torch.rand(28, 18, 
 sig = Signature("float64", "float64", "float64", (("s", "number"),))
 for name, s in (("values", Schedule(mode="values")),
                 ("table", Schedule(mode="table")),
-                ("table_rows", Schedule(mode="table", rows_per_program=16, block_n=2, chunk=16,
-                                        prefetch=False)),
-                ("table_wide", Schedule(mode="table", chunk=32, block_n=4, prefetch=False))):
+                ("table_rows", Schedule(mode="table", rows_per_program=16, block_n=2, chunk=16)),
+                ("table_wide", Schedule(mode="table", chunk=32, block_n=4))):
     v = sparse_kernel(clamped_scaled, schedule=s).specialize(W).variant(sig, 82,
                                                                        torch.device("cpu"))
     ttir = "".join(c.asm["ttir"] for c in precompile_variant(v, sig))

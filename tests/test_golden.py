@@ -50,7 +50,7 @@ CASES = {
     "table_bias_relu": (W_A, _bias_relu, Schedule(mode="table", rows_per_program=2, block_n=64,
                                                   chunk=4), (("bias", "row"),)),
     "table_conv_relu": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                  tap_segments=True), ()),
+                                                  pad_input=False, tap_masks=False), ()),
     "table_conv_padded": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                      pad_input=True, prefetch_tail=True,
                                                      prefetch_x=False), ()),

@@ -15,9 +15,9 @@ from .common import (TL_DTYPES, Buffer, _kernel_decorator, _kernel_params, _stor
 
 def _table_x_load(b: Buffer, low: Lowered, valid: str = "", x: str = "x"):
     """One X row per nonzero: ``x`` (or the name given) for column ``c``. In a
-    convolution's tap loop ``c`` is the input channel, ``xt`` the tile shifted to the tap (set
-    once per tap, see ``_conv_tap``) and the load unmasked; without tap segments ``c`` is the
-    (c_in, dy, dx) column, decoded here, and the in-image mask worked out per nonzero.
+    convolution ``c`` is the nonzero's offset into the padded input (``pad_input``), its
+    offset and tap bit (``tap_masks``), or, in a tap loop, the input channel, with ``xt`` the
+    tile shifted to the tap (set once per tap, see ``_conv_tap``) and the load unmasked.
     ``valid``: a condition that also masks the load (a segment's prefetched tail)."""
     g, cv = low.conv, cvt(low.signature.x_dtype, low.signature)
     also = f" & {valid}" if valid else ""
@@ -33,16 +33,11 @@ def _table_x_load(b: Buffer, low: Lowered, valid: str = "", x: str = "x"):
         b(f"{x} = tl.load(xp + {off}, mask={valid + ' & ' if valid else ''}((tm & {bit}) != 0), "
           f"other=0.0){cv}")
         return
-    if low.plan.tap_segments:
-        b(f"{x} = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){cv}" if valid else
-          f"{x} = tl.load(xt + c * sxc){cv}")
-        return
-    (dh, dw), khw = g.dilation, g.kh * g.kw
-    b(f"ci = c // {khw}")
-    b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
-    b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
-    b(f"{x} = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask=nmask{also} & (iy0 >= -dy) & "
-      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0){cv}")
+    if not low.plan.tap_segments:
+        raise ValueError("invalid plan: a convolution's one-row table kernel reads the padded "
+                         "input, tap masks or tap segments")
+    b(f"{x} = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){cv}" if valid else
+      f"{x} = tl.load(xt + c * sxc){cv}")
 
 
 def _table_col(b: Buffer, at: str, name: str):
@@ -219,13 +214,7 @@ def _row_segment(b: Buffer, low: Lowered, seg: str):
         _table_chunks_prefetched_x(b, low, U)
         return
     b(f"full = start + (end - start) // {U} * {U}")
-    if low.plan.prefetch:
-        _table_chunks_prefetched(b, low, U)
-    else:
-        with b.indent(f"for j in range(start, full, {U}):"):
-            with b.indent(f"for t in tl.static_range({U}):"):
-                b("k = j + t")
-                _table_step(b, low)
+    _table_chunks_prefetched(b, low, U)
     if U > 1 and low.plan.prefetch_tail:
         # the loop's last prefetch (or the preamble) loaded entries full .. full + U - 1:
         # the tail's loads are independent, masked off past the segment (x = 0 there)
@@ -344,15 +333,9 @@ def _render_table_split(b: Buffer, k: TableKernel, low: Lowered):
             b("first = start + sk * part")
             b("stop = tl.minimum(first + part, start + length)")
             b(f"acc = tl.zeros([{S}, {BN}], {TL_DTYPES[sig.acc_dtype]})")
-            if p.prefetch:
-                _prefetched(b, U, f"for j in range(0, part, {U}):", "",
-                            lambda at, s: _tile_index(b, low, at, s),
-                            lambda s: _tile_fma(b, low, s), ("cols", "w", "kmask"))
-            else:
-                with b.indent(f"for j in range(0, part, {U}):"):
-                    for t in range(U):
-                        _tile_index(b, low, f"j + {t}", str(t))
-                        _tile_fma(b, low, str(t))
+            _prefetched(b, U, f"for j in range(0, part, {U}):", "",
+                        lambda at, s: _tile_index(b, low, at, s),
+                        lambda s: _tile_fma(b, low, s), ("cols", "w", "kmask"))
             b("acc = tl.sum(acc, axis=0)")
             _store_row(b, low, ops)
 
