@@ -213,7 +213,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
-                max_functions_per_kernel=int(s.max_functions_per_kernel),
+                max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
                 num_warps=int(num_warps), num_stages=int(num_stages),
                 prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
@@ -231,6 +231,20 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
                 pdl=False,   # resolved per device: see with_device
                 tap_masks=tap_masks)
+
+
+def functions_per_kernel(max_statements: int) -> int:
+    """How many of the unrolled code's functions one kernel holds (a variant of more is cut
+    into several kernels, compiled in parallel and launched side by side, ``streams``): 16
+    for functions of up to the default 2048 statements, 8 for larger ones (whole row
+    groups), so a kernel stays a bounded compile unit. These are the bounds of every measured
+    unrolled schedule: the defaults, and the tuner's 16-warp convolution candidates (16384
+    statements, 8 functions; the fastest on the 64/128-channel layers at batch 8, seventh
+    session). The one other bound timed on them (any number of functions per kernel) ran the
+    128-channel layer's eight 16-row groups in one kernel at 24.7 us against 26.7 in two
+    (separate runs, ``conv_h100_one_kernel_tune.jsonl``, ``conv_h100_ctas2_tune.jsonl``),
+    where 32-row groups won (25.3): no measured case needed a user to set it."""
+    return 16 if max_statements <= 2048 else 8
 
 
 #: Half-precision W @ X with at most this many columns defaults to the blocks mode ...
@@ -275,7 +289,7 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
                 row_order="given" if s.row_order == AUTO else s.row_order, chunk=chunk,
                 use_dot=False, allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
-                max_functions_per_kernel=int(s.max_functions_per_kernel),
+                max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
                 num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
                 num_stages=2,
                 split_k=split, streams=1 if s.streams == AUTO else int(s.streams))

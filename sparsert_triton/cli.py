@@ -212,9 +212,6 @@ def _add_schedule_options(p):
     g.add_argument("--max-statements", type=_positive_int, default=None, metavar="S",
                    help="unrolled modes: statements per generated function (default "
                         f"{Schedule().max_statements_per_function})")
-    g.add_argument("--max-functions", type=_positive_int, default=None, metavar="F",
-                   help="unrolled modes: functions per kernel (default "
-                        f"{Schedule().max_functions_per_kernel})")
     g.add_argument("--streams", type=_int_or_auto, default="auto", metavar="S",
                    help="unrolled modes cut into several kernels: run up to S of them side by "
                         "side on CUDA streams (auto: 8; 1: in sequence)")
@@ -250,8 +247,6 @@ def schedule_from_args(args):
     bounds = {}
     if args.max_statements is not None:
         bounds["max_statements_per_function"] = args.max_statements
-    if args.max_functions is not None:
-        bounds["max_functions_per_kernel"] = args.max_functions
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
                     row_order=args.row_order, chunk=args.chunk, split_k=args.split_k,
                     streams=args.streams,

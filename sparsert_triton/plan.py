@@ -11,7 +11,8 @@ OPERAND_KINDS = ("number", "scalar", "row", "full")
 LAUNCH_ONLY = ("streams",)
 #: Plan fields the plan derives itself, with no Schedule field (bench/NOTES.md, "Schedule
 #: fields removed": no measured case needed a user to set them)
-DERIVED = ("num_stages", "prefetch", "tap_segments", "bake_strides", "pdl")
+DERIVED = ("max_functions_per_kernel", "num_stages", "prefetch", "tap_segments", "bake_strides",
+           "pdl")
 
 
 def _pow2(x: int) -> bool:

@@ -126,8 +126,8 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
     pad = draw(st.booleans())
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
-                    max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
-                    max_functions_per_kernel=draw(st.sampled_from([3, 64])),
+                    # small functions: several parts per group, several kernels (16 each)
+                    max_statements_per_function=draw(st.sampled_from([13, 16, 40, 256])),
                     streams=draw(st.sampled_from([1, 3])),
                     pad_input=pad)
 

@@ -211,11 +211,11 @@ CONV_CANDIDATES = [
     # against 29.4 us with four warps x 128 columns and 45-48 us for the padded table kernel;
     # 64-channel layer 16.4-16.8 us against 19.7 (H100, conv_h100_ctas*_tune.jsonl)
     Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
+             max_statements_per_function=16384, pad_input=True),
     # the same with 16-row groups (twice the programs): the stride-2 128-channel layer at
     # batch 8, 38.7 us against 47.8 with 32 rows and 41.9 with four warps x 128 columns
     Schedule(mode="values", rows_per_program=16, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
+             max_statements_per_function=16384, pad_input=True),
     # the one-row kernel without the padded copy (tap masks: the same loads, masked, no copy
     # kernel): faster than the padded form in 17 of 26 DLMC cases, up to 21% (stride-2
     # projections; H100, conv_h100_masks_*_tune.jsonl); the heuristic's default

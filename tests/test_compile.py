@@ -24,8 +24,7 @@ def gelu_cast(W, X):
 
 CASES = {
     "values_fp32_split": ("values", torch.float32, bias_relu,
-                          dict(rows_per_program=8, max_statements_per_function=32,
-                               max_functions_per_kernel=6)),
+                          dict(rows_per_program=8, max_statements_per_function=32)),
     "indices_fp16": ("indices", torch.float16, gelu_cast, dict(rows_per_program=4)),
     "table_bf16": ("table", torch.bfloat16, bias_relu, dict(rows_per_program=4, chunk=8)),
     "table_dot_fp16": ("table", torch.float16, gelu_cast,

@@ -98,7 +98,8 @@ def test_run_works_out_the_key_once_for_all_kernels_of_a_variant(monkeypatch):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 30, generator=g) * (torch.rand(40, 30, generator=g) < 0.3)
     k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(
-        mode="values", rows_per_program=4, max_functions_per_kernel=2, streams=1)).specialize(W)
+        mode="values", rows_per_program=4, max_statements_per_function=8, streams=1)
+    ).specialize(W)
     X, Y = torch.randn(30, 20), torch.empty(40, 20)
     sig = Signature("float32", "float32", "float32", ())
     v = k.variant(sig, 20, X.device, X.stride())

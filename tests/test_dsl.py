@@ -267,3 +267,21 @@ def test_a_plans_schedule_for_its_kind_names_only_the_fields_that_apply():
     assert plan_for(Schedule(mode="table"), w, 64, "float32").tap_segments   # derived, unshown
     conv = plan_for(Schedule(mode="table"), w, 64, "float32", conv=True, tap_masks_fit=True)
     assert all(f"{f}=" in repr(conv.to_schedule(conv=True)) for f in CONV_FIELDS)
+
+
+def test_functions_per_kernel_follow_the_statements_bound():
+    """``max_functions_per_kernel`` is set by the plan (no Schedule field): 16 functions per
+    kernel up to the default 2048 statements each, 8 above (the bounds of every measured
+    unrolled schedule); a saved schedule holding it loads, the plan decides."""
+    from dsl.schedule import as_schedule
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.weights import as_sparse_weight
+    w = as_sparse_weight(torch.eye(8))
+    for statements, functions in ((1024, 16), (2048, 16), (2049, 8), (16384, 8)):
+        s = Schedule(mode="values", max_statements_per_function=statements)
+        assert plan_for(s, w, 16, "float32").max_functions_per_kernel == functions
+    saved = {"mode": "values", "max_statements_per_function": 16384,
+             "max_functions_per_kernel": 64}
+    assert as_schedule(saved) == Schedule(mode="values", max_statements_per_function=16384)
+    with pytest.raises(TypeError, match="max_functions_per_kernel"):
+        Schedule(max_functions_per_kernel=8)
