@@ -20,26 +20,40 @@ mode
     walked ``chunk`` at a time, 16-bit column indices (4 bytes per fp16 nonzero), each block's
     steps cut over ``split_k`` programs (``split_k`` 1, the default, lets the plan choose:
     ~4 programs per SM); the default for half-precision W @ X of N <= 4 columns, or N <= 16
-    at <= 15% density (``canonicalise.blocks_by_default``).
+    at <= 15% density (``canonicalise.blocks_by_default``). Every mode is picked somewhere:
+    the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the table kernel in 268 of
+    312 cases (25 of them ``use_dot``), ``values`` in 44; blocks: 2.4-2.9x over dense cuBLAS
+    at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session); ``indices`` keeps the compiled
+    kernel for new values (``k.with_values``).
 rows_per_program
     Output rows computed by one program. In the unrolled modes each needed row of ``X`` is
-    loaded once per program and feeds every row of the group that uses it.
+    loaded once per program and feeds every row of the group that uses it (the tuner's 16-
+    and 32-row groups won the 64/128-channel convolutions at batch 8; the table kernel runs
+    one row: 4-64 rows were 1.2-20x slower, second session).
 block_n
-    Columns of ``X``/``Y`` per program (a power of two).
+    Columns of ``X``/``Y`` per program (a power of two). Searched by the tuner (16-512; the
+    convolution table kernel's 32-, 64- and 128-column forms each won DLMC cases, fourth
+    session).
 row_order
     ``"given"`` (matrix order), ``"nnz"`` (rows sorted by nonzero count, so that a group holds
     rows of similar length), ``"cluster"`` (greedy grouping of rows that share columns, to
-    maximise reuse of loaded ``X`` rows).
+    maximise reuse of loaded ``X`` rows; 14-15% fewer loads in the 16-warp unrolled code,
+    eighth session). The tuned DLMC winners: ``nnz`` in all 268 table cases, ``given`` in
+    the 44 unrolled ones; ``cluster`` groups the tuner's tensor-core and unrolled
+    candidates.
 chunk
     Table mode: nonzero columns handled per loop step (the static unroll). Default: 16 with
     ``use_dot`` and in the few-programs defaults (see ``prefetch_x``), 4 in a convolution's
-    tap-segment kernel, 8 otherwise.
+    tap-segment kernel, 8 otherwise (chunk 8 over 4: 1.18-1.46x on the prefetched table kernel, run 5;
+    4 with 32-column tiles won convolutions at batch 1, fourth session).
 use_dot
     Table mode: multiply each (rows_per_program x chunk) block of W with ``tl.dot`` (tensor
     cores; needs rows_per_program, chunk, block_n >= 16). Float32 inputs use exact ("ieee")
-    precision unless ``allow_tf32`` is set.
+    precision unless ``allow_tf32`` is set. Default on for half precision at >= 15%
+    density (the tuned winner of 25 of the 312 DLMC cases).
 allow_tf32
-    Let float32 ``tl.dot`` use TF32 (faster, ~1e-3 relative error).
+    Let float32 ``tl.dot`` use TF32 (faster, ~1e-3 relative error): a numerics choice the
+    user makes (off by default), not a tuning knob.
 max_statements_per_function
     Compile-unit bound of the unrolled modes: a row group is split into ``noinline``
     functions of at most this many statements (one X load per distinct column, one FMA per
@@ -63,13 +77,15 @@ split_k
     for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
 prefetch_tail
     In the one-row table kernel, whose loop loads the next chunk's columns and values one
-    step ahead (``prefetch``, set by the plan): a row's (or a kernel tap's) last ``len % chunk`` nonzeros use the
-    columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
+    step ahead (``prefetch``, set by the plan): a row's (or a kernel tap's) last
+    ``len % chunk`` nonzeros use the columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
     loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
     step waits for its column before loading X. Default: on in a convolution's one-row kernel
     with ``pad_input`` or ``tap_masks`` (part of the measured convolution default; without
     them it was slower) and in fp32 W @ X's few-programs default (see ``prefetch_x``), off
-    elsewhere.
+    elsewhere. A W @ X candidate of the tuner on its own: the best of 5 table schedules on 4
+    of the 16 ResNet-50 1x1/FC shapes at batch 1 (H100, 2.5-4% over the default, grids of
+    1792-3584 programs; explore run 8, ``explore_h100_run8_prefetch_x.csv``).
 prefetch_x
     With ``prefetch_tail``: load the next chunk's X rows one loop step ahead too (the columns
     and values two steps ahead), so a step's FMAs consume loads issued a step earlier and a
@@ -94,7 +110,10 @@ pad_input
     the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
     the input's spatial size. Default: the one-row table kernel's where ``tap_masks`` does not
     serve the input (or ``split_k`` > 1) and for few programs (see ``prefetch_x``); off in
-    the unrolled modes. Ignored by ``W @ X``.
+    the unrolled modes. Ignored by ``W @ X``. The tuner's unrolled convolution candidates
+    set it: the 16-warp forms on the padded copy won the 64/128-channel layers at batch 8
+    (seventh session); ``pad_input=False`` with ``tap_masks=False`` gives the one-row kernel
+    that walks each row one kernel tap at a time (the default before the padded input).
 tap_masks
     Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
     entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to
@@ -103,7 +122,7 @@ tap_masks
     (sm_90 SASS: 116 instructions per 8 nonzeros against 80, the loads the same). Kernels of
     up to 16 taps. Default ('auto'): on in the one-row table kernel of a convolution whose
     kernel and input it serves (up to 16 taps; one image's entries within 32 bits) when
-    ``pad_input`` and ``tap_segments`` are left 'auto' and ``split_k`` is 1 and the grid is
+    ``pad_input`` is left 'auto' and ``split_k`` is 1 and the grid is
     not one of few programs (see ``prefetch_x``), else the padded input (H100, fp32 DLMC 3x3 layers at 90%: faster in 17 of 26 cases, -21% to +7%; with
     32-column tiles and chunks of 4 slower on 7x7 and 14x14 images). Ignored by ``W @ X``.
 streams
@@ -113,8 +132,10 @@ streams
     too few programs to fill the GPU alone. 1 launches them in sequence. Default: 8 for the
     unrolled modes (H100: 1.9-5.2x faster on the GPU than in sequence on DLMC ResNet-50 3x3
     layers and a 16-kernel matmul, ``bench/results/conv_h100_unrolled_streams_tune.jsonl``,
-    ``streams_latency_h100.txt``; in eager calls ~30 us more host time per kernel); a table
-    variant is one kernel. The result does not depend on it.
+    ``streams_latency_h100.txt``). 1 is the user's choice for eager calls: side by side
+    costs ~30 us more host time per kernel (a 16-kernel variant: 1072 us of host time per
+    call against 580 in sequence, fifth session). A table variant is one kernel. The result
+    does not depend on it.
 num_warps
     Passed to Triton. Default: one warp per program for the scalar-FMA kernels (H100, run 4:
     one warp with several columns per thread beat four by 1.1-1.8x), ``split_k`` warps for
