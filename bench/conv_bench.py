@@ -46,12 +46,12 @@ COLUMNS = ["layer", "sparsity", "C_in", "C_out", "H", "W", "batch", "stride", "k
 TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: the tuner's convolution candidates (each the fastest on at least one DLMC case on the
-#: H100), then the kernels they replaced, for comparison: the tap-segment kernel (each row
-#: walked one kernel tap at a time, the default before the padded input) and its (c_in, tap)
-#: order. Wider exploration: ``--schedules``.
+#: H100), then the kernel they replaced, for comparison: the tap-segment kernel (each row
+#: walked one kernel tap at a time, the default before the padded input). Wider
+#: exploration: ``--schedules``.
 SCHEDULES = list(CONV_CANDIDATES) + [
     Schedule(mode="table", rows_per_program=1, chunk=4, block_n=64, num_warps=1,
-             tap_segments=t) for t in (True, False)]
+             pad_input=False, tap_masks=False)]
 
 
 def layers(root: Path, sparsity: str):

@@ -20,34 +20,52 @@ mode
     walked ``chunk`` at a time, 16-bit column indices (4 bytes per fp16 nonzero), each block's
     steps cut over ``split_k`` programs (``split_k`` 1, the default, lets the plan choose:
     ~4 programs per SM); the default for half-precision W @ X of N <= 4 columns, or N <= 16
-    at <= 15% density (``canonicalise.blocks_by_default``).
+    at <= 15% density (``canonicalise.blocks_by_default``). Every mode is picked somewhere:
+    the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the table kernel in 268 of
+    312 cases (25 of them ``use_dot``), ``values`` in 44; blocks: 2.4-2.9x over dense cuBLAS
+    at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session); ``indices`` keeps the compiled
+    kernel for new values (``k.with_values``).
 rows_per_program
     Output rows computed by one program. In the unrolled modes each needed row of ``X`` is
-    loaded once per program and feeds every row of the group that uses it.
+    loaded once per program and feeds every row of the group that uses it (the tuner's 16-
+    and 32-row groups won the 64/128-channel convolutions at batch 8; the table kernel runs
+    one row: 4-64 rows were 1.2-20x slower, second session).
 block_n
-    Columns of ``X``/``Y`` per program (a power of two).
+    Columns of ``X``/``Y`` per program (a power of two). Searched by the tuner (16-512; the
+    convolution table kernel's 32-, 64- and 128-column forms each won DLMC cases, fourth
+    session).
 row_order
     ``"given"`` (matrix order), ``"nnz"`` (rows sorted by nonzero count, so that a group holds
     rows of similar length), ``"cluster"`` (greedy grouping of rows that share columns, to
-    maximise reuse of loaded ``X`` rows).
+    maximise reuse of loaded ``X`` rows; 14-15% fewer loads in the 16-warp unrolled code,
+    eighth session). The tuned DLMC winners: ``nnz`` in all 268 table cases, ``given`` in
+    the 44 unrolled ones; ``cluster`` groups the tuner's tensor-core and unrolled
+    candidates.
 chunk
     Table mode: nonzero columns handled per loop step (the static unroll). Default: 16 with
     ``use_dot`` and in the few-programs defaults (see ``prefetch_x``), 4 in a convolution's
-    tap-segment kernel, 8 otherwise.
+    tap-segment kernel, 8 otherwise (chunk 8 over 4: 1.18-1.46x on the prefetched table kernel, run 5;
+    4 with 32-column tiles won convolutions at batch 1, fourth session).
 use_dot
     Table mode: multiply each (rows_per_program x chunk) block of W with ``tl.dot`` (tensor
     cores; needs rows_per_program, chunk, block_n >= 16). Float32 inputs use exact ("ieee")
-    precision unless ``allow_tf32`` is set.
+    precision unless ``allow_tf32`` is set. Default on for half precision at >= 15%
+    density (the tuned winner of 25 of the 312 DLMC cases).
 allow_tf32
-    Let float32 ``tl.dot`` use TF32 (faster, ~1e-3 relative error).
-max_statements_per_function, max_functions_per_kernel
-    Compile-unit bounds of the unrolled modes: a row group is split into ``noinline``
-    functions of at most this many statements, and the groups into kernels of at most this
-    many functions (compiled in parallel). Compile time grows linearly in nnz.
-bake_strides
-    Write the strides of ``X`` into the code as constants (each load then addresses ``X`` with
-    an immediate offset instead of computing it); the kernel is specialised to those strides.
-    Default: on for the unrolled modes.
+    Let float32 ``tl.dot`` use TF32 (faster, ~1e-3 relative error): a numerics choice the
+    user makes (off by default), not a tuning knob.
+max_statements_per_function
+    Compile-unit bound of the unrolled modes: a row group is split into ``noinline``
+    functions of at most this many statements (one X load per distinct column, one FMA per
+    nonzero, one store per row), and the groups into kernels of at most 16 such functions
+    (compiled in parallel; 8 where a function may hold more than the default 2048
+    statements). Compile time grows linearly in nnz. Default 2048 (a few rows per function:
+    2.2x faster than the table kernel on the 64-channel 3x3 layers at batch 8, fourth
+    session); the tuner's 16-warp convolution candidates take 16384, a whole 32- or 16-row
+    group per function, so each loaded X vector feeds every row of the group that uses it:
+    the fastest schedule of the 64/128-channel layers at batch 8 (H100: 128 channels 25.3
+    us against 29.4 for four warps and 45-48 us for the padded table kernel; seventh
+    session, ``conv_h100_ctas*_tune.jsonl``).
 split_k
     Table mode, one row at a time: each row's nonzeros cut into ``split_k`` contiguous parts
     walked side by side (a ``(split_k x block_n)`` tile, one part per warp with the default
@@ -57,22 +75,17 @@ split_k
     (a row is one segment there). Searched by the tuner where few programs leave SMs idle
     (H100: 1.29x / 1.08x over the one-row default at N = 49 / 196, explore run 6; 4 parts
     for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
-pack_nonzeros
-    Table mode, one row at a time: read each nonzero as one 64-bit word (column index and
-    the float32 value's bits) instead of two loads (float32 accumulation). Default: off
-    (H100: +3% to -15% on W @ X, slower in 15 of 16 convolution pairs); a W @ X candidate
-    of the tuner, which keeps it where it wins.
-prefetch
-    Table mode, one row at a time: load the next chunk's columns and values one loop step
-    ahead (software pipelining of the column -> X-row load chain). Default: on for that kernel.
 prefetch_tail
-    With ``prefetch``: a row's (or a kernel tap's) last ``len % chunk`` nonzeros use the
-    columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
+    In the one-row table kernel, whose loop loads the next chunk's columns and values one
+    step ahead (``prefetch``, set by the plan): a row's (or a kernel tap's) last
+    ``len % chunk`` nonzeros use the columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
     loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
     step waits for its column before loading X. Default: on in a convolution's one-row kernel
     with ``pad_input`` or ``tap_masks`` (part of the measured convolution default; without
     them it was slower) and in fp32 W @ X's few-programs default (see ``prefetch_x``), off
-    elsewhere.
+    elsewhere. A W @ X candidate of the tuner on its own: the best of 5 table schedules on 4
+    of the 16 ResNet-50 1x1/FC shapes at batch 1 (H100, 2.5-4% over the default, grids of
+    1792-3584 programs; explore run 8, ``explore_h100_run8_prefetch_x.csv``).
 prefetch_x
     With ``prefetch_tail``: load the next chunk's X rows one loop step ahead too (the columns
     and values two steps ahead), so a step's FMAs consume loads issued a step earlier and a
@@ -88,13 +101,6 @@ prefetch_x
     ``FEW_MIN_ROW`` (16) nonzeros on average (H100, the 14 DLMC GEMM cases at 90% this
     changes: 1.24x geomean, 12 up to 1.64x faster, 2 slower by 4-5%). Half precision takes
     it only with N <= 64 (fp16 1.22x geomean on those cases; mixed above, 0.65-1.42x).
-tap_segments
-    Table mode, one row at a time, convolutions: walk each row's nonzeros one kernel tap at a
-    time (every load of a tap at one fixed shift of X, under one in-image mask set once per
-    tap), instead of in (c_in, tap) order with the shift and mask worked out per nonzero.
-    Fewer instructions per nonzero; the (c_in, tap) order re-reads a channel's X lines for
-    its next tap while they are still in L1. Default: on where the one-row kernel reads the
-    unpadded X without tap masks (both asked off). Ignored by ``W @ X``.
 pad_input
     Convolutions, in the one-row table kernel and the unrolled modes: copy X once per call into
     a buffer zero-padded by the convolution's padding (one copy kernel; none for padding 0 and
@@ -104,20 +110,10 @@ pad_input
     the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
     the input's spatial size. Default: the one-row table kernel's where ``tap_masks`` does not
     serve the input (or ``split_k`` > 1) and for few programs (see ``prefetch_x``); off in
-    the unrolled modes. Ignored by ``W @ X``.
-tap_pointers
-    Convolutions in the unrolled modes, without ``pad_input``: each lane's X pointer shifted
-    once per kernel tap (dy, dx) to that tap, or, where the tap falls outside the image (or
-    the lane past N), pointed into a zero buffer kept per device and dtype (one image's
-    channels: at least (C_in - 1) * X.stride(1) + 1 elements), so every load of the unrolled
-    code is unmasked at an immediate offset ``c_in * X.stride(1)`` from its tap's pointer, as
-    with ``pad_input`` but without the padded copy of X (sm_90 SASS: the padded code's loads
-    and FMAs and a few hundred set-up instructions; masked loads instead add a zero fill and
-    predicates per load, +28% instructions on a 128-channel layer; but its off-image lanes
-    read the zero buffer where masked loads read nothing). Searched by the tuner (its 16-warp
-    32-row convolution candidate: 11.6 vs 11.9 us at batch 1 on the H100, conv_h100_warps32).
-    Default: off (H100: 5-11% slower than ``pad_input`` at batch 8, within 3% at batch 1).
-    Ignored by ``W @ X``.
+    the unrolled modes. Ignored by ``W @ X``. The tuner's unrolled convolution candidates
+    set it: the 16-warp forms on the padded copy won the 64/128-channel layers at batch 8
+    (seventh session); ``pad_input=False`` with ``tap_masks=False`` gives the one-row kernel
+    that walks each row one kernel tap at a time (the default before the padded input).
 tap_masks
     Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
     entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to
@@ -126,27 +122,35 @@ tap_masks
     (sm_90 SASS: 116 instructions per 8 nonzeros against 80, the loads the same). Kernels of
     up to 16 taps. Default ('auto'): on in the one-row table kernel of a convolution whose
     kernel and input it serves (up to 16 taps; one image's entries within 32 bits) when
-    ``pad_input`` and ``tap_segments`` are left 'auto' and ``split_k`` is 1 and the grid is
+    ``pad_input`` is left 'auto' and ``split_k`` is 1 and the grid is
     not one of few programs (see ``prefetch_x``), else the padded input (H100, fp32 DLMC 3x3 layers at 90%: faster in 17 of 26 cases, -21% to +7%; with
     32-column tiles and chunks of 4 slower on 7x7 and 14x14 images). Ignored by ``W @ X``.
 streams
-    Unrolled modes cut into several kernels (``max_functions_per_kernel``): run up to this
+    Unrolled modes cut into several kernels (``max_statements_per_function``): run up to this
     many of them side by side on CUDA streams forked from the caller's stream and joined back
     to it before the call returns (CUDA-graph safe); each kernel holds a few row groups, i.e.
     too few programs to fill the GPU alone. 1 launches them in sequence. Default: 8 for the
     unrolled modes (H100: 1.9-5.2x faster on the GPU than in sequence on DLMC ResNet-50 3x3
     layers and a 16-kernel matmul, ``bench/results/conv_h100_unrolled_streams_tune.jsonl``,
-    ``streams_latency_h100.txt``; in eager calls ~30 us more host time per kernel); a table
-    variant is one kernel. The result does not depend on it.
-pdl
-    Programmatic dependent launch (Hopper and newer GPUs): each kernel of the call (and the
-    ``pad_input`` copy) is launched so that the GPU may start it while the kernel before it
-    in the stream finishes, and waits (``griddepcontrol.wait``) before its first memory
-    access: the launch latency between dependent kernels is hidden, nothing else changes.
-    Default: on for GPUs of compute capability 9.0 or newer, off in the interpreter (which
-    cannot run it; ``True`` there is an error).
-num_warps, num_stages
-    Passed to Triton.
+    ``streams_latency_h100.txt``). 1 is the user's choice for eager calls: side by side
+    costs ~30 us more host time per kernel (a 16-kernel variant: 1072 us of host time per
+    call against 580 in sequence, fifth session). A table variant is one kernel. The result
+    does not depend on it.
+num_warps
+    Passed to Triton. Default: one warp per program for the scalar-FMA kernels (H100, run 4:
+    one warp with several columns per thread beat four by 1.1-1.8x), ``split_k`` warps for
+    a split row, 4 for ``use_dot`` and the blocks mode; the 16-warp unrolled convolution
+    candidates of the tuner won the 64/128-channel layers at batch 8 (seventh session).
+
+The plan also sets, without a Schedule field (no measured case needed a user to change
+them; bench/NOTES.md, "Schedule fields removed"): ``prefetch`` (the one-row table kernel
+loads the next chunk's columns and values a loop step ahead: 1.1-1.5x on every layer of
+explore run 5), ``tap_segments`` (that kernel walks a convolution's row one kernel tap at a
+time where it reads the unpadded X without tap masks: 1.28x over the (c_in, tap) order),
+``bake_strides`` (the unrolled modes write X's strides into the code), ``pdl``
+(programmatic dependent launch on compute capability 9.0+), ``num_stages`` (2 for the
+table and blocks loops, 1 for unrolled code) and ``max_functions_per_kernel`` (see
+``max_statements_per_function``).
 """
 from __future__ import annotations
 
@@ -157,21 +161,27 @@ from typing import Union
 
 AUTO = "auto"
 #: Fields of earlier versions that no default or tuner candidate chose (bench/NOTES.md,
-#: "Schedule fields removed"), with the value that meant "off": a dict of fields (a saved
-#: schedule) may still hold one at that value; any other value is an error
-REMOVED_FIELDS = {"parallel_rows": 1, "column_programs": 0}
+#: "Schedule fields removed"), with the values a dict of fields (a saved schedule) may still
+#: hold: those that ask for what the code does now (a removed path's "off" or "auto"); they
+#: are ignored. Any other value is an error naming the field
+REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
+                  "tap_pointers": (AUTO, False), "pack_nonzeros": (AUTO, False),
+                  # derived by the plan now: whatever a saved schedule held is ignored
+                  "bake_strides": (AUTO, True, False), "pdl": (AUTO, True, False),
+                  "prefetch": (AUTO, True, False), "tap_segments": (AUTO, True, False),
+                  "max_functions_per_kernel": (AUTO,) + tuple(range(1, 1025)),
+                  "num_stages": (AUTO,) + tuple(range(1, 9))}
 MODES = ("values", "indices", "table", "blocks")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]
-INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps", "num_stages",
-              "max_statements_per_function", "max_functions_per_kernel", "split_k", "streams")
+INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps",
+              "max_statements_per_function", "split_k", "streams")
 #: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
 #: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
-CONV_FIELDS = ("tap_segments", "pad_input", "tap_pointers", "tap_masks")
-BOOL_FIELDS = ("allow_tf32", "bake_strides", "pack_nonzeros", "prefetch", "tap_segments",
-               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "pdl", "tap_pointers",
-               "tap_masks")
+CONV_FIELDS = ("pad_input", "tap_masks")
+BOOL_FIELDS = ("allow_tf32",
+               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "tap_masks")
 
 
 def _is_bool(v) -> bool:
@@ -212,6 +222,12 @@ def _as_bool(name: str, v, auto: bool = True):
     raise ValueError(f"Schedule.{name} must be True or False{either}, got {v!r}")
 
 
+def _same(v, accepted) -> bool:
+    """Whether a saved value is ``accepted``: equal, and a switch only to a switch (1 is not
+    True)."""
+    return v == accepted and _is_bool(v) == _is_bool(accepted)
+
+
 def as_schedule(schedule) -> "Schedule":
     """A schedule from what a user may pass: a :class:`Schedule`, None (the default), a mode
     name (``"values"``: ``Schedule(mode="values")``) or a dict of fields (``Schedule(**d)``)."""
@@ -222,11 +238,12 @@ def as_schedule(schedule) -> "Schedule":
     if isinstance(schedule, str):
         return Schedule(mode=schedule)
     if isinstance(schedule, Mapping):
-        for name, off in REMOVED_FIELDS.items():
-            if name in schedule and schedule[name] != off:
+        for name, accepted in REMOVED_FIELDS.items():
+            if name in schedule and not any(_same(schedule[name], v) for v in accepted):
+                either = " or ".join(f"{name}={v!r}" for v in accepted)
                 raise ValueError(f"schedule: {name}={schedule[name]!r} is no longer a field "
                                  f"(removed: measured slower, see bench/NOTES.md); only "
-                                 f"{name}={off!r} is accepted in a saved schedule")
+                                 f"{either} is accepted in a saved schedule")
         schedule = {k: v for k, v in schedule.items() if k not in REMOVED_FIELDS}
         unknown = sorted(set(schedule) - {f.name for f in fields(Schedule)})
         if unknown:
@@ -247,20 +264,12 @@ class Schedule:
     use_dot: Union[bool, str] = AUTO
     allow_tf32: bool = False
     max_statements_per_function: int = 2048
-    max_functions_per_kernel: int = 16
     num_warps: IntOrAuto = AUTO
-    num_stages: IntOrAuto = AUTO
     split_k: int = 1
-    pack_nonzeros: Union[bool, str] = AUTO
-    prefetch: Union[bool, str] = AUTO
-    tap_segments: Union[bool, str] = AUTO
     prefetch_tail: Union[bool, str] = AUTO
     prefetch_x: Union[bool, str] = AUTO
-    bake_strides: Union[bool, str] = AUTO
     pad_input: Union[bool, str] = AUTO
     streams: IntOrAuto = AUTO
-    pdl: Union[bool, str] = AUTO
-    tap_pointers: Union[bool, str] = AUTO
     tap_masks: Union[bool, str] = AUTO
 
     def __post_init__(self):
@@ -271,7 +280,7 @@ class Schedule:
                              f"got {self.row_order!r}")
         for name in INT_FIELDS:
             v = _as_int(name, getattr(self, name), auto=name not in (
-                "max_statements_per_function", "max_functions_per_kernel", "split_k"))
+                "max_statements_per_function", "split_k"))
             if v != AUTO and v < 1:
                 raise ValueError(f"Schedule.{name} must be >= 1, got {v}")
             setattr(self, name, v)

@@ -70,7 +70,7 @@ case "$task" in
       pytest_gpu gpu_tests_property "${TEST_S:-420}" tests/test_property.py tests/test_inputs.py
     else
       mapfile -t files < <(existing tests/test_conv.py tests/test_golden.py tests/test_direct.py \
-          tests/test_tap_masks.py tests/test_tap_pointers.py tests/test_prefetch_x.py \
+          tests/test_tap_masks.py tests/test_prefetch_x.py \
           tests/test_nn.py tests/test_nn_conv.py tests/test_ops.py)
       pytest_gpu gpu_tests_conv "${TEST_S:-300}" "${files[@]}"
       pytest_gpu gpu_tests_marked "${GPU_S:-240}" -m gpu tests

@@ -48,8 +48,7 @@ def _values_at(weight: SparseWeight, value_index: np.ndarray) -> np.ndarray:
 class Variant:
     """One compiled form of a specialised kernel: for one plan and one call signature."""
 
-    def __init__(self, key: str, path: Path, layout: dict, plan: Plan, weight: SparseWeight,
-                 packed: bool = False):
+    def __init__(self, key: str, path: Path, layout: dict, plan: Plan, weight: SparseWeight):
         self.key, self.path, self.plan, self.launched = key, path, plan, False
         self.launcher = Launcher()
         self.launcher.enabled = not interpreting()   # the interpreter has no compiled kernels
@@ -63,14 +62,8 @@ class Variant:
         elif self.table:
             self.kernels = [(self.module.sparse_table_kernel, int(layout["groups"]))]
             vals = _values_at(weight, layout["value_index"])
-            if packed:   # int64 words: column | float32 bits of the value << 32
-                bits = torch.from_numpy(vals).to(TORCH_DTYPES[weight.dtype]).float().numpy()
-                hi = bits.view(np.uint32).astype(np.int64) << 32
-                nz = hi | layout["cols"].astype(np.uint32).astype(np.int64)
-                self._host = [layout["rows"], layout["starts"], layout["lengths"], nz]
-            else:
-                self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"],
-                              vals]
+            self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"],
+                          vals]
         else:
             self.kernels = [(getattr(self.module, f"sparse_kernel_{i}"), int(g))
                             for i, g in enumerate(layout["kernel_groups"])]
@@ -140,8 +133,7 @@ class SpecializedKernel:
         if v is not None:
             return v
         key, path, arrays = pipeline.build(self.program, self.weight, self.conv, sig, target)
-        v = Variant(key, path, arrays, target.plan, self.weight,
-                    target.plan.packs_nonzeros(sig))
+        v = Variant(key, path, arrays, target.plan, self.weight)
         self._variants[vkey] = v
         return v
 

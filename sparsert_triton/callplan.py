@@ -12,7 +12,7 @@ decided for it, so a later call with the same key skips the checks and the looku
   compiled kernels are kept per alignment pattern);
 * it allocates Y, assembles the arguments and launches the compiled kernels directly
   (:func:`sparsert_triton.direct.run_compiled`); kernels it has not seen launched with these
-  facts, variants with per-call buffers (``tap_pointers``), inputs
+  facts, inputs
   that are copied first (``pad_input``, ``tap_masks``), several streams and the interpreter go
   through :func:`sparsert_triton.launch.run`, the general path.
 
@@ -97,7 +97,7 @@ class CallPlan:
                                (*self.op_args[pos + 1:], *self.sizes))
         plan = variant.plan
         # the variants whose launch needs only X, the variant's buffers, Y and the operands
-        self.direct = not (plan.pad_input or plan.tap_masks or plan.tap_pointers
+        self.direct = not (plan.pad_input or plan.tap_masks
                            or (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda))
         self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
         # the blocks mode's K slices: a workspace and zeroed counters per call, after the

@@ -151,10 +151,9 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # layers, 11.6 vs 14.3 on the stride-2 128-channel one) or at most 8% slower (the three
     # 128-channel layers; H100, bench/results/conv_h100_b1_px_tune.jsonl,
     # conv_h100_fp16_tune.jsonl, conv_h100_bf16_tune.jsonl). Only with prefetch_x 'auto'
-    chain_ok = (split == 1 and s.prefetch_x == AUTO and s.pack_nonzeros is not True
-                and s.prefetch is not False and s.prefetch_tail is not False)
+    chain_ok = split == 1 and s.prefetch_x == AUTO and s.prefetch_tail is not False
     programs = weight.M * math.ceil(N / block_n)
-    few = (conv_rows and chain_ok and s.tap_segments is not True and programs <= FEW_PROGRAMS)
+    few = conv_rows and chain_ok and programs <= FEW_PROGRAMS
     # W @ X the same way (chunks of 16, the prefetched tail, X rows a chunk ahead) in fp32
     # where the grid is small and rows are long enough to chain. H100, run 8 (the 16 ResNet-50
     # 1x1/FC shapes at batch 1, 90%; bench/results/explore_h100_run8_prefetch_x.csv): of the
@@ -172,11 +171,11 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
               and avg >= FEW_MIN_ROW and (x_dtype == "float32" or (half and N <= 64)))
     if s.tap_masks == AUTO:
         tap_masks = (conv_rows and tap_masks_fit and split == 1 and not few
-                     and s.pad_input == AUTO and s.tap_segments is not True)
+                     and s.pad_input == AUTO)
     else:
         tap_masks = conv and s.tap_masks is True
     if s.pad_input == AUTO:
-        pad = conv_rows and s.tap_segments is not True and not tap_masks
+        pad = conv_rows and not tap_masks
     else:
         pad = conv and bool(s.pad_input)
     chunk = s.chunk
@@ -194,38 +193,29 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         # index load feeds a wider X load; more, smaller programs for the unrolled ones); a
         # split row runs one part per warp
         num_warps = split if row_kernel else 4 if use_dot else 1
-    num_stages = (2 if mode == "table" else 1) if s.num_stages == AUTO else s.num_stages
-    # packing measured +3% to -15% (run 4): the tuner tries it, the default leaves it off
-    pack = False if s.pack_nonzeros == AUTO else s.pack_nonzeros
+    # Triton's software pipelining of the table loop (num_stages 3 won none of the 199 DLMC
+    # cases the tuner timed it on, run 2); straight-line unrolled code has no loop to pipeline
+    num_stages = 2 if mode == "table" else 1
     # prefetching the next chunk's columns: 1.1-1.5x on every layer of run 5
-    # (bench/results/explore_h100_run5_prefetch.csv), the default for the one-row kernel
-    prefetch = row_kernel if s.prefetch == AUTO else s.prefetch
+    # (bench/results/explore_h100_run5_prefetch.csv): always, in the one-row kernel
+    prefetch = row_kernel
     # the prefetched tail: part of the padded convolution default above (without the padded
     # input it was slower: 0.78x at batch 8, conv_h100_pad_tune.jsonl)
     if s.prefetch_tail == AUTO:
-        tail = bool(((pad or tap_masks) or few_mm) and row_kernel and prefetch and split == 1
-                    and not pack)
+        tail = bool(((pad or tap_masks) or few_mm) and row_kernel and prefetch and split == 1)
     else:
         tail = bool(s.prefetch_tail)
     # without the padded input, a convolution's rows walked one kernel tap at a time: 1.28x
     # (geomean, 0.71-1.55x) over the (c_in, tap) order on the 32 fp32 DLMC 3x3 cases at 90%
-    # (H100, bench/results/conv_h100_before_taps.csv)
-    taps = ((row_kernel and not pad and not tap_masks and split == 1) if s.tap_segments == AUTO
-            else s.tap_segments)
-    # unrolled convolution code without the padded copy: per kernel tap one pointer per lane
-    # (into the image or a zero buffer), every load unmasked at an immediate offset. Its
-    # sm_90 SASS has the padded code's loads and FMAs plus ~300 set-up instructions, where
-    # the masked loads add ~5.5k (zero fills, predicates: 128-channel layer, 16 warps x 512
-    # columns). Off unless asked for: 5-11% slower than the padded copy at batch 8, within 3%
-    # at batch 1 (its off-image lanes read a zero buffer where masked loads read nothing;
-    # H100, bench/results/conv_h100_warps32_tune.jsonl). W @ X ignores it (like pad_input)
-    tap_pointers = conv and s.tap_pointers is True
+    # (H100, bench/results/conv_h100_before_taps.csv); that order, won by no case since the
+    # padded input, is left to the split kernel's plain loads
+    taps = row_kernel and not pad and not tap_masks and split == 1
     return Plan(mode=mode, rows_per_program=int(rpp), block_n=int(block_n), row_order=row_order,
                 chunk=int(chunk), use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
-                max_functions_per_kernel=int(s.max_functions_per_kernel),
+                max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
                 num_warps=int(num_warps), num_stages=int(num_stages),
-                pack_nonzeros=bool(pack), prefetch=bool(prefetch), tap_segments=bool(taps),
+                prefetch=bool(prefetch), tap_segments=bool(taps),
                 prefetch_tail=tail,
                 # X rows one step ahead too: for few programs (above); at batch 8 slower
                 # with tap masks (+1% to +26%), -7% to +8% on the padded copy
@@ -233,11 +223,28 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                 prefetch_x=((few and tail and bool(pad or tap_masks)) or (few_mm and tail))
                 if s.prefetch_x == AUTO
                 else s.prefetch_x is True,
-                bake_strides=(mode != "table") if s.bake_strides == AUTO else bool(s.bake_strides),
+                # X's strides as constants in the unrolled code (one immediate offset per
+                # load: 4,384 -> 2,856 SASS instructions, 80 -> 56 registers on a 64 x 256
+                # layer; bench/NOTES.md, "Code size"); a table kernel's loads are few
+                bake_strides=mode != "table",
                 pad_input=bool(pad), split_k=split,
                 streams=(8 if mode != "table" else 1) if s.streams == AUTO else int(s.streams),
-                pdl=s.pdl is True,   # 'auto' is resolved per device: see with_device
-                tap_pointers=tap_pointers, tap_masks=tap_masks)
+                pdl=False,   # resolved per device: see with_device
+                tap_masks=tap_masks)
+
+
+def functions_per_kernel(max_statements: int) -> int:
+    """How many of the unrolled code's functions one kernel holds (a variant of more is cut
+    into several kernels, compiled in parallel and launched side by side, ``streams``): 16
+    for functions of up to the default 2048 statements, 8 for larger ones (whole row
+    groups), so a kernel stays a bounded compile unit. These are the bounds of every measured
+    unrolled schedule: the defaults, and the tuner's 16-warp convolution candidates (16384
+    statements, 8 functions; the fastest on the 64/128-channel layers at batch 8, seventh
+    session). The one other bound timed on them (any number of functions per kernel) ran the
+    128-channel layer's eight 16-row groups in one kernel at 24.7 us against 26.7 in two
+    (separate runs, ``conv_h100_one_kernel_tune.jsonl``, ``conv_h100_ctas2_tune.jsonl``),
+    where 32-row groups won (25.3): no measured case needed a user to set it."""
+    return 16 if max_statements <= 2048 else 8
 
 
 #: Half-precision W @ X with at most this many columns defaults to the blocks mode
@@ -289,33 +296,28 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         blocks = -(-weight.M // rpp)
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
-    for name in ("use_dot", "pack_nonzeros", "prefetch",
-                 "prefetch_tail", "prefetch_x", "tap_segments", "pad_input", "tap_pointers",
-                 "tap_masks", "bake_strides"):
+    for name in ("use_dot", "prefetch_tail", "prefetch_x", "pad_input", "tap_masks"):
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
             raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n,
                 row_order="given" if s.row_order == AUTO else s.row_order, chunk=chunk,
                 use_dot=False, allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
-                max_functions_per_kernel=int(s.max_functions_per_kernel),
+                max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
                 num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
-                num_stages=2 if s.num_stages == AUTO else int(s.num_stages),
-                split_k=split, streams=1 if s.streams == AUTO else int(s.streams),
-                pdl=s.pdl is True)
+                num_stages=2,
+                split_k=split, streams=1 if s.streams == AUTO else int(s.streams))
 
 
-def with_device(plan: Plan, schedule: Schedule, capability: str) -> Plan:
+def with_device(plan: Plan, capability: str) -> Plan:
     """The plan for one device (``capability``: ``"sm_90"``..., or ``"interpreter"``):
-    ``pdl`` 'auto' becomes on for compute capability 9.0 and newer; an explicit ``pdl=True``
-    elsewhere is an error."""
+    programmatic dependent launch (``pdl``) on compute capability 9.0 and newer, where each
+    kernel of a call (and the padded copy) may start while the one before it finishes and
+    waits for it before touching memory (H100: faster in all 10 pairs measured, 1-11%, sixth
+    session, ``conv_h100_pdl_onoff_tune.jsonl``); off elsewhere (the interpreter cannot run
+    it)."""
     hopper = capability.startswith("sm_") and int(capability[3:]) >= 90
-    if schedule.pdl == AUTO:
-        return replace(plan, pdl=hopper) if plan.pdl != hopper else plan
-    if plan.pdl and not hopper:
-        raise ValueError(f"schedule: pdl=True (programmatic dependent launch) needs a CUDA GPU "
-                         f"of compute capability 9.0 or newer; this call runs on {capability}")
-    return plan
+    return replace(plan, pdl=hopper) if plan.pdl != hopper else plan
 
 
 def check_call(plan: Plan, sig: Signature, interpreter: Optional[bool] = None):

@@ -208,14 +208,10 @@ def _add_schedule_options(p):
         g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
     g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
-    g.add_argument("--num-stages", type=_int_or_auto, default="auto", help="Triton num_stages")
     from dsl import Schedule
     g.add_argument("--max-statements", type=_positive_int, default=None, metavar="S",
                    help="unrolled modes: statements per generated function (default "
                         f"{Schedule().max_statements_per_function})")
-    g.add_argument("--max-functions", type=_positive_int, default=None, metavar="F",
-                   help="unrolled modes: functions per kernel (default "
-                        f"{Schedule().max_functions_per_kernel})")
     g.add_argument("--streams", type=_int_or_auto, default="auto", metavar="S",
                    help="unrolled modes cut into several kernels: run up to S of them side by "
                         "side on CUDA streams (auto: 8; 1: in sequence)")
@@ -225,10 +221,6 @@ def _add_schedule_options(p):
 #: underscore form
 ON_OFF_OPTIONS = [
     ("use-dot", "table mode: multiply blocks with tl.dot (tensor cores; R, chunk, block-n >= 16)"),
-    ("prefetch", "table mode, one row per program: load the next chunk's columns and values one "
-                 "step ahead (auto: on)"),
-    ("pack-nonzeros", "table mode, one row per program: read column and value as one 64-bit "
-                      "word (auto: off)"),
     ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
                       "masked loads of the prefetched columns (auto: on with pad-input or "
                       "tap-masks, and with prefetch-x's W @ X default)"),
@@ -237,20 +229,13 @@ ON_OFF_OPTIONS = [
                    "convolution's one-row kernel of <= 1024 programs (with pad-input) and in "
                    "W @ X's of <= 2048 programs whose rows average >= 16 nonzeros (fp32; half "
                    "precision with N <= 64))"),
-    ("tap-segments", "table mode, one row per program, convolutions without pad-input: walk "
-                     "each row one kernel tap at a time (auto: on there)"),
     ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
                   "of X, each nonzero one offset into it (auto: on for the table kernel where "
                   "tap-masks does not serve the input or with few programs)"),
-    ("tap-pointers", "convolutions in the unrolled modes without pad-input: per kernel tap "
-                     "one X pointer per lane, into the image or a zero buffer (unmasked "
-                     "loads, no padded copy; auto: off)"),
     ("tap-masks", "convolutions in the one-row table kernel without pad-input: each entry "
                   "an offset into the unpadded X and its tap's bit, loads masked by each "
                   "lane's in-image bits (no padded copy; auto: on where it serves the input, "
                   "over 1024 programs)"),
-    ("pdl", "programmatic dependent launch: each kernel may start while the one before it "
-            "finishes (auto: on for compute capability 9.0+, off in the interpreter)"),
 ]
 
 
@@ -262,13 +247,11 @@ def schedule_from_args(args):
     bounds = {}
     if args.max_statements is not None:
         bounds["max_statements_per_function"] = args.max_statements
-    if args.max_functions is not None:
-        bounds["max_functions_per_kernel"] = args.max_functions
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
                     row_order=args.row_order, chunk=args.chunk, split_k=args.split_k,
                     streams=args.streams,
                     allow_tf32=args.allow_tf32,
-                    num_warps=args.num_warps, num_stages=args.num_stages, **switches, **bounds)
+                    num_warps=args.num_warps, **switches, **bounds)
 
 
 def _kernel(m: Matrix, args):

@@ -247,8 +247,6 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     first = not variant.launched
     if plan.mode == "blocks" and plan.split_k > 1:
         bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
-    if plan.tap_pointers:
-        bufs = [*bufs, zero_buffer(X)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
@@ -277,27 +275,6 @@ def block_slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signatur
     acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
     ws = torch.empty(max(1, variant.plan.split_k * M * N), dtype=acc, device=Y.device)
     return ws, torch.zeros(max(1, blocks * nt), dtype=torch.int32, device=Y.device)
-
-
-#: per (device, dtype), the largest zero buffer handed out so far (read only: never written)
-_zero_buffers = {}
-
-
-def zero_buffer(X: torch.Tensor) -> torch.Tensor:
-    """Zeros for ``tap_pointers``: a lane whose kernel tap falls outside the image reads
-    channel ``c`` at ``ZB + c * X.stride(1)``, so at least ``(C_in - 1) * X.stride(1) + 1``
-    elements. One buffer per device and dtype, grown when a larger input comes and kept.
-    While a CUDA graph is being captured a missing one is made for that call only: its
-    zero fill is recorded in the graph, not run, so a kept one would hold garbage for the
-    eager calls after the capture."""
-    need = (X.shape[1] - 1) * X.stride(1) + 1
-    key = (X.device, X.dtype)
-    zb = _zero_buffers.get(key)
-    if zb is None or zb.numel() < need:
-        zb = torch.zeros(need, dtype=X.dtype, device=X.device)
-        if not (X.is_cuda and torch.cuda.is_current_stream_capturing()):
-            _zero_buffers[key] = zb
-    return zb
 
 
 #: side streams per device, created on first use and kept (a stream is cheap to keep, costly

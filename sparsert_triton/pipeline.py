@@ -59,7 +59,7 @@ def resolve(schedule: Schedule, weight: SparseWeight, conv, sig: Signature, N: i
     fit = conv is not None and spatial is not None and conv.masks_fit(*spatial)
     plan = plan_for(schedule, weight, N, sig.x_dtype, conv=conv is not None,
                     tap_masks_fit=fit)
-    plan = with_device(plan, schedule, capability)
+    plan = with_device(plan, capability)
     check_call(plan, sig)
     offsets = None
     if plan.pad_input or plan.tap_masks:

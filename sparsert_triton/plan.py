@@ -9,6 +9,10 @@ from dsl.schedule import MODES, ROW_ORDERS, Schedule
 OPERAND_KINDS = ("number", "scalar", "row", "full")
 #: Plan fields that only say how the kernels are launched, not what code they are
 LAUNCH_ONLY = ("streams",)
+#: Plan fields the plan derives itself, with no Schedule field (bench/NOTES.md, "Schedule
+#: fields removed": no measured case needed a user to set them)
+DERIVED = ("max_functions_per_kernel", "num_stages", "prefetch", "tap_segments", "bake_strides",
+           "pdl")
 
 
 def _pow2(x: int) -> bool:
@@ -29,7 +33,6 @@ class Plan:
     max_functions_per_kernel: int
     num_warps: int
     num_stages: int
-    pack_nonzeros: bool = False
     prefetch: bool = False
     tap_segments: bool = False
     prefetch_tail: bool = False
@@ -39,7 +42,6 @@ class Plan:
     split_k: int = 1
     streams: int = 1
     pdl: bool = False
-    tap_pointers: bool = False
     tap_masks: bool = False
 
     def __post_init__(self):
@@ -74,10 +76,10 @@ class Plan:
                     "removed, see bench/NOTES.md)")
             if not _pow2(self.split_k) or self.split_k > 32:
                 bad(f"split_k must be a power of two <= 32, got {self.split_k}")
-            if self.tap_segments or self.pack_nonzeros or self.prefetch_tail:
+            if self.tap_segments or self.prefetch_tail:
                 bad("split_k walks a row as one segment of plain column/value loads: it "
-                    "excludes tap_segments (use pad_input for a convolution), pack_nonzeros "
-                    "and prefetch_tail")
+                    "excludes tap_segments (use pad_input for a convolution) and "
+                    "prefetch_tail")
         if self.mode == "blocks":
             if not _pow2(self.rows_per_program) or self.rows_per_program > 64:
                 bad(f"blocks mode needs rows_per_program to be a power of two <= 64, "
@@ -88,7 +90,7 @@ class Plan:
                 bad("blocks mode keeps a rows_per_program x chunk x block_n accumulator: at "
                     f"most 16384 elements, got {self.rows_per_program} x {self.chunk} x "
                     f"{self.block_n}")
-            for name in ("pad_input", "tap_pointers", "bake_strides"):
+            for name in ("pad_input", "bake_strides"):
                 if getattr(self, name):
                     bad(f"{name} does not apply to blocks mode")
         if self.mode not in ("table", "blocks") and \
@@ -96,7 +98,7 @@ class Plan:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:
             bad(f"num_warps must be a power of two <= 32, got {self.num_warps}")
-        for name in ("pack_nonzeros", "prefetch", "tap_segments"):
+        for name in ("prefetch", "tap_segments"):
             if getattr(self, name) and not self.row_kernel:
                 bad(f"{name} applies to the one-row table kernel only")
         if self.pad_input and not (self.row_kernel or self.mode != "table"):
@@ -104,24 +106,18 @@ class Plan:
         if self.pad_input and self.tap_segments:
             bad("pad_input replaces tap_segments (every nonzero is one offset into the padded "
                 "input): set tap_segments=False")
-        if self.tap_pointers and self.mode == "table":
-            bad("tap_pointers applies to the unrolled modes only (the table kernels use "
-                "pad_input or tap_segments)")
-        if self.tap_pointers and self.pad_input:
-            bad("tap_pointers replaces pad_input (unmasked loads from the unpadded X): set "
-                "pad_input=False")
         if self.tap_masks and not self.row_kernel:
             bad("tap_masks applies to the one-row table kernel only (the unrolled modes use "
-                "tap_pointers)")
+                "pad_input or masked loads)")
         if self.tap_masks and (self.pad_input or self.tap_segments):
             bad("tap_masks replaces pad_input and tap_segments (one loop of masked loads from "
                 "the unpadded X): set both False")
         if self.prefetch_tail and not self.prefetch:
-            bad("prefetch_tail needs prefetch (it reuses the prefetched columns and values)")
-        if self.prefetch_x and not (self.prefetch_tail and self.split_k == 1
-                                    and not self.pack_nonzeros):
-            bad("prefetch_x needs prefetch_tail (the tail consumes the prefetched X rows), "
-                "split_k 1 and no pack_nonzeros")
+            bad("prefetch_tail applies to the one-row table kernel only (it reuses the columns "
+                "and values its loop prefetched)")
+        if self.prefetch_x and not (self.prefetch_tail and self.split_k == 1):
+            bad("prefetch_x needs prefetch_tail (the tail consumes the prefetched X rows) "
+                "and split_k 1")
         if not 1 <= self.streams <= 32:
             bad(f"streams must be in 1..32, got {self.streams}")
         if not 1 <= self.num_stages <= 8:
@@ -133,22 +129,21 @@ class Plan:
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
         return self.mode == "table" and not self.use_dot
 
-    def packs_nonzeros(self, sig: "Signature") -> bool:
-        """Whether the one-row table kernel reads each nonzero as one 64-bit word (column in
-        the low half, the float32 value's bits in the high half): one load per nonzero instead
-        of two, where the L1 pipeline is the kernel's busiest unit (ncu, H100)."""
-        return self.pack_nonzeros and sig.acc_dtype == "float32"
-
     def to_schedule(self, conv: Optional[bool] = None) -> Schedule:
         """The plan as a schedule (every field concrete). ``conv``: the kind of kernel it
         computes, where known: a matrix product's leaves the convolution-only fields 'auto'
         (:meth:`Schedule.for_kind`), for display; ``None`` keeps every field."""
-        s = Schedule(**asdict(self))
+        s = Schedule(**self.schedule_fields())
         return s if conv is None else s.for_kind(conv)
+
+    def schedule_fields(self) -> dict:
+        """The fields a :class:`Schedule` holds (all but :data:`DERIVED`)."""
+        return {k: v for k, v in asdict(self).items() if k not in DERIVED}
 
     def code_fields(self) -> dict:
         """The fields that shape the generated code (the plan's share of the cache key and
-        of the source header): all but :data:`LAUNCH_ONLY`."""
+        of the source header, the :data:`DERIVED` ones on a line of their own): all but
+        :data:`LAUNCH_ONLY`."""
         return {k: v for k, v in asdict(self).items() if k not in LAUNCH_ONLY}
 
 

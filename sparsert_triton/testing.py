@@ -110,33 +110,26 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
             return Schedule(mode=mode, rows_per_program=16, chunk=16, block_n=max(16, block_n),
                             row_order=order, use_dot=True)
         R = draw(_pow2(0, 3))
-        pre = draw(st.booleans())
         pad = draw(st.booleans())   # replaces tap segments (convolutions)
         split = draw(st.sampled_from([1, 1, 2, 4]))
-        plain = split > 1      # no packing, tail or tap segments
-        # convolutions without the padded copy: masked loads, one loop per row (tap_masks)
+        plain = split > 1      # no tail or tap segments
+        # convolutions without the padded copy: masked loads, one loop per row (tap_masks),
+        # else (both off) one kernel tap at a time, or the split kernel's (c_in, tap) order
         masks = not pad and draw(st.booleans())
-        pack = False if plain else draw(st.sampled_from(["auto", True]))
-        tail = draw(st.booleans()) if pre is True and not plain else False
+        tail = draw(st.booleans()) if not plain else False
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False,
-                        split_k=split, tap_masks=masks, pack_nonzeros=pack, prefetch=pre,
-                        prefetch_tail=tail,
+                        split_k=split, tap_masks=masks, prefetch_tail=tail,
                         # X rows a chunk ahead too
-                        prefetch_x=tail and pack is not True and draw(st.booleans()),
-                        tap_segments=("auto" if pad or masks else False if split > 1
-                                      else draw(st.booleans())),
-                        pad_input=pad,
-                        bake_strides=draw(st.sampled_from(["auto", True])))
+                        prefetch_x=tail and draw(st.booleans()),
+                        pad_input=pad)
     pad = draw(st.booleans())
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
-                    max_statements_per_function=draw(st.sampled_from([16, 40, 256])),
-                    max_functions_per_kernel=draw(st.sampled_from([3, 64])),
+                    # small functions: several parts per group, several kernels (16 each)
+                    max_statements_per_function=draw(st.sampled_from([13, 16, 40, 256])),
                     streams=draw(st.sampled_from([1, 3])),
-                    bake_strides=draw(st.booleans()), pad_input=pad,
-                    # convolutions without the padded copy: tap pointers or masked loads
-                    tap_pointers="auto" if pad else draw(st.sampled_from(["auto", True])))
+                    pad_input=pad)
 
 
 @st.composite

@@ -6,7 +6,7 @@
 
 The search space (:func:`candidate_schedules`) spans the three modes, rows per program, the
 column tile ``block_n``, row ordering, the table-mode ``chunk``, ``use_dot`` (half dtypes),
-``num_warps``, ``num_stages`` and the unrolled compile-unit size. Candidates are pruned before
+``num_warps`` and the unrolled compile-unit size. Candidates are pruned before
 anything is built (:func:`prune`): invalid plans, duplicates (two schedules resolving to one
 plan), and unrolled schedules whose estimated compile time exceeds ``max_compile_s``. Compile
 time of the unrolled modes is linear in the straight-line statements of the layout (one FMA per
@@ -211,11 +211,11 @@ CONV_CANDIDATES = [
     # against 29.4 us with four warps x 128 columns and 45-48 us for the padded table kernel;
     # 64-channel layer 16.4-16.8 us against 19.7 (H100, conv_h100_ctas*_tune.jsonl)
     Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
+             max_statements_per_function=16384, pad_input=True),
     # the same with 16-row groups (twice the programs): the stride-2 128-channel layer at
     # batch 8, 38.7 us against 47.8 with 32 rows and 41.9 with four warps x 128 columns
     Schedule(mode="values", rows_per_program=16, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=True),
+             max_statements_per_function=16384, pad_input=True),
     # the one-row kernel without the padded copy (tap masks: the same loads, masked, no copy
     # kernel): faster than the padded form in 17 of 26 DLMC cases, up to 21% (stride-2
     # projections; H100, conv_h100_masks_*_tune.jsonl); the heuristic's default
@@ -227,13 +227,7 @@ CONV_CANDIDATES = [
     # 256/512-channel layers), never at batch 8; the default for few programs (plan_for).
     # With tap masks instead it won none (H100, conv_h100_b1_px_tune.jsonl,
     # conv_h100_prefetch_x_tune.jsonl)
-    _conv_row(64, 16, prefetch_tail=True, prefetch_x=True),
-    # the 32-row form without the padded copy (tap pointers: the same loads, no copy kernel):
-    # 17.9 vs 17.1 and 29.4 vs 26.5 us at batch 8 (its border lanes read the zero buffer),
-    # 11.6 vs 11.9 and 22.0 vs 21.8 at batch 1 (conv_h100_warps32_tune.jsonl): opt-in
-    Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
-             max_statements_per_function=16384, max_functions_per_kernel=8, pad_input=False,
-             tap_pointers=True)]
+    _conv_row(64, 16, prefetch_tail=True, prefetch_x=True)]
 
 
 def conv_candidate_schedules(weight, N: int, dtype="float32",
@@ -291,13 +285,11 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
             s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
                          num_warps=max(1, min(4, bn // 32)))
             (first if i == 0 and bn == bn_main else second).append(s)
-    second.append(Schedule(mode="table", rows_per_program=1, chunk=4, block_n=bn_main,
-                           row_order="nnz", num_warps=4, num_stages=3))
     # the prefetched tail (measured on convolutions only, where it helps with the padded
     # input; on W @ X timed here like every candidate)
     second.append(Schedule(mode="table", rows_per_program=1, chunk=8, block_n=bn_main,
                            row_order="nnz", num_warps=max(1, bn_main // 128),
-                           prefetch=True, prefetch_tail=True))
+                           prefetch_tail=True))
     # and the X rows a chunk ahead (half the chain of dependent X loads), in chunks of 8 and
     # 16: the fp32 default for small grids of long rows (plan_for); in fp16 it ran from 1.54x
     # faster to 1.42x slower than chunks of 8 on the DLMC GEMMs it would change (H100,
@@ -305,14 +297,13 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     for U in (8, 16):
         second.append(Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn_main,
                                row_order="nnz", num_warps=max(1, bn_main // 128),
-                               prefetch=True, prefetch_tail=True, prefetch_x=True))
+                               prefetch_tail=True, prefetch_x=True))
     # fewer warps, several columns per thread: one index load serves a wider vector load
-    # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit); packed nonzeros
+    # (ncu: the L1 pipeline, not L2, is the one-row kernel's busiest unit)
     for bn in [b for b in bns if b >= 64]:
-        for U, pack, pre in ((8, False, True), (8, True, True), (4, False, True),
-                             (8, False, False)):
+        for U in (8, 4):
             s = Schedule(mode="table", rows_per_program=1, chunk=U, block_n=bn, row_order="nnz",
-                         num_warps=max(1, bn // 128), pack_nonzeros=pack, prefetch=pre)
+                         num_warps=max(1, bn // 128))
             (first if bn == bn_main and U == 8 else second).append(s)
 
     # rows split over warps (split_k), where few programs leave SMs idle: 1.29x and 1.08x over

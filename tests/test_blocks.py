@@ -153,7 +153,7 @@ def test_auto_split_fills_the_gpu_and_respects_the_steps():
                                      (dict(rows_per_program=64, chunk=64, block_n=64),
                                       "accumulator"),
                                      (dict(use_dot=True), "use_dot"),
-                                     (dict(prefetch=True), "prefetch")])
+                                     (dict(prefetch_tail=True), "prefetch_tail")])
 def test_bad_blocks_schedules_are_named(bad, msg):
     w = as_sparse_weight(_weight(8, 8, 0.5, torch.float16))
     with pytest.raises(ValueError, match=msg):

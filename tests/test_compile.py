@@ -24,15 +24,13 @@ def gelu_cast(W, X):
 
 CASES = {
     "values_fp32_split": ("values", torch.float32, bias_relu,
-                          dict(rows_per_program=8, max_statements_per_function=32,
-                               max_functions_per_kernel=6)),
+                          dict(rows_per_program=8, max_statements_per_function=32)),
     "indices_fp16": ("indices", torch.float16, gelu_cast, dict(rows_per_program=4)),
     "table_bf16": ("table", torch.bfloat16, bias_relu, dict(rows_per_program=4, chunk=8)),
     "table_dot_fp16": ("table", torch.float16, gelu_cast,
                        dict(rows_per_program=16, chunk=16, use_dot=True)),
-    "table_prefetch_packed": ("table", torch.float32, bias_relu,
-                              dict(chunk=4, prefetch=True, pack_nonzeros=True, num_warps=1,
-                                   prefetch_tail=True)),
+    "table_prefetch_tail": ("table", torch.float32, bias_relu,
+                            dict(chunk=4, num_warps=1, prefetch_tail=True)),
     "values_fp64": ("values", torch.float64, bias_relu, dict(rows_per_program=2)),
 }
 out = {}
@@ -58,7 +56,7 @@ for name, (mode, dtype, fn, sched) in CASES.items():
         out[name]["ptx_full"] = [c.asm["ptx"] for c in full]
 # N == 1: Triton's launch compiles an integer argument equal to 1 as a constant
 ones = {}
-for name in ("values_fp32_split", "table_bf16", "table_prefetch_packed"):
+for name in ("values_fp32_split", "table_bf16", "table_prefetch_tail"):
     mode, dtype, fn, sched = CASES[name]
     W = (torch.randn(24, 40, dtype=torch.float64) * (torch.rand(24, 40) < 0.2)).to(dtype)
     k = sparse_kernel(fn, schedule=Schedule(mode=mode, **sched)).specialize(W)
@@ -107,10 +105,12 @@ for name, mode, sched in (("conv_values", "values", dict(rows_per_program=4)),
 for bake in (True, False):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.2)
-    k = sparse_kernel(bias_relu, schedule=Schedule(mode="values", rows_per_program=8,
-                                                   bake_strides=bake)).specialize(W)
+    k = sparse_kernel(bias_relu, schedule=Schedule(mode="values", rows_per_program=8)
+                      ).specialize(W)
     sig = Signature("float32", "float32", "float32", (("b", "row"),))
-    v = k.variant(sig, 100, torch.device("cpu"), (100, 1))
+    # the unrolled plan bakes X's strides where the call gives them (a variant built
+    # without them passes them at run time)
+    v = k.variant(sig, 100, torch.device("cpu"), (100, 1) if bake else None)
     out[f"baked_{bake}"] = {"ptx": [c.asm["ptx"] for c in precompile_variant(v, sig)],
                             "source": v.source}
 
@@ -175,11 +175,9 @@ ints = [p for p, t in triton_signature(sig).items() if t == "i32"]
 for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch_x=True,
                                           prefetch_tail=True)),
                     ("table_masks", dict(mode="table", tap_masks=True)),
-                    ("table_taps", dict(mode="table", tap_segments=True)),
+                    ("table_taps", dict(mode="table", pad_input=False, tap_masks=False)),
                     ("table_split", dict(mode="table", pad_input=True, split_k=2)),
                     ("values_pad", dict(mode="values", rows_per_program=8, pad_input=True)),
-                    ("values_pointers", dict(mode="values", rows_per_program=8,
-                                             tap_pointers=True)),
                     ("values_masked", dict(mode="values", rows_per_program=8))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(**extra)).specialize(W4)
@@ -190,10 +188,9 @@ for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch
         conv_ones[name] = f"{type(e).__name__}: {str(e)[:300]}"
 out["conv_ones"] = conv_ones
 
-# unrolled convolution loads: padded copy, tap pointers, masked (same weight, 2 x 8 x 6 x 6)
+# unrolled convolution loads: padded copy, masked (same weight, 2 x 8 x 6 x 6)
 loads = {}
-for name, extra in (("pad", dict(pad_input=True)), ("tap_pointers", dict(tap_pointers=True)),
-                    ("masked", dict(tap_pointers=False))):
+for name, extra in (("pad", dict(pad_input=True)), ("masked", dict(pad_input=False))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(mode="values", rows_per_program=8, **extra)).specialize(W4)
     v = k.variant(sig, 2 * 36, torch.device("cpu"), (288, 36, 6, 1), spatial=(6, 6))
@@ -243,7 +240,7 @@ def compiled(run_aot_script):
                                   "table_dot_fp16", "values_fp64",
                                   "pdl_values", "pdl_table",
                                   "conv_values", "conv_table_dot",
-                                  "table_prefetch_packed", "conv_table_rows"])
+                                  "table_prefetch_tail", "conv_table_rows"])
 def test_compiles_for_sm90(compiled, name):
     c = compiled[name]
     assert c["compiled"] == c["kernels"] >= 1
@@ -280,7 +277,7 @@ def test_kernels_compile_with_n_equal_to_one(compiled):
 def test_convolution_kernels_compile_with_every_integer_equal_to_one(compiled):
     """One image of 1 x 1 pixels (every size, stride and N equal to 1, each compiled as a
     constant as Triton's launch would): every convolution kernel form compiles for sm_90."""
-    assert len(compiled["conv_ones"]) == 7
+    assert len(compiled["conv_ones"]) == 6
     for name, got in compiled["conv_ones"].items():
         assert isinstance(got, int) and got >= 1, (name, got)
 
@@ -295,13 +292,12 @@ def test_convolution_kernels_do_not_specialise_on_n(compiled):
     assert c["matmul"]["unspecialised"] == []
 
 
-def test_tap_pointers_load_like_the_padded_copy(compiled):
-    """sm_90 PTX of one unrolled convolution three ways: with tap pointers the X loads are
-    those of the padded copy (the same count, none predicated), where the masked form
-    predicates every one (a zero fill each: +28% SASS instructions on a 128-channel layer)."""
+def test_unpadded_convolution_loads_are_masked_and_padded_ones_are_not(compiled):
+    """sm_90 PTX of one unrolled convolution two ways: on the padded copy no X load is
+    predicated, on the unpadded X every one is (a zero fill each: +28% SASS instructions on
+    a 128-channel layer)."""
     c = compiled["conv_loads"]
-    assert c["tap_pointers"]["ld"] == c["pad"]["ld"] <= c["pad"]["nnz"]
-    assert c["tap_pointers"]["predicated"] == c["pad"]["predicated"] == 0
+    assert c["pad"]["predicated"] == 0 < c["pad"]["ld"] <= c["pad"]["nnz"]
     assert c["masked"]["predicated"] == c["masked"]["ld"] > 0
     # the table kernel without the copy: the padded kernel's loads, each masked by tap bits
     assert c["table_masks"]["ld"] == c["table_pad"]["ld"] > 0

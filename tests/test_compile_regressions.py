@@ -29,10 +29,8 @@ W = torch.randn(28, 18, generator=g, dtype=torch.float64) * (torch.rand(28, 18, 
 sig = Signature("float64", "float64", "float64", (("s", "number"),))
 for name, s in (("values", Schedule(mode="values")),
                 ("table", Schedule(mode="table")),
-                ("table_rows", Schedule(mode="table", rows_per_program=16, block_n=2, chunk=16,
-                                        prefetch=False)),
-                ("table_pack", Schedule(mode="table", pack_nonzeros=True, chunk=32, block_n=4,
-                                        prefetch=False))):
+                ("table_rows", Schedule(mode="table", rows_per_program=16, block_n=2, chunk=16)),
+                ("table_wide", Schedule(mode="table", chunk=32, block_n=4))):
     v = sparse_kernel(clamped_scaled, schedule=s).specialize(W).variant(sig, 82,
                                                                        torch.device("cpu"))
     ttir = "".join(c.asm["ttir"] for c in precompile_variant(v, sig))
@@ -84,7 +82,7 @@ def compiled(run_aot_script):
     return run_aot_script(SCRIPT, timeout=600)
 
 
-@pytest.mark.parametrize("name", ["values", "table", "table_rows", "table_pack"])
+@pytest.mark.parametrize("name", ["values", "table", "table_rows", "table_wide"])
 def test_float64_kernels_hold_no_float32(compiled, name):
     """A float64 kernel's compiled code has no float32 value: clamp bounds are float64
     constants (triton 3.6's tl.maximum made a Python float an fp32 tensor, so the clamp was

@@ -98,8 +98,12 @@ def test_tap_segments_layout():
     g = torch.Generator().manual_seed(3)
     W4 = torch.randn(5, 4, 3, 3, generator=g) * (torch.rand(5, 4, 3, 3, generator=g) < 0.4)
     w, _ = conv_weight(W4)
+    from dataclasses import replace
+    with_taps = plan_for(Schedule(mode="table", chunk=2, pad_input=False, tap_masks=False), w,
+                         64, "float32", conv=True)
+    assert with_taps.tap_segments
     for taps in (True, False):
-        plan = plan_for(Schedule(mode="table", chunk=2, tap_segments=taps), w, 64, "float32")
+        plan = with_taps if taps else replace(with_taps, tap_segments=False)
         t = specialise(w, plan, 9)
         for slot, row in enumerate(t.rows):
             if row < 0:
@@ -122,13 +126,13 @@ def test_nan_reaches_exactly_the_outputs_that_read_it():
     """The tap kernel points out-of-image lanes at X[0, c, 0, 0] (the padded kernel, lanes past
     N at the padded copy's start); a NaN there must still reach only the outputs whose window
     covers it with a nonzero weight (padding reads zeros)."""
-    for taps, pad, split in ((True, False, 1), (False, False, 1), (False, True, 1),
-                             (False, True, 2), (False, False, 4)):
+    for pad, split in ((False, 1), (True, 1), (True, 2), (False, 4)):
         k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                           schedule=Schedule(mode="table", chunk=2, block_n=16, split_k=split,
-                                            tap_segments=taps, pad_input=pad)
+                                            tap_masks=False, pad_input=pad)
                           ).specialize(NAN_WEIGHT)
         assert_nan_reaches_exactly_its_readers(k, DEV)
+        assert k.last_plan.tap_segments == (not pad and split == 1)
 
 
 def test_padded_offsets_address_the_unfolded_input():
@@ -197,8 +201,6 @@ def test_pad_input_across_input_sizes_strides_and_layouts(mode):
 
 def test_pad_input_rejections_and_what_ignores_it():
     W4 = torch.randn(4, 3, 3, 3)
-    with pytest.raises(ValueError, match="pad_input replaces tap_segments"):
-        _pad_kernel(W4, tap_segments=True)(torch.randn(1, 3, 5, 5).to(DEV))
     with pytest.raises(ValueError, match="pad_input applies to the one-row table kernel and"):
         _pad_kernel(W4, use_dot=True, rows_per_program=16, chunk=16,
                     block_n=16)(torch.randn(1, 3, 5, 5).to(DEV))
@@ -206,7 +208,7 @@ def test_pad_input_rejections_and_what_ignores_it():
         _pad_kernel(W4).source      # nothing called yet: no input size to specialise to
     with pytest.raises(ValueError, match="pad_input"):
         Schedule(pad_input="yes")
-    # W @ X has no input to pad: the field is ignored, as tap_segments is
+    # W @ X has no input to pad: the field is ignored, as tap_masks is
     mm = sparse_kernel(lambda W, X: W @ X,
                        schedule=Schedule(mode="table", pad_input=True)).specialize(
         torch.randn(4, 6))

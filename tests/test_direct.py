@@ -21,7 +21,7 @@ def test_direct_launches_match_the_reference_across_alignments_and_sizes():
     from sparsert_triton import Schedule, sparse_kernel
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 70, generator=g) * (torch.rand(40, 70, generator=g) < 0.2)
-    for s in (Schedule(mode="table", chunk=4, prefetch=True), Schedule(mode="values")):
+    for s in (Schedule(mode="table", chunk=4), Schedule(mode="values")):
         k = sparse_kernel(lambda W, X: W @ X, schedule=s).specialize(W)
         base = torch.randn(70, 300, device="cuda")
         for X in (base, base[:, 1:], base[:, :17], base[:, 16:], base[:, 3:200], base):
@@ -98,7 +98,8 @@ def test_run_works_out_the_key_once_for_all_kernels_of_a_variant(monkeypatch):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 30, generator=g) * (torch.rand(40, 30, generator=g) < 0.3)
     k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(
-        mode="values", rows_per_program=4, max_functions_per_kernel=2, streams=1)).specialize(W)
+        mode="values", rows_per_program=4, max_statements_per_function=8, streams=1)
+    ).specialize(W)
     X, Y = torch.randn(30, 20), torch.empty(40, 20)
     sig = Signature("float32", "float32", "float32", ())
     v = k.variant(sig, 20, X.device, X.stride())

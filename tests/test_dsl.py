@@ -115,7 +115,7 @@ def test_schedule_repr_round_trips():
     (dict(rows_per_program=True), "rows_per_program must be an int"),
     (dict(chunk=None), "chunk must be an int"), (dict(split_k="auto"), "split_k must be an int"),
     (dict(allow_tf32="x"), "allow_tf32 must be True or False"),
-    (dict(allow_tf32="auto"), "allow_tf32"), (dict(prefetch=1), "prefetch must be True"),
+    (dict(allow_tf32="auto"), "allow_tf32"), (dict(prefetch_x=1), "prefetch_x must be True"),
 ])
 def test_schedule_rejects_bad_fields(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -179,43 +179,32 @@ def test_table_kernel_options_are_validated():
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight(torch.eye(8))
     for bad, msg in [(dict(mode="table", rows_per_program=6), "power of two"),
-                     (dict(mode="values", pack_nonzeros=True), "pack_nonzeros"),
-                     (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
-                           pack_nonzeros=True), "pack_nonzeros"),
-                     (dict(mode="indices", prefetch=True), "prefetch"),
-                     (dict(mode="values", tap_segments=True), "tap_segments"),
-                     (dict(mode="table", prefetch=False, prefetch_tail=True), "prefetch_tail"),
+                     (dict(mode="indices", prefetch_tail=True), "prefetch_tail applies to"),
                      (dict(mode="values", split_k=2), "split_k applies to"),
                      (dict(mode="blocks", split_k=17), "split_k"),
                      (dict(mode="table", split_k=3), "split_k"),
-                     (dict(mode="table", split_k=2, pack_nonzeros=True), "split_k"),
-                     (dict(mode="table", split_k=2, tap_segments=True), "split_k"),
+                     (dict(mode="table", split_k=2, prefetch_tail=True), "split_k"),
                      (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
-                           tap_segments=True), "tap_segments"),
-                     (dict(mode="table", rows_per_program=16, chunk=16, use_dot=True,
-                           prefetch=True), "prefetch")]:
+                           prefetch_tail=True), "prefetch_tail")]:
         with pytest.raises(ValueError, match=msg):
             plan_for(Schedule(**bad), w, 16, "float32")
-    with pytest.raises(ValueError, match="pack_nonzeros"):
-        Schedule(pack_nonzeros="yes")
-    with pytest.raises(ValueError, match="prefetch"):
-        Schedule(prefetch="yes")
+    for bad, msg in [(dict(mode="indices", prefetch=True), "prefetch"),
+                     (dict(mode="values", tap_segments=True), "tap_segments"),
+                     (dict(mode="table", use_dot=True, rows_per_program=16, chunk=16,
+                           block_n=16, prefetch=True), "prefetch")]:     # a Plan built as such
+        with pytest.raises(ValueError, match=msg):
+            _plan(**bad)
+    # the plan prefetches every one-row table kernel (1.1-1.5x, explore run 5)
     assert plan_for(Schedule(mode="table"), w, 16, "float32").prefetch
     assert not plan_for(Schedule(mode="table", rows_per_program=16, chunk=16, use_dot=True),
                         w, 16, "float32").prefetch
-    # packing is opt-in (measured mixed); a float64 call never packs, even when asked
-    assert not plan_for(Schedule(mode="table"), w, 16, "float32").pack_nonzeros
-    from sparsert_triton.plan import Signature
-    p = plan_for(Schedule(mode="table", pack_nonzeros=True), w, 16, "float64")
-    assert p.pack_nonzeros and not p.packs_nonzeros(Signature("float64", "float64", "float64", ()))
-    assert p.packs_nonzeros(Signature("float16", "float16", "float16", ()))
 
 
 def test_convolution_defaults():
     """Convolutions' table kernel defaults to tap masks where they serve the input (else the
     padded input) with 64-column tiles, chunks of 8 and the prefetched tail (measured on the
-    H100); asking for tap segments gives the tap kernel's own defaults (chunks of 4);
-    explicit choices and W @ X keep their own."""
+    H100); both asked off give the tap kernel with its own defaults (chunks of 4); explicit
+    choices and W @ X keep their own."""
     from sparsert_triton.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight((torch.rand(64, 576) < 0.1).float())
@@ -225,7 +214,8 @@ def test_convolution_defaults():
     masks = plan_for(Schedule(mode="table"), w, 3136, "float32", conv=True, tap_masks_fit=True)
     assert (masks.block_n, masks.chunk, masks.pad_input, masks.prefetch_tail, masks.tap_masks,
             masks.tap_segments) == (64, 8, False, True, True, False)
-    taps = plan_for(Schedule(mode="table", tap_segments=True), w, 3136, "float32", conv=True)
+    taps = plan_for(Schedule(mode="table", pad_input=False, tap_masks=False), w, 3136,
+                    "float32", conv=True, tap_masks_fit=True)
     assert (taps.chunk, taps.pad_input, taps.prefetch_tail, taps.tap_segments) \
         == (4, False, False, True)
     split = plan_for(Schedule(mode="table", split_k=4), w, 3136, "float32", conv=True)
@@ -239,13 +229,18 @@ def test_convolution_defaults():
 
 
 def test_removed_schedule_fields_are_refused_by_name():
-    """``parallel_rows`` and ``column_programs`` are no longer fields (bench/NOTES.md,
-    "Schedule fields removed"): a saved dict may hold them at their old 'off' value, any
-    other value is an error naming the field."""
+    """``parallel_rows``, ``column_programs``, ``tap_pointers`` and ``pack_nonzeros`` are no
+    longer fields
+    (bench/NOTES.md, "Schedule fields removed"): a saved dict may hold them at their old
+    'off' value, any other value is an error naming the field."""
     from dsl.schedule import as_schedule
     assert as_schedule({"mode": "table", "parallel_rows": 1, "column_programs": 0}) == \
         Schedule(mode="table")
-    for name, v in (("parallel_rows", 4), ("column_programs", 2)):
+    for off in ("auto", False):
+        assert as_schedule({"mode": "values", "tap_pointers": off,
+                            "pack_nonzeros": off}) == Schedule(mode="values")
+    for name, v in (("parallel_rows", 4), ("column_programs", 2), ("tap_pointers", True),
+                    ("tap_pointers", 0), ("pack_nonzeros", True)):
         with pytest.raises(ValueError, match=name):
             as_schedule({"mode": "table", name: v})
         with pytest.raises(TypeError, match=name):
@@ -257,6 +252,7 @@ def test_a_plans_schedule_for_its_kind_names_only_the_fields_that_apply():
     names none of them, and the plan it resolves to is the same; a convolution's keeps them."""
     from dsl.schedule import CONV_FIELDS
     from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.plan import DERIVED
     from sparsert_triton.weights import as_sparse_weight
     g = torch.Generator().manual_seed(0)
     w = as_sparse_weight(torch.randn(32, 64, generator=g) * (torch.rand(32, 64, generator=g) < 0.3))
@@ -267,6 +263,25 @@ def test_a_plans_schedule_for_its_kind_names_only_the_fields_that_apply():
         assert plan_for(shown, w, 64, "float32") == plan
         assert plan.to_schedule() == Schedule(**{f: getattr(plan, f) for f in
                                                   Schedule.__dataclass_fields__})
-    assert plan_for(Schedule(mode="table"), w, 64, "float32").tap_segments   # what is hidden
+        assert not any(f"{f}=" in repr(plan.to_schedule()) for f in DERIVED)
+    assert plan_for(Schedule(mode="table"), w, 64, "float32").tap_segments   # derived, unshown
     conv = plan_for(Schedule(mode="table"), w, 64, "float32", conv=True, tap_masks_fit=True)
     assert all(f"{f}=" in repr(conv.to_schedule(conv=True)) for f in CONV_FIELDS)
+
+
+def test_functions_per_kernel_follow_the_statements_bound():
+    """``max_functions_per_kernel`` is set by the plan (no Schedule field): 16 functions per
+    kernel up to the default 2048 statements each, 8 above (the bounds of every measured
+    unrolled schedule); a saved schedule holding it loads, the plan decides."""
+    from dsl.schedule import as_schedule
+    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.weights import as_sparse_weight
+    w = as_sparse_weight(torch.eye(8))
+    for statements, functions in ((1024, 16), (2048, 16), (2049, 8), (16384, 8)):
+        s = Schedule(mode="values", max_statements_per_function=statements)
+        assert plan_for(s, w, 16, "float32").max_functions_per_kernel == functions
+    saved = {"mode": "values", "max_statements_per_function": 16384,
+             "max_functions_per_kernel": 64}
+    assert as_schedule(saved) == Schedule(mode="values", max_statements_per_function=16384)
+    with pytest.raises(TypeError, match="max_functions_per_kernel"):
+        Schedule(max_functions_per_kernel=8)

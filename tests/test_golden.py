@@ -50,7 +50,7 @@ CASES = {
     "table_bias_relu": (W_A, _bias_relu, Schedule(mode="table", rows_per_program=2, block_n=64,
                                                   chunk=4), (("bias", "row"),)),
     "table_conv_relu": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                  tap_segments=True), ()),
+                                                  pad_input=False, tap_masks=False), ()),
     "table_conv_padded": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                      pad_input=True, prefetch_tail=True,
                                                      prefetch_x=False), ()),
@@ -64,14 +64,13 @@ CASES = {
     "table_conv_prefetch_x": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                         tap_masks=True, prefetch_tail=True,
                                                         prefetch_x=True), ()),
-    # unrolled convolution without the padded copy: one pointer per kernel tap, into the
-    # image or the zero buffer (tap_pointers)
     # row blocks of padded nonzero lists, 16-bit columns, K slices fixed up in order (blocks)
     "blocks_split_bias_relu": (W_A, _bias_relu, Schedule(mode="blocks", rows_per_program=2,
                                                          chunk=2, block_n=16, split_k=2),
                                (("bias", "row"),)),
-    "values_conv_tap_pointers": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
-                                                           block_n=16, tap_pointers=True), ()),
+    # unrolled convolution on the unpadded X: masked loads
+    "values_conv_masked": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
+                                                     block_n=16), ()),
 }
 
 

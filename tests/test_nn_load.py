@@ -157,3 +157,26 @@ def test_a_state_saved_with_removed_schedule_fields_at_their_old_defaults_loads(
     import pytest
     with pytest.raises(RuntimeError, match="parallel_rows=4 is no longer a field"):
         SparseLinear.from_linear(lin).load_state_dict(state)
+
+
+def test_a_state_saved_with_the_fields_the_plan_now_sets_loads():
+    """Schedules saved before issue 19 (a tuned plan's schedule holds every field) may hold
+    tap_pointers / pack_nonzeros off and the fields the plan now sets (pdl, bake_strides,
+    prefetch, tap_segments, num_stages, max_functions_per_kernel) at any value: such a state
+    loads and computes as before; asking for a removed path is refused naming the field."""
+    from sparsert_triton.nn import SparseLinear
+    lin = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(4, 8) < 0.5)
+    layer = SparseLinear.from_linear(lin)
+    state = layer.state_dict()
+    state["_extra_state"]["schedule"].update(
+        tap_pointers=False, pack_nonzeros=False, pdl=True, bake_strides=False, prefetch=True,
+        tap_segments=True, num_stages=2, max_functions_per_kernel=16)
+    fresh = SparseLinear.from_linear(lin)
+    fresh.load_state_dict(state)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(fresh(x), layer(x))
+    state["_extra_state"]["schedule"]["pack_nonzeros"] = True
+    with pytest.raises(RuntimeError, match="pack_nonzeros=True is no longer a field"):
+        SparseLinear.from_linear(lin).load_state_dict(state)

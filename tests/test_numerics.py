@@ -86,8 +86,8 @@ def _clamped_scaled(W, X, s):
 
 @pytest.mark.parametrize("schedule", [
     Schedule(mode="values"), Schedule(mode="indices"), Schedule(mode="table"),
-    Schedule(mode="table", rows_per_program=16, block_n=2, chunk=16, prefetch=False),
-    Schedule(mode="table", pack_nonzeros=True, chunk=32, block_n=4, prefetch=False)])
+    Schedule(mode="table", rows_per_program=16, block_n=2, chunk=16),
+    Schedule(mode="table", chunk=32, block_n=4)])
 def test_float64_clamp_bounds_and_numbers_stay_float64(schedule):
     """Clamp bounds and number operands of a float64 kernel are float64 values (triton 3.6
     rounded both to float32 on the GPU; tests/test_compile_regressions.py checks the compiled

@@ -62,11 +62,10 @@ def test_loads_past_a_segment_read_nothing():
 
 
 @pytest.mark.parametrize("conv_path", [dict(pad_input=True), dict(tap_masks=True),
-                                       dict(tap_segments=True),
-                                       dict(pad_input=False, tap_segments=False)])
+                                       dict(pad_input=False, tap_masks=False)])
 def test_convolutions_on_every_table_path(conv_path):
-    """The padded copy, tap masks, tap segments and the decoded (c_in, tap) order; strides,
-    padding and odd sizes; NaN at one input reaches exactly its readers."""
+    """The padded copy, tap masks and tap segments (both asked off); strides, padding and odd
+    sizes; NaN at one input reaches exactly its readers."""
     g = torch.Generator().manual_seed(31)
     for stride, padding, shape in (((1, 1), 1, (2, 5, 7, 9)), ((2, 2), 1, (1, 5, 8, 5)),
                                    ((1, 1), 0, (2, 5, 6, 6))):
@@ -86,8 +85,7 @@ def test_resolution_rejections_and_table_padding():
     assert not plan_for(Schedule(mode="table"), w, 64, "float32").prefetch_x
     on = plan_for(Schedule(**TABLE, chunk=4), w, 64, "float32")
     assert on.prefetch_x and on.prefetch and on.prefetch_tail
-    for bad in (dict(prefetch_tail=False), dict(split_k=2, prefetch_tail=False),
-                dict(pack_nonzeros=True), dict(prefetch=False)):
+    for bad in (dict(prefetch_tail=False), dict(split_k=2, prefetch_tail=False)):
         with pytest.raises(ValueError, match="prefetch"):
             plan_for(Schedule(**{**TABLE, **bad}), w, 64, "float32")
     with pytest.raises(ValueError, match="prefetch_x"):
@@ -120,8 +118,8 @@ def test_few_programs_default_for_convolutions():
     assert masks.tap_masks and masks.prefetch_x and masks.chunk == 16
     assert not plan(edge // 2 + 1, block_n=32).prefetch_x      # 4 x 129 x 2 tiles of 32
     assert plan(edge // 2, block_n=32).prefetch_x
-    for s in (dict(prefetch_x=False), dict(split_k=2), dict(pack_nonzeros=True),
-              dict(tap_segments=True), dict(prefetch_tail=False)):
+    for s in (dict(prefetch_x=False), dict(split_k=2),
+              dict(pad_input=False, tap_masks=False), dict(prefetch_tail=False)):
         p = plan(64, **s)
         assert not p.prefetch_x, s
     off = plan(64, prefetch_x=False)
@@ -169,8 +167,8 @@ def test_few_programs_default_for_matmuls():
     Ws = W.clone()
     Ws[:, : K - FEW_MIN_ROW + 1] = 0.0               # FEW_MIN_ROW - 1 nonzeros per row
     assert not plan(64, weight=as_sparse_weight(Ws.float())).prefetch_x
-    for s in (dict(prefetch_x=False), dict(split_k=2), dict(pack_nonzeros=True),
-              dict(prefetch=False), dict(prefetch_tail=False), dict(mode="values")):
+    for s in (dict(prefetch_x=False), dict(split_k=2), dict(prefetch_tail=False),
+              dict(mode="values")):
         assert not plan(64, **s).prefetch_x, s
     assert plan(64, chunk=8).prefetch_x and plan(64, chunk=8).chunk == 8   # chunk is kept
     assert plan_for(Schedule(), w, 64, "float32").mode == "values"       # small: unrolled

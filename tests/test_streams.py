@@ -12,8 +12,9 @@ def _weight(M=40, K=70, density=0.25, seed=0):
 
 
 def _unrolled(streams):
-    # 4 rows per program, at most 2 functions per kernel: 10 groups -> several kernels
-    return Schedule(mode="values", rows_per_program=4, max_functions_per_kernel=2,
+    # 4 rows per program, a function per row (8 statements): 10 groups of 5 functions,
+    # 16 functions per kernel -> several kernels
+    return Schedule(mode="values", rows_per_program=4, max_statements_per_function=8,
                     streams=streams)
 
 

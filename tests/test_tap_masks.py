@@ -49,14 +49,14 @@ def test_masked_offsets_address_the_unfolded_input():
 
 def test_tap_masks_across_geometries_layouts_and_schedules():
     """Strides, paddings, dilation, 2x2 and 3x3 kernels, odd sizes, batch, channels-last and
-    sliced X (copied to contiguous NCHW), chunk sizes, the prefetched tail, packed nonzeros
-    (float32), rows split over warps; float32, float64 and float16."""
+    sliced X (copied to contiguous NCHW), chunk sizes, the prefetched tail, rows split
+    over warps; float32, float64 and float16."""
     g = torch.Generator().manual_seed(22)
     geoms = [((1, 1), 1, 1, (3, 3), (2, 5, 7, 9)), ((2, 2), 1, 1, (3, 3), (1, 4, 8, 5)),
              ((1, 2), 2, (2, 1), (3, 2), (3, 3, 9, 7)), ((1, 1), "same", 2, (3, 3), (1, 3, 6, 6)),
              ((1, 1), 0, 1, (2, 2), (2, 5, 4, 3))]
-    scheds = [dict(chunk=2), dict(chunk=8, prefetch_tail=True), dict(chunk=4, pack_nonzeros=True),
-              dict(chunk=2, split_k=2, num_warps=2), dict(chunk=1, prefetch=False)]
+    scheds = [dict(chunk=2), dict(chunk=8, prefetch_tail=True), dict(chunk=4),
+              dict(chunk=2, split_k=2, num_warps=2), dict(chunk=1)]
     for (stride, padding, dilation, (kh, kw), shape), extra in zip(geoms * 2, scheds * 2):
         W4 = masked_conv_weight(g, 7, shape[1], kh, kw, 0.4)
         k = _kernel(W4, stride, padding, dilation, **extra)
@@ -97,9 +97,6 @@ def test_tap_masks_resolution_and_rejections():
     with pytest.raises(ValueError, match="tap_masks replaces pad_input"):
         plan_for(Schedule(mode="table", tap_masks=True, pad_input=True), w, 64, "float32",
                  conv=True)
-    with pytest.raises(ValueError, match="tap_masks replaces pad_input and tap_segments"):
-        plan_for(Schedule(mode="table", tap_masks=True, tap_segments=True), w, 64, "float32",
-                 conv=True)
     with pytest.raises(ValueError, match="tap_masks applies to the one-row table kernel"):
         plan_for(Schedule(mode="values", tap_masks=True), w, 64, "float32", conv=True)
     with pytest.raises(ValueError, match="tap_masks"):
@@ -116,7 +113,7 @@ def test_tap_masks_resolution_and_rejections():
 def test_tap_masks_is_the_table_default_where_it_serves_the_input():
     """'auto' resolves to tap masks in a convolution's one-row table kernel when the input's
     size is known and fits (<= 16 taps, 32-bit entries), else to the padded input; explicit
-    pad_input, tap_segments or split_k keep theirs. The default kernel runs without the
+    pad_input (on or off) or split_k keep theirs. The default kernel runs without the
     padded copy and matches float64 conv2d. (Grids of at most FEW_PROGRAMS programs take the
     padded copy with prefetch_x instead: test_prefetch_x.py; prefetch_x=False or a large N
     keeps them out of it here.)"""
@@ -125,7 +122,7 @@ def test_tap_masks_is_the_table_default_where_it_serves_the_input():
     fit = plan_for(Schedule(mode="table"), w, N, "float32", conv=True, tap_masks_fit=True)
     assert fit.tap_masks and not fit.pad_input and fit.prefetch_tail and fit.chunk == 8
     assert not fit.prefetch_x
-    for s in (dict(pad_input=True), dict(tap_segments=True), dict(split_k=2),
+    for s in (dict(pad_input=True), dict(pad_input=False), dict(split_k=2),
               dict(tap_masks=False)):
         p = plan_for(Schedule(mode="table", **s), w, N, "float32", conv=True,
                      tap_masks_fit=True)

@@ -232,13 +232,6 @@ def _tile(b: Buffer, low: Lowered, taps: bool = True):
             b(f"vy{dy} = {_in_image('y', dy * dh)}")
         for dx in range(g.kw):
             b(f"vx{dx} = {_in_image('x', dx * dw)}")
-    if taps and low.plan.tap_pointers:
-        # per tap, the lanes' X pointers at the tap's shift where it reads the image, else the
-        # zero buffer: the loads need no mask (channel c reads ZB + c * sxc = 0 off-image)
-        for dy in range(g.kh):
-            for dx in range(g.kw):
-                b(f"xt{dy}_{dx} = tl.where(nmask & vy{dy} & vx{dx}, "
-                  f"xp + {_tap_offset(low, dy, dx)}, ZB)")
 
 
 def _input_origin(b: Buffer, g):

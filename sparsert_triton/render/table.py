@@ -15,9 +15,9 @@ from .common import (TL_DTYPES, Buffer, _kernel_decorator, _kernel_params, _stor
 
 def _table_x_load(b: Buffer, low: Lowered, valid: str = "", x: str = "x"):
     """One X row per nonzero: ``x`` (or the name given) for column ``c``. In a
-    convolution's tap loop ``c`` is the input channel, ``xt`` the tile shifted to the tap (set
-    once per tap, see ``_conv_tap``) and the load unmasked; without tap segments ``c`` is the
-    (c_in, dy, dx) column, decoded here, and the in-image mask worked out per nonzero.
+    convolution ``c`` is the nonzero's offset into the padded input (``pad_input``), its
+    offset and tap bit (``tap_masks``), or, in a tap loop, the input channel, with ``xt`` the
+    tile shifted to the tap (set once per tap, see ``_conv_tap``) and the load unmasked.
     ``valid``: a condition that also masks the load (a segment's prefetched tail)."""
     g, cv = low.conv, cvt(low.signature.x_dtype, low.signature)
     also = f" & {valid}" if valid else ""
@@ -33,16 +33,11 @@ def _table_x_load(b: Buffer, low: Lowered, valid: str = "", x: str = "x"):
         b(f"{x} = tl.load(xp + {off}, mask={valid + ' & ' if valid else ''}((tm & {bit}) != 0), "
           f"other=0.0){cv}")
         return
-    if low.plan.tap_segments:
-        b(f"{x} = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){cv}" if valid else
-          f"{x} = tl.load(xt + c * sxc){cv}")
-        return
-    (dh, dw), khw = g.dilation, g.kh * g.kw
-    b(f"ci = c // {khw}")
-    b(f"dy = (c - ci * {khw}) // {g.kw} * {dh}")
-    b(f"dx = (c - ci * {khw}) % {g.kw} * {dw}")
-    b(f"{x} = tl.load(xp + (ci * sxc + dy * sxh + dx * sxw), mask=nmask{also} & (iy0 >= -dy) & "
-      f"(iy0 < IH - dy) & (ix0 >= -dx) & (ix0 < IW - dx), other=0.0){cv}")
+    if not low.plan.tap_segments:
+        raise ValueError("invalid plan: a convolution's one-row table kernel reads the padded "
+                         "input, tap masks or tap segments")
+    b(f"{x} = tl.load(xt + c * sxc, mask=nmask{also}, other=0.0){cv}" if valid else
+      f"{x} = tl.load(xt + c * sxc){cv}")
 
 
 def _table_col(b: Buffer, at: str, name: str):
@@ -59,10 +54,7 @@ def _table_acc(low: Lowered) -> str:
 
 
 def _table_index(b: Buffer, low: Lowered, k: str, s: str = ""):
-    """Load nonzero ``k``'s column and value (``c{s}``, ``w{s}``; packed: the word ``nz{s}``)."""
-    if low.plan.packs_nonzeros(low.signature):
-        b(f"nz{s} = tl.load(NZ + {k})")
-        return
+    """Load nonzero ``k``'s column and value (``c{s}``, ``w{s}``)."""
     _table_col(b, k, f"c{s}")
     _table_val(b, low, k, f"w{s}")
 
@@ -71,11 +63,6 @@ def _table_fma(b: Buffer, low: Lowered, s: str = "", valid: str = ""):
     """``acc += w * X[c, tile]`` for the nonzero loaded by ``_table_index(..., s)`` (into the
     tap's ``acc_t`` in a convolution)."""
     acc = _table_acc(low)
-    if low.plan.packs_nonzeros(low.signature):
-        b(f"c = (nz{s} & 0xFFFFFFFF).to(tl.int32)")
-        _table_x_load(b, low, valid)
-        b(f"{acc} += (nz{s} >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x")
-        return
     if s:
         b(f"c = c{s}")
     _table_x_load(b, low, valid)
@@ -110,7 +97,7 @@ def _table_chunks_prefetched(b: Buffer, low: Lowered, U: int):
     prefetch stays in bounds)."""
     _prefetched(b, U, f"for j in range(start, full, {U}):", "start + ",
                 lambda at, s: _table_index(b, low, at, s), lambda s: _table_fma(b, low, s),
-                ["nz"] if low.plan.packs_nonzeros(low.signature) else ["c", "w"])
+                ["c", "w"])
 
 
 def _table_chunks_prefetched_x(b: Buffer, low: Lowered, U: int):
@@ -206,8 +193,7 @@ def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
 def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str, taps: bool = False):
     """The table kernels' definition, docstring, program ids and column tile."""
     b(_kernel_decorator(low))
-    nz = ["NZ"] if low.plan.packs_nonzeros(low.signature) else ["COLS", "VALS"]
-    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS'] + nz)}):"):
+    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
         b(f'"""{doc}"""')
         _wait_for_the_kernel_before(b, low)
         b("g = tl.program_id(0)")
@@ -228,13 +214,7 @@ def _row_segment(b: Buffer, low: Lowered, seg: str):
         _table_chunks_prefetched_x(b, low, U)
         return
     b(f"full = start + (end - start) // {U} * {U}")
-    if low.plan.prefetch:
-        _table_chunks_prefetched(b, low, U)
-    else:
-        with b.indent(f"for j in range(start, full, {U}):"):
-            with b.indent(f"for t in tl.static_range({U}):"):
-                b("k = j + t")
-                _table_step(b, low)
+    _table_chunks_prefetched(b, low, U)
     if U > 1 and low.plan.prefetch_tail:
         # the loop's last prefetch (or the preamble) loaded entries full .. full + U - 1:
         # the tail's loads are independent, masked off past the segment (x = 0 there)
@@ -278,9 +258,7 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     R, BN = p.rows_per_program, p.block_n
     ops = operand_params(sig, g is not None)
     acc_t = TL_DTYPES[sig.acc_dtype]
-    nz = ("value(NZ[j]) * X[column(NZ[j]), n]" if p.packs_nonzeros(sig)
-          else "VALS[j] * X[COLS[j], n]")
-    doc = (f"acc[n] = sum_j {nz} over each row's segment; the program's {R} row(s) run in "
+    doc = (f"acc[n] = sum_j VALS[j] * X[COLS[j], n] over each row's segment; the program's {R} row(s) run in "
            "turn, so X rows they share are re-read from L1.")
     taps = g is not None and p.tap_segments
     if g is not None and p.pad_input:
@@ -355,15 +333,9 @@ def _render_table_split(b: Buffer, k: TableKernel, low: Lowered):
             b("first = start + sk * part")
             b("stop = tl.minimum(first + part, start + length)")
             b(f"acc = tl.zeros([{S}, {BN}], {TL_DTYPES[sig.acc_dtype]})")
-            if p.prefetch:
-                _prefetched(b, U, f"for j in range(0, part, {U}):", "",
-                            lambda at, s: _tile_index(b, low, at, s),
-                            lambda s: _tile_fma(b, low, s), ("cols", "w", "kmask"))
-            else:
-                with b.indent(f"for j in range(0, part, {U}):"):
-                    for t in range(U):
-                        _tile_index(b, low, f"j + {t}", str(t))
-                        _tile_fma(b, low, str(t))
+            _prefetched(b, U, f"for j in range(0, part, {U}):", "",
+                        lambda at, s: _tile_index(b, low, at, s),
+                        lambda s: _tile_fma(b, low, s), ("cols", "w", "kmask"))
             b("acc = tl.sum(acc, axis=0)")
             _store_row(b, low, ops)
 

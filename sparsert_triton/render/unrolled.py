@@ -10,18 +10,13 @@ from .common import (TL_DTYPES, Buffer, _kernel_decorator, _kernel_params, _tile
                      to_output)
 
 
-def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None, padded=False,
-                tap_pointers=False):
+def render_load(b: Buffer, s: LoadX, acc: str, conv=None, strides=None, padded=False):
     """``x = X[col, tile]``; with baked strides the offset is one constant."""
     if conv is None:
         off = (f"{s.col * strides[0]}" if strides else f"{s.col} * sxk")
         b(f"{s.var} = tl.load({'xp' if s.col == 0 else 'xp + ' + off}, mask=nmask, other=0.0){acc}")
         return
     c, dy, dx = conv.tap(s.col)
-    if tap_pointers:   # the tap's pointer: in the image, or into the zero buffer
-        off = f"{c * strides[1]}" if strides else f"{c} * sxc"
-        b(f"{s.var} = tl.load(xt{dy}_{dx}{'' if c == 0 else ' + ' + off}){acc}")
-        return
     oy, ox = dy * conv.dilation[0], dx * conv.dilation[1]
     off = (f"{c * strides[1] + oy * strides[2] + ox * strides[3]}" if strides
            else f"({c} * sxc + {oy} * sxh + {ox} * sxw)")
@@ -54,9 +49,8 @@ def render_store(b: Buffer, s: Store, low: Lowered):
 
 
 def _unrolled_buffers(low: Lowered) -> list:
-    """The unrolled kernels' buffers after X: the values, the zero buffer of ``tap_pointers``
-    (launch.py passes them in this order)."""
-    return ["V"] + (["ZB"] if low.plan.tap_pointers else [])
+    """The unrolled kernels' buffers after X: the values."""
+    return ["V"]
 
 
 def _fn_params(low: Lowered) -> str:
@@ -75,7 +69,7 @@ def render_part(b: Buffer, fn: PartFn, low: Lowered):
                 render_store(b, s, low)
             elif isinstance(s, LoadX):
                 render_load(b, s, cvt(sig.x_dtype, sig), low.conv, low.x_strides,
-                            low.plan.pad_input, low.plan.tap_pointers)
+                            low.plan.pad_input)
             else:
                 render_fma(b, s, cvt(sig.w_dtype, sig), sig.acc_dtype)
     b()
