@@ -153,9 +153,9 @@ def test_bfloat16_default_plan_avoids_the_interpreters_dot():
     for s in (Schedule(mode="table"), Schedule()):
         Y = sparse_kernel(_mm, schedule=s).specialize(W)(torch.ones(3, 4, dtype=torch.bfloat16))
         assert torch.equal(Y, torch.full((2, 4), 3.0, dtype=torch.bfloat16))
-    big = torch.ones(64, 64, dtype=torch.bfloat16)        # 4096 nonzeros: table mode
+    big = torch.ones(64, 64, dtype=torch.bfloat16)   # 4096 nonzeros, N > 64: table mode
     k = sparse_kernel(_mm).specialize(big)
-    X = torch.randn(64, 16).to(torch.bfloat16)
+    X = torch.randn(64, 80).to(torch.bfloat16)
     Y = k(X)
     assert not k.last_plan.use_dot and k.last_plan.mode == "table"
     torch.testing.assert_close(Y.double(), k.reference(X), rtol=2e-2, atol=2e-2)
