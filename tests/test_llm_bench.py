@@ -51,9 +51,13 @@ def test_run_checks_and_writes_every_system_on_the_cpu(tmp_path):
     said = []
     rows = lb.run(["tiny"], [1, 65], [0.5], ["float16"], ["per_row"],
                   list(lb.SYSTEMS), out, log=said.append, device="cpu")
-    assert [r["system"] for r in rows] == ["dense", "sparsert_default", "table"] * 2
+    assert [r["system"] for r in rows] == ["dense", "sparsert_default", "sparsert", "table"] * 2
     modes = [r["schedule"].split("'")[1] for r in rows if r["system"] == "sparsert_default"]
     assert modes == ["blocks", "table"]          # 2400 nonzeros: blocks at N <= 64 only
+    # the tuner's pick (its untimed heuristic on the CPU) is the default's plan here
+    tuned = [r["schedule"] for r in rows if r["system"] == "sparsert"]
+    assert tuned == [r["schedule"] for r in rows if r["system"] == "sparsert_default"]
+    assert all(r["compile_s"] >= 0 for r in rows if r["system"] == "sparsert")
     assert [list(r) for r in lb.read_csv(out)][0] == lb.COLUMNS
 
 
