@@ -283,10 +283,11 @@ def blocks_shape(weight: SparseWeight, N: int) -> tuple:
 
 
 def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
-    """The blocks mode's plan: rows and nonzeros per step from :func:`blocks_shape`; the
-    column tile covers N up to 64; ``split_k`` 1 (the default) cuts each block's steps over
+    """The blocks mode's plan: rows and nonzeros per step from :func:`blocks_shape`; rows in
+    the given order unless sorting them stores >= 10% fewer entries
+    (``blocks.default_row_order``); the column tile covers N up to 64; ``split_k`` 1 (the default) cuts each block's steps over
     enough programs for ~4 per SM (``blocks.auto_split``)."""
-    from .blocks import auto_split
+    from .blocks import auto_split, default_row_order
     R, U = blocks_shape(weight, N)
     rpp = R if s.rows_per_program == AUTO else int(s.rows_per_program)
     chunk = U if s.chunk == AUTO else int(s.chunk)
@@ -299,8 +300,9 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
     for name in ("use_dot", "prefetch_tail", "prefetch_x", "pad_input", "tap_masks"):
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
             raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
-    return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n,
-                row_order="given" if s.row_order == AUTO else s.row_order, chunk=chunk,
+    order = default_row_order(weight, rpp, chunk) if s.row_order == AUTO else s.row_order
+    return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n, row_order=order,
+                chunk=chunk,
                 use_dot=False, allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),

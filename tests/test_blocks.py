@@ -181,3 +181,26 @@ def test_the_tuner_searches_blocks_for_few_columns():
     for s in blocks:       # every candidate is a valid plan
         assert plan_for(s, w, 4, "float16").mode == "blocks"
     assert not any(s.mode == "blocks" for s in candidate_schedules(w, 256, "float16"))
+
+
+def test_default_row_order_sorts_uneven_rows_only():
+    """Rows of very different lengths pad every block to its longest: the default sorts them
+    (fewer stored entries, the same product); a uniform mask keeps the given order."""
+    from sparsert_triton.blocks import specialise_blocks, stored_entries
+    g = torch.Generator().manual_seed(3)
+    uneven = torch.randn(64, 300, generator=g)
+    uneven[1::2] *= torch.rand(32, 300, generator=g) < 0.05      # every other row sparse
+    uneven = uneven.half()
+    w = as_sparse_weight(uneven)
+    plan = plan_for(Schedule(), w, 1, "float16")
+    assert plan.mode == "blocks" and plan.row_order == "nnz"
+    R, U = plan.rows_per_program, plan.chunk
+    assert (stored_entries(w.row_nnz, R, U, True)
+            < 0.9 * stored_entries(w.row_nnz, R, U, False))
+    # what the layout stores is what stored_entries counts (+ nothing: no pad step)
+    assert specialise_blocks(w, plan).cols.shape[0] == stored_entries(w.row_nnz, R, U, True)
+    X = torch.randn(300, 3, generator=g).half()
+    Y = sparse_kernel(lambda W, X: W @ X).specialize(uneven)(X)
+    torch.testing.assert_close(Y.double(), uneven.double() @ X.double(), rtol=2e-2, atol=2e-2)
+    uniform = as_sparse_weight(_weight(512, 4096, 0.5, torch.float16))   # ~2% less sorted
+    assert plan_for(Schedule(), uniform, 1, "float16").row_order == "given"
