@@ -24,7 +24,8 @@ from .callplan import MAX_PLANS, CallPlan, call_key
 from .compile import import_kernels, interpreting
 from .direct import Launcher
 from .conv import ConvGeometry, conv_weight, geometry
-from .launch import INT32_MAX, conv_signature_for, run, signature_for
+from .arguments import INT32_MAX, conv_signature_for, signature_for
+from .launch import run
 from .padding import zero_pad
 from .plan import Plan, Signature
 from .reference import evaluate

@@ -46,7 +46,7 @@ from . import cache
 from .api import SparseKernel, SpecializedKernel, sparse_kernel
 from .canonicalise import plan_for
 from .compile import compile_workers, interpreting
-from .launch import conv_signature_for, signature_for
+from .arguments import conv_signature_for, signature_for
 from .plan import Plan, Signature
 from .specialise import specialise
 from .weights import WEIGHT_DTYPES, SparseWeight, as_sparse_weight

@@ -178,7 +178,7 @@ def test_tune_picks_the_fastest_and_persists_it(tmp_path, monkeypatch, device):
 
 def test_plan_key_depends_on_versions_dtype_and_bucket(monkeypatch, device):
     w = _weight(8, 8, 0.5)
-    from sparsert_triton.launch import signature_for
+    from sparsert_triton.arguments import signature_for
     sig = signature_for(mm.program, w, torch.randn(8, 5, device=device), ())
     k1, _ = T.plan_key(mm.program, w, 5, sig, "gpu")
     assert T.plan_key(mm.program, w, 7, sig, "gpu")[0] == k1          # same bucket (8)
