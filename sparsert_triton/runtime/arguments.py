@@ -1,14 +1,14 @@
-"""A call's arguments: their checks and the call's :class:`~sparsert_triton.plan.Signature`.
+"""A call's arguments: their checks and the call's signature.
 
 One call ``k(X, *operands, out=...)`` of a specialised kernel is checked here, once per call
-(or once per call layout, through :mod:`sparsert_triton.callplan`): X is a dense float tensor
-of the right rank and size on a usable device; each operand is a finite number, a one-element
-tensor, a per-row vector or a full tensor of the output's shape (:func:`operand_kind`); ``out``
-has the output's shape, dtype and device and shares memory with neither itself, X nor an
-operand (other than as that very operand); nothing spans more than ``2**31`` elements (the
-kernels' offsets are 32-bit). The result is the call's signature: X's, the weight's and the
-output's dtypes and each operand's kind, which selects the compiled variant.
-:mod:`sparsert_triton.launch` then packs the arguments for the kernels and launches them.
+(or once per call layout, through :mod:`.callplan`): X is a dense float tensor of the right
+rank and size on a usable device; each operand is a finite number, a one-element tensor, a
+per-row vector or a full tensor of the output's shape (:func:`operand_kind`); ``out`` has the
+output's shape, dtype and device and shares memory with neither itself, X nor an operand
+(other than as that very operand); nothing spans more than ``2**31`` elements (the kernels'
+offsets are 32-bit). The result is the call's ``Signature`` (``compiler/plan.py``): X's, the
+weight's and the output's dtypes and each operand's kind, which selects the compiled variant.
+:mod:`.launch` then packs the arguments for the kernels and launches them.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import torch
 
 from dsl import ir
 
-from .canonicalise import output_dtype
-from .compile import interpreting
-from .plan import Signature
-from .weights import TORCH_DTYPES, WEIGHT_DTYPES, SparseWeight
+from ..compiler.canonicalise import output_dtype
+from ..compiler.compile import interpreting
+from ..compiler.plan import Signature
+from ..weights import TORCH_DTYPES, WEIGHT_DTYPES, SparseWeight
 
 INT32_MAX = 2**31 - 1
 

@@ -1,7 +1,7 @@
 """Launch: pack a checked call's arguments for the kernels of a variant and run them.
 
-The call was checked and given its signature by :mod:`sparsert_triton.arguments`; here its
-tensors, operands, strides and sizes become the kernels' argument list (:func:`operand_args`,
+The call was checked and given its signature by :mod:`.arguments`; here its tensors,
+operands, strides and sizes become the kernels' argument list (:func:`operand_args`,
 :func:`size_args`, the same list for every kernel of the variant), each kernel gets its grid
 (:func:`grids`) and Triton's launch options (:func:`launch_options`), and :func:`run` launches
 them: the first launch compiles (in Triton's cache scoped to ours, optionally in parallel and
@@ -14,11 +14,11 @@ from contextlib import nullcontext
 
 import torch
 
-from . import fastpasses
-from .compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
+from ..compiler import fastpasses
+from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
 from .direct import spec_key
-from .fastpasses import fast_pipeline
-from .plan import Signature
+from ..compiler.fastpasses import fast_pipeline
+from ..compiler.plan import Signature
 
 
 def operand_args(sig: Signature, operands, conv: bool = False) -> list:
