@@ -6,9 +6,9 @@
 
 For each size a random M x K mask with about ``nnz`` nonzeros is specialised, generated
 (``gen_s``: specialise + lower + render + store + import) and compiled ahead of time for an
-sm_90 target with ``sparsert_triton.compile.precompile_variant`` (``compile_s``, one core,
-kernels in sequence), through the trimmed pipeline of ``sparsert_triton.fastpasses`` ("fast")
-and/or Triton's own ("full"). ``statements`` counts the straight-line statements (nnz FMAs + X-row loads), the
+sm_90 target with ``sparsert_triton.compiler.compile.precompile_variant`` (``compile_s``, one
+core, kernels in sequence), through the trimmed pipeline of
+``sparsert_triton.compiler.fastpasses`` ("fast") and/or Triton's own ("full"). ``statements`` counts the straight-line statements (nnz FMAs + X-row loads), the
 quantity compile time is linear in; the script prints the least-squares fit
 ``compile_s = a + b * statements`` that ``sparsert_triton.tune`` uses to prune
 (``COMPILE_S_PER_STATEMENT``). A fresh cache folder is used unless ``--cache-dir`` is given.
@@ -46,9 +46,9 @@ def measure(mode: str, M: int, K: int, nnz: int, rows_per_program: int, dtype: s
     import torch
     from dsl import Schedule
     from sparsert_triton import sparse_kernel
-    from sparsert_triton.compile import precompile_variant
-    from sparsert_triton.plan import Signature
-    from sparsert_triton.specialise import specialise
+    from sparsert_triton.compiler.compile import precompile_variant
+    from sparsert_triton.compiler.plan import Signature
+    from sparsert_triton.compiler.specialise import specialise
 
     @sparse_kernel(schedule=Schedule(mode=mode, rows_per_program=rows_per_program, block_n=block_n,
                                      num_warps=num_warps))
@@ -94,7 +94,8 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/compile_time.csv")
     ap.add_argument("--cache-dir", help="sparsert cache (default: a fresh temporary folder)")
     ap.add_argument("--pipelines", default="fast",
-                    help="comma list: fast (sparsert_triton.fastpasses), full (Triton's own)")
+                    help="comma list: fast (sparsert_triton.compiler.fastpasses), "
+                         "full (Triton's own)")
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.nnz.split(",") if s]
     modes = a.modes.split(",")

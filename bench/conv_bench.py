@@ -5,8 +5,8 @@
 
 Layers: every ``rn50/magnitude_pruning/<sparsity>/bottleneck_2_*`` matrix (the 3x3
 convolutions, C_out x (C_in * 9), columns in DLMC's (dy, dx, c_in) order, see
-``sparsert_triton.conv``). The DLMC ResNet-50 is v1 (the stride sits in the first 1x1 conv of a
-block) except in its projection blocks: there the first 1x1 conv runs at the input resolution
+``sparsert_triton.compiler.conv``). The DLMC ResNet-50 is v1 (the stride sits in the first
+1x1 conv of a block) except in its projection blocks: there the first 1x1 conv runs at the input resolution
 (``rn50_batchsizes.txt`` gives N = 3136 for group 2's) and the 3x3 conv has stride 2 in groups
 2-4. So the 3x3 convs have padding 1, output size sqrt(N) (N from ``rn50_batchsizes.txt``) and
 stride 2 in ``bottleneck_2_block_group_projection_block_group{2,3,4}``, 1 elsewhere. Weights and X are seeded normal draws in the case's dtype.
@@ -37,7 +37,7 @@ from bench.dlmc_bench import read_batch_sizes
 from bench.timing import require_cuda, time_system
 from dsl import Schedule, conv2d
 from sparsert_triton import sparse_kernel
-from sparsert_triton.conv import conv_weight
+from sparsert_triton.compiler.conv import conv_weight
 from sparsert_triton.dlmc import read_smtx
 from sparsert_triton.tune import CONV_CANDIDATES
 
@@ -103,7 +103,7 @@ def _over_budget(s: Schedule, nnz: int, max_compile_s: float) -> bool:
 def _unrolled(s: Schedule, nnz: int) -> bool:
     """Whether the schedule builds unrolled code for a weight of ``nnz`` nonzeros ('auto'
     resolved as the kernel resolves it)."""
-    from sparsert_triton.canonicalise import resolved_mode
+    from sparsert_triton.compiler.canonicalise import resolved_mode
     return resolved_mode(s, nnz) != "table"
 
 
@@ -305,7 +305,7 @@ def main(argv=None):
         return any(part in name for part in a.only.split(","))
 
     prebuilt = {}
-    from sparsert_triton.compile import compile_workers
+    from sparsert_triton.compiler.compile import compile_workers
     jobs = capped_jobs(a.jobs, compile_workers(), os.cpu_count() or 1)
     if jobs < a.jobs:
         print(f"--jobs {a.jobs} -> {jobs} (x {compile_workers()} compile workers on "

@@ -487,7 +487,7 @@ def done_keys(path: Path) -> set:
 
 def write_meta(path: Path, args: dict, **extra):
     import torch
-    from sparsert_triton import cache
+    from sparsert_triton.runtime import cache
     meta = {"args": args, "argv": sys.argv, "versions": cache.versions(), **extra}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)

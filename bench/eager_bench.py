@@ -103,7 +103,7 @@ def host_us(fn: Callable, calls: int, windows: int = 5) -> float:
 
 def graph_us(fn: Callable) -> float:
     """GPU microseconds per call of ``fn`` replayed in a CUDA graph; NaN if capture fails."""
-    from sparsert_triton.timing import graph_median_us
+    from sparsert_triton.runtime.timing import graph_median_us
     try:
         return graph_median_us([fn])
     except Exception as e:  # report the eager figure anyway
@@ -270,7 +270,7 @@ def measure(cases, on_gpu: bool, calls: int, rows: List[dict], rounds: int = ROU
             del ref, y
             fns = [c[5] for c in group]
             if on_gpu:
-                from sparsert_triton.timing import eager_us
+                from sparsert_triton.runtime.timing import eager_us
                 eager = interleaved_times(fns, lambda f: eager_us(f, target_s=0.01, repeats=1),
                                           rounds)
                 graph = [graph_us(f) for f in fns]
@@ -365,12 +365,12 @@ class _NoKernel:
 
 @contextlib.contextmanager
 def stubbed_launches():
-    """Every kernel launch through :class:`sparsert_triton.direct.Launcher` becomes a no-op
+    """Every kernel launch through :class:`sparsert_triton.runtime.direct.Launcher` becomes a no-op
     (the launcher behaves as on a GPU, with a compiled kernel cached per specialisation key,
     whose ``run`` does nothing): what remains is the Python host path. CPU (interpreter)
     only: on exit the launchers it touched are switched back off, as the interpreter has
     them, so later calls run the kernels again."""
-    from sparsert_triton import direct
+    from sparsert_triton.runtime import direct
     if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         raise RuntimeError("stubbed_launches is for the CPU under TRITON_INTERPRET=1")
     original = direct.Launcher.__call__

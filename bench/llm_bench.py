@@ -21,8 +21,8 @@ Systems, timed in the same process on the same inputs:
 
 Every result is checked against float64 first (relative Frobenius error under 1e-2 for half
 precision; a wrong answer stops the run). Timing: CUDA-graph medians
-(``sparsert_triton.timing.graph_median_us``) over rotated copies of the weight (and X), enough
-that one pass over them is twice the 50 MB L2 of an H100, so every call reads its weight from
+(``sparsert_triton.runtime.timing.graph_median_us``) over rotated copies of the weight (and
+X), enough that one pass over them is twice the 50 MB L2 of an H100, so every call reads its weight from
 HBM. Masks: ``uniform`` (each position kept with probability 1 - sparsity) or ``per_row``
 (each row keeps the same count, as Wanda / SparseGPT prune).
 
@@ -88,7 +88,7 @@ def _time(calls) -> float:
         t0 = time.perf_counter()
         calls[0]()
         return (time.perf_counter() - t0) * 1e6
-    from sparsert_triton.timing import graph_median_us
+    from sparsert_triton.runtime.timing import graph_median_us
     return graph_median_us(calls, replays=15, target_us=2000)
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from sparsert_triton.timing import eager_us, events_median_us, graph_median_us  # noqa: F401
+from sparsert_triton.runtime.timing import eager_us, events_median_us, graph_median_us  # noqa: F401
 
 L2_BYTES = 50 * 1000 * 1000
 MAX_BUFFERS = 8

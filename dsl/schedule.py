@@ -4,7 +4,7 @@ A :class:`Schedule` is lenient where it is safe: most fields may be left at ``"a
 integer may be written as a string (``"64"``) or an integral float, and ``as_schedule``
 takes a mode name or a dict of fields for a whole schedule; a value that is not what a field
 holds (``block_n=64.9``, ``rows_per_program=True``, ``allow_tf32="x"``) is an error naming
-the field. ``sparsert_triton.canonicalise.plan_for`` turns it, with the matrix and the
+the field. ``sparsert_triton.compiler.canonicalise.plan_for`` turns it, with the matrix and the
 problem size, into a frozen, validated ``Plan``. ``repr(schedule)`` is valid DSL code that
 rebuilds the same schedule.
 

@@ -13,13 +13,28 @@
 PyTorch modules: ``from sparsert_triton import sparsify, SparseLinear, SparseConv2d`` (from
 :mod:`sparsert_triton.nn`, imported on first use: ``import sparsert_triton`` does not register
 the custom ops).
+
+The package, room by room:
+
+* front ends, here at the top: :mod:`.api` (``sparse_kernel``, ``SpecializedKernel``: a
+  kernel's specialisation and calls), :mod:`.nn` and :mod:`.ops` (PyTorch modules and custom
+  ops), :mod:`.cli` (the ``sparsert`` command), :mod:`.tune` (the autotuner), :mod:`.viz`
+  (plots), :mod:`.testing` (Hypothesis strategies and the float64 check), :mod:`.demo`;
+  with what they share: :mod:`.weights` (``SparseWeight``: a mask and its values),
+  :mod:`.estimate` (the predicted speedup), :mod:`.matrix_io` and :mod:`.dlmc` (matrix files);
+* :mod:`.compiler`: the stages ``canonicalise -> specialise -> lower -> render -> compile``
+  that turn a traced program (``dsl``) and a weight into Triton kernels, run in order by
+  :mod:`.compiler.pipeline` (``SPARSERT_DUMP=dir`` writes each stage's output);
+* :mod:`.runtime`: one call: its arguments' checks and signature, the kernel cache, the
+  launch (direct launchers, per-layout call plans, the zero-padded convolution input) and
+  GPU timing.
 """
 __version__ = "0.1.0"
 
 from dsl import Schedule  # noqa: E402
 
 from .api import SparseKernel, SpecializedKernel, sparse_kernel  # noqa: E402
-from .plan import Plan, Signature  # noqa: E402
+from .compiler.plan import Plan, Signature  # noqa: E402
 from .weights import SparseWeight, as_sparse_weight  # noqa: E402
 
 #: names served by sparsert_triton.nn, imported when first asked for

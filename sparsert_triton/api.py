@@ -18,16 +18,17 @@ import torch
 from dsl import Schedule, ir, trace
 from dsl.schedule import as_schedule
 
-from . import pipeline
-from .canonicalise import canonicalise_program, plan_for
-from .callplan import MAX_PLANS, CallPlan, call_key
-from .compile import import_kernels, interpreting
-from .direct import Launcher
-from .conv import ConvGeometry, conv_weight, geometry
-from .launch import INT32_MAX, conv_signature_for, run, signature_for
-from .padding import zero_pad
-from .plan import Plan, Signature
-from .reference import evaluate
+from .compiler import pipeline
+from .compiler.canonicalise import canonicalise_program, plan_for
+from .compiler.compile import import_kernels, interpreting
+from .compiler.conv import ConvGeometry, conv_weight, geometry
+from .compiler.plan import Plan, Signature
+from .compiler.reference import evaluate
+from .runtime.arguments import INT32_MAX, conv_signature_for, signature_for
+from .runtime.callplan import MAX_PLANS, CallPlan, call_key
+from .runtime.direct import Launcher
+from .runtime.launch import run
+from .runtime.padding import zero_pad
 from .weights import TORCH_DTYPES, SparseWeight, as_sparse_weight
 
 
@@ -124,8 +125,8 @@ class SpecializedKernel:
 
     def _build_variant(self, sig: Signature, N: int, device: torch.device, x_strides,
                        spatial=None) -> Variant:
-        """The compiler pipeline (``pipeline.py``): the plan for this call, then the cache
-        entry (specialise -> lower -> render -> store on a miss), imported as a Variant."""
+        """The compiler pipeline (``compiler/pipeline.py``): the plan for this call, then the
+        cache entry (specialise -> lower -> render -> store on a miss), imported as a Variant."""
         target = pipeline.resolve(self.schedule, self.weight, self.conv, sig, N,
                                   _capability(device), x_strides, spatial)
         vkey = target.variant_key(sig)
@@ -156,7 +157,8 @@ class SpecializedKernel:
 
         The first call of each layout (X's shape, strides, dtype and device, the operands'
         kinds and layouts) is checked in full and leaves a :class:`CallPlan` that later calls
-        of that layout run without repeating the checks (see :mod:`sparsert_triton.callplan`);
+        of that layout run without repeating the checks (see
+        :mod:`sparsert_triton.runtime.callplan`);
         calls with ``out=`` are checked every time. ``rows_out=True`` (matrix kernels) allocates
         Y as the transpose of a contiguous (N, M) tensor, so ``Y.t()`` is row-major (the
         kernel's stores then step by M along N)."""
@@ -227,7 +229,7 @@ class SpecializedKernel:
         if self._last is None:
             kinds = tuple((n, "row") for n in self.program.operands)
             d = self.weight.dtype
-            from .canonicalise import output_dtype
+            from .compiler.canonicalise import output_dtype
             sig = Signature(d, d, output_dtype(self.program, d), kinds)
             return self.variant(sig, 128, torch.device("cpu")).source
         return self._last.source

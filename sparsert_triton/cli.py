@@ -87,7 +87,7 @@ def text_histogram(values, bins: int = 10, width: int = 40) -> list:
 def describe(m: Matrix, n: int = 128) -> list:
     """The lines ``inspect`` prints for one matrix."""
     from dsl import Schedule
-    from .canonicalise import plan_for
+    from .compiler.canonicalise import plan_for
     w = m.weight
     L = w.row_nnz
     col_used = np.zeros(w.K, bool)
@@ -264,7 +264,7 @@ def _kernel(m: Matrix, args):
 
 def cmd_emit(args) -> int:
     from . import Signature
-    from .canonicalise import output_dtype
+    from .compiler.canonicalise import output_dtype
     import torch
     m = load_matrix(args.path, args.layer, args.seed, args.dtype)
     k = _kernel(m, args)
@@ -288,7 +288,7 @@ def cmd_emit(args) -> int:
 
 def _need_gpu(what: str):
     import torch
-    from .compile import interpreting
+    from .compiler.compile import interpreting
     if not torch.cuda.is_available():
         raise CliError(f"{what} needs a CUDA GPU")
     if interpreting():
@@ -382,7 +382,7 @@ def graph_median_us(fn):
     """GPU microseconds per call of ``fn`` from CUDA-graph replays (:mod:`.timing`); None when
     the function cannot be captured."""
     import torch
-    from .timing import graph_median_us as median
+    from .runtime.timing import graph_median_us as median
     try:
         return median([fn], replays=15)
     except RuntimeError:
@@ -461,7 +461,7 @@ def cmd_tune(args) -> int:
 # ------------------------------------------------------------------ cache
 
 def cmd_cache(args) -> int:
-    from . import cache
+    from .runtime import cache
     if args.action == "list":
         rows = cache.entries()
         for key, size, head in rows:

@@ -25,7 +25,7 @@
   ``autograd.Function`` when a gradient is needed, else the kernel alone
   (:func:`sparsert_triton.ops.route`). A call of a layout seen before (the input's shape,
   strides, dtype and device) skips the checks and lookups it passed then
-  (:mod:`sparsert_triton.callplan`).
+  (:mod:`sparsert_triton.runtime.callplan`).
 
 ``SparseConv2d`` is ``nn.Conv2d`` (groups=1, zero padding) over the direct sparse convolution
 ``sparsert::sparse_conv2d``: input (B, C_in, H, W) in any strides (channels_last inputs are
@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from dsl import Schedule
 
 from . import ops
-from .canonicalise import plan_for
+from .compiler.canonicalise import plan_for
 from .estimate import predicted_speedup
 from .weights import WEIGHT_DTYPES, check_csr
 

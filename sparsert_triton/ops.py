@@ -59,9 +59,9 @@ from torch import Tensor
 from dsl import Schedule
 
 from .api import SpecializedKernel, sparse_kernel
-from .callplan import MAX_PLANS, call_key
-from .compile import interpreting
-from .conv import ConvGeometry
+from .compiler.compile import interpreting
+from .compiler.conv import ConvGeometry
+from .runtime.callplan import MAX_PLANS, call_key
 from .weights import SparseWeight, as_sparse_weight, check_csr, csr_digest
 
 _STRIDED = torch.strided

@@ -8,7 +8,7 @@
         check_case(case, device="cpu")
 
 Every check compares with the float64 ``torch.matmul`` of the masked dense weight followed by
-the same epilogue (:func:`sparsert_triton.reference.evaluate`).
+the same epilogue (:func:`sparsert_triton.compiler.reference.evaluate`).
 """
 from __future__ import annotations
 
@@ -414,7 +414,7 @@ def documented_product(kernel, X: torch.Tensor) -> torch.Tensor:
     (pruned positions are skipped); with ``use_dot`` (the kernel's last plan), every row of
     each row group whose column union holds ``k`` (the group's dense block multiplies it:
     ``0 * inf = nan``). Every other output is the product of the finite entries."""
-    from .specialise import specialise
+    from .compiler.specialise import specialise
     W = kernel.weight.to_dense()
     Xd = X.detach().to("cpu", torch.float64)
     finite = torch.isfinite(Xd)
@@ -490,8 +490,8 @@ def check_wide_case(case: WideCase, device="cpu"):
     epilogue's sensitivity to the accumulator and the size of its intermediates."""
     from dsl import ir
     from .api import SpecializedKernel
-    from .canonicalise import canonicalise_program, output_dtype
-    from .reference import evaluate
+    from .compiler.canonicalise import canonicalise_program, output_dtype
+    from .compiler.reference import evaluate
     from .weights import as_sparse_weight
     g = torch.Generator().manual_seed(case.seed)
     xt, wt = DTYPES[case.x_dtype], DTYPES[case.w_dtype]
@@ -552,7 +552,7 @@ def _assert_wide_close(case, program, kern, X, ops, acc, ref, Y, out_dt):
     must be exactly where the reference has them (inf with its sign), and finite outputs
     within the spread plus ``tol`` times the size of the epilogue's intermediates."""
     from dsl import ir
-    from .reference import evaluate
+    from .compiler.reference import evaluate
     dtypes = [case.x_dtype, case.w_dtype, *[n.dtype for n in ir.walk(program.out)
                                             if isinstance(n, ir.Cast)]]
     tol = max(TOLERANCE[d] for d in dtypes + [str(out_dt).replace("torch.", "")])

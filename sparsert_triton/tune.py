@@ -42,13 +42,13 @@ import torch
 
 from dsl import Schedule, ir
 
-from . import cache
 from .api import SparseKernel, SpecializedKernel, sparse_kernel
-from .canonicalise import plan_for
-from .compile import compile_workers, interpreting
-from .launch import conv_signature_for, signature_for
-from .plan import Plan, Signature
-from .specialise import specialise
+from .compiler.canonicalise import plan_for
+from .compiler.compile import compile_workers, interpreting
+from .compiler.plan import Plan, Signature
+from .compiler.specialise import specialise
+from .runtime import cache
+from .runtime.arguments import conv_signature_for, signature_for
 from .weights import WEIGHT_DTYPES, SparseWeight, as_sparse_weight
 
 #: Seconds of Triton compile per unrolled statement on one core (measured on the H100 host).
@@ -331,7 +331,7 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     # fp16; bench/NOTES.md, twelfth and thirteenth sessions): 16 x 64 and 4 x 128 at N = 1,
     # 2 x 64 at N = 16, 8 x 16 at N = 64, 8 x 64 the old N <= 4 default
     if N <= 64:
-        from .canonicalise import blocks_shape
+        from .compiler.canonicalise import blocks_shape
         bn_b = min(64, next_pow2(N))
         shapes = [blocks_shape(w, N)]
         shapes += [rs_ for rs_ in ((16, 64), (4, 128), (2, 64), (8, 64), (4, 64), (8, 16))
@@ -438,7 +438,7 @@ def check_result(Y: torch.Tensor, ref: torch.Tensor, mag: torch.Tensor, dtype="f
 
 def graph_median_us(fn: Callable[[], object]) -> float:
     """Median GPU microseconds per call of ``fn`` (CUDA-graph replays, :mod:`.timing`)."""
-    from .timing import graph_median_us as median
+    from .runtime.timing import graph_median_us as median
     return median([fn], replays=20, target_us=500.0)
 
 

@@ -109,9 +109,9 @@ def row_group_of(weight, plan) -> np.ndarray:
     """``group[r]``: the index of the program (row group) that computes row ``r``.
 
     Groups are consecutive runs of ``plan.rows_per_program`` rows of
-    :func:`sparsert_triton.specialise.row_order` (the specialiser may launch them in another
-    order; the partition of rows is the same)."""
-    from .specialise import row_order
+    :func:`sparsert_triton.compiler.specialise.row_order` (the specialiser may launch them in
+    another order; the partition of rows is the same)."""
+    from .compiler.specialise import row_order
     w = as_weight(weight)
     order = row_order(w, plan)
     group = np.empty(w.M, np.int64)

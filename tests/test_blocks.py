@@ -9,8 +9,8 @@ import torch
 
 from dsl import Schedule, clamp, gelu, relu
 from sparsert_triton import sparse_kernel
-from sparsert_triton.blocks import INT16_COLS, auto_split, specialise_blocks
-from sparsert_triton.canonicalise import blocks_by_default, plan_for
+from sparsert_triton.compiler.blocks import INT16_COLS, auto_split, specialise_blocks
+from sparsert_triton.compiler.canonicalise import blocks_by_default, plan_for
 from sparsert_triton.weights import as_sparse_weight
 
 pytestmark = pytest.mark.usefixtures("on_test_device")
@@ -173,7 +173,7 @@ def test_the_tuner_searches_blocks_for_few_columns():
     w = as_sparse_weight(_weight(256, 512, 0.1, torch.float16))
     few = candidate_schedules(w, 4, "float16")
     blocks = [s for s in few if s.mode == "blocks"]
-    from sparsert_triton.canonicalise import blocks_shape
+    from sparsert_triton.compiler.canonicalise import blocks_shape
     assert few[0].mode == "blocks"
     shapes = [(s.rows_per_program, s.chunk) for s in blocks[1:]]
     assert shapes[0] == blocks_shape(w, 4) and len(set(shapes)) == len(shapes)

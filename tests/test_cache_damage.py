@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dsl import Schedule
-from sparsert_triton import cache, sparse_kernel
+from sparsert_triton import sparse_kernel
+from sparsert_triton.runtime import cache
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from dsl import Schedule
-from sparsert_triton import direct, sparse_kernel
-from sparsert_triton.callplan import call_key
+from sparsert_triton import sparse_kernel
+from sparsert_triton.runtime import direct
+from sparsert_triton.runtime.callplan import call_key
 
 M, K = 20, 16
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")

@@ -14,7 +14,7 @@ import json, re, sys
 import torch
 from dsl import Schedule, gelu, relu
 from sparsert_triton import sparse_kernel
-from sparsert_triton.compile import precompile_variant
+from sparsert_triton.compiler.compile import precompile_variant
 
 def bias_relu(W, X, b):
     return relu(W @ X + b)
@@ -42,8 +42,8 @@ for name, (mode, dtype, fn, sched) in CASES.items():
     k = sparse_kernel(fn, schedule=Schedule(mode=mode, **sched)).specialize(W)
     X = torch.randn(40, 100).to(dtype)
     ops = [torch.randn(24).to(dtype)] if k.program.operands else []
-    from sparsert_triton.plan import Signature
-    from sparsert_triton.canonicalise import output_dtype
+    from sparsert_triton.compiler.plan import Signature
+    from sparsert_triton.compiler.canonicalise import output_dtype
     xd = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
           torch.float64: "float64"}[dtype]
     sig = Signature(xd, xd, output_dtype(k.program, xd), tuple((n, "row") for n in k.program.operands))
@@ -118,12 +118,12 @@ for bake in (True, False):
 import os, tempfile
 from dataclasses import replace
 from pathlib import Path
-from sparsert_triton.canonicalise import plan_for
-from sparsert_triton.compile import precompile, triton_signature
-from sparsert_triton.fastpasses import applies as fastpasses_applies
-from sparsert_triton.lower import lower
-from sparsert_triton.render import render
-from sparsert_triton.specialise import specialise
+from sparsert_triton.compiler.canonicalise import plan_for
+from sparsert_triton.compiler.compile import precompile, triton_signature
+from sparsert_triton.compiler.fastpasses import applies as fastpasses_applies
+from sparsert_triton.compiler.lower import lower
+from sparsert_triton.compiler.render import render
+from sparsert_triton.compiler.specialise import specialise
 from sparsert_triton.weights import as_sparse_weight
 g = torch.Generator().manual_seed(0)
 W = as_sparse_weight(torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.2))
@@ -144,7 +144,7 @@ for mode in ("values", "table"):
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from sparsert_triton.compile import _import_compilable
+from sparsert_triton.compiler.compile import _import_compilable
 W4 = torch.randn(16, 8, 3, 3, generator=g) * (torch.rand(16, 8, 3, 3, generator=g) < 0.2)
 sig = Signature("float32", "float32", "float32", ())
 unspec = {}
@@ -207,7 +207,7 @@ for name, extra in (("table_pad", dict(pad_input=True)), ("table_masks", dict(ta
 out["conv_loads"] = loads
 
 # the blocks mode (16-bit columns, K slices with the in-order fix-up), half precision
-from sparsert_triton.plan import Signature
+from sparsert_triton.compiler.plan import Signature
 blocks = {}
 Wb = (torch.randn(512, 1024, generator=g) * (torch.rand(512, 1024, generator=g) < 0.2)).half()
 kb = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=Schedule(mode="blocks")).specialize(Wb)
@@ -225,7 +225,7 @@ sig = Signature("float16", "float16", "float16", ())
 ptx = "".join(c.asm["ptx"] for c in precompile_variant(kv.variant(sig, 1, torch.device("cpu")), sig))
 out["blocks_vector_loads"] = len(re.findall(r"ld\.global(\.\w+)*\.v[24]\.", ptx))
 
-from sparsert_triton import fastpasses
+from sparsert_triton.compiler import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
 '''

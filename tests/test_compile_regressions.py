@@ -14,8 +14,8 @@ import inspect, json, re, time
 import torch
 from dsl import Schedule, clamp, relu, silu
 from sparsert_triton import sparse_kernel
-from sparsert_triton.compile import _import_compilable, precompile_variant
-from sparsert_triton.plan import Signature
+from sparsert_triton.compiler.compile import _import_compilable, precompile_variant
+from sparsert_triton.compiler.plan import Signature
 
 out = {}
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from dsl import TraceError, conv2d, relu, trace
 from dsl import Schedule
 from sparsert_triton import sparse_kernel
-from sparsert_triton.conv import hwc_to_chw, tap_profile
+from sparsert_triton.compiler.conv import hwc_to_chw, tap_profile
 from sparsert_triton.dlmc import read_smtx
 from sparsert_triton.testing import (NAN_WEIGHT, assert_nan_reaches_exactly_its_readers,
                                      check_conv_case, conv_cases)
@@ -92,9 +92,9 @@ def test_dlmc_matrix_as_convolution():
 def test_tap_segments_layout():
     """With tap segments each row slot has one segment per kernel tap, holding exactly that
     tap's nonzeros (input channels ascending, values in step); without, the CSR row."""
-    from sparsert_triton.canonicalise import plan_for
-    from sparsert_triton.conv import conv_weight
-    from sparsert_triton.specialise import specialise
+    from sparsert_triton.compiler.canonicalise import plan_for
+    from sparsert_triton.compiler.conv import conv_weight
+    from sparsert_triton.compiler.specialise import specialise
     g = torch.Generator().manual_seed(3)
     W4 = torch.randn(5, 4, 3, 3, generator=g) * (torch.rand(5, 4, 3, 3, generator=g) < 0.4)
     w, _ = conv_weight(W4)
@@ -138,7 +138,7 @@ def test_nan_reaches_exactly_the_outputs_that_read_it():
 def test_padded_offsets_address_the_unfolded_input():
     """ConvGeometry.padded_offsets: output (oy, ox) of an image reads, for column k,
     Xp.flat[oy*sh*Wp + ox*sw + offsets[k]]; that is exactly F.unfold's (k, position) entry."""
-    from sparsert_triton.conv import ConvGeometry
+    from sparsert_triton.compiler.conv import ConvGeometry
     g = torch.Generator().manual_seed(4)
     for stride, padding, dilation, H, W in (((1, 1), (1, 1), (1, 1), 6, 7),
                                              ((2, 1), (0, 2), (2, 1), 9, 8),
@@ -162,9 +162,9 @@ def _pad_kernel(W4, stride=1, padding=1, **schedule):
 
 
 def test_pad_input_layout_is_one_segment_of_offsets_per_row():
-    from sparsert_triton.canonicalise import plan_for
-    from sparsert_triton.conv import conv_weight
-    from sparsert_triton.specialise import specialise
+    from sparsert_triton.compiler.canonicalise import plan_for
+    from sparsert_triton.compiler.conv import conv_weight
+    from sparsert_triton.compiler.specialise import specialise
     g = torch.Generator().manual_seed(5)
     W4 = torch.randn(5, 4, 3, 3, generator=g) * (torch.rand(5, 4, 3, 3, generator=g) < 0.4)
     k = _pad_kernel(W4, chunk=2)
@@ -232,7 +232,7 @@ def test_pad_input_refuses_a_padded_copy_past_32_bit_offsets(monkeypatch):
 def test_zero_pad_matches_torch_pad():
     """The one-kernel padded copy equals F.pad for any memory layout, padding and tile edge
     (widths below, at and above one 256-column tile; NaN and inf copied as they are)."""
-    from sparsert_triton.padding import zero_pad
+    from sparsert_triton.runtime.padding import zero_pad
     g = torch.Generator().manual_seed(8)
     for shape, (ph, pw) in (((2, 3, 5, 7), (1, 1)), ((1, 2, 4, 300), (2, 0)),
                             ((3, 1, 9, 254), (0, 1)), ((1, 1, 1, 1), (3, 2))):

@@ -6,7 +6,7 @@ import torch
 from bench.conv_bench import layers
 from dsl import Schedule, conv2d
 from sparsert_triton import sparse_kernel
-from sparsert_triton.conv import conv_weight
+from sparsert_triton.compiler.conv import conv_weight
 from sparsert_triton.dlmc import write_smtx
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sparsert_triton.direct import spec_key
+from sparsert_triton.runtime.direct import spec_key
 
 
 def test_spec_key_separates_what_triton_specialises_on():
@@ -61,7 +61,7 @@ class _FakeJit:
 
 
 def test_launcher_reuses_a_kernel_only_for_the_same_specialisation():
-    from sparsert_triton.direct import Launcher
+    from sparsert_triton.runtime.direct import Launcher
     fn, L = _FakeJit(), Launcher(stream_of=lambda device: 7)
     dev = torch.device("cpu")
     x = torch.zeros(64)
@@ -80,7 +80,7 @@ def test_launcher_reuses_a_kernel_only_for_the_same_specialisation():
 
 
 def test_launcher_takes_the_callers_specialisation_key():
-    from sparsert_triton.direct import Launcher
+    from sparsert_triton.runtime.direct import Launcher
     fn, L = _FakeJit(), Launcher(stream_of=lambda device: 0)
     dev, x = torch.device("cpu"), torch.zeros(64)
     L(fn, (1,), (x, 5), {}, dev, spec=spec_key([x, 5]))
@@ -93,8 +93,8 @@ def test_launcher_takes_the_callers_specialisation_key():
 def test_run_works_out_the_key_once_for_all_kernels_of_a_variant(monkeypatch):
     """A variant's kernels share their arguments: one spec_key per call, the same for each."""
     from sparsert_triton import Schedule, sparse_kernel
-    from sparsert_triton import launch
-    from sparsert_triton.plan import Signature
+    from sparsert_triton.runtime import launch
+    from sparsert_triton.compiler.plan import Signature
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 30, generator=g) * (torch.rand(40, 30, generator=g) < 0.3)
     k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(

@@ -4,8 +4,8 @@ import torch
 
 import dsl
 from dsl import Schedule, TraceError, clamp, gelu, ir, relu, silu, trace
-from sparsert_triton.canonicalise import canonicalise_program, fold
-from sparsert_triton.plan import Plan
+from sparsert_triton.compiler.canonicalise import canonicalise_program, fold
+from sparsert_triton.compiler.plan import Plan
 
 
 def test_trace_builds_the_expression():
@@ -175,7 +175,7 @@ def test_plan_is_frozen_and_hashable():
 
 
 def test_table_kernel_options_are_validated():
-    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.compiler.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight(torch.eye(8))
     for bad, msg in [(dict(mode="table", rows_per_program=6), "power of two"),
@@ -205,7 +205,7 @@ def test_convolution_defaults():
     padded input) with 64-column tiles, chunks of 8 and the prefetched tail (measured on the
     H100); both asked off give the tap kernel with its own defaults (chunks of 4); explicit
     choices and W @ X keep their own."""
-    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.compiler.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight((torch.rand(64, 576) < 0.1).float())
     conv = plan_for(Schedule(mode="table"), w, 3136, "float32", conv=True)
@@ -251,8 +251,8 @@ def test_a_plans_schedule_for_its_kind_names_only_the_fields_that_apply():
     """``Plan.to_schedule(conv=False)`` leaves the convolution-only fields 'auto': its repr
     names none of them, and the plan it resolves to is the same; a convolution's keeps them."""
     from dsl.schedule import CONV_FIELDS
-    from sparsert_triton.canonicalise import plan_for
-    from sparsert_triton.plan import DERIVED
+    from sparsert_triton.compiler.canonicalise import plan_for
+    from sparsert_triton.compiler.plan import DERIVED
     from sparsert_triton.weights import as_sparse_weight
     g = torch.Generator().manual_seed(0)
     w = as_sparse_weight(torch.randn(32, 64, generator=g) * (torch.rand(32, 64, generator=g) < 0.3))
@@ -274,7 +274,7 @@ def test_functions_per_kernel_follow_the_statements_bound():
     kernel up to the default 2048 statements each, 8 above (the bounds of every measured
     unrolled schedule); a saved schedule holding it loads, the plan decides."""
     from dsl.schedule import as_schedule
-    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.compiler.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     w = as_sparse_weight(torch.eye(8))
     for statements, functions in ((1024, 16), (2048, 16), (2049, 8), (16384, 8)):

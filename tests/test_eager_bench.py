@@ -72,7 +72,7 @@ def test_results_section_replaces_only_its_own(tmp_path):
 def test_stubbed_launches_leave_the_host_path_only(monkeypatch):
     """Under the stub a layer call runs no kernel (its output is not written: a NaN-filled
     allocation stays NaN); afterwards the same layer computes again."""
-    from sparsert_triton import direct
+    from sparsert_triton.runtime import direct
     from sparsert_triton.nn import SparseLinear
     original = direct.Launcher.__call__
     layer = SparseLinear.from_linear(eager_bench.pruned_linear(16, 32, torch.float32, "cpu"))
@@ -139,7 +139,7 @@ def test_row_major_outputs_take_the_planned_launch(monkeypatch, dtype):
     path), one token or several, and a planned call runs exactly the aten ops a "columns"
     call runs (its row-major output allocated in one op: no extra transposes per call)."""
     from torch.profiler import ProfilerActivity, profile
-    from sparsert_triton import callplan
+    from sparsert_triton.runtime import callplan
     from sparsert_triton.nn import SparseLinear
     general = []
     real_run = callplan.run

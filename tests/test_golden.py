@@ -10,10 +10,10 @@ import torch
 
 from dsl import Schedule, conv2d, gelu, relu
 from sparsert_triton import sparse_kernel
-from sparsert_triton.lower import lower
-from sparsert_triton.plan import Signature
-from sparsert_triton.render import render
-from sparsert_triton.specialise import specialise
+from sparsert_triton.compiler.lower import lower
+from sparsert_triton.compiler.plan import Signature
+from sparsert_triton.compiler.render import render
+from sparsert_triton.compiler.specialise import specialise
 
 GOLDEN = Path(__file__).parent / "golden"
 

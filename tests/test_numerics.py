@@ -147,7 +147,7 @@ def test_bfloat16_default_plan_avoids_the_interpreters_dot():
     """bfloat16 in table mode (and the default mode past 2048 nonzeros): the default plan
     takes tensor cores (use_dot) on a GPU only; the interpreter computes bfloat16 tl.dot
     wrongly (792723456.0 for 3.0). Asking for use_dot there is a clear error."""
-    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.compiler.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     W = torch.ones(2, 3, dtype=torch.bfloat16)
     for s in (Schedule(mode="table"), Schedule()):

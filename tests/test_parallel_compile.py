@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsert_triton.compile import compile_workers, mock_args, warm_in_parallel
+from sparsert_triton.compiler.compile import compile_workers, mock_args, warm_in_parallel
 
 
 def test_mock_args_keep_numbers_and_dtypes():

@@ -4,7 +4,7 @@ import torch
 
 from dsl import conv2d, relu
 from sparsert_triton import Schedule, sparse_kernel
-from sparsert_triton.canonicalise import plan_for, with_device
+from sparsert_triton.compiler.canonicalise import plan_for, with_device
 from sparsert_triton.weights import as_sparse_weight
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dsl import Schedule, relu
-from sparsert_triton import pipeline, sparse_kernel
+from sparsert_triton import sparse_kernel
+from sparsert_triton.compiler import pipeline
 
 
 def _bias_relu(W, X, b):
@@ -44,7 +45,7 @@ def test_build_runs_each_stage_once_and_dumps_it(mode, tmp_path, monkeypatch):
 
 def test_resolve_refuses_a_padded_convolution_without_its_input_size():
     from dsl import conv2d
-    from sparsert_triton.plan import Signature
+    from sparsert_triton.compiler.plan import Signature
     W4 = torch.randn(4, 3, 3, 3)
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(mode="table", pad_input=True)).specialize(W4)

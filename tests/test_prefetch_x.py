@@ -8,7 +8,7 @@ import torch
 
 from dsl import Schedule
 from sparsert_triton import sparse_kernel
-from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.compiler.canonicalise import plan_for
 from sparsert_triton.testing import (NAN_WEIGHT, assert_nan_reaches_exactly_its_readers,
                                      conv_kernel, masked_conv_weight)
 from sparsert_triton.weights import as_sparse_weight
@@ -90,7 +90,7 @@ def test_resolution_rejections_and_table_padding():
             plan_for(Schedule(**{**TABLE, **bad}), w, 64, "float32")
     with pytest.raises(ValueError, match="prefetch_x"):
         Schedule(prefetch_x="yes")
-    from sparsert_triton.specialise import specialise_table
+    from sparsert_triton.compiler.specialise import specialise_table
     one = specialise_table(w, plan_for(Schedule(mode="table", chunk=4), w, 64, "float32"))
     two = specialise_table(w, on)
     assert len(two.cols) - len(one.cols) == 8 and len(one.cols) == w.nnz + 4
@@ -102,8 +102,8 @@ def test_few_programs_default_for_convolutions():
     asked for: masks, chunks of 16, prefetch_x); one program more, or an explicit choice that
     excludes it, keeps the tap-mask default. The default kernel of a small convolution
     matches float64 conv2d."""
-    from sparsert_triton.canonicalise import FEW_PROGRAMS
-    from sparsert_triton.conv import conv_weight
+    from sparsert_triton.compiler.canonicalise import FEW_PROGRAMS
+    from sparsert_triton.compiler.conv import conv_weight
     w, _ = conv_weight(torch.randn(4, 3, 3, 3))
     edge = FEW_PROGRAMS // 4 * 64                     # 4 rows x 256 tiles of 64 columns
 
@@ -145,7 +145,7 @@ def test_few_programs_default_for_matmuls():
     prefetched tail and prefetch_x (half precision only with N <= 64); one program more,
     shorter rows, the unrolled modes or an explicit choice that excludes it keep chunks of 8. The default
     kernel of such a weight matches float64 matmul, empty and short rows included."""
-    from sparsert_triton.canonicalise import FEW_MIN_ROW, FEW_PROGRAMS_MATMUL
+    from sparsert_triton.compiler.canonicalise import FEW_MIN_ROW, FEW_PROGRAMS_MATMUL
     g = torch.Generator().manual_seed(5)
     M, K = 8, 64
     W = torch.randn(M, K, generator=g, dtype=torch.float64)

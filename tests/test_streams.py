@@ -33,7 +33,7 @@ def test_streams_change_neither_the_code_nor_the_result(device):
 
 
 def test_streams_are_validated():
-    from sparsert_triton.canonicalise import plan_for
+    from sparsert_triton.compiler.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
     with pytest.raises(ValueError, match="streams"):
         Schedule(streams=0)
@@ -49,7 +49,7 @@ def test_streams_are_validated():
 
 @pytest.mark.gpu
 def test_side_by_side_forks_and_joins_the_callers_stream():
-    from sparsert_triton.launch import side_by_side
+    from sparsert_triton.runtime.launch import side_by_side
     main = torch.cuda.current_stream()
     seen = []
     a = torch.zeros(1 << 20, device="cuda")
@@ -129,7 +129,7 @@ def test_side_by_side_orders_fork_launches_and_join():
     """The ordering logic on the CPU: side streams wait on the caller's stream before any
     launch, launches go round-robin, the caller waits on every side stream used, and the
     caller's stream is current again afterwards."""
-    from sparsert_triton.launch import side_by_side
+    from sparsert_triton.runtime.launch import side_by_side
     cuda = _FakeCuda()
     main = cuda.current
     cuda.log.clear()

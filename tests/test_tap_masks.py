@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from dsl import Schedule
-from sparsert_triton.canonicalise import plan_for
+from sparsert_triton.compiler.canonicalise import plan_for
 from sparsert_triton.testing import (NAN_WEIGHT, assert_nan_reaches_exactly_its_readers,
                                      conv_kernel, masked_conv_weight)
-from sparsert_triton.conv import ConvGeometry, conv_weight
+from sparsert_triton.compiler.conv import ConvGeometry, conv_weight
 
 DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
@@ -153,7 +153,7 @@ def test_tap_masks_is_the_table_default_where_it_serves_the_input():
 def test_padded_and_masked_variants_need_the_input_size():
     """Both kernels are specialised to the input's spatial size: a variant asked for without
     it is refused, naming the schedule field."""
-    from sparsert_triton.plan import Signature
+    from sparsert_triton.compiler.plan import Signature
     sig = Signature("float32", "float32", "float32", ())
     W4 = masked_conv_weight(torch.Generator().manual_seed(25), 4, 3, 3, 3, 0.5)
     for field in ("pad_input", "tap_masks"):

@@ -12,8 +12,8 @@ import torch
 from dsl import Schedule
 from sparsert_triton import as_sparse_weight, sparse_kernel
 from sparsert_triton import tune as T
-from sparsert_triton.canonicalise import plan_for
-from sparsert_triton.specialise import specialise
+from sparsert_triton.compiler.canonicalise import plan_for
+from sparsert_triton.compiler.specialise import specialise
 
 
 ON_CPU = os.environ.get("SPARSERT_TEST_DEVICE", "cpu") == "cpu"
@@ -178,7 +178,7 @@ def test_tune_picks_the_fastest_and_persists_it(tmp_path, monkeypatch, device):
 
 def test_plan_key_depends_on_versions_dtype_and_bucket(monkeypatch, device):
     w = _weight(8, 8, 0.5)
-    from sparsert_triton.launch import signature_for
+    from sparsert_triton.runtime.arguments import signature_for
     sig = signature_for(mm.program, w, torch.randn(8, 5, device=device), ())
     k1, _ = T.plan_key(mm.program, w, 5, sig, "gpu")
     assert T.plan_key(mm.program, w, 7, sig, "gpu")[0] == k1          # same bucket (8)

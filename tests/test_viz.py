@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sparsert_triton import Schedule, viz  # noqa: E402
-from sparsert_triton.canonicalise import plan_for  # noqa: E402
+from sparsert_triton.compiler.canonicalise import plan_for  # noqa: E402
 from sparsert_triton.dlmc import read_smtx  # noqa: E402
-from sparsert_triton.specialise import specialise  # noqa: E402
+from sparsert_triton.compiler.specialise import specialise  # noqa: E402
 
 DATA = "data/bottleneck_2_block_group1_1_1.smtx.gz"
 

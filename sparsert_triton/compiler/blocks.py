@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .plan import Plan
-from .weights import SparseWeight
+from ..weights import SparseWeight
 
 #: int16 column indices reach columns up to this; wider matrices use int32
 INT16_COLS = 32767

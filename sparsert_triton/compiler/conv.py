@@ -19,7 +19,7 @@ import numpy as np
 
 from dsl import ir
 
-from .weights import SparseWeight, as_sparse_weight, from_csr_arrays
+from ..weights import SparseWeight, as_sparse_weight, from_csr_arrays
 
 
 @dataclass(frozen=True)

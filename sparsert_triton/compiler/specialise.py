@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .plan import Plan
-from .weights import SparseWeight
+from ..weights import SparseWeight
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,14 @@ import numpy as np
 
 from dsl import Schedule, ir
 
-from . import cache
+from ..runtime import cache
 from .blocks import Blocks
 from .canonicalise import check_call, plan_for, with_device
 from .lower import lower
 from .plan import Plan, Signature
 from .render import render
 from .specialise import Table, specialise
-from .weights import SparseWeight
+from ..weights import SparseWeight
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dsl.schedule import AUTO, Schedule
 
 from .compile import interpreting
 from .plan import Plan, Signature
-from .weights import SparseWeight
+from ..weights import SparseWeight
 
 
 def fold(node: ir.Node) -> ir.Node:

@@ -1,6 +1,6 @@
 """The per-call fast path of a specialised kernel: everything decided once per call layout.
 
-A call ``k(X, *operands)`` is validated, given a :class:`~sparsert_triton.plan.Signature`,
+A call ``k(X, *operands)`` is validated, given a :class:`~sparsert_triton.compiler.plan.Signature`,
 matched to a compiled variant and turned into launch arguments. All of that is a function of
 the call's *layout*: X's type, shape, strides, dtype and device, each operand's kind (a
 number, or a tensor's shape, strides, dtype and device) and, for CPU tensors, whether the
@@ -11,10 +11,10 @@ decided for it, so a later call with the same key skips the checks and the looku
   16-byte alignment of every pointer (Triton specialises compiled kernels on it: the
   compiled kernels are kept per alignment pattern);
 * it allocates Y, assembles the arguments and launches the compiled kernels directly
-  (:func:`sparsert_triton.direct.run_compiled`); kernels it has not seen launched with these
+  (:func:`sparsert_triton.runtime.direct.run_compiled`); kernels it has not seen launched with these
   facts, inputs
   that are copied first (``pad_input``, ``tap_masks``), several streams and the interpreter go
-  through :func:`sparsert_triton.launch.run`, the general path.
+  through :func:`sparsert_triton.runtime.launch.run`, the general path.
 
 Calls with ``out=`` are not planned (the output's address is checked against X's on every
 call), and neither are tensors of other types (subclasses, sparse layouts): those take the
@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from .compile import interpreting
+from ..compiler.compile import interpreting
 from .direct import run_compiled, spec_key
 from .launch import block_slice_buffers, grids, operand_args, run, size_args
 

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
-from .compile import interpreting
+from ..compiler.compile import interpreting
 from .direct import Launcher
 
 

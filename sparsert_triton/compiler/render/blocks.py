@@ -1,5 +1,5 @@
-"""Render the ``blocks`` kernel (layout: ``blocks.py``): one program per (row block, column
-tile, K range), each step one contiguous ``R x U`` load of column indices and of values, a
+"""Render the ``blocks`` kernel (layout: ``compiler/blocks.py``): one program per (row block,
+column tile, K range), each step one contiguous ``R x U`` load of column indices and of values, a
 gather of the ``R x U x BN`` X entries they name, and multiply-adds into an ``R x U x BN``
 accumulator that is summed over ``U`` once, after the loop (no cross-lane reduction per
 step). With ``split_k`` > 1 the programs of a tile store partial sums in a workspace and the
@@ -13,7 +13,7 @@ BUFFERS = ["ROWS", "BASE", "STEPS", "COLS", "VALS"]
 
 
 def buffers(split: int) -> list:
-    """The kernel's buffers after X, in launch order (``launch.run_blocks``)."""
+    """The kernel's buffers after X, in launch order (``runtime.launch.run``)."""
     return BUFFERS + (["WS", "CNT"] if split > 1 else [])
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dsl import Schedule, ir
 
-from .. import __version__
+from ... import __version__
 from ..lower import Lowered, TableKernel
 from ..plan import DERIVED
 from .blocks import render_blocks_kernel

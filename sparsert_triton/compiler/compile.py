@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cache import triton_cache_dir
+from ..runtime.cache import triton_cache_dir
 
 _modules = {}
 _lock = threading.Lock()

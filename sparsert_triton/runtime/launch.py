@@ -1,0 +1,138 @@
+"""Launch: pack a checked call's arguments for the kernels of a variant and run them.
+
+The call was checked and given its signature by :mod:`.arguments`; here its tensors,
+operands, strides and sizes become the kernels' argument list (:func:`operand_args`,
+:func:`size_args`, the same list for every kernel of the variant), each kernel gets its grid
+(:func:`grids`) and Triton's launch options (:func:`launch_options`), and :func:`run` launches
+them: the first launch compiles (in Triton's cache scoped to ours, optionally in parallel and
+with the trimmed pass pipeline), later ones go through the direct launcher, on side streams
+when the plan asks for several (:func:`side_by_side`).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ..compiler import fastpasses
+from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
+from .direct import spec_key
+from ..compiler.fastpasses import fast_pipeline
+from ..compiler.plan import Signature
+
+
+def operand_args(sig: Signature, operands, conv: bool = False) -> list:
+    args = []
+    for (name, kind), v in zip(sig.operand_kinds, operands):
+        if kind == "number":
+            args.append(float(v))
+        elif kind == "scalar":
+            args.append(v)
+        elif kind == "row":
+            args += [v, v.stride(0)]
+        elif conv:
+            args += [v, v.stride(1), v.stride(0), v.stride(2), v.stride(3)]
+        else:
+            args += [v, v.stride(0), v.stride(1)]
+    return args
+
+
+def size_args(X: torch.Tensor, Y: torch.Tensor) -> list:
+    """The integer arguments of a launch after the operands: X's and Y's strides and sizes."""
+    if X.dim() == 4:     # convolution: N = B * Ho * Wo output positions
+        B, _, Ho, Wo = Y.shape
+        return [*X.stride(), X.shape[2], X.shape[3], Y.stride(1), Y.stride(0), Y.stride(2),
+                Y.stride(3), Wo, Ho * Wo, B * Ho * Wo]
+    return [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), X.shape[1]]
+
+
+def grids(variant, N: int) -> list:
+    """(kernel, grid) of every kernel of a variant that has work, for N output columns."""
+    plan = variant.plan
+    nt = -(-N // plan.block_n)
+    out = []
+    for fn, groups in variant.kernels:
+        if groups == 0:
+            continue
+        out.append((fn, (groups, nt, plan.split_k) if plan.mode == "blocks" else
+                    (groups, nt) if variant.table else (nt, groups)))
+    return out
+
+
+def launch_options(plan) -> dict:
+    opts = dict(num_warps=plan.num_warps, num_stages=plan.num_stages, enable_fp_fusion=True)
+    if plan.pdl:
+        opts["launch_pdl"] = True
+    return opts
+
+
+def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
+    """Launch every kernel of a variant: Y = epilogue(W @ X). Returns the launch arguments
+    (the same for every kernel of the variant)."""
+    plan = variant.plan
+    bufs = variant.buffers(X.device)
+    strides = size_args(X, Y)
+    N = strides[-1]
+    nt = -(-N // plan.block_n)
+    ops = operand_args(sig, operands, X.dim() == 4)
+    opts = launch_options(plan)
+    first = not variant.launched
+    if plan.mode == "blocks" and plan.split_k > 1:
+        bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
+    args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
+    launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
+    # Triton's specialisation facts of the arguments, worked out once for all the kernels
+    spec = spec_key(args) if variant.launcher.enabled else None
+    fast = fastpasses.applies(plan)
+    if first and len(launches) > 1 and compile_workers() > 1 and not interpreting():
+        warm_in_parallel(variant, launches, opts, fast, compile_workers())
+    with (triton_cache_scope() if first else nullcontext()), fast_pipeline(first and fast):
+        calls = [lambda f=fn, g=grid: variant.launcher(f, g, args, opts, X.device, spec)
+                 for fn, grid, _ in launches]
+        if plan.streams > 1 and len(calls) > 1 and X.is_cuda:
+            side_by_side(calls, X.device, plan.streams)
+        else:
+            for call in calls:
+                call()
+    variant.launched = True
+    return args
+
+
+def block_slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
+    """Per call, for the blocks mode's K slices (``split_k``): the workspace of partial sums,
+    ``split_k x M x N`` in the accumulator dtype, and one zeroed arrival counter per (row block,
+    column tile); the last slice resets its counter."""
+    M = Y.shape[0]
+    blocks = variant.kernels[0][1]
+    acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
+    ws = torch.empty(max(1, variant.plan.split_k * M * N), dtype=acc, device=Y.device)
+    return ws, torch.zeros(max(1, blocks * nt), dtype=torch.int32, device=Y.device)
+
+
+#: side streams per device, created on first use and kept (a stream is cheap to keep, costly
+#: to create per call)
+_side_streams = {}
+
+
+def side_by_side(launches, device: torch.device, streams: int, cuda=None):
+    """Run ``launches`` (callables that each launch one kernel on the current stream) on up
+    to ``streams`` side streams: every side stream first waits for the caller's stream (the
+    inputs are ready), the launches go round-robin onto them, and the caller's stream then
+    waits for every side stream used (the output is complete before anything the caller runs
+    next). Works under CUDA-graph capture (a fork and a join of the captured stream).
+    ``cuda``: the stream API (``torch.cuda``; a stand-in in the CPU tests)."""
+    cuda = cuda or torch.cuda
+    index = device.index if device.index is not None else cuda.current_device()
+    pool = _side_streams.setdefault((cuda, index), [])
+    used = min(streams, len(launches))
+    while len(pool) < used:
+        pool.append(cuda.Stream(index))
+    main = cuda.current_stream(index)
+    fork = main.record_event()          # one event for every side stream to wait on
+    for s in pool[:used]:
+        s.wait_event(fork)
+    for i, launch in enumerate(launches):
+        with cuda.stream(pool[i % used]):
+            launch()
+    for s in pool[:used]:
+        main.wait_event(s.record_event())
