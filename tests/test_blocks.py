@@ -186,7 +186,7 @@ def test_the_tuner_searches_blocks_for_few_columns():
 def test_default_row_order_sorts_uneven_rows_only():
     """Rows of very different lengths pad every block to its longest: the default sorts them
     (fewer stored entries, the same product); a uniform mask keeps the given order."""
-    from sparsert_triton.blocks import specialise_blocks, stored_entries
+    from sparsert_triton.compiler.blocks import specialise_blocks, stored_entries
     g = torch.Generator().manual_seed(3)
     uneven = torch.randn(64, 300, generator=g)
     uneven[1::2] *= torch.rand(32, 300, generator=g) < 0.05      # every other row sparse
