@@ -511,11 +511,11 @@ def main(argv=None) -> int:
                                  "temporary folder's)")
     p.add_argument("--report", action="store_true", help="only rewrite RESULTS.md's section")
     a = p.parse_args(argv)
-    default_out = (Path(tempfile.mkdtemp(prefix="decoder-smoke-")) / "decoder_smoke.csv"
-                   if a.smoke else RESULTS / "decoder_h100.csv")
-    out = Path(a.out) if a.out else default_out
     if a.report:
-        report(out)
+        csv_path = Path(a.out) if a.out else RESULTS / "decoder_h100.csv"
+        if not csv_path.exists():
+            raise SystemExit(f"--out: no CSV at {csv_path} to report (run the benchmark first)")
+        report(csv_path)
         return 0
     dtypes = a.dtype.split(",")
     if a.smoke:
@@ -524,10 +524,13 @@ def main(argv=None) -> int:
                              "--smoke takes float16 or float32")
         os.environ["TRITON_INTERPRET"] = "1"     # before the first import of triton
         model, device, prompt, prefill = "tiny", "cpu", min(a.prompt, 8), min(a.prefill, 16)
+        out = Path(a.out) if a.out else \
+            Path(tempfile.mkdtemp(prefix="decoder-smoke-")) / "decoder_smoke.csv"
     else:
         from bench.timing import require_cuda
         require_cuda()
         model, device, prompt, prefill = "llama2-7b", "cuda", a.prompt, a.prefill
+        out = Path(a.out) if a.out else RESULTS / "decoder_h100.csv"
     from bench.dlmc_bench import write_meta
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     meta = out.with_suffix(".meta.json")

@@ -121,5 +121,7 @@ def test_bad_arguments_are_named():
         db.run("tiny", 1, ["float16"], [0.5], [1], 4, 6, None, device="cpu", phases=["decoding"])
     with pytest.raises(ValueError, match="dtype must be"):
         db.run("tiny", 1, ["float64"], [0.5], [1], 4, 6, None, device="cpu")
+    with pytest.raises(SystemExit, match="--out: no CSV at"):
+        db.main(["--report", "--out", "/nonexistent/decoder.csv"])
     with pytest.raises(SystemExit, match="--dtype"):
         db.main(["--smoke", "--dtype", "bfloat16"])
