@@ -21,10 +21,13 @@
 #                        DLMC layer at N = 3136); `ncu -- COMMAND...` profiles any command
 #   llm [ARGS]           python -m bench.llm_bench ARGS (when that benchmark exists)
 #   eager [ARGS]         python -m bench.eager_bench ARGS (when that benchmark exists)
+#   decoder [ARGS]       the Llama decoder end to end (transformers, Llama-2-7B width, 2 layers):
+#                        dense vs sparsified per-token decode at batch 1 and 8 and a 512-token
+#                        prefill, at 70% and 90%, into decoder_h100.csv and its .meta.json
 #
 # ARGS are passed to the benchmark after the task's defaults, so they override them
 # (e.g. `bash scripts/gpu.sh conv --only group1 --dtypes float32`). Time limits in seconds:
-# TEST_S, GPU_S, SUITE_S, CONV_S, E2E_S, COMPILE_S, NCU_S.
+# TEST_S, GPU_S, SUITE_S, CONV_S, E2E_S, COMPILE_S, NCU_S, DECODER_S.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -104,6 +107,11 @@ case "$task" in
     limit=${E2E_S:-540}
     timeout "$limit" python3 -m bench.e2e --models bert,resnet50 --deadline-s $(( limit - 30 )) \
         --out "$R/e2e_h100.csv" "$@" 2>&1 | tail -20
+    ;;
+  decoder)
+    limit=${DECODER_S:-570}
+    timeout "$limit" python3 -m bench.decoder_bench --layers 2 --sparsity 0.7,0.9 --batch 1,8 \
+        --deadline-s $(( limit - 60 )) --out "$R/decoder_h100.csv" "$@" 2>&1 | tail -40
     ;;
   compile)
     timeout "${COMPILE_S:-540}" python3 -m bench.compile_time --out "$R/compile_time_h100.csv" \
