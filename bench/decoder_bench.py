@@ -65,6 +65,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from bench.report import write_marked_section   # the RESULTS.md section
+
 COLUMNS = ["model", "layers", "dtype", "sparsity", "phase", "batch", "context", "tokens", "cache",
            "system", "method", "median_us", "ratio_vs_dense", "logits_rel_err"]
 MODELS = {   # LlamaConfig fields
@@ -472,17 +474,6 @@ def markdown(rows: Sequence[dict], csv_name: str, meta: Optional[dict] = None) -
                      f"{d / s:.2f}x{mark} | {eager} |")
     lines += ["", END]
     return "\n".join(lines)
-
-
-def write_marked_section(path: Path, section: str):
-    """Replace the marked section of ``path`` (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def report(csv_path: Path, results_dir: Path = RESULTS):

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from bench.report import write_marked_section   # the RESULTS.md section
+
 COLUMNS = ["layer", "M", "K", "N", "sparsity", "mask", "dtype", "system", "median_us",
            "compile_s", "schedule"]
 #: (M, K) of the linear layers of each model (attention projections, MLP up/gate, MLP down)
@@ -314,17 +316,6 @@ def report(csv_path: Path, results_dir: Path = RESULTS):
     plot(rows, png)
     write_marked_section(results_dir / "RESULTS.md",
                          markdown(rows, csv_path.name, png.name, meta))
-
-
-def write_marked_section(path: Path, section: str):
-    """Replace the marked section of ``path`` (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main(argv=None):

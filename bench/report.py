@@ -48,6 +48,22 @@ def write_rows(path, columns: Sequence[str], rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
+def write_marked_section(path, section: str) -> None:
+    """Replace the section of ``path`` between the markers that open and close ``section``
+    (its first and last lines, e.g. ``<!-- llm-bench:begin -->``), or append it; the rest of
+    the file is kept."""
+    path = Path(path)
+    lines = section.strip("\n").splitlines()
+    begin, end = lines[0], lines[-1]
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
 def merge_shards(shards: Sequence[Path], out: Path) -> int:
     """Concatenate the CSVs of a sharded run (``dlmc_bench --shard i/n``) into ``out``, one
     header, rows in shard order, and their ``.meta.json`` into ``out``'s: the first shard's
