@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from bench.dlmc_bench import read_batch_sizes
 from bench.timing import require_cuda, time_system
 from dsl import Schedule, conv2d
+from dsl.schedule import as_schedule
 from sparsert_triton import sparse_kernel
 from sparsert_triton.compiler.conv import conv_weight
 from sparsert_triton.dlmc import read_smtx
@@ -51,7 +52,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 #: exploration: ``--schedules``.
 SCHEDULES = list(CONV_CANDIDATES) + [
     Schedule(mode="table", rows_per_program=1, chunk=4, block_n=64, num_warps=1,
-             pad_input=False, tap_masks=False)]
+             conv_input="segments")]
 
 
 def layers(root: Path, sparsity: str):
@@ -268,10 +269,12 @@ def capped_jobs(jobs: int, workers: int, cores: int) -> int:
 
 
 def parse_schedules(text: str):
-    """``Schedule(...)`` expressions (``repr(schedule)`` is valid DSL code), ';'-separated."""
+    """``Schedule(...)`` expressions (``repr(schedule)`` is valid DSL code), ';'-separated;
+    those of earlier results read as saved schedules are (``as_schedule``: ``pad_input`` /
+    ``tap_masks`` as ``conv_input``)."""
     out = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        s = eval(part, {"__builtins__": {}}, {"Schedule": Schedule})
+        s = eval(part, {"__builtins__": {}}, {"Schedule": lambda **fields: as_schedule(fields)})
         if not isinstance(s, Schedule):
             raise ValueError(f"--schedules: {part!r} is not a Schedule(...)")
         out.append(s)

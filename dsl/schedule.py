@@ -71,8 +71,9 @@ split_k
     walked side by side (a ``(split_k x block_n)`` tile, one part per warp with the default
     ``num_warps = split_k``), summed once per row before the epilogue. Shorter dependent load
     chains and more warps per SM (one-warp programs fill at most half of an H100 SM's warp
-    slots). 1 (the default) walks each row in one part. Convolutions need ``pad_input``
-    (a row is one segment there). Searched by the tuner where few programs leave SMs idle
+    slots). 1 (the default) walks each row in one part. Convolutions take it on the padded
+    input (``conv_input``, a row is one segment there). Searched by the tuner where few
+    programs leave SMs idle
     (H100: 1.29x / 1.08x over the one-row default at N = 49 / 196, explore run 6; 4 parts
     for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
 prefetch_tail
@@ -81,10 +82,10 @@ prefetch_tail
     ``len % chunk`` nonzeros use the columns and values the pipelined loop already loaded, as up to ``chunk - 1`` independent
     loads of X masked by a scalar "still in the segment" test, instead of a loop whose every
     step waits for its column before loading X. Default: on in a convolution's one-row kernel
-    with ``pad_input`` or ``tap_masks`` (part of the measured convolution default; without
-    them it was slower) and in fp32 W @ X's few-programs default (see ``prefetch_x``), off
-    elsewhere. A W @ X candidate of the tuner on its own: the best of 5 table schedules on 4
-    of the 16 ResNet-50 1x1/FC shapes at batch 1 (H100, 2.5-4% over the default, grids of
+    on the padded or masked input (``conv_input``; part of the measured convolution default;
+    on tap segments it was slower) and in fp32 W @ X's few-programs default (see
+    ``prefetch_x``), off elsewhere. A W @ X candidate of the tuner on its own: the best of
+    5 table schedules on 4 of the 16 ResNet-50 1x1/FC shapes at batch 1 (H100, 2.5-4% over the default, grids of
     1792-3584 programs; explore run 8, ``explore_h100_run8_prefetch_x.csv``).
 prefetch_x
     With ``prefetch_tail``: load the next chunk's X rows one loop step ahead too (the columns
@@ -92,39 +93,43 @@ prefetch_x
     row's chain of dependent X loads (one memory latency per chunk, from DRAM for an input
     that is not in L2) is half as long. Twice the X registers; each prefetched load masked
     by "still in the segment" (the tail's loads come from the loop). Default: on, with chunks
-    of 16 and ``pad_input``, in a convolution's one-row table kernel of few programs (rows x
-    column tiles <= ``canonicalise.FEW_PROGRAMS``, 1024: small images at batch 1), off
-    elsewhere (H100, DLMC 3x3 layers at 90%, batch 1: 1.2-1.8x over tap masks on the 9 layers of <= 1024
+    of 16 and the padded input (``conv_input``), in a convolution's one-row table kernel of
+    few programs (rows x column tiles <= ``canonicalise.FEW_PROGRAMS``, 1024: small images
+    at batch 1), off elsewhere (H100, DLMC 3x3 layers at 90%, batch 1: 1.2-1.8x over tap masks on the 9 layers of <= 1024
     programs; at batch 8 slower with tap masks, within 8% on the padded copy). For fp32
     W @ X: on, with chunks of 16 and ``prefetch_tail``, in the one-row table kernel of at
     most ``canonicalise.FEW_PROGRAMS_MATMUL`` (2048) programs whose rows hold at least
     ``FEW_MIN_ROW`` (16) nonzeros on average (H100, the 14 DLMC GEMM cases at 90% this
     changes: 1.24x geomean, 12 up to 1.64x faster, 2 slower by 4-5%). Half precision takes
     it only with N <= 64 (fp16 1.22x geomean on those cases; mixed above, 0.65-1.42x).
-pad_input
-    Convolutions, in the one-row table kernel and the unrolled modes: copy X once per call into
-    a buffer zero-padded by the convolution's padding (one copy kernel; none for padding 0 and
-    a contiguous X), so that every nonzero ``(c_in, dy, dx)`` reads it at one constant
-    offset ``c_in*Hp*Wp + dy*dh*Wp + dx*dw``, without an in-image mask: in the table (each row's
-    nonzeros one loop of unmasked loads, no per-tap segments; replaces ``tap_segments``) or in
-    the unrolled code (an unmasked load at an immediate offset). The kernel is specialised to
-    the input's spatial size. Default: the one-row table kernel's where ``tap_masks`` does not
-    serve the input (or ``split_k`` > 1) and for few programs (see ``prefetch_x``); off in
-    the unrolled modes. Ignored by ``W @ X``. The tuner's unrolled convolution candidates
-    set it: the 16-warp forms on the padded copy won the 64/128-channel layers at batch 8
-    (seventh session); ``pad_input=False`` with ``tap_masks=False`` gives the one-row kernel
-    that walks each row one kernel tap at a time (the default before the padded input).
-tap_masks
-    Convolutions in the one-row table kernel, without ``pad_input``: each nonzero's table
-    entry holds its offset into the unpadded X (contiguous NCHW; another layout is copied to
-    it) and its kernel tap; each lane's in-image bit per tap is set once per column tile and
-    masks the load. One loop of loads per row as with ``pad_input``, without the padded copy
-    (sm_90 SASS: 116 instructions per 8 nonzeros against 80, the loads the same). Kernels of
-    up to 16 taps. Default ('auto'): on in the one-row table kernel of a convolution whose
-    kernel and input it serves (up to 16 taps; one image's entries within 32 bits) when
-    ``pad_input`` is left 'auto' and ``split_k`` is 1 and the grid is
-    not one of few programs (see ``prefetch_x``), else the padded input (H100, fp32 DLMC 3x3 layers at 90%: faster in 17 of 26 cases, -21% to +7%; with
-    32-column tiles and chunks of 4 slower on 7x7 and 14x14 images). Ignored by ``W @ X``.
+conv_input
+    How a convolution reads its input X; three forms of one choice. Ignored by ``W @ X``.
+    ``"padded"``: the one-row table kernel and the unrolled modes read a copy of X made once
+    per call, zero-padded by the convolution's padding (one copy kernel; none for padding 0
+    and a contiguous X), so that every nonzero ``(c_in, dy, dx)`` reads it at one constant
+    offset ``c_in*Hp*Wp + dy*dh*Wp + dx*dw`` without an in-image mask: in the table (each
+    row's nonzeros one loop of unmasked loads) or in the unrolled code (an unmasked load at
+    an immediate offset). Not for the ``use_dot`` kernel. ``"masked"``: X itself (contiguous
+    NCHW; another layout is copied to it); in the one-row table kernel each nonzero's table
+    entry holds its offset into X and its kernel tap, each lane's in-image bit per tap is set
+    once per column tile and masks the load (tap masks: one loop of loads per row, as on the
+    padded copy, without the copy; sm_90 SASS: 116 instructions per 8 nonzeros against 80,
+    the loads the same; kernels of up to 16 taps); the unrolled modes and the ``use_dot``
+    kernel mask each load by its in-image test. ``"segments"``: X itself, the one-row table
+    kernel walking each row one kernel tap at a time, each tap's loads masked by its
+    in-image test (``split_k`` > 1: the row's (c_in, tap) order, plain masked loads); the
+    other kernels as with ``"masked"``. A padded or masked kernel is specialised to the
+    input's spatial size. Default ('auto'): in the one-row table kernel ``"masked"`` where
+    tap masks serve the kernel and input (up to 16 taps; one image's entries within 32 bits),
+    ``split_k`` is 1 and the grid is not one of few programs (see ``prefetch_x``), else
+    ``"padded"`` (H100, fp32 DLMC 3x3 layers at 90%: masked faster in 17 of 26 cases, -21%
+    to +7%; with 32-column tiles and chunks of 4 slower on 7x7 and 14x14 images); X itself
+    with masked loads in the unrolled modes and the ``use_dot`` kernel. The tuner's unrolled
+    convolution candidates read the padded copy: the 16-warp forms on it won the
+    64/128-channel layers at batch 8 (seventh session). ``"segments"`` is the one-row
+    kernel's default before the padded input (1.28x over the (c_in, tap) order; won no case
+    since). Saved schedules' ``pad_input`` / ``tap_masks`` switches are read as this field
+    (``LEGACY_CONV_INPUT``).
 streams
     Unrolled modes cut into several kernels (``max_statements_per_function``): run up to this
     many of them side by side on CUDA streams forked from the caller's stream and joined back
@@ -146,7 +151,7 @@ The plan also sets, without a Schedule field (no measured case needed a user to 
 them; bench/NOTES.md, "Schedule fields removed"): ``prefetch`` (the one-row table kernel
 loads the next chunk's columns and values a loop step ahead: 1.1-1.5x on every layer of
 explore run 5), ``tap_segments`` (that kernel walks a convolution's row one kernel tap at a
-time where it reads the unpadded X without tap masks: 1.28x over the (c_in, tap) order),
+time for ``conv_input="segments"``: 1.28x over the (c_in, tap) order),
 ``bake_strides`` (the unrolled modes write X's strides into the code), ``pdl``
 (programmatic dependent launch on compute capability 9.0+), ``num_stages`` (2 for the
 table and blocks loops, 1 for unrolled code) and ``max_functions_per_kernel`` (see
@@ -179,9 +184,19 @@ INT_FIELDS = ("rows_per_program", "block_n", "chunk", "num_warps",
               "max_statements_per_function", "split_k", "streams")
 #: Fields that apply to convolutions only (``W @ X`` ignores them): a matrix product's
 #: schedule, as :meth:`Schedule.for_kind` shows it, leaves them out
-CONV_FIELDS = ("pad_input", "tap_masks")
-BOOL_FIELDS = ("allow_tf32",
-               "prefetch_tail", "prefetch_x", "use_dot", "pad_input", "tap_masks")
+CONV_FIELDS = ("conv_input",)
+BOOL_FIELDS = ("allow_tf32", "prefetch_tail", "prefetch_x", "use_dot")
+#: The forms of a convolution's input (``Schedule.conv_input``)
+CONV_INPUTS = ("padded", "masked", "segments")
+#: Saved schedules of earlier versions chose the input with two switches, ``pad_input`` and
+#: ``tap_masks`` (True, False or 'auto'); each pair that resolved to one form, as
+#: ``(pad_input, tap_masks) -> conv_input``. Any other pair (both True: two forms at once;
+#: pad_input 'auto' with tap_masks False: padded in the table kernel, X itself in the
+#: unrolled modes, no one form) is an error naming both fields
+LEGACY_CONV_INPUT = {(AUTO, AUTO): AUTO,
+                     (True, AUTO): "padded", (True, False): "padded",
+                     (AUTO, True): "masked", (False, True): "masked",
+                     (False, AUTO): "segments", (False, False): "segments"}
 
 
 def _is_bool(v) -> bool:
@@ -238,6 +253,7 @@ def as_schedule(schedule) -> "Schedule":
     if isinstance(schedule, str):
         return Schedule(mode=schedule)
     if isinstance(schedule, Mapping):
+        schedule = _with_conv_input(schedule)
         for name, accepted in REMOVED_FIELDS.items():
             if name in schedule and not any(_same(schedule[name], v) for v in accepted):
                 either = " or ".join(f"{name}={v!r}" for v in accepted)
@@ -254,6 +270,27 @@ def as_schedule(schedule) -> "Schedule":
                     f"Schedule fields, got {type(schedule).__name__}")
 
 
+def _with_conv_input(saved: Mapping) -> Mapping:
+    """A saved dict of fields with the earlier ``pad_input`` / ``tap_masks`` switches read as
+    ``conv_input`` (:data:`LEGACY_CONV_INPUT`); a dict without them is returned as is."""
+    if "pad_input" not in saved and "tap_masks" not in saved:
+        return saved
+    pair = tuple(saved.get(name, AUTO) for name in ("pad_input", "tap_masks"))
+    if "conv_input" in saved:
+        raise ValueError(f"schedule: conv_input={saved['conv_input']!r} together with "
+                         f"pad_input / tap_masks (the switches conv_input replaces): give "
+                         f"conv_input only")
+    hit = [form for key, form in LEGACY_CONV_INPUT.items()
+           if all(_same(v, k) for v, k in zip(pair, key))]
+    if not hit:
+        raise ValueError(f"schedule: pad_input={pair[0]!r} with tap_masks={pair[1]!r} names no "
+                         f"one form of the convolution input; these switches are replaced by "
+                         f"conv_input, one of {CONV_INPUTS} or 'auto' (both True asks for two "
+                         f"forms at once)")
+    rest = {k: v for k, v in saved.items() if k not in ("pad_input", "tap_masks")}
+    return {**rest, "conv_input": hit[0]}
+
+
 @dataclass
 class Schedule:
     mode: str = AUTO
@@ -268,9 +305,8 @@ class Schedule:
     split_k: int = 1
     prefetch_tail: Union[bool, str] = AUTO
     prefetch_x: Union[bool, str] = AUTO
-    pad_input: Union[bool, str] = AUTO
+    conv_input: str = AUTO
     streams: IntOrAuto = AUTO
-    tap_masks: Union[bool, str] = AUTO
 
     def __post_init__(self):
         if self.mode not in MODES + (AUTO,):
@@ -278,6 +314,9 @@ class Schedule:
         if self.row_order not in ROW_ORDERS + (AUTO,):
             raise ValueError(f"Schedule.row_order must be one of {ROW_ORDERS} or 'auto', "
                              f"got {self.row_order!r}")
+        if self.conv_input not in CONV_INPUTS + (AUTO,):
+            raise ValueError(f"Schedule.conv_input must be one of {CONV_INPUTS} or 'auto', "
+                             f"got {self.conv_input!r}")
         for name in INT_FIELDS:
             v = _as_int(name, getattr(self, name), auto=name not in (
                 "max_statements_per_function", "split_k"))

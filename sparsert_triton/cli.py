@@ -206,6 +206,15 @@ def _add_schedule_options(p):
                         "steps over S programs (default 1)")
     for flag, help_text in ON_OFF_OPTIONS:
         g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
+    g.add_argument("--conv-input", choices=("auto", "padded", "masked", "segments"),
+                   default="auto",
+                   help="convolutions: how X is read. padded: a zero-padded copy, each nonzero "
+                        "one offset into it (one-row table kernel, unrolled modes); masked: X "
+                        "itself, the table's entries carry their tap's bit, loads masked by "
+                        "each lane's in-image bits (unrolled: masked loads); segments: X "
+                        "itself, the one-row kernel walks each row one kernel tap at a time "
+                        "(auto: masked where tap masks serve the input, over 1024 programs, "
+                        "else padded; masked loads in the unrolled modes)")
     g.add_argument("--allow-tf32", action="store_true", help="let float32 tl.dot use TF32")
     g.add_argument("--num-warps", type=_int_or_auto, default="auto", help="Triton num_warps")
     from dsl import Schedule
@@ -222,20 +231,13 @@ def _add_schedule_options(p):
 ON_OFF_OPTIONS = [
     ("use-dot", "table mode: multiply blocks with tl.dot (tensor cores; R, chunk, block-n >= 16)"),
     ("prefetch-tail", "with prefetch: a segment's last len %% chunk nonzeros as independent "
-                      "masked loads of the prefetched columns (auto: on with pad-input or "
-                      "tap-masks, and with prefetch-x's W @ X default)"),
+                      "masked loads of the prefetched columns (auto: on with conv-input padded "
+                      "or masked, and with prefetch-x's W @ X default)"),
     ("prefetch-x", "with prefetch-tail: also load the next chunk's X rows a step ahead (two "
                    "chunks per step on two register sets; auto: on, with chunks of 16, in a "
-                   "convolution's one-row kernel of <= 1024 programs (with pad-input) and in "
+                   "convolution's one-row kernel of <= 1024 programs (padded input) and in "
                    "W @ X's of <= 2048 programs whose rows average >= 16 nonzeros (fp32; half "
                    "precision with N <= 64))"),
-    ("pad-input", "convolutions (one-row table kernel, unrolled modes): read a zero-padded copy "
-                  "of X, each nonzero one offset into it (auto: on for the table kernel where "
-                  "tap-masks does not serve the input or with few programs)"),
-    ("tap-masks", "convolutions in the one-row table kernel without pad-input: each entry "
-                  "an offset into the unpadded X and its tap's bit, loads masked by each "
-                  "lane's in-image bits (no padded copy; auto: on where it serves the input, "
-                  "over 1024 programs)"),
 ]
 
 
@@ -249,7 +251,7 @@ def schedule_from_args(args):
         bounds["max_statements_per_function"] = args.max_statements
     return Schedule(mode=args.mode, rows_per_program=args.rows_per_program, block_n=args.block_n,
                     row_order=args.row_order, chunk=args.chunk, split_k=args.split_k,
-                    streams=args.streams,
+                    streams=args.streams, conv_input=args.conv_input,
                     allow_tf32=args.allow_tf32,
                     num_warps=args.num_warps, **switches, **bounds)
 

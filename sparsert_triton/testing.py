@@ -110,26 +110,24 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
             return Schedule(mode=mode, rows_per_program=16, chunk=16, block_n=max(16, block_n),
                             row_order=order, use_dot=True)
         R = draw(_pow2(0, 3))
-        pad = draw(st.booleans())   # replaces tap segments (convolutions)
+        # convolutions: the padded copy; without it masked loads, one loop per row (tap
+        # masks), or one kernel tap at a time (the split kernel: its (c_in, tap) order)
+        conv_input = draw(st.sampled_from(["padded", "padded", "masked", "segments"]))
         split = draw(st.sampled_from([1, 1, 2, 4]))
         plain = split > 1      # no tail or tap segments
-        # convolutions without the padded copy: masked loads, one loop per row (tap_masks),
-        # else (both off) one kernel tap at a time, or the split kernel's (c_in, tap) order
-        masks = not pad and draw(st.booleans())
         tail = draw(st.booleans()) if not plain else False
         return Schedule(mode=mode, rows_per_program=R, chunk=draw(_pow2(0, 4)),
                         block_n=block_n, row_order=order, use_dot=False,
-                        split_k=split, tap_masks=masks, prefetch_tail=tail,
+                        split_k=split, conv_input=conv_input, prefetch_tail=tail,
                         # X rows a chunk ahead too
-                        prefetch_x=tail and draw(st.booleans()),
-                        pad_input=pad)
-    pad = draw(st.booleans())
+                        prefetch_x=tail and draw(st.booleans()))
+    conv_input = draw(st.sampled_from(["padded", "masked"]))
     return Schedule(mode=mode, rows_per_program=draw(st.integers(1, 12)), block_n=block_n,
                     row_order=order,
                     # small functions: several parts per group, several kernels (16 each)
                     max_statements_per_function=draw(st.sampled_from([13, 16, 40, 256])),
                     streams=draw(st.sampled_from([1, 3])),
-                    pad_input=pad)
+                    conv_input=conv_input)
 
 
 @st.composite

@@ -196,7 +196,7 @@ def heuristic(weight, N: int, dtype="float32", max_compile_s: float = HEURISTIC_
 def _conv_row(block_n: int, chunk: int, num_warps: int = 1, **switches) -> Schedule:
     """The one-row conv table kernel on the zero-padded input."""
     return Schedule(mode="table", rows_per_program=1, block_n=block_n, chunk=chunk,
-                    num_warps=num_warps, pad_input=True, **switches)
+                    num_warps=num_warps, conv_input="padded", **switches)
 
 
 CONV_CANDIDATES = [
@@ -204,23 +204,24 @@ CONV_CANDIDATES = [
     _conv_row(32, 4),
     Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1),
     _conv_row(64, 8, num_warps=4, split_k=4),
-    Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1, pad_input=True),
+    Schedule(mode="values", rows_per_program=32, block_n=32, num_warps=1,
+             conv_input="padded"),
     # a whole row group per function (each loaded X vector feeds every row of the group that
     # uses it), sixteen warps running the same code on 512 columns (one instruction fetch
     # serves four warps on each SM sub-partition): 128-channel layer at batch 8, 25.3-25.7 us
     # against 29.4 us with four warps x 128 columns and 45-48 us for the padded table kernel;
     # 64-channel layer 16.4-16.8 us against 19.7 (H100, conv_h100_ctas*_tune.jsonl)
     Schedule(mode="values", rows_per_program=32, block_n=512, num_warps=16,
-             max_statements_per_function=16384, pad_input=True),
+             max_statements_per_function=16384, conv_input="padded"),
     # the same with 16-row groups (twice the programs): the stride-2 128-channel layer at
     # batch 8, 38.7 us against 47.8 with 32 rows and 41.9 with four warps x 128 columns
     Schedule(mode="values", rows_per_program=16, block_n=512, num_warps=16,
-             max_statements_per_function=16384, pad_input=True),
+             max_statements_per_function=16384, conv_input="padded"),
     # the one-row kernel without the padded copy (tap masks: the same loads, masked, no copy
     # kernel): faster than the padded form in 17 of 26 DLMC cases, up to 21% (stride-2
     # projections; H100, conv_h100_masks_*_tune.jsonl); the heuristic's default
     Schedule(mode="table", rows_per_program=1, block_n=64, chunk=8, num_warps=1,
-             tap_masks=True, prefetch_tail=True),
+             conv_input="masked", prefetch_tail=True),
     # the padded copy with the X rows a chunk ahead in chunks of 16 (prefetch_x: with few
     # programs each row's chain of dependent X loads sets the time): the best of 8 table
     # schedules in 10 of the 16 fp32 DLMC layers at batch 1 (1.2-1.8x over tap masks on the

@@ -289,10 +289,12 @@ def test_split_and_switch_options_reach_the_schedule(capsys):
     args = build_parser().parse_args(["emit", str(DATA), "--mode", "table", "--split-k", "2"])
     s = schedule_from_args(args)
     assert s.split_k == 2
-    args = build_parser().parse_args(["emit", str(DATA), "--tap-masks", "on",
+    args = build_parser().parse_args(["emit", str(DATA), "--conv-input", "masked",
                                       "--prefetch-x", "on"])
     s = schedule_from_args(args)
-    assert s.tap_masks is True and s.prefetch_x is True
+    assert s.conv_input == "masked" and s.prefetch_x is True
+    with pytest.raises(SystemExit):      # the two switches it replaced are gone
+        build_parser().parse_args(["emit", str(DATA), "--pad-input", "on"])
     rc, out, err = run(capsys, "emit", DATA, "--mode", "table", "--prefetch-tail", "on",
                        "--prefetch-x", "on")
     assert rc == 0, err

@@ -87,7 +87,7 @@ out["n_one"] = ones
 from dsl import conv2d
 for name, mode, sched in (("conv_values", "values", dict(rows_per_program=4)),
                           ("conv_table_rows", "table", dict(rows_per_program=8, block_n=64,
-                                                            pad_input=False, tap_masks=False)),
+                                                            conv_input="segments")),
                           ("conv_table_dot", "table", dict(rows_per_program=16, chunk=16,
                                                            use_dot=True))):
     def cfn(W, X, b):
@@ -150,7 +150,7 @@ sig = Signature("float32", "float32", "float32", ())
 unspec = {}
 for mode in ("values", "table"):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
-                      schedule=Schedule(mode=mode, pad_input=True)).specialize(W4)
+                      schedule=Schedule(mode=mode, conv_input="padded")).specialize(W4)
     v = k.variant(sig, 2 * 36, torch.device("cpu"), spatial=(6, 6))
     mod = _import_compilable(v.path, v.key)
     for fn, _ in v.kernels:
@@ -172,12 +172,12 @@ out["conv_n_unspecialised"] = unspec
 # Triton's launch compiles each as a constant; the convolution kernels must still compile
 conv_ones = {}
 ints = [p for p, t in triton_signature(sig).items() if t == "i32"]
-for name, extra in (("table_pad_px", dict(mode="table", pad_input=True, prefetch_x=True,
+for name, extra in (("table_pad_px", dict(mode="table", conv_input="padded", prefetch_x=True,
                                           prefetch_tail=True)),
-                    ("table_masks", dict(mode="table", tap_masks=True)),
-                    ("table_taps", dict(mode="table", pad_input=False, tap_masks=False)),
-                    ("table_split", dict(mode="table", pad_input=True, split_k=2)),
-                    ("values_pad", dict(mode="values", rows_per_program=8, pad_input=True)),
+                    ("table_masks", dict(mode="table", conv_input="masked")),
+                    ("table_taps", dict(mode="table", conv_input="segments")),
+                    ("table_split", dict(mode="table", conv_input="padded", split_k=2)),
+                    ("values_pad", dict(mode="values", rows_per_program=8, conv_input="padded")),
                     ("values_masked", dict(mode="values", rows_per_program=8))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(**extra)).specialize(W4)
@@ -190,7 +190,7 @@ out["conv_ones"] = conv_ones
 
 # unrolled convolution loads: padded copy, masked (same weight, 2 x 8 x 6 x 6)
 loads = {}
-for name, extra in (("pad", dict(pad_input=True)), ("masked", dict(pad_input=False))):
+for name, extra in (("pad", dict(conv_input="padded")), ("masked", dict(conv_input="masked"))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(mode="values", rows_per_program=8, **extra)).specialize(W4)
     v = k.variant(sig, 2 * 36, torch.device("cpu"), (288, 36, 6, 1), spatial=(6, 6))
@@ -198,7 +198,8 @@ for name, extra in (("pad", dict(pad_input=True)), ("masked", dict(pad_input=Fal
     loads[name] = {"ld": len(re.findall(r"ld\.global", ptx)),
                    "predicated": len(re.findall(r"@%p\d+ ld\.global", ptx)),
                    "nnz": int((W4 != 0).sum())}
-for name, extra in (("table_pad", dict(pad_input=True)), ("table_masks", dict(tap_masks=True))):
+for name, extra in (("table_pad", dict(conv_input="padded")),
+                    ("table_masks", dict(conv_input="masked"))):
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                       schedule=Schedule(mode="table", chunk=4, **extra)).specialize(W4)
     v = k.variant(sig, 2 * 36, torch.device("cpu"), (288, 36, 6, 1), spatial=(6, 6))

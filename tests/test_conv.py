@@ -99,7 +99,7 @@ def test_tap_segments_layout():
     W4 = torch.randn(5, 4, 3, 3, generator=g) * (torch.rand(5, 4, 3, 3, generator=g) < 0.4)
     w, _ = conv_weight(W4)
     from dataclasses import replace
-    with_taps = plan_for(Schedule(mode="table", chunk=2, pad_input=False, tap_masks=False), w,
+    with_taps = plan_for(Schedule(mode="table", chunk=2, conv_input="segments"), w,
                          64, "float32", conv=True)
     assert with_taps.tap_segments
     for taps in (True, False):
@@ -129,7 +129,7 @@ def test_nan_reaches_exactly_the_outputs_that_read_it():
     for pad, split in ((False, 1), (True, 1), (True, 2), (False, 4)):
         k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
                           schedule=Schedule(mode="table", chunk=2, block_n=16, split_k=split,
-                                            tap_masks=False, pad_input=pad)
+                                            conv_input="padded" if pad else "segments")
                           ).specialize(NAN_WEIGHT)
         assert_nan_reaches_exactly_its_readers(k, DEV)
         assert k.last_plan.tap_segments == (not pad and split == 1)
@@ -158,7 +158,7 @@ def test_padded_offsets_address_the_unfolded_input():
 def _pad_kernel(W4, stride=1, padding=1, **schedule):
     schedule = {"mode": "table", **schedule}
     return sparse_kernel(lambda W, X: conv2d(W, X, stride=stride, padding=padding),
-                         schedule=Schedule(pad_input=True, **schedule)).specialize(W4)
+                         schedule=Schedule(conv_input="padded", **schedule)).specialize(W4)
 
 
 def test_pad_input_layout_is_one_segment_of_offsets_per_row():
@@ -169,7 +169,8 @@ def test_pad_input_layout_is_one_segment_of_offsets_per_row():
     W4 = torch.randn(5, 4, 3, 3, generator=g) * (torch.rand(5, 4, 3, 3, generator=g) < 0.4)
     k = _pad_kernel(W4, chunk=2)
     w, _ = conv_weight(W4)
-    plan = plan_for(Schedule(mode="table", chunk=2, pad_input=True), w, 64, "float32", conv=True)
+    plan = plan_for(Schedule(mode="table", chunk=2, conv_input="padded"), w, 64, "float32",
+                    conv=True)
     assert plan.pad_input and not plan.tap_segments
     off = k.conv.padded_offsets(6, 5)
     t = specialise(w, plan, 9, off)
@@ -201,16 +202,17 @@ def test_pad_input_across_input_sizes_strides_and_layouts(mode):
 
 def test_pad_input_rejections_and_what_ignores_it():
     W4 = torch.randn(4, 3, 3, 3)
-    with pytest.raises(ValueError, match="pad_input applies to the one-row table kernel and"):
+    with pytest.raises(ValueError, match="conv_input='padded' applies to the one-row table "
+                                         "kernel and the unrolled modes, not use_dot"):
         _pad_kernel(W4, use_dot=True, rows_per_program=16, chunk=16,
                     block_n=16)(torch.randn(1, 3, 5, 5).to(DEV))
     with pytest.raises(ValueError, match="spatial size"):
         _pad_kernel(W4).source      # nothing called yet: no input size to specialise to
-    with pytest.raises(ValueError, match="pad_input"):
-        Schedule(pad_input="yes")
-    # W @ X has no input to pad: the field is ignored, as tap_masks is
+    with pytest.raises(ValueError, match="conv_input"):
+        Schedule(conv_input="yes")
+    # W @ X has no input to pad: the field is ignored
     mm = sparse_kernel(lambda W, X: W @ X,
-                       schedule=Schedule(mode="table", pad_input=True)).specialize(
+                       schedule=Schedule(mode="table", conv_input="padded")).specialize(
         torch.randn(4, 6))
     X = torch.randn(6, 10).to(DEV)
     torch.testing.assert_close(mm(X).cpu().double(), mm.reference(X), rtol=1e-5, atol=1e-5)

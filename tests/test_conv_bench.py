@@ -90,6 +90,9 @@ def test_schedules_option_parses_dsl_reprs():
     assert [repr(s) for s in parse_schedules(text)] == [repr(s) for s in SCHEDULES[:3]]
     with pytest.raises(ValueError, match="not a Schedule"):
         parse_schedules("Schedule(); 3")
+    # an earlier result's repr, with the input's two switches: read as conv_input
+    old = "Schedule(mode='table', block_n=64, chunk=8, pad_input=False, tap_masks=True)"
+    assert parse_schedules(old)[0].conv_input == "masked"
 
 
 def test_cudnn_flags_are_restored():

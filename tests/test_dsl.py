@@ -203,7 +203,7 @@ def test_table_kernel_options_are_validated():
 def test_convolution_defaults():
     """Convolutions' table kernel defaults to tap masks where they serve the input (else the
     padded input) with 64-column tiles, chunks of 8 and the prefetched tail (measured on the
-    H100); both asked off give the tap kernel with its own defaults (chunks of 4); explicit
+    H100); conv_input="segments" gives the tap kernel with its own defaults (chunks of 4); explicit
     choices and W @ X keep their own."""
     from sparsert_triton.compiler.canonicalise import plan_for
     from sparsert_triton.weights import as_sparse_weight
@@ -214,7 +214,7 @@ def test_convolution_defaults():
     masks = plan_for(Schedule(mode="table"), w, 3136, "float32", conv=True, tap_masks_fit=True)
     assert (masks.block_n, masks.chunk, masks.pad_input, masks.prefetch_tail, masks.tap_masks,
             masks.tap_segments) == (64, 8, False, True, True, False)
-    taps = plan_for(Schedule(mode="table", pad_input=False, tap_masks=False), w, 3136,
+    taps = plan_for(Schedule(mode="table", conv_input="segments"), w, 3136,
                     "float32", conv=True, tap_masks_fit=True)
     assert (taps.chunk, taps.pad_input, taps.prefetch_tail, taps.tap_segments) \
         == (4, False, False, True)
@@ -263,6 +263,7 @@ def test_a_plans_schedule_for_its_kind_names_only_the_fields_that_apply():
         assert plan_for(shown, w, 64, "float32") == plan
         assert plan.to_schedule() == Schedule(**{f: getattr(plan, f) for f in
                                                   Schedule.__dataclass_fields__})
+        assert plan_for(plan.to_schedule(), w, 64, "float32") == plan
         assert not any(f"{f}=" in repr(plan.to_schedule()) for f in DERIVED)
     assert plan_for(Schedule(mode="table"), w, 64, "float32").tap_segments   # derived, unshown
     conv = plan_for(Schedule(mode="table"), w, 64, "float32", conv=True, tap_masks_fit=True)
@@ -285,3 +286,27 @@ def test_functions_per_kernel_follow_the_statements_bound():
     assert as_schedule(saved) == Schedule(mode="values", max_statements_per_function=16384)
     with pytest.raises(TypeError, match="max_functions_per_kernel"):
         Schedule(max_functions_per_kernel=8)
+
+
+def test_saved_pad_input_and_tap_masks_read_as_conv_input():
+    """The convolution input's two earlier switches in a saved dict: each pair that resolved
+    to one form (plan_for before conv_input) is that form; a pair that named none (both on, or
+    pad_input 'auto' with tap_masks off), or either beside conv_input, is refused naming the
+    fields; the new field keeps its own values."""
+    import numpy as np
+    from dsl.schedule import LEGACY_CONV_INPUT, as_schedule
+    for (pad, masks), form in LEGACY_CONV_INPUT.items():
+        assert as_schedule({"mode": "table", "pad_input": pad, "tap_masks": masks}) == \
+            Schedule(mode="table", conv_input=form)
+    assert as_schedule({"pad_input": True}) == Schedule(conv_input="padded")
+    assert as_schedule({"tap_masks": np.bool_(True)}) == Schedule(conv_input="masked")
+    assert as_schedule({"pad_input": False}) == Schedule(conv_input="segments")
+    for pad, masks in ((True, True), ("auto", False), (1, False), (True, "x")):
+        with pytest.raises(ValueError, match=f"pad_input={pad!r} with tap_masks={masks!r}"):
+            as_schedule({"pad_input": pad, "tap_masks": masks})
+    with pytest.raises(ValueError, match="conv_input='padded' together with pad_input"):
+        as_schedule({"conv_input": "padded", "pad_input": True})
+    for old in ("pad_input", "tap_masks"):
+        with pytest.raises(TypeError, match=old):
+            Schedule(**{old: True})
+    assert len(Schedule.__dataclass_fields__) == 14

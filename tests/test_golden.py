@@ -50,19 +50,19 @@ CASES = {
     "table_bias_relu": (W_A, _bias_relu, Schedule(mode="table", rows_per_program=2, block_n=64,
                                                   chunk=4), (("bias", "row"),)),
     "table_conv_relu": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                  pad_input=False, tap_masks=False), ()),
+                                                  conv_input="segments"), ()),
     "table_conv_padded": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                     pad_input=True, prefetch_tail=True,
+                                                     conv_input="padded", prefetch_tail=True,
                                                      prefetch_x=False), ()),
     "table_conv_split": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
                                                    split_k=2), ()),
     # the one-row table kernel without the padded copy: offset << taps | tap bit per entry,
     # in-image bits per lane (tap_masks)
     "table_conv_tap_masks": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                       tap_masks=True, prefetch_x=False), ()),
+                                                       conv_input="masked", prefetch_x=False), ()),
     # X rows one chunk ahead, two chunks per loop step on two register sets (prefetch_x)
     "table_conv_prefetch_x": (W_C, _conv_relu, Schedule(mode="table", block_n=32, chunk=2,
-                                                        tap_masks=True, prefetch_tail=True,
+                                                        conv_input="masked", prefetch_tail=True,
                                                         prefetch_x=True), ()),
     # row blocks of padded nonzero lists, 16-bit columns, K slices fixed up in order (blocks)
     "blocks_split_bias_relu": (W_A, _bias_relu, Schedule(mode="blocks", rows_per_program=2,

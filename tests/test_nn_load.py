@@ -180,3 +180,28 @@ def test_a_state_saved_with_the_fields_the_plan_now_sets_loads():
     state["_extra_state"]["schedule"]["pack_nonzeros"] = True
     with pytest.raises(RuntimeError, match="pack_nonzeros=True is no longer a field"):
         SparseLinear.from_linear(lin).load_state_dict(state)
+
+
+def test_a_state_saved_with_pad_input_and_tap_masks_loads_as_conv_input():
+    """Schedules saved before the convolution input's two switches became one field
+    (``conv_input``) hold ``pad_input`` / ``tap_masks``: each pair that named one form loads
+    as that form and computes the same; a contradictory pair is refused naming both fields."""
+    from dsl import Schedule
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(5, 3, 3, 3, generator=torch.Generator().manual_seed(2)) < 0.5)
+    x = torch.randn(2, 3, 6, 5)
+    layer = SparseConv2d.from_conv2d(conv, schedule=Schedule(mode="table", block_n=16))
+    state = layer.state_dict()
+    saved = state["_extra_state"]["schedule"]
+    del saved["conv_input"]
+    for pad, masks, form in ((True, False, "padded"), (False, True, "masked"),
+                             (False, False, "segments"), ("auto", "auto", "auto")):
+        saved.update(pad_input=pad, tap_masks=masks)
+        fresh = SparseConv2d.from_conv2d(conv)
+        fresh.load_state_dict(state)
+        assert fresh.schedule == Schedule(mode="table", block_n=16, conv_input=form)
+        torch.testing.assert_close(fresh(x), layer(x), rtol=1e-5, atol=1e-5)
+    saved.update(pad_input=True, tap_masks=True)
+    with pytest.raises(RuntimeError, match="pad_input=True with tap_masks=True names no one"):
+        SparseConv2d.from_conv2d(conv).load_state_dict(state)

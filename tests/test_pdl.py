@@ -52,7 +52,7 @@ def test_pdl_on_the_gpu_matches_and_captures(mode):
     b = torch.randn(32).cuda()
     X0 = torch.randn(2, 16, 14, 14, generator=g).cuda()
     k = sparse_kernel(lambda W, X, b: relu(conv2d(W, X, padding=1) + b),
-                      schedule=Schedule(mode=mode, pad_input=True)).specialize(W)
+                      schedule=Schedule(mode=mode, conv_input="padded")).specialize(W)
     ref = torch.relu(torch.nn.functional.conv2d(X0.double(), W.double().cuda(), None, 1, 1)
                      + b.double()[None, :, None, None])
     X = torch.empty_like(X0)

@@ -48,7 +48,7 @@ def test_resolve_refuses_a_padded_convolution_without_its_input_size():
     from sparsert_triton.compiler.plan import Signature
     W4 = torch.randn(4, 3, 3, 3)
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
-                      schedule=Schedule(mode="table", pad_input=True)).specialize(W4)
+                      schedule=Schedule(mode="table", conv_input="padded")).specialize(W4)
     sig = Signature("float32", "float32", "float32", ())
     with pytest.raises(ValueError, match="spatial"):
         pipeline.resolve(k.schedule, k.weight, k.conv, sig, 16, "interpreter")

@@ -61,11 +61,11 @@ def test_loads_past_a_segment_read_nothing():
     torch.testing.assert_close(Y[keep], ref[keep], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("conv_path", [dict(pad_input=True), dict(tap_masks=True),
-                                       dict(pad_input=False, tap_masks=False)])
+@pytest.mark.parametrize("conv_path", [dict(conv_input="padded"), dict(conv_input="masked"),
+                                       dict(conv_input="segments")])
 def test_convolutions_on_every_table_path(conv_path):
-    """The padded copy, tap masks and tap segments (both asked off); strides, padding and odd
-    sizes; NaN at one input reaches exactly its readers."""
+    """The padded copy, tap masks and tap segments (the three conv_input forms); strides,
+    padding and odd sizes; NaN at one input reaches exactly its readers."""
     g = torch.Generator().manual_seed(31)
     for stride, padding, shape in (((1, 1), 1, (2, 5, 7, 9)), ((2, 2), 1, (1, 5, 8, 5)),
                                    ((1, 1), 0, (2, 5, 6, 6))):
@@ -114,12 +114,12 @@ def test_few_programs_default_for_convolutions():
     assert few.pad_input and not few.tap_masks and few.prefetch_x and few.chunk == 16
     assert few.prefetch_tail and few.block_n == 64
     assert many.tap_masks and not many.pad_input and not many.prefetch_x and many.chunk == 8
-    masks = plan(edge, tap_masks=True)
+    masks = plan(edge, conv_input="masked")
     assert masks.tap_masks and masks.prefetch_x and masks.chunk == 16
     assert not plan(edge // 2 + 1, block_n=32).prefetch_x      # 4 x 129 x 2 tiles of 32
     assert plan(edge // 2, block_n=32).prefetch_x
     for s in (dict(prefetch_x=False), dict(split_k=2),
-              dict(pad_input=False, tap_masks=False), dict(prefetch_tail=False)):
+              dict(conv_input="segments"), dict(prefetch_tail=False)):
         p = plan(64, **s)
         assert not p.prefetch_x, s
     off = plan(64, prefetch_x=False)

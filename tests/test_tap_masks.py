@@ -1,6 +1,6 @@
-"""The one-row table kernel without the padded copy (``tap_masks``): each table entry holds a
-nonzero's offset into the unpadded X and its kernel tap's bit; each lane's in-image bits mask
-the load. Reference: float64 ``torch.nn.functional.conv2d`` on the masked weight."""
+"""The one-row table kernel without the padded copy (``conv_input="masked"``, tap masks): each
+table entry holds a nonzero's offset into the unpadded X and its kernel tap's bit; each
+lane's in-image bits mask the load. Reference: float64 ``torch.nn.functional.conv2d`` on the masked weight."""
 import os
 
 import numpy as np
@@ -17,7 +17,7 @@ DEV = os.environ.get("SPARSERT_TEST_DEVICE", "cpu")
 
 
 def _kernel(W4, stride=1, padding=1, dilation=1, epilogue=False, **schedule):
-    base = {"mode": "table", "block_n": 16, "tap_masks": True}
+    base = {"mode": "table", "block_n": 16, "conv_input": "masked"}
     return conv_kernel(W4, Schedule(**{**base, **schedule}), stride, padding, dilation, epilogue)
 
 
@@ -90,17 +90,17 @@ def test_tap_masks_empty_rows_all_zero_weight_and_nan():
 
 def test_tap_masks_resolution_and_rejections():
     w, _ = conv_weight(torch.randn(4, 3, 3, 3))
-    p = plan_for(Schedule(mode="table", tap_masks=True), w, 64, "float32", conv=True)
+    p = plan_for(Schedule(mode="table", conv_input="masked"), w, 64, "float32", conv=True)
     assert p.tap_masks and not p.pad_input and not p.tap_segments and p.prefetch_tail
     assert not plan_for(Schedule(mode="table"), w, 64, "float32", conv=True).tap_masks
-    assert not plan_for(Schedule(mode="table", tap_masks=True), w, 64, "float32").tap_masks
-    with pytest.raises(ValueError, match="tap_masks replaces pad_input"):
-        plan_for(Schedule(mode="table", tap_masks=True, pad_input=True), w, 64, "float32",
-                 conv=True)
-    with pytest.raises(ValueError, match="tap_masks applies to the one-row table kernel"):
-        plan_for(Schedule(mode="values", tap_masks=True), w, 64, "float32", conv=True)
-    with pytest.raises(ValueError, match="tap_masks"):
-        Schedule(tap_masks=1.5)
+    assert not plan_for(Schedule(mode="table", conv_input="masked"), w, 64, "float32").tap_masks
+    # the unrolled modes read X itself with masked loads for 'masked' and 'segments' alike
+    for form in ("masked", "segments"):
+        p = plan_for(Schedule(mode="values", conv_input=form), w, 64, "float32", conv=True)
+        assert not (p.tap_masks or p.pad_input or p.tap_segments) and p.conv_input == "masked"
+    for bad in (1.5, True, "tap_masks"):
+        with pytest.raises(ValueError, match="conv_input"):
+            Schedule(conv_input=bad)
     big = _kernel(torch.randn(2, 1, 5, 5))           # 25 taps: more than 16 bits
     with pytest.raises(ValueError, match="up to 16 taps"):
         big(torch.randn(1, 1, 6, 6).to(DEV))
@@ -113,7 +113,7 @@ def test_tap_masks_resolution_and_rejections():
 def test_tap_masks_is_the_table_default_where_it_serves_the_input():
     """'auto' resolves to tap masks in a convolution's one-row table kernel when the input's
     size is known and fits (<= 16 taps, 32-bit entries), else to the padded input; explicit
-    pad_input (on or off) or split_k keep theirs. The default kernel runs without the
+    conv_input ('padded', 'segments') or split_k keep theirs. The default kernel runs without the
     padded copy and matches float64 conv2d. (Grids of at most FEW_PROGRAMS programs take the
     padded copy with prefetch_x instead: test_prefetch_x.py; prefetch_x=False or a large N
     keeps them out of it here.)"""
@@ -122,8 +122,7 @@ def test_tap_masks_is_the_table_default_where_it_serves_the_input():
     fit = plan_for(Schedule(mode="table"), w, N, "float32", conv=True, tap_masks_fit=True)
     assert fit.tap_masks and not fit.pad_input and fit.prefetch_tail and fit.chunk == 8
     assert not fit.prefetch_x
-    for s in (dict(pad_input=True), dict(pad_input=False), dict(split_k=2),
-              dict(tap_masks=False)):
+    for s in (dict(conv_input="padded"), dict(conv_input="segments"), dict(split_k=2)):
         p = plan_for(Schedule(mode="table", **s), w, N, "float32", conv=True,
                      tap_masks_fit=True)
         assert not p.tap_masks, s
@@ -156,7 +155,8 @@ def test_padded_and_masked_variants_need_the_input_size():
     from sparsert_triton.compiler.plan import Signature
     sig = Signature("float32", "float32", "float32", ())
     W4 = masked_conv_weight(torch.Generator().manual_seed(25), 4, 3, 3, 3, 0.5)
-    for field in ("pad_input", "tap_masks"):
-        k = _kernel(W4, **{"tap_masks": field == "tap_masks", field: True})
-        with pytest.raises(ValueError, match=f"a {field} convolution kernel is specialised"):
+    for form in ("padded", "masked"):
+        k = _kernel(W4, conv_input=form)
+        with pytest.raises(ValueError, match=f"a conv_input='{form}' convolution kernel is "
+                                             "specialised"):
             k.variant(sig, 36, torch.device("cpu"), (108, 36, 6, 1))

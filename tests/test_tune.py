@@ -282,8 +282,8 @@ def test_convolutions_search_their_own_candidates():
     w = (torch.randn(64, 576, generator=g) * (torch.rand(64, 576, generator=g) < 0.1))
     big = T.candidate_schedules(w, 3136, "float32", conv=True)
     assert big[0] == T.heuristic(w, 3136, "float32", conv=True)
-    assert (big[0].mode, big[0].block_n, big[0].chunk, big[0].pad_input,
-            big[0].prefetch_tail) == ("table", 64, 8, True, True)
+    assert (big[0].mode, big[0].block_n, big[0].chunk, big[0].conv_input,
+            big[0].prefetch_tail) == ("table", 64, 8, "padded", True)
     assert {s.mode for s in big} == {"table", "values"}
     assert any(s.split_k == 4 and s.num_warps == 4 for s in big)
     assert len(big) == len(set(big)) and max(s.block_n for s in big) == 512
@@ -307,8 +307,8 @@ def test_the_conv_heuristic_resolves_as_the_kernel_does(tmp_path, monkeypatch, d
     g = torch.Generator().manual_seed(8)
     w = (torch.randn(64, 576, generator=g) * (torch.rand(64, 576, generator=g) < 0.1))
     masks = T.candidate_schedules(w, 3136, "float32", conv=True, tap_masks_fit=True)
-    assert (masks[0].tap_masks, masks[0].pad_input) == (True, False)
-    assert any(s.pad_input is True and s.mode == "table" for s in masks)
+    assert masks[0].conv_input == "masked"
+    assert any(s.conv_input == "padded" and s.mode == "table" for s in masks)
     kept, skipped = T.prune(masks, w, 3136, "float32", conv=True, tap_masks_fit=True)
     assert kept[0].plan.tap_masks and any(r.detail == "duplicate plan" for r in skipped)
     # enough nonzeros (> 2048) for the table kernel by default
@@ -320,9 +320,9 @@ def test_the_conv_heuristic_resolves_as_the_kernel_does(tmp_path, monkeypatch, d
     if ON_CPU:   # tune's answer without a GPU (on one it times the candidates)
         assert T.tune(k, None, X, allow_cpu=True, use_cache=False)[0] == s
     # 40 rows x 1 column tile: few programs
-    assert s.prefetch_x is True and s.pad_input is True and s.tap_masks is False
+    assert s.prefetch_x is True and s.conv_input == "padded"
     assert k.last_plan.prefetch_x and k.last_plan.pad_input and not k.last_plan.tap_masks
-    assert T.heuristic(w, 3136, "float32", conv=True).pad_input is True   # size unknown
+    assert T.heuristic(w, 3136, "float32", conv=True).conv_input == "padded"   # size unknown
 
 
 def test_tune_convolution_searches_the_conv_space_by_default(tmp_path, monkeypatch, device):

@@ -123,7 +123,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # prefetched tail: within 12% of the best of 17 schedules on the 32 fp32 DLMC 3x3 cases at
     # 90% (geomean; the tap-segment kernel, the default before: 30% off; H100,
     # bench/results/conv_h100_pad_tune.jsonl, conv_h100_split_tune.jsonl). W @ X ignores
-    # pad_input (like tap_segments); on another kernel, Plan names the conflict
+    # conv_input (like tap_segments)
     conv_rows = conv and row_kernel
     block_n = s.block_n
     if block_n == AUTO:
@@ -169,15 +169,19 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     # these weights are dense enough for tensor cores, use_dot, and keep that kernel)
     few_mm = (row_kernel and not conv and chain_ok and programs <= FEW_PROGRAMS_MATMUL
               and avg >= FEW_MIN_ROW and (x_dtype == "float32" or (half and N <= 64)))
-    if s.tap_masks == AUTO:
-        tap_masks = (conv_rows and tap_masks_fit and split == 1 and not few
-                     and s.pad_input == AUTO)
-    else:
-        tap_masks = conv and s.tap_masks is True
-    if s.pad_input == AUTO:
+    # the convolution input's form (Schedule.conv_input): tap masks and the padded copy are
+    # the one-row kernel's flags; the unrolled and use_dot kernels read X itself with masked
+    # loads unless padded; tap segments (below) where the one-row kernel has neither
+    if s.conv_input == AUTO:
+        tap_masks = conv_rows and tap_masks_fit and split == 1 and not few
         pad = conv_rows and not tap_masks
     else:
-        pad = conv and bool(s.pad_input)
+        tap_masks = conv_rows and s.conv_input == "masked"
+        pad = conv and s.conv_input == "padded"
+        if pad and mode == "table" and use_dot:
+            raise ValueError("schedule: conv_input='padded' applies to the one-row table "
+                             "kernel and the unrolled modes, not use_dot (its loads are "
+                             "masked: conv_input 'masked' or 'auto')")
     chunk = s.chunk
     if chunk == AUTO:
         chunk = (16 if use_dot or (few and (pad or tap_masks)) or few_mm else
@@ -297,7 +301,7 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         blocks = -(-weight.M // rpp)
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
-    for name in ("use_dot", "prefetch_tail", "prefetch_x", "pad_input", "tap_masks"):
+    for name in ("use_dot", "prefetch_tail", "prefetch_x"):
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
             raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     order = default_row_order(weight, rpp, chunk) if s.row_order == AUTO else s.row_order

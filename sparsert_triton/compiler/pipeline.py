@@ -64,7 +64,7 @@ def resolve(schedule: Schedule, weight: SparseWeight, conv, sig: Signature, N: i
     offsets = None
     if plan.pad_input or plan.tap_masks:
         if spatial is None:
-            raise ValueError(f"a {'pad_input' if plan.pad_input else 'tap_masks'} "
+            raise ValueError(f"a conv_input={plan.conv_input!r} "
                              "convolution kernel is specialised to its input's spatial "
                              "size: call it (or pass spatial=(H, W))")
         spatial = (int(spatial[0]), int(spatial[1]))

@@ -136,9 +136,21 @@ class Plan:
         s = Schedule(**self.schedule_fields())
         return s if conv is None else s.for_kind(conv)
 
+    @property
+    def conv_input(self) -> str:
+        """The convolution input's form (``Schedule.conv_input``) this plan reads: the padded
+        copy, tap masks, else X itself: tap segments in the one-row kernel (a split row's
+        (c_in, tap) order too), masked loads in the other kernels."""
+        if self.pad_input:
+            return "padded"
+        return "masked" if self.tap_masks or not self.row_kernel else "segments"
+
     def schedule_fields(self) -> dict:
-        """The fields a :class:`Schedule` holds (all but :data:`DERIVED`)."""
-        return {k: v for k, v in asdict(self).items() if k not in DERIVED}
+        """The fields a :class:`Schedule` holds: all but :data:`DERIVED`, with the input's
+        form as ``conv_input`` for the plan's ``pad_input`` and ``tap_masks`` flags."""
+        d = {k: v for k, v in asdict(self).items()
+             if k not in DERIVED + ("pad_input", "tap_masks")}
+        return {**d, "conv_input": self.conv_input}
 
     def code_fields(self) -> dict:
         """The fields that shape the generated code (the plan's share of the cache key and
