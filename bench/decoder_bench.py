@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from bench.report import write_marked_section   # the RESULTS.md section
+from bench.report import read_meta, write_marked
 
 COLUMNS = ["model", "layers", "dtype", "sparsity", "phase", "batch", "context", "tokens", "cache",
            "system", "method", "median_us", "ratio_vs_dense", "logits_rel_err"]
@@ -477,11 +477,8 @@ def markdown(rows: Sequence[dict], csv_name: str, meta: Optional[dict] = None) -
 
 
 def report(csv_path: Path, results_dir: Path = RESULTS):
-    import json
-    meta_path = Path(csv_path).with_suffix(".meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    write_marked_section(Path(results_dir) / "RESULTS.md",
-                         markdown(read_csv(csv_path), Path(csv_path).name, meta))
+    write_marked(Path(results_dir) / "RESULTS.md",
+                 markdown(read_csv(csv_path), Path(csv_path).name, read_meta(csv_path)))
 
 
 def main(argv=None) -> int:

@@ -68,11 +68,11 @@ from torch import nn
 
 try:
     from bench.models import magnitude_prune_
-    from bench.report import write_rows
+    from bench.report import write_marked, write_rows
 except ImportError:      # run as a script: python bench/eager_bench.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.models import magnitude_prune_
-    from bench.report import write_rows
+    from bench.report import write_marked, write_rows
 
 COLUMNS = ("model", "layer", "dtype", "N", "system", "eager_us", "graph_us")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -338,15 +338,7 @@ def write_results_section(csv_path, md_path) -> str:
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     section = results_section(rows, Path(csv_path).name)
-    md = Path(md_path)
-    text = md.read_text() if md.exists() else "# Results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text)
+    write_marked(Path(md_path), section)
     return section
 
 

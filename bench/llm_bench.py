@@ -22,8 +22,8 @@ Systems, timed in the same process on the same inputs:
 Every result is checked against float64 first (relative Frobenius error under 1e-2 for half
 precision; a wrong answer stops the run). Timing: CUDA-graph medians
 (``sparsert_triton.runtime.timing.graph_median_us``) over rotated copies of the weight (and
-X), enough that one pass over them is twice the 50 MB L2 of an H100, so every call reads its weight from
-HBM. Masks: ``uniform`` (each position kept with probability 1 - sparsity) or ``per_row``
+X), enough that one pass over them is twice the 50 MB L2 of an H100, so every call reads its
+weight from HBM. Masks: ``uniform`` (each position kept with probability 1 - sparsity) or ``per_row``
 (each row keeps the same count, as Wanda / SparseGPT prune).
 
 CSV columns: ``layer,M,K,N,sparsity,mask,dtype,system,median_us,compile_s,schedule``.
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from bench.report import write_marked_section   # the RESULTS.md section
+from bench.report import read_meta, write_marked
 
 COLUMNS = ["layer", "M", "K", "N", "sparsity", "mask", "dtype", "system", "median_us",
            "compile_s", "schedule"]
@@ -308,14 +308,11 @@ def plot(rows: Sequence[dict], path: Path):
 
 
 def report(csv_path: Path, results_dir: Path = RESULTS):
-    import json
     rows = read_csv(csv_path)
-    meta_path = Path(csv_path).with_suffix(".meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     png = results_dir / "llm_speedup_vs_sparsity.png"
     plot(rows, png)
-    write_marked_section(results_dir / "RESULTS.md",
-                         markdown(rows, csv_path.name, png.name, meta))
+    write_marked(results_dir / "RESULTS.md",
+                 markdown(rows, csv_path.name, png.name, read_meta(csv_path)))
 
 
 def main(argv=None):

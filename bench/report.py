@@ -48,20 +48,11 @@ def write_rows(path, columns: Sequence[str], rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
-def write_marked_section(path, section: str) -> None:
-    """Replace the section of ``path`` between the markers that open and close ``section``
-    (its first and last lines, e.g. ``<!-- llm-bench:begin -->``), or append it; the rest of
-    the file is kept."""
-    path = Path(path)
-    lines = section.strip("\n").splitlines()
-    begin, end = lines[0], lines[-1]
-    text = path.read_text() if path.exists() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+def read_meta(csv_path) -> dict:
+    """The ``<stem>.meta.json`` a benchmark writes beside its CSV (device, versions,
+    arguments), or ``{}`` when there is none."""
+    path = Path(csv_path).with_suffix(".meta.json")
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def merge_shards(shards: Sequence[Path], out: Path) -> int:
@@ -375,8 +366,7 @@ def main(argv=None):
         batch1 = read_batch_sizes(a.dlmc)
     n_groups(rows, batch1)
     cases = by_case(rows)
-    meta_path = csv_path.with_suffix(".meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    meta = read_meta(csv_path)
     paths = [] if a.no_plots else plots(rows, out)
     section = markdown(rows, cases, csv_path, paths, meta)
     write_marked(out / "RESULTS.md", section)

@@ -37,8 +37,8 @@ def test_speedups_and_section(tmp_path):
     assert list(back[0]) == lb.COLUMNS and back[1]["median_us"] == 5.0
     md = tmp_path / "RESULTS.md"
     md.write_text("# Results\n\nkept\n")
-    lb.write_marked_section(md, lb.markdown(back, csv.name, "p.png"))
-    lb.write_marked_section(md, lb.markdown(back, csv.name, "p.png"))   # rewritten, once
+    lb.write_marked(md, lb.markdown(back, csv.name, "p.png"))
+    lb.write_marked(md, lb.markdown(back, csv.name, "p.png"))   # rewritten, once
     text = md.read_text()
     assert text.count(lb.BEGIN) == 1 and "kept" in text
     assert "| 1 | 90% | float16 | 2.00x | 0.50x |" in text
