@@ -55,13 +55,19 @@ def block_rows(weight: SparseWeight, plan: Plan) -> np.ndarray:
     return rows
 
 
+def block_steps(lengths: np.ndarray, R: int, U: int) -> np.ndarray:
+    """Steps of ``U`` nonzeros in each block: its longest row over ``U``, rounded up
+    (``lengths``: row lengths in block order, whole blocks of ``R``)."""
+    return -(-lengths.reshape(-1, R).max(axis=1) // U)
+
+
 def stored_entries(row_nnz: np.ndarray, R: int, U: int, by_length: bool) -> int:
     """Entries the layout stores (nonzeros plus padding) for rows of ``row_nnz`` nonzeros in
     blocks of ``R`` rows and steps of ``U``: each block holds ``R x U x ceil(longest / U)``.
     ``by_length``: rows sorted longest first (``row_order="nnz"``), else in the given order."""
     n = np.sort(row_nnz)[::-1] if by_length else np.asarray(row_nnz)
-    n = np.concatenate([n, np.zeros(-len(n) % R, n.dtype)]).reshape(-1, R)
-    return int((-(-n.max(axis=1) // U)).sum()) * R * U if n.size else 0
+    n = np.concatenate([n, np.zeros(-len(n) % R, n.dtype)])
+    return int(block_steps(n, R, U).sum()) * R * U if n.size else 0
 
 
 def default_row_order(weight: SparseWeight, R: int, U: int) -> str:
@@ -79,7 +85,7 @@ def specialise_blocks(weight: SparseWeight, plan: Plan) -> Blocks:
     live = rows >= 0
     length = np.zeros(rows.shape[0], np.int64)
     length[live] = weight.row_nnz[rows[live]]
-    steps = -(-length.reshape(nb, R).max(axis=1) // U)            # per block
+    steps = block_steps(length, R, U)
     width = steps * U                                              # padded row length
     base = np.zeros(nb, np.int64)
     base[1:] = np.cumsum(R * width)[:-1]
