@@ -43,7 +43,7 @@ import torch
 from dsl import Schedule, ir
 
 from .api import SparseKernel, SpecializedKernel, sparse_kernel
-from .compiler.canonicalise import plan_for
+from .compiler.canonicalise import blocks_shape, plan_for
 from .compiler.compile import compile_workers, interpreting
 from .compiler.plan import Plan, Signature
 from .compiler.specialise import specialise
@@ -332,11 +332,10 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     # fp16; bench/NOTES.md, twelfth and thirteenth sessions): 16 x 64 and 4 x 128 at N = 1,
     # 2 x 64 at N = 16, 8 x 16 at N = 64, 8 x 64 the old N <= 4 default
     if N <= 64:
-        from .compiler.canonicalise import blocks_shape
         bn_b = min(64, next_pow2(N))
         shapes = [blocks_shape(w, N)]
-        shapes += [rs_ for rs_ in ((16, 64), (4, 128), (2, 64), (8, 64), (4, 64), (8, 16))
-                   if rs_ not in shapes]
+        shapes += [shape for shape in ((16, 64), (4, 128), (2, 64), (8, 64), (4, 64), (8, 16))
+                   if shape not in shapes]
         for i, (R, U) in enumerate(shapes):
             if R * U * bn_b <= 16384:
                 s = Schedule(mode="blocks", rows_per_program=R, chunk=U, block_n=bn_b)
