@@ -98,10 +98,12 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     half = x_dtype in ("float16", "bfloat16")
     if s.mode == AUTO and not conv and blocks_by_default(weight, N, x_dtype):
         mode = "blocks"
-    if mode == "blocks":
+    if mode in ("blocks", "bitmap"):
         if conv:
-            raise ValueError("schedule: blocks mode computes W @ X only; a convolution uses "
+            raise ValueError(f"schedule: {mode} mode computes W @ X only; a convolution uses "
                              "'table', 'values' or 'indices'")
+        if mode == "bitmap":
+            return _bitmap_plan(s, weight, N, x_dtype, interpreter)
         return _blocks_plan(s, weight, N)
     use_dot = s.use_dot
     if use_dot == AUTO:
@@ -308,6 +310,45 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
     return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n, row_order=order,
                 chunk=chunk,
                 use_dot=False, allow_tf32=bool(s.allow_tf32),
+                max_statements_per_function=int(s.max_statements_per_function),
+                max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
+                num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
+                num_stages=2,
+                split_k=split, streams=1 if s.streams == AUTO else int(s.streams))
+
+
+def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
+                 interpreter: bool) -> Plan:
+    """The bitmap mode's plan: tiles of 16 rows x 256 positions; ``tl.dot`` of the decoded
+    tile where the column tile has >= 16 columns and ``tl.dot`` computes in X's dtype (half
+    precision; float32 only with ``allow_tf32``), else multiply-adds; ``split_k`` 1 (the
+    default) cuts each row block's tiles over enough programs for ~4 per SM."""
+    from .blocks import auto_split
+    use_dot = s.use_dot
+    bn_auto = min(64, _next_pow2(N))
+    if use_dot == AUTO:
+        fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.block_n))
+        dtype_ok = x_dtype in ("float16", "bfloat16") or (x_dtype == "float32" and s.allow_tf32)
+        use_dot = (N >= 16 and fits and dtype_ok and weight.dtype != "float64"
+                   and dot_works(x_dtype, interpreter))
+    rpp = 16 if s.rows_per_program == AUTO else int(s.rows_per_program)
+    chunk = 256 if s.chunk == AUTO else int(s.chunk)
+    if s.block_n != AUTO:
+        block_n = int(s.block_n)
+    elif use_dot:
+        block_n = max(16, bn_auto)
+    else:   # the multiply-add accumulator: rows x chunk x block_n <= 16384
+        block_n = max(1, min(bn_auto, 16384 // max(1, rpp * chunk)))
+    split = int(s.split_k)
+    k_tiles = max(1, -(-weight.K // chunk))
+    if split == 1:
+        split = auto_split(-(-weight.M // rpp), -(-N // block_n), k_tiles)
+    for name in ("prefetch_tail", "prefetch_x"):
+        if getattr(s, name) is True:
+            raise ValueError(f"schedule: {name}=True does not apply to bitmap mode")
+    order = "given" if s.row_order == AUTO else s.row_order
+    return Plan(mode="bitmap", rows_per_program=rpp, block_n=block_n, row_order=order,
+                chunk=chunk, use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
                 num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
