@@ -53,7 +53,7 @@ def _decode(b: Buffer, low):
     """``v``: the tile's ``R x W x 32`` values, zero where the bitmap has no bit."""
     sig = low.signature
     R, W = low.plan.rows_per_program, low.plan.chunk // 32
-    b(f"tile = pid_m * {low.kernels[0].k_tiles} + t")
+    b(f"tile = pid_m * {low.kernels[0].k_tiles} + kt")
     b(f"words = tl.load(BITS + tile * {R * W} + iw)")
     b(f"start = tl.load(TBASE + tile) + tl.load(ROFF + tile * {R} + i).to(tl.int32)")
     b(f"excl = start[:, None] + tl.load(WOFF + tile * {R * W} + iw).to(tl.int32)")
@@ -69,10 +69,10 @@ def _x_tile(b: Buffer, low, shape: str):
     sxk = st[0] if st else "sxk"
     K, T = low.kernels[0].K, low.plan.chunk
     if shape == "2d":
-        b(f"k = t * {T} + tl.arange(0, {T})")
+        b(f"k = kt * {T} + tl.arange(0, {T})")
         ptr, kdim, ndim = f"xp[None, :] + k[:, None] * {sxk}", "k[:, None]", "nmask[None, :]"
     else:
-        b(f"k = t * {T} + kw[:, :, None]")
+        b(f"k = kt * {T} + kw[:, :, None]")
         ptr, kdim, ndim = f"xp[None, None, :] + k * {sxk}", "k", "nmask[None, None, :]"
     mask = ndim if K % T == 0 else f"({kdim} < {K}) & {ndim}"
     b(f"x = tl.load({ptr}, mask={mask}, other=0.0)")
@@ -86,7 +86,7 @@ def _loop(b: Buffer, low):
         b(f"acc = tl.zeros([{R}, {BN}], {acc_t})")
     else:
         b(f"acc = tl.zeros([{R}, {T // 32}, 32, {BN}], {acc_t})")
-    with b.indent("for t in range(first, last):"):
+    with b.indent("for kt in range(first, last):"):
         _decode(b, low)
         if p.use_dot:
             _x_tile(b, low, "2d")
