@@ -109,8 +109,9 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
             return Schedule(mode=mode, rows_per_program=16, chunk=draw(_pow2(5, 6)),
                             block_n=16, use_dot=True,
                             split_k=draw(st.sampled_from([1, 1, 2, 3])))
-        return Schedule(mode=mode, rows_per_program=draw(_pow2(0, 3)), chunk=draw(_pow2(5, 6)),
-                        block_n=draw(_pow2(0, 3)), use_dot=False,
+        # (tiles of at least 4 rows x 4 columns: the interpreter's time is per program)
+        return Schedule(mode=mode, rows_per_program=draw(_pow2(2, 3)), chunk=draw(_pow2(5, 6)),
+                        block_n=draw(_pow2(2, 3)), use_dot=False,
                         split_k=draw(st.sampled_from([1, 1, 2, 3])))
     if mode == "table":
         dot_ok = not (interp and dtype == "bfloat16") and dtype != "float64"
