@@ -342,14 +342,19 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
                 (first if i == 0 and half else second).append(s)
 
     # the bitmap mode (a bit per position, the tile's packed values decoded in registers) for
-    # half precision: multiply-adds below 16 columns, tl.dot of the decoded tile from 16
+    # half precision: the plan's shape (multiply-adds below 16 columns, tl.dot of the decoded
+    # tile from 16), then shapes without register spills in the sm_90 code (bench/NOTES.md,
+    # fourteenth session)
     if half and N <= 256:
-        for i, (R, T, warps) in enumerate([(16, 256, 4), (8, 256, 4), (32, 256, 8)] if N < 16
-                                          else [(64, 128, 4), (64, 256, 8), (128, 128, 8)]):
-            bn_m = min(64, next_pow2(N)) if N >= 16 else max(1, min(next_pow2(N),
-                                                                   16384 // (R * T)))
-            s = Schedule(mode="bitmap", rows_per_program=R, chunk=T, block_n=bn_m,
-                         num_warps=warps)
+        shapes = [None] + ([(8, 128, 4), (4, 128, 4)] if N < 16 else
+                           [(32, 256, 4), (64, 256, 8), (128, 128, 8)] if N <= 16 else
+                           [(16, 128, 4)] + ([(64, 128, 4)] if N > 32 else []))
+        for i, shape in enumerate(shapes):
+            if shape is None:
+                s = Schedule(mode="bitmap")
+            else:
+                R, T, warps = shape
+                s = Schedule(mode="bitmap", rows_per_program=R, chunk=T, num_warps=warps)
             (first if i == 0 else second).append(s)
 
     # unrolled modes around plan_for's rows per program (about 256 FMAs per group)

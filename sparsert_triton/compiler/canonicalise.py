@@ -319,10 +319,15 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
 
 def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                  interpreter: bool) -> Plan:
-    """The bitmap mode's plan: tiles of 16 rows x 256 positions; ``tl.dot`` of the decoded
-    tile where the column tile has >= 16 columns and ``tl.dot`` computes in X's dtype (half
-    precision; float32 only with ``allow_tf32``), else multiply-adds; ``split_k`` 1 (the
-    default) cuts each row block's tiles over enough programs for ~4 per SM."""
+    """The bitmap mode's plan: ``tl.dot`` of the decoded tile where the column tile has >= 16
+    columns and ``tl.dot`` computes in X's dtype (half precision; float32 only with
+    ``allow_tf32``), else multiply-adds; ``split_k`` 1 (the default) cuts each row block's
+    tiles over enough programs for ~4 per SM. Tile shapes from the sm_90 register counts of
+    the generated code (bench/NOTES.md, fourteenth session; not timed on a GPU yet): with
+    ``tl.dot``, 64 x 128 tiles up to 32 columns and 32 x 128 at 64 (64 x 128 x 64 spills:
+    255 registers plus a stack); with multiply-adds, 256 positions and rows x columns <= 16
+    (the ``rows x 256 x columns`` accumulator at most 32 registers a thread: 16 x 256 x 4
+    took 221 registers, 4 x 256 x 4 71)."""
     from .blocks import auto_split
     use_dot = s.use_dot
     bn_auto = min(64, _next_pow2(N))
@@ -331,14 +336,20 @@ def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         dtype_ok = x_dtype in ("float16", "bfloat16") or (x_dtype == "float32" and s.allow_tf32)
         use_dot = (N >= 16 and fits and dtype_ok and weight.dtype != "float64"
                    and dot_works(x_dtype, interpreter))
-    rpp = 16 if s.rows_per_program == AUTO else int(s.rows_per_program)
-    chunk = 256 if s.chunk == AUTO else int(s.chunk)
     if s.block_n != AUTO:
         block_n = int(s.block_n)
     elif use_dot:
         block_n = max(16, bn_auto)
-    else:   # the multiply-add accumulator: rows x chunk x block_n <= 16384
-        block_n = max(1, min(bn_auto, 16384 // max(1, rpp * chunk)))
+    else:
+        block_n = min(bn_auto, 8)
+    if use_dot:
+        rpp_auto, chunk_auto = (64 if block_n <= 32 else 32), 128
+    else:
+        rpp_auto, chunk_auto = max(1, min(16, 16 // block_n)), 256
+    rpp = rpp_auto if s.rows_per_program == AUTO else int(s.rows_per_program)
+    chunk = chunk_auto if s.chunk == AUTO else int(s.chunk)
+    if s.block_n == AUTO and not use_dot:   # the accumulator: rows x chunk x block_n <= 16384
+        block_n = max(1, min(block_n, 16384 // max(1, rpp * chunk)))
     split = int(s.split_k)
     k_tiles = max(1, -(-weight.K // chunk))
     if split == 1:
