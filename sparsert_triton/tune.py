@@ -348,7 +348,7 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     if half and N <= 256:
         shapes = [None] + ([(8, 128, 4), (4, 128, 4)] if N < 16 else
                            [(32, 256, 4), (64, 256, 8), (128, 128, 8)] if N <= 16 else
-                           [(16, 128, 4)])
+                           [(16, 128, 4), (32, 64, 4)])
         for i, shape in enumerate(shapes):
             if shape is None:
                 s = Schedule(mode="bitmap")

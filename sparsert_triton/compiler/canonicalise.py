@@ -323,11 +323,11 @@ def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     columns and ``tl.dot`` computes in X's dtype (half precision; float32 only with
     ``allow_tf32``), else multiply-adds; ``split_k`` 1 (the default) cuts each row block's
     tiles over enough programs for ~4 per SM. Tile shapes from the sm_90 register counts of
-    the generated code (bench/NOTES.md, fourteenth session; not timed on a GPU yet): with
-    ``tl.dot``, 64 x 128 tiles up to 32 columns and 32 x 128 at 64 (64 x 128 x 64 spills:
-    255 registers plus a stack); with multiply-adds, 256 positions and rows x columns <= 16
-    (the ``rows x 256 x columns`` accumulator at most 32 registers a thread: 16 x 256 x 4
-    took 221 registers, 4 x 256 x 4 71)."""
+    the generated code (triton 3.6; bench/NOTES.md, fourteenth session; not timed on a GPU
+    yet): with ``tl.dot``, 64 x 128 tiles up to 32 columns (168-208 registers), 16 x 128 at
+    64 (64 x 128 and 32 x 128 spill there: 255 registers plus a stack); with multiply-adds,
+    256 positions and rows x columns <= 16 (the ``rows x 256 x columns`` accumulator at most
+    32 registers a thread: 16 x 256 x 4 took 221 registers, 4 x 256 x 4 71-120)."""
     from .blocks import auto_split
     use_dot = s.use_dot
     bn_auto = min(64, _next_pow2(N))
@@ -343,7 +343,7 @@ def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     else:
         block_n = min(bn_auto, 8)
     if use_dot:
-        rpp_auto, chunk_auto = (64 if block_n <= 32 else 32), 128
+        rpp_auto, chunk_auto = (64 if block_n <= 32 else 16), 128
     else:
         rpp_auto, chunk_auto = max(1, min(16, 16 // block_n)), 256
     rpp = rpp_auto if s.rows_per_program == AUTO else int(s.rows_per_program)
