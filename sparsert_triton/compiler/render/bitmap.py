@@ -110,7 +110,7 @@ def render_bitmap_kernel(b: Buffer, k, low):
     with b.indent(f"def {k.name}({_kernel_params(low, buffers(S))}):"):
         form = "tl.dot of the decoded tile" if p.use_dot else "multiply-adds"
         b(f'"""acc[r, n] = sum_k W[r, k] * X[k, n] over a block of {R} rows, tile by tile of '
-          f"{T} positions ({k.k_tiles} tiles): W decoded from a bit per position and the "
+          f"{T} positions ({k.k_tiles} along K): W decoded from a bit per position and the "
           f"tile's packed values, VALS[TBASE + ROFF[r] + WOFF[r, w] + popc(BITS[r, w] & "
           f'(2**j - 1))]; {form}{f", the tiles cut into {S} ranges" if S > 1 else ""}."""')
         _wait_for_the_kernel_before(b, low)
