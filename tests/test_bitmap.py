@@ -1,11 +1,12 @@
 """The bitmap mode (a bit per weight position plus each tile's packed values, decoded in
 registers): its layout, results against float64 for every dtype, epilogue, K range and odd
-size, multiply-adds and tl.dot, its NaN rule, and bad schedules."""
+size, multiply-adds and tl.dot, its NaN rule, and bad schedules (strided and aliased
+operands, new values and an all-zero weight: ``test_blocks.py``, for both row-block modes)."""
 import numpy as np
 import pytest
 import torch
 
-from dsl import Schedule, clamp, gelu, relu
+from dsl import Schedule, relu
 from sparsert_triton import sparse_kernel
 from sparsert_triton.compiler.bitmap import specialise_bitmap
 from sparsert_triton.compiler.canonicalise import plan_for
@@ -78,35 +79,6 @@ def test_matches_float64(dtype, M, K, N, split):
     # tl.dot of the decoded tiles for >= 16 half-precision columns, multiply-adds otherwise
     assert plan.use_dot == (dtype == torch.float16 and N >= 16)
     assert _rel(Y, k.reference(X, bias)) < TOL[dtype]
-
-
-def test_bfloat16_epilogue_strided_x_and_out():
-    W = _weight(24, 100, 0.5, torch.bfloat16, seed=3)
-    k = sparse_kernel(lambda W, X, s, r: clamp(gelu(W @ X * s), -2.0, None) + r).specialize(
-        W, Schedule(mode="bitmap", rows_per_program=4, chunk=64, split_k=2))
-    X = torch.randn(7, 100).to(torch.bfloat16).t()          # K x N, N not contiguous
-    res = torch.randn(7, 24).to(torch.bfloat16).t()
-    out = torch.empty(7, 24, dtype=torch.bfloat16).t()
-    Y = k(X, 0.5, res, out=out)
-    assert Y.data_ptr() == out.data_ptr()
-    assert _rel(Y, k.reference(X, 0.5, res)) < TOL[torch.bfloat16]
-
-
-def test_with_values_reuses_the_mask():
-    W = _weight(20, 64, 0.3, torch.float16, seed=5)
-    k = sparse_kernel(_fc).specialize(W, Schedule(mode="bitmap"))
-    X, bias = torch.randn(64, 3).half(), torch.randn(20).half()
-    k(X, bias)
-    k2 = k.with_values(torch.from_numpy(k.weight.values * -2.0).half())
-    assert _rel(k2(X, bias), k2.reference(X, bias)) < TOL[torch.float16]
-
-
-def test_all_zero_weight_gives_the_epilogue_of_zero():
-    k = sparse_kernel(_fc).specialize(torch.zeros(10, 30, dtype=torch.float16),
-                                      Schedule(mode="bitmap"))
-    bias = torch.randn(10).half()
-    Y = k(torch.randn(30, 2).half(), bias)
-    assert torch.equal(Y.cpu(), torch.relu(bias).cpu()[:, None].expand(10, 2))
 
 
 @pytest.mark.parametrize("use_dot", [False, True])

@@ -8,9 +8,8 @@ With ``split_k`` > 1 the programs of a row block take contiguous K ranges of til
 to arrive sums their partial results in order (``blocks.py``'s fix-up)."""
 from __future__ import annotations
 
-from .blocks import _fix_up
-from .common import (TL_DTYPES, Buffer, _kernel_params, _store_tile, _tile,
-                     _wait_for_the_kernel_before, cvt, operand_params)
+from .blocks import _fix_up, program_start
+from .common import TL_DTYPES, Buffer, _kernel_params, _store_tile, cvt, operand_params
 
 BUFFERS = ["BITS", "WOFF", "ROFF", "TBASE", "VALS"]
 
@@ -113,12 +112,7 @@ def render_bitmap_kernel(b: Buffer, k, low):
           f"{T} positions ({k.k_tiles} along K): W decoded from a bit per position and the "
           f"tile's packed values, VALS[TBASE + ROFF[r] + WOFF[r, w] + popc(BITS[r, w] & "
           f'(2**j - 1))]; {form}{f", the tiles cut into {S} ranges" if S > 1 else ""}."""')
-        _wait_for_the_kernel_before(b, low)
-        b("pid_m = tl.program_id(0)")
-        b("pid_n = tl.program_id(1)")
-        if S > 1:
-            b("pid_s = tl.program_id(2)")
-        _tile(b, low)
+        program_start(b, low, S)
         b(f"i = tl.arange(0, {R})")
         b(f"iw = i[:, None] * {W} + tl.arange(0, {W})[None, :]")
         b("lane = tl.arange(0, 32)")
