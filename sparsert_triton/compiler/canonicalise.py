@@ -319,9 +319,11 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
 
 def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                  interpreter: bool) -> Plan:
-    """The bitmap mode's plan: ``tl.dot`` of the decoded tile where the column tile has >= 16
-    columns and ``tl.dot`` computes in X's dtype (half precision; float32 only with
-    ``allow_tf32``), else multiply-adds; ``split_k`` 1 (the default) cuts each row block's
+    """The bitmap mode's plan: ``tl.dot`` of the decoded tile (a column tile of >= 16, X's
+    columns past N masked) from N = 2 where ``tl.dot`` computes in X's dtype (half precision;
+    float32 only with ``allow_tf32``), else multiply-adds (sm_90 code: 15.4 instructions per
+    weight position with ``tl.dot`` at any N <= 16, against 13.9 with multiply-adds at N = 1,
+    17.8 at N = 2 and 29.8 at N = 4); ``split_k`` 1 (the default) cuts each row block's
     tiles over enough programs for ~4 per SM. Tile shapes from the sm_90 register counts of
     the generated code (triton 3.6; bench/NOTES.md, fourteenth session; not timed on a GPU
     yet): with ``tl.dot``, 64 x 128 tiles up to 32 columns (168-208 registers), 16 x 128 at
@@ -334,7 +336,7 @@ def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     if use_dot == AUTO:
         fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.block_n))
         dtype_ok = x_dtype in ("float16", "bfloat16") or (x_dtype == "float32" and s.allow_tf32)
-        use_dot = (N >= 16 and fits and dtype_ok and weight.dtype != "float64"
+        use_dot = (N >= 2 and fits and dtype_ok and weight.dtype != "float64"
                    and dot_works(x_dtype, interpreter))
     if s.block_n != AUTO:
         block_n = int(s.block_n)
