@@ -183,8 +183,9 @@ def _positive_int(s: str) -> int:
 
 
 def _add_schedule_options(p):
+    from dsl.schedule import AUTO, CONV_INPUTS, MODES, ROW_ORDERS
     g = p.add_argument_group("schedule (every field defaults to 'auto': the heuristic plan)")
-    g.add_argument("--mode", choices=("auto", "values", "indices", "table", "blocks"),
+    g.add_argument("--mode", choices=(AUTO,) + MODES,
                    default="auto",
                    help="values: weights and columns baked in as literals (SparseRT); indices: "
                         "columns baked in, values read from a buffer (new values reuse the "
@@ -195,7 +196,7 @@ def _add_schedule_options(p):
                    help="output rows computed by one program (each loaded X row feeds all R)")
     g.add_argument("--block-n", type=_int_or_auto, default="auto", metavar="B",
                    help="columns of X and Y per program (a power of two)")
-    g.add_argument("--row-order", choices=("auto", "given", "nnz", "cluster"), default="auto",
+    g.add_argument("--row-order", choices=(AUTO,) + ROW_ORDERS, default="auto",
                    help="how rows are grouped: matrix order, by length, or clustered by shared "
                         "columns")
     g.add_argument("--chunk", type=_int_or_auto, default="auto",
@@ -206,7 +207,7 @@ def _add_schedule_options(p):
                         "steps over S programs (default 1)")
     for flag, help_text in ON_OFF_OPTIONS:
         g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
-    g.add_argument("--conv-input", choices=("auto", "padded", "masked", "segments"),
+    g.add_argument("--conv-input", choices=(AUTO,) + CONV_INPUTS,
                    default="auto",
                    help="convolutions: how X is read. padded: a zero-padded copy, each nonzero "
                         "one offset into it (one-row table kernel, unrolled modes); masked: X "
