@@ -303,13 +303,20 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         blocks = -(-weight.M // rpp)
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
-    for name in ("use_dot", "prefetch_tail", "prefetch_x"):
-        if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
-            raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     order = default_row_order(weight, rpp, chunk) if s.row_order == AUTO else s.row_order
-    return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n, row_order=order,
-                chunk=chunk,
-                use_dot=False, allow_tf32=bool(s.allow_tf32),
+    return _row_block_plan(s, "blocks", rpp, block_n, order, chunk, False, split,
+                           ("use_dot", "prefetch_tail", "prefetch_x"))
+
+
+def _row_block_plan(s: Schedule, mode: str, rpp: int, block_n: int, order: str, chunk: int,
+                    use_dot: bool, split: int, refused) -> Plan:
+    """The plan of a row-block mode (blocks, bitmap) from its resolved shape; the fields it
+    shares with the Schedule as given. ``refused``: switches that must not be True in it."""
+    for name in refused:
+        if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
+            raise ValueError(f"schedule: {name}=True does not apply to {mode} mode")
+    return Plan(mode=mode, rows_per_program=rpp, block_n=block_n, row_order=order,
+                chunk=chunk, use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
                 num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
@@ -356,17 +363,9 @@ def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     k_tiles = max(1, -(-weight.K // chunk))
     if split == 1:
         split = auto_split(-(-weight.M // rpp), -(-N // block_n), k_tiles)
-    for name in ("prefetch_tail", "prefetch_x"):
-        if getattr(s, name) is True:
-            raise ValueError(f"schedule: {name}=True does not apply to bitmap mode")
     order = "given" if s.row_order == AUTO else s.row_order
-    return Plan(mode="bitmap", rows_per_program=rpp, block_n=block_n, row_order=order,
-                chunk=chunk, use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
-                max_statements_per_function=int(s.max_statements_per_function),
-                max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
-                num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
-                num_stages=2,
-                split_k=split, streams=1 if s.streams == AUTO else int(s.streams))
+    return _row_block_plan(s, "bitmap", rpp, block_n, order, chunk, use_dot, split,
+                           ("prefetch_tail", "prefetch_x"))
 
 
 def with_device(plan: Plan, capability: str) -> Plan:

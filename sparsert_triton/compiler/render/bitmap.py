@@ -50,7 +50,6 @@ def _tiles(b: Buffer, KT: int, S: int):
 
 def _decode(b: Buffer, low):
     """``v``: the tile's ``R x W x 32`` values, zero where the bitmap has no bit."""
-    sig = low.signature
     R, W = low.plan.rows_per_program, low.plan.chunk // 32
     b(f"tile = pid_m * {low.kernels[0].k_tiles} + kt")
     b(f"words = tl.load(BITS + tile * {R * W} + iw)")
@@ -58,7 +57,7 @@ def _decode(b: Buffer, low):
     b(f"excl = start[:, None] + tl.load(WOFF + tile * {R * W} + iw).to(tl.int32)")
     b("w3 = words[:, :, None]")
     b("at = excl[:, :, None] + _popc(w3 & below)")
-    b(f"v = tl.load(VALS + at, mask=(w3 & bit) != 0, other=0.0)")
+    b("v = tl.load(VALS + at, mask=(w3 & bit) != 0, other=0.0)")
 
 
 def _x_tile(b: Buffer, low, shape: str):
