@@ -18,7 +18,7 @@ def main():
     f = open(os.path.join(OUT, "bitmap_probe.csv"), "w", newline="")
     wr = csv.writer(f)
     wr.writerow(["M", "K", "N", "sp", "system", "R", "T", "bn", "split", "dot", "warps", "us", "dense_us", "ratio", "err"])
-    for (M, K), sp in [((11008, 4096), 0.5), ((4096, 11008), 0.5), ((11008, 4096), 0.9), ((11008, 4096), 0.7), ((4096, 11008), 0.9), ((4096, 11008), 0.7)]:
+    for (M, K), sp in [((11008, 4096), 0.5), ((11008, 4096), 0.9), ((11008, 4096), 0.7), ((4096, 11008), 0.5), ((4096, 11008), 0.9), ((4096, 11008), 0.7)]:
         W = pruned_weight(M, K, sp, "uniform", torch.float16, "cuda")
         Ws = [W] + [W.clone() for _ in range(copies(M * K * 2) - 1)]
         w = as_sparse_weight(W)
