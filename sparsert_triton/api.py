@@ -55,7 +55,13 @@ class Variant:
         self.launcher.enabled = not interpreting()   # the interpreter has no compiled kernels
         self.module = import_kernels(path, key)
         self.table = plan.mode == "table"
-        if plan.mode == "blocks":
+        if plan.mode == "bitmap":
+            k_tiles = int(layout["k_tiles"])
+            self.kernels = [(self.module.sparse_bitmap_kernel,
+                             len(layout["tbase"]) // max(1, k_tiles))]
+            vals = _values_at(weight, layout["value_index"])
+            self._host = [layout["bits"], layout["woff"], layout["roff"], layout["tbase"], vals]
+        elif plan.mode == "blocks":
             self.kernels = [(self.module.sparse_blocks_kernel, len(layout["base"]))]
             vals = _values_at(weight, layout["value_index"])
             self._host = [layout["rows"], layout["base"], layout["steps"], layout["cols"], vals]

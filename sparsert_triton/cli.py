@@ -191,7 +191,8 @@ def _add_schedule_options(p):
                         "columns baked in, values read from a buffer (new values reuse the "
                         "kernel); table: a loop over host-built buffers (code size independent "
                         "of nnz); blocks: row blocks of padded nonzero lists with 16-bit "
-                        "columns (W @ X of few columns)")
+                        "columns (W @ X of few columns); bitmap: a bit per weight position "
+                        "plus each tile's packed values, decoded in registers (W @ X)")
     g.add_argument("--rows-per-program", type=_int_or_auto, default="auto", metavar="R",
                    help="output rows computed by one program (each loaded X row feeds all R)")
     g.add_argument("--block-n", type=_int_or_auto, default="auto", metavar="B",

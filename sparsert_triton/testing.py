@@ -91,7 +91,8 @@ def _pow2(lo, hi):
 
 @st.composite
 def schedules(draw, mode=None, dtype="float32") -> Schedule:
-    """Schedules of every mode (``blocks`` only when asked for: it computes W @ X only);
+    """Schedules of every mode (``blocks`` and ``bitmap`` only when asked for: they compute
+    W @ X only);
     table-mode dot is left out under the interpreter for bf16 (triton's interpreter computes
     bf16 ``tl.dot`` wrongly)."""
     mode = mode or draw(st.sampled_from(["values", "indices", "table"]))
@@ -102,8 +103,17 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         return Schedule(mode=mode, rows_per_program=draw(_pow2(1, 3)), chunk=draw(_pow2(0, 4)),
                         block_n=draw(_pow2(3, 5)), row_order=draw(st.sampled_from(["given", "nnz"])),
                         split_k=draw(st.sampled_from([1, 1, 2, 3])))
+    interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if mode == "bitmap":       # bit-per-position tiles: multiply-adds or tl.dot, K ranges
+        if not (interp and dtype == "bfloat16") and dtype != "float64" and draw(st.booleans()):
+            return Schedule(mode=mode, rows_per_program=16, chunk=draw(_pow2(5, 6)),
+                            block_n=16, use_dot=True,
+                            split_k=draw(st.sampled_from([1, 1, 2, 3])))
+        # (tiles of at least 4 rows x 4 columns: the interpreter's time is per program)
+        return Schedule(mode=mode, rows_per_program=draw(_pow2(2, 3)), chunk=draw(_pow2(5, 6)),
+                        block_n=draw(_pow2(2, 3)), use_dot=False,
+                        split_k=draw(st.sampled_from([1, 1, 2, 3])))
     if mode == "table":
-        interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
         dot_ok = not (interp and dtype == "bfloat16") and dtype != "float64"
         use_dot = dot_ok and draw(st.booleans())
         if use_dot:
@@ -411,7 +421,9 @@ def documented_product(kernel, X: torch.Tensor) -> torch.Tensor:
     ``X[k, n]`` reaches the outputs ``(m, n)`` of the rows ``m`` with a nonzero in column ``k``
     (pruned positions are skipped); with ``use_dot`` (the kernel's last plan), every row of
     each row group whose column union holds ``k`` (the group's dense block multiplies it:
-    ``0 * inf = nan``). Every other output is the product of the finite entries."""
+    ``0 * inf = nan``); in ``bitmap`` mode every output of column ``n`` (its tiles are
+    multiplied densely, like ``W @ X``). Every other output is the product of the finite
+    entries."""
     from .compiler.specialise import specialise
     W = kernel.weight.to_dense()
     Xd = X.detach().to("cpu", torch.float64)
@@ -419,7 +431,9 @@ def documented_product(kernel, X: torch.Tensor) -> torch.Tensor:
     acc = W @ torch.where(finite, Xd, 0.0)
     reach = W != 0                                  # reach[m, k]: column k reaches row m
     plan = kernel.last_plan
-    if plan is not None and plan.use_dot:
+    if plan is not None and plan.mode == "bitmap":
+        reach = torch.ones_like(reach)
+    elif plan is not None and plan.use_dot:
         t = specialise(kernel.weight, plan)
         rows = torch.from_numpy(t.rows.astype("int64")).reshape(t.groups, -1)
         reach = torch.zeros_like(reach)

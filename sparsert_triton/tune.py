@@ -153,7 +153,7 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
     exactly (by specialising) unless the lower bound already exceeds ``exact_below``. With
     ``workers`` > 1 (default: ``SPARSERT_COMPILE_WORKERS``) a variant's kernels compile side by
     side, so the build takes the longer of its largest kernel and an even share of the whole."""
-    if plan.mode in ("table", "blocks"):     # one loop kernel, whatever nnz
+    if plan.mode in ("table", "blocks", "bitmap"):     # one loop kernel, whatever nnz
         return TABLE_COMPILE_S
     workers = max(1, compile_workers() if workers is None else int(workers))
     # nnz FMAs and M stores, without counting loads: free, and enough to skip most large layers
@@ -340,6 +340,23 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
             if R * U * bn_b <= 16384:
                 s = Schedule(mode="blocks", rows_per_program=R, chunk=U, block_n=bn_b)
                 (first if i == 0 and half else second).append(s)
+
+    # the bitmap mode (a bit per position, the tile's packed values decoded in registers) for
+    # half precision: the plan's shape (multiply-adds at N = 1, tl.dot of the decoded tile
+    # from 2), then shapes without register spills in the sm_90 code (bench/NOTES.md,
+    # fourteenth session): multiply-adds where rows_per_program < 16
+    if half and N <= 256:
+        shapes = [None] + ([(8, 256, 4), (32, 256, 8)] if N == 1 else
+                           [(8, 128, 4), (32, 256, 4)] if N < 16 else
+                           [(32, 256, 4), (64, 256, 8), (128, 128, 8)] if N <= 16 else
+                           [(16, 128, 4), (32, 64, 4)])
+        for i, shape in enumerate(shapes):
+            if shape is None:
+                s = Schedule(mode="bitmap")
+            else:
+                R, T, warps = shape
+                s = Schedule(mode="bitmap", rows_per_program=R, chunk=T, num_warps=warps)
+            (first if i == 0 else second).append(s)
 
     # unrolled modes around plan_for's rows per program (about 256 FMAs per group)
     base = plan_for(Schedule(mode="values"), w, N, d).rows_per_program

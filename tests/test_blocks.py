@@ -1,6 +1,8 @@
 """The blocks mode (row blocks of padded nonzero lists, 16-bit columns, K slices): its layout,
 results against float64 for every dtype, epilogue, split and odd size, its NaN contract, the
-default rule that picks it, and bad schedules."""
+default rule that picks it, and bad schedules. The calls both row-block modes take alike
+(strided and aliased operands, new values, an all-zero weight) run for the bitmap mode too
+(its own tests: ``test_bitmap.py``)."""
 import math
 
 import numpy as np
@@ -84,10 +86,15 @@ def test_matches_float64(dtype, M, K, N, split):
         assert torch.equal(k(X, bias), Y)
 
 
-def test_bfloat16_epilogue_strided_x_and_out():
+#: a K-sliced schedule of each row-block mode
+SPLIT = {"blocks": Schedule(mode="blocks", rows_per_program=4, chunk=8, split_k=2),
+         "bitmap": Schedule(mode="bitmap", rows_per_program=4, chunk=64, split_k=2)}
+
+
+@pytest.mark.parametrize("mode", sorted(SPLIT))
+def test_bfloat16_epilogue_strided_x_and_out(mode):
     W = _weight(24, 100, 0.2, torch.bfloat16, seed=3)
-    k = sparse_kernel(_gelu_res).specialize(W, Schedule(mode="blocks", rows_per_program=4,
-                                                        chunk=8, split_k=2))
+    k = sparse_kernel(_gelu_res).specialize(W, SPLIT[mode])
     X = torch.randn(7, 100).to(torch.bfloat16).t()          # K x N, N not contiguous
     res = torch.randn(7, 24).to(torch.bfloat16).t()
     out = torch.empty(7, 24, dtype=torch.bfloat16).t()
@@ -96,18 +103,20 @@ def test_bfloat16_epilogue_strided_x_and_out():
     assert _rel(Y, k.reference(X, 0.5, res)) < TOL[torch.bfloat16]
 
 
-def test_with_values_reuses_the_mask():
+@pytest.mark.parametrize("mode", sorted(SPLIT))
+def test_with_values_reuses_the_mask(mode):
     W = _weight(20, 64, 0.3, torch.float16, seed=5)
-    k = sparse_kernel(_fc).specialize(W, Schedule(mode="blocks"))
+    k = sparse_kernel(_fc).specialize(W, Schedule(mode=mode))
     X, bias = torch.randn(64, 3).half(), torch.randn(20).half()
     k(X, bias)
     k2 = k.with_values(torch.from_numpy(k.weight.values * -2.0).half())
     assert _rel(k2(X, bias), k2.reference(X, bias)) < TOL[torch.float16]
 
 
-def test_all_zero_weight_gives_the_epilogue_of_zero():
+@pytest.mark.parametrize("mode", sorted(SPLIT))
+def test_all_zero_weight_gives_the_epilogue_of_zero(mode):
     k = sparse_kernel(_fc).specialize(torch.zeros(10, 30, dtype=torch.float16),
-                                      Schedule(mode="blocks"))
+                                      Schedule(mode=mode))
     bias = torch.randn(10).half()
     Y = k(torch.randn(30, 2).half(), bias)
     assert torch.equal(Y.cpu(), torch.relu(bias).cpu()[:, None].expand(10, 2))

@@ -226,6 +226,18 @@ sig = Signature("float16", "float16", "float16", ())
 ptx = "".join(c.asm["ptx"] for c in precompile_variant(kv.variant(sig, 1, torch.device("cpu")), sig))
 out["blocks_vector_loads"] = len(re.findall(r"ld\.global(\.\w+)*\.v[24]\.", ptx))
 
+# the bitmap mode: multiply-adds at N = 1, tl.dot at N = 16, K ranges with the fix-up
+bitmap = {}
+km = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=Schedule(mode="bitmap")).specialize(Wb)
+for N in (1, 16):
+    for dt in ("float16", "bfloat16"):
+        sig = Signature(dt, "float16", dt, (("b", "row"),))
+        v = km.variant(sig, N, torch.device("cpu"))
+        ptx = "".join(c.asm["ptx"] for c in precompile_variant(v, sig))
+        bitmap[f"{dt}_{N}"] = {"split": v.plan.split_k, "dot": v.plan.use_dot,
+                               "popc": ptx.count("popc.b32"), "mma": ptx.count("mma")}
+out["bitmap"] = bitmap
+
 from sparsert_triton.compiler import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
@@ -371,3 +383,13 @@ def test_blocks_kernels_compile_for_sm90(compiled):
     # 4 x 128 entries a step over 128 threads: 8-byte loads of 16-bit columns and of values
     # (one scalar 16-bit load per entry before the start of a block was hinted)
     assert compiled["blocks_vector_loads"] >= 2
+
+
+def test_bitmap_kernels_compile_for_sm90(compiled):
+    """The bitmap kernel for fp16/bf16 at N = 1 (multiply-adds) and 16 (tl.dot on tensor
+    cores), decoding with the GPU's popc, with K ranges where the plan splits."""
+    b = compiled["bitmap"]
+    assert set(b) == {"float16_1", "bfloat16_1", "float16_16", "bfloat16_16"}
+    for key, v in b.items():
+        assert v["split"] > 1 and v["popc"] >= 1
+        assert v["dot"] == key.endswith("_16") and (v["mma"] > 0) == v["dot"]

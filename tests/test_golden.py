@@ -68,6 +68,14 @@ CASES = {
     "blocks_split_bias_relu": (W_A, _bias_relu, Schedule(mode="blocks", rows_per_program=2,
                                                          chunk=2, block_n=16, split_k=2),
                                (("bias", "row"),)),
+    # a bit per position and each tile's packed values, decoded in registers: multiply-adds
+    # with K ranges fixed up in order, and tl.dot of the decoded tile (bitmap)
+    "bitmap_split_bias_relu": (W_A, _bias_relu, Schedule(mode="bitmap", rows_per_program=2,
+                                                         chunk=32, block_n=4, split_k=2),
+                               (("bias", "row"),)),
+    "bitmap_dot_bias_relu": (W_A, _bias_relu, Schedule(mode="bitmap", rows_per_program=16,
+                                                       chunk=32, block_n=16, use_dot=True),
+                             (("bias", "row"),)),
     # unrolled convolution on the unpadded X: masked loads
     "values_conv_masked": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
                                                      block_n=16), ()),
@@ -85,7 +93,7 @@ def _source(name):
     offsets = (k.conv.padded_offsets(5, 6) if plan.pad_input else       # a 5x6 input
                k.conv.masked_offsets(5, 6) if plan.tap_masks else None)
     return render(lower(specialise(k.weight, plan, taps, offsets), plan, sig, k.program, k.conv,
-                        x_strides=strides), header="golden")
+                        x_strides=strides, shape=(k.weight.M, k.weight.K)), header="golden")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

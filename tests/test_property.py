@@ -13,7 +13,7 @@ from hypothesis import given, settings
 
 from sparsert_triton.testing import DTYPES, cases, check_case, check_wide_case, wide_cases
 
-MODES = ("values", "indices", "table", "blocks")
+MODES = ("values", "indices", "table", "blocks", "bitmap")
 #: wide cases per (mode, dtype) in the ci profile (12 tests, ~0.1 s a case on the CPU)
 CI_WIDE = 10
 _budget = (settings(max_examples=CI_WIDE)
@@ -35,6 +35,11 @@ def test_table_mode(case, device):
 
 @given(case=cases(modes=["blocks"]))
 def test_blocks_mode(case, device):
+    check_case(case, device)
+
+
+@given(case=cases(modes=["bitmap"]))
+def test_bitmap_mode(case, device):
     check_case(case, device)
 
 

@@ -98,10 +98,12 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     half = x_dtype in ("float16", "bfloat16")
     if s.mode == AUTO and not conv and blocks_by_default(weight, N, x_dtype):
         mode = "blocks"
-    if mode == "blocks":
+    if mode in ("blocks", "bitmap"):
         if conv:
-            raise ValueError("schedule: blocks mode computes W @ X only; a convolution uses "
+            raise ValueError(f"schedule: {mode} mode computes W @ X only; a convolution uses "
                              "'table', 'values' or 'indices'")
+        if mode == "bitmap":
+            return _bitmap_plan(s, weight, N, x_dtype, interpreter)
         return _blocks_plan(s, weight, N)
     use_dot = s.use_dot
     if use_dot == AUTO:
@@ -301,18 +303,69 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
         blocks = -(-weight.M // rpp)
         longest = int(weight.row_nnz.max()) if weight.M else 0
         split = auto_split(blocks, -(-N // block_n), -(-longest // chunk))
-    for name in ("use_dot", "prefetch_tail", "prefetch_x"):
-        if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
-            raise ValueError(f"schedule: {name}=True does not apply to blocks mode")
     order = default_row_order(weight, rpp, chunk) if s.row_order == AUTO else s.row_order
-    return Plan(mode="blocks", rows_per_program=rpp, block_n=block_n, row_order=order,
-                chunk=chunk,
-                use_dot=False, allow_tf32=bool(s.allow_tf32),
+    return _row_block_plan(s, "blocks", rpp, block_n, order, chunk, False, split,
+                           ("use_dot", "prefetch_tail", "prefetch_x"))
+
+
+def _row_block_plan(s: Schedule, mode: str, rpp: int, block_n: int, order: str, chunk: int,
+                    use_dot: bool, split: int, refused) -> Plan:
+    """The plan of a row-block mode (blocks, bitmap) from its resolved shape; the fields it
+    shares with the Schedule as given. ``refused``: switches that must not be True in it."""
+    for name in refused:
+        if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
+            raise ValueError(f"schedule: {name}=True does not apply to {mode} mode")
+    return Plan(mode=mode, rows_per_program=rpp, block_n=block_n, row_order=order,
+                chunk=chunk, use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
                 num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
                 num_stages=2,
                 split_k=split, streams=1 if s.streams == AUTO else int(s.streams))
+
+
+def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
+                 interpreter: bool) -> Plan:
+    """The bitmap mode's plan: ``tl.dot`` of the decoded tile (a column tile of >= 16, X's
+    columns past N masked) from N = 2 where ``tl.dot`` computes in X's dtype (half precision;
+    float32 only with ``allow_tf32``), else multiply-adds (sm_90 code: 15.4 instructions per
+    weight position with ``tl.dot`` at any N <= 16, against 13.9 with multiply-adds at N = 1,
+    17.8 at N = 2 and 29.8 at N = 4); ``split_k`` 1 (the default) cuts each row block's
+    tiles over enough programs for ~4 per SM. Tile shapes from the sm_90 register counts of
+    the generated code (triton 3.6; bench/NOTES.md, fourteenth session; not timed on a GPU
+    yet): with ``tl.dot``, 64 x 128 tiles up to 32 columns (168-208 registers), 16 x 128 at
+    64 (64 x 128 and 32 x 128 spill there: 255 registers plus a stack); with multiply-adds,
+    256 positions and rows x columns <= 16 (the ``rows x 256 x columns`` accumulator at most
+    32 registers a thread: 16 x 256 x 4 took 221 registers, 4 x 256 x 4 71-120)."""
+    from .blocks import auto_split
+    use_dot = s.use_dot
+    bn_auto = min(64, _next_pow2(N))
+    if use_dot == AUTO:
+        fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.block_n))
+        dtype_ok = x_dtype in ("float16", "bfloat16") or (x_dtype == "float32" and s.allow_tf32)
+        use_dot = (N >= 2 and fits and dtype_ok and weight.dtype != "float64"
+                   and dot_works(x_dtype, interpreter))
+    if s.block_n != AUTO:
+        block_n = int(s.block_n)
+    elif use_dot:
+        block_n = max(16, bn_auto)
+    else:
+        block_n = min(bn_auto, 8)
+    if use_dot:
+        rpp_auto, chunk_auto = (64 if block_n <= 32 else 16), 128
+    else:
+        rpp_auto, chunk_auto = max(1, min(16, 16 // block_n)), 256
+    rpp = rpp_auto if s.rows_per_program == AUTO else int(s.rows_per_program)
+    chunk = chunk_auto if s.chunk == AUTO else int(s.chunk)
+    if s.block_n == AUTO and not use_dot:   # the accumulator: rows x chunk x block_n <= 16384
+        block_n = max(1, min(block_n, 16384 // max(1, rpp * chunk)))
+    split = int(s.split_k)
+    k_tiles = max(1, -(-weight.K // chunk))
+    if split == 1:
+        split = auto_split(-(-weight.M // rpp), -(-N // block_n), k_tiles)
+    order = "given" if s.row_order == AUTO else s.row_order
+    return _row_block_plan(s, "bitmap", rpp, block_n, order, chunk, use_dot, split,
+                           ("prefetch_tail", "prefetch_x"))
 
 
 def with_device(plan: Plan, capability: str) -> Plan:

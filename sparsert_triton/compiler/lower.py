@@ -10,7 +10,7 @@ The unrolled modes lower to:
 * kernels that dispatch ``program_id(0)`` to group functions with a balanced ``if`` tree.
 
 The table mode lowers to one fixed loop kernel (``TableKernel``), the blocks mode to one
-(``BlocksKernel``).
+(``BlocksKernel``), the bitmap mode to one (``BitmapKernel``).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Optional, Tuple, Union
 from dsl import ir
 
 from .plan import Plan, Signature
+from .bitmap import Bitmap
 from .blocks import Blocks
 from .specialise import Table, Unrolled
 
@@ -77,12 +78,21 @@ class BlocksKernel:
 
 
 @dataclass(frozen=True)
+class BitmapKernel:
+    """The ``bitmap`` mode's one loop kernel over row blocks and K tiles (``bitmap.Bitmap``)."""
+    name: str
+    M: int                        # output rows
+    K: int                        # positions along K (the last tile's X rows are masked)
+    k_tiles: int                  # tiles along K per row block
+
+
+@dataclass(frozen=True)
 class Lowered:
     """Everything the renderer needs: kernels plus the epilogue and call signature."""
     plan: Plan
     signature: Signature
     program: ir.Program
-    kernels: Tuple[Union[UnrolledKernel, TableKernel, BlocksKernel], ...]
+    kernels: Tuple[Union[UnrolledKernel, TableKernel, BlocksKernel, BitmapKernel], ...]
     conv: Optional[object] = None          # ConvGeometry of a convolution, None for W @ X
     x_strides: Optional[Tuple[int, ...]] = None   # X's strides when baked into the code
 
@@ -106,7 +116,13 @@ def _lower_part(name: str, part, rows, mode: str, weight_values) -> PartFn:
 
 
 def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=None,
-          x_strides=None) -> Lowered:
+          x_strides=None, shape: Tuple[int, int] = None) -> Lowered:
+    """``shape``: the weight's (M, K) (the bitmap kernel bakes both in)."""
+    if isinstance(layout, Bitmap):
+        M, K = shape
+        return Lowered(plan, signature, program,
+                       (BitmapKernel("sparse_bitmap_kernel", M, K, layout.k_tiles),), conv,
+                       x_strides)
     if isinstance(layout, Table):
         return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel"),), conv,
                        x_strides)

@@ -27,6 +27,7 @@ import numpy as np
 from dsl import Schedule, ir
 
 from ..runtime import cache
+from .bitmap import Bitmap
 from .blocks import Blocks
 from .canonicalise import check_call, plan_for, with_device
 from .lower import lower
@@ -97,7 +98,8 @@ def build(program: ir.Program, weight: SparseWeight, conv, sig: Signature,
         return key, hit[0], hit[1]
     layout = specialise(weight, plan, conv.kh * conv.kw if conv else 1,   # taps
                         target.offsets)
-    lowered = lower(layout, plan, sig, program, conv, target.baked_strides)
+    lowered = lower(layout, plan, sig, program, conv, target.baked_strides,
+                    (weight.M, weight.K))
     source = render(lowered, header=f"weight: {weight.M}x{weight.K}, "
                                     f"nnz {weight.nnz}, mask {weight.mask_digest()[:16]}")
     arrays = layout_arrays(layout)
@@ -108,6 +110,10 @@ def build(program: ir.Program, weight: SparseWeight, conv, sig: Signature,
 
 def layout_arrays(layout) -> dict:
     """The host arrays a variant's launch needs from its layout (stored in the cache)."""
+    if isinstance(layout, Bitmap):
+        return {"bits": layout.bits, "woff": layout.woff, "roff": layout.roff,
+                "tbase": layout.tbase, "value_index": layout.value_index,
+                "k_tiles": np.asarray(layout.k_tiles, np.int64)}
     if isinstance(layout, Blocks):
         return {"rows": layout.rows, "base": layout.base, "steps": layout.steps,
                 "cols": layout.cols, "value_index": layout.value_index}
@@ -131,6 +137,9 @@ def _dump(key, program, plan, sig, layout, lowered, source):
                                         + json.dumps(asdict(plan), indent=1) + "\n" + repr(sig) + "\n")
     if isinstance(layout, Table):
         spec = f"table: {layout.groups} groups, {layout.cols.shape[0]} padded columns\n"
+    elif isinstance(layout, Bitmap):
+        spec = (f"bitmap: {layout.blocks} row blocks x {layout.k_tiles} K tiles, "
+                f"{layout.value_index.shape[0]} values\n")
     elif isinstance(layout, Blocks):
         spec = (f"blocks: {layout.blocks} row blocks, steps {layout.steps.tolist()}, "
                 f"{layout.cols.shape[0]} padded columns\n")

@@ -64,11 +64,11 @@ class Plan:
                 bad(f"chunk must be a power of two, got {self.chunk}")
             if self.use_dot and min(self.rows_per_program, self.chunk, self.block_n) < 16:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
-        elif self.use_dot:
-            bad("use_dot applies to table mode only")
-        if self.split_k != 1 and self.mode == "blocks":
+        elif self.use_dot and self.mode != "bitmap":
+            bad("use_dot applies to table mode only (and the bitmap mode)")
+        if self.split_k != 1 and self.mode in ("blocks", "bitmap"):
             if not 1 <= self.split_k <= 16:
-                bad(f"split_k must be in 1..16 in blocks mode, got {self.split_k}")
+                bad(f"split_k must be in 1..16 in {self.mode} mode, got {self.split_k}")
         elif self.split_k != 1:
             if not self.row_kernel:
                 bad("split_k applies to the one-row table kernel and the blocks mode only (the "
@@ -93,7 +93,25 @@ class Plan:
             for name in ("pad_input", "bake_strides"):
                 if getattr(self, name):
                     bad(f"{name} does not apply to blocks mode")
-        if self.mode not in ("table", "blocks") and \
+        if self.mode == "bitmap":
+            if not _pow2(self.rows_per_program) or self.rows_per_program > 128:
+                bad(f"bitmap mode needs rows_per_program to be a power of two <= 128, "
+                    f"got {self.rows_per_program}")
+            if self.chunk not in (32, 64, 128, 256):
+                bad(f"bitmap mode needs chunk (positions per tile along K) in 32, 64, 128, "
+                    f"256, got {self.chunk}")
+            if self.use_dot and min(self.rows_per_program, self.block_n) < 16:
+                bad("use_dot needs rows_per_program and block_n >= 16")
+            if not self.use_dot and self.rows_per_program * self.chunk * self.block_n > 16384:
+                bad("bitmap mode without use_dot keeps a rows_per_program x chunk x block_n "
+                    f"accumulator: at most 16384 elements, got {self.rows_per_program} x "
+                    f"{self.chunk} x {self.block_n}")
+            if self.row_order != "given":
+                bad("bitmap mode keeps the rows in the given order (row_order='given')")
+            for name in ("pad_input", "bake_strides"):
+                if getattr(self, name):
+                    bad(f"{name} does not apply to bitmap mode")
+        if self.mode not in ("table", "blocks", "bitmap") and \
                 self.max_statements_per_function < self.rows_per_program + 1:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:

@@ -5,7 +5,8 @@ complete Python module (imports, epilogue helper, functions, kernels) that the c
 stores as a real file, so Triton can read it with ``inspect`` and a person can read it too.
 
 One module per kernel family: :mod:`.unrolled` (the ``values`` and ``indices`` modes),
-:mod:`.table` (the table loop kernels), :mod:`.blocks` (the blocks mode); :mod:`.common`
+:mod:`.table` (the table loop kernels), :mod:`.blocks` (the blocks mode), :mod:`.bitmap`
+(the bitmap mode); :mod:`.common`
 holds the rules they share (operands, the epilogue, the column tile, kernel parameters).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dsl.schedule import AUTO
 from ... import __version__
 from ..lower import Lowered, TableKernel
 from ..plan import DERIVED
+from .bitmap import render_bitmap_kernel, render_popc
 from .blocks import render_blocks_kernel
 from .common import Buffer, operand_names, operand_params, render_helpers
 from .table import render_table_kernel
@@ -41,6 +43,14 @@ def render(low: Lowered, header: str = "") -> str:
         b("from triton.language.extra.cuda import gdc_wait")
     b()
     table = isinstance(low.kernels[0], TableKernel)
+    if low.plan.mode == "bitmap":
+        b("import os")
+        b("from triton.language.extra import libdevice")
+        b()
+        render_popc(b)
+        render_helpers(b, low, True)
+        render_bitmap_kernel(b, low.kernels[0], low)
+        return b.text()
     if low.plan.mode == "blocks":
         render_helpers(b, low, True)
         render_blocks_kernel(b, low.kernels[0], low)

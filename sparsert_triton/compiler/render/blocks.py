@@ -67,6 +67,17 @@ def _fix_up(b: Buffer, low, ops):
         b("tl.atomic_xchg(CNT + tile, 0)   # the counter is ready for the next call")
 
 
+def program_start(b: Buffer, low, split: int):
+    """A row-block program's start: its (row block, column tile[, K slice]) ids and the column
+    tile (the blocks and bitmap kernels' grid is ``(blocks, column tiles, split_k)``)."""
+    _wait_for_the_kernel_before(b, low)
+    b("pid_m = tl.program_id(0)")
+    b("pid_n = tl.program_id(1)")
+    if split > 1:
+        b("pid_s = tl.program_id(2)")
+    _tile(b, low)
+
+
 def low_m(low) -> int:
     """Rows of the output (the workspace holds ``split_k`` slices of M rows)."""
     return low.kernels[0].M
@@ -81,12 +92,7 @@ def render_blocks_kernel(b: Buffer, k, low):
         b(f'"""acc[r, n] = sum_(s, u) VALS[s, r, u] * X[COLS[s, r, u], n] over a block of {R} '
           f"rows, {U} nonzeros per row and step (16-bit columns where K fits; pad slots "
           f'-1){f", its steps cut into {S} slices" if S > 1 else ""}."""')
-        _wait_for_the_kernel_before(b, low)
-        b("pid_m = tl.program_id(0)")
-        b("pid_n = tl.program_id(1)")
-        if S > 1:
-            b("pid_s = tl.program_id(2)")
-        _tile(b, low)
+        program_start(b, low, S)
         b(f"r = tl.arange(0, {R})")
         b(f"u = tl.arange(0, {U})")
         b(f"rows = tl.load(ROWS + pid_m * {R} + r)")

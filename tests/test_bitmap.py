@@ -1,0 +1,116 @@
+"""The bitmap mode (a bit per weight position plus each tile's packed values, decoded in
+registers): its layout, results against float64 for every dtype, epilogue, K range and odd
+size, multiply-adds and tl.dot, its NaN rule, and bad schedules (strided and aliased
+operands, new values and an all-zero weight: ``test_blocks.py``, for both row-block modes)."""
+import numpy as np
+import pytest
+import torch
+
+from dsl import Schedule, relu
+from sparsert_triton import sparse_kernel
+from sparsert_triton.compiler.bitmap import specialise_bitmap
+from sparsert_triton.compiler.canonicalise import plan_for
+from sparsert_triton.weights import as_sparse_weight
+
+pytestmark = pytest.mark.usefixtures("on_test_device")
+
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def _weight(M, K, density, dtype, seed=0, empty_rows=()):
+    """A random weight drawn on the CPU (the same on every device), on the test device."""
+    g = torch.Generator().manual_seed(seed)
+    W = (torch.randn(M, K, generator=g, device="cpu")
+         * (torch.rand(M, K, generator=g, device="cpu") < density))
+    for r in empty_rows:
+        W[r] = 0
+    return W.to(dtype).to(torch.get_default_device())
+
+
+def _rel(Y, ref):
+    return ((Y.double().cpu() - ref.cpu()).norm() / max(ref.norm().item(), 1e-30)).item()
+
+
+def _fc(W, X, bias):
+    return relu(W @ X + bias)
+
+
+def _decode(L, R, T, M, K, values):
+    """The dense weight a layout describes, decoded as the kernel does (bit, popc, offsets)."""
+    W = T // 32
+    nb = -(-M // R)
+    D = np.zeros((nb * R, L.k_tiles * T))
+    bits = L.bits.view(np.uint32).reshape(nb * L.k_tiles, R, W)
+    for tile in range(nb * L.k_tiles):
+        b, tk = divmod(tile, L.k_tiles)
+        for i in range(R):
+            for w in range(W):
+                word = int(bits[tile, i, w])
+                for j in range(32):
+                    if word >> j & 1:
+                        rank = bin(word & ((1 << j) - 1)).count("1")
+                        at = L.tbase[tile] + L.roff[tile * R + i] + L.woff[(tile * R + i) * W + w]
+                        D[b * R + i, tk * T + w * 32 + j] = values[L.value_index[at + rank]]
+    return D[:M, :K]
+
+
+@pytest.mark.parametrize("R,T", [(16, 256), (4, 64), (1, 32)])
+def test_layout_decodes_to_the_weight(R, T):
+    W = _weight(37, 300, 0.3, torch.float32, empty_rows=(5, 36))
+    w = as_sparse_weight(W)
+    L = specialise_bitmap(w, plan_for(Schedule(mode="bitmap", rows_per_program=R, chunk=T),
+                                      w, 1, "float16"))
+    assert L.k_tiles == -(-300 // T) and L.value_index.shape == (w.nnz,)
+    assert L.woff.dtype == np.uint8 and L.roff.dtype == np.int16
+    assert np.array_equal(_decode(L, R, T, 37, 300, w.values), W.double().cpu().numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("M,K,N,split", [(37, 300, 1, 1), (37, 300, 5, 2), (9, 70, 20, 1),
+                                         (40, 520, 17, 3)])
+def test_matches_float64(dtype, M, K, N, split):
+    W = _weight(M, K, 0.4, dtype, seed=M + N, empty_rows=(1,))
+    k = sparse_kernel(_fc).specialize(W, Schedule(mode="bitmap", split_k=split))
+    X = torch.randn(K, N).to(dtype)
+    bias = torch.randn(M).to(dtype)
+    Y = k(X, bias)
+    plan = k.last_plan
+    assert plan.mode == "bitmap" and plan.split_k == split
+    # tl.dot of the decoded tiles for >= 2 half-precision columns, multiply-adds otherwise
+    assert plan.use_dot == (dtype == torch.float16 and N >= 2)
+    assert _rel(Y, k.reference(X, bias)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("use_dot", [False, True])
+def test_nan_in_x_reaches_its_whole_column(use_dot):
+    """The documented rule: tiles are multiplied densely (zeros included), so NaN in X[k, n]
+    reaches every output of column n, as in a dense W @ X; other columns are unaffected."""
+    W = torch.ones(16, 40, dtype=torch.float16)
+    W[1:, 0] = 0
+    X = torch.ones(40, 17, dtype=torch.float16)
+    X[0, 0] = float("nan")
+    Y = sparse_kernel(lambda W, X: W @ X).specialize(
+        W, Schedule(mode="bitmap", rows_per_program=16, chunk=32, use_dot=use_dot))(X)
+    assert torch.isnan(Y[:, 0]).all() and not torch.isnan(Y[:, 1:]).any()
+
+
+@pytest.mark.parametrize("bad,msg", [(dict(rows_per_program=3), "power of two"),
+                                     (dict(chunk=48), "chunk"),
+                                     (dict(chunk=512), "chunk"),
+                                     (dict(rows_per_program=16, chunk=256, block_n=8),
+                                      "accumulator"),
+                                     (dict(use_dot=True, rows_per_program=8), "use_dot"),
+                                     (dict(row_order="nnz"), "given"),
+                                     (dict(prefetch_tail=True), "prefetch_tail")])
+def test_bad_bitmap_schedules_are_named(bad, msg):
+    w = as_sparse_weight(_weight(8, 8, 0.5, torch.float16))
+    with pytest.raises(ValueError, match=msg):
+        plan_for(Schedule(mode="bitmap", **bad), w, 16, "float16")
+
+
+def test_convolution_refuses_bitmap_mode():
+    from dsl import conv2d
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(
+        torch.ones(2, 2, 3, 3), Schedule(mode="bitmap"))
+    with pytest.raises(ValueError, match="bitmap mode computes W @ X only"):
+        k(torch.ones(1, 2, 4, 4))
