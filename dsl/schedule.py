@@ -19,8 +19,15 @@ mode
     blocks of ``rows_per_program``, each row's nonzeros padded to its block's longest row and
     walked ``chunk`` at a time, 16-bit column indices (4 bytes per fp16 nonzero), each block's
     steps cut over ``split_k`` programs (``split_k`` 1, the default, lets the plan choose:
-    ~4 programs per SM); the default for half-precision W @ X of N <= 4 columns, or N <= 16
-    at <= 15% density (``canonicalise.blocks_by_default``). Every mode is picked somewhere:
+    ~4 programs per SM); the default for half-precision W @ X of N < 16 columns, and N = 16
+    at < 15% density (``canonicalise.blocks_by_default``). ``"bitmap"`` (W @ X only): the
+    weight in tiles of ``rows_per_program`` x ``chunk`` positions, a bit per position plus
+    the tile's packed values (2d + 1/8 bytes per fp16 position at density d), decoded in
+    registers (bit test, ``popc``, stored offsets) and multiplied with ``tl.dot`` (from 2
+    columns in half precision) or multiply-adds; the default for half-precision W @ X of
+    16 < N <= 64, and N = 16 at >= 15% density (``canonicalise.bitmap_by_default``: 2-5x
+    faster than the blocks mode there on an H100, still below dense cuBLAS fp16). Every mode
+    is picked somewhere:
     the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the table kernel in 268 of
     312 cases (25 of them ``use_dot``), ``values`` in 44; blocks: 2.4-2.9x over dense cuBLAS
     at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session); ``indices`` keeps the compiled

@@ -23,12 +23,12 @@ The model, for one (kind, dense baseline, kernel family, N range):
 * Above the highest measured sparsity, the highest's ratio (sparser runs faster, so this
   underestimates).
 * What was not measured borrows a measured figure and says so in ``source``: bfloat16 W @ X
-  uses float16's rows; float64, and the blocks mode in float32, use float32's table-kernel
-  figure capped at 1.0.
+  uses float16's rows; float64, and the blocks and bitmap modes in float32, use float32's
+  table-kernel figure capped at 1.0.
 
 ``M`` and ``K`` are checked but do not select rows: the measured groups mix shapes (the DLMC
 ResNet-50 / Transformer layers, 64 x 256 to 4096 x 1024; the Llama-2-7B MLP weights for the
-blocks mode). The figures are H100 medians under CUDA graphs; eager calls from Python add a
+blocks and bitmap modes). The figures are H100 medians under CUDA graphs; eager calls from Python add a
 host cost per layer that these ratios do not include (RESULTS.md, "eager vs dense").
 """
 from __future__ import annotations
@@ -143,8 +143,28 @@ BLOCKS_ROWS: List[Row] = [
     ("matmul", "float16", "blocks", 17, 64, 0.90, 0.41, BLOCKS_SOURCE),
 ]
 
+# Bitmap rows: the bitmap mode's default tiles on 11008 x 4096 alone (fp16, uniform masks,
+# H100, CUDA-graph medians with the weight rotated past L2), N = 1, 4, 16, 64 as measured,
+# each standing for the range up to it.
+BITMAP_SOURCE = ("bench/NOTES.md, fifteenth session, the bitmap mode's default tiles on "
+                 "11008 x 4096 (H100)")
+BITMAP_ROWS: List[Row] = [
+    ("matmul", "float16", "bitmap", 1, 1, 0.50, 0.61, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 1, 1, 0.70, 0.73, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 1, 1, 0.90, 0.85, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 2, 4, 0.50, 0.55, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 2, 4, 0.70, 0.73, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 2, 4, 0.90, 0.79, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 5, 16, 0.50, 0.53, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 5, 16, 0.70, 0.66, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 5, 16, 0.90, 0.76, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 17, 64, 0.50, 0.27, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 17, 64, 0.70, 0.31, BITMAP_SOURCE),
+    ("matmul", "float16", "bitmap", 17, 64, 0.90, 0.34, BITMAP_SOURCE),
+]
+
 #: the one table every prediction is read from
-MEASURED: List[Row] = DLMC_ROWS + CONV_ROWS + BLOCKS_ROWS
+MEASURED: List[Row] = DLMC_ROWS + CONV_ROWS + BLOCKS_ROWS + BITMAP_ROWS
 
 
 @dataclass(frozen=True)
@@ -248,12 +268,8 @@ def predicted_speedup(kind: str, M: int, K: int, N: int, density: float, dtype: 
     if base == "bfloat16" and kind == "matmul":
         notes.append("bfloat16 from float16's figures")
         base = "float16"
-    if family == "bitmap":     # no GPU timing of this mode yet (bench/NOTES.md)
-        notes.append("bitmap mode not measured on a GPU yet: the blocks mode's figure, "
-                     "capped at 1.0x")
-        family, cap = "blocks", 1.0
-    if family == "blocks" and base in ("float32", "tf32"):
-        notes.append(f"blocks mode not measured in {dtype}: the table kernel's figure, "
+    if family in ("blocks", "bitmap") and base in ("float32", "tf32"):
+        notes.append(f"{family} mode not measured in {dtype}: the table kernel's figure, "
                      "capped at 1.0x")
         family, cap = "table", 1.0
     ranges = _curves()[(kind, base, family)]

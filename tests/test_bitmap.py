@@ -114,3 +114,22 @@ def test_convolution_refuses_bitmap_mode():
         torch.ones(2, 2, 3, 3), Schedule(mode="bitmap"))
     with pytest.raises(ValueError, match="bitmap mode computes W @ X only"):
         k(torch.ones(1, 2, 4, 4))
+
+
+def test_default_takes_bitmap_from_16_columns_where_it_beat_blocks():
+    """Among the blocks mode's cases, 'auto' takes the bitmap mode at 16 columns from 15%
+    density and at any density above 16 columns (H100 crossovers, ``bitmap_by_default``);
+    the blocks mode below 16 columns and at 16 columns and 10% density; neither in float32."""
+    sparse = as_sparse_weight(_weight(256, 512, 0.1, torch.float16))
+    dense = as_sparse_weight(_weight(256, 512, 0.5, torch.float16))
+    mode = lambda w, N, dt="float16": plan_for(Schedule(), w, N, dt, interpreter=False).mode
+    assert [mode(dense, N) for N in (1, 4, 15, 16, 64)] == ["blocks"] * 3 + ["bitmap"] * 2
+    assert [mode(sparse, N) for N in (1, 16, 17, 64)] == ["blocks"] * 2 + ["bitmap"] * 2
+    assert mode(dense, 65) == mode(sparse, 65) == "table"
+    assert mode(dense, 16, "bfloat16") == "bitmap" and mode(dense, 16, "float32") == "table"
+    # its default tiles on a GPU: tl.dot of 64 x 128 tiles to 32 columns, 32 x 64 at 64
+    p16, p64 = (plan_for(Schedule(), dense, N, "float16", interpreter=False) for N in (16, 64))
+    assert (p16.use_dot, p16.rows_per_program, p16.chunk, p16.block_n) == (True, 64, 128, 16)
+    assert (p64.use_dot, p64.rows_per_program, p64.chunk, p64.block_n) == (True, 32, 64, 64)
+    p1 = plan_for(Schedule(mode="bitmap"), dense, 1, "float16", interpreter=False)
+    assert (p1.use_dot, p1.rows_per_program, p1.chunk, p1.block_n) == (False, 8, 256, 1)

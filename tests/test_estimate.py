@@ -133,6 +133,14 @@ def test_half_precision_at_90_percent_loses_to_dense_and_fp32_wins():
     # the blocks mode at N = 1 and 90% (thirteenth session): ~3.2x
     blocks = predicted_speedup("matmul", 11008, 4096, 1, 0.1, "float16", "blocks")
     assert 3 < blocks.ratio < 3.5 and blocks.source.startswith(estimate.BLOCKS_SOURCE_13)
+    # the bitmap mode (fifteenth session): below dense at every N and density measured, and
+    # above the blocks mode at 16 columns and 50%, where the default takes it
+    bitmap = [predicted_speedup("matmul", 11008, 4096, N, d, "float16", "bitmap")
+              for N in (1, 4, 16, 64) for d in (0.5, 0.3, 0.1)]
+    assert all(e.ratio < 1 and e.source.startswith(estimate.BITMAP_SOURCE) for e in bitmap)
+    at16 = [predicted_speedup("matmul", 11008, 4096, 16, 0.5, "float16", m).ratio
+            for m in ("bitmap", "blocks")]
+    assert at16[0] > at16[1]
 
 
 def test_every_kind_dtype_and_mode_gives_a_finite_positive_ratio_and_a_source():

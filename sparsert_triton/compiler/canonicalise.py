@@ -97,7 +97,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     mode = resolved_mode(s, weight.nnz)
     half = x_dtype in ("float16", "bfloat16")
     if s.mode == AUTO and not conv and blocks_by_default(weight, N, x_dtype):
-        mode = "blocks"
+        mode = "bitmap" if bitmap_by_default(weight, N) else "blocks"
     if mode in ("blocks", "bitmap"):
         if conv:
             raise ValueError(f"schedule: {mode} mode computes W @ X only; a convolution uses "
@@ -258,7 +258,8 @@ BLOCKS_MAX_N = 64
 
 
 def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
-    """Whether 'auto' picks the blocks mode: half-precision W @ X of at most 64 columns.
+    """Whether 'auto' picks a row-block mode (the blocks mode, or the bitmap mode where
+    :func:`bitmap_by_default` says): half-precision W @ X of at most 64 columns.
     H100 / H200, Llama-2-7B shapes, fp16, uniform masks (bench/NOTES.md, twelfth and
     thirteenth sessions): at N = 1 it ran 0.9x / 1.4x / 3.0-3.3x of dense cuBLAS at 50% /
     70% / 90% sparsity (H100), at N = 16 0.34x / 0.52x / 1.03-1.16x, at N = 64 and 90%
@@ -269,6 +270,19 @@ def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
     if x_dtype not in ("float16", "bfloat16") or weight.nnz <= 2048:
         return False
     return N <= BLOCKS_MAX_N
+
+
+def bitmap_by_default(weight: SparseWeight, N: int) -> bool:
+    """Whether 'auto' takes the bitmap mode where it would take the blocks mode
+    (:func:`blocks_by_default`): from 16 columns at >= 15% density, and above 16 columns at
+    any density. H100, fp16, 11008 x 4096, uniform masks (bench/NOTES.md, fifteenth
+    session): at N = 16 the bitmap mode ran 66 / 51 / 46 us against the blocks mode's 158 /
+    103 / 43 us at 50 / 70 / 90% sparsity (the blocks mode's time grows with the nonzeros
+    times the columns, the bitmap mode's with the positions: they cross near 12% density), at
+    N = 64 97-122 us against 158-641 us; at N = 1 and 4 the blocks mode is faster at every
+    density (12-67 us against 39-90). Neither beats dense cuBLAS (34 us) at N >= 16 below 90%
+    (``sparsify(only_if_faster=True)`` keeps those layers dense)."""
+    return N > 16 or (N == 16 and weight.density >= 0.15)
 
 
 def blocks_shape(weight: SparseWeight, N: int) -> tuple:
@@ -331,12 +345,12 @@ def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     float32 only with ``allow_tf32``), else multiply-adds (sm_90 code: 15.4 instructions per
     weight position with ``tl.dot`` at any N <= 16, against 13.9 with multiply-adds at N = 1,
     17.8 at N = 2 and 29.8 at N = 4); ``split_k`` 1 (the default) cuts each row block's
-    tiles over enough programs for ~4 per SM. Tile shapes from the sm_90 register counts of
-    the generated code (triton 3.6; bench/NOTES.md, fourteenth session; not timed on a GPU
-    yet): with ``tl.dot``, 64 x 128 tiles up to 32 columns (168-208 registers), 16 x 128 at
-    64 (64 x 128 and 32 x 128 spill there: 255 registers plus a stack); with multiply-adds,
-    256 positions and rows x columns <= 16 (the ``rows x 256 x columns`` accumulator at most
-    32 registers a thread: 16 x 256 x 4 took 221 registers, 4 x 256 x 4 71-120)."""
+    tiles over enough programs for ~4 per SM. Tile shapes (bench/NOTES.md, fourteenth and
+    fifteenth sessions; H100, fp16, 11008 x 4096 at 50 / 70 / 90%): with ``tl.dot``, 64 x 128
+    tiles up to 32 columns (at N = 16 128 x 128 with 8 warps ran within 3%, 32 x 256 10-18%
+    slower), 32 x 64 at 64 columns (97-122 us against 114-139 for 16 x 128; 64 x 128 spills
+    there); with multiply-adds, 256 positions and rows x columns <= 16, 8 rows at N = 1
+    (39-55 us against 46-65 for 16 rows and 50-68 for 32)."""
     from .blocks import auto_split
     use_dot = s.use_dot
     bn_auto = min(64, _next_pow2(N))
@@ -352,9 +366,9 @@ def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     else:
         block_n = min(bn_auto, 8)
     if use_dot:
-        rpp_auto, chunk_auto = (64 if block_n <= 32 else 16), 128
+        rpp_auto, chunk_auto = (64, 128) if block_n <= 32 else (32, 64)
     else:
-        rpp_auto, chunk_auto = max(1, min(16, 16 // block_n)), 256
+        rpp_auto, chunk_auto = max(1, min(8, 16 // block_n)), 256
     rpp = rpp_auto if s.rows_per_program == AUTO else int(s.rows_per_program)
     chunk = chunk_auto if s.chunk == AUTO else int(s.chunk)
     if s.block_n == AUTO and not use_dot:   # the accumulator: rows x chunk x block_n <= 16384
