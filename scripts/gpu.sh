@@ -21,8 +21,6 @@
 #                        DLMC layer at N = 3136); `ncu -- COMMAND...` profiles any command
 #   llm [ARGS]           python -m bench.llm_bench ARGS (when that benchmark exists)
 #   eager [ARGS]         python -m bench.eager_bench ARGS (when that benchmark exists)
-#   bitmap               the bitmap mode against the default and dense cuBLAS (bench/bitmap_probe.py,
-#                        Llama-2-7B MLP shapes, N = 1-64; ~6 minutes) into bitmap_probe.csv
 #   decoder [ARGS]       the Llama decoder end to end (transformers, Llama-2-7B width, 2 layers):
 #                        dense vs sparsified per-token decode at batch 1 and 8 and a 512-token
 #                        prefill, at 70% and 90%, into decoder_h100.csv and its .meta.json
@@ -114,10 +112,6 @@ case "$task" in
     limit=${DECODER_S:-570}
     timeout "$limit" python3 -m bench.decoder_bench --layers 2 --sparsity 0.7,0.9 --batch 1,8 \
         --deadline-s $(( limit - 60 )) --out "$R/decoder_h100.csv" "$@" 2>&1 | tail -40
-    ;;
-  bitmap)
-    OUT="$R" SWEEP_S="${SWEEP_S:-480}" timeout "${BITMAP_S:-540}" python3 -m bench.bitmap_probe 2>&1 \
-        | grep -v Warning | tail -100
     ;;
   compile)
     timeout "${COMPILE_S:-540}" python3 -m bench.compile_time --out "$R/compile_time_h100.csv" \

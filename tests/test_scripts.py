@@ -25,7 +25,7 @@ def tasks() -> set:
 def test_gpu_sh_parses_and_documents_every_task():
     assert subprocess.run(["bash", "-n", str(GPU_SH)]).returncode == 0
     assert tasks() == {"tests", "suite", "conv", "e2e", "compile", "ncu", "llm", "eager",
-                       "decoder", "bitmap"}
+                       "decoder"}
     r = run("help")
     assert r.returncode == 2
     for task in tasks():
@@ -36,7 +36,7 @@ def test_gpu_sh_runs_only_modules_that_exist():
     text = GPU_SH.read_text()
     modules = set(re.findall(r"python3 -m (bench\.\w+|sparsert_triton\.\w+)", text))
     assert {"bench.dlmc_bench", "bench.conv_bench", "bench.e2e", "bench.compile_time",
-            "bench.report", "bench.decoder_bench", "bench.bitmap_probe"} <= modules
+            "bench.report", "bench.decoder_bench"} <= modules
     for mod in modules:
         assert (ROOT / (mod.replace(".", "/") + ".py")).exists(), mod
 
