@@ -6,33 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from dsl import Schedule, relu
+from dsl import Schedule
 from sparsert_triton import sparse_kernel
 from sparsert_triton.compiler.bitmap import specialise_bitmap
 from sparsert_triton.compiler.canonicalise import plan_for
 from sparsert_triton.weights import as_sparse_weight
 
+from test_blocks import TOL, _fc, _rel, _weight   # what both row-block modes' tests share
+
 pytestmark = pytest.mark.usefixtures("on_test_device")
-
-TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5, torch.float64: 1e-12}
-
-
-def _weight(M, K, density, dtype, seed=0, empty_rows=()):
-    """A random weight drawn on the CPU (the same on every device), on the test device."""
-    g = torch.Generator().manual_seed(seed)
-    W = (torch.randn(M, K, generator=g, device="cpu")
-         * (torch.rand(M, K, generator=g, device="cpu") < density))
-    for r in empty_rows:
-        W[r] = 0
-    return W.to(dtype).to(torch.get_default_device())
-
-
-def _rel(Y, ref):
-    return ((Y.double().cpu() - ref.cpu()).norm() / max(ref.norm().item(), 1e-30)).item()
-
-
-def _fc(W, X, bias):
-    return relu(W @ X + bias)
 
 
 def _decode(L, R, T, M, K, values):
