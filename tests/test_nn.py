@@ -183,8 +183,12 @@ def test_compile_fullgraph_traces_the_custom_op():
     close(g, x.grad)
 
 
-def test_compile_with_inductor():
-    layer = SparseLinear.from_linear(pruned_linear(seed=8))
+@pytest.mark.parametrize("mode", [None, "blocks", "bitmap"])
+def test_compile_with_inductor(mode):
+    """Through the custom op under ``torch.compile`` in every kernel family's mode (the
+    row-block modes are the half-precision defaults for few columns)."""
+    layer = SparseLinear.from_linear(pruned_linear(seed=8),
+                                     schedule=Schedule(mode=mode) if mode else None)
     x = torch.randn(2, 3, IN)
     with torch.no_grad():
         y = torch.compile(layer, fullgraph=True)(x)
