@@ -1,7 +1,8 @@
 """The bitmap mode (a bit per weight position plus each tile's packed values, decoded in
 registers): its layout, results against float64 for every dtype, epilogue, K range and odd
-size, multiply-adds and tl.dot, its NaN rule, and bad schedules (strided and aliased
-operands, new values and an all-zero weight: ``test_blocks.py``, for both row-block modes)."""
+size, multiply-adds and tl.dot, its NaN rule, bad schedules and the default's choice
+(strided and aliased operands, new values, an all-zero weight and a convolution's refusal:
+``test_blocks.py``, for both row-block modes)."""
 import numpy as np
 import pytest
 import torch
@@ -88,14 +89,6 @@ def test_bad_bitmap_schedules_are_named(bad, msg):
     w = as_sparse_weight(_weight(8, 8, 0.5, torch.float16))
     with pytest.raises(ValueError, match=msg):
         plan_for(Schedule(mode="bitmap", **bad), w, 16, "float16")
-
-
-def test_convolution_refuses_bitmap_mode():
-    from dsl import conv2d
-    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(
-        torch.ones(2, 2, 3, 3), Schedule(mode="bitmap"))
-    with pytest.raises(ValueError, match="bitmap mode computes W @ X only"):
-        k(torch.ones(1, 2, 4, 4))
 
 
 def test_default_takes_bitmap_from_16_columns_where_it_beat_blocks():

@@ -169,11 +169,12 @@ def test_bad_blocks_schedules_are_named(bad, msg):
         plan_for(Schedule(mode="blocks", **bad), w, 4, "float16")
 
 
-def test_convolution_refuses_blocks_mode():
+@pytest.mark.parametrize("mode", ["blocks", "bitmap"])
+def test_convolution_refuses_row_block_modes(mode):
     from dsl import conv2d
     k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1)).specialize(
-        torch.ones(2, 2, 3, 3), Schedule(mode="blocks"))
-    with pytest.raises(ValueError, match="blocks mode computes W @ X only"):
+        torch.ones(2, 2, 3, 3), Schedule(mode=mode))
+    with pytest.raises(ValueError, match=f"{mode} mode computes W @ X only"):
         k(torch.ones(1, 2, 4, 4))
 
 
