@@ -24,11 +24,11 @@ mode
     weight in tiles of ``rows_per_program`` x ``chunk`` positions, a bit per position plus
     the tile's packed values (2d + 1/8 bytes per fp16 position at density d), decoded in
     registers (bit test, ``popc``, stored offsets) and multiplied with ``tl.dot`` (from 2
-    columns in half precision) or multiply-adds; the default for half-precision W @ X of
+    columns in half precision) or multiply-adds, each row block's K tiles cut over
+    ``split_k`` programs like the blocks mode's steps; the default for half-precision W @ X of
     16 < N <= 64, and N = 16 at >= 15% density (``canonicalise.bitmap_by_default``: 2-5x
     faster than the blocks mode there on an H100, still below dense cuBLAS fp16). Every mode
-    is picked somewhere:
-    the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the table kernel in 268 of
+    is picked somewhere: the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the table kernel in 268 of
     312 cases (25 of them ``use_dot``), ``values`` in 44; blocks: 2.4-2.9x over dense cuBLAS
     at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session); ``indices`` keeps the compiled
     kernel for new values (``k.with_values``).
@@ -82,7 +82,7 @@ split_k
     input (``conv_input``, a row is one segment there). Searched by the tuner where few
     programs leave SMs idle
     (H100: 1.29x / 1.08x over the one-row default at N = 49 / 196, explore run 6; 4 parts
-    for the 512-channel convolutions at batch 1). Blocks mode: see ``mode``.
+    for the 512-channel convolutions at batch 1). Blocks and bitmap modes: see ``mode``.
 prefetch_tail
     In the one-row table kernel, whose loop loads the next chunk's columns and values one
     step ahead (``prefetch``, set by the plan): a row's (or a kernel tap's) last

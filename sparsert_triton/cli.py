@@ -204,8 +204,8 @@ def _add_schedule_options(p):
                    help="table mode: nonzero columns per loop step (a power of two)")
     g.add_argument("--split-k", type=_positive_int, default=1, metavar="S",
                    help="table mode, one row per program: walk each row in S parts side by "
-                        "side, one warp each, summed at the end; blocks mode: each block's "
-                        "steps over S programs (default 1)")
+                        "side, one warp each, summed at the end; blocks and bitmap modes: each "
+                        "row block's steps over S programs (default 1)")
     for flag, help_text in ON_OFF_OPTIONS:
         g.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=help_text)
     g.add_argument("--conv-input", choices=(AUTO,) + CONV_INPUTS,
