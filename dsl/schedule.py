@@ -28,10 +28,10 @@ mode
     ``split_k`` programs like the blocks mode's steps; the default for half-precision W @ X of
     16 < N <= 64, and N = 16 at >= 15% density (``canonicalise.bitmap_by_default``: 2-5x
     faster than the blocks mode there on an H100, still below dense cuBLAS fp16). Every mode
-    is picked somewhere: the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the table kernel in 268 of
-    312 cases (25 of them ``use_dot``), ``values`` in 44; blocks: 2.4-2.9x over dense cuBLAS
-    at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session); ``indices`` keeps the compiled
-    kernel for new values (``k.with_values``).
+    is picked somewhere: the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the
+    table kernel in 268 of 312 cases (25 of them ``use_dot``), ``values`` in 44; blocks:
+    2.4-2.9x over dense cuBLAS at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session);
+    ``indices`` keeps the compiled kernel for new values (``k.with_values``).
 rows_per_program
     Output rows computed by one program. In the unrolled modes each needed row of ``X`` is
     loaded once per program and feeds every row of the group that uses it (the tuner's 16-
