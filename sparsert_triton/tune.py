@@ -344,11 +344,12 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     # the bitmap mode (a bit per position, the tile's packed values decoded in registers) for
     # half precision: the plan's shape (multiply-adds at N = 1, tl.dot of the decoded tile
     # from 2), then shapes without register spills in the sm_90 code (bench/NOTES.md,
-    # fourteenth session): multiply-adds where rows_per_program < 16
+    # fourteenth and fifteenth sessions): multiply-adds where rows_per_program < 16 (the
+    # plan's own 8 x 256 at N = 1 is not listed twice)
     if half and N <= 256:
-        shapes = [None] + ([(8, 256, 4), (32, 256, 8)] if N == 1 else
+        shapes = [None] + ([(32, 256, 8)] if N == 1 else
                            [(8, 128, 4), (32, 256, 4)] if N < 16 else
-                           [(32, 256, 4), (64, 256, 8), (128, 128, 8)] if N <= 16 else
+                           [(32, 256, 4), (64, 256, 8), (128, 128, 8)] if N == 16 else
                            [(16, 128, 4), (32, 64, 4)])
         for i, shape in enumerate(shapes):
             if shape is None:
