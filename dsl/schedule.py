@@ -184,6 +184,8 @@ REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
                   "max_functions_per_kernel": (AUTO,) + tuple(range(1, 1025)),
                   "num_stages": (AUTO,) + tuple(range(1, 9))}
 MODES = ("values", "indices", "table", "blocks", "bitmap")
+#: the modes of one program per (row block, column tile, K slice), W @ X only
+ROW_BLOCK_MODES = ("blocks", "bitmap")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]

@@ -28,8 +28,9 @@ The model, for one (kind, dense baseline, kernel family, N range):
 
 ``M`` and ``K`` are checked but do not select rows: the measured groups mix shapes (the DLMC
 ResNet-50 / Transformer layers, 64 x 256 to 4096 x 1024; the Llama-2-7B MLP weights for the
-blocks and bitmap modes). The figures are H100 medians under CUDA graphs; eager calls from Python add a
-host cost per layer that these ratios do not include (RESULTS.md, "eager vs dense").
+blocks and bitmap modes). The figures are H100 medians under CUDA graphs; eager calls from
+Python add a host cost per layer that these ratios do not include (RESULTS.md, "eager vs
+dense").
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from dsl.schedule import MODES
+from dsl.schedule import MODES, ROW_BLOCK_MODES
 
 KINDS = ("matmul", "conv")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -182,11 +183,11 @@ class Estimate:
 
 def _family(kind: str, mode: str) -> str:
     if kind == "conv":
-        if mode in ("blocks", "bitmap"):
+        if mode in ROW_BLOCK_MODES:
             raise ValueError(f"mode: {mode} mode computes W @ X only; a convolution uses "
                              "'table', 'values' or 'indices'")
         return "direct"
-    return mode if mode in ("blocks", "bitmap") else "table"
+    return mode if mode in ROW_BLOCK_MODES else "table"
 
 
 def _curves() -> Dict[Tuple[str, str, str], List[Tuple[int, Optional[int], list, str]]]:
@@ -242,9 +243,9 @@ def predicted_speedup(kind: str, M: int, K: int, N: int, density: float, dtype: 
     """Predicted ``t_dense / t_sparse`` on an H100 for W (M x K, ``density`` nonzeros) times
     X (K x N) (``kind='matmul'``), or a convolution whose implicit GEMM has N columns (batch
     x output positions, ``kind='conv'``), computed in ``dtype`` by the kernel of ``mode``
-    (a plan's resolved mode: 'values', 'indices', 'table', 'blocks' or 'bitmap'). ``dense_tf32``: the
-    dense float32 product it is compared with runs on TF32 tensor cores (PyTorch's
-    ``torch.backends.cudnn.allow_tf32``, on by default, for convolutions;
+    (a plan's resolved mode: 'values', 'indices', 'table', 'blocks' or 'bitmap').
+    ``dense_tf32``: the dense float32 product it is compared with runs on TF32 tensor cores
+    (PyTorch's ``torch.backends.cudnn.allow_tf32``, on by default, for convolutions;
     ``torch.backends.cuda.matmul.allow_tf32`` for matmuls); ignored for other dtypes. See the
     module docstring for the table and the model."""
     if kind not in KINDS:
@@ -268,7 +269,7 @@ def predicted_speedup(kind: str, M: int, K: int, N: int, density: float, dtype: 
     if base == "bfloat16" and kind == "matmul":
         notes.append("bfloat16 from float16's figures")
         base = "float16"
-    if family in ("blocks", "bitmap") and base in ("float32", "tf32"):
+    if family in ROW_BLOCK_MODES and base in ("float32", "tf32"):
         notes.append(f"{family} mode not measured in {dtype}: the table kernel's figure, "
                      "capped at 1.0x")
         family, cap = "table", 1.0

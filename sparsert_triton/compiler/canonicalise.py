@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Optional
 
 from dsl import ir
-from dsl.schedule import AUTO, Schedule
+from dsl.schedule import AUTO, ROW_BLOCK_MODES, Schedule
 
 from .compile import interpreting
 from .plan import Plan, Signature
@@ -98,7 +98,7 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     half = x_dtype in ("float16", "bfloat16")
     if s.mode == AUTO and not conv and blocks_by_default(weight, N, x_dtype):
         mode = "bitmap" if bitmap_by_default(weight, N) else "blocks"
-    if mode in ("blocks", "bitmap"):
+    if mode in ROW_BLOCK_MODES:
         if conv:
             raise ValueError(f"schedule: {mode} mode computes W @ X only; a convolution uses "
                              "'table', 'values' or 'indices'")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
-from dsl.schedule import MODES, ROW_ORDERS, Schedule
+from dsl.schedule import MODES, ROW_BLOCK_MODES, ROW_ORDERS, Schedule
 
 OPERAND_KINDS = ("number", "scalar", "row", "full")
 #: Plan fields that only say how the kernels are launched, not what code they are
@@ -66,7 +66,7 @@ class Plan:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
         elif self.use_dot and self.mode != "bitmap":
             bad("use_dot applies to table mode only (and the bitmap mode)")
-        if self.split_k != 1 and self.mode in ("blocks", "bitmap"):
+        if self.split_k != 1 and self.row_blocks:
             if not 1 <= self.split_k <= 16:
                 bad(f"split_k must be in 1..16 in {self.mode} mode, got {self.split_k}")
         elif self.split_k != 1:
@@ -146,6 +146,12 @@ class Plan:
         """Whether this is the one-row table kernel (a scalar-FMA loop over each row's own
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
         return self.mode == "table" and not self.use_dot
+
+    @property
+    def row_blocks(self) -> bool:
+        """Whether this is a row-block mode (blocks, bitmap): a grid of (row blocks, column
+        tiles, ``split_k``), the K slices of a tile summed in order by its last program."""
+        return self.mode in ROW_BLOCK_MODES
 
     def to_schedule(self, conv: Optional[bool] = None) -> Schedule:
         """The plan as a schedule (every field concrete). ``conv``: the kind of kernel it

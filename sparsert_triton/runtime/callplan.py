@@ -100,9 +100,9 @@ class CallPlan:
         self.direct = not (plan.pad_input or plan.tap_masks
                            or (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda))
         self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
-        # the blocks mode's K slices: a workspace and zeroed counters per call, after the
+        # a row-block mode's K slices: a workspace and zeroed counters per call, after the
         # variant's buffers
-        self.slices = plan.mode in ("blocks", "bitmap") and plan.split_k > 1
+        self.slices = plan.row_blocks and plan.split_k > 1
         self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
         self.buffers = None      # the variant's device buffers (made once per device)
 

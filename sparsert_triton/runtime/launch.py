@@ -54,7 +54,7 @@ def grids(variant, N: int) -> list:
     for fn, groups in variant.kernels:
         if groups == 0:
             continue
-        out.append((fn, (groups, nt, plan.split_k) if plan.mode in ("blocks", "bitmap") else
+        out.append((fn, (groups, nt, plan.split_k) if plan.row_blocks else
                     (groups, nt) if variant.table else (nt, groups)))
     return out
 
@@ -77,7 +77,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = launch_options(plan)
     first = not variant.launched
-    if plan.mode in ("blocks", "bitmap") and plan.split_k > 1:
+    if plan.row_blocks and plan.split_k > 1:
         bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
