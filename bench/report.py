@@ -334,7 +334,7 @@ def write_marked(path: Path, section: str):
         text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    path.write_text(text if text.endswith("\n") else text + "\n")
 
 
 def main(argv=None):

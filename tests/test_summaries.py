@@ -34,6 +34,15 @@ def test_marked_sections_are_replaced_in_place(tmp_path):
     text = p.read_text()
     assert text.startswith("# Results\n\nintro\n")
     assert text.count("conv-bench:begin") == 1 and "two.csv" in text and "one.csv" not in text
+    assert text.endswith("\n")        # a section without a final newline still ends the file
+
+
+def test_marked_section_without_final_newline_keeps_the_file_ending(tmp_path):
+    p = tmp_path / "RESULTS.md"
+    section = "<!-- x:begin -->\nbody\n<!-- x:end -->"
+    summaries.write_marked(p, section)
+    summaries.write_marked(p, section.replace("body", "new"))
+    assert p.read_text().endswith("new\n<!-- x:end -->\n")
 
 
 def test_e2e_summary_lists_every_row(tmp_path):
