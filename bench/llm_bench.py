@@ -283,8 +283,27 @@ def markdown(rows: Sequence[dict], csv_name: str, plot_name: str, meta: dict = N
     for k in keys:
         cells = [f"{table[s][k]:.2f}x" if k in table[s] else "" for s in systems]
         lines.append(f"| {k[0]} | {k[1]:.0%} | {k[2]} | " + " | ".join(cells) + " |")
+    lines += ["", "Each column is over the cases that system ran; the default against the "
+              "others on the cases both ran (geomean of the time ratio, and its worst case):", ""]
+    for s in systems:
+        n, geo, worst = paired(rows, "sparsert_default", s) if s != "sparsert_default" else (0,)*3
+        if n:
+            lines.append(f"- `sparsert_default` / `{s}`: {geo:.2f}x over {n} cases "
+                         f"(worst {worst:.2f}x)")
     lines += ["", END]
     return "\n".join(lines)
+
+
+def paired(rows: Sequence[dict], a: str, b: str) -> tuple:
+    """(cases, geomean, max) of t(a) / t(b) over the cases (layer, N, sparsity, mask, dtype)
+    that both systems ran."""
+    from bench.report import geomean
+    t: Dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["layer"], r["N"], r["sparsity"], r["mask"], r["dtype"])
+        t.setdefault(key, {})[r["system"]] = r["median_us"]
+    ratios = [v[a] / v[b] for v in t.values() if a in v and b in v]
+    return (len(ratios), geomean(ratios), max(ratios)) if ratios else (0, None, None)
 
 
 def plot(rows: Sequence[dict], path: Path):

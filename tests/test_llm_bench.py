@@ -42,6 +42,15 @@ def test_speedups_and_section(tmp_path):
     text = md.read_text()
     assert text.count(lb.BEGIN) == 1 and "kept" in text
     assert "| 1 | 90% | float16 | 2.00x | 0.50x |" in text
+    # the default against each other system on the cases both ran (here the table: 4x faster)
+    assert lb.paired(back, "sparsert_default", "table") == (2, 0.25, 0.25)
+    assert "- `sparsert_default` / `table`: 0.25x over 2 cases (worst 0.25x)" in text
+
+
+def test_paired_ignores_cases_one_system_lacks():
+    rows = _rows() + [dict(_rows()[0], N=4, system="sparsert_default", median_us=4.0)]
+    assert lb.paired(rows, "sparsert_default", "table")[0] == 2
+    assert lb.paired(rows, "sparsert_default", "sparsert") == (0, None, None)
 
 
 def test_run_checks_and_writes_every_system_on_the_cpu(tmp_path):
