@@ -27,6 +27,9 @@ class SparseWeight:
     values: np.ndarray     # float64, nnz
     dtype: str             # the weight's own dtype
     device: torch.device = field(default=torch.device("cpu"))
+    #: digests computed once per weight (its arrays are never changed after construction;
+    #: hashing 20 M nonzeros takes ~0.2 s, and the tuner asks for it per candidate)
+    _digests: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def nnz(self) -> int:
@@ -41,10 +44,15 @@ class SparseWeight:
         return self.nnz / max(1, self.M * self.K)
 
     def mask_digest(self) -> str:
-        return csr_digest(self.M, self.K, self.indptr, self.indices)
+        if "mask" not in self._digests:
+            self._digests["mask"] = csr_digest(self.M, self.K, self.indptr, self.indices)
+        return self._digests["mask"]
 
     def values_digest(self) -> str:
-        return hashlib.sha256(self.values.astype(np.float64).tobytes() + self.dtype.encode()).hexdigest()
+        if "values" not in self._digests:
+            self._digests["values"] = hashlib.sha256(
+                self.values.astype(np.float64).tobytes() + self.dtype.encode()).hexdigest()
+        return self._digests["values"]
 
     def to_dense(self, dtype=torch.float64) -> torch.Tensor:
         """The masked dense weight (for references and tests)."""
@@ -64,8 +72,11 @@ class SparseWeight:
             raise ValueError(f"values has {v.numel()} entries but the mask has {self.nnz} nonzeros")
         if not isinstance(values, torch.Tensor):
             v = v.to(TORCH_DTYPES[self.dtype])
-        return SparseWeight(self.M, self.K, self.indptr, self.indices, _check_values(v, "values"),
-                            _dtype_name(v, "values"), self.device)
+        out = SparseWeight(self.M, self.K, self.indptr, self.indices, _check_values(v, "values"),
+                           _dtype_name(v, "values"), self.device)
+        if "mask" in self._digests:       # the same mask arrays
+            out._digests["mask"] = self._digests["mask"]
+        return out
 
 
 def csr_digest(M: int, K: int, indptr: np.ndarray, indices: np.ndarray) -> str:

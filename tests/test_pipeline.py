@@ -54,3 +54,50 @@ def test_resolve_refuses_a_padded_convolution_without_its_input_size():
         pipeline.resolve(k.schedule, k.weight, k.conv, sig, 16, "interpreter")
     t = pipeline.resolve(k.schedule, k.weight, k.conv, sig, 16, "interpreter", spatial=(4, 4))
     assert t.plan.pad_input and t.spatial == (4, 4) and t.offsets is not None
+
+
+def _overlap_greedy_first_group(A, rows, R):
+    """The first group the greedy makes from ``rows`` (longest seed, then the most shared
+    columns; ties: the longer row, then the earlier row): recomputed by brute force."""
+    import numpy as np
+    lengths = A[rows].sum(axis=1)
+    seed = rows[int(np.argmax(lengths))]          # longest first (stable: earliest)
+    group, union = [seed], A[seed].astype(bool)
+    while len(group) < R:
+        free = [r for r in sorted(rows) if r not in group]
+        score = [(A[r].astype(bool) & union).sum() + A[r].sum() * 1e-6 for r in free]
+        r = free[int(np.argmax(score))]
+        group.append(r)
+        union |= A[r].astype(bool)
+    return group
+
+
+def test_cluster_of_a_large_weight_groups_within_windows(monkeypatch):
+    """Above CLUSTER_EXACT_WORK the greedy runs within consecutive windows of the length
+    order (the exact one costs ~M x nnz: minutes for an LLM layer): every row once, each
+    window's rows grouped among themselves, each group as the greedy makes it there."""
+    import numpy as np
+    import torch
+    from dsl import Schedule
+    from sparsert_triton.weights import as_sparse_weight
+    from sparsert_triton.compiler import specialise as S
+    from sparsert_triton.compiler.canonicalise import plan_for
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(40, 24, generator=g) * (torch.rand(40, 24, generator=g) < 0.4)
+    w = as_sparse_weight(W)
+    plan = plan_for(Schedule(mode="values", rows_per_program=4, row_order="cluster"), w, 16,
+                    "float32")
+    exact = S.row_order(w, plan)
+    monkeypatch.setattr(S, "CLUSTER_EXACT_WORK", 0)
+    monkeypatch.setattr(S, "CLUSTER_WINDOW", 8)
+    windowed = S.row_order(w, plan)
+    assert sorted(windowed.tolist()) == list(range(40))
+    by_length = np.argsort(-w.row_nnz, kind="stable")
+    A = (W != 0).numpy().astype(np.int64)
+    for i in range(0, 40, 8):
+        window = by_length[i:i + 8]
+        assert set(windowed[i:i + 8].tolist()) == set(window.tolist())
+        assert windowed[i:i + 4].tolist() == _overlap_greedy_first_group(A, window, 4)
+    assert exact.tolist() != windowed.tolist()      # the windows did constrain the greedy
+    monkeypatch.setattr(S, "CLUSTER_EXACT_WORK", 4e9)
+    assert S.row_order(w, plan).tolist() == exact.tolist()
