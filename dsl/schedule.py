@@ -183,9 +183,9 @@ REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
                   "prefetch": (AUTO, True, False), "tap_segments": (AUTO, True, False),
                   "max_functions_per_kernel": (AUTO,) + tuple(range(1, 1025)),
                   "num_stages": (AUTO,) + tuple(range(1, 9))}
-MODES = ("values", "indices", "table", "blocks", "bitmap")
+MODES = ("values", "indices", "table", "blocks", "bitmap", "expand")
 #: the modes of one program per (row block, column tile, K slice), W @ X only
-ROW_BLOCK_MODES = ("blocks", "bitmap")
+ROW_BLOCK_MODES = ("blocks", "bitmap", "expand")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]

@@ -153,7 +153,7 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
     exactly (by specialising) unless the lower bound already exceeds ``exact_below``. With
     ``workers`` > 1 (default: ``SPARSERT_COMPILE_WORKERS``) a variant's kernels compile side by
     side, so the build takes the longer of its largest kernel and an even share of the whole."""
-    if plan.mode in ("table", "blocks", "bitmap"):     # one loop kernel, whatever nnz
+    if plan.mode in ("table", "blocks", "bitmap", "expand"):   # loop kernels, whatever nnz
         return TABLE_COMPILE_S
     workers = max(1, compile_workers() if workers is None else int(workers))
     # nnz FMAs and M stores, without counting loads: free, and enough to skip most large layers

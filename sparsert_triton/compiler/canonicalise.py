@@ -104,6 +104,8 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                              "'table', 'values' or 'indices'")
         if mode == "bitmap":
             return _bitmap_plan(s, weight, N, x_dtype, interpreter)
+        if mode == "expand":
+            return _expand_plan(s, weight, N, x_dtype)
         return _blocks_plan(s, weight, N)
     use_dot = s.use_dot
     if use_dot == AUTO:
@@ -338,6 +340,24 @@ def _row_block_plan(s: Schedule, mode: str, rpp: int, block_n: int, order: str, 
                 split_k=split, streams=1 if s.streams == AUTO else int(s.streams))
 
 
+def _expand_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> Plan:
+    """The expand mode's plan (opt-in, not measured yet; bench/NOTES.md, sixteenth session):
+    64-row blocks, 64-position K tiles, column tiles of up to 128 (at least 16), 4 warps; the
+    product on tensor cores in X's dtype (half precision, or float32 with ``allow_tf32``)."""
+    if not (x_dtype in ("float16", "bfloat16") or (x_dtype == "float32" and s.allow_tf32)):
+        raise ValueError(f"schedule: expand mode multiplies on tensor cores: X must be float16 "
+                         f"or bfloat16 (float32 with allow_tf32=True), got {x_dtype}")
+    if s.use_dot is False:
+        raise ValueError("schedule: expand mode multiplies with tl.dot: use_dot=False does "
+                         "not apply")
+    rpp = 64 if s.rows_per_program == AUTO else int(s.rows_per_program)
+    chunk = 64 if s.chunk == AUTO else int(s.chunk)
+    block_n = max(16, min(128, _next_pow2(N))) if s.block_n == AUTO else int(s.block_n)
+    order = "given" if s.row_order == AUTO else s.row_order
+    return _row_block_plan(s, "expand", rpp, block_n, order, chunk, True, int(s.split_k),
+                           ("prefetch_tail", "prefetch_x"))
+
+
 def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
                  interpreter: bool) -> Plan:
     """The bitmap mode's plan: ``tl.dot`` of the decoded tile (a column tile of >= 16, X's
@@ -402,7 +422,8 @@ def check_call(plan: Plan, sig: Signature, interpreter: Optional[bool] = None):
         interpreter = interpreting()
     if plan.use_dot and sig.acc_dtype == "float64":
         raise ValueError("schedule: use_dot does not support float64 inputs")
-    if plan.use_dot and not dot_works(sig.x_dtype, interpreter):
+    # (the expand mode's product takes float32 operands in the interpreter)
+    if plan.use_dot and plan.mode != "expand" and not dot_works(sig.x_dtype, interpreter):
         raise ValueError(f"schedule: use_dot with {sig.x_dtype} X is not supported in Triton's "
                          "interpreter (TRITON_INTERPRET=1 computes bfloat16 tl.dot wrongly, "
                          "triton #11584): use use_dot=False, or run on a GPU")

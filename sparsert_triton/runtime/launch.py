@@ -77,8 +77,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = launch_options(plan)
     first = not variant.launched
-    if plan.row_blocks and plan.split_k > 1:
-        bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
+    bufs = [*bufs, *call_buffers(variant, X, Y, N, sig)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
@@ -96,6 +95,26 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
                 call()
     variant.launched = True
     return args
+
+
+def call_buffers(variant, X: torch.Tensor, Y: torch.Tensor, N: int, sig: Signature) -> tuple:
+    """The buffers a call needs after the variant's own (made per call, from torch's caching
+    allocator): the row-block modes' split-K workspace and counters, the expand mode's scratch."""
+    plan = variant.plan
+    if plan.mode == "expand":
+        return (expand_scratch(variant, X),)
+    if plan.row_blocks and plan.split_k > 1:
+        return block_slice_buffers(variant, Y, N, -(-N // plan.block_n), sig)
+    return ()
+
+
+def expand_scratch(variant, X: torch.Tensor) -> torch.Tensor:
+    """The expand mode's dense tiles of W: (row blocks x rows_per_program) x (K tiles x chunk)
+    in X's dtype, written by the expansion kernel and read by the product in the same call."""
+    plan = variant.plan
+    blocks = variant.kernels[0][1]
+    return torch.empty(blocks * plan.rows_per_program * variant.k_tiles * plan.chunk,
+                       dtype=X.dtype, device=X.device)
 
 
 def block_slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
