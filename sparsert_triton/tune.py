@@ -359,6 +359,14 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
                 s = Schedule(mode="bitmap", rows_per_program=R, chunk=T, num_warps=warps)
             (first if i == 0 else second).append(s)
 
+    # the expand mode (dense tiles written once per call, then tl.dot) for many columns in
+    # half precision: its plan's tiles, and 128 x 64 tiles of 128 columns with 8 warps
+    # (not measured yet: timed here like every candidate)
+    if half and N >= 128:
+        second.append(Schedule(mode="expand"))
+        second.append(Schedule(mode="expand", rows_per_program=128, chunk=64, block_n=128,
+                               num_warps=8))
+
     # unrolled modes around plan_for's rows per program (about 256 FMAs per group)
     base = plan_for(Schedule(mode="values"), w, N, d).rows_per_program
     rs = [base] + [r for r in (base * 2, base // 2) if 1 <= r <= 64 and r != base]

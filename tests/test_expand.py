@@ -104,3 +104,14 @@ def test_the_default_never_takes_expand():
         for N in (1, 16, 64, 256, 2048):
             for dt in ("float16", "bfloat16", "float32"):
                 assert plan_for(Schedule(), w, N, dt, interpreter=False).mode != "expand"
+
+
+def test_the_tuner_times_expand_from_128_half_precision_columns():
+    from sparsert_triton.tune import candidate_schedules
+    w = as_sparse_weight(_weight(256, 512, 0.3, torch.float16))
+    for N, dt, want in ((128, "float16", 2), (2048, "bfloat16", 2), (64, "float16", 0),
+                        (512, "float32", 0)):
+        got = [s for s in candidate_schedules(w, N, dt) if s.mode == "expand"]
+        assert len(got) == want, (N, dt)
+        for s in got:                     # every candidate is a valid plan
+            assert plan_for(s, w, N, dt).mode == "expand"
