@@ -81,6 +81,7 @@ def test_nan_in_x_reaches_its_whole_column():
                                      (dict(chunk=48), "chunk"),
                                      (dict(use_dot=False), "use_dot"),
                                      (dict(split_k=2), "split_k"),
+                                     (dict(streams=2), "streams"),
                                      (dict(block_n=8), "block_n"),
                                      (dict(row_order="nnz"), "given"),
                                      (dict(prefetch_tail=True), "prefetch_tail")])

@@ -122,6 +122,9 @@ class Plan:
                 bad("expand mode multiplies dense tiles with tl.dot: use_dot and block_n >= 16")
             if self.split_k != 1:
                 bad("expand mode does not cut K (split_k 1)")
+            if self.streams != 1:
+                bad("expand mode's product reads what its expansion wrote: one stream "
+                    "(streams 1)")
             if self.row_order != "given":
                 bad("expand mode keeps the rows in the given order (row_order='given')")
             for name in ("pad_input", "bake_strides"):
