@@ -44,22 +44,17 @@ def render(low: Lowered, header: str = "") -> str:
         b("from triton.language.extra.cuda import gdc_wait")
     b()
     table = isinstance(low.kernels[0], TableKernel)
-    if low.plan.mode == "bitmap":
+    if low.plan.mode in ("bitmap", "expand"):     # both decode bitmap tiles with popc
         b("import os")
         b("from triton.language.extra import libdevice")
         b()
         render_popc(b)
         render_helpers(b, low, True)
-        render_bitmap_kernel(b, low.kernels[0], low)
-        return b.text()
-    if low.plan.mode == "expand":
-        b("import os")
-        b("from triton.language.extra import libdevice")
-        b()
-        render_popc(b)
-        render_helpers(b, low, True)
-        render_expand_kernel(b, low.kernels[0], low)
-        render_dense_kernel(b, low.kernels[1], low)
+        if low.plan.mode == "bitmap":
+            render_bitmap_kernel(b, low.kernels[0], low)
+        else:
+            render_expand_kernel(b, low.kernels[0], low)
+            render_dense_kernel(b, low.kernels[1], low)
         return b.text()
     if low.plan.mode == "blocks":
         render_helpers(b, low, True)
