@@ -291,7 +291,9 @@ def markdown(rows: Sequence[dict], csv_name: str, plot_name: str, meta: dict = N
     lines += ["", "Each column is over the cases that system ran; the default against the "
               "others on the cases both ran (geomean of the time ratio, and its worst case):", ""]
     for s in systems:
-        n, geo, worst = paired(rows, "sparsert_default", s) if s != "sparsert_default" else (0,)*3
+        if s == "sparsert_default":
+            continue
+        n, geo, worst = paired(rows, "sparsert_default", s)
         if n:
             lines.append(f"- `sparsert_default` / `{s}`: {geo:.2f}x over {n} cases "
                          f"(worst {worst:.2f}x)")

@@ -121,8 +121,7 @@ def _greedy_groups(A, rows: np.ndarray, seeds: np.ndarray, row_nnz: np.ndarray, 
     """The greedy of :func:`_cluster` over ``rows`` (ascending; ties go to the first) of the
     0/1 matrix ``A``, seeding in the order ``seeds`` (positions in ``rows``); ``dense``: score
     with the rows as one dense block (a window of a large weight)."""
-    B = A[rows] if len(rows) < A.shape[0] else A
-    B = B.toarray() if dense else B
+    B = A[rows].toarray() if dense else A[rows]
     free = np.ones(len(rows), bool)
     nnz = row_nnz[rows].astype(np.float64)
     out = []

@@ -8,8 +8,8 @@ With ``split_k`` > 1 the programs of a row block take contiguous K ranges of til
 to arrive sums their partial results in order (``blocks.py``'s fix-up)."""
 from __future__ import annotations
 
-from .blocks import _fix_up, program_start
-from .common import TL_DTYPES, Buffer, _kernel_params, _store_tile, cvt, operand_params
+from .blocks import program_end, program_start
+from .common import TL_DTYPES, Buffer, _kernel_params, cvt, operand_params
 
 BUFFERS = ["BITS", "WOFF", "ROFF", "TBASE", "VALS"]
 
@@ -122,8 +122,5 @@ def render_bitmap_kernel(b: Buffer, k, low):
         b(f"rows = tl.where(pid_m * {R} + i < {k.M}, pid_m * {R} + i, -1)")
         _tiles(b, k.k_tiles, S)
         _loop(b, low)
-        if S > 1:
-            _fix_up(b, low, ops)
-        else:
-            _store_tile(b, low, ops)
+        program_end(b, low, ops)
     b()

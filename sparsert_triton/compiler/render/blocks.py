@@ -67,6 +67,15 @@ def _fix_up(b: Buffer, low, ops):
         b("tl.atomic_xchg(CNT + tile, 0)   # the counter is ready for the next call")
 
 
+def program_end(b: Buffer, low, ops):
+    """A row-block program's end: with ``split_k`` > 1 its partial sums and the K slices'
+    fix-up, else the epilogue and store of its tile."""
+    if low.plan.split_k > 1:
+        _fix_up(b, low, ops)
+    else:
+        _store_tile(b, low, ops)
+
+
 def program_start(b: Buffer, low, split: int):
     """A row-block program's start: its (row block, column tile[, K slice]) ids and the column
     tile (the blocks and bitmap kernels' grid is ``(blocks, column tiles, split_k)``)."""
@@ -100,8 +109,5 @@ def render_blocks_kernel(b: Buffer, k, low):
         b(f"base = tl.multiple_of(tl.load(BASE + pid_m), {R * U})")
         _steps(b, S)
         _loop(b, low)
-        if S > 1:
-            _fix_up(b, low, ops)
-        else:
-            _store_tile(b, low, ops)
+        program_end(b, low, ops)
     b()
