@@ -360,12 +360,16 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
             (first if i == 0 else second).append(s)
 
     # the expand mode (dense tiles written once per call, then tl.dot) for many columns in
-    # half precision: its plan's tiles, and 128 x 64 tiles of 128 columns with 8 warps
-    # (not measured yet: timed here like every candidate)
+    # half precision: its plan's tiles, and the other tile family of its plan (128 x 256 with
+    # 8 warps below N = 1024, 64 x 128 with 4 from there; bench/NOTES.md, seventeenth session)
     if half and N >= 128:
         second.append(Schedule(mode="expand"))
-        second.append(Schedule(mode="expand", rows_per_program=128, chunk=64, block_n=128,
-                               num_warps=8))
+        if N < 1024:
+            second.append(Schedule(mode="expand", rows_per_program=128, block_n=256,
+                                   num_warps=8))
+        else:
+            second.append(Schedule(mode="expand", rows_per_program=64, block_n=128,
+                                   num_warps=4))
 
     # unrolled modes around plan_for's rows per program (about 256 FMAs per group)
     base = plan_for(Schedule(mode="values"), w, N, d).rows_per_program

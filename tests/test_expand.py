@@ -1,7 +1,7 @@
 """The expand mode (the bitmap layout written out as dense tiles once per call, then a tl.dot
 product with the fused epilogue): results against float64 for each dtype, odd sizes, the
 epilogue on strided operands, new values, an all-zero weight, its NaN rule, bad schedules,
-and that the default never takes it (opt-in until measured on a GPU)."""
+where the default takes it, and that the expansion covers every tile whatever N."""
 import pytest
 import torch
 
@@ -98,13 +98,43 @@ def test_expand_needs_tensor_core_dtypes(x_dtype):
         plan_for(Schedule(mode="expand"), w, 16, x_dtype)
 
 
-def test_the_default_never_takes_expand():
-    """Opt-in until an H100 run measures it (bench/NOTES.md, sixteenth session)."""
-    for density in (0.1, 0.5):
-        w = as_sparse_weight(_weight(256, 512, density, torch.float16))
-        for N in (1, 16, 64, 256, 2048):
-            for dt in ("float16", "bfloat16", "float32"):
-                assert plan_for(Schedule(), w, N, dt, interpreter=False).mode != "expand"
+def test_the_default_takes_expand_for_many_columns_on_large_half_weights():
+    """bench/NOTES.md, seventeenth session: half precision, more than 64 columns, at least
+    2**22 positions, density x N >= 20; the wide tiles from N = 1024."""
+    big = {d: as_sparse_weight(_weight(2048, 2048, d, torch.float16, seed=5)) for d in (0.1, 0.5)}
+    small = as_sparse_weight(_weight(256, 512, 0.5, torch.float16))
+    for dt in ("float16", "bfloat16"):
+        assert plan_for(Schedule(), big[0.5], 128, dt, interpreter=False).mode == "expand"
+        assert plan_for(Schedule(), big[0.1], 128, dt, interpreter=False).mode == "table"
+        assert plan_for(Schedule(), big[0.1], 256, dt, interpreter=False).mode == "expand"
+        assert plan_for(Schedule(), big[0.5], 64, dt, interpreter=False).mode == "bitmap"
+        assert plan_for(Schedule(), small, 2048, dt, interpreter=False).mode != "expand"
+    assert plan_for(Schedule(), big[0.5], 2048, "float32", interpreter=False).mode != "expand"
+    narrow = plan_for(Schedule(), big[0.5], 300, "float16", interpreter=False)
+    wide = plan_for(Schedule(), big[0.5], 2048, "float16", interpreter=False)
+    assert (narrow.rows_per_program, narrow.block_n, narrow.num_warps, narrow.num_stages) == \
+        (64, 128, 4, 3)
+    assert (wide.rows_per_program, wide.block_n, wide.num_warps, wide.num_stages) == \
+        (128, 256, 8, 4)
+
+
+def test_expansion_programs_walk_every_tile_whatever_n(monkeypatch, tmp_path):
+    """The expansion's grid is (row blocks, shares of K tiles), independent of N: with 2
+    shares per block each program writes every second tile of its block."""
+    from sparsert_triton.compiler import bitmap
+    from sparsert_triton.compiler.render import expand
+    from sparsert_triton.runtime import launch
+    assert bitmap.expansion_programs(64, 64) == 9 and bitmap.expansion_programs(1, 5) == 5
+    assert bitmap.expansion_programs(1000, 64) == 1
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))    # the patched source stays here
+    monkeypatch.setattr(expand, "expansion_programs", lambda blocks, tiles: 2)
+    monkeypatch.setattr(launch, "expansion_programs", lambda blocks, tiles: 2)
+    W = _weight(40, 230, 0.3, torch.float16, seed=7)        # 3 blocks x 8 tiles of 32
+    for N in (1, 40):
+        k = sparse_kernel(_fc).specialize(W, EXPAND)
+        X, bias = torch.randn(230, N).half(), torch.randn(40).half()
+        assert "range(pid_n, 8, 2)" in k.source
+        assert _rel(k(X, bias), k.reference(X, bias)) < TOL[torch.float16]
 
 
 def test_the_tuner_times_expand_from_128_half_precision_columns():

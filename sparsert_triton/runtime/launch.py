@@ -16,6 +16,7 @@ import torch
 
 from ..compiler import fastpasses
 from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
+from ..compiler.bitmap import expansion_programs
 from .direct import spec_key
 from ..compiler.fastpasses import fast_pipeline
 from ..compiler.plan import Signature
@@ -51,8 +52,11 @@ def grids(variant, N: int) -> list:
     plan = variant.plan
     nt = -(-N // plan.block_n)
     out = []
-    for fn, groups in variant.kernels:
+    for i, (fn, groups) in enumerate(variant.kernels):
         if groups == 0:
+            continue
+        if plan.mode == "expand" and i == 0:      # the expansion: shares of K tiles, not N
+            out.append((fn, (groups, expansion_programs(groups, variant.k_tiles), 1)))
             continue
         out.append((fn, (groups, nt, plan.split_k) if plan.row_blocks else
                     (groups, nt) if variant.table else (nt, groups)))

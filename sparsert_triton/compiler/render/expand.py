@@ -1,8 +1,8 @@
 """Render the ``expand`` kernels (layout: ``compiler/bitmap.py``): for many columns, the weight
 is written out as dense tiles once per call, then multiplied on tensor cores.
 
-1. ``sparse_expand_kernel``, program (row block ``b``, column tile ``j``): decodes the K tiles
-   ``j, j + nt, j + 2 nt, ...`` of block ``b`` (a bit test and a ``popc`` per position, as the
+1. ``sparse_expand_kernel``, program (row block ``b``, share ``j``): decodes the K tiles
+   ``j, j + G, j + 2 G, ...`` of block ``b`` (``G = bitmap.expansion_programs``, independent of N) (a bit test and a ``popc`` per position, as the
    bitmap kernel does) and stores them, zeros included, into the scratch ``SCR`` (row block
    rows x whole K tiles, X's dtype). Every tile is decoded once per call, whatever N.
 2. ``sparse_dense_kernel``, program (``b``, ``j``): ``acc = sum_kt tl.dot(SCR[b, kt], X[kt, j])``
@@ -12,6 +12,7 @@ is written out as dense tiles once per call, then multiplied on tensor cores.
 The scratch is allocated per call (``runtime.launch.expand_scratch``)."""
 from __future__ import annotations
 
+from ..bitmap import expansion_programs
 from .bitmap import _decode, _x_tile
 from .blocks import program_start
 from .common import TL_DTYPES, Buffer, _kernel_params, _store_tile, operand_params
@@ -39,7 +40,7 @@ def render_expand_kernel(b: Buffer, k, low):
     b("@triton.jit")
     with b.indent(f"def {k.name}({_kernel_params(low, buffers())}):"):
         b(f'"""SCR[rows, k] = W[rows, k] for the {k.k_tiles} K tiles of {T} positions of a '
-          f"block of {R} rows (those of this column tile's share): decoded from a bit per "
+          f"block of {R} rows (this program's share): decoded from a bit per "
           "position and the tile's packed values, VALS[TBASE + ROFF[r] + WOFF[r, w] + "
           'popc(BITS[r, w] & (2**j - 1))], zero where the bit is clear."""')
         program_start(b, low, 1)
@@ -48,8 +49,8 @@ def render_expand_kernel(b: Buffer, k, low):
         b("lane = tl.arange(0, 32)")
         b("bit = (tl.full([32], 1, tl.int32) << lane)[None, None, :]")
         b("below = bit - 1")
-        b(f"nt = tl.cdiv(N, {p.block_n})")
-        with b.indent(f"for kt in range(pid_n, {k.k_tiles}, nt):"):
+        G = expansion_programs(-(-k.M // R), k.k_tiles)
+        with b.indent(f"for kt in range(pid_n, {k.k_tiles}, {G}):"):
             _decode(b, low)
             b(f"tl.store({_scratch_tile(low)}, "
               f"tl.reshape(v, [{R}, {T}]).to({TL_DTYPES[low.signature.x_dtype]}))")
