@@ -18,6 +18,8 @@ Systems, timed in the same process on the same inputs:
 * ``table``: ``Schedule(mode="table")``: the table kernels' defaults (the one-row kernel, or
   tensor-core blocks of row-group column unions at >= 15% density), the default for these
   shapes before the blocks mode.
+* ``expand``: ``Schedule(mode="expand")``: the weight written out as dense tiles once per call,
+  then a tensor-core product (opt-in; for many columns).
 
 Every result is checked against float64 first (relative Frobenius error under 1e-2 for half
 precision; a wrong answer stops the run). Timing: CUDA-graph medians
@@ -51,7 +53,9 @@ LAYERS: Dict[str, Sequence[tuple]] = {
     "llama3-70b": (("mlp_up", 28672, 8192), ("mlp_down", 8192, 28672)),
     "tiny": (("fc", 40, 120),),          # the CPU smoke test's (interpreter)
 }
-SYSTEMS = ("dense", "semi24", "sparsert_default", "sparsert", "table")
+SYSTEMS = ("dense", "semi24", "sparsert_default", "sparsert", "table", "expand")
+#: the fixed schedules of the systems that time one (besides the default)
+FIXED = {"table": "table", "expand": "expand"}
 L2_BYTES = 50e6
 RESULTS = Path(__file__).parent / "results"
 BEGIN, END = "<!-- llm-bench:begin -->", "<!-- llm-bench:end -->"
@@ -210,7 +214,8 @@ def run(layers, ns, sparsities, dtypes, masks, systems, out: Path, log=print,
                                         if system not in kernels:
                                             kernels[system] = _sparse_kernels(
                                                 w, Schedule() if system == "sparsert_default"
-                                                else Schedule(mode="table"), sparse_bytes)
+                                                else Schedule(mode=FIXED[system]),
+                                                sparse_bytes)
                                         us, compile_s, plan = _sparse_system(kernels[system], X,
                                                                              ref, tol)
                                         sched = repr(plan.to_schedule())

@@ -27,7 +27,11 @@ mode
     columns in half precision) or multiply-adds, each row block's K tiles cut over
     ``split_k`` programs like the blocks mode's steps; the default for half-precision W @ X of
     16 < N <= 64, and N = 16 at >= 15% density (``canonicalise.bitmap_by_default``: 2-5x
-    faster than the blocks mode there on an H100, still below dense cuBLAS fp16). Every mode
+    faster than the blocks mode there on an H100, still below dense cuBLAS fp16). ``"expand"``
+    (W @ X only, opt-in, not yet measured on a GPU): the bitmap layout written out as dense
+    ``rows_per_program`` x ``chunk`` tiles into a per-call scratch (each tile decoded once,
+    whatever N), then a ``tl.dot`` product with the fused epilogue; for many columns, where a
+    per-nonzero form loses to tensor cores (half precision, or float32 with ``allow_tf32``). Every mode
     is picked somewhere: the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the
     table kernel in 268 of 312 cases (25 of them ``use_dot``), ``values`` in 44; blocks:
     2.4-2.9x over dense cuBLAS at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session);
@@ -183,9 +187,9 @@ REMOVED_FIELDS = {"parallel_rows": (1,), "column_programs": (0,),
                   "prefetch": (AUTO, True, False), "tap_segments": (AUTO, True, False),
                   "max_functions_per_kernel": (AUTO,) + tuple(range(1, 1025)),
                   "num_stages": (AUTO,) + tuple(range(1, 9))}
-MODES = ("values", "indices", "table", "blocks", "bitmap")
+MODES = ("values", "indices", "table", "blocks", "bitmap", "expand")
 #: the modes of one program per (row block, column tile, K slice), W @ X only
-ROW_BLOCK_MODES = ("blocks", "bitmap")
+ROW_BLOCK_MODES = ("blocks", "bitmap", "expand")
 ROW_ORDERS = ("given", "nnz", "cluster")
 
 IntOrAuto = Union[int, str]

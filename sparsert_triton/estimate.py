@@ -276,6 +276,9 @@ def predicted_speedup(kind: str, M: int, K: int, N: int, density: float, dtype: 
     if base == "bfloat16" and kind == "matmul":
         notes.append("bfloat16 from float16's figures")
         base = "float16"
+    if family == "expand":
+        notes.append("expand mode not measured: the table kernel's figure, capped at 1.0x")
+        family, cap = "table", 1.0
     if family in ROW_BLOCK_MODES and base in ("float32", "tf32"):
         notes.append(f"{family} mode not measured in {dtype}: the table kernel's figure, "
                      "capped at 1.0x")

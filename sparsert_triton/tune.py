@@ -153,7 +153,7 @@ def estimate_compile_s(weight: SparseWeight, plan: Plan, exact_below: float = ma
     exactly (by specialising) unless the lower bound already exceeds ``exact_below``. With
     ``workers`` > 1 (default: ``SPARSERT_COMPILE_WORKERS``) a variant's kernels compile side by
     side, so the build takes the longer of its largest kernel and an even share of the whole."""
-    if plan.mode in ("table", "blocks", "bitmap"):     # one loop kernel, whatever nnz
+    if plan.mode in ("table", "blocks", "bitmap", "expand"):   # loop kernels, whatever nnz
         return TABLE_COMPILE_S
     workers = max(1, compile_workers() if workers is None else int(workers))
     # nnz FMAs and M stores, without counting loads: free, and enough to skip most large layers
@@ -358,6 +358,18 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
                 R, T, warps = shape
                 s = Schedule(mode="bitmap", rows_per_program=R, chunk=T, num_warps=warps)
             (first if i == 0 else second).append(s)
+
+    # the expand mode (dense tiles written once per call, then tl.dot) for many columns in
+    # half precision: its plan's tiles, and the other tile family of its plan (128 x 256 with
+    # 8 warps below N = 1024, 64 x 128 with 4 from there; bench/NOTES.md, seventeenth session)
+    if half and N >= 128:
+        second.append(Schedule(mode="expand"))
+        if N < 1024:
+            second.append(Schedule(mode="expand", rows_per_program=128, block_n=256,
+                                   num_warps=8))
+        else:
+            second.append(Schedule(mode="expand", rows_per_program=64, block_n=128,
+                                   num_warps=4))
 
     # unrolled modes around plan_for's rows per program (about 256 FMAs per group)
     base = plan_for(Schedule(mode="values"), w, N, d).rows_per_program

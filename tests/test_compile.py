@@ -238,6 +238,18 @@ for N in (1, 16):
                                "popc": ptx.count("popc.b32"), "mma": ptx.count("mma")}
 out["bitmap"] = bitmap
 
+# the expand mode: the expansion (popc) and the tensor-core product (wgmma) at N = 1 and 512
+expand = {}
+ke = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=Schedule(mode="expand")).specialize(Wb)
+for N in (1, 512):
+    for dt in ("float16", "bfloat16"):
+        sig = Signature(dt, "float16", dt, (("b", "row"),))
+        v = ke.variant(sig, N, torch.device("cpu"))
+        c = precompile_variant(v, sig)
+        expand[f"{dt}_{N}"] = {"kernels": len(c), "popc": c[0].asm["ptx"].count("popc.b32"),
+                               "mma": [k.asm["ptx"].count("mma") for k in c]}
+out["expand"] = expand
+
 from sparsert_triton.compiler import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
@@ -393,3 +405,13 @@ def test_bitmap_kernels_compile_for_sm90(compiled):
     for key, v in b.items():
         assert v["split"] > 1 and v["popc"] >= 1
         assert v["dot"] == key.endswith("_16") and (v["mma"] > 0) == v["dot"]
+
+
+def test_expand_kernels_compile_for_sm90(compiled):
+    """The expand mode's two kernels for fp16/bf16 at N = 1 and 512: the expansion decodes
+    with the GPU's popc and multiplies nothing; the product runs on tensor cores."""
+    e = compiled["expand"]
+    assert set(e) == {"float16_1", "bfloat16_1", "float16_512", "bfloat16_512"}
+    for v in e.values():
+        assert v["kernels"] == 2 and v["popc"] >= 1
+        assert v["mma"][0] == 0 and v["mma"][1] > 0

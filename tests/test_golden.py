@@ -76,6 +76,10 @@ CASES = {
     "bitmap_dot_bias_relu": (W_A, _bias_relu, Schedule(mode="bitmap", rows_per_program=16,
                                                        chunk=32, block_n=16, use_dot=True),
                              (("bias", "row"),)),
+    # the bitmap layout written out as dense tiles, then tl.dot over them (expand)
+    "expand_bias_relu": (W_A, _bias_relu, Schedule(mode="expand", rows_per_program=16,
+                                                   chunk=32, block_n=16, allow_tf32=True),
+                         (("bias", "row"),)),
     # unrolled convolution on the unpadded X: masked loads
     "values_conv_masked": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
                                                      block_n=16), ()),

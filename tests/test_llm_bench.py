@@ -60,7 +60,10 @@ def test_run_checks_and_writes_every_system_on_the_cpu(tmp_path):
     said = []
     rows = lb.run(["tiny"], [1, 65], [0.5], ["float16"], ["per_row"],
                   list(lb.SYSTEMS), out, log=said.append, device="cpu")
-    assert [r["system"] for r in rows] == ["dense", "sparsert_default", "sparsert", "table"] * 2
+    assert [r["system"] for r in rows] == ["dense", "sparsert_default", "sparsert", "table",
+                                           "expand"] * 2
+    assert all(r["schedule"].startswith("Schedule(mode='expand'") for r in rows
+               if r["system"] == "expand")
     modes = [r["schedule"].split("'")[1] for r in rows if r["system"] == "sparsert_default"]
     assert modes == ["blocks", "table"]          # 2400 nonzeros: blocks at N <= 64 only
     # the tuner's pick (its untimed heuristic on the CPU) is the default's plan here

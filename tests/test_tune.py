@@ -97,7 +97,8 @@ def test_candidates_are_valid_plans_and_dot_only_for_half(N, dtype):
     assert len(set(plans)) == len(plans)
     assert {p.mode for p in plans} == {"values", "indices", "table"} | (
         {"blocks"} if N <= 64 else set()) | (                   # blocks: few columns only
-        {"bitmap"} if dtype != "float32" and N <= 256 else set())
+        {"bitmap"} if dtype != "float32" and N <= 256 else set()) | (
+        {"expand"} if dtype != "float32" and N >= 128 else set())
     dots = [p for p in plans if p.use_dot]
     assert bool(dots) == (dtype != "float32")
     assert all(p.block_n <= max(16, T.next_pow2(N)) for p in plans)

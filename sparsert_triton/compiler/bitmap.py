@@ -49,6 +49,12 @@ class Bitmap:
         return int(self.tbase.shape[0]) // max(1, self.k_tiles)
 
 
+def expansion_programs(blocks: int, k_tiles: int, programs: int = 528) -> int:
+    """The expand mode's expansion kernel: programs per row block along its K tiles, enough for
+    ``programs`` in all (4 per SM of an H100), whatever N (each tile is written once per call)."""
+    return int(max(1, min(k_tiles, -(-programs // max(1, blocks)))))
+
+
 def specialise_bitmap(weight: SparseWeight, plan: Plan) -> Bitmap:
     R, T = plan.rows_per_program, plan.chunk
     W = T // 32

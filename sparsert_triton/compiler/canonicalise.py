@@ -98,12 +98,16 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
     half = x_dtype in ("float16", "bfloat16")
     if s.mode == AUTO and not conv and blocks_by_default(weight, N, x_dtype):
         mode = "bitmap" if bitmap_by_default(weight, N) else "blocks"
+    elif s.mode == AUTO and not conv and expand_by_default(weight, N, x_dtype):
+        mode = "expand"
     if mode in ROW_BLOCK_MODES:
         if conv:
             raise ValueError(f"schedule: {mode} mode computes W @ X only; a convolution uses "
                              "'table', 'values' or 'indices'")
         if mode == "bitmap":
             return _bitmap_plan(s, weight, N, x_dtype, interpreter)
+        if mode == "expand":
+            return _expand_plan(s, weight, N, x_dtype)
         return _blocks_plan(s, weight, N)
     use_dot = s.use_dot
     if use_dot == AUTO:
@@ -272,6 +276,21 @@ def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
     return N <= BLOCKS_MAX_N
 
 
+def expand_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
+    """Whether 'auto' picks the expand mode: half-precision W @ X of more columns than the
+    blocks modes take, on weights of at least 2**22 positions, where the density times N is at
+    least 20. H100, fp16 and bf16, Llama-2-7B shapes (bench/NOTES.md, seventeenth session): the
+    expansion runs at ~2.2 TB/s (23 us for 4096 x 4096, 65 us for 11008 x 4096, whatever the
+    density), so the mode costs about that plus a dense product on tensor cores; the table
+    kernel's time grows with the nonzeros times N (~1.1-1.7e-13 s per multiply-add). At 50-70%
+    the expand mode ran 0.27-0.76x of dense cuBLAS at N = 128-2048 against the table kernel's
+    0.06-0.15x; at 90% it loses at N = 128 (0.28 vs 0.35x, density x N = 12.8) and wins from
+    N = 256 (density x N = 25.6). Smaller weights (DLMC's) were not measured: they keep the
+    table kernel."""
+    return (x_dtype in ("float16", "bfloat16") and N > BLOCKS_MAX_N
+            and weight.M * weight.K >= 1 << 22 and weight.density * N >= 20)
+
+
 def bitmap_by_default(weight: SparseWeight, N: int) -> bool:
     """Whether 'auto' takes the bitmap mode where it would take the blocks mode
     (:func:`blocks_by_default`): from 16 columns at >= 15% density, and above 16 columns at
@@ -323,7 +342,8 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
 
 
 def _row_block_plan(s: Schedule, mode: str, rpp: int, block_n: int, order: str, chunk: int,
-                    use_dot: bool, split: int, refused) -> Plan:
+                    use_dot: bool, split: int, refused, num_warps: int = None,
+                    num_stages: int = 2) -> Plan:
     """The plan of a row-block mode (blocks, bitmap) from its resolved shape; the fields it
     shares with the Schedule as given. ``refused``: switches that must not be True in it."""
     for name in refused:
@@ -333,9 +353,36 @@ def _row_block_plan(s: Schedule, mode: str, rpp: int, block_n: int, order: str, 
                 chunk=chunk, use_dot=bool(use_dot), allow_tf32=bool(s.allow_tf32),
                 max_statements_per_function=int(s.max_statements_per_function),
                 max_functions_per_kernel=functions_per_kernel(s.max_statements_per_function),
-                num_warps=4 if s.num_warps == AUTO else int(s.num_warps),
-                num_stages=2,
+                num_warps=(num_warps or 4) if s.num_warps == AUTO else int(s.num_warps),
+                num_stages=num_stages,
                 split_k=split, streams=1 if s.streams == AUTO else int(s.streams))
+
+
+def _expand_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> Plan:
+    """The expand mode's plan: 64-position K tiles; from N = 1024 128 x 256 output tiles with
+    8 warps, below 64 x min(128, N) with 4; the product pipelined over 4 stages (3 for
+    N = 256-1023); the product on tensor cores in X's dtype (half precision, or float32 with
+    ``allow_tf32``). H100, fp16, Llama-2-7B shapes at 50% (bench/NOTES.md, seventeenth session):
+    at N = 2048 128 x 256 / 8 warps / 4 stages ran 0.68-0.76x of dense cuBLAS against
+    0.49-0.55x for 64 x 128 / 4 warps / 2 stages (128 x 128 with 8 warps: 0.61-0.69x); at
+    N = 128 64 x 128 with 4 stages 0.27-0.32x against 0.18-0.25x with 2; at N = 256-512 3
+    stages beat 4 on 11008 x 4096 by 10-13% and lost by 10-12% on 4096 x 4096."""
+    if not (x_dtype in ("float16", "bfloat16") or (x_dtype == "float32" and s.allow_tf32)):
+        raise ValueError(f"schedule: expand mode multiplies on tensor cores: X must be float16 "
+                         f"or bfloat16 (float32 with allow_tf32=True), got {x_dtype}")
+    if s.use_dot is False:
+        raise ValueError("schedule: expand mode multiplies with tl.dot: use_dot=False does "
+                         "not apply")
+    wide = N >= 1024
+    rpp = (128 if wide else 64) if s.rows_per_program == AUTO else int(s.rows_per_program)
+    chunk = 64 if s.chunk == AUTO else int(s.chunk)
+    block_n = ((256 if wide else max(16, min(128, _next_pow2(N)))) if s.block_n == AUTO
+               else int(s.block_n))
+    warps = (8 if wide else 4) if s.num_warps == AUTO else int(s.num_warps)
+    stages = 3 if 256 <= N < 1024 else 4
+    order = "given" if s.row_order == AUTO else s.row_order
+    return _row_block_plan(s, "expand", rpp, block_n, order, chunk, True, int(s.split_k),
+                           ("prefetch_tail", "prefetch_x"), num_warps=warps, num_stages=stages)
 
 
 def _bitmap_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
@@ -402,7 +449,8 @@ def check_call(plan: Plan, sig: Signature, interpreter: Optional[bool] = None):
         interpreter = interpreting()
     if plan.use_dot and sig.acc_dtype == "float64":
         raise ValueError("schedule: use_dot does not support float64 inputs")
-    if plan.use_dot and not dot_works(sig.x_dtype, interpreter):
+    # (the expand mode's product takes float32 operands in the interpreter)
+    if plan.use_dot and plan.mode != "expand" and not dot_works(sig.x_dtype, interpreter):
         raise ValueError(f"schedule: use_dot with {sig.x_dtype} X is not supported in Triton's "
                          "interpreter (TRITON_INTERPRET=1 computes bfloat16 tl.dot wrongly, "
                          "triton #11584): use use_dot=False, or run on a GPU")

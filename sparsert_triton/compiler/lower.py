@@ -10,7 +10,8 @@ The unrolled modes lower to:
 * kernels that dispatch ``program_id(0)`` to group functions with a balanced ``if`` tree.
 
 The table mode lowers to one fixed loop kernel (``TableKernel``), the blocks mode to one
-(``BlocksKernel``), the bitmap mode to one (``BitmapKernel``).
+(``BlocksKernel``), the bitmap mode to one (``BitmapKernel``), the expand mode to two
+(``ExpandKernel``: the expansion, then the product).
 """
 from __future__ import annotations
 
@@ -87,12 +88,23 @@ class BitmapKernel:
 
 
 @dataclass(frozen=True)
+class ExpandKernel:
+    """One of the ``expand`` mode's two kernels over row blocks and K tiles (``bitmap.Bitmap``):
+    the expansion into dense tiles, or the tensor-core product with them."""
+    name: str
+    M: int                        # output rows
+    K: int                        # positions along K (the last tile's X rows are masked)
+    k_tiles: int                  # tiles along K per row block
+
+
+@dataclass(frozen=True)
 class Lowered:
     """Everything the renderer needs: kernels plus the epilogue and call signature."""
     plan: Plan
     signature: Signature
     program: ir.Program
-    kernels: Tuple[Union[UnrolledKernel, TableKernel, BlocksKernel, BitmapKernel], ...]
+    kernels: Tuple[Union[UnrolledKernel, TableKernel, BlocksKernel, BitmapKernel,
+                         ExpandKernel], ...]
     conv: Optional[object] = None          # ConvGeometry of a convolution, None for W @ X
     x_strides: Optional[Tuple[int, ...]] = None   # X's strides when baked into the code
 
@@ -118,6 +130,12 @@ def _lower_part(name: str, part, rows, mode: str, weight_values) -> PartFn:
 def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=None,
           x_strides=None, shape: Tuple[int, int] = None) -> Lowered:
     """``shape``: the weight's (M, K) (the bitmap kernel bakes both in)."""
+    if isinstance(layout, Bitmap) and plan.mode == "expand":
+        M, K = shape
+        return Lowered(plan, signature, program,
+                       (ExpandKernel("sparse_expand_kernel", M, K, layout.k_tiles),
+                        ExpandKernel("sparse_dense_kernel", M, K, layout.k_tiles)), conv,
+                       x_strides)
     if isinstance(layout, Bitmap):
         M, K = shape
         return Lowered(plan, signature, program,

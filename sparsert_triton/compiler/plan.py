@@ -64,8 +64,8 @@ class Plan:
                 bad(f"chunk must be a power of two, got {self.chunk}")
             if self.use_dot and min(self.rows_per_program, self.chunk, self.block_n) < 16:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
-        elif self.use_dot and self.mode != "bitmap":
-            bad("use_dot applies to table mode only (and the bitmap mode)")
+        elif self.use_dot and self.mode not in ("bitmap", "expand"):
+            bad("use_dot applies to table mode only (and the bitmap and expand modes)")
         if self.split_k != 1 and self.row_blocks:
             if not 1 <= self.split_k <= 16:
                 bad(f"split_k must be in 1..16 in {self.mode} mode, got {self.split_k}")
@@ -111,7 +111,26 @@ class Plan:
             for name in ("pad_input", "bake_strides"):
                 if getattr(self, name):
                     bad(f"{name} does not apply to bitmap mode")
-        if self.mode not in ("table", "blocks", "bitmap") and \
+        if self.mode == "expand":
+            if not _pow2(self.rows_per_program) or not 16 <= self.rows_per_program <= 128:
+                bad(f"expand mode needs rows_per_program to be a power of two in 16..128, "
+                    f"got {self.rows_per_program}")
+            if self.chunk not in (32, 64, 128, 256):
+                bad(f"expand mode needs chunk (positions per tile along K) in 32, 64, 128, "
+                    f"256, got {self.chunk}")
+            if not self.use_dot or self.block_n < 16:
+                bad("expand mode multiplies dense tiles with tl.dot: use_dot and block_n >= 16")
+            if self.split_k != 1:
+                bad("expand mode does not cut K (split_k 1)")
+            if self.streams != 1:
+                bad("expand mode's product reads what its expansion wrote: one stream "
+                    "(streams 1)")
+            if self.row_order != "given":
+                bad("expand mode keeps the rows in the given order (row_order='given')")
+            for name in ("pad_input", "bake_strides"):
+                if getattr(self, name):
+                    bad(f"{name} does not apply to expand mode")
+        if self.mode not in ("table", "blocks", "bitmap", "expand") and \
                 self.max_statements_per_function < self.rows_per_program + 1:
             bad("max_statements_per_function must exceed rows_per_program")
         if not _pow2(self.num_warps) or self.num_warps > 32:

@@ -30,7 +30,7 @@ import torch
 
 from ..compiler.compile import interpreting
 from .direct import run_compiled, spec_key
-from .launch import block_slice_buffers, grids, operand_args, run, size_args
+from .launch import call_buffers, grids, operand_args, run, size_args
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
 PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -100,9 +100,9 @@ class CallPlan:
         self.direct = not (plan.pad_input or plan.tap_masks
                            or (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda))
         self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
-        # a row-block mode's K slices: a workspace and zeroed counters per call, after the
-        # variant's buffers
-        self.slices = plan.row_blocks and plan.split_k > 1
+        # buffers made per call after the variant's (a row-block mode's K slices: a workspace
+        # and zeroed counters; the expand mode's scratch)
+        self.per_call = plan.mode == "expand" or (plan.row_blocks and plan.split_k > 1)
         self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
         self.buffers = None      # the variant's device buffers (made once per device)
 
@@ -142,9 +142,8 @@ class CallPlan:
         if launches is not None:
             bufs = self.buffers
             one = self.one_tensor
-            if self.slices:
-                N = self.sizes[-1]
-                bufs = (*bufs, *block_slice_buffers(v, Y, N, -(-N // v.plan.block_n), self.sig))
+            if self.per_call:
+                bufs = (*bufs, *call_buffers(v, X, Y, self.sizes[-1], self.sig))
             elif one is not None:
                 run_compiled(launches, (X, *bufs, Y, *one[1], operands[one[0]], *one[2]),
                              launcher.stream_of(self.device))

@@ -16,6 +16,7 @@ import torch
 
 from ..compiler import fastpasses
 from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
+from ..compiler.bitmap import expansion_programs
 from .direct import spec_key
 from ..compiler.fastpasses import fast_pipeline
 from ..compiler.plan import Signature
@@ -51,8 +52,11 @@ def grids(variant, N: int) -> list:
     plan = variant.plan
     nt = -(-N // plan.block_n)
     out = []
-    for fn, groups in variant.kernels:
+    for i, (fn, groups) in enumerate(variant.kernels):
         if groups == 0:
+            continue
+        if plan.mode == "expand" and i == 0:      # the expansion: shares of K tiles, not N
+            out.append((fn, (groups, expansion_programs(groups, variant.k_tiles), 1)))
             continue
         out.append((fn, (groups, nt, plan.split_k) if plan.row_blocks else
                     (groups, nt) if variant.table else (nt, groups)))
@@ -77,8 +81,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = launch_options(plan)
     first = not variant.launched
-    if plan.row_blocks and plan.split_k > 1:
-        bufs = [*bufs, *block_slice_buffers(variant, Y, N, nt, sig)]
+    bufs = [*bufs, *call_buffers(variant, X, Y, N, sig)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
@@ -96,6 +99,26 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
                 call()
     variant.launched = True
     return args
+
+
+def call_buffers(variant, X: torch.Tensor, Y: torch.Tensor, N: int, sig: Signature) -> tuple:
+    """The buffers a call needs after the variant's own (made per call, from torch's caching
+    allocator): the row-block modes' split-K workspace and counters, the expand mode's scratch."""
+    plan = variant.plan
+    if plan.mode == "expand":
+        return (expand_scratch(variant, X),)
+    if plan.row_blocks and plan.split_k > 1:
+        return block_slice_buffers(variant, Y, N, -(-N // plan.block_n), sig)
+    return ()
+
+
+def expand_scratch(variant, X: torch.Tensor) -> torch.Tensor:
+    """The expand mode's dense tiles of W: (row blocks x rows_per_program) x (K tiles x chunk)
+    in X's dtype, written by the expansion kernel and read by the product in the same call."""
+    plan = variant.plan
+    blocks = variant.kernels[0][1]
+    return torch.empty(blocks * plan.rows_per_program * variant.k_tiles * plan.chunk,
+                       dtype=X.dtype, device=X.device)
 
 
 def block_slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):

@@ -6,7 +6,7 @@ stores as a real file, so Triton can read it with ``inspect`` and a person can r
 
 One module per kernel family: :mod:`.unrolled` (the ``values`` and ``indices`` modes),
 :mod:`.table` (the table loop kernels), :mod:`.blocks` (the blocks mode), :mod:`.bitmap`
-(the bitmap mode); :mod:`.common`
+(the bitmap mode), :mod:`.expand` (the expand mode); :mod:`.common`
 holds the rules they share (operands, the epilogue, the column tile, kernel parameters).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..lower import Lowered, TableKernel
 from ..plan import DERIVED
 from .bitmap import render_bitmap_kernel, render_popc
 from .blocks import render_blocks_kernel
+from .expand import render_dense_kernel, render_expand_kernel
 from .common import Buffer, operand_names, operand_params, render_helpers
 from .table import render_table_kernel
 from .unrolled import render_unrolled_kernel
@@ -43,13 +44,17 @@ def render(low: Lowered, header: str = "") -> str:
         b("from triton.language.extra.cuda import gdc_wait")
     b()
     table = isinstance(low.kernels[0], TableKernel)
-    if low.plan.mode == "bitmap":
+    if low.plan.mode in ("bitmap", "expand"):     # both decode bitmap tiles with popc
         b("import os")
         b("from triton.language.extra import libdevice")
         b()
         render_popc(b)
         render_helpers(b, low, True)
-        render_bitmap_kernel(b, low.kernels[0], low)
+        if low.plan.mode == "bitmap":
+            render_bitmap_kernel(b, low.kernels[0], low)
+        else:
+            render_expand_kernel(b, low.kernels[0], low)
+            render_dense_kernel(b, low.kernels[1], low)
         return b.text()
     if low.plan.mode == "blocks":
         render_helpers(b, low, True)
