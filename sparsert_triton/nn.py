@@ -358,7 +358,10 @@ class SparseLinear(_SparseLayer):
         lets the kernel read it in place, each column tile a gather with stride ``in`` (no
         copy, slower loads). Which is faster depends on the GPU and N:
         ``bench/eager_bench.py`` measures both. Inputs laid out as (in, N) columns (the output
-        of a sparse layer) and single rows are read in place either way."""
+        of a sparse layer) and single rows are read in place either way, and so is every
+        input of a call whose kernel loads X as ``tl.dot`` tiles (the bitmap mode with
+        ``use_dot``, the expand mode: coalesced along K as along N; see
+        :meth:`sparsert_triton.ops.SparsePattern.reads_x_in_dot_tiles`)."""
         return "transpose" if self._transpose_input else "strided"
 
     @row_major_input.setter
@@ -441,11 +444,13 @@ class SparseLinear(_SparseLayer):
         X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
         Xt = X.t()                                            # (in, N)
         how = ops.route(x, values, bias)
-        if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1:
+        if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1 and \
+                not self._pattern.reads_x_in_dot_tiles(Xt.shape[1], x.dtype):
             # the kernel's column tiles run along N: a row-major input (features contiguous)
             # would make every load a gather, so it is transposed once here (unless
-            # row_major_input="strided"), once for all the layers that read the same input
-            # (a transformer's query, key and value projections); the output of a sparse
+            # row_major_input="strided", or the kernel loads X as tl.dot tiles, coalesced
+            # either way), once for all the layers that read the same input (a
+            # transformer's query, key and value projections); the output of a sparse
             # layer is already laid out so that the next sparse layer needs no copy
             Xt = Xt.contiguous() if how is ops.DISPATCH else _columns.of(x, Xt)
         if how is ops.DIRECT:

@@ -117,6 +117,7 @@ class SparsePattern:
         self._planned = {}     # call layout -> (values, version, address, kernel, CallPlan)
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)
+        self._dot_tiles = {}   # (N, X dtype) -> whether that call's kernel reads X in dot tiles
         # forward calls that ran a planned call / went through the checks (and planned one)
         self.planned_calls = self.checked_calls = 0
         self.kernel_id = next(_ids)
@@ -152,6 +153,25 @@ class SparsePattern:
                 f"{self.schedule!r}>")
 
     # ------------------------------------------------------------ kernels
+    def reads_x_in_dot_tiles(self, N: int, dtype: torch.dtype) -> bool:
+        """Whether ``W @ X`` of N columns in ``dtype`` runs a kernel that loads X as
+        ``tl.dot`` operand tiles (K positions x columns: the bitmap mode with ``use_dot``, the
+        expand mode). Such a load is as coalesced along K as along N, so a row-major input
+        (features contiguous) is read in place with no transposing copy; the other kernels
+        gather whole rows of X per nonzero and want them contiguous along N."""
+        key = (int(N), dtype)
+        hit = self._dot_tiles.get(key)
+        if hit is None:
+            from .compiler.canonicalise import plan_for
+            name = str(dtype).replace("torch.", "")
+            try:
+                plan = plan_for(self.schedule, self.base, int(N), name)
+                hit = plan.mode in ("bitmap", "expand") and plan.use_dot
+            except ValueError:      # a schedule that does not serve this call: its own error
+                hit = False
+            self._dot_tiles[key] = hit
+        return hit
+
     def _cached(self, key, values: Tensor, build) -> SpecializedKernel:
         hit = self._kernels.get(key)
         version = _version(values)
