@@ -166,6 +166,15 @@ def test_half_precision_at_90_percent_loses_to_dense_and_fp32_wins():
     at16 = [predicted_speedup("matmul", 11008, 4096, 16, 0.5, "float16", m).ratio
             for m in ("bitmap", "blocks")]
     assert at16[0] > at16[1]
+    # the expand mode (the default from 65 half-precision columns on large weights): about
+    # 0.3x at N = 128-256, 0.7x at N = 2048, measured; bf16 borrows fp16's figure, and float32
+    # (TF32) the table kernel's, capped at 1.0x
+    e256 = predicted_speedup("matmul", 11008, 4096, 256, 0.3, "float16", "expand")
+    e2048 = predicted_speedup("matmul", 11008, 4096, 2048, 0.5, "bfloat16", "expand")
+    assert 0.25 < e256.ratio < 0.4 and e256.source.startswith(estimate.LLM)
+    assert 0.6 < e2048.ratio < 0.8 and "bfloat16 from float16" in e2048.source
+    e32 = predicted_speedup("matmul", 11008, 4096, 256, 0.3, "float32", "expand")
+    assert e32.ratio <= 1.0 and "not measured in float32" in e32.source
 
 
 def test_every_kind_dtype_and_mode_gives_a_finite_positive_ratio_and_a_source():
