@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Tuple
 
 import torch
-from hypothesis import strategies as st
+from hypothesis import assume, strategies as st
 
 from dsl import Schedule, clamp, conv2d, gelu, relu, sigmoid, silu
 
@@ -91,8 +91,8 @@ def _pow2(lo, hi):
 
 @st.composite
 def schedules(draw, mode=None, dtype="float32") -> Schedule:
-    """Schedules of every mode (``blocks`` and ``bitmap`` only when asked for: they compute
-    W @ X only);
+    """Schedules of every mode (``blocks``, ``bitmap`` and ``expand`` only when asked for:
+    they compute W @ X only; ``expand`` for half-precision X only);
     table-mode dot is left out under the interpreter for bf16 (triton's interpreter computes
     bf16 ``tl.dot`` wrongly)."""
     mode = mode or draw(st.sampled_from(["values", "indices", "table"]))
@@ -113,6 +113,10 @@ def schedules(draw, mode=None, dtype="float32") -> Schedule:
         return Schedule(mode=mode, rows_per_program=draw(_pow2(2, 3)), chunk=draw(_pow2(5, 6)),
                         block_n=draw(_pow2(2, 3)), use_dot=False,
                         split_k=draw(st.sampled_from([1, 1, 2, 3])))
+    if mode == "expand":       # dense tiles written per call, then tl.dot in X's dtype
+        assume(dtype in ("float16", "bfloat16"))
+        return Schedule(mode=mode, rows_per_program=draw(st.sampled_from([16, 32])),
+                        chunk=draw(_pow2(5, 6)), block_n=draw(_pow2(4, 5)))
     if mode == "table":
         dot_ok = not (interp and dtype == "bfloat16") and dtype != "float64"
         use_dot = dot_ok and draw(st.booleans())
@@ -422,8 +426,8 @@ def documented_product(kernel, X: torch.Tensor) -> torch.Tensor:
     (pruned positions are skipped); with ``use_dot`` (the kernel's last plan), every row of
     each row group whose column union holds ``k`` (the group's dense block multiplies it:
     ``0 * inf = nan``); in ``bitmap`` mode every output of column ``n`` (its tiles are
-    multiplied densely, like ``W @ X``). Every other output is the product of the finite
-    entries."""
+    multiplied densely, like ``W @ X``), and so in ``expand`` mode (its dense tiles). Every
+    other output is the product of the finite entries."""
     from .compiler.specialise import specialise
     W = kernel.weight.to_dense()
     Xd = X.detach().to("cpu", torch.float64)
@@ -431,7 +435,7 @@ def documented_product(kernel, X: torch.Tensor) -> torch.Tensor:
     acc = W @ torch.where(finite, Xd, 0.0)
     reach = W != 0                                  # reach[m, k]: column k reaches row m
     plan = kernel.last_plan
-    if plan is not None and plan.mode == "bitmap":
+    if plan is not None and plan.mode in ("bitmap", "expand"):
         reach = torch.ones_like(reach)
     elif plan is not None and plan.use_dot:
         t = specialise(kernel.weight, plan)

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 
 from sparsert_triton.testing import DTYPES, cases, check_case, check_wide_case, wide_cases
 
-MODES = ("values", "indices", "table", "blocks", "bitmap")
+MODES = ("values", "indices", "table", "blocks", "bitmap", "expand")
+#: the modes whose kernels take half-precision X only
+HALF_ONLY = {"expand": ("float16", "bfloat16")}
 #: wide cases per (mode, dtype) in the ci profile (12 tests, ~0.1 s a case on the CPU)
 CI_WIDE = 10
 _budget = (settings(max_examples=CI_WIDE)
@@ -43,11 +45,18 @@ def test_bitmap_mode(case, device):
     check_case(case, device)
 
 
+@given(case=cases(modes=["expand"], dtypes=["float16", "bfloat16"]))
+def test_expand_mode(case, device):
+    check_case(case, device)
+
+
 # (the interpreter's numpy warns of the inf * 0 and inf - inf the NaN cases compute)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("mode", MODES)
 def test_wide_cases(mode, dtype, device):
+    if dtype not in HALF_ONLY.get(mode, (dtype,)):
+        pytest.skip(f"{mode} mode takes X in {' or '.join(HALF_ONLY[mode])} only")
     @_budget
     @given(case=wide_cases(modes=[mode], dtypes=[dtype]))
     def run(case):
