@@ -348,3 +348,23 @@ def test_sparsify_tunes_linears_for_their_example_rows():
     finally:
         T.tune = real_tune
     assert seen == [(IN, 15)]
+
+
+def test_expand_mode_half_layer_compiled_and_its_gradients():
+    """The expand mode (half-precision X only) through the custom op under ``torch.compile``,
+    and eagerly with autograd: the input gradient (W^T @ G, its own expand kernel) and the
+    values' gradient match the dense layer's."""
+    sched = Schedule(mode="expand", rows_per_program=16, chunk=32)
+    dense = pruned_linear(seed=12).half()
+    layer = SparseLinear.from_linear(dense, schedule=sched)
+    x = torch.randn(2, 3, IN).half()
+    with torch.no_grad():
+        y = torch.compile(layer, fullgraph=True)(x)
+    ref = layer.to_linear().float()
+    close(y.float(), ref(x.float()), tol=2e-2)
+    xg = x.clone().requires_grad_()
+    layer(xg).float().pow(2).sum().backward()
+    xr = x.float().clone().requires_grad_()
+    ref(xr).pow(2).sum().backward()
+    close(xg.grad.float(), xr.grad, tol=5e-2)
+    close(layer.values.grad.float(), ref.weight.grad[ref.weight != 0], tol=5e-2)
