@@ -146,3 +146,24 @@ def test_the_tuner_times_expand_from_128_half_precision_columns():
         assert len(got) == want, (N, dt)
         for s in got:                     # every candidate is a valid plan
             assert plan_for(s, w, N, dt).mode == "expand"
+
+
+@pytest.mark.parametrize("given", [dict(row_order="cluster"), dict(streams=2), dict(chunk=8),
+                                   dict(block_n=8), dict(prefetch_tail=True),
+                                   dict(use_dot=False), dict(split_k=2), dict(num_warps=2),
+                                   dict(prefetch_tail=True, prefetch_x=True)])
+def test_the_default_keeps_the_fields_a_user_set(given):
+    """An 'auto' mode with some fields set: the row-block mode the default would pick only
+    where those fields fit it, else the table kernel; never an error the user did not ask
+    for, and every field given is kept."""
+    w = as_sparse_weight(_weight(2048, 2048, 0.5, torch.float16, seed=5))
+    for N in (4, 16, 256):
+        p = plan_for(Schedule(**given), w, N, "float16", interpreter=False)
+        for name, v in given.items():
+            if name != "use_dot" or p.mode != "table":
+                assert getattr(p, name) == v, (N, name, p.mode)
+        if p.mode == "table":
+            with pytest.raises(ValueError):        # the mode it would have taken refuses
+                plan_for(Schedule(mode=plan_for(Schedule(), w, N, "float16",
+                                                interpreter=False).mode, **given),
+                         w, N, "float16", interpreter=False)

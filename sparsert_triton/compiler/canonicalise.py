@@ -65,6 +65,15 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
+def _row_block_mode_plan(mode: str, s: Schedule, weight: SparseWeight, N: int, x_dtype: str,
+                         interpreter: bool) -> Plan:
+    if mode == "bitmap":
+        return _bitmap_plan(s, weight, N, x_dtype, interpreter)
+    if mode == "expand":
+        return _expand_plan(s, weight, N, x_dtype)
+    return _blocks_plan(s, weight, N)
+
+
 def resolved_mode(schedule: Schedule, nnz: int) -> str:
     """The schedule's mode, 'auto' resolved for a weight of ``nnz`` nonzeros. Measured on an
     H100 (bench/NOTES.md): the table loop (one row per program) is within ~15% of the best
@@ -100,18 +109,23 @@ def plan_for(schedule: Schedule, weight: SparseWeight, N: int, x_dtype: str,
         mode = "bitmap" if bitmap_by_default(weight, N) else "blocks"
     elif s.mode == AUTO and not conv and expand_by_default(weight, N, x_dtype):
         mode = "expand"
+    if mode in ROW_BLOCK_MODES and s.mode == AUTO:
+        # a row-block mode the default picked: only where the fields the user did set fit
+        # it (a row order, a chunk, streams or a prefetch it refuses keep the table kernel)
+        try:
+            return _row_block_mode_plan(mode, s, weight, N, x_dtype, interpreter)
+        except ValueError:
+            mode = "table"
     if mode in ROW_BLOCK_MODES:
         if conv:
             raise ValueError(f"schedule: {mode} mode computes W @ X only; a convolution uses "
                              "'table', 'values' or 'indices'")
-        if mode == "bitmap":
-            return _bitmap_plan(s, weight, N, x_dtype, interpreter)
-        if mode == "expand":
-            return _expand_plan(s, weight, N, x_dtype)
-        return _blocks_plan(s, weight, N)
+        return _row_block_mode_plan(mode, s, weight, N, x_dtype, interpreter)
     use_dot = s.use_dot
     if use_dot == AUTO:
-        fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.chunk, s.block_n))
+        # (tiles of >= 16, and none of the one-row kernel's switches set)
+        fits = all(v == AUTO or v >= 16 for v in (s.rows_per_program, s.chunk, s.block_n)) \
+            and int(s.split_k) == 1 and s.prefetch_tail is not True and s.prefetch_x is not True
         use_dot = (mode == "table" and half and fits and weight.density >= 0.15
                    and weight.dtype != "float64" and dot_works(x_dtype, interpreter))
     rpp = s.rows_per_program
