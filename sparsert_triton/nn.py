@@ -444,15 +444,17 @@ class SparseLinear(_SparseLayer):
         X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
         Xt = X.t()                                            # (in, N)
         how = ops.route(x, values, bias)
-        if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1 and \
-                not self._pattern.reads_x_in_dot_tiles(Xt.shape[1], x.dtype):
+        if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1:
             # the kernel's column tiles run along N: a row-major input (features contiguous)
             # would make every load a gather, so it is transposed once here (unless
-            # row_major_input="strided", or the kernel loads X as tl.dot tiles, coalesced
-            # either way), once for all the layers that read the same input (a
-            # transformer's query, key and value projections); the output of a sparse
+            # row_major_input="strided", or, in eager calls, the kernel loads X as tl.dot
+            # tiles, coalesced either way), once for all the layers that read the same input
+            # (a transformer's query, key and value projections); the output of a sparse
             # layer is already laid out so that the next sparse layer needs no copy
-            Xt = Xt.contiguous() if how is ops.DISPATCH else _columns.of(x, Xt)
+            if how is ops.DISPATCH:       # traced or watched: no planning inside the trace
+                Xt = Xt.contiguous()
+            elif not self._pattern.reads_x_in_dot_tiles(Xt.shape[1], x.dtype):
+                Xt = _columns.of(x, Xt)
         if how is ops.DIRECT:
             # the layer's own pattern (what ops.spmm_direct finds under its kernel_id)
             Yt = self._pattern.spmm(Xt, values, bias, self._rows_out)
