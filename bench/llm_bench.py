@@ -19,7 +19,8 @@ Systems, timed in the same process on the same inputs:
   tensor-core blocks of row-group column unions at >= 15% density), the default for these
   shapes before the blocks mode.
 * ``expand``: ``Schedule(mode="expand")``: the weight written out as dense tiles once per call,
-  then a tensor-core product (opt-in; for many columns).
+  then a tensor-core product (the default above 64 columns on these shapes where density x N
+  >= 20).
 
 Every result is checked against float64 first (relative Frobenius error under 1e-2 for half
 precision; a wrong answer stops the run). Timing: CUDA-graph medians

@@ -28,10 +28,12 @@ mode
     ``split_k`` programs like the blocks mode's steps; the default for half-precision W @ X of
     16 < N <= 64, and N = 16 at >= 15% density (``canonicalise.bitmap_by_default``: 2-5x
     faster than the blocks mode there on an H100, still below dense cuBLAS fp16). ``"expand"``
-    (W @ X only, opt-in, not yet measured on a GPU): the bitmap layout written out as dense
-    ``rows_per_program`` x ``chunk`` tiles into a per-call scratch (each tile decoded once,
-    whatever N), then a ``tl.dot`` product with the fused epilogue; for many columns, where a
-    per-nonzero form loses to tensor cores (half precision, or float32 with ``allow_tf32``). Every mode
+    (W @ X only): the bitmap layout written out as dense ``rows_per_program`` x ``chunk``
+    tiles into a per-call scratch (each tile decoded once, whatever N), then a ``tl.dot``
+    product with the fused epilogue (half precision, or float32 with ``allow_tf32``); the
+    default for half-precision W @ X above 64 columns on weights of >= 2**22 positions where
+    density x N >= 20 (``canonicalise.expand_by_default``: 0.3-0.75x of dense cuBLAS at
+    N = 128-2048 on an H100, 2-9x faster than the table kernel there). Every mode
     is picked somewhere: the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the
     table kernel in 268 of 312 cases (25 of them ``use_dot``), ``values`` in 44; blocks:
     2.4-2.9x over dense cuBLAS at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session);
