@@ -33,7 +33,7 @@ mode
     product with the fused epilogue (half precision, or float32 with ``allow_tf32``); the
     default for half-precision W @ X above 64 columns on weights of >= 2**22 positions where
     density x N >= 20 (``canonicalise.expand_by_default``: 0.3-0.75x of dense cuBLAS at
-    N = 128-2048 on an H100, 2-9x faster than the table kernel there). Every mode
+    N = 128-2048 on an H100, 1.4-8x faster than the table kernel there). Every mode
     is picked somewhere: the DLMC suite's tuned winners (H100, ``dlmc_h100.csv``) are the
     table kernel in 268 of 312 cases (25 of them ``use_dot``), ``values`` in 44; blocks:
     2.4-2.9x over dense cuBLAS at N = 1, 90% (Llama-2-7B MLP shapes, twelfth session);
