@@ -294,7 +294,7 @@ def expand_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
     """Whether 'auto' picks the expand mode: half-precision W @ X of more columns than the
     blocks modes take, on weights of at least 2**22 positions, where the density times N is at
     least 20. H100, fp16 and bf16, Llama-2-7B shapes (bench/NOTES.md, seventeenth session): the
-    expansion runs at ~2.2 TB/s (23 us for 4096 x 4096, 65 us for 11008 x 4096, whatever the
+    expansion takes 23 us for 4096 x 4096 and 65 us for 11008 x 4096 (whatever the
     density), so the mode costs about that plus a dense product on tensor cores; the table
     kernel's time grows with the nonzeros times N (~1.1-1.7e-13 s per multiply-add). At 50-70%
     the expand mode ran 0.27-0.76x of dense cuBLAS at N = 128-2048 against the table kernel's
