@@ -269,7 +269,7 @@ def predicted_speedup(kind: str, M: int, K: int, N: int, density: float, dtype: 
     """Predicted ``t_dense / t_sparse`` on an H100 for W (M x K, ``density`` nonzeros) times
     X (K x N) (``kind='matmul'``), or a convolution whose implicit GEMM has N columns (batch
     x output positions, ``kind='conv'``), computed in ``dtype`` by the kernel of ``mode``
-    (a plan's resolved mode: 'values', 'indices', 'table', 'blocks' or 'bitmap').
+    (a plan's resolved mode: 'values', 'indices', 'table', 'blocks', 'bitmap' or 'expand').
     ``dense_tf32``: the dense float32 product it is compared with runs on TF32 tensor cores
     (PyTorch's ``torch.backends.cudnn.allow_tf32``, on by default, for convolutions;
     ``torch.backends.cuda.matmul.allow_tf32`` for matmuls); ignored for other dtypes. See the

@@ -163,11 +163,11 @@ class SparsePattern:
         hit = self._dot_tiles.get(key)
         if hit is None:
             from .compiler.canonicalise import plan_for
-            name = str(dtype).replace("torch.", "")
-            try:
-                plan = plan_for(self.schedule, self.base, int(N), name)
+            from .weights import WEIGHT_DTYPES
+            try:    # (an X dtype or schedule that does not serve this call: its own error)
+                plan = plan_for(self.schedule, self.base, int(N), WEIGHT_DTYPES[dtype])
                 hit = plan.mode in ("bitmap", "expand") and plan.use_dot
-            except ValueError:      # a schedule that does not serve this call: its own error
+            except (KeyError, ValueError):
                 hit = False
             self._dot_tiles[key] = hit
         return hit

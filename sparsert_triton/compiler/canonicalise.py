@@ -358,8 +358,10 @@ def _blocks_plan(s: Schedule, weight: SparseWeight, N: int) -> Plan:
 def _row_block_plan(s: Schedule, mode: str, rpp: int, block_n: int, order: str, chunk: int,
                     use_dot: bool, split: int, refused, num_warps: int = None,
                     num_stages: int = 2) -> Plan:
-    """The plan of a row-block mode (blocks, bitmap) from its resolved shape; the fields it
-    shares with the Schedule as given. ``refused``: switches that must not be True in it."""
+    """The plan of a row-block mode (blocks, bitmap, expand) from its resolved shape; the
+    fields it shares with the Schedule as given. ``refused``: switches that must not be True
+    in it; ``num_warps`` (default 4) and ``num_stages``: the mode's own where the schedule
+    leaves warps 'auto'."""
     for name in refused:
         if getattr(s, name) is True:     # Schedule holds these as True, False or 'auto'
             raise ValueError(f"schedule: {name}=True does not apply to {mode} mode")

@@ -11,7 +11,7 @@ The unrolled modes lower to:
 
 The table mode lowers to one fixed loop kernel (``TableKernel``), the blocks mode to one
 (``BlocksKernel``), the bitmap mode to one (``BitmapKernel``), the expand mode to two
-(``ExpandKernel``: the expansion, then the product).
+(``BitmapKernel``s over the same layout: the expansion, then the product).
 """
 from __future__ import annotations
 
@@ -80,17 +80,9 @@ class BlocksKernel:
 
 @dataclass(frozen=True)
 class BitmapKernel:
-    """The ``bitmap`` mode's one loop kernel over row blocks and K tiles (``bitmap.Bitmap``)."""
-    name: str
-    M: int                        # output rows
-    K: int                        # positions along K (the last tile's X rows are masked)
-    k_tiles: int                  # tiles along K per row block
-
-
-@dataclass(frozen=True)
-class ExpandKernel:
-    """One of the ``expand`` mode's two kernels over row blocks and K tiles (``bitmap.Bitmap``):
-    the expansion into dense tiles, or the tensor-core product with them."""
+    """A loop kernel over the row blocks and K tiles of the bitmap layout (``bitmap.Bitmap``):
+    the ``bitmap`` mode's one kernel, or one of the ``expand`` mode's two (the expansion into
+    dense tiles, the tensor-core product with them)."""
     name: str
     M: int                        # output rows
     K: int                        # positions along K (the last tile's X rows are masked)
@@ -103,8 +95,7 @@ class Lowered:
     plan: Plan
     signature: Signature
     program: ir.Program
-    kernels: Tuple[Union[UnrolledKernel, TableKernel, BlocksKernel, BitmapKernel,
-                         ExpandKernel], ...]
+    kernels: Tuple[Union[UnrolledKernel, TableKernel, BlocksKernel, BitmapKernel], ...]
     conv: Optional[object] = None          # ConvGeometry of a convolution, None for W @ X
     x_strides: Optional[Tuple[int, ...]] = None   # X's strides when baked into the code
 
@@ -133,8 +124,8 @@ def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=No
     if isinstance(layout, Bitmap) and plan.mode == "expand":
         M, K = shape
         return Lowered(plan, signature, program,
-                       (ExpandKernel("sparse_expand_kernel", M, K, layout.k_tiles),
-                        ExpandKernel("sparse_dense_kernel", M, K, layout.k_tiles)), conv,
+                       (BitmapKernel("sparse_expand_kernel", M, K, layout.k_tiles),
+                        BitmapKernel("sparse_dense_kernel", M, K, layout.k_tiles)), conv,
                        x_strides)
     if isinstance(layout, Bitmap):
         M, K = shape

@@ -90,9 +90,6 @@ class Plan:
                 bad("blocks mode keeps a rows_per_program x chunk x block_n accumulator: at "
                     f"most 16384 elements, got {self.rows_per_program} x {self.chunk} x "
                     f"{self.block_n}")
-            for name in ("pad_input", "bake_strides"):
-                if getattr(self, name):
-                    bad(f"{name} does not apply to blocks mode")
         if self.mode == "bitmap":
             if not _pow2(self.rows_per_program) or self.rows_per_program > 128:
                 bad(f"bitmap mode needs rows_per_program to be a power of two <= 128, "
@@ -106,18 +103,10 @@ class Plan:
                 bad("bitmap mode without use_dot keeps a rows_per_program x chunk x block_n "
                     f"accumulator: at most 16384 elements, got {self.rows_per_program} x "
                     f"{self.chunk} x {self.block_n}")
-            if self.row_order != "given":
-                bad("bitmap mode keeps the rows in the given order (row_order='given')")
-            for name in ("pad_input", "bake_strides"):
-                if getattr(self, name):
-                    bad(f"{name} does not apply to bitmap mode")
         if self.mode == "expand":
             if not _pow2(self.rows_per_program) or not 16 <= self.rows_per_program <= 128:
                 bad(f"expand mode needs rows_per_program to be a power of two in 16..128, "
                     f"got {self.rows_per_program}")
-            if self.chunk not in (32, 64, 128, 256):
-                bad(f"expand mode needs chunk (positions per tile along K) in 32, 64, 128, "
-                    f"256, got {self.chunk}")
             if not self.use_dot or self.block_n < 16:
                 bad("expand mode multiplies dense tiles with tl.dot: use_dot and block_n >= 16")
             if self.split_k != 1:
@@ -125,11 +114,16 @@ class Plan:
             if self.streams != 1:
                 bad("expand mode's product reads what its expansion wrote: one stream "
                     "(streams 1)")
+        if self.mode in ("bitmap", "expand"):       # the bitmap layout's tiles
+            if self.chunk not in (32, 64, 128, 256):
+                bad(f"{self.mode} mode needs chunk (positions per tile along K) in 32, 64, "
+                    f"128, 256, got {self.chunk}")
             if self.row_order != "given":
-                bad("expand mode keeps the rows in the given order (row_order='given')")
+                bad(f"{self.mode} mode keeps the rows in the given order (row_order='given')")
+        if self.row_blocks:
             for name in ("pad_input", "bake_strides"):
                 if getattr(self, name):
-                    bad(f"{name} does not apply to expand mode")
+                    bad(f"{name} does not apply to {self.mode} mode")
         if self.mode not in ("table", "blocks", "bitmap", "expand") and \
                 self.max_statements_per_function < self.rows_per_program + 1:
             bad("max_statements_per_function must exceed rows_per_program")
@@ -168,8 +162,9 @@ class Plan:
 
     @property
     def row_blocks(self) -> bool:
-        """Whether this is a row-block mode (blocks, bitmap): a grid of (row blocks, column
-        tiles, ``split_k``), the K slices of a tile summed in order by its last program."""
+        """Whether this is a row-block mode (blocks, bitmap, expand): a grid of (row blocks,
+        column tiles, ``split_k``), the K slices of a tile summed in order by its last program
+        (the expand mode's product does not cut K)."""
         return self.mode in ROW_BLOCK_MODES
 
     def to_schedule(self, conv: Optional[bool] = None) -> Schedule:

@@ -2,9 +2,10 @@
 is written out as dense tiles once per call, then multiplied on tensor cores.
 
 1. ``sparse_expand_kernel``, program (row block ``b``, share ``j``): decodes the K tiles
-   ``j, j + G, j + 2 G, ...`` of block ``b`` (``G = bitmap.expansion_programs``, independent of N) (a bit test and a ``popc`` per position, as the
-   bitmap kernel does) and stores them, zeros included, into the scratch ``SCR`` (row block
-   rows x whole K tiles, X's dtype). Every tile is decoded once per call, whatever N.
+   ``j, j + G, j + 2 G, ...`` of block ``b`` (``G = bitmap.expansion_programs``, independent
+   of N; a bit test and a ``popc`` per position, as the bitmap kernel does) and stores them,
+   zeros included, into the scratch ``SCR`` (row block rows x whole K tiles, X's dtype).
+   Every tile is decoded once per call, whatever N.
 2. ``sparse_dense_kernel``, program (``b``, ``j``): ``acc = sum_kt tl.dot(SCR[b, kt], X[kt, j])``
    in the accumulator dtype, then the epilogue. It waits for the expansion (programmatic
    dependent launch, or stream order).
