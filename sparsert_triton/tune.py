@@ -329,12 +329,14 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
     # the blocks mode (row blocks of padded nonzero lists, 16-bit columns) for the
     # memory-bound products of few columns: the default's shape first (canonicalise.
     # blocks_shape), then the shapes that won somewhere on the Llama-2-7B MLP shapes (H100,
-    # fp16; bench/NOTES.md, twelfth and thirteenth sessions): 16 x 64 and 4 x 128 at N = 1,
-    # 2 x 64 at N = 16, 8 x 16 at N = 64, 8 x 64 the old N <= 4 default
+    # fp16; bench/NOTES.md, twelfth, thirteenth and eighteenth sessions): 2 x 256, 4 x 256,
+    # 16 x 64 and 4 x 128 at N = 1 to 4, 2 x 64 at N = 16, 8 x 16 at N = 64, 8 x 64 the old
+    # N <= 4 default
     if N <= 64:
         bn_b = min(64, next_pow2(N))
         shapes = [blocks_shape(w, N)]
-        shapes += [shape for shape in ((16, 64), (4, 128), (2, 64), (8, 64), (4, 64), (8, 16))
+        shapes += [shape for shape in ((2, 256), (4, 256), (16, 64), (4, 128), (2, 64), (8, 64),
+                                       (4, 64), (8, 16))
                    if shape not in shapes]
         for i, (R, U) in enumerate(shapes):
             if R * U * bn_b <= 16384:
