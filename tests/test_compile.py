@@ -211,7 +211,8 @@ out["conv_loads"] = loads
 from sparsert_triton.compiler.plan import Signature
 blocks = {}
 Wb = (torch.randn(512, 1024, generator=g) * (torch.rand(512, 1024, generator=g) < 0.2)).half()
-kb = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=Schedule(mode="blocks")).specialize(Wb)
+kb = sparse_kernel(lambda W, X, b: relu(W @ X + b),
+                   schedule=Schedule(mode="blocks", split_k=2)).specialize(Wb)
 for N in (1, 16):
     for dt in ("float16", "bfloat16"):
         sig = Signature(dt, "float16", dt, (("b", "row"),))
@@ -386,8 +387,8 @@ def test_float64_weights_keep_their_precision_in_the_unrolled_code(mode):
 
 
 def test_blocks_kernels_compile_for_sm90(compiled):
-    """The blocks kernel for fp16/bf16 at N = 1 and 16, with its K slices' arrival counter
-    (an atomic add and exchange) where the plan splits."""
+    """The blocks kernel for fp16/bf16 at N = 1 and 16, cut into 2 K slices: with their
+    arrival counter (an atomic add and exchange)."""
     b = compiled["blocks"]
     assert set(b) == {"float16_1", "bfloat16_1", "float16_16", "bfloat16_16"}
     for v in b.values():
