@@ -150,8 +150,8 @@ def test_default_picks_blocks_for_few_half_columns_only():
 
 
 def test_one_column_takes_long_steps_of_two_rows():
-    """At N = 1 the default block is 2 rows x 256 nonzeros per step (8 per thread: faster
-    than 4 x 128 on 11 of 12 Llama cases, bench/NOTES.md), at N = 2-4 the shorter steps."""
+    """At N = 1 the default block is 2 rows x 256 nonzeros per step (twice the programs of
+    4 x 128: faster on 11 of 12 Llama cases, bench/NOTES.md), at N = 2-4 the shorter steps."""
     w = as_sparse_weight(_weight(256, 4096, 0.3, torch.float16))
     one = plan_for(Schedule(), w, 1, "float16")
     assert (one.mode, one.rows_per_program, one.chunk) == ("blocks", 2, 256)

@@ -116,3 +116,34 @@ def test_run_works_out_the_key_once_for_all_kernels_of_a_variant(monkeypatch):
     launch.run(v, X, Y, (), sig)
     assert len(v.kernels) > 2 and len(calls) == len(v.kernels) and len(keys) == 1
     assert all(spec == keys[0] and args is calls[0][1] for _, args, spec in calls)
+
+
+def test_launch_metadata_is_built_only_for_an_enter_hook(monkeypatch):
+    """Triton's launch metadata feeds its launch-enter hook only: without a hook the direct
+    launch passes None and skips building it; with one, the kernel's own metadata and the
+    hooks reach the launch."""
+    from triton import knobs
+    from sparsert_triton.runtime import direct
+
+    class Counting(_FakeKernel):
+        def __init__(self):
+            super().__init__()
+            self.metas, self.seen = 0, []
+
+        def launch_metadata(self, grid, stream, *args):
+            self.metas += 1
+            return {"grid": grid}
+
+        def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
+            self.seen.append((launch_meta, enter))
+
+    k = Counting()
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
+    direct.run_compiled(((k, (2, 1, 1)),), (torch.zeros(4),), 0)
+    assert k.metas == 0 and k.seen == [(None, None)]
+
+    def hook(metadata):
+        return None
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", hook)
+    direct.run_compiled(((k, (2, 1, 1)),), (torch.zeros(4),), 0)
+    assert k.metas == 1 and k.seen[-1] == ({"grid": (2, 1, 1)}, hook)

@@ -321,9 +321,10 @@ def bitmap_by_default(weight: SparseWeight, N: int) -> bool:
 def blocks_shape(weight: SparseWeight, N: int) -> tuple:
     """The blocks mode's default ``(rows_per_program, chunk)``: rows of a block x nonzeros per
     row and step. H100, fp16, Llama-2-7B shapes at 50-90% (bench/NOTES.md, "Thirteenth
-    session" and "Eighteenth session"): at N = 1, 256-nonzero steps of 2 rows (each thread
-    loads 8 columns and values per step; against 4 x 128 / 16 x 64 / 4 x 64 faster on 11 of
-    12 cases of four Llama shapes, 1.3x geomean, 0.97x at worst); for N = 2-4, 128-nonzero
+    session" and "Eighteenth session"): at N = 1, 256-nonzero steps of 2 rows (the 512
+    entries a step of 4 x 128 in twice the programs, which fill the GPU where a 4096-row
+    weight's 1024 blocks of 4 rows did not; against 4 x 128 / 16 x 64 / 4 x 64 faster on 11
+    of 12 cases of four Llama shapes, 1.3x geomean, 0.97x at worst); for N = 2-4, 128-nonzero
     steps of 4 rows where rows hold >= 512 nonzeros (less padding per row than 8 x 64
     blocks on 4096 x 11008: 3.0x vs 2.0x of dense at 90%), else 64-nonzero steps of 16 rows
     where that leaves >= 640 blocks (11008 x 4096 at 90%: 3.3x vs 3.0x for 8 x 64), of 4

@@ -81,8 +81,11 @@ def run_compiled(launches, args, stream: int):
     hooks = _RUNTIME or _runtime()
     enter, exit_ = hooks.launch_enter_hook, hooks.launch_exit_hook
     for kernel, g in launches:
-        kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata,
-                   kernel.launch_metadata(g, stream, *args), enter, exit_, *args)
+        # the launch metadata is built for the enter hook only (Triton's own launch_metadata
+        # returns None without one): one Python call less per launch on the eager path
+        meta = None if enter is None else kernel.launch_metadata(g, stream, *args)
+        kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, meta,
+                   enter, exit_, *args)
 
 
 def _runtime():
