@@ -55,7 +55,7 @@ class Variant:
         self.launcher.enabled = not interpreting()   # the interpreter has no compiled kernels
         self.module = import_kernels(path, key)
         self.table = plan.mode == "table"
-        if plan.mode in ("bitmap", "expand"):
+        if plan.bitmap_tiles:
             k_tiles = self.k_tiles = int(layout["k_tiles"])
             blocks = len(layout["tbase"]) // max(1, k_tiles)
             self.kernels = ([(self.module.sparse_expand_kernel, blocks),

@@ -166,7 +166,7 @@ class SparsePattern:
             from .weights import WEIGHT_DTYPES
             try:    # (an X dtype or schedule that does not serve this call: its own error)
                 plan = plan_for(self.schedule, self.base, int(N), WEIGHT_DTYPES[dtype])
-                hit = plan.mode in ("bitmap", "expand") and plan.use_dot
+                hit = plan.bitmap_tiles and plan.use_dot
             except (KeyError, ValueError):
                 hit = False
             self._dot_tiles[key] = hit

@@ -435,7 +435,7 @@ def documented_product(kernel, X: torch.Tensor) -> torch.Tensor:
     acc = W @ torch.where(finite, Xd, 0.0)
     reach = W != 0                                  # reach[m, k]: column k reaches row m
     plan = kernel.last_plan
-    if plan is not None and plan.mode in ("bitmap", "expand"):
+    if plan is not None and plan.bitmap_tiles:
         reach = torch.ones_like(reach)
     elif plan is not None and plan.use_dot:
         t = specialise(kernel.weight, plan)

@@ -207,49 +207,44 @@ for name, extra in (("table_pad", dict(conv_input="padded")),
     loads[name] = {"ld": len(re.findall(r"ld\.global", ptx)), "source": v.source}
 out["conv_loads"] = loads
 
-# the blocks mode (16-bit columns, K slices with the in-order fix-up), half precision
+# the row-block modes in half precision: relu(W @ X + b) compiled for fp16 and bf16 X at
+# each N, with the facts each test asks of the plan and the compiled kernels
 from sparsert_triton.compiler.plan import Signature
-blocks = {}
 Wb = (torch.randn(512, 1024, generator=g) * (torch.rand(512, 1024, generator=g) < 0.2)).half()
-kb = sparse_kernel(lambda W, X, b: relu(W @ X + b),
-                   schedule=Schedule(mode="blocks", split_k=2)).specialize(Wb)
-for N in (1, 16):
-    for dt in ("float16", "bfloat16"):
-        sig = Signature(dt, "float16", dt, (("b", "row"),))
-        v = kb.variant(sig, N, torch.device("cpu"))
-        ptx = "".join(c.asm["ptx"] for c in precompile_variant(v, sig))
-        blocks[f"{dt}_{N}"] = {"split": v.plan.split_k, "atomics": ptx.count("atom.")}
-out["blocks"] = blocks
+
+
+def half_variants(schedule, Ns, facts):
+    k = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=schedule).specialize(Wb)
+    got = {}
+    for N in Ns:
+        for dt in ("float16", "bfloat16"):
+            sig = Signature(dt, "float16", dt, (("b", "row"),))
+            v = k.variant(sig, N, torch.device("cpu"))
+            got[f"{dt}_{N}"] = facts(v.plan, precompile_variant(v, sig))
+    return got
+
+
+def _ptx(compiled):
+    return "".join(c.asm["ptx"] for c in compiled)
+
+
+# the blocks mode (16-bit columns, K slices with the in-order fix-up)
+out["blocks"] = half_variants(Schedule(mode="blocks", split_k=2), (1, 16), lambda p, c: {
+    "split": p.split_k, "atomics": _ptx(c).count("atom.")})
 # a block starts at whole steps (tl.multiple_of): its column and value loads are vectors
 kv = sparse_kernel(lambda W, X: W @ X,
                    schedule=Schedule(mode="blocks", rows_per_program=4, chunk=128)).specialize(Wb)
 sig = Signature("float16", "float16", "float16", ())
-ptx = "".join(c.asm["ptx"] for c in precompile_variant(kv.variant(sig, 1, torch.device("cpu")), sig))
+ptx = _ptx(precompile_variant(kv.variant(sig, 1, torch.device("cpu")), sig))
 out["blocks_vector_loads"] = len(re.findall(r"ld\.global(\.\w+)*\.v[24]\.", ptx))
-
 # the bitmap mode: multiply-adds at N = 1, tl.dot at N = 16, K ranges with the fix-up
-bitmap = {}
-km = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=Schedule(mode="bitmap")).specialize(Wb)
-for N in (1, 16):
-    for dt in ("float16", "bfloat16"):
-        sig = Signature(dt, "float16", dt, (("b", "row"),))
-        v = km.variant(sig, N, torch.device("cpu"))
-        ptx = "".join(c.asm["ptx"] for c in precompile_variant(v, sig))
-        bitmap[f"{dt}_{N}"] = {"split": v.plan.split_k, "dot": v.plan.use_dot,
-                               "popc": ptx.count("popc.b32"), "mma": ptx.count("mma")}
-out["bitmap"] = bitmap
-
+out["bitmap"] = half_variants(Schedule(mode="bitmap"), (1, 16), lambda p, c: {
+    "split": p.split_k, "dot": p.use_dot, "popc": _ptx(c).count("popc.b32"),
+    "mma": _ptx(c).count("mma")})
 # the expand mode: the expansion (popc) and the tensor-core product (wgmma) at N = 1 and 512
-expand = {}
-ke = sparse_kernel(lambda W, X, b: relu(W @ X + b), schedule=Schedule(mode="expand")).specialize(Wb)
-for N in (1, 512):
-    for dt in ("float16", "bfloat16"):
-        sig = Signature(dt, "float16", dt, (("b", "row"),))
-        v = ke.variant(sig, N, torch.device("cpu"))
-        c = precompile_variant(v, sig)
-        expand[f"{dt}_{N}"] = {"kernels": len(c), "popc": c[0].asm["ptx"].count("popc.b32"),
-                               "mma": [k.asm["ptx"].count("mma") for k in c]}
-out["expand"] = expand
+out["expand"] = half_variants(Schedule(mode="expand"), (1, 512), lambda p, c: {
+    "kernels": len(c), "popc": c[0].asm["ptx"].count("popc.b32"),
+    "mma": [k.asm["ptx"].count("mma") for k in c]})
 
 from sparsert_triton.compiler import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]

@@ -64,7 +64,7 @@ class Plan:
                 bad(f"chunk must be a power of two, got {self.chunk}")
             if self.use_dot and min(self.rows_per_program, self.chunk, self.block_n) < 16:
                 bad("use_dot needs rows_per_program, chunk and block_n >= 16")
-        elif self.use_dot and self.mode not in ("bitmap", "expand"):
+        elif self.use_dot and not self.bitmap_tiles:
             bad("use_dot applies to table mode only (and the bitmap and expand modes)")
         if self.split_k != 1 and self.row_blocks:
             if not 1 <= self.split_k <= 16:
@@ -114,7 +114,7 @@ class Plan:
             if self.streams != 1:
                 bad("expand mode's product reads what its expansion wrote: one stream "
                     "(streams 1)")
-        if self.mode in ("bitmap", "expand"):       # the bitmap layout's tiles
+        if self.bitmap_tiles:
             if self.chunk not in (32, 64, 128, 256):
                 bad(f"{self.mode} mode needs chunk (positions per tile along K) in 32, 64, "
                     f"128, 256, got {self.chunk}")
@@ -159,6 +159,12 @@ class Plan:
         """Whether this is the one-row table kernel (a scalar-FMA loop over each row's own
         nonzeros; for a convolution, over each row's nonzeros of one kernel tap at a time)."""
         return self.mode == "table" and not self.use_dot
+
+    @property
+    def bitmap_tiles(self) -> bool:
+        """Whether the weight is stored as the bitmap layout's tiles (``bitmap.Bitmap``: a bit
+        per position and packed values): the bitmap and expand modes."""
+        return self.mode in ("bitmap", "expand")
 
     @property
     def row_blocks(self) -> bool:

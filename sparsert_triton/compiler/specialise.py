@@ -286,7 +286,7 @@ def specialise(weight: SparseWeight, plan: Plan, taps: int = 1,
     (``pad_input``): each column's offset into the padded input, which the table then holds."""
     if plan.mode == "table":
         return specialise_table(weight, plan, taps, offsets)
-    if plan.mode in ("bitmap", "expand"):
+    if plan.bitmap_tiles:
         from .bitmap import specialise_bitmap
         return specialise_bitmap(weight, plan)
     if plan.mode == "blocks":

@@ -44,7 +44,7 @@ def render(low: Lowered, header: str = "") -> str:
         b("from triton.language.extra.cuda import gdc_wait")
     b()
     table = isinstance(low.kernels[0], TableKernel)
-    if low.plan.mode in ("bitmap", "expand"):     # both decode bitmap tiles with popc
+    if low.plan.bitmap_tiles:     # both modes decode the tiles with popc
         b("import os")
         b("from triton.language.extra import libdevice")
         b()

@@ -71,10 +71,10 @@ def render_dense_kernel(b: Buffer, k, low):
         b(f"i = tl.arange(0, {R})")
         b(f"rows = tl.where(pid_m * {R} + i < {k.M}, pid_m * {R} + i, -1)")
         b(f"acc = tl.zeros([{R}, {BN}], {TL_DTYPES[sig.acc_dtype]})")
+        prec = "tf32" if sig.x_dtype == "float32" and p.allow_tf32 else "ieee"
         with b.indent(f"for kt in range(0, {k.k_tiles}):"):
             b(f"w = tl.load({_scratch_tile(low)})")
             _x_tile(b, low, "2d")
-            prec = ("tf32" if p.allow_tf32 else "ieee") if sig.x_dtype == "float32" else "ieee"
             # the interpreter's bf16 tl.dot is wrong (triton #11584): float32 operands there
             with b.indent("if _INTERPRETED:"):
                 b('acc += tl.dot(w.to(tl.float32), x.to(tl.float32), input_precision="ieee")')
