@@ -52,6 +52,9 @@ LAYERS: Dict[str, Sequence[tuple]] = {
                   ("mlp_down", 4096, 14336)),
     "llama2-13b": (("mlp_up", 13824, 5120), ("mlp_down", 5120, 13824)),
     "llama3-70b": (("mlp_up", 28672, 8192), ("mlp_down", 8192, 28672)),
+    # encoder widths (BERT-base; the DLMC Transformer's base model), for the smaller weights
+    "bert-base": (("attn", 768, 768), ("ffn_up", 3072, 768), ("ffn_down", 768, 3072)),
+    "transformer-base": (("attn", 512, 512), ("ffn_up", 2048, 512), ("ffn_down", 512, 2048)),
     "tiny": (("fc", 40, 120),),          # the CPU smoke test's (interpreter)
 }
 SYSTEMS = ("dense", "semi24", "sparsert_default", "sparsert", "table", "expand")

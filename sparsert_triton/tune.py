@@ -43,7 +43,7 @@ import torch
 from dsl import Schedule, ir
 
 from .api import SparseKernel, SpecializedKernel, sparse_kernel
-from .compiler.canonicalise import blocks_shape, plan_for
+from .compiler.canonicalise import EXPAND_TILES, blocks_shape, expand_tiles, plan_for
 from .compiler.compile import compile_workers, interpreting
 from .compiler.plan import Plan, Signature
 from .compiler.specialise import specialise
@@ -362,16 +362,15 @@ def candidate_schedules(weight, N: int, dtype="float32", conv: bool = False,
             (first if i == 0 else second).append(s)
 
     # the expand mode (dense tiles written once per call, then tl.dot) for many columns in
-    # half precision: its plan's tiles, and the other tile family of its plan (128 x 256 with
-    # 8 warps below N = 1024, 64 x 128 with 4 from there; bench/NOTES.md, seventeenth session)
+    # half precision: its plan's tiles, and the other tile families its plan picks from by
+    # the output's size (bench/NOTES.md, seventeenth and nineteenth sessions)
     if half and N >= 128:
         second.append(Schedule(mode="expand"))
-        if N < 1024:
-            second.append(Schedule(mode="expand", rows_per_program=128, block_n=256,
-                                   num_warps=8))
-        else:
-            second.append(Schedule(mode="expand", rows_per_program=64, block_n=128,
-                                   num_warps=4))
+        picked = expand_tiles(w.M, w.K, N)
+        for R, T, warps in EXPAND_TILES:
+            if (R, T, warps) != picked and T <= max(64, N):
+                second.append(Schedule(mode="expand", rows_per_program=R, block_n=T,
+                                       num_warps=warps))
 
     # unrolled modes around plan_for's rows per program (about 256 FMAs per group)
     base = plan_for(Schedule(mode="values"), w, N, d).rows_per_program

@@ -98,24 +98,46 @@ def test_expand_needs_tensor_core_dtypes(x_dtype):
         plan_for(Schedule(mode="expand"), w, 16, x_dtype)
 
 
-def test_the_default_takes_expand_for_many_columns_on_large_half_weights():
-    """bench/NOTES.md, seventeenth session: half precision, more than 64 columns, at least
-    2**22 positions, density x N >= 20; the wide tiles from N = 1024."""
+def test_the_default_takes_expand_for_many_columns_on_half_weights():
+    """bench/NOTES.md, seventeenth and nineteenth sessions: half precision, more than 64
+    columns, at least 2**18 positions, density x N >= 20."""
     big = {d: as_sparse_weight(_weight(2048, 2048, d, torch.float16, seed=5)) for d in (0.1, 0.5)}
+    encoder = as_sparse_weight(_weight(512, 512, 0.3, torch.float16, seed=3))
     small = as_sparse_weight(_weight(256, 512, 0.5, torch.float16))
     for dt in ("float16", "bfloat16"):
         assert plan_for(Schedule(), big[0.5], 128, dt, interpreter=False).mode == "expand"
         assert plan_for(Schedule(), big[0.1], 128, dt, interpreter=False).mode == "table"
         assert plan_for(Schedule(), big[0.1], 256, dt, interpreter=False).mode == "expand"
         assert plan_for(Schedule(), big[0.5], 64, dt, interpreter=False).mode == "bitmap"
+        assert plan_for(Schedule(), encoder, 128, dt, interpreter=False).mode == "expand"
+        assert plan_for(Schedule(), encoder, 65, dt, interpreter=False).mode == "table"
         assert plan_for(Schedule(), small, 2048, dt, interpreter=False).mode != "expand"
     assert plan_for(Schedule(), big[0.5], 2048, "float32", interpreter=False).mode != "expand"
-    narrow = plan_for(Schedule(), big[0.5], 300, "float16", interpreter=False)
-    wide = plan_for(Schedule(), big[0.5], 2048, "float16", interpreter=False)
-    assert (narrow.rows_per_program, narrow.block_n, narrow.num_warps, narrow.num_stages) == \
-        (64, 128, 4, 3)
-    assert (wide.rows_per_program, wide.block_n, wide.num_warps, wide.num_stages) == \
-        (128, 256, 8, 4)
+
+
+def _tiles(plan):
+    return plan.rows_per_program, plan.block_n, plan.num_warps, plan.num_stages
+
+
+def test_the_expand_tiles_follow_the_output_size():
+    """128 x 256 / 8 warps from N = 1024 where it makes >= 96 programs, else 64 x 128 where
+    that does (or below N = 1024 on weights of >= 2**22 positions), else 64 x 64."""
+    w = {shape: as_sparse_weight(_weight(*shape, 0.5, torch.float16, seed=5))
+         for shape in ((2048, 2048), (768, 768), (512, 512), (3072, 768))}
+    def tiles(shape, N):
+        return _tiles(plan_for(Schedule(), w[shape], N, "float16", interpreter=False))
+    assert tiles((2048, 2048), 300) == (64, 128, 4, 3)
+    assert tiles((2048, 2048), 128) == (64, 128, 4, 4)
+    assert tiles((2048, 2048), 2048) == (128, 256, 8, 4)    # 16 x 8 programs
+    assert tiles((3072, 768), 1024) == (128, 256, 8, 4)     # 24 x 4
+    assert tiles((768, 768), 1024) == (64, 128, 4, 4)       # 6 x 4 wide, 12 x 8
+    assert tiles((512, 512), 1024) == (64, 64, 4, 4)        # 4 x 4 wide, 8 x 8
+    assert tiles((3072, 768), 128) == (64, 64, 4, 4)        # 48 at 64 x 128
+    assert tiles((768, 768), 100) == (64, 64, 4, 4)
+    # a field the user set is kept; the others still follow the rule
+    p = plan_for(Schedule(mode="expand", block_n=128), w[(768, 768)], 128, "float16",
+                 interpreter=False)
+    assert (p.rows_per_program, p.block_n) == (64, 128)
 
 
 def test_expansion_programs_walk_every_tile_whatever_n(monkeypatch, tmp_path):
@@ -140,7 +162,7 @@ def test_expansion_programs_walk_every_tile_whatever_n(monkeypatch, tmp_path):
 def test_the_tuner_times_expand_from_128_half_precision_columns():
     from sparsert_triton.tune import candidate_schedules
     w = as_sparse_weight(_weight(256, 512, 0.3, torch.float16))
-    for N, dt, want in ((128, "float16", 2), (2048, "bfloat16", 2), (64, "float16", 0),
+    for N, dt, want in ((128, "float16", 2), (2048, "bfloat16", 3), (64, "float16", 0),
                         (512, "float32", 0)):
         got = [s for s in candidate_schedules(w, N, dt) if s.mode == "expand"]
         assert len(got) == want, (N, dt)

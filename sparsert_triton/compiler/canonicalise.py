@@ -292,17 +292,42 @@ def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
 
 def expand_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
     """Whether 'auto' picks the expand mode: half-precision W @ X of more columns than the
-    blocks modes take, on weights of at least 2**22 positions, where the density times N is at
+    blocks modes take, on weights of at least 2**18 positions, where the density times N is at
     least 20. H100, fp16 and bf16, Llama-2-7B shapes (bench/NOTES.md, seventeenth session): the
     expansion takes 23 us for 4096 x 4096 and 65 us for 11008 x 4096 (whatever the
     density), so the mode costs about that plus a dense product on tensor cores; the table
     kernel's time grows with the nonzeros times N (~1.1-1.7e-13 s per multiply-add). At 50-70%
     the expand mode ran 0.27-0.76x of dense cuBLAS at N = 128-2048 against the table kernel's
     0.06-0.15x; at 90% it loses at N = 128 (0.28 vs 0.35x, density x N = 12.8) and wins from
-    N = 256 (density x N = 25.6). Smaller weights (DLMC's) were not measured: they keep the
-    table kernel."""
+    N = 256 (density x N = 25.6). Encoder widths, 512 x 512 to 3072 x 768 (nineteenth
+    session, with :func:`expand_tiles`): the same crossing, at 90% the table kernel 5-20%
+    faster at N = 128 and the expand mode 1.5-3x faster at N = 1024, at 70% 3-12x faster
+    at N = 128. Smaller weights were not measured: they keep the table kernel."""
     return (x_dtype in ("float16", "bfloat16") and N > BLOCKS_MAX_N
-            and weight.M * weight.K >= 1 << 22 and weight.density * N >= 20)
+            and weight.M * weight.K >= 1 << 18 and weight.density * N >= 20)
+
+
+#: the expand mode's product tiles (rows, columns, warps) that :func:`expand_tiles` picks from
+EXPAND_TILES = ((128, 256, 8), (64, 128, 4), (64, 64, 4))
+
+
+def expand_tiles(M: int, K: int, N: int) -> tuple:
+    """The expand mode's default product tile ``(rows, columns, warps)``: 128 x 256 with 8 warps
+    from N = 1024 where that makes >= 96 programs, else 64 x 128 with 4 warps where that
+    makes >= 96 programs (at N < 1024 on weights of >= 2**22 positions whatever the count),
+    else 64 x 64 (fewer columns below N = 128). H100, fp16, 90% (bench/NOTES.md,
+    nineteenth session): at N = 1024 128 x 256 ran 12.7 / 35.0 / 10.1 / 23.9 us on 768 x 768,
+    768 x 3072, 512 x 512, 512 x 2048 (24, 24, 16, 16 programs) against 6.9 / 15.5 us for
+    64 x 128 and 4.5 / 8.9 us for 64 x 64; where it makes 96-128 programs (3072 x 768,
+    4096 x 4096) it was fastest; at N = 128 64 x 64 was 7-14% faster than 64 x 128 on the six
+    encoder shapes and 7% slower on 4096 x 4096."""
+    def programs(r, c):
+        return -(-M // r) * -(-N // c)
+    if N >= 1024 and programs(128, 256) >= 96:
+        return 128, 256, 8
+    if (N < 1024 and M * K >= 1 << 22) or programs(64, 128) >= 96:
+        return 64, max(16, min(128, _next_pow2(N))), 4
+    return 64, max(16, min(64, _next_pow2(N))), 4
 
 
 def bitmap_by_default(weight: SparseWeight, N: int) -> bool:
@@ -381,9 +406,8 @@ def _row_block_plan(s: Schedule, mode: str, rpp: int, block_n: int, order: str, 
 
 
 def _expand_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> Plan:
-    """The expand mode's plan: 64-position K tiles; from N = 1024 128 x 256 output tiles with
-    8 warps, below 64 x min(128, N) with 4; the product pipelined over 4 stages (3 for
-    N = 256-1023); the product on tensor cores in X's dtype (half precision, or float32 with
+    """The expand mode's plan: 64-position K tiles; output tiles from :func:`expand_tiles`;
+    the product pipelined over 4 stages (3 for N = 256-1023); the product on tensor cores in X's dtype (half precision, or float32 with
     ``allow_tf32``). H100, fp16, Llama-2-7B shapes at 50% (bench/NOTES.md, seventeenth session):
     at N = 2048 128 x 256 / 8 warps / 4 stages ran 0.68-0.76x of dense cuBLAS against
     0.49-0.55x for 64 x 128 / 4 warps / 2 stages (128 x 128 with 8 warps: 0.61-0.69x); at
@@ -395,12 +419,11 @@ def _expand_plan(s: Schedule, weight: SparseWeight, N: int, x_dtype: str) -> Pla
     if s.use_dot is False:
         raise ValueError("schedule: expand mode multiplies with tl.dot: use_dot=False does "
                          "not apply")
-    wide = N >= 1024
-    rpp = (128 if wide else 64) if s.rows_per_program == AUTO else int(s.rows_per_program)
+    rows, cols, nw = expand_tiles(weight.M, weight.K, N)
+    rpp = rows if s.rows_per_program == AUTO else int(s.rows_per_program)
     chunk = 64 if s.chunk == AUTO else int(s.chunk)
-    block_n = ((256 if wide else max(16, min(128, _next_pow2(N)))) if s.block_n == AUTO
-               else int(s.block_n))
-    warps = (8 if wide else 4) if s.num_warps == AUTO else int(s.num_warps)
+    block_n = cols if s.block_n == AUTO else int(s.block_n)
+    warps = nw if s.num_warps == AUTO else int(s.num_warps)
     stages = 3 if 256 <= N < 1024 else 4
     order = "given" if s.row_order == AUTO else s.row_order
     return _row_block_plan(s, "expand", rpp, block_n, order, chunk, True, int(s.split_k),
