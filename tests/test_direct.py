@@ -139,11 +139,83 @@ def test_launch_metadata_is_built_only_for_an_enter_hook(monkeypatch):
 
     k = Counting()
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
-    direct.run_compiled(((k, (2, 1, 1)),), (torch.zeros(4),), 0)
+    direct.run_compiled(direct.launches_of(((k, (2, 1, 1)),)), (torch.zeros(4),), 0)
     assert k.metas == 0 and k.seen == [(None, None)]
 
     def hook(metadata):
         return None
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", hook)
-    direct.run_compiled(((k, (2, 1, 1)),), (torch.zeros(4),), 0)
+    direct.run_compiled(direct.launches_of(((k, (2, 1, 1)),)), (torch.zeros(4),), 0)
     assert k.metas == 1 and k.seen[-1] == ({"grid": (2, 1, 1)}, hook)
+
+
+def test_empty_hook_chains_are_not_passed_to_the_launch(monkeypatch):
+    """triton 3.6's launch hooks are chains, empty unless a profiler adds a hook: an empty
+    chain is passed as None (no metadata built, no calls from the launcher), a chain with a
+    hook as itself, with the kernel's metadata."""
+    from triton import knobs
+    from sparsert_triton.runtime import direct
+
+    class Chain:
+        def __init__(self, calls):
+            self.calls = calls
+
+        def __call__(self, *args):
+            for c in self.calls:
+                c(*args)
+
+    class Counting(_FakeKernel):
+        metas = 0
+
+        def launch_metadata(self, grid, stream, *args):
+            self.metas += 1
+            return {"grid": grid}
+
+        def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
+            self.runs.append((launch_meta, enter, exit_))
+
+    k = Counting()
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", Chain([]))
+    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", Chain([]))
+    direct.run_compiled(direct.launches_of(((k, (1, 1, 1)),)), (5,), 0)
+    assert k.metas == 0 and k.runs == [(None, None, None)]
+    exit_chain = Chain([lambda meta: None])
+    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", exit_chain)
+    direct.run_compiled(direct.launches_of(((k, (1, 1, 1)),)), (5,), 0)
+    assert k.metas == 1 and k.runs[-1] == ({"grid": (1, 1, 1)}, None, exit_chain)
+
+
+def test_the_c_launch_is_called_directly_only_with_the_known_layout(monkeypatch):
+    """On triton 3.6 (``direct._C_LAUNCH``) a CUDA launcher of a kernel without scratch
+    buffers is skipped for its compiled C ``launch``, with the arguments in the order the
+    launcher would pass them; with scratch buffers, or another triton, the kernel's ``run``."""
+    from sparsert_triton.runtime import direct
+
+    class CudaLauncher:
+        launch_cooperative_grid, launch_pdl = 0, 1
+
+        def __init__(self, scratch):
+            self.global_scratch_size, self.profile_scratch_size = scratch, 0
+            self.direct, self.wrapped = [], []
+
+        def launch(self, *args):
+            self.direct.append(args)
+
+        def __call__(self, *args):
+            self.wrapped.append(args)
+
+    class Kernel(_FakeKernel):
+        def __init__(self, scratch):
+            super().__init__()
+            self.run = CudaLauncher(scratch)
+
+    monkeypatch.setattr(direct, "_C_LAUNCH", True)
+    plain, scratch = Kernel(0), Kernel(128)
+    direct.run_compiled(direct.launches_of(((plain, (2, 3, 1)), (scratch, (4, 1, 1)))),
+                        (10, 20), 7)
+    assert plain.run.direct == [(2, 3, 1, 7, "fn", 0, 1, None, None, "meta", None, None, None,
+                                 10, 20)] and not plain.run.wrapped
+    assert scratch.run.wrapped == [(4, 1, 1, 7, "fn", "meta", None, None, None, 10, 20)]
+    monkeypatch.setattr(direct, "_C_LAUNCH", False)
+    direct.run_compiled(direct.launches_of(((plain, (2, 3, 1)),)), (10, 20), 7)
+    assert len(plain.run.direct) == 1 and len(plain.run.wrapped) == 1

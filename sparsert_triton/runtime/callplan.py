@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..compiler.compile import interpreting
-from .direct import run_compiled, spec_key
+from .direct import launches_of, run_compiled, spec_key
 from .launch import call_buffers, grids, operand_args, run, size_args
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
@@ -105,6 +105,7 @@ class CallPlan:
         self.per_call = plan.mode == "expand" or (plan.row_blocks and plan.split_k > 1)
         self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
         self.buffers = None      # the variant's device buffers (made once per device)
+        self.buffer_ptrs = ()    # their addresses
 
     def check_numbers(self, operands):
         for i in self.numbers:
@@ -128,32 +129,36 @@ class CallPlan:
         if not (self.direct and launcher.enabled):
             run(v, prepare(X, v.plan), Y, operands, self.sig)
             return Y
-        # the variant's buffers are allocated once per device: only these pointers can move
+        # the variant's buffers are allocated once per device: only these pointers can move.
+        # The launch takes every pointer as its integer address (what Triton's launcher does
+        # with a tensor after asking it and the driver); the tensors stay referenced here
+        # until the launch has been queued
         tensors = self.tensors
+        xp, yp = X.data_ptr(), Y.data_ptr()
         if not tensors:
-            aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0)
+            aligned = (xp % 16 == 0, yp % 16 == 0)
         elif len(tensors) == 1:
-            aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0,
-                       operands[tensors[0]].data_ptr() % 16 == 0)
+            aligned = (xp % 16 == 0, yp % 16 == 0, operands[tensors[0]].data_ptr() % 16 == 0)
         else:
-            aligned = (X.data_ptr() % 16 == 0, Y.data_ptr() % 16 == 0,
+            aligned = (xp % 16 == 0, yp % 16 == 0,
                        *[operands[i].data_ptr() % 16 == 0 for i in tensors])
         launches = self.compiled.get(aligned)
         if launches is not None:
-            bufs = self.buffers
+            bufs = self.buffer_ptrs
             one = self.one_tensor
             if self.per_call:
-                bufs = (*bufs, *call_buffers(v, X, Y, self.sizes[-1], self.sig))
+                made = call_buffers(v, X, Y, self.sizes[-1], self.sig)
+                bufs = (*bufs, *[b.data_ptr() for b in made])
             elif one is not None:
-                run_compiled(launches, (X, *bufs, Y, *one[1], operands[one[0]], *one[2]),
-                             launcher.stream_of(self.device))
+                run_compiled(launches, (xp, *bufs, yp, *one[1], operands[one[0]].data_ptr(),
+                                        *one[2]), launcher.stream_of(self.device))
                 return Y
             ops = self.op_args
             if self.op_fill:
                 ops = list(ops)
                 for pos, i, number in self.op_fill:
-                    ops[pos] = float(operands[i]) if number else operands[i]
-            run_compiled(launches, (X, *bufs, Y, *ops, *self.sizes),
+                    ops[pos] = float(operands[i]) if number else operands[i].data_ptr()
+            run_compiled(launches, (xp, *bufs, yp, *ops, *self.sizes),
                          launcher.stream_of(self.device))
             return Y
         args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
@@ -161,7 +166,8 @@ class CallPlan:
         found = [(v.launcher.compiled(fn, self.device, spec), g) for fn, g in self.grids]
         if all(k is not None for k, _ in found):
             self.buffers = v.buffers(self.device)
-            self.compiled[aligned] = found
+            self.buffer_ptrs = tuple(b.data_ptr() for b in self.buffers)
+            self.compiled[aligned] = launches_of(found)
         return Y
 
 

@@ -60,7 +60,7 @@ class Launcher:
                 self.kernels[key] = kernel
             return
         g = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
-        run_compiled(((kernel, g),), args, self.stream_of(device))
+        run_compiled(launches_of(((kernel, g),)), args, self.stream_of(device))
 
 
 #: the current stream's raw handle by device index (looked up once; absent in CPU builds)
@@ -74,18 +74,51 @@ def current_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def launches_of(pairs) -> tuple:
+    """Prepared launches for :func:`run_compiled` from (compiled kernel, (gx, gy, gz)) pairs:
+    ``(call, head, grid, kernel)``, the launch being ``call(gx, gy, gz, stream, *head,
+    launch_metadata, enter_hook, exit_hook, *args)``. That is the kernel's own ``run`` with
+    its function and packed metadata, except on triton 3.6, whose CUDA launcher's Python
+    ``__call__`` only allocates the scratch buffers a kernel without any does not need and
+    hands its arguments to the compiled C ``launch`` in a known order: there the C function
+    is called with them directly."""
+    out = []
+    for kernel, g in pairs:
+        run_ = kernel.run
+        if _C_LAUNCH and type(run_).__name__ == "CudaLauncher" and hasattr(run_, "launch") \
+                and getattr(run_, "global_scratch_size", 1) == 0 \
+                and getattr(run_, "profile_scratch_size", 1) == 0:
+            out.append((run_.launch, (kernel.function, run_.launch_cooperative_grid,
+                                      run_.launch_pdl, None, None, kernel.packed_metadata),
+                        g, kernel))
+        else:
+            out.append((run_, (kernel.function, kernel.packed_metadata), g, kernel))
+    return tuple(out)
+
+
+def active_hook(hook):
+    """``hook``, or None where calling it would do nothing: None, or an empty chain (triton
+    3.6's launch hooks are chains of hooks, empty unless a profiler adds one)."""
+    if hook is None:
+        return None
+    calls = getattr(hook, "calls", None)
+    return hook if not isinstance(calls, list) or calls else None
+
+
 def run_compiled(launches, args, stream: int):
-    """Launch compiled kernels on ``stream``: ``launches`` are (kernel, (gx, gy, gz)) pairs
-    sharing the arguments ``args`` (what ``fn[grid](*args)`` does once it has found the
-    kernel, with Triton's launch hooks)."""
+    """Launch compiled kernels on ``stream``: ``launches`` from :func:`launches_of`, sharing
+    the arguments ``args`` (what ``fn[grid](*args)`` does once it has found the kernel, with
+    Triton's launch hooks). Pointers may be passed as integer addresses (Triton's launcher
+    takes an int as the address itself, without asking the driver about it)."""
     hooks = _RUNTIME or _runtime()
-    enter, exit_ = hooks.launch_enter_hook, hooks.launch_exit_hook
-    for kernel, g in launches:
-        # the launch metadata is built for the enter hook only (Triton's own launch_metadata
-        # returns None without one): one Python call less per launch on the eager path
-        meta = None if enter is None else kernel.launch_metadata(g, stream, *args)
-        kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, meta,
-                   enter, exit_, *args)
+    enter = active_hook(hooks.launch_enter_hook)
+    exit_ = active_hook(hooks.launch_exit_hook)
+    for call, head, g, kernel in launches:
+        # the launch metadata is built for the hooks only, and the hooks are passed only when
+        # they would run something: two Python calls and an object less per launch
+        meta = None if enter is None and exit_ is None else \
+            kernel.launch_metadata(g, stream, *args)
+        call(g[0], g[1], g[2], stream, *head, meta, enter, exit_, *args)
 
 
 def _runtime():
@@ -98,3 +131,15 @@ def _runtime():
 
 
 _RUNTIME = None
+
+
+def _c_launch_layout() -> bool:
+    """Whether this triton's CUDA launcher has the 3.6 layout :func:`launches_of` calls into."""
+    try:
+        import triton
+        return tuple(int(p) for p in triton.__version__.split(".")[:2]) == (3, 6)
+    except (ImportError, ValueError):
+        return False
+
+
+_C_LAUNCH = _c_launch_layout()
