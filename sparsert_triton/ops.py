@@ -114,7 +114,10 @@ class SparsePattern:
         self.M, self.K, self.indptr, self.indices = int(M), int(K), indptr, indices
         self.schedule = schedule or Schedule()
         self._kernels = {}     # key -> (values tensor, version, SpecializedKernel)
-        self._planned = {}     # call layout -> (values, version, address, kernel, CallPlan)
+        self._planned = {}     # call layout -> (values, version, address, CallPlan, prepare)
+        # a layer's row-major eager calls: input layout -> (values, bias, the values'
+        # (address, version, shape, dtype), CallPlan, operands); see :meth:`record_rows_call`
+        self.rows_calls = {}
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)
         self._dot_tiles = {}   # (N, X dtype) -> whether that call's kernel reads X in dot tiles
@@ -226,6 +229,26 @@ class SparsePattern:
     #: the matrix op's forward (one frame less on the eager path than a wrapper)
     spmm = _forward
 
+    def record_rows_call(self, key, x: Tensor, Xt: Tensor, values: Tensor,
+                         bias: Optional[Tensor]):
+        """After a planned direct call ``W @ Xt`` into the rows layout (Y (M, N) the transpose
+        of a contiguous (N, M) tensor), where ``Xt`` views the memory of the layer's input
+        ``x`` (..., K) from its first element: remember it under ``key`` (the input's layout
+        and whatever else the caller's choice of view depended on). A later call with an
+        input of that layout, the same values (tensor, address, version) and the same bias
+        tensor needs neither view: it allocates the (..., M) output and launches on the
+        addresses (see ``SparseLinear.forward``). The output layout is what the plan was
+        made for, so the memory matches element for element."""
+        if Xt.shape[1] < 1 or Xt.data_ptr() != x.data_ptr():
+            return
+        hit = self._planned.get(_forward_key(Xt, values, bias, True))
+        if hit is None or hit[0] is not values or not hit[3].direct:
+            return
+        if len(self.rows_calls) >= MAX_PLANS:
+            self.rows_calls.clear()
+        self.rows_calls[key] = (values, bias, (hit[2], hit[1], values.shape, values.dtype),
+                                hit[3], (bias,) if bias is not None else ())
+
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:
             indptr_t, indices_t, perm = csr_transpose(self.M, self.K, self.indptr, self.indices)
@@ -256,6 +279,7 @@ class SparsePattern:
         """Forget the specialised kernels (after writing values through ``.data``)."""
         self._kernels.clear()
         self._planned.clear()
+        self.rows_calls.clear()
 
 
 def _forward_key(X: Tensor, values: Tensor, bias: Optional[Tensor], rows_out: bool = False):

@@ -46,6 +46,39 @@ def device():
     return DEVICE
 
 
+class RecordingKernel:
+    """A compiled kernel stand-in: records the X (address) and the arguments of every
+    launch, and runs nothing."""
+    function = packed_metadata = None
+
+    def __init__(self):
+        self.xs, self.args = [], []
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
+        self.xs.append(args[0] if isinstance(args[0], int) else args[0].data_ptr())
+        self.args.append(args)
+
+
+@pytest.fixture
+def recorded_launches(monkeypatch) -> dict:
+    """The launchers on, as on a GPU, keeping one :class:`RecordingKernel` per specialisation
+    key (the dict returned: key -> kernel) as Triton keeps its compiled kernels: planned
+    calls launch them directly; nothing is computed."""
+    from sparsert_triton.runtime import direct
+    compiled = {}
+
+    def launcher_call(self, fn, grid, args, opts, device, spec=None):
+        self.enabled, self.stream_of = True, (lambda device: 0)
+        key = (fn, device, direct.spec_key(args) if spec is None else spec)
+        kernel = self.kernels.setdefault(key, compiled.setdefault(key[2], RecordingKernel()))
+        direct.run_compiled(direct.launches_of(((kernel, (1, 1, 1)),)), args, 0)
+    monkeypatch.setattr(direct.Launcher, "__call__", launcher_call)
+    return compiled
+
+
 @pytest.fixture
 def on_test_device():
     """Tensors and modules the test makes land on the test device (a default-device context):

@@ -125,37 +125,8 @@ def test_key_refuses_what_it_cannot_describe():
     assert call_key(X, ()) != call_key(X.t().contiguous().t(), ())
 
 
-class _Kernel:
-    """A compiled kernel stand-in: records the X of every launch."""
-    function = packed_metadata = None
-
-    def __init__(self):
-        self.xs, self.args = [], []
-
-    def launch_metadata(self, grid, stream, *args):
-        return None
-
-    def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
-        self.xs.append(args[0] if isinstance(args[0], int) else args[0].data_ptr())
-        self.args.append(args)
-
-
-def as_on_a_gpu(monkeypatch) -> dict:
-    """The launcher on, keeping one recording kernel per specialisation key (returned: key ->
-    kernel), as Triton's compiled kernels are kept on a GPU."""
-    compiled = {}
-
-    def launcher_call(self, fn, grid, args, opts, device, spec=None):
-        self.enabled, self.stream_of = True, (lambda device: 0)
-        key = (fn, device, direct.spec_key(args) if spec is None else spec)
-        kernel = self.kernels.setdefault(key, compiled.setdefault(key[2], _Kernel()))
-        direct.run_compiled(direct.launches_of(((kernel, (1, 1, 1)),)), args, 0)
-    monkeypatch.setattr(direct.Launcher, "__call__", launcher_call)
-    return compiled
-
-
-def test_planned_launches_take_each_calls_tensors_and_numbers(monkeypatch):
-    compiled = as_on_a_gpu(monkeypatch)
+def test_planned_launches_take_each_calls_tensors_and_numbers(recorded_launches):
+    compiled = recorded_launches
     k = sparse_kernel(lambda W, X, b, a: (W @ X + b) * a).specialize(weight(8))
     X, b = torch.randn(K, 8), torch.randn(M)
     for i in range(4):
@@ -172,11 +143,11 @@ def test_planned_launches_take_each_calls_tensors_and_numbers(monkeypatch):
     assert b2.data_ptr() in kernel.args[-1] and b.data_ptr() not in kernel.args[-1]
 
 
-def test_compiled_kernels_are_reused_only_for_the_same_alignment(monkeypatch):
+def test_compiled_kernels_are_reused_only_for_the_same_alignment(recorded_launches):
     """As on a GPU (the launcher on, compiled kernels kept per specialisation key): the planned
     call launches the kernel compiled for its pointers' alignment, and a call whose X is not
     16-byte aligned gets the kernel of that specialisation."""
-    compiled = as_on_a_gpu(monkeypatch)
+    compiled = recorded_launches
     k = sparse_kernel(lambda W, X: W @ X, schedule=Schedule(mode="table")).specialize(weight(7))
     base = torch.randn(K * 64 + 1)
     aligned = base[:K * 64].view(K, 64)

@@ -136,8 +136,9 @@ def test_model_host_profile_reports_every_layer_planned():
 def test_row_major_outputs_take_the_planned_launch(monkeypatch, dtype):
     """With launches as on a GPU (stubbed), a "rows" layer's calls after the first of each
     layout run planned and launch the compiled kernel directly (never the general launch
-    path), one token or several, and a planned call runs exactly the aten ops a "columns"
-    call runs (its row-major output allocated in one op: no extra transposes per call)."""
+    path), one token or several, and a planned call runs no more aten ops than a "columns"
+    call (its row-major output allocated in one op: no extra transposes per call); an input
+    read in place (one token) runs the output's allocation alone, with no views."""
     from torch.profiler import ProfilerActivity, profile
     from sparsert_triton.runtime import callplan
     from sparsert_triton.nn import SparseLinear
@@ -165,7 +166,9 @@ def test_row_major_outputs_take_the_planned_launch(monkeypatch, dtype):
                     layer(x.view(x.shape))
                 assert p.planned_calls - planned == 3 and general == [], (layout, N)
                 seen[layout] = ops_of(lambda: layer(x.view(x.shape)))
-            assert len(seen["rows"]) == len(seen["columns"]), seen
+            assert len(seen["rows"]) <= len(seen["columns"]), seen
+            if N == 1:       # an input read in place: the harness's view and the output only
+                assert seen["rows"] == ["aten::empty", "aten::view"], seen
 
 
 def test_interleaved_timing_spreads_a_slow_spell():

@@ -402,3 +402,67 @@ def test_kernels_loading_dot_tiles_read_a_row_major_input_in_place(monkeypatch, 
         assert len(calls) == copied
         assert layer._pattern.reads_x_in_dot_tiles(21, torch.float16) == (not copied)
         close(y, dense.float()(x.float()), tol=2e-2)
+
+
+def test_row_major_calls_launch_on_the_inputs_address(recorded_launches, monkeypatch):
+    """As on a GPU (launches recorded, nothing computed): after its first call, a layer's call
+    with an input of the same layout, the same values and the same bias allocates nn.Linear's
+    output and launches on the input's and the output's addresses without going through the
+    op (``spmm``); anything its checks depend on sends the call back through the op."""
+    layer = SparseLinear.from_linear(pruned(nn.Linear(IN, OUT), seed=2))
+    through_op = []
+    forward = ops.SparsePattern._forward
+
+    def counting(self, *args, **kwargs):
+        through_op.append(1)
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(ops.SparsePattern, "spmm", counting)
+
+    def launches():
+        return sum(len(k.args) for k in recorded_launches.values())
+
+    def fast(call):
+        """Whether ``call`` launched once without the op."""
+        n, m = launches(), len(through_op)
+        y = call()
+        assert launches() == n + 1
+        return len(through_op) == m, y
+
+    def through_op_then_fast(call):
+        """The first call goes through the op; one of the next two is fast again (under
+        the recording launchers a new kernel's first planned call still plans its launch)."""
+        assert not fast(call)[0]
+        assert any(fast(call)[0] for _ in range(2))
+
+    x = torch.randn(2, 3, IN)
+    layer.row_major_input = "strided"      # a row-major input of 6 rows read in place
+    with torch.no_grad():
+        through_op_then_fast(lambda: layer(x))                # checked, compiled, recorded
+        for _ in range(2):
+            ok, y = fast(lambda: layer(x))
+            assert ok and y.shape == (2, 3, OUT) and y.is_contiguous()
+        args = next(k for k in recorded_launches.values() if k.args).args[-1]
+        assert args[0] == x.data_ptr() and y.data_ptr() in args
+        assert layer.bias.data_ptr() in args
+        x2 = torch.randn(2, 3, IN)                              # same layout, new address
+        assert fast(lambda: layer(x2))[0]
+        assert next(k for k in recorded_launches.values() if k.args).args[-1][0] == \
+            x2.data_ptr()
+        layer.values.mul_(2)                                    # version bump
+        through_op_then_fast(lambda: layer(x))
+        layer.bias = nn.Parameter(torch.randn(OUT))             # another bias tensor
+        through_op_then_fast(lambda: layer(x))
+        assert not fast(lambda: layer(x[:, :2]))[0]             # another layout
+        layer.output_layout = "columns"
+        ok, y = fast(lambda: layer(x))
+        assert not ok and not y.is_contiguous()
+        layer.output_layout = "rows"
+        assert fast(lambda: layer(x))[0]
+        with Recording():
+            assert not fast(lambda: layer(x))[0]                # dispatch mode: the op
+        one = torch.randn(1, IN)                                # one row: read in place
+        through_op_then_fast(lambda: layer(one))
+        layer.row_major_input = "transpose"                     # part of the key
+        through_op_then_fast(lambda: layer(one))
+        assert not any(fast(lambda: layer(x))[0] for _ in range(3))   # copied first
+    assert not fast(lambda: layer(one))[0]                      # gradients: the op's function

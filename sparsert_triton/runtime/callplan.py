@@ -125,41 +125,10 @@ class CallPlan:
             Y = torch.empty_strided(self.shape, self.strides, dtype=self.dtype,
                                     device=self.device)
         v = self.variant
-        launcher = v.launcher
-        if not (self.direct and launcher.enabled):
+        if not (self.direct and v.launcher.enabled):
             run(v, prepare(X, v.plan), Y, operands, self.sig)
             return Y
-        # the variant's buffers are allocated once per device: only these pointers can move.
-        # The launch takes every pointer as its integer address (what Triton's launcher does
-        # with a tensor after asking it and the driver); the tensors stay referenced here
-        # until the launch has been queued
-        tensors = self.tensors
-        xp, yp = X.data_ptr(), Y.data_ptr()
-        if not tensors:
-            aligned = (xp % 16 == 0, yp % 16 == 0)
-        elif len(tensors) == 1:
-            aligned = (xp % 16 == 0, yp % 16 == 0, operands[tensors[0]].data_ptr() % 16 == 0)
-        else:
-            aligned = (xp % 16 == 0, yp % 16 == 0,
-                       *[operands[i].data_ptr() % 16 == 0 for i in tensors])
-        launches = self.compiled.get(aligned)
-        if launches is not None:
-            bufs = self.buffer_ptrs
-            one = self.one_tensor
-            if self.per_call:
-                made = call_buffers(v, X, Y, self.sizes[-1], self.sig)
-                bufs = (*bufs, *[b.data_ptr() for b in made])
-            elif one is not None:
-                run_compiled(launches, (xp, *bufs, yp, *one[1], operands[one[0]].data_ptr(),
-                                        *one[2]), launcher.stream_of(self.device))
-                return Y
-            ops = self.op_args
-            if self.op_fill:
-                ops = list(ops)
-                for pos, i, number in self.op_fill:
-                    ops[pos] = float(operands[i]) if number else operands[i].data_ptr()
-            run_compiled(launches, (xp, *bufs, yp, *ops, *self.sizes),
-                         launcher.stream_of(self.device))
+        if self.launch(X, X.data_ptr(), Y.data_ptr(), operands):
             return Y
         args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
         spec = spec_key(args)
@@ -167,8 +136,51 @@ class CallPlan:
         if all(k is not None for k, _ in found):
             self.buffers = v.buffers(self.device)
             self.buffer_ptrs = tuple(b.data_ptr() for b in self.buffers)
-            self.compiled[aligned] = launches_of(found)
+            self.compiled[self.alignment(X.data_ptr(), Y.data_ptr(), operands)] = \
+                launches_of(found)
         return Y
+
+    def alignment(self, xp: int, yp: int, operands) -> tuple:
+        """The 16-byte alignment of X's, Y's and the operand tensors' addresses: the facts
+        Triton specialises the compiled kernels on besides the layout."""
+        tensors = self.tensors
+        if not tensors:
+            return (xp % 16 == 0, yp % 16 == 0)
+        if len(tensors) == 1:
+            return (xp % 16 == 0, yp % 16 == 0, operands[tensors[0]].data_ptr() % 16 == 0)
+        return (xp % 16 == 0, yp % 16 == 0,
+                *[operands[i].data_ptr() % 16 == 0 for i in tensors])
+
+    def launch(self, X: torch.Tensor, xp: int, yp: int, operands) -> bool:
+        """Launch the compiled kernels of this call's alignment on X at address ``xp`` (X, or a
+        tensor of its dtype and device that views the same memory) into the output at address
+        ``yp`` (laid out as this plan's Y); False, launching nothing, where no kernel was
+        compiled for that alignment yet or the variant's launcher is off. Every pointer goes as its integer address (what
+        Triton's launcher does with a tensor after asking it and the driver for one); the
+        tensors stay referenced by the caller until the launch is queued, and so do the
+        variant's buffers (allocated once per device: only X, Y and the operands move)."""
+        launcher = self.variant.launcher
+        launches = self.compiled.get(self.alignment(xp, yp, operands)) \
+            if launcher.enabled else None
+        if launches is None:
+            return False
+        bufs = self.buffer_ptrs
+        one = self.one_tensor
+        stream = launcher.stream_of(self.device)
+        if self.per_call:
+            made = call_buffers(self.variant, X, self.shape[0], self.sizes[-1], self.sig)
+            bufs = (*bufs, *[b.data_ptr() for b in made])
+        elif one is not None:
+            run_compiled(launches, (xp, *bufs, yp, *one[1], operands[one[0]].data_ptr(),
+                                    *one[2]), stream)
+            return True
+        ops = self.op_args
+        if self.op_fill:
+            ops = list(ops)
+            for pos, i, number in self.op_fill:
+                ops[pos] = float(operands[i]) if number else operands[i].data_ptr()
+        run_compiled(launches, (xp, *bufs, yp, *ops, *self.sizes), stream)
+        return True
 
 
 class _One:

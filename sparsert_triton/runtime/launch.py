@@ -81,7 +81,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = launch_options(plan)
     first = not variant.launched
-    bufs = [*bufs, *call_buffers(variant, X, Y, N, sig)]
+    bufs = [*bufs, *call_buffers(variant, X, Y.shape[0], N, sig)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
@@ -101,14 +101,15 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     return args
 
 
-def call_buffers(variant, X: torch.Tensor, Y: torch.Tensor, N: int, sig: Signature) -> tuple:
-    """The buffers a call needs after the variant's own (made per call, from torch's caching
-    allocator): the row-block modes' split-K workspace and counters, the expand mode's scratch."""
+def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature) -> tuple:
+    """The buffers a call of M output rows needs after the variant's own (made per call on X's
+    device, from torch's caching allocator): the row-block modes' split-K workspace and
+    counters, the expand mode's scratch."""
     plan = variant.plan
     if plan.mode == "expand":
         return (expand_scratch(variant, X),)
     if plan.row_blocks and plan.split_k > 1:
-        return block_slice_buffers(variant, Y, N, -(-N // plan.block_n), sig)
+        return block_slice_buffers(variant, M, N, -(-N // plan.block_n), sig, X.device)
     return ()
 
 
@@ -121,15 +122,14 @@ def expand_scratch(variant, X: torch.Tensor) -> torch.Tensor:
                        dtype=X.dtype, device=X.device)
 
 
-def block_slice_buffers(variant, Y: torch.Tensor, N: int, nt: int, sig: Signature):
+def block_slice_buffers(variant, M: int, N: int, nt: int, sig: Signature, device):
     """Per call, for the blocks mode's K slices (``split_k``): the workspace of partial sums,
     ``split_k x M x N`` in the accumulator dtype, and one zeroed arrival counter per (row block,
     column tile); the last slice resets its counter."""
-    M = Y.shape[0]
     blocks = variant.kernels[0][1]
     acc = torch.float64 if sig.acc_dtype == "float64" else torch.float32
-    ws = torch.empty(max(1, variant.plan.split_k * M * N), dtype=acc, device=Y.device)
-    return ws, torch.zeros(max(1, blocks * nt), dtype=torch.int32, device=Y.device)
+    ws = torch.empty(max(1, variant.plan.split_k * M * N), dtype=acc, device=device)
+    return ws, torch.zeros(max(1, blocks * nt), dtype=torch.int32, device=device)
 
 
 #: side streams per device, created on first use and kept (a stream is cheap to keep, costly
