@@ -293,18 +293,21 @@ def blocks_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
 def expand_by_default(weight: SparseWeight, N: int, x_dtype: str) -> bool:
     """Whether 'auto' picks the expand mode: half-precision W @ X of more columns than the
     blocks modes take, on weights of at least 2**18 positions, where the density times N is at
-    least 20. H100, fp16 and bf16, Llama-2-7B shapes (bench/NOTES.md, seventeenth session): the
+    least 12. H100, fp16 and bf16, Llama-2-7B shapes (bench/NOTES.md, seventeenth session): the
     expansion takes 23 us for 4096 x 4096 and 65 us for 11008 x 4096 (whatever the
     density), so the mode costs about that plus a dense product on tensor cores; the table
     kernel's time grows with the nonzeros times N (~1.1-1.7e-13 s per multiply-add). At 50-70%
     the expand mode ran 0.27-0.76x of dense cuBLAS at N = 128-2048 against the table kernel's
-    0.06-0.15x; at 90% it loses at N = 128 (0.28 vs 0.35x, density x N = 12.8) and wins from
-    N = 256 (density x N = 25.6). Encoder widths, 512 x 512 to 3072 x 768 (nineteenth
-    session, with :func:`expand_tiles`): the same crossing, at 90% the table kernel 5-20%
-    faster at N = 128 and the expand mode 1.5-3x faster at N = 1024, at 70% 3-12x faster
-    at N = 128. Smaller weights were not measured: they keep the table kernel."""
+    0.06-0.15x. At density x N = 12.8 (90%, N = 128; nineteenth session, with
+    :func:`expand_tiles`) the two kernels tie within 0-16% (4096 x 4096: 42.7 against
+    41.1 us; six encoder shapes from 512 x 512 to 3072 x 768), and the table kernel needs a
+    row-major input (an ``nn.Linear``'s) transposed first, which the expand mode reads in
+    place: BERT-base fp16 at 90%, 128 tokens, every layer expand against the table default:
+    1.37 against 1.68 ms under a CUDA graph, 4.9 against 6.1 ms eagerly. At 95% (6.4) the
+    table kernel is up to twice as fast; at N = 1024 the expand mode 1.5-3x (90%). Smaller
+    weights were not measured: they keep the table kernel."""
     return (x_dtype in ("float16", "bfloat16") and N > BLOCKS_MAX_N
-            and weight.M * weight.K >= 1 << 18 and weight.density * N >= 20)
+            and weight.M * weight.K >= 1 << 18 and weight.density * N >= 12)
 
 
 #: the expand mode's product tiles (rows, columns, warps) that :func:`expand_tiles` picks from
