@@ -173,10 +173,15 @@ BITMAP_ROWS: List[Row] = [
 
 # Expand rows: N = 128, 256, 512, 2048 as measured, each standing for the range up to it (from
 # 65 columns, where the default leaves the bitmap mode); where the default took the expand mode
-# (density x N >= 20: not 90% at N = 128), from the LLM benchmark's CSV (seventeenth session).
+# (density x N >= 20 then), from the LLM benchmark's CSV (seventeenth session); 90% at N = 128,
+# which the default has taken the expand mode for since the nineteenth session (density x N >=
+# 12), from that session's probe of the mode's default tiles on 4096 x 4096.
+EXPAND_SOURCE = ("bench/NOTES.md, nineteenth session, the expand mode's default tiles on "
+                 "4096 x 4096 at N = 128 (H100)")
 EXPAND_ROWS: List[Row] = [
     ("matmul", "float16", "expand", 65, 128, 0.50, 0.30, LLM),
     ("matmul", "float16", "expand", 65, 128, 0.70, 0.31, LLM),
+    ("matmul", "float16", "expand", 65, 128, 0.90, 0.34, EXPAND_SOURCE),
     ("matmul", "float16", "expand", 129, 256, 0.50, 0.30, LLM),
     ("matmul", "float16", "expand", 129, 256, 0.60, 0.31, LLM),
     ("matmul", "float16", "expand", 129, 256, 0.70, 0.32, LLM),
