@@ -10,11 +10,16 @@ decided for it, so a later call with the same key skips the checks and the looku
 * it re-checks only what the key does not fix: that number operands are finite, and the
   16-byte alignment of every pointer (Triton specialises compiled kernels on it: the
   compiled kernels are kept per alignment pattern);
-* it allocates Y, assembles the arguments and launches the compiled kernels directly
-  (:func:`sparsert_triton.runtime.direct.run_compiled`); kernels it has not seen launched with these
-  facts, inputs
-  that are copied first (``pad_input``, ``tap_masks``), several streams and the interpreter go
-  through :func:`sparsert_triton.runtime.launch.run`, the general path.
+* it allocates Y, assembles the arguments (every pointer as its integer address) and
+  launches the compiled kernels directly (:meth:`CallPlan.launch`,
+  :func:`sparsert_triton.runtime.direct.run_compiled`); kernels it has not seen launched with
+  these facts, inputs that are copied first (``pad_input``, ``tap_masks``), several streams
+  and the interpreter go through :func:`sparsert_triton.runtime.launch.run`, the general
+  path.
+
+:meth:`CallPlan.launch` also serves ``SparseLinear``'s eager calls of an input layout seen
+before, which hand it the input's and a fresh output's addresses without the views a matrix
+call takes (:meth:`sparsert_triton.ops.SparsePattern.record_rows_call`).
 
 Calls with ``out=`` are not planned (the output's address is checked against X's on every
 call), and neither are tensors of other types (subclasses, sparse layouts): those take the

@@ -7,7 +7,10 @@ integer's value (equal to 1, divisible by 16, 32- or 64-bit) and each pointer's 
 alignment; :func:`spec_key` computes the same facts, so a kernel compiled for one call is
 reused only for calls that Triton itself would send to that kernel. Anything else (a new key,
 the interpreter, a Triton whose compiled kernels lack the launcher attributes) goes through
-``fn[grid]``.
+``fn[grid]``. A direct launch passes no launch metadata and no hooks where Triton's hook
+chains are empty, and on triton 3.6 calls the compiled C launch itself
+(:func:`launches_of`): ~4-8 us per launch on the H100 host against 8-17 us through the
+compiled kernel's ``run`` with Triton's arguments (bench/NOTES.md, nineteenth session).
 """
 from __future__ import annotations
 
