@@ -435,6 +435,7 @@ class SparseLinear(_SparseLayer):
         params, shape = self._parameters, x.shape
         values = params["values"] if "values" in params else self.values
         bias = params["bias"] if "bias" in params else self.bias
+        key = None
         if self._rows_out:
             # an input layout seen before, same values and bias, nothing tracing or recording
             # autograd: the output allocated as nn.Linear's and the kernels launched on the
@@ -459,6 +460,7 @@ class SparseLinear(_SparseLayer):
         X = x if flat else x.reshape(-1, self.in_features)   # (N, in): a view when x allows it
         Xt = X.t()                                            # (in, N)
         how = ops.route(x, values, bias)
+        copied = False
         if self._transpose_input and Xt.stride(1) != 1 and Xt.shape[1] > 1:
             # the kernel's column tiles run along N: a row-major input (features contiguous)
             # would make every load a gather, so it is transposed once here (unless
@@ -467,16 +469,14 @@ class SparseLinear(_SparseLayer):
             # (a transformer's query, key and value projections); the output of a sparse
             # layer is already laid out so that the next sparse layer needs no copy
             if how is ops.DISPATCH:       # traced or watched: no planning inside the trace
-                Xt = Xt.contiguous()
+                Xt, copied = Xt.contiguous(), True
             elif not self._pattern.reads_x_in_dot_tiles(Xt.shape[1], x.dtype):
-                Xt = _columns.of(x, Xt)
+                Xt, copied = _columns.of(x, Xt), True
         if how is ops.DIRECT:
             # the layer's own pattern (what ops.spmm_direct finds under its kernel_id)
             Yt = self._pattern.spmm(Xt, values, bias, self._rows_out)
-            if self._rows_out:
-                self._pattern.record_rows_call(
-                    (shape, x.stride(), x.dtype, x.device, self._transpose_input), x, Xt,
-                    values, bias)
+            if key is not None and not copied:   # (a copied input is never launched in place)
+                self._pattern.record_rows_call(key, x, Xt, values, bias)
         else:
             Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias,
                            how, *((True,) if self._rows_out else ()))

@@ -160,10 +160,11 @@ class CallPlan:
         """Launch the compiled kernels of this call's alignment on X at address ``xp`` (X, or a
         tensor of its dtype and device that views the same memory) into the output at address
         ``yp`` (laid out as this plan's Y); False, launching nothing, where no kernel was
-        compiled for that alignment yet or the variant's launcher is off. Every pointer goes as its integer address (what
-        Triton's launcher does with a tensor after asking it and the driver for one); the
-        tensors stay referenced by the caller until the launch is queued, and so do the
-        variant's buffers (allocated once per device: only X, Y and the operands move)."""
+        compiled for that alignment yet or the variant's launcher is off. Every pointer goes
+        as its integer address (what Triton's launcher does with a tensor after asking it and
+        the driver for one); the tensors stay referenced by the caller until the launch is
+        queued, and so do the variant's buffers (allocated once per device: only X, Y and the
+        operands move)."""
         launcher = self.variant.launcher
         launches = self.compiled.get(self.alignment(xp, yp, operands)) \
             if launcher.enabled else None
