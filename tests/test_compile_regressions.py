@@ -37,10 +37,11 @@ for name, s in (("values", Schedule(mode="values")),
     mod = _import_compilable(v.path, v.key)
     fn = getattr(mod, v.kernels[0][0].fn.__name__ if hasattr(v.kernels[0][0], "fn")
                  else v.kernels[0][0].__name__)
-    # float32 types in the code, not in file locations (a cache path's hex digest may hold
-    # "f32": #loc lines and loc("...") strings are left out)
-    code = [re.sub(r'loc\("[^"]*"[^)]*\)', "", l) for l in ttir.splitlines()
-            if not l.startswith("#loc")]
+    # float32 types in the code, not in names holding a hex digest that may contain "f32":
+    # #loc lines, loc("...") strings (a cache path) and @symbols (the generated module's
+    # name, a hash) are left out
+    code = [re.sub(r"@[\w.$-]+", "@", re.sub(r'loc\("[^"]*"[^)]*\)', "", l))
+            for l in ttir.splitlines() if not l.startswith("#loc")]
     f64[name] = {"f32": [l.strip()[:160] for l in code if "f32" in l],
                  "annotation": str(inspect.signature(fn.fn).parameters["op_s"].annotation)}
 out["f64"] = f64
