@@ -35,7 +35,8 @@ import torch
 
 from ..compiler.compile import interpreting
 from .direct import launches_of, run_compiled, spec_key
-from .launch import call_buffers, grids, operand_args, run, size_args
+from .launch import call_buffers, expand_scratch_numel, grids, operand_args, run, size_args
+from .workspace import scratch
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
 PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -76,6 +77,7 @@ class CallPlan:
     def __init__(self, variant, sig, X: torch.Tensor, Y: torch.Tensor, operands):
         self.variant, self.sig = variant, sig
         self.shape, self.dtype, self.device = tuple(Y.shape), Y.dtype, X.device
+        self.cuda = X.device.type == "cuda"
         # Y is allocated contiguous on every call, or as the transpose of a contiguous
         # tensor (a matrix kernel's ``rows_out``): then with its strides in one op
         # (empty_strided, not empty(...).t(): a planned rows_out call runs as many aten ops
@@ -108,6 +110,9 @@ class CallPlan:
         # buffers made per call after the variant's (a row-block mode's K slices: a workspace
         # and zeroed counters; the expand mode's scratch)
         self.per_call = plan.mode == "expand" or (plan.row_blocks and plan.split_k > 1)
+        # the expand mode's scratch: (elements, dtype), from the kept workspace
+        self.scratch = (expand_scratch_numel(variant), X.dtype) if plan.mode == "expand" \
+            else None
         self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
         self.buffers = None      # the variant's device buffers (made once per device)
         self.buffer_ptrs = ()    # their addresses
@@ -171,12 +176,14 @@ class CallPlan:
         if launches is None:
             return False
         bufs = self.buffer_ptrs
-        one = self.one_tensor
         stream = launcher.stream_of(self.device)
-        if self.per_call:
+        if self.scratch is not None:
+            bufs = (*bufs, scratch(*self.scratch, self.device, stream if self.cuda else None)[1])
+        elif self.per_call:
             made = call_buffers(self.variant, X, self.shape[0], self.sizes[-1], self.sig)
             bufs = (*bufs, *[b.data_ptr() for b in made])
-        elif one is not None:
+        one = self.one_tensor
+        if one is not None:
             run_compiled(launches, (xp, *bufs, yp, *one[1], operands[one[0]].data_ptr(),
                                     *one[2]), stream)
             return True

@@ -18,6 +18,7 @@ from ..compiler import fastpasses
 from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
 from ..compiler.bitmap import expansion_programs
 from .direct import spec_key
+from .workspace import scratch
 from ..compiler.fastpasses import fast_pipeline
 from ..compiler.plan import Signature
 
@@ -115,11 +116,16 @@ def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature) -> tu
 
 def expand_scratch(variant, X: torch.Tensor) -> torch.Tensor:
     """The expand mode's dense tiles of W: (row blocks x rows_per_program) x (K tiles x chunk)
-    in X's dtype, written by the expansion kernel and read by the product in the same call."""
+    in X's dtype, written by the expansion kernel and read by the product in the same call;
+    a view of the buffer kept for this device, stream and thread (:mod:`.workspace`)."""
+    stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
+    return scratch(expand_scratch_numel(variant), X.dtype, X.device, stream)[0]
+
+
+def expand_scratch_numel(variant) -> int:
+    """Elements of the expand mode's scratch."""
     plan = variant.plan
-    blocks = variant.kernels[0][1]
-    return torch.empty(blocks * plan.rows_per_program * variant.k_tiles * plan.chunk,
-                       dtype=X.dtype, device=X.device)
+    return variant.kernels[0][1] * plan.rows_per_program * variant.k_tiles * plan.chunk
 
 
 def block_slice_buffers(variant, M: int, N: int, nt: int, sig: Signature, device):

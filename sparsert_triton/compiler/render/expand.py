@@ -10,7 +10,8 @@ is written out as dense tiles once per call, then multiplied on tensor cores.
    in the accumulator dtype, then the epilogue. It waits for the expansion (programmatic
    dependent launch, or stream order).
 
-The scratch is allocated per call (``runtime.launch.expand_scratch``)."""
+The scratch is a view of a buffer kept per device, stream and thread (``runtime.workspace``),
+allocated per call under CUDA-graph capture."""
 from __future__ import annotations
 
 from ..bitmap import expansion_programs

@@ -1,0 +1,84 @@
+"""Scratch kept between calls: the expand mode's dense tiles without an allocation per call.
+
+The expand mode writes the weight's dense tiles into a scratch and reads them back in the
+same call (``render/expand.py``). Allocating that scratch costs an eager call ~2.5 us of host
+time on the H100 host (torch's caching allocator behind Python's argument parsing), a tenth
+of the whole call. :func:`scratch` instead hands out a view of one buffer kept per (device,
+stream, thread):
+
+* kernels queued on one stream run in order, and every kernel of the expand mode waits for
+  the kernel before it has finished before touching memory (``gdc_wait`` under programmatic
+  dependent launch), so a call's expansion cannot overwrite a scratch the call before it is
+  still reading;
+* one buffer per thread as well as per stream: two threads queueing on one stream could
+  otherwise interleave one call's expansion between another's expansion and product;
+* never while the stream is being captured into a CUDA graph: a graph keeps its scratch
+  in its own pool (a graph replayed on another stream beside eager calls would race with a
+  shared buffer), so a captured call allocates as before;
+* at most :data:`MAX_BYTES` per buffer: a bigger scratch (a large layer, whose GPU time
+  dwarfs an allocation) comes from the caching allocator per call.
+
+A buffer grows to the largest scratch asked of it; :func:`release` drops every buffer (their
+memory goes back to torch's caching allocator, ``torch.cuda.empty_cache`` frees it).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Dict, Optional, Tuple
+
+import torch
+
+#: the largest scratch kept between calls: 32 MiB (a 4096 x 4096 half-precision weight)
+MAX_BYTES = 32 << 20
+#: views kept per buffer before they are dropped (one per scratch size and dtype)
+MAX_VIEWS = 64
+
+#: whether the current CUDA stream is being captured (a CPU build of torch has no streams)
+_is_capturing = torch._C._cuda_isCurrentStreamCapturing if torch.backends.cuda.is_built() \
+    else (lambda: False)
+_thread = threading.get_ident
+
+#: (device, stream, thread) -> the kept buffer (bytes)
+_buffers: Dict[tuple, torch.Tensor] = {}
+#: (device, stream, thread, dtype, numel) -> (view of the buffer, its address)
+_views: Dict[tuple, Tuple[torch.Tensor, int]] = {}
+
+
+def scratch(numel: int, dtype: torch.dtype, device: torch.device,
+            stream: Optional[int]) -> Tuple[torch.Tensor, int]:
+    """A tensor of ``numel`` elements of ``dtype`` on ``device`` and its address, for kernels
+    this thread queues on ``stream`` (the device's current stream; None on the CPU, where the
+    interpreter runs each kernel to its end before the next). Its contents are undefined."""
+    key = (device, stream, _thread(), dtype, numel)
+    hit = _views.get(key)
+    if hit is not None and not (stream is not None and _is_capturing()):
+        return hit
+    nbytes = numel * dtype.itemsize
+    if nbytes > MAX_BYTES or (stream is not None and _is_capturing()):
+        t = torch.empty(numel, dtype=dtype, device=device)
+        return t, t.data_ptr()
+    owner = key[:3]
+    buf = _buffers.get(owner)
+    if buf is None or buf.numel() < nbytes:
+        # a bigger buffer replaces the old one; the views of the old one are dropped with it
+        # (their memory returns to the caching allocator on this stream, after the kernels
+        # already queued that read it)
+        buf = _buffers[owner] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        for k in [k for k in _views if k[:3] == owner]:
+            del _views[k]
+    if len(_views) >= MAX_VIEWS:
+        _views.clear()
+    t = buf[:nbytes].view(dtype)
+    _views[key] = hit = (t, t.data_ptr())
+    return hit
+
+
+def release() -> None:
+    """Drop every kept buffer (their memory returns to torch's caching allocator)."""
+    _views.clear()
+    _buffers.clear()
+
+
+def kept_bytes() -> int:
+    """The bytes held by the kept buffers."""
+    return sum(b.numel() for b in _buffers.values())

@@ -1,0 +1,109 @@
+"""The scratch kept between calls (``runtime.workspace``): one buffer per device, stream and
+thread, grown to the largest scratch asked of it, never while a stream is captured or above
+MAX_BYTES; expand-mode layers sharing it give their own results in any order of calls; on
+the GPU, eager calls beside a replayed CUDA graph."""
+import threading
+
+import pytest
+import torch
+
+from dsl import Schedule
+from sparsert_triton import sparse_kernel
+from sparsert_triton.runtime import workspace
+
+from test_blocks import TOL, _fc, _rel, _weight
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def fresh_workspace():
+    workspace.release()
+    yield
+    workspace.release()
+
+
+def test_one_buffer_serves_every_size_and_grows():
+    a, pa = workspace.scratch(100, torch.float16, CPU, None)
+    assert a.shape == (100,) and a.dtype == torch.float16 and pa == a.data_ptr()
+    assert workspace.scratch(100, torch.float16, CPU, None)[1] == pa     # kept
+    b, pb = workspace.scratch(30, torch.float32, CPU, None)               # fits: same memory
+    assert b.dtype == torch.float32 and pb == pa and workspace.kept_bytes() == 200
+    c, _ = workspace.scratch(1000, torch.float16, CPU, None)              # grows
+    assert workspace.kept_bytes() == 2000 and c.numel() == 1000
+    assert workspace.scratch(100, torch.float16, CPU, None)[1] == c.data_ptr()
+    workspace.release()
+    assert workspace.kept_bytes() == 0
+
+
+def test_streams_and_threads_get_their_own_buffers():
+    _, p0 = workspace.scratch(64, torch.float16, CPU, None)
+    _, p1 = workspace.scratch(64, torch.float16, CPU, 7)                  # another stream
+    got = []
+    t = threading.Thread(target=lambda: got.append(
+        workspace.scratch(64, torch.float16, CPU, None)[1]))
+    t.start()
+    t.join()
+    assert len({p0, p1, got[0]}) == 3 and workspace.kept_bytes() == 3 * 128
+
+
+def test_large_scratch_and_captured_streams_are_not_kept(monkeypatch):
+    big = workspace.MAX_BYTES // 2 + 1
+    t1, _ = workspace.scratch(big, torch.float16, CPU, None)
+    assert t1.numel() == big and workspace.kept_bytes() == 0
+    workspace.scratch(64, torch.float16, CPU, 5)
+    assert workspace.kept_bytes() == 128
+    monkeypatch.setattr(workspace, "_is_capturing", lambda: True)
+    _, p = workspace.scratch(64, torch.float16, CPU, 5)       # a capture: its own tensor
+    _, q = workspace.scratch(64, torch.float16, CPU, 5)
+    kept = workspace.scratch.__globals__["_views"][(CPU, 5, threading.get_ident(),
+                                                    torch.float16, 64)][1]
+    assert p != kept and q != kept and workspace.kept_bytes() == 128
+
+
+@pytest.mark.usefixtures("on_test_device")
+def test_expand_layers_sharing_the_scratch_keep_their_results():
+    """Two expand-mode kernels of different sizes called in turn: each call's expansion
+    overwrites what the other wrote, and every result is still its own product."""
+    sched = Schedule(mode="expand", rows_per_program=16, chunk=32)
+    ka = sparse_kernel(_fc).specialize(_weight(40, 96, 0.3, torch.float16, seed=1), sched)
+    kb = sparse_kernel(_fc).specialize(_weight(70, 64, 0.5, torch.float16, seed=2), sched)
+    xa, xb = torch.randn(96, 20).half(), torch.randn(64, 33).half()
+    ba, bb = torch.randn(40).half(), torch.randn(70).half()
+    first = [ka(xa, ba), kb(xb, bb)]
+    for _ in range(2):
+        assert torch.equal(ka(xa, ba), first[0]) and torch.equal(kb(xb, bb), first[1])
+    assert _rel(first[0], ka.reference(xa, ba)) < TOL[torch.float16]
+    assert _rel(first[1], kb.reference(xb, bb)) < TOL[torch.float16]
+    if xa.device.type == "cpu":
+        # one buffer, the larger scratch of the two (48 x 96 and 80 x 64 halves)
+        assert workspace.kept_bytes() == 2 * max(48 * 96, 80 * 64)
+
+
+@pytest.mark.gpu
+def test_eager_calls_beside_a_graph_replay_on_another_stream():
+    """A captured expand call allocates its scratch in the graph's pool; eager calls of
+    another layer on the main stream, while the graph replays on a side stream, never race
+    with it."""
+    sched = Schedule(mode="expand")
+    ka = sparse_kernel(_fc).specialize(_weight(512, 512, 0.8, torch.float16, seed=3), sched)
+    kb = sparse_kernel(_fc).specialize(_weight(768, 512, 0.8, torch.float16, seed=4), sched)
+    xa, xb = (torch.randn(512, 256, device="cuda").half() for _ in range(2))
+    ba, bb = torch.randn(512, device="cuda").half(), torch.randn(768, device="cuda").half()
+    ref_a, ref_b = ka(xa, ba), kb(xb, bb)
+    side = torch.cuda.Stream()
+    kept = dict(workspace._views)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=side):
+        ya = ka(xa, ba)
+    assert workspace._views == kept          # the capture took nothing from the workspace
+    outs = []
+    for _ in range(20):
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            g.replay()
+        outs.append(kb(xb, bb))
+        torch.cuda.current_stream().wait_stream(side)
+        assert torch.equal(ya, ref_a)
+    torch.cuda.synchronize()
+    assert all(torch.equal(y, ref_b) for y in outs)
