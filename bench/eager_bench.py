@@ -587,7 +587,7 @@ def _model_host_profile(snn, forwards, layers, seq, batch, dtype, sizes, output_
         copying = [0]
         transpose = snn._columns.of
 
-        def timed_copy(x, Xt):
+        def timed_copy(x, Xt=None):
             t0 = time.thread_time_ns()
             out = transpose(x, Xt)
             copying[0] += time.thread_time_ns() - t0

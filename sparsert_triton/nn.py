@@ -271,22 +271,23 @@ class _SharedColumns:
         self.entry = None      # (weakref to the input, version, address, strides, grad, copy)
         self.copies = self.reuses = 0
 
-    def of(self, x: Tensor, Xt: Tensor) -> Tensor:
-        """``Xt.contiguous()`` for ``Xt``, a transposed view of the input ``x``."""
+    def of(self, x: Tensor, Xt: Optional[Tensor] = None) -> Tensor:
+        """``Xt.contiguous()`` for ``Xt``, a transposed view of the input ``x`` (..., in): the
+        (in, N) view of its rows, made here only where no copy can be reused."""
         if x.is_inference():
             self.copies += 1
-            return Xt.contiguous()
+            return (Xt if Xt is not None else _columns_view(x)).contiguous()
         version, grad = x._version, torch.is_grad_enabled()
         e = self.entry          # one read: a tuple another thread cannot change under us
         if (e is not None and e[0]() is x and e[1] == version and e[2] == x.data_ptr()
-                and e[3] == x.stride() and e[4] == grad and e[5].shape == Xt.shape
-                and e[5].dtype == Xt.dtype and e[5].device == Xt.device):
+                and e[3] == x.stride() and e[4] == grad and e[6] == x.shape
+                and e[5].dtype == x.dtype and e[5].device == x.device):
             self.reuses += 1
             return e[5]
-        copy_ = Xt.contiguous()
+        copy_ = (Xt if Xt is not None else _columns_view(x)).contiguous()
         self.copies += 1
         self.entry = (weakref.ref(x, self._forget), version, x.data_ptr(), x.stride(), grad,
-                      copy_)
+                      copy_, x.shape)
         return copy_
 
     def _forget(self, ref):
@@ -296,6 +297,11 @@ class _SharedColumns:
 
     def clear(self):
         self.entry = None
+
+
+def _columns_view(x: Tensor) -> Tensor:
+    """The (in, N) transposed view of the rows of ``x`` (..., in)."""
+    return (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).t()
 
 
 #: the transposing copy shared by consecutive layers that read one input
@@ -446,11 +452,15 @@ class SparseLinear(_SparseLayer):
                     values.data_ptr(), -1 if values.is_inference() else values._version,
                     values.shape, values.dtype) and ops.route(x, values, bias) is ops.DIRECT:
                 plan = e[3]
-                y = torch.empty((*shape[:-1], self.out_features), dtype=plan.dtype,
-                                device=plan.device)
-                if plan.launch(x, x.data_ptr(), y.data_ptr(), e[4]):
-                    self._pattern.planned_calls += 1
-                    return y
+                # the kernel's (in, N) copy, made or reused (not where nothing would launch)
+                xc = x if not e[5] else _columns.of(x) if plan.variant.launcher.enabled \
+                    else None
+                if xc is not None:
+                    y = torch.empty((*shape[:-1], self.out_features), dtype=plan.dtype,
+                                    device=plan.device)
+                    if plan.launch(xc, xc.data_ptr(), y.data_ptr(), e[4]):
+                        self._pattern.planned_calls += 1
+                        return y
         if len(shape) < 1 or shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), "
                              f"got shape {tuple(shape)}")
@@ -475,8 +485,8 @@ class SparseLinear(_SparseLayer):
         if how is ops.DIRECT:
             # the layer's own pattern (what ops.spmm_direct finds under its kernel_id)
             Yt = self._pattern.spmm(Xt, values, bias, self._rows_out)
-            if key is not None and not copied:   # (a copied input is never launched in place)
-                self._pattern.record_rows_call(key, x, Xt, values, bias)
+            if key is not None:
+                self._pattern.record_rows_call(key, x, Xt, values, bias, copied)
         else:
             Yt = self._run(ops.spmm, ops.SpmmFunction, ops.spmm_direct, x, Xt, values, bias,
                            how, *((True,) if self._rows_out else ()))

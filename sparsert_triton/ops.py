@@ -230,7 +230,7 @@ class SparsePattern:
     spmm = _forward
 
     def record_rows_call(self, key, x: Tensor, Xt: Tensor, values: Tensor,
-                         bias: Optional[Tensor]):
+                         bias: Optional[Tensor], copied: bool = False):
         """After a planned direct call ``W @ Xt`` into the rows layout (Y (M, N) the transpose
         of a contiguous (N, M) tensor), where ``Xt`` views the memory of the layer's input
         ``x`` (..., K) from its first element: remember it under ``key`` (the input's layout
@@ -238,8 +238,10 @@ class SparsePattern:
         input of that layout, the same values (tensor, address, version) and the same bias
         tensor needs neither view: it allocates the (..., M) output and launches on the
         addresses (see ``SparseLinear.forward``). The output layout is what the plan was
-        made for, so the memory matches element for element."""
-        if Xt.shape[1] < 1 or Xt.data_ptr() != x.data_ptr():
+        made for, so the memory matches element for element. ``copied``: ``Xt`` is instead
+        the contiguous (K, N) copy of ``x`` that the layer made (``nn._SharedColumns``); a
+        later call makes or reuses that copy and launches on its address."""
+        if Xt.shape[1] < 1 or (not copied and Xt.data_ptr() != x.data_ptr()):
             return
         hit = self._planned.get(_forward_key(Xt, values, bias, True))
         if hit is None or hit[0] is not values or not hit[3].direct:
@@ -247,7 +249,7 @@ class SparsePattern:
         if len(self.rows_calls) >= MAX_PLANS:
             self.rows_calls.clear()
         self.rows_calls[key] = (values, bias, (hit[2], hit[1], values.shape, values.dtype),
-                                hit[3], (bias,) if bias is not None else ())
+                                hit[3], (bias,) if bias is not None else (), copied)
 
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:

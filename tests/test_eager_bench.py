@@ -114,7 +114,10 @@ def test_model_host_profile_reports_every_layer_planned():
     for p in (r, c):
         assert len(p["layers"]) == 12
         assert all(v["planned"] == 3 and v["checked"] == 0 for v in p["layers"].values())
-        assert p["aten_sparse"] > p["aten_dense"] and p["in_model_us"] > 0 and p["alone_us"] > 0
+        assert p["in_model_us"] > 0 and p["alone_us"] > 0
+    # planned calls run the output's allocation and the shared copies: fewer aten ops than
+    # nn.Linear's; with "columns" the attention's math path and the views add more
+    assert r["aten_sparse"] < r["aten_dense"] < c["aten_sparse"]
     assert [v["input"] for v in r["layers"].values()] == ["rows"] * 12
     assert [v["input"] for v in c["layers"].values()][:6] == ["rows"] * 5 + ["columns"]
     # per block: one copy for query/key/value (two shared), attention output, intermediate,
