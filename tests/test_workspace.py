@@ -2,7 +2,9 @@
 thread, grown to the largest scratch asked of it, never while a stream is captured or above
 MAX_BYTES; expand-mode layers sharing it give their own results in any order of calls; on
 the GPU, eager calls beside a replayed CUDA graph."""
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -39,12 +41,19 @@ def test_one_buffer_serves_every_size_and_grows():
 def test_streams_and_threads_get_their_own_buffers():
     _, p0 = workspace.scratch(64, torch.float16, CPU, None)
     _, p1 = workspace.scratch(64, torch.float16, CPU, 7)                  # another stream
+    assert p0 != p1 and workspace.kept_bytes() == 2 * 128
     got = []
-    t = threading.Thread(target=lambda: got.append(
-        workspace.scratch(64, torch.float16, CPU, None)[1]))
+
+    def other():
+        got.append((workspace.kept_bytes(), workspace.scratch(64, torch.float16, CPU, None)[1],
+                    workspace.kept_bytes(), weakref.ref(workspace._kept.buffers[(CPU, None)])))
+    t = threading.Thread(target=other)
     t.start()
     t.join()
-    assert len({p0, p1, got[0]}) == 3 and workspace.kept_bytes() == 3 * 128
+    assert got[0][0] == 0 and got[0][2] == 128 and got[0][1] not in (p0, p1)
+    gc.collect()
+    assert got[0][3]() is None                        # the thread's buffer went with it
+    assert workspace.kept_bytes() == 2 * 128          # this thread's, unchanged
 
 
 def test_large_scratch_and_captured_streams_are_not_kept(monkeypatch):
@@ -56,8 +65,7 @@ def test_large_scratch_and_captured_streams_are_not_kept(monkeypatch):
     monkeypatch.setattr(workspace, "_is_capturing", lambda: True)
     _, p = workspace.scratch(64, torch.float16, CPU, 5)       # a capture: its own tensor
     _, q = workspace.scratch(64, torch.float16, CPU, 5)
-    kept = workspace.scratch.__globals__["_views"][(CPU, 5, threading.get_ident(),
-                                                    torch.float16, 64)][1]
+    kept = workspace._kept.views[(CPU, 5, torch.float16, 64)][1]
     assert p != kept and q != kept and workspace.kept_bytes() == 128
 
 
@@ -92,11 +100,11 @@ def test_eager_calls_beside_a_graph_replay_on_another_stream():
     ba, bb = torch.randn(512, device="cuda").half(), torch.randn(768, device="cuda").half()
     ref_a, ref_b = ka(xa, ba), kb(xb, bb)
     side = torch.cuda.Stream()
-    kept = dict(workspace._views)
+    kept = dict(workspace._kept.views)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g, stream=side):
         ya = ka(xa, ba)
-    assert workspace._views == kept          # the capture took nothing from the workspace
+    assert workspace._kept.views == kept     # the capture took nothing from the workspace
     outs = []
     for _ in range(20):
         side.wait_stream(torch.cuda.current_stream())

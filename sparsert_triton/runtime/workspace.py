@@ -18,13 +18,14 @@ stream, thread):
 * at most :data:`MAX_BYTES` per buffer: a bigger scratch (a large layer, whose GPU time
   dwarfs an allocation) comes from the caching allocator per call.
 
-A buffer grows to the largest scratch asked of it; :func:`release` drops every buffer (their
-memory goes back to torch's caching allocator, ``torch.cuda.empty_cache`` frees it).
+A buffer grows to the largest scratch asked of it. The buffers are thread-local (they go
+with their thread); :func:`release` drops the calling thread's (their memory goes back to
+torch's caching allocator, ``torch.cuda.empty_cache`` frees it).
 """
 from __future__ import annotations
 
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -36,12 +37,17 @@ MAX_VIEWS = 64
 #: whether the current CUDA stream is being captured (a CPU build of torch has no streams)
 _is_capturing = torch._C._cuda_isCurrentStreamCapturing if torch.backends.cuda.is_built() \
     else (lambda: False)
-_thread = threading.get_ident
 
-#: (device, stream, thread) -> the kept buffer (bytes)
-_buffers: Dict[tuple, torch.Tensor] = {}
-#: (device, stream, thread, dtype, numel) -> (view of the buffer, its address)
-_views: Dict[tuple, Tuple[torch.Tensor, int]] = {}
+
+class _Kept(threading.local):
+    """This thread's buffers (freed with the thread): ``buffers`` (device, stream) -> bytes;
+    ``views`` (device, stream, dtype, numel) -> (a view of the buffer, its address)."""
+
+    def __init__(self):
+        self.buffers, self.views = {}, {}
+
+
+_kept = _Kept()
 
 
 def scratch(numel: int, dtype: torch.dtype, device: torch.device,
@@ -49,36 +55,38 @@ def scratch(numel: int, dtype: torch.dtype, device: torch.device,
     """A tensor of ``numel`` elements of ``dtype`` on ``device`` and its address, for kernels
     this thread queues on ``stream`` (the device's current stream; None on the CPU, where the
     interpreter runs each kernel to its end before the next). Its contents are undefined."""
-    key = (device, stream, _thread(), dtype, numel)
-    hit = _views.get(key)
+    kept = _kept
+    key = (device, stream, dtype, numel)
+    hit = kept.views.get(key)
     if hit is not None and not (stream is not None and _is_capturing()):
         return hit
     nbytes = numel * dtype.itemsize
     if nbytes > MAX_BYTES or (stream is not None and _is_capturing()):
         t = torch.empty(numel, dtype=dtype, device=device)
         return t, t.data_ptr()
-    owner = key[:3]
-    buf = _buffers.get(owner)
+    owner = (device, stream)
+    buf = kept.buffers.get(owner)
     if buf is None or buf.numel() < nbytes:
         # a bigger buffer replaces the old one; the views of the old one are dropped with it
         # (their memory returns to the caching allocator on this stream, after the kernels
         # already queued that read it)
-        buf = _buffers[owner] = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        for k in [k for k in _views if k[:3] == owner]:
-            del _views[k]
-    if len(_views) >= MAX_VIEWS:
-        _views.clear()
+        buf = kept.buffers[owner] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        for k in [k for k in kept.views if k[:2] == owner]:
+            del kept.views[k]
+    if len(kept.views) >= MAX_VIEWS:
+        kept.views.clear()
     t = buf[:nbytes].view(dtype)
-    _views[key] = hit = (t, t.data_ptr())
+    kept.views[key] = hit = (t, t.data_ptr())
     return hit
 
 
 def release() -> None:
-    """Drop every kept buffer (their memory returns to torch's caching allocator)."""
-    _views.clear()
-    _buffers.clear()
+    """Drop this thread's kept buffers (their memory returns to torch's caching allocator;
+    a thread's buffers also go when the thread ends)."""
+    _kept.views.clear()
+    _kept.buffers.clear()
 
 
 def kept_bytes() -> int:
-    """The bytes held by the kept buffers."""
-    return sum(b.numel() for b in _buffers.values())
+    """The bytes held by this thread's kept buffers."""
+    return sum(b.numel() for b in _kept.buffers.values())
