@@ -268,26 +268,27 @@ class _SharedColumns:
     """
 
     def __init__(self):
-        self.entry = None      # (weakref to the input, version, address, strides, grad, copy)
+        # (weakref to the input, version, address, strides, grad, copy, the input's shape)
+        self.entry = None
         self.copies = self.reuses = 0
 
     def of(self, x: Tensor, Xt: Optional[Tensor] = None) -> Tensor:
         """``Xt.contiguous()`` for ``Xt``, a transposed view of the input ``x`` (..., in): the
         (in, N) view of its rows, made here only where no copy can be reused."""
-        if x.is_inference():
-            self.copies += 1
-            return (Xt if Xt is not None else _columns_view(x)).contiguous()
-        version, grad = x._version, torch.is_grad_enabled()
-        e = self.entry          # one read: a tuple another thread cannot change under us
-        if (e is not None and e[0]() is x and e[1] == version and e[2] == x.data_ptr()
-                and e[3] == x.stride() and e[4] == grad and e[6] == x.shape
-                and e[5].dtype == x.dtype and e[5].device == x.device):
-            self.reuses += 1
-            return e[5]
+        kept = not x.is_inference()
+        if kept:
+            version, grad = x._version, torch.is_grad_enabled()
+            e = self.entry      # one read: a tuple another thread cannot change under us
+            if (e is not None and e[0]() is x and e[1] == version and e[2] == x.data_ptr()
+                    and e[3] == x.stride() and e[4] == grad and e[6] == x.shape
+                    and e[5].dtype == x.dtype and e[5].device == x.device):
+                self.reuses += 1
+                return e[5]
         copy_ = (Xt if Xt is not None else _columns_view(x)).contiguous()
         self.copies += 1
-        self.entry = (weakref.ref(x, self._forget), version, x.data_ptr(), x.stride(), grad,
-                      copy_, x.shape)
+        if kept:
+            self.entry = (weakref.ref(x, self._forget), version, x.data_ptr(), x.stride(),
+                          grad, copy_, x.shape)
         return copy_
 
     def _forget(self, ref):

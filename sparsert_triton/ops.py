@@ -116,7 +116,8 @@ class SparsePattern:
         self._kernels = {}     # key -> (values tensor, version, SpecializedKernel)
         self._planned = {}     # call layout -> (values, version, address, CallPlan, prepare)
         # a layer's row-major eager calls: input layout -> (values, bias, the values'
-        # (address, version, shape, dtype), CallPlan, operands); see :meth:`record_rows_call`
+        # (address, version, shape, dtype), CallPlan, operands, whether the kernel reads a
+        # transposing copy of the input); see :meth:`record_rows_call`
         self.rows_calls = {}
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)

@@ -108,8 +108,8 @@ class CallPlan:
                            or (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda))
         self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
         # buffers made per call after the variant's (a row-block mode's K slices: a workspace
-        # and zeroed counters; the expand mode's scratch)
-        self.per_call = plan.mode == "expand" or (plan.row_blocks and plan.split_k > 1)
+        # and zeroed counters)
+        self.per_call = plan.row_blocks and plan.split_k > 1
         # the expand mode's scratch: (elements, dtype), from the kept workspace
         self.scratch = (expand_scratch_numel(variant), X.dtype) if plan.mode == "expand" \
             else None

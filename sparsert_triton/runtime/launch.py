@@ -103,9 +103,9 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
 
 
 def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature) -> tuple:
-    """The buffers a call of M output rows needs after the variant's own (made per call on X's
-    device, from torch's caching allocator): the row-block modes' split-K workspace and
-    counters, the expand mode's scratch."""
+    """The buffers a call of M output rows needs after the variant's own: the row-block
+    modes' split-K workspace and counters (made per call on X's device, from torch's caching
+    allocator), the expand mode's scratch (:func:`expand_scratch`)."""
     plan = variant.plan
     if plan.mode == "expand":
         return (expand_scratch(variant, X),)

@@ -57,11 +57,12 @@ def scratch(numel: int, dtype: torch.dtype, device: torch.device,
     interpreter runs each kernel to its end before the next). Its contents are undefined."""
     kept = _kept
     key = (device, stream, dtype, numel)
-    hit = kept.views.get(key)
-    if hit is not None and not (stream is not None and _is_capturing()):
+    capturing = stream is not None and _is_capturing()
+    hit = None if capturing else kept.views.get(key)
+    if hit is not None:
         return hit
     nbytes = numel * dtype.itemsize
-    if nbytes > MAX_BYTES or (stream is not None and _is_capturing()):
+    if capturing or nbytes > MAX_BYTES:
         t = torch.empty(numel, dtype=dtype, device=device)
         return t, t.data_ptr()
     owner = (device, stream)
