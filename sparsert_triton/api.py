@@ -58,10 +58,8 @@ class Variant:
         if plan.bitmap_tiles:
             k_tiles = self.k_tiles = int(layout["k_tiles"])
             blocks = len(layout["tbase"]) // max(1, k_tiles)
-            self.kernels = ([(self.module.sparse_expand_kernel, blocks),
-                             (self.module.sparse_dense_kernel, blocks)]
-                            if plan.mode == "expand" else
-                            [(self.module.sparse_bitmap_kernel, blocks)])
+            self.kernels = [(self.module.sparse_expand_kernel if plan.mode == "expand" else
+                             self.module.sparse_bitmap_kernel, blocks)]
             vals = _values_at(weight, layout["value_index"])
             self._host = [layout["bits"], layout["woff"], layout["roff"], layout["tbase"], vals]
         elif plan.mode == "blocks":

@@ -241,7 +241,7 @@ out["blocks_vector_loads"] = len(re.findall(r"ld\.global(\.\w+)*\.v[24]\.", ptx)
 out["bitmap"] = half_variants(Schedule(mode="bitmap"), (1, 16), lambda p, c: {
     "split": p.split_k, "dot": p.use_dot, "popc": _ptx(c).count("popc.b32"),
     "mma": _ptx(c).count("mma")})
-# the expand mode: the expansion (popc) and the tensor-core product (wgmma) at N = 1 and 512
+# the expand mode: its expansion (popc) and its tensor-core product (wgmma) at N = 1 and 512
 out["expand"] = half_variants(Schedule(mode="expand"), (1, 512), lambda p, c: {
     "kernels": len(c), "popc": c[0].asm["ptx"].count("popc.b32"),
     "mma": [k.asm["ptx"].count("mma") for k in c]})
@@ -404,10 +404,9 @@ def test_bitmap_kernels_compile_for_sm90(compiled):
 
 
 def test_expand_kernels_compile_for_sm90(compiled):
-    """The expand mode's two kernels for fp16/bf16 at N = 1 and 512: the expansion decodes
-    with the GPU's popc and multiplies nothing; the product runs on tensor cores."""
+    """The expand mode's one kernel for fp16/bf16 at N = 1 and 512: its expanding programs
+    decode with the GPU's popc, its multiplying ones run on tensor cores."""
     e = compiled["expand"]
     assert set(e) == {"float16_1", "bfloat16_1", "float16_512", "bfloat16_512"}
     for v in e.values():
-        assert v["kernels"] == 2 and v["popc"] >= 1
-        assert v["mma"][0] == 0 and v["mma"][1] > 0
+        assert v["kernels"] == 1 and v["popc"] >= 1 and v["mma"][0] > 0

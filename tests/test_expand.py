@@ -141,8 +141,8 @@ def test_the_expand_tiles_follow_the_output_size():
 
 
 def test_expansion_programs_walk_every_tile_whatever_n(monkeypatch, tmp_path):
-    """The expansion's grid is (row blocks, shares of K tiles), independent of N: with 2
-    shares per block each program writes every second tile of its block."""
+    """The expanding tickets are (row blocks x shares of K tiles), independent of N: with 2
+    shares per block each expanding program writes every second tile of its block."""
     from sparsert_triton.compiler import bitmap
     from sparsert_triton.compiler.render import expand
     from sparsert_triton.runtime import launch
@@ -155,8 +155,26 @@ def test_expansion_programs_walk_every_tile_whatever_n(monkeypatch, tmp_path):
     for N in (1, 40):
         k = sparse_kernel(_fc).specialize(W, EXPAND)
         X, bias = torch.randn(230, N).half(), torch.randn(40).half()
-        assert "range(pid_n, 8, 2)" in k.source
+        assert "range(ticket % 2, 8, 2)" in k.source
         assert _rel(k(X, bias), k.reference(X, bias)) < TOL[torch.float16]
+
+
+def test_counters_kept_between_calls_are_left_zero(monkeypatch):
+    """The kernel's programs take tickets from its counters and the last to finish sets them
+    back to zero: calls sharing one counter buffer (as a GPU stream's kept one is shared)
+    each get their own product, and the entries past the kernel's are not touched."""
+    from sparsert_triton.runtime import callplan, launch
+    shared = torch.zeros(64, dtype=torch.int32)
+    shared[-1] = 5
+    for module in (launch, callplan):       # the checked and the planned calls
+        monkeypatch.setattr(module, "counters", lambda n, dev, stream: (shared, shared.data_ptr()))
+    W = _weight(70, 100, 0.3, torch.float16, seed=8)          # 5 blocks of 16 rows
+    k = sparse_kernel(_fc).specialize(W, EXPAND)
+    bias = torch.randn(70).half()
+    for N in (40, 7, 40, 40):
+        X = torch.randn(100, N).half()
+        assert _rel(k(X, bias), k.reference(X, bias)) < TOL[torch.float16]
+        assert not shared[:-1].any() and shared[-1] == 5
 
 
 def test_the_tuner_times_expand_from_128_half_precision_columns():

@@ -69,6 +69,28 @@ def test_large_scratch_and_captured_streams_are_not_kept(monkeypatch):
     assert p != kept and q != kept and workspace.kept_bytes() == 128
 
 
+def test_counters_are_zeros_kept_per_stream(monkeypatch):
+    """The expand kernel's counters: zeros kept per (device, stream) (the kernel leaves them
+    zero), grown by a new zeroed buffer; new zeros per call on the CPU (stream None: the
+    interpreter) and under capture."""
+    c, p = workspace.counters(10, CPU, 3)
+    assert c.dtype == torch.int32 and c.numel() >= 10 and not c.any() and p == c.data_ptr()
+    assert workspace.counters(5, CPU, 3)[1] == p                         # kept
+    assert workspace.counters(10, CPU, 4)[1] != p                        # per stream
+    kept = workspace.kept_bytes()
+    big, q = workspace.counters(5000, CPU, 3)                            # grows
+    assert big.numel() >= 5000 and not big.any() and q != p
+    assert workspace.kept_bytes() == kept + 4 * (big.numel() - c.numel())
+    a, pa = workspace.counters(10, CPU, None)
+    a += 1
+    b, pb = workspace.counters(10, CPU, None)
+    assert not b.any() and workspace.kept_bytes() == kept + 4 * (big.numel() - c.numel())
+    monkeypatch.setattr(workspace, "_is_capturing", lambda: True)
+    assert workspace.counters(10, CPU, 3)[1] != q
+    workspace.release()
+    assert workspace.kept_bytes() == 0
+
+
 @pytest.mark.usefixtures("on_test_device")
 def test_expand_layers_sharing_the_scratch_keep_their_results():
     """Two expand-mode kernels of different sizes called in turn: each call's expansion

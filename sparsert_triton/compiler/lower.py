@@ -10,8 +10,8 @@ The unrolled modes lower to:
 * kernels that dispatch ``program_id(0)`` to group functions with a balanced ``if`` tree.
 
 The table mode lowers to one fixed loop kernel (``TableKernel``), the blocks mode to one
-(``BlocksKernel``), the bitmap mode to one (``BitmapKernel``), the expand mode to two
-(``BitmapKernel``s over the same layout: the expansion, then the product).
+(``BlocksKernel``), the bitmap mode to one (``BitmapKernel``), the expand mode to one
+(a ``BitmapKernel`` whose programs expand the layout into dense tiles, then multiply them).
 """
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ class BlocksKernel:
 @dataclass(frozen=True)
 class BitmapKernel:
     """A loop kernel over the row blocks and K tiles of the bitmap layout (``bitmap.Bitmap``):
-    the ``bitmap`` mode's one kernel, or one of the ``expand`` mode's two (the expansion into
-    dense tiles, the tensor-core product with them)."""
+    the ``bitmap`` mode's kernel, or the ``expand`` mode's (the expansion into dense tiles and
+    the tensor-core product with them)."""
     name: str
     M: int                        # output rows
     K: int                        # positions along K (the last tile's X rows are masked)
@@ -124,8 +124,7 @@ def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=No
     if isinstance(layout, Bitmap) and plan.mode == "expand":
         M, K = shape
         return Lowered(plan, signature, program,
-                       (BitmapKernel("sparse_expand_kernel", M, K, layout.k_tiles),
-                        BitmapKernel("sparse_dense_kernel", M, K, layout.k_tiles)), conv,
+                       (BitmapKernel("sparse_expand_kernel", M, K, layout.k_tiles),), conv,
                        x_strides)
     if isinstance(layout, Bitmap):
         M, K = shape

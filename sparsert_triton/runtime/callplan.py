@@ -35,8 +35,8 @@ import torch
 
 from ..compiler.compile import interpreting
 from .direct import launches_of, run_compiled, spec_key
-from .launch import call_buffers, expand_scratch_numel, grids, operand_args, run, size_args
-from .workspace import scratch
+from .launch import call_buffers, expand_sizes, grids, operand_args, run, size_args
+from .workspace import counters, scratch
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
 PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -110,9 +110,9 @@ class CallPlan:
         # buffers made per call after the variant's (a row-block mode's K slices: a workspace
         # and zeroed counters)
         self.per_call = plan.row_blocks and plan.split_k > 1
-        # the expand mode's scratch: (elements, dtype), from the kept workspace
-        self.scratch = (expand_scratch_numel(variant), X.dtype) if plan.mode == "expand" \
-            else None
+        # the expand mode's scratch and counters: (elements, dtype, counters), from the kept
+        # workspace
+        self.scratch = (*expand_sizes(variant), X.dtype) if plan.mode == "expand" else None
         self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
         self.buffers = None      # the variant's device buffers (made once per device)
         self.buffer_ptrs = ()    # their addresses
@@ -178,7 +178,10 @@ class CallPlan:
         bufs = self.buffer_ptrs
         stream = launcher.stream_of(self.device)
         if self.scratch is not None:
-            bufs = (*bufs, scratch(*self.scratch, self.device, stream if self.cuda else None)[1])
+            numel, count, dtype = self.scratch
+            on = stream if self.cuda else None
+            bufs = (*bufs, scratch(numel, dtype, self.device, on)[1],
+                    counters(count, self.device, on)[1])
         elif self.per_call:
             made = call_buffers(self.variant, X, self.shape[0], self.sizes[-1], self.sig)
             bufs = (*bufs, *[b.data_ptr() for b in made])

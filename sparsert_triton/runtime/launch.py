@@ -17,8 +17,9 @@ import torch
 from ..compiler import fastpasses
 from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
 from ..compiler.bitmap import expansion_programs
+from ..compiler.render.expand import counters as expand_counters
 from .direct import spec_key
-from .workspace import scratch
+from .workspace import counters, scratch
 from ..compiler.fastpasses import fast_pipeline
 from ..compiler.plan import Signature
 
@@ -56,8 +57,8 @@ def grids(variant, N: int) -> list:
     for i, (fn, groups) in enumerate(variant.kernels):
         if groups == 0:
             continue
-        if plan.mode == "expand" and i == 0:      # the expansion: shares of K tiles, not N
-            out.append((fn, (groups, expansion_programs(groups, variant.k_tiles), 1)))
+        if plan.mode == "expand":    # the expanding shares of K tiles, then the products
+            out.append((fn, (groups * (expansion_programs(groups, variant.k_tiles) + nt), 1, 1)))
             continue
         out.append((fn, (groups, nt, plan.split_k) if plan.row_blocks else
                     (groups, nt) if variant.table else (nt, groups)))
@@ -105,27 +106,31 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
 def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature) -> tuple:
     """The buffers a call of M output rows needs after the variant's own: the row-block
     modes' split-K workspace and counters (made per call on X's device, from torch's caching
-    allocator), the expand mode's scratch (:func:`expand_scratch`)."""
+    allocator), the expand mode's scratch and counters (:func:`expand_buffers`)."""
     plan = variant.plan
     if plan.mode == "expand":
-        return (expand_scratch(variant, X),)
+        return expand_buffers(variant, X)
     if plan.row_blocks and plan.split_k > 1:
         return block_slice_buffers(variant, M, N, -(-N // plan.block_n), sig, X.device)
     return ()
 
 
-def expand_scratch(variant, X: torch.Tensor) -> torch.Tensor:
-    """The expand mode's dense tiles of W: (row blocks x rows_per_program) x (K tiles x chunk)
-    in X's dtype, written by the expansion kernel and read by the product in the same call;
-    a view of the buffer kept for this device, stream and thread (:mod:`.workspace`)."""
+def expand_buffers(variant, X: torch.Tensor) -> tuple:
+    """The expand mode's scratch, its dense tiles of W: (row blocks x rows_per_program) x
+    (K tiles x chunk) in X's dtype, written and read back by the kernel in the same call; and
+    its counters (zero, and left zero by the kernel): views of buffers kept for this device,
+    stream and thread (:mod:`.workspace`)."""
     stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
-    return scratch(expand_scratch_numel(variant), X.dtype, X.device, stream)[0]
+    numel, count = expand_sizes(variant)
+    return (scratch(numel, X.dtype, X.device, stream)[0],
+            counters(count, X.device, stream)[0])
 
 
-def expand_scratch_numel(variant) -> int:
-    """Elements of the expand mode's scratch."""
-    plan = variant.plan
-    return variant.kernels[0][1] * plan.rows_per_program * variant.k_tiles * plan.chunk
+def expand_sizes(variant) -> tuple:
+    """(elements of the expand mode's scratch, of its counters)."""
+    plan, blocks = variant.plan, variant.kernels[0][1]
+    return (blocks * plan.rows_per_program * variant.k_tiles * plan.chunk,
+            expand_counters(blocks))
 
 
 def block_slice_buffers(variant, M: int, N: int, nt: int, sig: Signature, device):

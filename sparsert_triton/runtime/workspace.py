@@ -1,4 +1,5 @@
-"""Scratch kept between calls: the expand mode's dense tiles without an allocation per call.
+"""Scratch and counters kept between calls: the expand mode's dense tiles and its counters
+without an allocation per call.
 
 The expand mode writes the weight's dense tiles into a scratch and reads them back in the
 same call (``render/expand.py``). Allocating that scratch costs an eager call ~2.5 us of host
@@ -17,6 +18,10 @@ stream, thread):
   shared buffer), so a captured call allocates as before;
 * at most :data:`MAX_BYTES` per buffer: a bigger scratch (a large layer, whose GPU time
   dwarfs an allocation) comes from the caching allocator per call.
+
+The expand kernel's counters (:func:`counters`) are kept the same way, zeroed once: the
+kernel leaves them zero when it ends. On the CPU (the interpreter, where a kernel stopped by an
+error would leave them counted) and under capture they are zeroed per call.
 
 A buffer grows to the largest scratch asked of it. The buffers are thread-local (they go
 with their thread); :func:`release` drops the calling thread's (their memory goes back to
@@ -41,10 +46,11 @@ _is_capturing = torch._C._cuda_isCurrentStreamCapturing if torch.backends.cuda.i
 
 class _Kept(threading.local):
     """This thread's buffers (freed with the thread): ``buffers`` (device, stream) -> bytes;
-    ``views`` (device, stream, dtype, numel) -> (a view of the buffer, its address)."""
+    ``views`` (device, stream, dtype, numel) -> (a view of the buffer, its address);
+    ``counters`` (device, stream) -> (int32 zeros, their address)."""
 
     def __init__(self):
-        self.buffers, self.views = {}, {}
+        self.buffers, self.views, self.counters = {}, {}, {}
 
 
 _kept = _Kept()
@@ -81,13 +87,32 @@ def scratch(numel: int, dtype: torch.dtype, device: torch.device,
     return hit
 
 
+def counters(numel: int, device: torch.device,
+             stream: Optional[int]) -> Tuple[torch.Tensor, int]:
+    """At least ``numel`` int32 zeros on ``device`` and their address, for a kernel this thread
+    queues on ``stream`` that leaves them zero when it ends (one counting in them waits for
+    the kernel before it, as the expand kernel does): kept between calls on a GPU stream,
+    made per call on the CPU (``stream`` None) and under CUDA-graph capture."""
+    if stream is None or _is_capturing():
+        t = torch.zeros(numel, dtype=torch.int32, device=device)
+        return t, t.data_ptr()
+    kept = _kept.counters
+    hit = kept.get((device, stream))
+    if hit is None or hit[0].numel() < numel:
+        t = torch.zeros(max(numel, 1024), dtype=torch.int32, device=device)
+        kept[(device, stream)] = hit = (t, t.data_ptr())
+    return hit
+
+
 def release() -> None:
     """Drop this thread's kept buffers (their memory returns to torch's caching allocator;
     a thread's buffers also go when the thread ends)."""
     _kept.views.clear()
     _kept.buffers.clear()
+    _kept.counters.clear()
 
 
 def kept_bytes() -> int:
     """The bytes held by this thread's kept buffers."""
-    return sum(b.numel() for b in _kept.buffers.values())
+    return sum(b.numel() for b in _kept.buffers.values()) + \
+        sum(t.numel() * 4 for t, _ in _kept.counters.values())
