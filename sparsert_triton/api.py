@@ -24,6 +24,7 @@ from .compiler.compile import import_kernels, interpreting
 from .compiler.conv import ConvGeometry, conv_weight, geometry
 from .compiler.plan import Plan, Signature
 from .compiler.reference import evaluate
+from .compiler.render.expand import CAPTURED, ONE_LAUNCH
 from .runtime.arguments import INT32_MAX, conv_signature_for, signature_for
 from .runtime.callplan import MAX_PLANS, CallPlan, call_key
 from .runtime.direct import Launcher
@@ -51,6 +52,9 @@ class Variant:
 
     def __init__(self, key: str, path: Path, layout: dict, plan: Plan, weight: SparseWeight):
         self.key, self.path, self.plan, self.launched = key, path, plan, False
+        # the kernels a call captured in a CUDA graph runs instead of ``kernels`` (None: the
+        # same ones)
+        self.captured = None
         self.launcher = Launcher()
         self.launcher.enabled = not interpreting()   # the interpreter has no compiled kernels
         self.module = import_kernels(path, key)
@@ -58,8 +62,11 @@ class Variant:
         if plan.bitmap_tiles:
             k_tiles = self.k_tiles = int(layout["k_tiles"])
             blocks = len(layout["tbase"]) // max(1, k_tiles)
-            self.kernels = [(self.module.sparse_expand_kernel if plan.mode == "expand" else
-                             self.module.sparse_bitmap_kernel, blocks)]
+            if plan.mode == "expand":     # one launch; two where a CUDA graph captures them
+                self.kernels = [(getattr(self.module, ONE_LAUNCH), blocks)]
+                self.captured = [(getattr(self.module, name), blocks) for name in CAPTURED]
+            else:
+                self.kernels = [(self.module.sparse_bitmap_kernel, blocks)]
             vals = _values_at(weight, layout["value_index"])
             self._host = [layout["bits"], layout["woff"], layout["roff"], layout["tbase"], vals]
         elif plan.mode == "blocks":

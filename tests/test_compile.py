@@ -243,8 +243,9 @@ out["bitmap"] = half_variants(Schedule(mode="bitmap"), (1, 16), lambda p, c: {
     "mma": _ptx(c).count("mma")})
 # the expand mode: its expansion (popc) and its tensor-core product (wgmma) at N = 1 and 512
 out["expand"] = half_variants(Schedule(mode="expand"), (1, 512), lambda p, c: {
-    "kernels": len(c), "popc": c[0].asm["ptx"].count("popc.b32"),
-    "mma": [k.asm["ptx"].count("mma") for k in c]})
+    "kernels": len(c), "popc": [k.asm["ptx"].count("popc.b32") for k in c],
+    "mma": [k.asm["ptx"].count("mma") for k in c],
+    "atom": [len(re.findall(r"\b(?:atom|red)\.", k.asm["ptx"])) for k in c]})
 
 from sparsert_triton.compiler import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
@@ -404,9 +405,15 @@ def test_bitmap_kernels_compile_for_sm90(compiled):
 
 
 def test_expand_kernels_compile_for_sm90(compiled):
-    """The expand mode's one kernel for fp16/bf16 at N = 1 and 512: its expanding programs
-    decode with the GPU's popc, its multiplying ones run on tensor cores."""
+    """The expand mode's kernels for fp16/bf16 at N = 1 and 512: the one-launch kernel's
+    expanding programs decode with the GPU's popc, its multiplying ones run on tensor cores,
+    and its tickets and counts are atomics; a captured call's expansion decodes and
+    multiplies nothing, its product multiplies on tensor cores and decodes nothing, and
+    neither counts."""
     e = compiled["expand"]
     assert set(e) == {"float16_1", "bfloat16_1", "float16_512", "bfloat16_512"}
     for v in e.values():
-        assert v["kernels"] == 1 and v["popc"] >= 1 and v["mma"][0] > 0
+        assert v["kernels"] == 3
+        assert v["popc"][0] >= 1 and v["mma"][0] > 0 and v["atom"][0] >= 3
+        assert v["popc"][1] >= 1 and v["mma"][1] == 0 and v["atom"][1] == 0
+        assert v["popc"][2] == 0 and v["mma"][2] > 0 and v["atom"][2] == 0

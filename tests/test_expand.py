@@ -155,7 +155,7 @@ def test_expansion_programs_walk_every_tile_whatever_n(monkeypatch, tmp_path):
     for N in (1, 40):
         k = sparse_kernel(_fc).specialize(W, EXPAND)
         X, bias = torch.randn(230, N).half(), torch.randn(40).half()
-        assert "range(ticket % 2, 8, 2)" in k.source
+        assert "range(share, 8, 2)" in k.source and "ticket // 2, ticket % 2" in k.source
         assert _rel(k(X, bias), k.reference(X, bias)) < TOL[torch.float16]
 
 
@@ -175,6 +175,29 @@ def test_counters_kept_between_calls_are_left_zero(monkeypatch):
         X = torch.randn(100, N).half()
         assert _rel(k(X, bias), k.reference(X, bias)) < TOL[torch.float16]
         assert not shared[:-1].any() and shared[-1] == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_a_captured_call_runs_two_kernels_with_the_same_sums(monkeypatch, dtype):
+    """Under CUDA-graph capture the call runs the expansion and the product as two kernels
+    (no counters: the scratch stands in for them); the same tiles in the same K order give
+    the one launch's result bit for bit."""
+    from sparsert_triton.runtime import launch
+    W = _weight(70, 200, 0.3, dtype, seed=9)
+    sched = EXPAND.replace(allow_tf32=True) if dtype == torch.float32 else EXPAND
+    k = sparse_kernel(_fc).specialize(W, sched)
+    X, bias = torch.randn(200, 45).to(dtype), torch.randn(70).to(dtype)
+    one = k(X, bias)
+    ran = []
+    real = launch.grids
+    monkeypatch.setattr(launch, "captured_call", lambda v, X: v.captured is not None)
+    monkeypatch.setattr(launch, "grids", lambda v, N, c=False: ran.append(c) or real(v, N, c))
+    two = k(X, bias)
+    assert ran == [True] and torch.equal(one, two)
+    nt = -(-45 // k.last_plan.block_n)        # 5 row blocks, 7 K tiles (each one share)
+    assert [g for _, g in real(k._last, 45, True)] == [(5, 7, 1), (5, nt, 1)]
+    assert [g for _, g in real(k._last, 45)] == [(5 * (7 + nt), 1, 1)]
+    assert _rel(two, k.reference(X, bias)) < (2e-3 if dtype == torch.float32 else TOL[dtype])
 
 
 def test_the_tuner_times_expand_from_128_half_precision_columns():

@@ -112,9 +112,10 @@ def triton_signature(sig) -> dict:
 
 
 def precompile_variant(variant, sig, target=None, fast: bool = True, constants: dict = None):
-    """Compile every kernel of a built variant for ``target`` (default sm_90) on any machine
-    (``constants``: see :func:`precompile`)."""
-    names = [fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__ for fn, _ in variant.kernels]
+    """Compile every kernel of a built variant for ``target`` (default sm_90) on any machine,
+    those of a captured call after the others (``constants``: see :func:`precompile`)."""
+    names = [fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__
+             for fn, _ in variant.kernels + (variant.captured or [])]
     opts = {"num_warps": variant.plan.num_warps, "num_stages": variant.plan.num_stages,
             "enable_fp_fusion": True}
     from .fastpasses import applies

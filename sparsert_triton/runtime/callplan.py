@@ -35,8 +35,9 @@ import torch
 
 from ..compiler.compile import interpreting
 from .direct import launches_of, run_compiled, spec_key
-from .launch import call_buffers, expand_sizes, grids, operand_args, run, size_args
-from .workspace import counters, scratch
+from .launch import (call_buffers, captured_call, expand_sizes, grids, operand_args, run,
+                     size_args)
+from .workspace import capturing, counters, scratch
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
 PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -106,14 +107,19 @@ class CallPlan:
         # the variants whose launch needs only X, the variant's buffers, Y and the operands
         self.direct = not (plan.pad_input or plan.tap_masks
                            or (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda))
-        self.grids = [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1])]
+        # the kernels and grids of an eager call ([False]) and of a captured one ([True]: the
+        # expand mode's two launches, where a CUDA graph captures the call)
+        self.forms = variant.captured is not None and self.cuda
+        self.grids = {c: [(fn, _grid3(g)) for fn, g in grids(variant, self.sizes[-1], c)]
+                      for c in ((False, True) if self.forms else (False,))}
         # buffers made per call after the variant's (a row-block mode's K slices: a workspace
         # and zeroed counters)
         self.per_call = plan.row_blocks and plan.split_k > 1
         # the expand mode's scratch and counters: (elements, dtype, counters), from the kept
         # workspace
         self.scratch = (*expand_sizes(variant), X.dtype) if plan.mode == "expand" else None
-        self.compiled = {}       # alignment of X, Y and the operand tensors -> launches
+        # per form (False, True), the alignment of X, Y and the operand tensors -> launches
+        self.compiled = ({}, {})
         self.buffers = None      # the variant's device buffers (made once per device)
         self.buffer_ptrs = ()    # their addresses
 
@@ -142,11 +148,13 @@ class CallPlan:
             return Y
         args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
         spec = spec_key(args)
-        found = [(v.launcher.compiled(fn, self.device, spec), g) for fn, g in self.grids]
+        captured = captured_call(v, X)
+        found = [(v.launcher.compiled(fn, self.device, spec), g)
+                 for fn, g in self.grids[captured]]
         if all(k is not None for k, _ in found):
             self.buffers = v.buffers(self.device)
             self.buffer_ptrs = tuple(b.data_ptr() for b in self.buffers)
-            self.compiled[self.alignment(X.data_ptr(), Y.data_ptr(), operands)] = \
+            self.compiled[captured][self.alignment(X.data_ptr(), Y.data_ptr(), operands)] = \
                 launches_of(found)
         return Y
 
@@ -171,7 +179,8 @@ class CallPlan:
         queued, and so do the variant's buffers (allocated once per device: only X, Y and the
         operands move)."""
         launcher = self.variant.launcher
-        launches = self.compiled.get(self.alignment(xp, yp, operands)) \
+        captured = self.forms and capturing()
+        launches = self.compiled[captured].get(self.alignment(xp, yp, operands)) \
             if launcher.enabled else None
         if launches is None:
             return False
@@ -180,8 +189,9 @@ class CallPlan:
         if self.scratch is not None:
             numel, count, dtype = self.scratch
             on = stream if self.cuda else None
-            bufs = (*bufs, scratch(numel, dtype, self.device, on)[1],
-                    counters(count, self.device, on)[1])
+            at = scratch(numel, dtype, self.device, on, captured)[1]
+            # a captured call's two kernels count nothing: the scratch stands in
+            bufs = (*bufs, at, at if captured else counters(count, self.device, on)[1])
         elif self.per_call:
             made = call_buffers(self.variant, X, self.shape[0], self.sizes[-1], self.sig)
             bufs = (*bufs, *[b.data_ptr() for b in made])

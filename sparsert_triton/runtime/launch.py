@@ -19,7 +19,7 @@ from ..compiler.compile import compile_workers, interpreting, triton_cache_scope
 from ..compiler.bitmap import expansion_programs
 from ..compiler.render.expand import counters as expand_counters
 from .direct import spec_key
-from .workspace import counters, scratch
+from .workspace import capturing, counters, scratch
 from ..compiler.fastpasses import fast_pipeline
 from ..compiler.plan import Signature
 
@@ -49,20 +49,30 @@ def size_args(X: torch.Tensor, Y: torch.Tensor) -> list:
     return [X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), X.shape[1]]
 
 
-def grids(variant, N: int) -> list:
-    """(kernel, grid) of every kernel of a variant that has work, for N output columns."""
+def grids(variant, N: int, captured: bool = False) -> list:
+    """(kernel, grid) of every kernel of a variant that has work, for N output columns; those
+    of a call captured in a CUDA graph where the variant has its own (:func:`captured_call`)."""
     plan = variant.plan
     nt = -(-N // plan.block_n)
     out = []
-    for i, (fn, groups) in enumerate(variant.kernels):
+    kernels = variant.captured if captured else variant.kernels
+    for i, (fn, groups) in enumerate(kernels):
         if groups == 0:
             continue
-        if plan.mode == "expand":    # the expanding shares of K tiles, then the products
-            out.append((fn, (groups * (expansion_programs(groups, variant.k_tiles) + nt), 1, 1)))
+        if plan.mode == "expand":     # shares of K tiles per row block, then column tiles
+            G = expansion_programs(groups, variant.k_tiles)
+            out.append((fn, (groups, nt if i else G, 1) if captured else
+                        (groups * (G + nt), 1, 1)))
             continue
         out.append((fn, (groups, nt, plan.split_k) if plan.row_blocks else
                     (groups, nt) if variant.table else (nt, groups)))
     return out
+
+
+def captured_call(variant, X: torch.Tensor) -> bool:
+    """Whether this call runs the variant's kernels for CUDA-graph capture: it has its own
+    (the expand mode's two launches) and X's stream is being captured."""
+    return variant.captured is not None and X.is_cuda and capturing()
 
 
 def launch_options(plan) -> dict:
@@ -83,9 +93,10 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     ops = operand_args(sig, operands, X.dim() == 4)
     opts = launch_options(plan)
     first = not variant.launched
-    bufs = [*bufs, *call_buffers(variant, X, Y.shape[0], N, sig)]
+    captured = captured_call(variant, X)
+    bufs = [*bufs, *call_buffers(variant, X, Y.shape[0], N, sig, captured)]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
-    launches = [(fn, grid, args) for fn, grid in grids(variant, N)]
+    launches = [(fn, grid, args) for fn, grid in grids(variant, N, captured)]
     # Triton's specialisation facts of the arguments, worked out once for all the kernels
     spec = spec_key(args) if variant.launcher.enabled else None
     fast = fastpasses.applies(plan)
@@ -103,27 +114,29 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     return args
 
 
-def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature) -> tuple:
+def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature,
+                 captured: bool = False) -> tuple:
     """The buffers a call of M output rows needs after the variant's own: the row-block
     modes' split-K workspace and counters (made per call on X's device, from torch's caching
     allocator), the expand mode's scratch and counters (:func:`expand_buffers`)."""
     plan = variant.plan
     if plan.mode == "expand":
-        return expand_buffers(variant, X)
+        return expand_buffers(variant, X, captured)
     if plan.row_blocks and plan.split_k > 1:
         return block_slice_buffers(variant, M, N, -(-N // plan.block_n), sig, X.device)
     return ()
 
 
-def expand_buffers(variant, X: torch.Tensor) -> tuple:
+def expand_buffers(variant, X: torch.Tensor, captured: bool = False) -> tuple:
     """The expand mode's scratch, its dense tiles of W: (row blocks x rows_per_program) x
-    (K tiles x chunk) in X's dtype, written and read back by the kernel in the same call; and
-    its counters (zero, and left zero by the kernel): views of buffers kept for this device,
-    stream and thread (:mod:`.workspace`)."""
+    (K tiles x chunk) in X's dtype, written and read back in the same call; and the one-launch
+    kernel's counters (zero, and left zero by the kernel): views of buffers kept for this
+    device, stream and thread (:mod:`.workspace`). A captured call's two kernels count
+    nothing: the scratch stands in for the counters."""
     stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
     numel, count = expand_sizes(variant)
-    return (scratch(numel, X.dtype, X.device, stream)[0],
-            counters(count, X.device, stream)[0])
+    scr = scratch(numel, X.dtype, X.device, stream, captured)[0]
+    return (scr, scr if captured else counters(count, X.device, stream)[0])
 
 
 def expand_sizes(variant) -> tuple:

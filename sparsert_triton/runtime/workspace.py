@@ -44,6 +44,11 @@ _is_capturing = torch._C._cuda_isCurrentStreamCapturing if torch.backends.cuda.i
     else (lambda: False)
 
 
+def capturing() -> bool:
+    """Whether the current CUDA stream is being captured into a CUDA graph."""
+    return _is_capturing()
+
+
 class _Kept(threading.local):
     """This thread's buffers (freed with the thread): ``buffers`` (device, stream) -> bytes;
     ``views`` (device, stream, dtype, numel) -> (a view of the buffer, its address);
@@ -56,14 +61,15 @@ class _Kept(threading.local):
 _kept = _Kept()
 
 
-def scratch(numel: int, dtype: torch.dtype, device: torch.device,
-            stream: Optional[int]) -> Tuple[torch.Tensor, int]:
+def scratch(numel: int, dtype: torch.dtype, device: torch.device, stream: Optional[int],
+            captured: Optional[bool] = None) -> Tuple[torch.Tensor, int]:
     """A tensor of ``numel`` elements of ``dtype`` on ``device`` and its address, for kernels
     this thread queues on ``stream`` (the device's current stream; None on the CPU, where the
-    interpreter runs each kernel to its end before the next). Its contents are undefined."""
+    interpreter runs each kernel to its end before the next). Its contents are undefined.
+    ``captured``: whether the stream is being captured, if the caller asked already."""
     kept = _kept
     key = (device, stream, dtype, numel)
-    capturing = stream is not None and _is_capturing()
+    capturing = stream is not None and (_is_capturing() if captured is None else captured)
     hit = None if capturing else kept.views.get(key)
     if hit is not None:
         return hit

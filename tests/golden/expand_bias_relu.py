@@ -29,53 +29,71 @@ def _epilogue(acc, row, rmask, offs_n, nmask, op_bias, s_bias):
     return tl.maximum((acc + tl.load(op_bias + row * s_bias, mask=rmask, other=0.0).to(tl.float32)), 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 @triton.jit
+def _expand_share(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N, pid_m, share):
+    """SCR[rows, k] = W[rows, k] for the K tiles share, share + 1, ... of the 1 tiles of 32 positions of row block pid_m (16 rows), decoded from a bit per position and the tile's packed values, VALS[TBASE + ROFF[r] + WOFF[r, w] + popc(BITS[r, w] & (2**j - 1))], zero where the bit is clear."""
+    i = tl.arange(0, 16)
+    iw = i[:, None] * 1 + tl.arange(0, 1)[None, :]
+    lane = tl.arange(0, 32)
+    bit = (tl.full([32], 1, tl.int32) << lane)[None, None, :]
+    below = bit - 1
+    for kt in range(share, 1, 1):
+        tile = pid_m * 1 + kt
+        words = tl.load(BITS + tile * 16 + iw)
+        start = tl.load(TBASE + tile) + tl.load(ROFF + tile * 16 + i).to(tl.int32)
+        excl = start[:, None] + tl.load(WOFF + tile * 16 + iw).to(tl.int32)
+        w3 = words[:, :, None]
+        at = excl[:, :, None] + _popc(w3 & below)
+        v = tl.load(VALS + at, mask=(w3 & bit) != 0, other=0.0)
+        tl.store(SCR + (pid_m * 16 + i)[:, None].to(tl.int64) * 32 + kt * 32 + tl.arange(0, 32)[None, :], tl.reshape(v, [16, 32]).to(tl.float32))
+
+@triton.jit
+def _multiply_tile(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N, pid_m, pid_n):
+    """acc[r, n] = sum_k SCR[r, k] * X[k, n] over row block pid_m (16 rows) and column tile pid_n (16 columns), 1 K tiles of 32 on tensor cores, then the epilogue."""
+    offs_n = pid_n * 16 + tl.arange(0, 16)
+    nmask = offs_n < N
+    xp = X + offs_n * sxn
+    yo = offs_n * syn
+    i = tl.arange(0, 16)
+    rows = tl.where(pid_m * 16 + i < 3, pid_m * 16 + i, -1)
+    acc = tl.zeros([16, 16], tl.float32)
+    for kt in range(0, 1):
+        w = tl.load(SCR + (pid_m * 16 + i)[:, None].to(tl.int64) * 32 + kt * 32 + tl.arange(0, 32)[None, :])
+        k = kt * 32 + tl.arange(0, 32)
+        x = tl.load(xp[None, :] + k[:, None] * sxk, mask=(k[:, None] < 4) & nmask[None, :], other=0.0)
+        if _INTERPRETED:
+            acc += tl.dot(w.to(tl.float32), x.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(w, x.to(w.dtype), input_precision="tf32")
+    out = _epilogue(acc, rows[:, None], (rows >= 0)[:, None], offs_n[None, :], nmask[None, :], op_bias, s_bias)
+    tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), mask=(rows >= 0)[:, None] & nmask[None, :])
+
+@triton.jit
 def sparse_expand_kernel(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N):
-    """Tickets below 1: SCR[rows, k] = W[rows, k], the 1 K tiles of 32 positions of each block of 16 rows in 1 share(s), decoded from a bit per position and the tile's packed values, VALS[TBASE + ROFF[r] + WOFF[r, w] + popc(BITS[r, w] & (2**j - 1))], zero where the bit is clear. The others: acc[r, n] = sum_k SCR[r, k] * X[k, n] over a block of 16 rows and a column tile of 16 on tensor cores, once the block's shares are stored, then the epilogue."""
+    """One launch, by ticket: tickets below 1 expand share ticket % 1 of row block ticket // 1; the others multiply a (row block, column tile) once its block's 1 share(s) are stored."""
     ticket = tl.atomic_add(CNT, 1, sem="relaxed", scope="gpu")
     if ticket < 1:
-        pid_m = ticket // 1
-        i = tl.arange(0, 16)
-        iw = i[:, None] * 1 + tl.arange(0, 1)[None, :]
-        lane = tl.arange(0, 32)
-        bit = (tl.full([32], 1, tl.int32) << lane)[None, None, :]
-        below = bit - 1
-        for kt in range(ticket % 1, 1, 1):
-            tile = pid_m * 1 + kt
-            words = tl.load(BITS + tile * 16 + iw)
-            start = tl.load(TBASE + tile) + tl.load(ROFF + tile * 16 + i).to(tl.int32)
-            excl = start[:, None] + tl.load(WOFF + tile * 16 + iw).to(tl.int32)
-            w3 = words[:, :, None]
-            at = excl[:, :, None] + _popc(w3 & below)
-            v = tl.load(VALS + at, mask=(w3 & bit) != 0, other=0.0)
-            tl.store(SCR + (pid_m * 16 + i)[:, None].to(tl.int64) * 32 + kt * 32 + tl.arange(0, 32)[None, :], tl.reshape(v, [16, 32]).to(tl.float32))
+        _expand_share(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N, ticket // 1, ticket % 1)
         tl.debug_barrier()   # every thread's tiles are stored before the share counts
-        tl.atomic_add(CNT + 2 + pid_m, 1, sem="release", scope="gpu")
+        tl.atomic_add(CNT + 2 + ticket // 1, 1, sem="release", scope="gpu")
     else:
         pid_m = (ticket - 1) // tl.cdiv(N, 16)
-        pid_n = (ticket - 1) % tl.cdiv(N, 16)
-        offs_n = pid_n * 16 + tl.arange(0, 16)
-        nmask = offs_n < N
-        xp = X + offs_n * sxn
-        yo = offs_n * syn
-        i = tl.arange(0, 16)
-        rows = tl.where(pid_m * 16 + i < 3, pid_m * 16 + i, -1)
-        acc = tl.zeros([16, 16], tl.float32)
         ready = tl.atomic_add(CNT + 2 + pid_m, 0, sem="acquire", scope="gpu")
         while ready < 1:   # the row block's tiles are being stored
             ready = tl.atomic_add(CNT + 2 + pid_m, 0, sem="acquire", scope="gpu")
-        for kt in range(0, 1):
-            w = tl.load(SCR + (pid_m * 16 + i)[:, None].to(tl.int64) * 32 + kt * 32 + tl.arange(0, 32)[None, :])
-            k = kt * 32 + tl.arange(0, 32)
-            x = tl.load(xp[None, :] + k[:, None] * sxk, mask=(k[:, None] < 4) & nmask[None, :], other=0.0)
-            if _INTERPRETED:
-                acc += tl.dot(w.to(tl.float32), x.to(tl.float32), input_precision="ieee")
-            else:
-                acc += tl.dot(w, x.to(w.dtype), input_precision="tf32")
-        out = _epilogue(acc, rows[:, None], (rows >= 0)[:, None], offs_n[None, :], nmask[None, :], op_bias, s_bias)
-        tl.store(Y + rows[:, None] * sym + yo[None, :], out.to(Y.dtype.element_ty), mask=(rows >= 0)[:, None] & nmask[None, :])
+        _multiply_tile(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N, pid_m, (ticket - 1) % tl.cdiv(N, 16))
     # the last program to finish sets the counters back to zero for the next call
     done = tl.atomic_add(CNT + 1, 1, sem="acq_rel", scope="gpu")
     if done == 0 + 1 * tl.cdiv(N, 16):
         c = tl.arange(0, 4)
         tl.store(CNT + c, tl.zeros_like(c), mask=c < 3)
+
+@triton.jit
+def sparse_expand_tiles_kernel(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N):
+    """A captured call's first launch: program (b, j) expands share j of row block b."""
+    _expand_share(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N, tl.program_id(0), tl.program_id(1))
+
+@triton.jit
+def sparse_dense_kernel(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N):
+    """A captured call's second launch: program (b, n) multiplies row block b by column tile n (the first launch has ended)."""
+    _multiply_tile(X, BITS, WOFF, ROFF, TBASE, VALS, SCR, CNT, Y, op_bias, s_bias, sxk, sxn, sym, syn, N, tl.program_id(0), tl.program_id(1))
 

@@ -19,7 +19,7 @@ from ..lower import Lowered, TableKernel
 from ..plan import DERIVED
 from .bitmap import render_bitmap_kernel, render_popc
 from .blocks import render_blocks_kernel
-from .expand import render_expand_kernel
+from .expand import render_expand_kernels
 from .common import Buffer, operand_names, operand_params, render_helpers
 from .table import render_table_kernel
 from .unrolled import render_unrolled_kernel
@@ -53,7 +53,7 @@ def render(low: Lowered, header: str = "") -> str:
         if low.plan.mode == "bitmap":
             render_bitmap_kernel(b, low.kernels[0], low)
         else:
-            render_expand_kernel(b, low.kernels[0], low)
+            render_expand_kernels(b, low)
         return b.text()
     if low.plan.mode == "blocks":
         render_helpers(b, low, True)
