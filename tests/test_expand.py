@@ -200,6 +200,32 @@ def test_a_captured_call_runs_two_kernels_with_the_same_sums(monkeypatch, dtype)
     assert _rel(two, k.reference(X, bias)) < (2e-3 if dtype == torch.float32 else TOL[dtype])
 
 
+def test_the_first_eager_call_runs_the_captured_kernels_too(monkeypatch):
+    """With compiled launches (a GPU's), the first call made outside a capture runs the two
+    kernels of a captured call before its own one (so they are compiled and loaded before
+    any capture), the scratch in the counters' place; later calls launch only their own."""
+    from sparsert_triton import api
+    from sparsert_triton.runtime.direct import Launcher
+    seen = []
+    real = Launcher.__call__
+
+    def spy(self, fn, grid, args, opts, device, spec=None):
+        seen.append((fn.fn.__name__, grid, args[7] is args[6]))
+        return real(self, fn, grid, args, opts, device, spec)
+    monkeypatch.setattr(Launcher, "__call__", spy)
+    monkeypatch.setattr(api, "interpreting", lambda: False)     # the launcher stays on
+    k = sparse_kernel(_fc).specialize(_weight(70, 200, 0.3, torch.float16, seed=10), EXPAND)
+    X, bias = torch.randn(200, 45).half(), torch.randn(70).half()
+    Y = k(X, bias)
+    nt = -(-45 // k.last_plan.block_n)
+    assert seen == [("sparse_expand_tiles_kernel", (5, 7, 1), True),
+                    ("sparse_dense_kernel", (5, nt, 1), True),
+                    ("sparse_expand_kernel", (5 * (7 + nt), 1, 1), False)]
+    assert _rel(Y, k.reference(X, bias)) < TOL[torch.float16]
+    seen.clear()
+    assert torch.equal(k(X, bias), Y) and [s[0] for s in seen] == ["sparse_expand_kernel"]
+
+
 def test_the_tuner_times_expand_from_128_half_precision_columns():
     from sparsert_triton.tune import candidate_schedules
     w = as_sparse_weight(_weight(256, 512, 0.3, torch.float16))

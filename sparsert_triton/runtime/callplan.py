@@ -35,8 +35,8 @@ import torch
 
 from ..compiler.compile import interpreting
 from .direct import launches_of, run_compiled, spec_key
-from .launch import (call_buffers, captured_call, expand_sizes, grids, operand_args, run,
-                     size_args)
+from .launch import (call_buffers, captured_args, captured_call, expand_sizes, grids,
+                     operand_args, run, size_args)
 from .workspace import capturing, counters, scratch
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
@@ -147,15 +147,18 @@ class CallPlan:
         if self.launch(X, X.data_ptr(), Y.data_ptr(), operands):
             return Y
         args = run(v, X, Y, operands, self.sig)      # compiles or finds the kernels
-        spec = spec_key(args)
         captured = captured_call(v, X)
-        found = [(v.launcher.compiled(fn, self.device, spec), g)
-                 for fn, g in self.grids[captured]]
-        if all(k is not None for k, _ in found):
-            self.buffers = v.buffers(self.device)
-            self.buffer_ptrs = tuple(b.data_ptr() for b in self.buffers)
-            self.compiled[captured][self.alignment(X.data_ptr(), Y.data_ptr(), operands)] = \
-                launches_of(found)
+        forms = [(captured, args)]
+        if self.forms and not captured:    # run() compiled the captured kernels as well
+            forms.append((True, captured_args(v, args)))
+        at = self.alignment(X.data_ptr(), Y.data_ptr(), operands)
+        for c, a in forms:
+            spec = spec_key(a)
+            found = [(v.launcher.compiled(fn, self.device, spec), g) for fn, g in self.grids[c]]
+            if all(k is not None for k, _ in found):
+                self.buffers = v.buffers(self.device)
+                self.buffer_ptrs = tuple(b.data_ptr() for b in self.buffers)
+                self.compiled[c][at] = launches_of(found)
         return Y
 
     def alignment(self, xp: int, yp: int, operands) -> tuple:
