@@ -2,7 +2,8 @@
 
 The call was checked and given its signature by :mod:`.arguments`; here its tensors,
 operands, strides and sizes become the kernels' argument list (:func:`operand_args`,
-:func:`size_args`, the same list for every kernel of the variant), each kernel gets its grid
+:func:`size_args`, the same list for every kernel of the variant; the expand mode's kernels
+for a call captured in a CUDA graph take :func:`captured_args`), each kernel gets its grid
 (:func:`grids`) and Triton's launch options (:func:`launch_options`), and :func:`run` launches
 them: the first launch compiles (in Triton's cache scoped to ours, optionally in parallel and
 with the trimmed pass pipeline), later ones go through the direct launcher, on side streams
@@ -90,7 +91,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     mode) made outside a capture runs those kernels too, before its own: they are compiled
     and loaded then, and a capture after eager calls launches compiled kernels only, as
     for every other variant (a sparse BERT captured after eager calls that had run only the
-    one-launch kernel failed capture on the H100: bench/NOTES.md, twenty-first session)."""
+    one-launch kernel failed capture once on the H100, cause not found: bench/NOTES.md,
+    twenty-first session)."""
     plan = variant.plan
     bufs = variant.buffers(X.device)
     strides = size_args(X, Y)
