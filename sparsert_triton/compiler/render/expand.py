@@ -29,8 +29,9 @@ and two ways to run them:
    255, which would hold the expanding job to a fraction of its occupancy).
 
 Both compute the same tiles in the same K order: the same sums. The scratch is a view of a
-buffer kept per device, stream and thread, the counters are kept the same way
-(``runtime.workspace``); both are made per call under capture."""
+buffer kept per device, stream and thread, and the counters are kept the same way
+(``runtime.workspace``); under capture the scratch is made per call and the two kernels
+need no counters."""
 from __future__ import annotations
 
 from ..bitmap import expansion_programs
