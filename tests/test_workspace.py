@@ -137,3 +137,38 @@ def test_eager_calls_beside_a_graph_replay_on_another_stream():
         assert torch.equal(ya, ref_a)
     torch.cuda.synchronize()
     assert all(torch.equal(y, ref_b) for y in outs)
+
+
+@pytest.mark.gpu
+def test_sparse_linears_captured_first_after_eager_calls():
+    """Half-precision SparseLinear layers in the expand mode, called eagerly (one launch per
+    call) and then captured in a CUDA graph with no capture before it: after the first eager
+    call the call plan holds the captured call's launches too (compiled and loaded outside
+    any capture), the capture succeeds, and its replays give the eager outputs bit for bit
+    (the two forms sum the same tiles in the same order)."""
+    from sparsert_triton.nn import SparseLinear
+    torch.manual_seed(0)
+    layers = []
+    for i, o in ((512, 1024), (1024, 512)):
+        lin = torch.nn.Linear(i, o, device="cuda", dtype=torch.float16)
+        with torch.no_grad():
+            lin.weight.mul_((torch.rand_like(lin.weight, dtype=torch.float32) >= 0.8).half())
+        layers.append(SparseLinear.from_linear(lin, schedule=Schedule(mode="expand")).eval())
+    model = torch.nn.Sequential(layers[0], torch.nn.GELU(), layers[1])
+    x = torch.randn(256, 512, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        eager = model(x)
+        assert torch.equal(model(x), eager)
+        plans = [e[3] for m in layers for e in m._pattern.rows_calls.values()]
+        assert plans and all(p.compiled[True] and p.compiled[False] for p in plans)
+        g = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            with torch.cuda.graph(g):
+                y = model(x)
+        torch.cuda.current_stream().wait_stream(side)
+        for _ in range(3):
+            g.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(y, eager)
