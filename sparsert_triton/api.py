@@ -90,11 +90,6 @@ class Variant:
     def source(self) -> str:
         return self.path.read_text()
 
-    @property
-    def buffers_on_host(self) -> list:
-        """The variant's own buffers (host arrays), in launch order after X."""
-        return self._host
-
     def buffers(self, device: torch.device):
         bufs = self._device_buffers.get(device)
         if bufs is None:

@@ -167,7 +167,8 @@ def test_counters_kept_between_calls_are_left_zero(monkeypatch):
     shared = torch.zeros(64, dtype=torch.int32)
     shared[-1] = 5
     for module in (launch, callplan):       # the checked and the planned calls
-        monkeypatch.setattr(module, "counters", lambda n, dev, stream: (shared, shared.data_ptr()))
+        monkeypatch.setattr(module, "counters",
+                            lambda n, dev, stream, captured=None: (shared, shared.data_ptr()))
     W = _weight(70, 100, 0.3, torch.float16, seed=8)          # 5 blocks of 16 rows
     k = sparse_kernel(_fc).specialize(W, EXPAND)
     bias = torch.randn(70).half()

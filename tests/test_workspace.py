@@ -87,6 +87,7 @@ def test_counters_are_zeros_kept_per_stream(monkeypatch):
     assert not b.any() and workspace.kept_bytes() == kept + 4 * (big.numel() - c.numel())
     monkeypatch.setattr(workspace, "_is_capturing", lambda: True)
     assert workspace.counters(10, CPU, 3)[1] != q
+    assert workspace.counters(10, CPU, 3, captured=False)[1] == q      # the caller asked
     workspace.release()
     assert workspace.kept_bytes() == 0
 

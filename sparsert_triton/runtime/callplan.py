@@ -194,7 +194,7 @@ class CallPlan:
             on = stream if self.cuda else None
             at = scratch(numel, dtype, self.device, on, captured)[1]
             # a captured call's two kernels count nothing: the scratch stands in
-            bufs = (*bufs, at, at if captured else counters(count, self.device, on)[1])
+            bufs = (*bufs, at, at if captured else counters(count, self.device, on, False)[1])
         elif self.per_call:
             made = call_buffers(self.variant, X, self.shape[0], self.sizes[-1], self.sig)
             bufs = (*bufs, *[b.data_ptr() for b in made])

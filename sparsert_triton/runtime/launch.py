@@ -18,7 +18,7 @@ import torch
 from ..compiler import fastpasses
 from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
 from ..compiler.bitmap import expansion_programs
-from ..compiler.render.expand import counters as expand_counters
+from ..compiler.render.expand import BUFFERS as EXPAND_BUFFERS, counters as expand_counters
 from .direct import spec_key
 from .workspace import capturing, counters, scratch
 from ..compiler.fastpasses import fast_pipeline
@@ -128,7 +128,7 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
 def captured_args(variant, args: tuple) -> tuple:
     """A call's launch arguments (:func:`run`'s) for the variant's captured kernels: the
     expand mode's two kernels count nothing, so the scratch stands in for the counters."""
-    scr = 1 + len(variant.buffers_on_host)         # X, the variant's buffers, SCR, CNT, ...
+    scr = 1 + EXPAND_BUFFERS.index("SCR")          # X, the kernels' buffers (.., SCR, CNT), ..
     return (*args[:scr + 1], args[scr], *args[scr + 2:])
 
 
@@ -154,7 +154,7 @@ def expand_buffers(variant, X: torch.Tensor, captured: bool = False) -> tuple:
     stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
     numel, count = expand_sizes(variant)
     scr = scratch(numel, X.dtype, X.device, stream, captured)[0]
-    return (scr, scr if captured else counters(count, X.device, stream)[0])
+    return (scr, scr if captured else counters(count, X.device, stream, captured)[0])
 
 
 def expand_sizes(variant) -> tuple:

@@ -93,13 +93,14 @@ def scratch(numel: int, dtype: torch.dtype, device: torch.device, stream: Option
     return hit
 
 
-def counters(numel: int, device: torch.device,
-             stream: Optional[int]) -> Tuple[torch.Tensor, int]:
+def counters(numel: int, device: torch.device, stream: Optional[int],
+             captured: Optional[bool] = None) -> Tuple[torch.Tensor, int]:
     """At least ``numel`` int32 zeros on ``device`` and their address, for a kernel this thread
     queues on ``stream`` that leaves them zero when it ends (one counting in them waits for
     the kernel before it, as the expand kernel does): kept between calls on a GPU stream,
-    made per call on the CPU (``stream`` None) and under CUDA-graph capture."""
-    if stream is None or _is_capturing():
+    made per call on the CPU (``stream`` None) and under CUDA-graph capture. ``captured``:
+    whether the stream is being captured, if the caller asked already."""
+    if stream is None or (_is_capturing() if captured is None else captured):
         t = torch.zeros(numel, dtype=torch.int32, device=device)
         return t, t.data_ptr()
     kept = _kept.counters
