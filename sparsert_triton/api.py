@@ -30,6 +30,7 @@ from .runtime.callplan import MAX_PLANS, CallPlan, call_key
 from .runtime.direct import Launcher
 from .runtime.launch import run
 from .runtime.padding import zero_pad
+from .runtime.workspace import create_blas_handle
 from .weights import TORCH_DTYPES, SparseWeight, as_sparse_weight
 
 
@@ -212,6 +213,8 @@ class SpecializedKernel:
         spatial = tuple(X.shape[2:]) if self.conv is not None else None
         v = self.variant(sig, N, X.device, X.stride(), spatial)
         self._last = v
+        if X.is_cuda:
+            create_blas_handle(X.device)
         run(v, self._kernel_input(X, v.plan), Y, operands, sig)
         return Y, (CallPlan(v, sig, X, Y, operands) if out is None else None)
 

@@ -173,3 +173,34 @@ def test_sparse_linears_captured_first_after_eager_calls():
             g.replay()
             torch.cuda.synchronize()
             assert torch.equal(y, eager)
+
+
+CUBLAS_AFTER_SPARSE = r"""
+import json, torch
+from sparsert_triton.nn import SparseLinear
+torch.manual_seed(0)
+lin = torch.nn.Linear(256, 512, device="cuda", dtype=torch.float16)
+with torch.no_grad():
+    lin.weight.mul_((torch.rand_like(lin.weight, dtype=torch.float32) >= 0.9).half())
+    layer = SparseLinear.from_linear(lin).eval()
+    x = torch.randn(64, 256, device="cuda", dtype=torch.float16)
+    y = layer(x)                      # this process's first GPU work: no cuBLAS call before
+    a = torch.randn(64, 64, device="cuda", dtype=torch.float16)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        c = a @ a                     # the first cuBLAS call, under capture
+    g.replay()
+    torch.cuda.synchronize()
+    print(json.dumps({"matmul": torch.equal(c, a @ a),
+                      "layer": float((y.float() - lin(x).float()).abs().max())}))
+"""
+
+
+@pytest.mark.gpu
+def test_a_cublas_call_captured_after_only_sparse_calls(run_aot_script):
+    """A process whose only GPU work before a capture was a sparse layer's calls can capture
+    a cuBLAS call (a sparse model's attention): the layer's first call created the thread's
+    cuBLAS handle, which torch would otherwise create under capture, failing it."""
+    r = run_aot_script(CUBLAS_AFTER_SPARSE, timeout=300)
+    assert r["matmul"] and r["layer"] < 1e-2

@@ -111,6 +111,20 @@ def counters(numel: int, device: torch.device, stream: Optional[int],
     return hit
 
 
+def create_blas_handle(device: torch.device) -> None:
+    """Create this thread's cuBLAS handle on ``device`` now, unless a stream is being captured.
+
+    torch creates a thread's handle on its first cuBLAS call, and creating it while a stream
+    is captured into a CUDA graph invalidates the capture (``cublasCreate``:
+    CUBLAS_STATUS_NOT_INITIALIZED). A model whose Linears are all sparse can run eagerly
+    without a cuBLAS call and then make its first one under capture: transformers' BERT-base
+    at 90% did, in its attention, on the H100 (bench/NOTES.md, twenty-second session). A
+    sparse kernel's checked call (the first of each input layout) on a GPU creates it."""
+    if not capturing():
+        with torch.cuda.device(device):
+            torch.cuda.current_blas_handle()
+
+
 def release() -> None:
     """Drop this thread's kept buffers (their memory returns to torch's caching allocator;
     a thread's buffers also go when the thread ends)."""
