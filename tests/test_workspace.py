@@ -2,6 +2,7 @@
 thread, grown to the largest scratch asked of it, never while a stream is captured or above
 MAX_BYTES; expand-mode layers sharing it give their own results in any order of calls; on
 the GPU, eager calls beside a replayed CUDA graph."""
+import contextlib
 import gc
 import threading
 import weakref
@@ -90,6 +91,21 @@ def test_counters_are_zeros_kept_per_stream(monkeypatch):
     assert workspace.counters(10, CPU, 3, captured=False)[1] == q      # the caller asked
     workspace.release()
     assert workspace.kept_bytes() == 0
+
+
+def test_blas_handle_is_made_outside_capture_only(monkeypatch):
+    """create_blas_handle asks torch for the handle on the layer's device, and never while
+    the stream is captured (creating one there is what fails a capture)."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: asked.append(("device", d)) or
+                        contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_blas_handle", lambda: asked.append("handle"))
+    monkeypatch.setattr(workspace, "_is_capturing", lambda: False)
+    workspace.create_blas_handle(torch.device("cuda", 1))
+    assert asked == [("device", torch.device("cuda", 1)), "handle"]
+    monkeypatch.setattr(workspace, "_is_capturing", lambda: True)
+    workspace.create_blas_handle(torch.device("cuda", 1))
+    assert len(asked) == 2
 
 
 @pytest.mark.usefixtures("on_test_device")
