@@ -94,18 +94,25 @@ def test_counters_are_zeros_kept_per_stream(monkeypatch):
 
 
 def test_blas_handle_is_made_outside_capture_only(monkeypatch):
-    """create_blas_handle asks torch for the handle on the layer's device, and never while
-    the stream is captured (creating one there is what fails a capture)."""
+    """create_blas_handle asks torch for the handle on the layer's device, once per thread
+    and device, and never while the stream is captured (creating one there is what fails a
+    capture)."""
     asked = []
+    monkeypatch.setattr(workspace._kept, "blas", set())
     monkeypatch.setattr(torch.cuda, "device", lambda d: asked.append(("device", d)) or
                         contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_blas_handle", lambda: asked.append("handle"))
     monkeypatch.setattr(workspace, "_is_capturing", lambda: False)
     workspace.create_blas_handle(torch.device("cuda", 1))
     assert asked == [("device", torch.device("cuda", 1)), "handle"]
-    monkeypatch.setattr(workspace, "_is_capturing", lambda: True)
-    workspace.create_blas_handle(torch.device("cuda", 1))
+    workspace.create_blas_handle(torch.device("cuda", 1))              # made already
     assert len(asked) == 2
+    monkeypatch.setattr(workspace, "_is_capturing", lambda: True)
+    workspace.create_blas_handle(torch.device("cuda", 0))
+    assert len(asked) == 2
+    monkeypatch.setattr(workspace, "_is_capturing", lambda: False)
+    workspace.create_blas_handle(torch.device("cuda", 0))
+    assert asked[2:] == [("device", torch.device("cuda", 0)), "handle"]
 
 
 @pytest.mark.usefixtures("on_test_device")

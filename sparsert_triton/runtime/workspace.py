@@ -52,10 +52,11 @@ def capturing() -> bool:
 class _Kept(threading.local):
     """This thread's buffers (freed with the thread): ``buffers`` (device, stream) -> bytes;
     ``views`` (device, stream, dtype, numel) -> (a view of the buffer, its address);
-    ``counters`` (device, stream) -> (int32 zeros, their address)."""
+    ``counters`` (device, stream) -> (int32 zeros, their address); ``blas`` the devices this
+    thread has a cuBLAS handle on (:func:`create_blas_handle`)."""
 
     def __init__(self):
-        self.buffers, self.views, self.counters = {}, {}, {}
+        self.buffers, self.views, self.counters, self.blas = {}, {}, {}, set()
 
 
 _kept = _Kept()
@@ -119,10 +120,14 @@ def create_blas_handle(device: torch.device) -> None:
     CUBLAS_STATUS_NOT_INITIALIZED). A model whose Linears are all sparse can run eagerly
     without a cuBLAS call and then make its first one under capture: transformers' BERT-base
     at 90% did, in its attention, on the H100 (bench/NOTES.md, twenty-second session). A
-    sparse kernel's checked call (the first of each input layout) on a GPU creates it."""
-    if not capturing():
-        with torch.cuda.device(device):
-            torch.cuda.current_blas_handle()
+    sparse kernel's checked call (the first of each input layout, every call with ``out=``)
+    on a GPU creates it, once per thread and device."""
+    made = _kept.blas
+    if device in made or capturing():
+        return
+    with torch.cuda.device(device):
+        torch.cuda.current_blas_handle()
+    made.add(device)
 
 
 def release() -> None:
