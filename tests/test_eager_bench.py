@@ -1,13 +1,13 @@
 """bench/eager_bench.py on the CPU: the smoke run (interpreter, tiny shapes) checks outputs and
-writes the CSV with the agreed columns; the RESULTS.md section writer; the launch stub of the
-host profile."""
+writes the CSV with the agreed columns; the RESULTS.md section writer; the launch stub and
+the model profile of bench/host_profile.py."""
 import csv
 import os
 
 import pytest
 import torch
 
-from bench import eager_bench
+from bench import eager_bench, host_profile
 
 pytestmark = pytest.mark.skipif(os.environ.get("SPARSERT_TEST_DEVICE", "cpu") != "cpu",
                                 reason="the smoke run is the CPU/interpreter mode")
@@ -87,7 +87,7 @@ def test_stubbed_launches_leave_the_host_path_only(monkeypatch):
         return real_empty_strided(*a, **kw).fill_(float("nan"))
     with torch.no_grad():
         layer(x)
-        with eager_bench.stubbed_launches(), monkeypatch.context() as patch:
+        with host_profile.stubbed_launches(), monkeypatch.context() as patch:
             patch.setattr(torch, "empty", nan_empty)
             patch.setattr(torch, "empty_strided", nan_empty_strided)
             stubbed = [layer(x) for _ in range(3)]
@@ -107,8 +107,8 @@ def test_model_host_profile_reports_every_layer_planned():
     takes its math path and more kernel ops run."""
     pytest.importorskip("transformers")
     sizes = dict(hidden=32, heads=2, intermediate=64)
-    r = eager_bench.model_host_profile(3, layers=2, seq=8, batch=2, sizes=sizes)
-    c = eager_bench.model_host_profile(3, layers=2, seq=8, batch=2, sizes=sizes,
+    r = host_profile.model_host_profile(3, layers=2, seq=8, batch=2, sizes=sizes)
+    c = host_profile.model_host_profile(3, layers=2, seq=8, batch=2, sizes=sizes,
                                        output_layout="columns")
     assert (r["output_layout"], c["output_layout"]) == ("rows", "columns")
     for p in (r, c):
@@ -155,7 +155,7 @@ def test_row_major_outputs_take_the_planned_launch(monkeypatch, dtype):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             fn()
         return sorted(e.name for e in prof.events() if e.name.startswith("aten::"))
-    with eager_bench.stubbed_launches(), torch.no_grad():
+    with host_profile.stubbed_launches(), torch.no_grad():
         for N in (1, 5):
             x = torch.randn(N, 16, dtype=dtype)
             seen = {}
