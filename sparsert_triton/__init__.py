@@ -17,8 +17,8 @@ the custom ops).
 The package, room by room:
 
 * front ends, here at the top: :mod:`.api` (``sparse_kernel``, ``SpecializedKernel``: a
-  kernel's specialisation and calls), :mod:`.nn` and :mod:`.ops` (PyTorch modules and custom
-  ops), :mod:`.cli` (the ``sparsert`` command), :mod:`.tune` (the autotuner), :mod:`.viz`
+  kernel's specialisation and calls), :mod:`.nn`, :mod:`.convert` and :mod:`.ops` (PyTorch
+  modules, ``sparsify`` and the custom ops), :mod:`.cli` (the ``sparsert`` command), :mod:`.tune` (the autotuner), :mod:`.viz`
   (plots), :mod:`.testing` (Hypothesis strategies and the float64 check), :mod:`.demo`;
   with what they share: :mod:`.weights` (``SparseWeight``: a mask and its values),
   :mod:`.estimate` (the predicted speedup), :mod:`.matrix_io` and :mod:`.dlmc` (matrix files);
