@@ -156,9 +156,10 @@ class CallPlan:
             spec = spec_key(a)
             found = [(v.launcher.compiled(fn, self.device, spec), g) for fn, g in self.grids[c]]
             if all(k is not None for k, _ in found):
-                self.buffers = v.buffers(self.device)
-                self.buffer_ptrs = tuple(b.data_ptr() for b in self.buffers)
                 self.compiled[c][at] = launches_of(found)
+        if self.buffers is None and any(at in launches for launches in self.compiled):
+            self.buffers = v.buffers(self.device)
+            self.buffer_ptrs = tuple(b.data_ptr() for b in self.buffers)
         return Y
 
     def alignment(self, xp: int, yp: int, operands) -> tuple:

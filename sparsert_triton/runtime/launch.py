@@ -90,9 +90,9 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     The first call of a variant with kernels of its own for CUDA-graph capture (the expand
     mode) made outside a capture runs those kernels too, before its own: they are compiled
     and loaded then, and a capture after eager calls launches compiled kernels only, as
-    for every other variant (a sparse BERT captured after eager calls that had run only the
-    one-launch kernel failed capture once on the H100, cause not found: bench/NOTES.md,
-    twenty-first session)."""
+    for every other variant. (The capture failure that prompted it was torch creating its
+    cuBLAS handle under capture, since fixed by ``workspace.create_blas_handle``:
+    bench/NOTES.md, twenty-first and twenty-second sessions.)"""
     plan = variant.plan
     bufs = variant.buffers(X.device)
     strides = size_args(X, Y)
