@@ -24,6 +24,7 @@ from .compiler.compile import import_kernels, interpreting
 from .compiler.conv import ConvGeometry, conv_weight, geometry
 from .compiler.plan import Plan, Signature
 from .compiler.reference import evaluate
+from .compiler.render import transposed
 from .compiler.render.expand import CAPTURED, ONE_LAUNCH
 from .runtime.arguments import INT32_MAX, conv_signature_for, signature_for
 from .runtime.callplan import MAX_PLANS, CallPlan, call_key
@@ -77,6 +78,8 @@ class Variant:
             self.cols_dtype = str(layout["cols"].dtype)
         elif self.table:
             self.kernels = [(self.module.sparse_table_kernel, int(layout["groups"]))]
+            # the transposing kernel's programs per column tile that transpose X (grids)
+            self.shares = transposed.shares(weight.K, plan) if plan.transpose_x else 0
             vals = _values_at(weight, layout["value_index"])
             self._host = [layout["rows"], layout["starts"], layout["lengths"], layout["cols"],
                           vals]

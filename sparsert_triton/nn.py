@@ -6,17 +6,19 @@ model, is in :mod:`sparsert_triton.convert` and served here too).
 
 * ``x`` of shape (..., in) is flattened to ``X`` (N, in) (a view for contiguous inputs). The
   kernel's column tiles run along N, so it wants ``X^T`` with unit stride along N: a row-major
-  input (features contiguous, e.g. after a LayerNorm) is by default transposed once into a
+  input (features contiguous, e.g. after a LayerNorm) reaches the one-row table kernel (the
+  fp32 default) as it is, and that kernel transposes it in its own launch
+  (``Plan.transpose_x``); the ``tl.dot`` kernels (the half-precision defaults) load it in
+  place, coalesced along K. For the other kernels it is by default transposed once into a
   contiguous (in, N) copy, since reading it in place makes every load a gather;
-  ``layer.row_major_input = "strided"`` has the kernel read it in place instead (no copy
-  kernel; which is faster depends on the GPU and N, ``bench/eager_bench.py`` measures both).
+  ``layer.row_major_input = "strided"`` has the kernel read it in place instead.
   The kernel writes the output row-major (..., out), as ``nn.Linear`` returns it (the default
   ``output_layout="rows"``: LayerNorm, attention and ``.view`` see what they see after
   ``nn.Linear``); ``output_layout="columns"`` has it write ``Y^T`` (out, N) contiguous and
   return its transposed view (strides (..., 1, N)), which a following ``SparseLinear`` reads
   in place with no copy, for chains of sparse layers (see :attr:`SparseLinear.output_layout`).
 * Layers reading the same row-major input (a transformer's query, key and value
-  projections) share one transposing copy of it.
+  projections) share one transposing copy of it, where one is made.
 * Copies: that transpose of a row-major input; ``reshape`` of an input whose leading dims
   cannot be merged into one stride; with ``output_layout="columns"``, downstream ops that
   need a contiguous last dim copy the transposed output.
@@ -363,9 +365,10 @@ class SparseLinear(_SparseLayer):
         copy, slower loads). Which is faster depends on the GPU and N:
         ``bench/eager_bench.py`` measures both. Inputs laid out as (in, N) columns (the output
         of a sparse layer) and single rows are read in place either way, and so is every
-        input of a call whose kernel loads X as ``tl.dot`` tiles (the bitmap mode with
-        ``use_dot``, the expand mode: coalesced along K as along N; see
-        :meth:`sparsert_triton.ops.SparsePattern.reads_x_in_dot_tiles`)."""
+        input of an eager call whose kernel loads X as ``tl.dot`` tiles (the bitmap mode with
+        ``use_dot``, the expand mode: coalesced along K as along N) or is the one-row table
+        kernel (the fp32 default), which transposes a row-major X itself in the same launch
+        (see :meth:`sparsert_triton.ops.SparsePattern.takes_row_major_x`)."""
         return "transpose" if self._transpose_input else "strided"
 
     @row_major_input.setter
@@ -473,12 +476,13 @@ class SparseLinear(_SparseLayer):
             # the kernel's column tiles run along N: a row-major input (features contiguous)
             # would make every load a gather, so it is transposed once here (unless
             # row_major_input="strided", or, in eager calls, the kernel loads X as tl.dot
-            # tiles, coalesced either way), once for all the layers that read the same input
-            # (a transformer's query, key and value projections); the output of a sparse
-            # layer is already laid out so that the next sparse layer needs no copy
+            # tiles, coalesced either way, or transposes X itself in its launch), once for
+            # all the layers that read the same input (a transformer's query, key and value
+            # projections); the output of a sparse layer is already laid out so that the
+            # next sparse layer needs no copy
             if how is ops.DISPATCH:       # traced or watched: no planning inside the trace
                 Xt, copied = Xt.contiguous(), True
-            elif not self._pattern.reads_x_in_dot_tiles(Xt.shape[1], x.dtype):
+            elif not self._pattern.takes_row_major_x(Xt.shape[1], x.dtype):
                 Xt, copied = _columns.of(x, Xt), True
         if how is ops.DIRECT:
             # the layer's own pattern (what ops.spmm_direct finds under its kernel_id)

@@ -121,7 +121,7 @@ class SparsePattern:
         self.rows_calls = {}
         self._index = {}       # device -> flat index rows * K + cols (torch.long)
         self._t = None         # (SparseWeight of W^T with zero values, perm)
-        self._dot_tiles = {}   # (N, X dtype) -> whether that call's kernel reads X in dot tiles
+        self._in_place = {}    # (N, X dtype) -> whether that call's kernel takes a row-major X
         # forward calls that ran a planned call / went through the checks (and planned one)
         self.planned_calls = self.checked_calls = 0
         self.kernel_id = next(_ids)
@@ -157,23 +157,26 @@ class SparsePattern:
                 f"{self.schedule!r}>")
 
     # ------------------------------------------------------------ kernels
-    def reads_x_in_dot_tiles(self, N: int, dtype: torch.dtype) -> bool:
-        """Whether ``W @ X`` of N columns in ``dtype`` runs a kernel that loads X as
-        ``tl.dot`` operand tiles (K positions x columns: the bitmap mode with ``use_dot``, the
-        expand mode). Such a load is as coalesced along K as along N, so a row-major input
-        (features contiguous) is read in place with no transposing copy; the other kernels
-        gather whole rows of X per nonzero and want them contiguous along N."""
+    def takes_row_major_x(self, N: int, dtype: torch.dtype) -> bool:
+        """Whether ``W @ X`` of N columns in ``dtype`` runs a kernel that takes a row-major X
+        (features contiguous, the (K, N) view of an (N, K) input) as it is: one that loads X
+        as ``tl.dot`` operand tiles (K positions x columns: the bitmap mode with ``use_dot``,
+        the expand mode), as coalesced along K as along N, or the one-row table kernel,
+        which then transposes X itself in the same launch (``Plan.transpose_x``). The other
+        kernels gather whole rows of X per nonzero and want them contiguous along N."""
         key = (int(N), dtype)
-        hit = self._dot_tiles.get(key)
+        hit = self._in_place.get(key)
         if hit is None:
             from .compiler.canonicalise import plan_for
+            from .compiler.pipeline import transposes_x
             from .weights import WEIGHT_DTYPES
             try:    # (an X dtype or schedule that does not serve this call: its own error)
                 plan = plan_for(self.schedule, self.base, int(N), WEIGHT_DTYPES[dtype])
-                hit = plan.bitmap_tiles and plan.use_dot
+                hit = (plan.bitmap_tiles and plan.use_dot) or \
+                    transposes_x(plan, int(N), (1, self.K))
             except (KeyError, ValueError):
                 hit = False
-            self._dot_tiles[key] = hit
+            self._in_place[key] = hit
         return hit
 
     def _cached(self, key, values: Tensor, build) -> SpecializedKernel:

@@ -381,11 +381,14 @@ def test_output_layouts_give_equal_results(dtype, bias):
     assert torch.equal(rows.values.grad, columns.values.grad)
 
 
-@pytest.mark.parametrize("mode,copied", [("expand", 0), ("bitmap", 0), ("table", 1)])
-def test_kernels_loading_dot_tiles_read_a_row_major_input_in_place(monkeypatch, mode, copied):
+@pytest.mark.parametrize("mode,copied", [("expand", 0), ("bitmap", 0), ("table", 0),
+                                         ("table-split", 1), ("indices", 1)])
+def test_kernels_that_take_a_row_major_input_get_it_in_place(monkeypatch, mode, copied):
     """The expand and bitmap (tl.dot) kernels load X as K x columns tiles, coalesced along K
-    too: a row-major input reaches them with no transposing copy; the table kernel, which
-    gathers rows of X per nonzero, still gets the contiguous copy. Results match nn.Linear."""
+    too, and the one-row table kernel transposes X itself in its launch: a row-major input
+    reaches them with no transposing copy; the split table kernel and the unrolled modes,
+    which gather rows of X per nonzero, still get the contiguous copy. Results match
+    nn.Linear."""
     from sparsert_triton import nn as snn
     from dsl import Schedule
     calls = []
@@ -393,14 +396,18 @@ def test_kernels_loading_dot_tiles_read_a_row_major_input_in_place(monkeypatch, 
     monkeypatch.setattr(snn._SharedColumns, "of",
                         lambda self, x, Xt: calls.append(Xt.shape) or real(self, x, Xt))
     dense = pruned(nn.Linear(70, 40), 0.7, seed=3).half()
-    sched = (Schedule(mode="table") if mode == "table" else
-             Schedule(mode=mode, rows_per_program=16, chunk=32, use_dot=True))
+    sched = {"table": Schedule(mode="table", use_dot=False),
+             "table-split": Schedule(mode="table", use_dot=False, split_k=2),
+             "indices": Schedule(mode="indices")}.get(mode)
+    sched = sched or Schedule(mode=mode, rows_per_program=16, chunk=32, use_dot=True)
     layer = SparseLinear.from_linear(dense, schedule=sched)
     x = torch.randn(3, 7, 70).half()                     # 21 tokens, features contiguous
     with torch.no_grad():
         y = layer(x)
         assert len(calls) == copied
-        assert layer._pattern.reads_x_in_dot_tiles(21, torch.float16) == (not copied)
+        assert layer._pattern.takes_row_major_x(21, torch.float16) == (not copied)
+        assert layer._pattern.forward_kernel(layer.values, True).last_plan.transpose_x == \
+            (mode == "table")
         close(y, dense.float()(x.float()), tol=2e-2)
 
 

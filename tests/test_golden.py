@@ -3,6 +3,7 @@
 Set SPARSERT_UPDATE_GOLDEN=1 to rewrite the files after an intended change.
 """
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,11 @@ CASES = {
     "expand_bias_relu": (W_A, _bias_relu, Schedule(mode="expand", rows_per_program=16,
                                                    chunk=32, block_n=16, allow_tf32=True),
                          (("bias", "row"),)),
+    # the one-row table kernel on a row-major X: transposed in the same launch, by ticket
+    # (transpose_x)
+    "table_transposed_bias_relu": (W_A, _bias_relu, Schedule(mode="table", rows_per_program=2,
+                                                             block_n=64, chunk=4),
+                                   (("bias", "row"),)),
     # unrolled convolution on the unpadded X: masked loads
     "values_conv_masked": (W_C, _conv_relu, Schedule(mode="values", rows_per_program=2,
                                                      block_n=16), ()),
@@ -90,6 +96,8 @@ def _source(name):
     W, fn, schedule, kinds = CASES[name]
     k = sparse_kernel(fn, schedule=schedule).specialize(W)
     plan = k.plan(64, "float32")
+    if "transposed" in name:
+        plan = replace(plan, transpose_x=True)
     sig = Signature("float32", "float32", "float32", kinds)
     # X contiguous: N = 64 columns, or a 2-channel 5x6 image
     strides = ((60, 30, 6, 1) if k.conv else (64, 1)) if plan.bake_strides else None

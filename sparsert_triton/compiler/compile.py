@@ -97,7 +97,8 @@ def triton_signature(sig) -> dict:
              "STARTS": "*i32", "LENGTHS": "*i32", "COLS": "*i32", "NZ": "*i64", "N": "i32",
              "WS": "*fp64" if sig.acc_dtype == "float64" else "*fp32", "CNT": "*i32",
              "ZB": f"*{x}", "BASE": "*i32", "STEPS": "*i32",
-             "BITS": "*i32", "WOFF": "*u8", "ROFF": "*i16", "TBASE": "*i32", "SCR": f"*{x}"}
+             "BITS": "*i32", "WOFF": "*u8", "ROFF": "*i16", "TBASE": "*i32", "SCR": f"*{x}",
+             "XT": f"*{x}"}
     for s in ("sxk", "sxn", "sym", "syn", "sxb", "sxc", "sxh", "sxw", "IH", "IW", "syb", "syh",
               "syw", "Wo", "HWo"):
         types[s] = "i32"

@@ -69,6 +69,7 @@ class UnrolledKernel:
 @dataclass(frozen=True)
 class TableKernel:
     name: str
+    K: int = 0                    # positions along K (the transposing kernel's X rows)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def lower(layout, plan: Plan, signature: Signature, program: ir.Program, conv=No
                        (BitmapKernel("sparse_bitmap_kernel", M, K, layout.k_tiles),), conv,
                        x_strides)
     if isinstance(layout, Table):
-        return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel"),), conv,
+        K = shape[1] if shape is not None else 0
+        return Lowered(plan, signature, program, (TableKernel("sparse_table_kernel", K),), conv,
                        x_strides)
     if isinstance(layout, Blocks):
         M = int(layout.rows.max()) + 1 if layout.rows.size else 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -61,6 +61,8 @@ def resolve(schedule: Schedule, weight: SparseWeight, conv, sig: Signature, N: i
     plan = plan_for(schedule, weight, N, sig.x_dtype, conv=conv is not None,
                     tap_masks_fit=fit)
     plan = with_device(plan, capability)
+    if conv is None and transposes_x(plan, N, x_strides):
+        plan = replace(plan, transpose_x=True)
     check_call(plan, sig)
     offsets = None
     if plan.pad_input or plan.tap_masks:
@@ -80,6 +82,15 @@ def resolve(schedule: Schedule, weight: SparseWeight, conv, sig: Signature, N: i
         spatial = None
     baked = tuple(int(v) for v in x_strides) if plan.bake_strides and x_strides else None
     return Target(plan, capability, baked, spatial, offsets)
+
+
+def transposes_x(plan: Plan, N: int, x_strides) -> bool:
+    """Whether a matrix call of N columns with X (K x N) of strides ``x_strides`` runs the
+    one-row table kernel that transposes X itself (``Plan.transpose_x``): X row-major (the
+    (K, N) view of an (N, K) input, K-stride 1), which that kernel, reading whole rows of X
+    along N per nonzero, would otherwise gather element by element."""
+    return (plan.row_kernel and plan.split_k == 1 and N > 1 and x_strides is not None
+            and int(x_strides[0]) == 1 and int(x_strides[1]) != 1)
 
 
 def build(program: ir.Program, weight: SparseWeight, conv, sig: Signature,

@@ -12,7 +12,7 @@ LAUNCH_ONLY = ("streams",)
 #: Plan fields the plan derives itself, with no Schedule field (bench/NOTES.md, "Schedule
 #: fields removed": no measured case needed a user to set them)
 DERIVED = ("max_functions_per_kernel", "num_stages", "prefetch", "tap_segments", "bake_strides",
-           "pdl")
+           "pdl", "transpose_x")
 
 
 def _pow2(x: int) -> bool:
@@ -43,6 +43,9 @@ class Plan:
     streams: int = 1
     pdl: bool = False
     tap_masks: bool = False
+    #: the one-row table kernel transposes a row-major X (K-stride 1) itself, in the same
+    #: launch, before its rows read it (set per call layout by ``pipeline.resolve``)
+    transpose_x: bool = False
 
     def __post_init__(self):
         def bad(msg):
@@ -149,6 +152,10 @@ class Plan:
         if self.prefetch_x and not (self.prefetch_tail and self.split_k == 1):
             bad("prefetch_x needs prefetch_tail (the tail consumes the prefetched X rows) "
                 "and split_k 1")
+        if self.transpose_x and not (self.row_kernel and self.split_k == 1
+                                     and not (self.pad_input or self.tap_masks)):
+            bad("transpose_x applies to the one-row table kernel of a matrix product only "
+                "(split_k 1)")
         if not 1 <= self.streams <= 32:
             bad(f"streams must be in 1..32, got {self.streams}")
         if not 1 <= self.num_stages <= 8:

@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from ..compiler.compile import interpreting
+from ..compiler.render.transposed import COUNTERS as TRANSPOSE_COUNTERS
 from .direct import launches_of, run_compiled, spec_key
 from .launch import (call_buffers, captured_args, captured_call, expand_sizes, grids,
                      operand_args, run, size_args)
@@ -118,6 +119,11 @@ class CallPlan:
         # the expand mode's scratch and counters: (elements, dtype, counters), from the kept
         # workspace
         self.scratch = (*expand_sizes(variant), X.dtype) if plan.mode == "expand" else None
+        # the transposing table kernel's XT (K x N) and counters, from the kept workspace
+        # (made per call under capture)
+        self.transposing = plan.transpose_x
+        if self.transposing:
+            self.scratch = (X.shape[0] * X.shape[1], TRANSPOSE_COUNTERS, X.dtype)
         # per form (False, True), the alignment of X, Y and the operand tensors -> launches
         self.compiled = ({}, {})
         self.buffers = None      # the variant's device buffers (made once per device)
@@ -190,7 +196,12 @@ class CallPlan:
             return False
         bufs = self.buffer_ptrs
         stream = launcher.stream_of(self.device)
-        if self.scratch is not None:
+        if self.transposing:
+            numel, count, dtype = self.scratch
+            on, cap = (stream, capturing()) if self.cuda else (None, False)
+            bufs = (*bufs, scratch(numel, dtype, self.device, on, cap)[1],
+                    counters(count, self.device, on, cap)[1])
+        elif self.scratch is not None:
             numel, count, dtype = self.scratch
             on = stream if self.cuda else None
             at = scratch(numel, dtype, self.device, on, captured)[1]

@@ -19,6 +19,7 @@ from ..compiler import fastpasses
 from ..compiler.compile import compile_workers, interpreting, triton_cache_scope, warm_in_parallel
 from ..compiler.bitmap import expansion_programs
 from ..compiler.render.expand import BUFFERS as EXPAND_BUFFERS, counters as expand_counters
+from ..compiler.render.transposed import COUNTERS as TRANSPOSE_COUNTERS
 from .direct import spec_key
 from .workspace import capturing, counters, scratch
 from ..compiler.fastpasses import fast_pipeline
@@ -65,6 +66,9 @@ def grids(variant, N: int, captured: bool = False) -> list:
             out.append((fn, (groups, nt if i else G, 1) if captured else
                         (groups * (G + nt), 1, 1)))
             continue
+        if plan.transpose_x:          # shares of X per column tile, then the rows
+            out.append((fn, ((variant.shares + groups) * nt, 1, 1)))
+            continue
         out.append((fn, (groups, nt, plan.split_k) if plan.row_blocks else
                     (groups, nt) if variant.table else (nt, groups)))
     return out
@@ -101,7 +105,8 @@ def run(variant, X: torch.Tensor, Y: torch.Tensor, operands, sig: Signature):
     opts = launch_options(plan)
     first = not variant.launched
     captured = captured_call(variant, X)
-    bufs = [*bufs, *call_buffers(variant, X, Y.shape[0], N, sig, captured)]
+    bufs = [*bufs, *call_buffers(variant, X, Y.shape[0], N, sig, captured or (
+        plan.transpose_x and X.is_cuda and capturing()))]
     args = (X, *bufs, Y, *ops, *strides)      # the same for every kernel of the variant
     forms = [(captured, args)]
     if first and not captured and variant.captured is not None and variant.launcher.enabled:
@@ -136,10 +141,14 @@ def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature,
                  captured: bool = False) -> tuple:
     """The buffers a call of M output rows needs after the variant's own: the row-block
     modes' split-K workspace and counters (made per call on X's device, from torch's caching
-    allocator), the expand mode's scratch and counters (:func:`expand_buffers`)."""
+    allocator), the expand mode's scratch and counters (:func:`expand_buffers`), the
+    transposing kernel's ``XT`` and counters (:func:`transpose_buffers`). ``captured``:
+    whether X's stream is being captured (the kept buffers are not used then)."""
     plan = variant.plan
     if plan.mode == "expand":
         return expand_buffers(variant, X, captured)
+    if plan.transpose_x:
+        return transpose_buffers(variant, X, captured)
     if plan.row_blocks and plan.split_k > 1:
         return block_slice_buffers(variant, M, N, -(-N // plan.block_n), sig, X.device)
     return ()
@@ -155,6 +164,17 @@ def expand_buffers(variant, X: torch.Tensor, captured: bool = False) -> tuple:
     numel, count = expand_sizes(variant)
     scr = scratch(numel, X.dtype, X.device, stream, captured)[0]
     return (scr, scr if captured else counters(count, X.device, stream, captured)[0])
+
+
+def transpose_buffers(variant, X: torch.Tensor, captured: bool = False) -> tuple:
+    """The transposing table kernel's ``XT``, X (K x N) stored contiguous, written and read
+    back in the same call; and its counters (zero, and left zero by the kernel): views of
+    buffers kept for this device, stream and thread (:mod:`.workspace`), made per call
+    under capture."""
+    stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
+    K, N = X.shape
+    return (scratch(K * N, X.dtype, X.device, stream, captured)[0],
+            counters(TRANSPOSE_COUNTERS, X.device, stream, captured)[0])
 
 
 def expand_sizes(variant) -> tuple:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from ..lower import Lowered, TableKernel
 from .common import (TL_DTYPES, Buffer, _kernel_decorator, _kernel_params, _store_tile,
                      _tap_mask_fields, _tap_offset, _tile, _wait_for_the_kernel_before, cvt,
-                     n_args, operand_params, to_output)
+                     geom_params, n_args, operand_params, to_output)
 
 
 def _table_x_load(b: Buffer, low: Lowered, valid: str = "", x: str = "x"):
@@ -182,18 +182,41 @@ def _table_x_tile(b: Buffer, low: Lowered):
       "other=0.0)")
 
 
+#: the table kernels' buffers after X
+BUFFERS = ["ROWS", "STARTS", "LENGTHS", "COLS", "VALS"]
+#: the one-row kernel's rows as a job of the transposing kernel (``render/transposed.py``)
+ROWS_JOB = "_table_rows"
+
+
 def render_table_kernel(b: Buffer, k: TableKernel, low: Lowered):
     p = low.plan
+    if p.transpose_x:
+        from .transposed import render_transposing_kernel
+        render_transposing_kernel(b, k, low)
+        return
     rule = (_render_table_union if p.use_dot else
             _render_table_split if p.split_k > 1 else _render_table_rows)
     rule(b, k, low)
 
 
 @contextmanager
-def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str, taps: bool = False):
-    """The table kernels' definition, docstring, program ids and column tile."""
+def _table_kernel(b: Buffer, k: TableKernel, low: Lowered, doc: str, taps: bool = False,
+                  job: bool = False):
+    """The table kernels' definition, docstring, program ids and column tile; ``job``: the
+    one-row kernel's body as the function ``ROWS_JOB`` of the kernel's parameters and the
+    program's (g, pid_n), which a kernel calls."""
+    if job:
+        b("@triton.jit")
+        params = ", ".join(["X", *BUFFERS, "Y"] + operand_params(low.signature)
+                           + geom_params(low) + ["N", "g", "pid_n"])
+        with b.indent(f"def {ROWS_JOB}({params}):"):
+            b(f'"""{doc}"""')
+            _tile(b, low, taps=taps)
+            yield
+        b()
+        return
     b(_kernel_decorator(low))
-    with b.indent(f"def {k.name}({_kernel_params(low, ['ROWS', 'STARTS', 'LENGTHS', 'COLS', 'VALS'])}):"):
+    with b.indent(f"def {k.name}({_kernel_params(low, BUFFERS)}):"):
         b(f'"""{doc}"""')
         _wait_for_the_kernel_before(b, low)
         b("g = tl.program_id(0)")
@@ -253,7 +276,7 @@ def _rows_loop(R: int) -> str:
     return f"for r in tl.static_range({R}):" if R <= UNROLLED_ROWS else f"for r in range({R}):"
 
 
-def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
+def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered, job: bool = False):
     p, sig, g = low.plan, low.signature, low.conv
     R, BN = p.rows_per_program, p.block_n
     ops = operand_params(sig, g is not None)
@@ -270,7 +293,7 @@ def _render_table_rows(b: Buffer, k: TableKernel, low: Lowered):
     if taps:
         doc += (f" Convolution: one segment per kernel tap ({g.kh}x{g.kw}), COLS holding the "
                 "input channel, X read at the tap's shift under the tap's in-image mask.")
-    with _table_kernel(b, k, low, doc, taps=taps):
+    with _table_kernel(b, k, low, doc, taps=taps, job=job):
         with b.indent(_rows_loop(R)):
             b(f"slot = g * {R} + r")
             b("row = tl.load(ROWS + slot)")
