@@ -29,7 +29,7 @@ def _gelu_res(W, X, scale, residual):
 def _rows_major(N, K, dtype, seed=0):
     """X (K, N) as the transposed view of a contiguous (N, K) tensor: strides (1, K)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(N, K, generator=g).to(dtype).to(torch.get_default_device()).t()
+    return torch.randn(N, K, generator=g, device="cpu").to(dtype).to(torch.get_default_device()).t()
 
 
 @pytest.mark.parametrize("M,K,N,extra", [
@@ -119,6 +119,40 @@ def test_sparse_linear_hands_the_transposing_kernel_its_input():
     assert layer._pattern.takes_row_major_x(33, torch.float32)
 
 
+def test_a_captured_planned_call_holds_its_buffers_until_the_launch(recorded_launches,
+                                                                    monkeypatch):
+    """Under capture a planned call makes its XT and its zeroed counters for itself (not the
+    kept ones): both are still referenced when the kernel is queued, so the counters cannot
+    be given XT's memory (a stand-in capture on the CPU; launches recorded)."""
+    import weakref
+    from sparsert_triton.runtime import callplan
+    made = []
+
+    def keeping(fn):
+        def wrapped(*args):
+            out = fn(*args)
+            made.append((weakref.ref(out[0]), args[-1]))
+            return out
+        return wrapped
+    monkeypatch.setattr(callplan, "scratch", keeping(callplan.scratch))
+    monkeypatch.setattr(callplan, "counters", keeping(callplan.counters))
+    alive = []
+    real_run = callplan.run_compiled
+    monkeypatch.setattr(callplan, "run_compiled", lambda *a: alive.append(
+        [r() is not None for r, _ in made]) or real_run(*a))
+    k = sparse_kernel(_fc).specialize(_weight(12, 40, 0.3, torch.float32, seed=8), ROWS)
+    X, b = _rows_major(9, 40, torch.float32), torch.randn(12)
+    for _ in range(2):     # checked (plans the call), planned (keeps the compiled launch)
+        k(X, b)
+    plan = next(iter(k._calls.values()))
+    assert plan.transposing
+    plan.cuda = True                                   # as on a GPU, under capture
+    monkeypatch.setattr(callplan, "capturing", lambda: True)
+    made.clear()
+    k(X, b)
+    assert [cap for _, cap in made] == [True, True] and alive == [[True, True]]
+
+
 @pytest.mark.gpu
 def test_calls_in_a_row_share_the_kept_counters_and_scratch():
     """Eager calls of two transposing kernels in turn, many times: each call leaves the kept
@@ -138,25 +172,31 @@ def test_calls_in_a_row_share_the_kept_counters_and_scratch():
 
 
 @pytest.mark.gpu
-def test_a_captured_transposing_call_replays():
-    """Under capture the call takes its XT and zeroed counters from the graph's pool (not the
-    kept workspace); replays give the eager result, with eager calls between them."""
+def test_captured_transposing_calls_replay():
+    """Under capture each call takes its XT and zeroed counters from the graph's pool (not
+    the kept workspace); a graph of several calls of two kernels replays the eager results,
+    with eager calls between the replays."""
     from sparsert_triton.runtime import workspace
-    k = sparse_kernel(_fc).specialize(_weight(512, 640, 0.1, torch.float32, seed=3), ROWS)
+    ka = sparse_kernel(_fc).specialize(_weight(512, 640, 0.1, torch.float32, seed=3), ROWS)
+    kb = sparse_kernel(_fc).specialize(_weight(640, 512, 0.1, torch.float32, seed=5), ROWS)
     x = _rows_major(200, 640, torch.float32, seed=4)
-    b = torch.randn(512, device="cuda")
-    eager = k(x, b)
+    ba, bb = torch.randn(512, device="cuda"), torch.randn(640, device="cuda")
+    eager = ka(x, ba)
+    chained = kb(eager.t().contiguous().t(), bb)       # (512, 200) row-major again
     kept = dict(workspace._kept.views), dict(workspace._kept.counters)
     g = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         with torch.cuda.graph(g):
-            y = k(x, b)
+            ys = []
+            for _ in range(4):
+                y = ka(x, ba)
+                ys.append((y, kb(y.t().contiguous().t(), bb)))
     torch.cuda.current_stream().wait_stream(side)
     assert (dict(workspace._kept.views), dict(workspace._kept.counters)) == kept
     for _ in range(3):
         g.replay()
         torch.cuda.synchronize()
-        assert torch.equal(y, eager)
-        assert torch.equal(k(x, b), eager)
+        assert all(torch.equal(y, eager) and torch.equal(z, chained) for y, z in ys)
+        assert torch.equal(ka(x, ba), eager)

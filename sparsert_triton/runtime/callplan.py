@@ -199,8 +199,11 @@ class CallPlan:
         if self.transposing:
             numel, count, dtype = self.scratch
             on, cap = (stream, capturing()) if self.cuda else (None, False)
-            bufs = (*bufs, scratch(numel, dtype, self.device, on, cap)[1],
-                    counters(count, self.device, on, cap)[1])
+            # both held until the launch is queued: under capture each is made for this call,
+            # and XT freed before the counters are made could hand them its memory
+            xt = scratch(numel, dtype, self.device, on, cap)
+            cnt = counters(count, self.device, on, cap)
+            bufs = (*bufs, xt[1], cnt[1])
         elif self.scratch is not None:
             numel, count, dtype = self.scratch
             on = stream if self.cuda else None
