@@ -252,8 +252,10 @@ class SparsePattern:
             return
         if len(self.rows_calls) >= MAX_PLANS:
             self.rows_calls.clear()
+        plan = hit[3]
         self.rows_calls[key] = (values, bias, (hit[2], hit[1], values.shape, values.dtype),
-                                hit[3], (bias,) if bias is not None else (), copied)
+                                plan, (bias,) if bias is not None else (), copied,
+                                (*x.shape[:-1], self.M), plan.dtype == x.dtype)
 
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:

@@ -146,7 +146,7 @@ def test_a_captured_planned_call_holds_its_buffers_until_the_launch(recorded_lau
         k(X, b)
     plan = next(iter(k._calls.values()))
     assert plan.transposing
-    plan.cuda = True                                   # as on a GPU, under capture
+    plan.cuda = plan.watches_capture = True            # as on a GPU, under capture
     monkeypatch.setattr(callplan, "capturing", lambda: True)
     made.clear()
     k(X, b)

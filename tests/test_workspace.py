@@ -227,3 +227,38 @@ def test_a_cublas_call_captured_after_only_sparse_calls(run_aot_script):
     cuBLAS handle, which torch would otherwise create under capture, failing it."""
     r = run_aot_script(CUBLAS_AFTER_SPARSE, timeout=300)
     assert r["matmul"] and r["layer"] < 1e-2
+
+
+def test_a_plan_remembers_the_kept_addresses_until_the_workspace_changes(recorded_launches):
+    """A planned call's scratch and counter addresses are looked up once per stream and
+    reused while this thread's workspace generation holds; a release, a grown buffer or
+    another stream looks them up again, and a captured call makes its own every time (a
+    stand-in GPU stream 0 on the CPU; launches recorded)."""
+    from test_transpose_x import ROWS, _rows_major
+    k = sparse_kernel(_fc).specialize(_weight(12, 40, 0.3, torch.float32, seed=8), ROWS)
+    X, b = _rows_major(9, 40, torch.float32), torch.randn(12)
+    for _ in range(2):
+        k(X, b)
+    plan = next(iter(k._calls.values()))
+    plan.cuda = True
+    numel, count, dtype = plan.scratch
+
+    def kept():
+        return (workspace.scratch(numel, dtype, CPU, 0)[1],
+                workspace.counters(count, CPU, 0)[1])
+    bufs, made = plan.workspace(0, False)
+    assert made is not None and bufs[-2:] == kept()
+    assert plan.workspace(0, False) == (bufs, None)                 # remembered
+    other, made = plan.workspace(1, False)                          # another stream
+    assert made is not None and other[-2] != bufs[-2]
+    assert plan.workspace(0, False)[1] is not None                  # looked up again
+    workspace.release()
+    again, made = plan.workspace(0, False)
+    assert made is not None and again[-2:] == kept()
+    workspace.scratch(numel * 10, dtype, CPU, 0)                    # the buffer grows
+    grown, made = plan.workspace(0, False)
+    assert made is not None and grown[-2:] == kept()
+    for _ in range(2):                                              # captured: its own
+        captured, made = plan.workspace(0, True)
+        assert made is not None and captured[-2] != grown[-2]
+    assert plan.workspace(0, False) == (grown, None)

@@ -38,7 +38,7 @@ from ..compiler.render.transposed import COUNTERS as TRANSPOSE_COUNTERS
 from .direct import launches_of, run_compiled, spec_key
 from .launch import (call_buffers, captured_args, captured_call, expand_sizes, grids,
                      operand_args, run, size_args)
-from .workspace import capturing, counters, scratch
+from .workspace import capturing, counters, generation, scratch
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
 PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -124,6 +124,8 @@ class CallPlan:
         self.transposing = plan.transpose_x
         if self.transposing:
             self.scratch = (X.shape[0] * X.shape[1], TRANSPOSE_COUNTERS, X.dtype)
+        self.watches_capture = self.cuda and (self.forms or self.transposing)
+        self._ws = None          # (stream, workspace generation, buffer addresses)
         # per form (False, True), the alignment of X, Y and the operand tensors -> launches
         self.compiled = ({}, {})
         self.buffers = None      # the variant's device buffers (made once per device)
@@ -189,30 +191,23 @@ class CallPlan:
         queued, and so do the variant's buffers (allocated once per device: only X, Y and the
         operands move)."""
         launcher = self.variant.launcher
-        captured = self.forms and capturing()
-        launches = self.compiled[captured].get(self.alignment(xp, yp, operands)) \
-            if launcher.enabled else None
+        if not launcher.enabled:
+            return False
+        # whether X's stream is being captured, where the call depends on it (the expand
+        # mode's captured kernels; the kept workspace, which a capture does not use)
+        captured = self.watches_capture and capturing()
+        launches = self.compiled[captured and self.forms].get(self.alignment(xp, yp, operands))
         if launches is None:
             return False
-        bufs = self.buffer_ptrs
         stream = launcher.stream_of(self.device)
-        if self.transposing:
-            numel, count, dtype = self.scratch
-            on, cap = (stream, capturing()) if self.cuda else (None, False)
-            # both held until the launch is queued: under capture each is made for this call,
-            # and XT freed before the counters are made could hand them its memory
-            xt = scratch(numel, dtype, self.device, on, cap)
-            cnt = counters(count, self.device, on, cap)
-            bufs = (*bufs, xt[1], cnt[1])
-        elif self.scratch is not None:
-            numel, count, dtype = self.scratch
-            on = stream if self.cuda else None
-            at = scratch(numel, dtype, self.device, on, captured)[1]
-            # a captured call's two kernels count nothing: the scratch stands in
-            bufs = (*bufs, at, at if captured else counters(count, self.device, on, False)[1])
+        made = None
+        if self.scratch is not None:
+            bufs, made = self.workspace(stream, captured)
         elif self.per_call:
             made = call_buffers(self.variant, X, self.shape[0], self.sizes[-1], self.sig)
-            bufs = (*bufs, *[b.data_ptr() for b in made])
+            bufs = (*self.buffer_ptrs, *[b.data_ptr() for b in made])
+        else:
+            bufs = self.buffer_ptrs
         one = self.one_tensor
         if one is not None:
             run_compiled(launches, (xp, *bufs, yp, *one[1], operands[one[0]].data_ptr(),
@@ -225,6 +220,28 @@ class CallPlan:
                 ops[pos] = float(operands[i]) if number else operands[i].data_ptr()
         run_compiled(launches, (xp, *bufs, yp, *ops, *self.sizes), stream)
         return True
+
+    def workspace(self, stream: int, captured: bool) -> tuple:
+        """The variant's buffer addresses, then the scratch's (the expand mode's dense tiles,
+        the transposing kernel's XT) and the counters' for a call on ``stream``; and the
+        tensors made for this call (under capture, or on the CPU), which the caller holds
+        until its launch is queued (XT freed before the counters are made could hand them its
+        memory). The kept buffers' addresses are remembered per stream until this thread's
+        workspace changes (:func:`~.workspace.generation`)."""
+        on = stream if self.cuda else None
+        if on is not None and not captured:
+            ws = self._ws
+            if ws is not None and ws[0] == on and ws[1] is generation():
+                return ws[2], None
+        numel, count, dtype = self.scratch
+        scr = scratch(numel, dtype, self.device, on, captured)
+        if captured and not self.transposing:     # the expand mode's two kernels count nothing
+            return (*self.buffer_ptrs, scr[1], scr[1]), scr
+        cnt = counters(count, self.device, on, captured)
+        bufs = (*self.buffer_ptrs, scr[1], cnt[1])
+        if on is not None and not captured:
+            self._ws = (on, generation(), bufs)
+        return bufs, (scr, cnt)
 
 
 class _One:

@@ -57,6 +57,14 @@ class _Kept(threading.local):
 
     def __init__(self):
         self.buffers, self.views, self.counters, self.blas = {}, {}, {}, set()
+        self.generation = object()
+
+
+def generation() -> object:
+    """This thread's workspace generation: a new object whenever a kept buffer or counter
+    tensor is replaced or released, so an address remembered with the generation it was
+    handed out in is still the buffer's while the generation is the same object."""
+    return _kept.generation
 
 
 _kept = _Kept()
@@ -85,6 +93,7 @@ def scratch(numel: int, dtype: torch.dtype, device: torch.device, stream: Option
         # (their memory returns to the caching allocator on this stream, after the kernels
         # already queued that read it)
         buf = kept.buffers[owner] = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        kept.generation = object()
         for k in [k for k in kept.views if k[:2] == owner]:
             del kept.views[k]
     if len(kept.views) >= MAX_VIEWS:
@@ -109,6 +118,7 @@ def counters(numel: int, device: torch.device, stream: Optional[int],
     if hit is None or hit[0].numel() < numel:
         t = torch.zeros(max(numel, 1024), dtype=torch.int32, device=device)
         kept[(device, stream)] = hit = (t, t.data_ptr())
+        _kept.generation = object()
     return hit
 
 
@@ -136,6 +146,7 @@ def release() -> None:
     _kept.views.clear()
     _kept.buffers.clear()
     _kept.counters.clear()
+    _kept.generation = object()
 
 
 def kept_bytes() -> int:
