@@ -457,9 +457,7 @@ class SparseLinear(_SparseLayer):
                 xc = x if not e[5] else _columns.of(x) if plan.variant.launcher.enabled \
                     else None
                 if xc is not None:
-                    # (x's dtype and device: new_empty parses no keywords)
-                    y = x.new_empty(e[6]) if e[7] else \
-                        torch.empty(e[6], dtype=plan.dtype, device=plan.device)
+                    y = torch.empty(e[6], dtype=plan.dtype, device=plan.device)
                     if plan.launch(xc, xc.data_ptr(), y.data_ptr(), e[4]):
                         self._pattern.planned_calls += 1
                         return y

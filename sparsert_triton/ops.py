@@ -255,7 +255,7 @@ class SparsePattern:
         plan = hit[3]
         self.rows_calls[key] = (values, bias, (hit[2], hit[1], values.shape, values.dtype),
                                 plan, (bias,) if bias is not None else (), copied,
-                                (*x.shape[:-1], self.M), plan.dtype == x.dtype)
+                                (*x.shape[:-1], self.M))
 
     def transposed_weight(self) -> SparseWeight:
         if self._t is None:

@@ -1,15 +1,16 @@
-"""Scratch and counters kept between calls: the expand mode's dense tiles and its counters
-without an allocation per call.
+"""Scratch and counters kept between calls: the expand mode's dense tiles, the transposing
+table kernel's ``XT`` and their counters without an allocation per call.
 
 The expand mode writes the weight's dense tiles into a scratch and reads them back in the
-same call (``render/expand.py``). Allocating that scratch costs an eager call ~2.5 us of host
-time on the H100 host (torch's caching allocator behind Python's argument parsing), a tenth
-of the whole call. :func:`scratch` instead hands out a view of one buffer kept per (device,
-stream, thread):
+same call (``render/expand.py``); the one-row table kernel on a row-major X writes X
+transposed and reads it back (``render/transposed.py``). Allocating that scratch costs an
+eager call ~2.5 us of host time on the H100 host (torch's caching allocator behind Python's
+argument parsing), a tenth of the whole call. :func:`scratch` instead hands out a view of one
+buffer kept per (device, stream, thread):
 
-* kernels queued on one stream run in order, and every kernel of the expand mode waits for
-  the kernel before it has finished before touching memory (``gdc_wait`` under programmatic
-  dependent launch), so a call's expansion cannot overwrite a scratch the call before it is
+* kernels queued on one stream run in order, and every kernel that uses the scratch waits
+  for the kernel before it has finished before touching memory (``gdc_wait`` under
+  programmatic dependent launch), so a call cannot overwrite a scratch the call before it is
   still reading;
 * one buffer per thread as well as per stream: two threads queueing on one stream could
   otherwise interleave one call's expansion between another's expansion and product;
@@ -19,8 +20,9 @@ stream, thread):
 * at most :data:`MAX_BYTES` per buffer: a bigger scratch (a large layer, whose GPU time
   dwarfs an allocation) comes from the caching allocator per call.
 
-The expand kernel's counters (:func:`counters`) are kept the same way, zeroed once: the
-kernel leaves them zero when it ends. On the CPU (the interpreter, where a kernel stopped by an
+The kernels' counters (:func:`counters`) are kept the same way, zeroed once: each kernel
+leaves them zero when it ends. A planned call remembers the addresses it was handed with the
+thread's :func:`generation`, which changes whenever a kept buffer is replaced or released. On the CPU (the interpreter, where a kernel stopped by an
 error would leave them counted) and under capture they are zeroed per call.
 
 A buffer grows to the largest scratch asked of it. The buffers are thread-local (they go
