@@ -5,7 +5,8 @@ complete Python module (imports, epilogue helper, functions, kernels) that the c
 stores as a real file, so Triton can read it with ``inspect`` and a person can read it too.
 
 One module per kernel family: :mod:`.unrolled` (the ``values`` and ``indices`` modes),
-:mod:`.table` (the table loop kernels), :mod:`.blocks` (the blocks mode), :mod:`.bitmap`
+:mod:`.table` (the table loop kernels; :mod:`.transposed` the one-row kernel that transposes
+a row-major X in its own launch), :mod:`.blocks` (the blocks mode), :mod:`.bitmap`
 (the bitmap mode), :mod:`.expand` (the expand mode); :mod:`.common`
 holds the rules they share (operands, the epilogue, the column tile, kernel parameters).
 """
