@@ -247,6 +247,32 @@ out["expand"] = half_variants(Schedule(mode="expand"), (1, 512), lambda p, c: {
     "mma": [k.asm["ptx"].count("mma") for k in c],
     "atom": [len(re.findall(r"\b(?:atom|red)\.", k.asm["ptx"])) for k in c]})
 
+# the one-row table kernel on a row-major X (transpose_x), fp32 and fp16 at N = 8 and 128,
+# X's K-stride 1 compiled as the constant Triton's launch makes it; and with pdl
+Wt = torch.randn(96, 200, generator=g) * (torch.rand(96, 200, generator=g) < 0.1)
+kt = sparse_kernel(bias_relu, schedule=Schedule(mode="table", use_dot=False)).specialize(Wt)
+transposing = {}
+for dt in ("float32", "float16"):
+    sig = Signature(dt, "float32", dt, (("b", "row"),))
+    for N in (8, 128):
+        v = kt.variant(sig, N, torch.device("cpu"), (1, 200))
+        c = precompile_variant(v, sig, constants={"sxk": 1})
+        transposing[f"{dt}_{N}"] = {
+            "transpose_x": v.plan.transpose_x, "kernels": len(c),
+            # atomics, and the acquiring reads (atomics on triton 3.6, loads on later ones)
+            "atom": len([ln for ln in c[0].asm["ptx"].splitlines()
+                         if re.search(r"\b(?:atom|red)\.|\.acquire\.", ln)]),
+            "st": len(re.findall(r"st\.global", c[0].asm["ptx"]))}
+plan = replace(kt.variant(sig, 128, torch.device("cpu"), (1, 200)).plan, pdl=True)
+src = render(lower(specialise(as_sparse_weight(Wt), plan), plan, sig, kt.program,
+                   shape=(96, 200)))
+path = Path(tempfile.mkdtemp(dir=os.environ["SPARSERT_CACHE_DIR"])) / "kernel.py"
+path.write_text(src)
+c = precompile(path, "transposing_pdl", ["sparse_table_kernel"], triton_signature(sig),
+               options={"launch_pdl": True}, constants={"sxk": 1})
+transposing["pdl"] = {"wait": c[0].asm["ptx"].count("griddepcontrol.wait")}
+out["transposing"] = transposing
+
 from sparsert_triton.compiler import fastpasses
 out["fast_compiles"] = fastpasses.stats["compiles"]
 print(json.dumps(out))
@@ -417,3 +443,16 @@ def test_expand_kernels_compile_for_sm90(compiled):
         assert v["popc"][0] >= 1 and v["mma"][0] > 0 and v["atom"][0] >= 3
         assert v["popc"][1] >= 1 and v["mma"][1] == 0 and v["atom"][1] == 0
         assert v["popc"][2] == 0 and v["mma"][2] > 0 and v["atom"][2] == 0
+
+
+def test_transposing_table_kernel_compiles_for_sm90(compiled):
+    """The one-row table kernel on a row-major X (``transpose_x``) in fp32 and fp16 at N = 8
+    and 128: one kernel, its ticket, its count and its end count atomics and its wait two
+    acquiring reads (the first and the loop's), its transposing stores and the rows' stores
+    in it; with pdl it waits for the kernel before once."""
+    t = compiled["transposing"]
+    for name in ("float32_8", "float32_128", "float16_8", "float16_128"):
+        v = t[name]
+        assert v["transpose_x"] and v["kernels"] == 1
+        assert v["atom"] >= 5 and v["st"] >= 2
+    assert t["pdl"]["wait"] == 1
