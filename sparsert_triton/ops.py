@@ -173,7 +173,7 @@ class SparsePattern:
             try:    # (an X dtype or schedule that does not serve this call: its own error)
                 plan = plan_for(self.schedule, self.base, int(N), WEIGHT_DTYPES[dtype])
                 hit = (plan.bitmap_tiles and plan.use_dot) or \
-                    transposes_x(plan, int(N), (1, self.K))
+                    transposes_x(plan, int(N), (1, self.K), self.K)
             except (KeyError, ValueError):
                 hit = False
             self._in_place[key] = hit

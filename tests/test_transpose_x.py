@@ -81,6 +81,10 @@ def test_only_a_row_major_x_of_the_one_row_kernel_is_transposed():
     for x in (X.contiguous(), X[:, :1], X[:, ::2].contiguous()):   # columns, N = 1
         k(x, b)
         assert not k.last_plan.transpose_x
+    from sparsert_triton.compiler.pipeline import transposes_x
+    plan = k.plan(12, "float32")
+    assert transposes_x(plan, 12, (1, 40), 40)
+    assert not transposes_x(plan, 2**26, (1, 40), 40)     # XT past 32-bit offsets: in place
     sliced = torch.randn(12, 80).to(X.device)[:, ::2].t()          # K-stride 2: not row-major
     assert _rel(k(sliced, b), k.reference(sliced, b)) < TOL[torch.float32]
     assert not k.last_plan.transpose_x

@@ -61,7 +61,7 @@ def resolve(schedule: Schedule, weight: SparseWeight, conv, sig: Signature, N: i
     plan = plan_for(schedule, weight, N, sig.x_dtype, conv=conv is not None,
                     tap_masks_fit=fit)
     plan = with_device(plan, capability)
-    if conv is None and transposes_x(plan, N, x_strides):
+    if conv is None and transposes_x(plan, N, x_strides, weight.K):
         plan = replace(plan, transpose_x=True)
     check_call(plan, sig)
     offsets = None
@@ -84,13 +84,14 @@ def resolve(schedule: Schedule, weight: SparseWeight, conv, sig: Signature, N: i
     return Target(plan, capability, baked, spatial, offsets)
 
 
-def transposes_x(plan: Plan, N: int, x_strides) -> bool:
+def transposes_x(plan: Plan, N: int, x_strides, K: int) -> bool:
     """Whether a matrix call of N columns with X (K x N) of strides ``x_strides`` runs the
     one-row table kernel that transposes X itself (``Plan.transpose_x``): X row-major (the
     (K, N) view of an (N, K) input, K-stride 1), which that kernel, reading whole rows of X
-    along N per nonzero, would otherwise gather element by element."""
+    along N per nonzero, would otherwise gather element by element; and the transposed X
+    within the kernels' 32-bit offsets (K x N < 2**31; a larger one is read in place)."""
     return (plan.row_kernel and plan.split_k == 1 and N > 1 and x_strides is not None
-            and int(x_strides[0]) == 1 and int(x_strides[1]) != 1)
+            and int(x_strides[0]) == 1 and int(x_strides[1]) != 1 and K * N < 2**31)
 
 
 def build(program: ir.Program, weight: SparseWeight, conv, sig: Signature,
