@@ -26,7 +26,7 @@ Rows on the GPU (fp16 and fp32):
   :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice. (Since the
   one-row table kernel transposes a row-major input in its own launch, and the half-precision
   ``tl.dot`` kernels read it in place, no default kernel here gets the copy: both rows run
-  the same kernels, measured so until the twenty-second session's CSV.) The plain
+  the same kernels; the kept CSV, from the twenty-second session, predates that.) The plain
   ``sparse`` row has SparseLinear's default output layout (``output_layout="rows"``: the
   kernel writes nn.Linear's row-major output); ``/y-columns`` the other one (the kernel
   writes ``Y^T`` (out, N) and the layer returns its transposed view; the default before
