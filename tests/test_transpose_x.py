@@ -129,7 +129,7 @@ def test_a_captured_planned_call_holds_its_buffers_until_the_launch(recorded_lau
     kept ones): both are still referenced when the kernel is queued, so the counters cannot
     be given XT's memory (a stand-in capture on the CPU; launches recorded)."""
     import weakref
-    from sparsert_triton.runtime import callplan
+    from sparsert_triton.runtime import callplan, launch
     made = []
 
     def keeping(fn):
@@ -138,8 +138,8 @@ def test_a_captured_planned_call_holds_its_buffers_until_the_launch(recorded_lau
             made.append((weakref.ref(out[0]), args[-1]))
             return out
         return wrapped
-    monkeypatch.setattr(callplan, "scratch", keeping(callplan.scratch))
-    monkeypatch.setattr(callplan, "counters", keeping(callplan.counters))
+    monkeypatch.setattr(launch, "scratch", keeping(launch.scratch))
+    monkeypatch.setattr(launch, "counters", keeping(launch.counters))
     alive = []
     real_run = callplan.run_compiled
     monkeypatch.setattr(callplan, "run_compiled", lambda *a: alive.append(
@@ -149,7 +149,7 @@ def test_a_captured_planned_call_holds_its_buffers_until_the_launch(recorded_lau
     for _ in range(2):     # checked (plans the call), planned (keeps the compiled launch)
         k(X, b)
     plan = next(iter(k._calls.values()))
-    assert plan.transposing
+    assert plan.variant.plan.transpose_x
     plan.cuda = plan.watches_capture = True            # as on a GPU, under capture
     monkeypatch.setattr(callplan, "capturing", lambda: True)
     made.clear()

@@ -34,11 +34,10 @@ from typing import Optional
 import torch
 
 from ..compiler.compile import interpreting
-from ..compiler.render.transposed import COUNTERS as TRANSPOSE_COUNTERS
 from .direct import launches_of, run_compiled, spec_key
-from .launch import (call_buffers, captured_args, captured_call, expand_sizes, grids,
-                     operand_args, run, size_args)
-from .workspace import capturing, counters, generation, scratch
+from .launch import (call_buffers, captured_args, captured_call, grids, operand_args, run,
+                     size_args, workspace_buffers, workspace_sizes)
+from .workspace import capturing, generation
 
 #: tensor types whose calls are planned (a subclass may change what the checks see)
 PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -116,15 +115,11 @@ class CallPlan:
         # buffers made per call after the variant's (a row-block mode's K slices: a workspace
         # and zeroed counters)
         self.per_call = plan.row_blocks and plan.split_k > 1
-        # the expand mode's scratch and counters: (elements, dtype, counters), from the kept
-        # workspace
-        self.scratch = (*expand_sizes(variant), X.dtype) if plan.mode == "expand" else None
-        # the transposing table kernel's XT (K x N) and counters, from the kept workspace
-        # (made per call under capture)
-        self.transposing = plan.transpose_x
-        if self.transposing:
-            self.scratch = (X.shape[0] * X.shape[1], TRANSPOSE_COUNTERS, X.dtype)
-        self.watches_capture = self.cuda and (self.forms or self.transposing)
+        # the scratch and counters of the expand mode and the transposing table kernel:
+        # (elements, counters, dtype), from the kept workspace (made per call under capture)
+        sizes = workspace_sizes(variant, *X.shape) if X.dim() == 2 else None
+        self.scratch = (*sizes, X.dtype) if sizes is not None else None
+        self.watches_capture = self.cuda and (self.forms or plan.transpose_x)
         self._ws = None          # (stream, workspace generation, buffer addresses)
         # per form (False, True), the alignment of X, Y and the operand tensors -> launches
         self.compiled = ({}, {})
@@ -233,15 +228,11 @@ class CallPlan:
             ws = self._ws
             if ws is not None and ws[0] == on and ws[1] is generation():
                 return ws[2], None
-        numel, count, dtype = self.scratch
-        scr = scratch(numel, dtype, self.device, on, captured)
-        if captured and not self.transposing:     # the expand mode's two kernels count nothing
-            return (*self.buffer_ptrs, scr[1], scr[1]), scr
-        cnt = counters(count, self.device, on, captured)
-        bufs = (*self.buffer_ptrs, scr[1], cnt[1])
+        made = workspace_buffers(self.variant, *self.scratch, self.device, on, captured)
+        bufs = (*self.buffer_ptrs, *[t.data_ptr() for t in made])
         if on is not None and not captured:
             self._ws = (on, generation(), bufs)
-        return bufs, (scr, cnt)
+        return bufs, made
 
 
 class _One:

@@ -141,47 +141,45 @@ def call_buffers(variant, X: torch.Tensor, M: int, N: int, sig: Signature,
                  captured: bool = False) -> tuple:
     """The buffers a call of M output rows needs after the variant's own: the row-block
     modes' split-K workspace and counters (made per call on X's device, from torch's caching
-    allocator), the expand mode's scratch and counters (:func:`expand_buffers`), the
-    transposing kernel's ``XT`` and counters (:func:`transpose_buffers`). ``captured``:
-    whether X's stream is being captured (the kept buffers are not used then)."""
+    allocator), the scratch and counters of the expand mode and the transposing table kernel
+    (:func:`workspace_buffers`). ``captured``: whether X's stream is being captured (the
+    kept buffers are not used then)."""
     plan = variant.plan
-    if plan.mode == "expand":
-        return expand_buffers(variant, X, captured)
-    if plan.transpose_x:
-        return transpose_buffers(variant, X, captured)
+    sizes = workspace_sizes(variant, X.shape[0], N) if X.dim() == 2 else None
+    if sizes is not None:
+        stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
+        return workspace_buffers(variant, *sizes, X.dtype, X.device, stream, captured)
     if plan.row_blocks and plan.split_k > 1:
         return block_slice_buffers(variant, M, N, -(-N // plan.block_n), sig, X.device)
     return ()
 
 
-def expand_buffers(variant, X: torch.Tensor, captured: bool = False) -> tuple:
-    """The expand mode's scratch, its dense tiles of W: (row blocks x rows_per_program) x
-    (K tiles x chunk) in X's dtype, written and read back in the same call; and the one-launch
-    kernel's counters (zero, and left zero by the kernel): views of buffers kept for this
-    device, stream and thread (:mod:`.workspace`). A captured call's two kernels count
-    nothing: the scratch stands in for the counters."""
-    stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
-    numel, count = expand_sizes(variant)
-    scr = scratch(numel, X.dtype, X.device, stream, captured)[0]
-    return (scr, scr if captured else counters(count, X.device, stream, captured)[0])
+def workspace_sizes(variant, K: int, N: int):
+    """(elements of the scratch, of the counters) of a variant whose kernels write a scratch
+    and read it back in the same call, or None: the expand mode's dense tiles of W ((row
+    blocks x rows_per_program) x (K tiles x chunk)), the transposing table kernel's X
+    transposed (K x N)."""
+    plan = variant.plan
+    if plan.mode == "expand":
+        blocks = variant.kernels[0][1]
+        return (blocks * plan.rows_per_program * variant.k_tiles * plan.chunk,
+                expand_counters(blocks))
+    if plan.transpose_x:
+        return (K * N, TRANSPOSE_COUNTERS)
+    return None
 
 
-def transpose_buffers(variant, X: torch.Tensor, captured: bool = False) -> tuple:
-    """The transposing table kernel's ``XT``, X (K x N) stored contiguous, written and read
-    back in the same call; and its counters (zero, and left zero by the kernel): views of
-    buffers kept for this device, stream and thread (:mod:`.workspace`), made per call
-    under capture."""
-    stream = variant.launcher.stream_of(X.device) if X.is_cuda else None
-    K, N = X.shape
-    return (scratch(K * N, X.dtype, X.device, stream, captured)[0],
-            counters(TRANSPOSE_COUNTERS, X.device, stream, captured)[0])
-
-
-def expand_sizes(variant) -> tuple:
-    """(elements of the expand mode's scratch, of its counters)."""
-    plan, blocks = variant.plan, variant.kernels[0][1]
-    return (blocks * plan.rows_per_program * variant.k_tiles * plan.chunk,
-            expand_counters(blocks))
+def workspace_buffers(variant, numel: int, count: int, dtype: torch.dtype,
+                      device: torch.device, stream, captured: bool = False) -> tuple:
+    """A call's scratch (``numel`` of ``dtype``) and counters (``count`` int32 zeros, left
+    zero by the kernel) for kernels queued on ``stream`` (None on the CPU): views of buffers
+    kept for this device, stream and thread (:mod:`.workspace`), made per call under
+    capture. A captured expand-mode call's two kernels count nothing: the scratch stands in
+    for the counters."""
+    scr = scratch(numel, dtype, device, stream, captured)[0]
+    if captured and variant.plan.mode == "expand":
+        return (scr, scr)
+    return (scr, counters(count, device, stream, captured)[0])
 
 
 def block_slice_buffers(variant, M: int, N: int, nt: int, sig: Signature, device):

@@ -56,6 +56,9 @@ def shares(K: int, plan) -> int:
 def render_transposing_kernel(b: Buffer, k: TableKernel, low: Lowered):
     p = low.plan
     BN, K = p.block_n, k.K
+    if K < 1:
+        raise ValueError("the transposing table kernel bakes in the weight's K: lower it with "
+                         "shape=(M, K)")
     TK, S = tile_k(K, p), shares(K, p)
     b("@triton.jit")
     with b.indent("def _transpose_x_share(X, XT, sxk, sxn, N, pid_n, share):"):
