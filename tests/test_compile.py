@@ -262,8 +262,7 @@ for dt in ("float32", "float16"):
             # atomics, and the acquiring reads (atomics on triton 3.6, loads on later ones)
             "atom": len([ln for ln in c[0].asm["ptx"].splitlines()
                          if re.search(r"\b(?:atom|red)\.|\.acquire\.", ln)]),
-            "st": len(re.findall(r"st\.global", c[0].asm["ptx"])),
-            "volatile": c[0].asm["ptx"].count("ld.volatile.global")}
+            "st": len(re.findall(r"st\.global", c[0].asm["ptx"]))}
 plan = replace(kt.variant(sig, 128, torch.device("cpu"), (1, 200)).plan, pdl=True)
 src = render(lower(specialise(as_sparse_weight(Wt), plan), plan, sig, kt.program,
                    shape=(96, 200)))
@@ -448,13 +447,12 @@ def test_expand_kernels_compile_for_sm90(compiled):
 
 def test_transposing_table_kernel_compiles_for_sm90(compiled):
     """The one-row table kernel on a row-major X (``transpose_x``) in fp32 and fp16 at N = 8
-    and 128: one kernel; its atomics (the ticket, the shares' count, the flag raised, the
-    wait's one acquiring read of the flag, the end count); the wait's polls of the flag as
-    volatile loads (the first and the loop's), not atomics; its transposing stores and the
-    rows' stores in it; with pdl it waits for the kernel before once."""
+    and 128: one kernel, its ticket, its count and its end count atomics and its wait two
+    acquiring reads (the first and the loop's), its transposing stores and the rows' stores
+    in it; with pdl it waits for the kernel before once."""
     t = compiled["transposing"]
     for name in ("float32_8", "float32_128", "float16_8", "float16_128"):
         v = t[name]
         assert v["transpose_x"] and v["kernels"] == 1
-        assert v["atom"] >= 5 and v["st"] >= 2 and v["volatile"] >= 2
+        assert v["atom"] >= 5 and v["st"] >= 2
     assert t["pdl"]["wait"] == 1

@@ -89,18 +89,15 @@ def sparse_table_kernel(X, ROWS, STARTS, LENGTHS, COLS, VALS, XT, CNT, Y, op_bia
     if ticket < shares:
         _transpose_x_share(X, XT, sxk, sxn, N, ticket // 1, ticket % 1)
         tl.debug_barrier()   # every thread's part is stored before the share counts
-        stored = tl.atomic_add(CNT + 2, 1, sem="acq_rel", scope="gpu")
-        if stored == shares - 1:   # the last share raises the flag
-            tl.atomic_xchg(CNT + 32, 1, sem="release", scope="gpu")
+        tl.atomic_add(CNT + 2, 1, sem="release", scope="gpu")
     else:
-        ready = tl.load(CNT + 32, volatile=True)
-        while ready == 0:   # X is being transposed
-            ready = tl.load(CNT + 32, volatile=True)
-        tl.atomic_add(CNT + 32, 0, sem="acquire", scope="gpu")
+        ready = tl.atomic_add(CNT + 2, 0, sem="acquire", scope="gpu")
+        while ready < shares:   # X is being transposed
+            ready = tl.atomic_add(CNT + 2, 0, sem="acquire", scope="gpu")
         _table_rows(XT, ROWS, STARTS, LENGTHS, COLS, VALS, Y, op_bias, s_bias, N, 1, sym, syn, N, (ticket - shares) // tiles, (ticket - shares) % tiles)
     # the last program to finish sets the counters back to zero for the next call
     done = tl.atomic_add(CNT + 1, 1, sem="acq_rel", scope="gpu")
     if done == tl.num_programs(0) - 1:
-        c = tl.arange(0, 64)
-        tl.store(CNT + c, tl.zeros_like(c), mask=(c < 3) | (c == 32))
+        c = tl.arange(0, 4)
+        tl.store(CNT + c, tl.zeros_like(c), mask=c < 3)
 

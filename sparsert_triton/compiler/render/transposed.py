@@ -33,14 +33,17 @@ from .common import Buffer, _kernel_params, _wait_for_the_kernel_before, geom_pa
     operand_params
 from .table import BUFFERS as TABLE_BUFFERS, ROWS_JOB, _render_table_rows
 
+#: the most columns N a call transposes X for in the kernel: the transposing kernel saves the
+#: eager call an aten copy (its launch and allocation, ~4-8 us on the H100's host) and costs
+#: GPU time while its waiting programs poll the shares' count (fp32, 90%, H100, triton 3.6:
+#: 768x3072 at N = 128 14-18 us eager against 22 us for copy + plain kernel; at N = 1024
+#: 168 us against 65 us). A larger N is copied by ``SparseLinear`` (bench/NOTES.md,
+#: twenty-fourth session)
+MAX_N = 128
 #: the transposing kernel's buffers after X: the table's, the transposed X, the counters
 BUFFERS = [*TABLE_BUFFERS, "XT", "CNT"]
-#: where the flag "every share is stored" sits among the counters: 128 bytes after the three
-#: counts (the ticket, the programs done, the shares stored), so the waiting programs' loads
-#: poll a line that the counting atomics do not use
-FLAG = 32
-#: int32 counters the kernel uses (the three counts, then the flag)
-COUNTERS = FLAG + 1
+#: counters: the ticket, the programs done, the shares stored
+COUNTERS = 3
 #: elements of X a transposing program moves, per warp (its tile goes through shared
 #: memory: 4 KB per warp in fp32 keeps 32 one-warp programs resident per SM)
 ELEMENTS_PER_WARP = 1024
@@ -90,18 +93,15 @@ def render_transposing_kernel(b: Buffer, k: TableKernel, low: Lowered):
         with b.indent("if ticket < shares:"):
             b(f"_transpose_x_share(X, XT, sxk, sxn, N, ticket // {S}, ticket % {S})")
             b("tl.debug_barrier()   # every thread's part is stored before the share counts")
-            b('stored = tl.atomic_add(CNT + 2, 1, sem="acq_rel", scope="gpu")')
-            with b.indent("if stored == shares - 1:   # the last share raises the flag"):
-                b(f'tl.atomic_xchg(CNT + {FLAG}, 1, sem="release", scope="gpu")')
+            b('tl.atomic_add(CNT + 2, 1, sem="release", scope="gpu")')
         with b.indent("else:"):
-            b(f"ready = tl.load(CNT + {FLAG}, volatile=True)")
-            with b.indent("while ready == 0:   # X is being transposed"):
-                b(f"ready = tl.load(CNT + {FLAG}, volatile=True)")
-            b(f'tl.atomic_add(CNT + {FLAG}, 0, sem="acquire", scope="gpu")')
+            b('ready = tl.atomic_add(CNT + 2, 0, sem="acquire", scope="gpu")')
+            with b.indent("while ready < shares:   # X is being transposed"):
+                b('ready = tl.atomic_add(CNT + 2, 0, sem="acquire", scope="gpu")')
             b(f"{ROWS_JOB}({rows_args}, (ticket - shares) // tiles, (ticket - shares) % tiles)")
         b("# the last program to finish sets the counters back to zero for the next call")
         b('done = tl.atomic_add(CNT + 1, 1, sem="acq_rel", scope="gpu")')
         with b.indent("if done == tl.num_programs(0) - 1:"):
-            b(f"c = tl.arange(0, {FLAG * 2})")
-            b(f"tl.store(CNT + c, tl.zeros_like(c), mask=(c < 3) | (c == {FLAG}))")
+            b("c = tl.arange(0, 4)")
+            b(f"tl.store(CNT + c, tl.zeros_like(c), mask=c < {COUNTERS})")
     b()
