@@ -23,10 +23,11 @@ Rows on the GPU (fp16 and fp32):
   ``SparseLinear``, for a row-major (N, 768) input (a LayerNorm's output) at N = 1, 128, 1024.
   ``layer=768x3072/x-in-place`` is the same sparse layer with ``row_major_input="strided"``:
   the kernel reads the row-major input in place instead of after one transposing copy (see
-  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice. (Since the
-  one-row table kernel transposes a row-major input in its own launch, and the half-precision
-  ``tl.dot`` kernels read it in place, no default kernel here gets the copy: both rows run
-  the same kernels; the kept CSV, from the twenty-second session, predates that.) The plain
+  :class:`sparsert_triton.nn.SparseLinear`), so the two rows compare that choice. (The
+  half-precision ``tl.dot`` kernels read a row-major input in place, and the fp32 one-row
+  table kernel transposes it in its own launch: the two rows run the same kernels, except
+  fp32 above ``transposed.MAX_N`` tokens, where the plain row gets the copy and
+  ``x-in-place`` the kernel's own transpose.) The plain
   ``sparse`` row has SparseLinear's default output layout (``output_layout="rows"``: the
   kernel writes nn.Linear's row-major output); ``/y-columns`` the other one (the kernel
   writes ``Y^T`` (out, N) and the layer returns its transposed view; the default before

@@ -161,19 +161,21 @@ class SparsePattern:
         """Whether ``W @ X`` of N columns in ``dtype`` runs a kernel that takes a row-major X
         (features contiguous, the (K, N) view of an (N, K) input) as it is: one that loads X
         as ``tl.dot`` operand tiles (K positions x columns: the bitmap mode with ``use_dot``,
-        the expand mode), as coalesced along K as along N, or the one-row table kernel,
-        which then transposes X itself in the same launch (``Plan.transpose_x``). The other
+        the expand mode), as coalesced along K as along N, or the one-row table kernel up to
+        ``transposed.MAX_N`` columns, which then transposes X itself in the same launch
+        (``Plan.transpose_x``; beyond that an aten copy first costs less GPU time). The other
         kernels gather whole rows of X per nonzero and want them contiguous along N."""
         key = (int(N), dtype)
         hit = self._in_place.get(key)
         if hit is None:
             from .compiler.canonicalise import plan_for
             from .compiler.pipeline import transposes_x
+            from .compiler.render import transposed
             from .weights import WEIGHT_DTYPES
             try:    # (an X dtype or schedule that does not serve this call: its own error)
                 plan = plan_for(self.schedule, self.base, int(N), WEIGHT_DTYPES[dtype])
-                hit = (plan.bitmap_tiles and plan.use_dot) or \
-                    transposes_x(plan, int(N), (1, self.K), self.K)
+                hit = (plan.bitmap_tiles and plan.use_dot) or (
+                    N <= transposed.MAX_N and transposes_x(plan, int(N), (1, self.K), self.K))
             except (KeyError, ValueError):
                 hit = False
             self._in_place[key] = hit

@@ -3,8 +3,9 @@
 (programs by ticket: the transposing shares first, the rows once all are stored). Results
 match the reference for odd sizes, dtypes, epilogues and every row-kernel option; the plan
 transposes only where X is row-major and the kernel is the one-row one; the launch grid holds
-both kinds of programs; ``SparseLinear`` hands such a kernel its input with no copy. On the
-GPU: calls in a row reuse the kept counters (each call leaves them zero), two kernels share
+both kinds of programs; ``SparseLinear`` hands such a kernel its input with no copy up to
+``transposed.MAX_N`` columns, and copies a wider one. On the GPU: calls in a row reuse the
+kept counters (each call leaves them zero), two kernels share
 the kept XT, and a captured call replays."""
 import pytest
 import torch
@@ -84,12 +85,7 @@ def test_only_a_row_major_x_of_the_one_row_kernel_is_transposed():
     from sparsert_triton.compiler.pipeline import transposes_x
     plan = k.plan(12, "float32")
     assert transposes_x(plan, 12, (1, 40), 40)
-    assert transposes_x(plan, transposed.MAX_N, (1, 40), 40)
-    assert not transposes_x(plan, transposed.MAX_N + 1, (1, 40), 40)   # many columns: in place
-    assert not transposes_x(plan, 64, (1, 2**25), 2**25)  # XT past 32-bit offsets: in place
-    wide = _rows_major(transposed.MAX_N + 3, 40, torch.float32, seed=9)
-    assert _rel(k(wide, b), k.reference(wide, b)) < TOL[torch.float32]
-    assert not k.last_plan.transpose_x
+    assert not transposes_x(plan, 2**26, (1, 40), 40)     # XT past 32-bit offsets: in place
     sliced = torch.randn(12, 80).to(X.device)[:, ::2].t()          # K-stride 2: not row-major
     assert _rel(k(sliced, b), k.reference(sliced, b)) < TOL[torch.float32]
     assert not k.last_plan.transpose_x
@@ -126,6 +122,18 @@ def test_sparse_linear_hands_the_transposing_kernel_its_input():
             assert _rel(y, dense(x).double()) < TOL[torch.float32]
     assert snn._columns.copies == copies
     assert layer._pattern.takes_row_major_x(33, torch.float32)
+    # above MAX_N columns the layer copies (less GPU time than the kernel's transpose); the
+    # kernel called directly on a row-major X still transposes it
+    wide = torch.randn(transposed.MAX_N + 5, 96)
+    assert not layer._pattern.takes_row_major_x(wide.shape[0], torch.float32)
+    with torch.no_grad():
+        y = layer(wide)
+    assert _rel(y, dense(wide).double()) < TOL[torch.float32]
+    assert snn._columns.copies == copies + 1
+    k = layer._pattern.forward_kernel(layer.values, True)
+    assert not k.last_plan.transpose_x
+    k(wide.t(), layer.bias)
+    assert k.last_plan.transpose_x
 
 
 def test_a_captured_planned_call_holds_its_buffers_until_the_launch(recorded_launches,
@@ -168,7 +176,7 @@ def test_calls_in_a_row_share_the_kept_counters_and_scratch():
     counters zero for the next and overwrites the other's XT, and every result is its own."""
     ka = sparse_kernel(_fc).specialize(_weight(768, 768, 0.1, torch.float32, seed=1), ROWS)
     kb = sparse_kernel(_fc).specialize(_weight(3072, 768, 0.1, torch.float32, seed=2), ROWS)
-    xs = [_rows_major(n, 768, torch.float32, seed=n) for n in (128, 96, 77)]
+    xs = [_rows_major(n, 768, torch.float32, seed=n) for n in (128, 1024, 77)]
     ba, bb = torch.randn(768, device="cuda"), torch.randn(3072, device="cuda")
     first = [(ka(x, ba), kb(x, bb)) for x in xs]
     for ya, yb in first[:1]:
@@ -188,10 +196,10 @@ def test_captured_transposing_calls_replay():
     from sparsert_triton.runtime import workspace
     ka = sparse_kernel(_fc).specialize(_weight(512, 640, 0.1, torch.float32, seed=3), ROWS)
     kb = sparse_kernel(_fc).specialize(_weight(640, 512, 0.1, torch.float32, seed=5), ROWS)
-    x = _rows_major(120, 640, torch.float32, seed=4)
+    x = _rows_major(200, 640, torch.float32, seed=4)
     ba, bb = torch.randn(512, device="cuda"), torch.randn(640, device="cuda")
     eager = ka(x, ba)
-    chained = kb(eager.t().contiguous().t(), bb)       # (512, 120) row-major again
+    chained = kb(eager.t().contiguous().t(), bb)       # (512, 200) row-major again
     kept = dict(workspace._kept.views), dict(workspace._kept.counters)
     g = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream()

@@ -32,7 +32,7 @@ from .blocks import Blocks
 from .canonicalise import check_call, plan_for, with_device
 from .lower import lower
 from .plan import Plan, Signature
-from .render import render, transposed
+from .render import render
 from .specialise import Table, specialise
 from ..weights import SparseWeight
 
@@ -88,13 +88,10 @@ def transposes_x(plan: Plan, N: int, x_strides, K: int) -> bool:
     """Whether a matrix call of N columns with X (K x N) of strides ``x_strides`` runs the
     one-row table kernel that transposes X itself (``Plan.transpose_x``): X row-major (the
     (K, N) view of an (N, K) input, K-stride 1), which that kernel, reading whole rows of X
-    along N per nonzero, would otherwise gather element by element; for 1 < N <=
-    ``transposed.MAX_N`` columns, where transposing in the kernel beat an aten copy before
-    the plain kernel (a larger X is read in place unless the caller copies it, as
-    ``SparseLinear`` does); the transposed X within the kernels' 32-bit offsets."""
-    return (plan.row_kernel and plan.split_k == 1 and 1 < N <= transposed.MAX_N
-            and x_strides is not None and int(x_strides[0]) == 1 and int(x_strides[1]) != 1
-            and K * N < 2**31)
+    along N per nonzero, would otherwise gather element by element; and the transposed X
+    within the kernels' 32-bit offsets (K x N < 2**31; a larger one is read in place)."""
+    return (plan.row_kernel and plan.split_k == 1 and N > 1 and x_strides is not None
+            and int(x_strides[0]) == 1 and int(x_strides[1]) != 1 and K * N < 2**31)
 
 
 def build(program: ir.Program, weight: SparseWeight, conv, sig: Signature,
