@@ -5,8 +5,8 @@ match the reference for odd sizes, dtypes, epilogues and every row-kernel option
 transposes only where X is row-major and the kernel is the one-row one; the launch grid holds
 both kinds of programs; ``SparseLinear`` hands such a kernel its input with no copy up to
 ``transposed.MAX_N`` columns, and copies a wider one. On the GPU: calls in a row reuse the
-kept counters (each call leaves them zero), two kernels share
-the kept XT, and a captured call replays."""
+kept counters (each call leaves them zero), two kernels share the kept XT, and a captured
+call replays."""
 import pytest
 import torch
 from torch import nn
