@@ -21,9 +21,10 @@ buffer kept per (device, stream, thread):
   dwarfs an allocation) comes from the caching allocator per call.
 
 The kernels' counters (:func:`counters`) are kept the same way, zeroed once: each kernel
-leaves them zero when it ends. A planned call remembers the addresses it was handed with the
-thread's :func:`generation`, which changes whenever a kept buffer is replaced or released. On the CPU (the interpreter, where a kernel stopped by an
-error would leave them counted) and under capture they are zeroed per call.
+leaves them zero when it ends. On the CPU (the interpreter, where a kernel stopped by an
+error would leave them counted) and under capture they are zeroed per call. A planned call
+remembers the addresses it was handed with the thread's :func:`generation`, which changes
+whenever a kept buffer is replaced or released.
 
 A buffer grows to the largest scratch asked of it. The buffers are thread-local (they go
 with their thread); :func:`release` drops the calling thread's (their memory goes back to
