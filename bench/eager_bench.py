@@ -2,6 +2,7 @@
 
     python -m bench.eager_bench [--out bench/results/eager_h100.csv] [--results-md PATH]
     python -m bench.eager_bench --smoke --out /tmp/eager.csv    # CPU, interpreter, tiny shapes
+    python -m bench.eager_bench --dtypes float32 --tokens '' --batches 8 --out /tmp/part.csv
     python -m bench.eager_bench --host-profile                  # CPU: host path, launch stubbed
     python -m bench.eager_bench --model-host-profile            # CPU: the same inside a BERT
 
@@ -38,6 +39,9 @@ Rows on the GPU (fp16 and fp32):
   batch 1 and 8, under ``torch.no_grad()``; skipped when transformers is not importable.
 
 Every sparse output is checked against the dense one first (exit status 1 on a mismatch).
+
+The CSV is rewritten after each comparison, so a run cut short keeps the rows it finished;
+``--dtypes``, ``--tokens`` (the layer rows' N) and ``--batches`` (the model rows') run a part.
 
 ``--smoke`` runs the same code on the CPU under the Triton interpreter with tiny shapes (a
 16 -> 32 layer, a tiny BertModel, or a 2-layer MLP without transformers): outputs checked,
@@ -248,12 +252,14 @@ def interleaved_times(fns, timer: Callable, rounds: int) -> List[float]:
     return [statistics.median(t) for t in times]
 
 
-def measure(cases, on_gpu: bool, calls: int, rows: List[dict], rounds: int = ROUNDS) -> bool:
+def measure(cases, on_gpu: bool, calls: int, rows: List[dict], rounds: int = ROUNDS,
+            done: Optional[Callable[[List[dict]], None]] = None) -> bool:
     """Time every case; append to ``rows``; False if an output mismatched. Cases of one
     comparison (the same model, layer, dtype and N: dense and its sparse variants, in a
     row) are checked (each sparse output against the dense one) and then timed together:
     their eager times interleaved over ``rounds`` rounds (:func:`interleaved_times`; on
-    the CPU one round of ``calls`` calls), then each one's CUDA-graph time."""
+    the CPU one round of ``calls`` calls), then each one's CUDA-graph time. ``done(rows)``
+    runs after each comparison (the CSV written so far: a run cut short keeps its rows)."""
     ok = True
     for _, group in itertools.groupby(cases, key=lambda c: _comparison(*c[:4])):
         group = list(group)
@@ -285,6 +291,8 @@ def measure(cases, on_gpu: bool, calls: int, rows: List[dict], rounds: int = ROU
                              eager_us=f"{e:.2f}", graph_us="" if math.isnan(g) else f"{g:.2f}"))
             print(f"{model:22s} {layer:22s} {dname:8s} N={N:<5d} {system:6s} eager {e:9.2f} us"
                   + ("" if math.isnan(g) else f"  graph {g:9.2f} us"), file=sys.stderr)
+        if done is not None:
+            done(rows)
     return ok
 
 
@@ -347,22 +355,30 @@ def write_results_section(csv_path, md_path) -> str:
 
 # ---------------------------------------------------------------- main
 
-def run(out, results_md: Optional[str], smoke: bool, calls: int) -> bool:
+def run(out, results_md: Optional[str], smoke: bool, calls: int, dtypes=None, tokens=None,
+        batches=None) -> bool:
+    """The whole benchmark (``dtypes``, layer ``tokens`` and model ``batches``: all by
+    default; a subset runs part of it, e.g. the rows a run cut short did not reach)."""
     on_gpu = not smoke
     if smoke:
-        device, tokens, dtypes, batches, seq = "cpu", (1, 3), ("float32", "float16"), (1, 2), 3
-        layer = (16, 32)
+        device, seq, layer = "cpu", 3, (16, 32)
+        all_dtypes, all_tokens, all_batches = ("float32", "float16"), (1, 3), (1, 2)
         config = dict(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=8, mlp_fallback=True)
     else:
         from bench.timing import require_cuda
         require_cuda()
         torch.backends.cuda.matmul.allow_tf32 = False     # fp32 dense is true fp32, like ours
-        device, tokens, dtypes, batches, seq = "cuda", (1, 128, 1024), ("float16", "float32"), (1, 8), 128
-        layer, config = (768, 3072), {}
+        device, seq, layer, config = "cuda", 128, (768, 3072), {}
+        all_dtypes, all_tokens, all_batches = ("float16", "float32"), (1, 128, 1024), (1, 8)
+    dtypes = all_dtypes if dtypes is None else dtypes
+    tokens = all_tokens if tokens is None else tokens
+    batches = all_batches if batches is None else batches
     rows: List[dict] = []
-    ok = measure(layer_cases(*layer, tokens, dtypes, device), on_gpu, calls, rows)
-    ok = measure(model_cases(config, seq, batches, dtypes, device), on_gpu, calls, rows) and ok
+    done = (lambda rs: write_rows(out, COLUMNS, rs))
+    ok = measure(layer_cases(*layer, tokens, dtypes, device), on_gpu, calls, rows, done=done)
+    ok = measure(model_cases(config, seq, batches, dtypes, device), on_gpu, calls, rows,
+                 done=done) and ok
     write_rows(out, COLUMNS, rows)
     print(f"wrote {out} ({len(rows)} rows)", file=sys.stderr)
     if results_md:
@@ -391,6 +407,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cprofile", action="store_true",
                     help="with --host-profile / --model-host-profile: cProfile")
     ap.add_argument("--calls", type=int, default=None)
+    ap.add_argument("--dtypes", type=_names(DTYPES), default=None,
+                    help="comma-separated, e.g. float32 (default: float16,float32)")
+    ap.add_argument("--tokens", type=_ints, default=None,
+                    help="the layer rows' N, e.g. 1024 ('' for none; default 1,128,1024)")
+    ap.add_argument("--batches", type=_ints, default=None,
+                    help="the model rows' batches of 128 tokens ('' for none; default 1,8)")
     a = ap.parse_args(argv)
     profile = a.host_profile or a.model_host_profile
     if (a.smoke or profile) and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
@@ -412,7 +434,29 @@ def main(argv=None) -> int:
         return 0
     md = a.results_md if a.results_md is not None else (
         None if a.smoke else "bench/results/RESULTS.md")
-    return 0 if run(a.out, md, a.smoke, a.calls or 1) else 1
+    return 0 if run(a.out, md, a.smoke, a.calls or 1, a.dtypes, a.tokens, a.batches) else 1
+
+
+def _ints(text: str) -> tuple:
+    """``"1,128"`` -> (1, 128); ``""`` -> () (none)."""
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(allowed) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        names = tuple(t.strip() for t in text.split(",") if t.strip())
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"expected some of {', '.join(allowed)}, "
+                                             f"got {text!r}")
+        return names
+    return parse
 
 
 if __name__ == "__main__":

@@ -187,3 +187,26 @@ def test_interleaved_timing_spreads_a_slow_spell():
     clock = iter(range(1000))
     one_by_one = [eager_bench.interleaved_times([f], timer, 5)[0] for f in fns]
     assert one_by_one == [10.0, 40.0, 30.0, 40.0]
+
+
+def test_a_part_of_the_run_and_rows_written_as_they_finish(tmp_path):
+    out = tmp_path / "part.csv"
+    assert eager_bench.main(["--smoke", "--out", str(out), "--results-md", "",
+                             "--dtypes", "float32", "--tokens", "3", "--batches", ""]) == 0
+    _, rows = read(out)
+    assert {(r["dtype"], int(r["N"])) for r in rows} == {("float32", 3)}
+    assert all(r["layer"] for r in rows) and len(rows) == 4    # dense and three sparse rows
+
+    written = []
+    cases = [(m, "l", "float32", n, s, lambda: torch.ones(3))
+             for m, n in (("a", 1), ("b", 2)) for s in ("dense", "sparse")]
+    assert eager_bench.measure(cases, False, 1, [], done=lambda rs: written.append(len(rs)))
+    assert written == [2, 4]          # after each comparison, what was measured so far
+
+
+@pytest.mark.parametrize("flag,value", [("--dtypes", "float64"), ("--dtypes", ""),
+                                        ("--tokens", "1,x"), ("--batches", "0")])
+def test_a_bad_part_is_refused_naming_its_option(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        eager_bench.main(["--smoke", "--out", "/nonexistent/x.csv", flag, value])
+    assert flag in capsys.readouterr().err
