@@ -36,10 +36,10 @@ from .table import BUFFERS as TABLE_BUFFERS, ROWS_JOB, _render_table_rows
 #: the most columns N for which ``SparseLinear`` hands the kernel a row-major input to
 #: transpose itself rather than an aten copy: the kernel saves the eager call the copy's
 #: launch and allocation (~4-8 us on the H100's host) but costs GPU time that grows with N
-#: while its waiting programs poll the shares' count (fp32, 90%, H100, triton 3.6: 768x3072
-#: at N = 128 14-18 us eager against 22 us for copy + plain kernel; at N = 1024 168 us
-#: against 65 us; bench/NOTES.md, twenty-fourth session). A direct call of the kernel on a
-#: row-major X transposes at any N (reading it in place would be slower still).
+#: (fp32, 90%, H100, triton 3.6: 768x3072 at N = 128 14-18 us eager against 22 us for copy +
+#: plain kernel; at N = 1024 168 us against 65 us; 256 a wash; bench/NOTES.md, twenty-fourth
+#: and twenty-fifth sessions). A direct call of the kernel on a row-major X transposes at
+#: any N (reading it in place would be slower still).
 MAX_N = 128
 #: the transposing kernel's buffers after X: the table's, the transposed X, the counters
 BUFFERS = [*TABLE_BUFFERS, "XT", "CNT"]
