@@ -14,7 +14,7 @@ whole-model rows.
 * ``eager_us``: host wall clock per call over many back-to-back eager calls followed by one
   ``torch.cuda.synchronize``: what eager PyTorch code sees, host path and GPU time together.
   The cases of one comparison (dense and its sparse variants at one dtype and N) are timed
-  in 7 interleaved rounds of ~10 ms each, the median round per case
+  in 15 interleaved rounds of ~10 ms each, the fastest round per case
   (:func:`interleaved_times`), so a slow spell of the machine cannot land on one row alone.
 * ``graph_us``: the same call captured in a CUDA graph, per replay (GPU time, no host path).
 
@@ -64,7 +64,6 @@ import copy
 import itertools
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ BEGIN, END = "<!-- eager-bench:begin -->", "<!-- eager-bench:end -->"
 SPARSITY = 0.9
 IN_PLACE = "x-in-place"
 #: rounds of interleaved eager timing per comparison on the GPU
-ROUNDS = 7
+ROUNDS = 15
 
 
 # ---------------------------------------------------------------- timing
@@ -238,18 +237,22 @@ def model_cases(config_kwargs: dict, seq: int, batches, dtypes, device):
 
 def interleaved_times(fns, timer: Callable, rounds: int) -> List[float]:
     """``timer(fn)`` of every function, ``rounds`` times round-robin (each round times every
-    function once, in order); the median of each function's rounds. A slow spell of the
+    function once, in order); the fastest of each function's rounds. A slow spell of the
     machine (another process, clock changes) then falls on the rounds of every function
-    alike instead of on the one being timed. Timed one after the other, one H100 row stood
+    alike instead of on the one being timed, and a spell longer than a few rounds still
+    leaves each function rounds outside it. Timed one after the other, one H100 row stood
     at twice its neighbours' eager time (768x3072 y-rows fp16 N=1: 51.6 us against 27.9)
-    with the same GPU time and, on the CPU with launches stubbed, the same planned host path;
-    the N=1 rows of the run before moved by as much between runs (fp32 sparse 47.9 -> 25.9
-    us, dense fp16 32.0 -> 19.0 us)."""
+    with the same GPU time. The median of 7 interleaved rounds was not enough on a busy
+    host (twenty-sixth session, fp16 BERT-base, 6 trials of 4 models): one model's rounds
+    ranged 3.8-13.8 ms, spells covered 3-4 of a case's 7 rounds, and the medians of two
+    copies of the same sparse model differed by up to 40%; the fastest rounds of the same
+    trials agreed within ~3%. Host noise only adds time, so the fastest round is what the
+    call costs."""
     times = [[] for _ in fns]
     for _ in range(rounds):
         for fn, t in zip(fns, times):
             t.append(timer(fn))
-    return [statistics.median(t) for t in times]
+    return [min(t) for t in times]
 
 
 def measure(cases, on_gpu: bool, calls: int, rows: List[dict], rounds: int = ROUNDS,
@@ -311,7 +314,8 @@ def results_section(rows: List[dict], source: str) -> str:
         pairs.setdefault(key, {})[(r["system"], r["model"] + "|" + r["layer"])] = r
     lines = [BEGIN, "## Eager host path: SparseLinear and a sparse BERT-base against dense", "",
              f"Source: `{source}` (`python -m bench.eager_bench`). `eager us`: wall clock per "
-             "call of back-to-back eager calls and one synchronize (host path and GPU time); "
+             "call of back-to-back eager calls and one synchronize (host path and GPU time), "
+             "the fastest of 15 rounds interleaved with the compared rows; "
              "`graph us`: CUDA-graph replay (GPU time). `dense/sparse` > 1 means the sparse "
              "layer or model is faster. `x-in-place`: the kernel reads a row-major input "
              "without the transposing copy. Plain sparse rows: SparseLinear's default output "

@@ -24,7 +24,7 @@ CONV_BASELINES = ("cudnn", "cudnn_tf32", "im2col_sparsert")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: The canonical results, the sources of RESULTS.md's tables and of the README's block.
 CANONICAL = {"dlmc": "dlmc_h100.csv", "conv": "conv_h100.csv",
-             "e2e": ("e2e_bert_h100.csv", "e2e_rn50_h100.csv")}
+             "e2e": ("e2e_bert_h100.csv", "e2e_rn50_h100.csv"), "eager": "eager_h100.csv"}
 
 
 def _rows(path) -> List[dict]:
@@ -145,16 +145,30 @@ def _conv_line(conv_csv: Path) -> str:
 
 def _e2e_line(e2e_csvs: Sequence[Path]) -> str:
     rows = [r for p in e2e_csvs for r in _rows(p)]
-    parts = []
+    graph, launch = [], []
     for model, name in (("bert", "BERT-base encoder layer"), ("resnet50", "ResNet-50")):
-        graph = [_num(r["speedup"]) for r in rows if r["model"] == model and r["timing"] == "graph"]
-        if graph:
-            parts.append(f"{name} {min(graph):.2f}-{max(graph):.2f}x")
-    launch = [_num(r["speedup"]) for r in rows if r["timing"] == "launch"]
+        for timing, parts in (("graph", graph), ("launch", launch)):
+            x = [_num(r["speedup"]) for r in rows if r["model"] == model and r["timing"] == timing
+                 and (timing == "graph" or r["mode"] == "eager")]
+            if x:
+                parts.append(f"{name} {min(x):.2f}-{max(x):.2f}x")
     return (f"End to end under CUDA graphs ({', '.join(f'`{p.name}`' for p in e2e_csvs)}): "
-            + ", ".join(parts) + " over the dense masked model (eager and torch.compile, batch 1 "
-            f"and 8); called eagerly from Python the sparse models run at {min(launch):.2f}-"
-            f"{max(launch):.2f}x of dense (the host path per sparse layer).")
+            + ", ".join(graph) + " over the dense masked model (eager and torch.compile, batch 1 "
+            "and 8); called eagerly from Python (batch 1 and 8, host path and GPU time): "
+            + ", ".join(launch) + ".")
+
+
+def _eager_line(eager_csv: Path) -> str:
+    """The whole-model rows of ``eager_bench``: dense / sparse eager time per dtype and N."""
+    rows = [r for r in _rows(eager_csv) if not r["layer"] and "/" not in r["model"]]
+    eager = {(r["dtype"], int(r["N"]), r["system"]): _num(r["eager_us"]) for r in rows}
+    Ns = sorted({int(r["N"]) for r in rows})
+    parts = [" / ".join(f"{eager[(d, n, 'dense')] / eager[(d, n, 'sparse')]:.2f}x" for n in Ns)
+             + f" ({d})" for d in ("float16", "float32")
+             if all((d, n, s) in eager for n in Ns for s in ("dense", "sparse"))]
+    return (f"Called eagerly from Python, no CUDA graph (`{eager_csv.name}`): transformers' "
+            f"BERT-base with every Linear at 90% runs at {' and '.join(parts)} the dense "
+            f"model's speed at {' / '.join(map(str, Ns))} tokens (dense time / sparse time).")
 
 
 def readme_markdown(results_dir: Path = RESULTS_DIR) -> str:
@@ -164,7 +178,8 @@ def readme_markdown(results_dir: Path = RESULTS_DIR) -> str:
          "<!-- written by `python -m bench.summaries --readme README.md` from bench/results/ -->", ""]
     L += _dlmc_lines(d / CANONICAL["dlmc"])
     L += ["", _conv_line(d / CANONICAL["conv"]), "",
-          _e2e_line([d / p for p in CANONICAL["e2e"]]), "<!-- readme-results:end -->"]
+          _e2e_line([d / p for p in CANONICAL["e2e"]]), "", _eager_line(d / CANONICAL["eager"]),
+          "<!-- readme-results:end -->"]
     return "\n".join(L) + "\n"
 
 

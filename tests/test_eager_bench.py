@@ -175,17 +175,20 @@ def test_row_major_outputs_take_the_planned_launch(monkeypatch, dtype):
 
 
 def test_interleaved_timing_spreads_a_slow_spell():
-    """A slow spell of the machine as long as a few timing windows raises no case's median
-    when the cases are timed round-robin; timed one after the other (5 windows each, as the
-    earlier figures were), the same spell doubles the one case it falls on."""
+    """A slow spell of the machine longer than half the rounds raises no case's time when
+    the cases are timed round-robin and each keeps its fastest round (their median would
+    double); timed one after the other, a spell as long as one case's windows doubles the
+    one case it falls on."""
     clock = iter(range(1000))
 
-    def timer(fn):                      # windows 3-7 run on a machine twice as slow
-        return fn() * (2 if 3 <= next(clock) <= 7 else 1)
+    def timer(fn):                      # windows 3-14 run on a machine twice as slow
+        return fn() * (2 if 3 <= next(clock) <= 14 else 1)
     fns = [lambda: 10.0, lambda: 20.0, lambda: 30.0, lambda: 40.0]
     assert eager_bench.interleaved_times(fns, timer, 5) == [10.0, 20.0, 30.0, 40.0]
     clock = iter(range(1000))
-    one_by_one = [eager_bench.interleaved_times([f], timer, 5)[0] for f in fns]
+    slow = lambda: 2 if 5 <= next(clock) <= 9 else 1      # noqa: E731: one case's 5 windows
+    one_by_one = [eager_bench.interleaved_times([f], lambda fn: fn() * slow(), 5)[0]
+                  for f in fns]
     assert one_by_one == [10.0, 40.0, 30.0, 40.0]
 
 

@@ -103,7 +103,8 @@ def test_readme_results_block_is_the_one_the_canonical_csvs_give():
 def test_readme_block_follows_the_data(tmp_path):
     """Halving every sparse convolution time doubles the README's convolution figures."""
     import shutil
-    for name in (summaries.CANONICAL["dlmc"], summaries.CANONICAL["conv"], *summaries.CANONICAL["e2e"]):
+    for name in (summaries.CANONICAL["dlmc"], summaries.CANONICAL["conv"],
+                 *summaries.CANONICAL["e2e"], summaries.CANONICAL["eager"]):
         shutil.copy(RESULTS / name, tmp_path / name)
     conv = tmp_path / summaries.CANONICAL["conv"]
     rows = summaries._rows(conv)
@@ -117,3 +118,23 @@ def test_readme_block_follows_the_data(tmp_path):
     before = re.search(r"([\d.]+)x geomean", summaries.readme_markdown()).group(1)
     after = re.search(r"([\d.]+)x geomean", summaries.readme_markdown(tmp_path)).group(1)
     assert abs(float(after) - 2 * float(before)) < 0.011
+
+
+def test_readme_eager_line_follows_the_data(tmp_path):
+    """The eager line gives dense / sparse time of the whole-model rows (not the layer rows,
+    not the variants), per dtype in N order; a dtype missing a row is left out."""
+    path = tmp_path / "eager.csv"
+    rows = [("bert-base", "", "float16", 128, "dense", 400),
+            ("bert-base", "", "float16", 128, "sparse", 200),
+            ("bert-base", "", "float16", 1024, "dense", 300),
+            ("bert-base", "", "float16", 1024, "sparse", 400),
+            ("bert-base/x-in-place", "", "float16", 128, "sparse", 1),
+            ("bert-base", "768x3072", "float16", 128, "sparse", 1),
+            ("bert-base", "", "float32", 128, "dense", 100)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "layer", "dtype", "N", "system", "eager_us", "graph_us"])
+        w.writerows([(*r, "") for r in rows])
+    line = summaries._eager_line(path)
+    assert "runs at 2.00x / 0.75x (float16) the dense model's speed at 128 / 1024 tokens" in line
+    assert "float32" not in line
