@@ -218,8 +218,9 @@ class SpecializedKernel:
         self._last = v
         if X.is_cuda:
             create_blas_handle(X.device)
-        run(v, self._kernel_input(X, v.plan), Y, operands, sig)
-        return Y, (CallPlan(v, sig, X, Y, operands) if out is None else None)
+        read = self._kernel_input(X, v.plan)
+        run(v, read, Y, operands, sig)
+        return Y, (CallPlan(v, sig, X, Y, operands, read) if out is None else None)
 
     def _kernel_input(self, X: torch.Tensor, plan: Plan) -> torch.Tensor:
         """The X the kernels read: a zero-padded copy (``pad_input``), a contiguous one

@@ -206,3 +206,49 @@ def test_rows_out_calls_are_planned_apart_and_write_row_major_outputs(mode):
     assert len(k._calls) == 2
     with pytest.raises(ValueError, match="rows_out=True is for matrix kernels"):
         k(X, b, out=torch.empty(M, 7), rows_out=True)
+
+
+def conv_weight(seed=0, C_out=6, C_in=4):
+    with torch.device("cpu"):
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(C_out, C_in, 3, 3, generator=g)
+        return W * (torch.rand(W.shape, generator=g) < 0.4)
+
+
+@pytest.mark.parametrize("conv_input", ["padded", "masked"])
+def test_convolutions_reading_a_copy_of_x_are_planned_on_the_copy(recorded_launches,
+                                                                  conv_input):
+    """A convolution whose kernel reads a copy of X (``padded``: the zero-padded X;
+    ``masked``: X made contiguous) makes the copy on every planned call and launches the
+    compiled kernel directly on the copy's address, with the copy's strides and size."""
+    from dsl import conv2d
+    compiled = recorded_launches
+    W = conv_weight(1)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
+                      schedule=Schedule(mode="table", conv_input=conv_input)).specialize(W)
+    X = torch.randn(2, 5, 7, 4).permute(0, 3, 1, 2)      # (2, 4, 5, 7), channels last
+    for _ in range(4):
+        k(X)
+    assert len(k._calls) == 1
+    (plan,) = k._calls.values()
+    assert plan.prepared and plan.direct
+    conv = [kern for kern in compiled.values()                  # not the padding kernel
+            if tuple(kern.args[-1][-len(plan.sizes):]) == plan.sizes]
+    assert len(conv) == 1 and len(conv[0].args) == 4
+    H, W_ = (7, 9) if conv_input == "padded" else (5, 7)
+    for args in conv[0].args[2:]:   # the direct launches (the second call found the kernel)
+        assert type(args[0]) is int and args[0] != X.data_ptr()
+        assert tuple(args[-13:-7]) == (4 * H * W_, H * W_, W_, 1, H, W_)
+
+
+def test_planned_padded_convolutions_compute_each_calls_input():
+    """Planned calls of a padded convolution read each call's X (through its fresh copy)."""
+    from dsl import conv2d
+    W = conv_weight(2)
+    k = sparse_kernel(lambda W, X: conv2d(W, X, padding=1),
+                      schedule=Schedule(mode="table", conv_input="padded")).specialize(W)
+    for seed in range(3):
+        X = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(seed)).to(DEV)
+        ref = torch.nn.functional.conv2d(X.double(), W.double().to(X.device), padding=1)
+        close(k(X), ref)
+    assert len(k._calls) == 1

@@ -12,8 +12,9 @@ decided for it, so a later call with the same key skips the checks and the looku
   compiled kernels are kept per alignment pattern);
 * it allocates Y, assembles the arguments (every pointer as its integer address) and
   launches the compiled kernels directly (:meth:`CallPlan.launch`,
-  :func:`sparsert_triton.runtime.direct.run_compiled`); kernels it has not seen launched with
-  these facts, inputs that are copied first (``pad_input``, ``tap_masks``), several streams
+  :func:`sparsert_triton.runtime.direct.run_compiled`), on X or on the copy the variant reads
+  instead (``pad_input``'s padded X, ``tap_masks``' contiguous one: made per call, of a
+  layout fixed by X's); kernels it has not seen launched with these facts, several streams
   and the interpreter go through :func:`sparsert_triton.runtime.launch.run`, the general
   path.
 
@@ -75,8 +76,15 @@ def call_key(X, operands) -> Optional[tuple]:
 class CallPlan:
     """What a call of one layout runs, decided by a checked call of that layout."""
 
-    def __init__(self, variant, sig, X: torch.Tensor, Y: torch.Tensor, operands):
+    def __init__(self, variant, sig, X: torch.Tensor, Y: torch.Tensor, operands,
+                 read: Optional[torch.Tensor] = None):
+        """``read``: the tensor the kernels read for X where it is not X itself (the padded
+        copy of ``pad_input``, the contiguous one of ``tap_masks``): made per call, its
+        layout (contiguous, a shape fixed by X's) is fixed by the call's."""
         self.variant, self.sig = variant, sig
+        # whether each call makes the X the kernels read (``prepare``) before launching
+        self.prepared = read is not None and read is not X
+        read = X if read is None else read
         self.shape, self.dtype, self.device = tuple(Y.shape), Y.dtype, X.device
         self.cuda = X.device.type == "cuda"
         # Y is allocated contiguous on every call, or as the transpose of a contiguous
@@ -86,7 +94,7 @@ class CallPlan:
         rows_out = Y.dim() == 2 and Y.shape[0] > 1 and Y.stride(0) == 1 \
             and Y.stride(1) == Y.shape[0]
         self.strides = tuple(Y.stride()) if rows_out else None
-        self.sizes = tuple(size_args(X, Y))
+        self.sizes = tuple(size_args(read, Y))
         self.numbers = [i for i, v in enumerate(operands) if not isinstance(v, torch.Tensor)]
         self.tensors = [i for i, v in enumerate(operands) if isinstance(v, torch.Tensor)]
         # the operands' launch arguments: their strides are fixed by the layout; the tensors
@@ -104,9 +112,9 @@ class CallPlan:
             self.one_tensor = (i, tuple(self.op_args[:pos]),
                                (*self.op_args[pos + 1:], *self.sizes))
         plan = variant.plan
-        # the variants whose launch needs only X, the variant's buffers, Y and the operands
-        self.direct = not (plan.pad_input or plan.tap_masks
-                           or (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda))
+        # the variants whose launch needs only X (or its prepared copy), the variant's
+        # buffers, Y and the operands
+        self.direct = not (plan.streams > 1 and len(variant.kernels) > 1 and X.is_cuda)
         # the kernels and grids of an eager call ([False]) and of a captured one ([True]: the
         # expand mode's two launches, where a CUDA graph captures the call)
         self.forms = variant.captured is not None and self.cuda
@@ -144,8 +152,10 @@ class CallPlan:
             Y = torch.empty_strided(self.shape, self.strides, dtype=self.dtype,
                                     device=self.device)
         v = self.variant
+        if self.prepared:
+            X = prepare(X, v.plan)
         if not (self.direct and v.launcher.enabled):
-            run(v, prepare(X, v.plan), Y, operands, self.sig)
+            run(v, X, Y, operands, self.sig)
             return Y
         if self.launch(X, X.data_ptr(), Y.data_ptr(), operands):
             return Y
