@@ -3,7 +3,8 @@ project's Python costs per call, alone and inside a small BERT (the eager benchm
 ``--host-profile`` and ``--model-host-profile``; ``python -m bench.eager_bench --help``).
 
 * :func:`stubbed_launches`: launches through the direct launcher become no-ops, the rest of
-  the call runs as on a GPU (planned calls, shared transposing copies);
+  the call runs as on a GPU (planned calls, shared transposing copies); the tests'
+  ``recorded_launches`` records them instead (both through :func:`launches_replaced`);
 * :func:`host_profile`: one ``SparseLinear(768 -> 3072)`` call per output layout, grad mode,
   input layout and N, and how many calls ran planned; :func:`cold_cache_line` the same call
   after a cache-evicting copy;
@@ -38,23 +39,23 @@ class _NoKernel:
 
 
 @contextlib.contextmanager
-def stubbed_launches():
-    """Every kernel launch through :class:`sparsert_triton.runtime.direct.Launcher` becomes a no-op
-    (the launcher behaves as on a GPU, with a compiled kernel cached per specialisation key,
-    whose ``run`` does nothing): what remains is the Python host path. CPU (interpreter)
-    only: on exit the launchers it touched are switched back off, as the interpreter has
-    them, so later calls run the kernels again."""
+def launches_replaced(kernel_for):
+    """Every kernel launch through :class:`sparsert_triton.runtime.direct.Launcher` launches
+    ``kernel_for(key)`` instead, a stand-in for the compiled kernel kept per specialisation
+    key ``(fn, device, spec_key)`` as Triton keeps its compiled kernels (the launcher
+    switched on, as on a GPU, on stream 0; planned calls then launch the stand-ins
+    directly). On exit every launcher it touched is as it was (switch, stream, kept
+    kernels): a module's own launcher, such as the padded copy's, outlives the block, and
+    left on with stand-ins its later launches would compute nothing."""
     from sparsert_triton.runtime import direct
-    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise RuntimeError("stubbed_launches is for the CPU under TRITON_INTERPRET=1")
     original = direct.Launcher.__call__
     touched = {}
 
     def call(self, fn, grid, args, opts, device, spec=None):
-        touched.setdefault(id(self), (self, self.enabled, self.stream_of))
+        touched.setdefault(id(self), (self, self.enabled, self.stream_of, dict(self.kernels)))
         self.enabled, self.stream_of = True, (lambda device: 0)
         key = (fn, device, direct.spec_key(args) if spec is None else spec)
-        self.kernels.setdefault(key, _NoKernel())
+        self.kernels.setdefault(key, kernel_for(key))
         return original(self, fn, grid, args, opts, device, spec)
 
     direct.Launcher.__call__ = call
@@ -62,10 +63,22 @@ def stubbed_launches():
         yield
     finally:
         direct.Launcher.__call__ = original
-        for launcher, enabled, stream_of in touched.values():
+        for launcher, enabled, stream_of, kernels in touched.values():
             launcher.enabled, launcher.stream_of = enabled, stream_of
-            for key in [k for k, v in launcher.kernels.items() if isinstance(v, _NoKernel)]:
-                del launcher.kernels[key]
+            launcher.kernels.clear()
+            launcher.kernels.update(kernels)
+
+
+@contextlib.contextmanager
+def stubbed_launches():
+    """Every kernel launch through :class:`sparsert_triton.runtime.direct.Launcher` becomes a no-op
+    (:func:`launches_replaced` with kernels whose ``run`` does nothing): what remains is the
+    Python host path. CPU (interpreter) only: on exit the launchers it touched are switched
+    back off, as the interpreter has them, so later calls run the kernels again."""
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise RuntimeError("stubbed_launches is for the CPU under TRITON_INTERPRET=1")
+    with launches_replaced(lambda key: _NoKernel()):
+        yield
 
 
 def cold_cache_line(calls: int) -> str:

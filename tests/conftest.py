@@ -63,25 +63,15 @@ class RecordingKernel:
 
 
 @pytest.fixture
-def recorded_launches(monkeypatch) -> dict:
+def recorded_launches() -> dict:
     """The launchers on, as on a GPU, keeping one :class:`RecordingKernel` per specialisation
     key (the dict returned: key -> kernel) as Triton keeps its compiled kernels: planned
-    calls launch them directly; nothing is computed. On teardown the launchers it touched
-    are as they were (a module's own launcher, such as the padded copy's, outlives the test:
-    left on with a recording kernel, later copies would compute nothing)."""
-    from sparsert_triton.runtime import direct
-    compiled, touched = {}, {}
-
-    def launcher_call(self, fn, grid, args, opts, device, spec=None):
-        touched.setdefault(id(self), (self, self.enabled, self.stream_of, dict(self.kernels)))
-        self.enabled, self.stream_of = True, (lambda device: 0)
-        key = (fn, device, direct.spec_key(args) if spec is None else spec)
-        kernel = self.kernels.setdefault(key, compiled.setdefault(key[2], RecordingKernel()))
-        direct.run_compiled(direct.launches_of(((kernel, (1, 1, 1)),)), args, 0)
-    monkeypatch.setattr(direct.Launcher, "__call__", launcher_call)
-    yield compiled
-    for launcher, enabled, stream_of, kernels in touched.values():
-        launcher.enabled, launcher.stream_of, launcher.kernels = enabled, stream_of, kernels
+    calls launch them directly; nothing is computed. The launchers it touched are restored
+    on teardown (``bench.host_profile.launches_replaced``)."""
+    from bench.host_profile import launches_replaced
+    compiled = {}
+    with launches_replaced(lambda key: compiled.setdefault(key[2], RecordingKernel())):
+        yield compiled
 
 
 @pytest.fixture
